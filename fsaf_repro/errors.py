@@ -1,0 +1,56 @@
+"""Typed exceptions raised at the package's boundaries.
+
+Every error names what to fix: the file, the option or the tool involved.
+"""
+
+
+class FsafReproError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class SpecError(FsafReproError):
+    """The packaged reference data (spec) is missing or inconsistent."""
+
+
+class CheckpointError(FsafReproError):
+    """A checkpoint file is missing, unreadable, unsafe or does not fit the model."""
+
+
+class ExportError(FsafReproError):
+    """ONNX export failed; no partial file was left behind."""
+
+
+class DataError(FsafReproError):
+    """Input data (images, annotations, .bin files) is missing or malformed."""
+
+
+class ImageReadError(DataError):
+    """One image file could not be decoded."""
+
+
+class AnnotationError(DataError):
+    """The COCO annotation file is missing, malformed or does not match the model's classes."""
+
+
+class OutputFormatError(DataError):
+    """A network output file (tool .bin, npy, summary json) has the wrong name, size or content."""
+
+
+class BackendUnavailable(FsafReproError):
+    """A runtime is not installed or has no device here; tests turn this into a skip."""
+
+
+class BackendError(FsafReproError):
+    """A runtime failed while loading or running a model."""
+
+
+class BatchSizeMismatch(BackendError):
+    """A static-batch model was asked to run a batch of another size."""
+
+
+class ToolError(FsafReproError):
+    """An external tool (atc, aoe, benchmark, ais_bench, npu-smi) failed; the log path is named."""
+
+
+class ResultsError(FsafReproError):
+    """A results, metrics or perf record is malformed or records incomparable runs."""
