@@ -1,5 +1,43 @@
 """The backend contract shared by every runtime."""
+import numpy as np
+
 from . import Availability
+from ..errors import BackendError, BatchSizeMismatch
+
+# Every backend returns this many detection rows per image (the exported graphs' top-k; score-0 rows
+# are padding). The value is the model's max_per_img in spec/recipe.json; read lazily there.
+OUTPUT_KEYS = ("dets", "labels")
+
+
+def max_detections():
+    from ..spec import model_constants
+    return int(model_constants()["max_per_img"])
+
+
+def empty_outputs(batch_size, num_dets=None):
+    """Well-formed outputs with no detection: zero boxes, score 0 (padding), label 0."""
+    n = max_detections() if num_dets is None else int(num_dets)
+    return {"dets": np.zeros((int(batch_size), n, 5), dtype=np.float32),
+            "labels": np.zeros((int(batch_size), n), dtype=np.int64)}
+
+
+def normalise_outputs(dets, labels, batch_size, origin):
+    """Cast a runtime's two outputs to the contract's dtypes and check their shapes.
+
+    Tools emit fp16 dets or int32 labels depending on the graph and the converter; the contract is
+    float32 [B, 100, 5] and int64 [B, 100]. `origin` names the model or file for the error message.
+    """
+    n = max_detections()
+    dets = np.asarray(dets)
+    labels = np.asarray(labels)
+    try:
+        dets = dets.reshape(int(batch_size), n, 5).astype(np.float32, copy=False)
+        labels = labels.reshape(int(batch_size), n).astype(np.int64, copy=False)
+    except ValueError:
+        raise BackendError(
+            "{}: outputs have shapes dets {} and labels {}; expected dets [{}, {}, 5] and labels [{}, {}]"
+            .format(origin, tuple(dets.shape), tuple(labels.shape), batch_size, n, batch_size, n)) from None
+    return {"dets": dets, "labels": labels}
 
 
 class Backend(object):
@@ -7,6 +45,7 @@ class Backend(object):
 
     Subclasses set `name` and implement `availability`, `load`, `run` and `close`. `batch_size` is
     the static batch size of the loaded model, or None when the model accepts any batch size.
+    `input_dtype` is the dtype the loaded model expects (numpy dtype name), when known.
     """
 
     name = None
@@ -14,6 +53,8 @@ class Backend(object):
     def __init__(self, **options):
         self.options = dict(options)
         self.batch_size = None
+        self.input_dtype = None
+        self.model_path = None
 
     @classmethod
     def availability(cls):
@@ -27,6 +68,27 @@ class Backend(object):
 
     def close(self):
         pass
+
+    def check_batch(self, batch):
+        """Refuse, before running, a batch the loaded model cannot take; return its size.
+
+        A static-batch model (om, fixed-shape ONNX) run with another batch size is refused with both
+        sizes named: the runner pads the last partial batch instead.
+        """
+        shape = getattr(batch, "shape", None)
+        if shape is None or len(shape) != 4:
+            raise BackendError("{}: a batch must be an NCHW array, got {}".format(
+                self.name, "shape {}".format(tuple(shape)) if shape is not None else type(batch).__name__))
+        size = int(shape[0])
+        if self.batch_size is not None and size != int(self.batch_size):
+            raise BatchSizeMismatch(
+                "{}: model {} has a static batch size of {} but was given a batch of {}; pad the batch "
+                "to {} (the runner does this) or convert/export a model for batch size {}".format(
+                    self.name, self.model_path, self.batch_size, size, self.batch_size, size))
+        if self.input_dtype is not None and np.dtype(batch.dtype) != np.dtype(self.input_dtype):
+            raise BackendError("{}: model {} takes {} input but the batch is {}".format(
+                self.name, self.model_path, np.dtype(self.input_dtype).name, np.dtype(batch.dtype).name))
+        return size
 
     def __enter__(self):
         return self

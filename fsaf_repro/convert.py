@@ -1,0 +1,403 @@
+"""Recipe step 3.2: convert the exported ONNX model to Ascend .om files with `atc` (and `aoe`).
+
+One static om per batch size (the recipe's 1, 4, 8, 16, 32, 64 by default). Every tool call:
+- is an argv list (no shell), run in its own scratch directory (atc leaves kernel_meta/ and
+  fusion_result.json in its working directory);
+- is judged by its exit code AND its own success line AND the artifact's existence (facts sheet
+  section 3): atc can exit 0 without an om, or die by SIGSEGV with no message;
+- keeps its combined stdout/stderr as `<artifact stem>.<tool>.log` beside the artifact;
+- moves the artifact into place only on success, then writes a sidecar `<om>.json` recording how it
+  was built (argv, soc version, batch size, input shape, output nodes, precision mode, ONNX hash).
+
+`run_tool` is also used by the tool-driven backends (benchmark, ais_bench).
+"""
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+
+from .errors import ToolError
+
+DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32, 64)
+DEFAULT_OUT_NODES = "dets;labels"
+# atc's --precision_mode values (CANN 5.x). force_fp16 is atc's own default; we always pass it so the
+# sidecar states what was used.
+PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision")
+ATC_SUCCESS = "ATC run success"
+AOE_SUCCESS = "Aoe process finished"
+SETUP_HINT = "install the CANN toolkit and run `source /usr/local/Ascend/ascend-toolkit/set_env.sh`"
+
+
+def _signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "signal {}".format(number)
+
+
+def _tail(text, lines=8):
+    kept = [line for line in text.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def run_tool(argv, cwd, log_path, success_line=None, artifacts=(), timeout=None, env=None, tool_name=None,
+             setup_hint=SETUP_HINT):
+    """Run an external tool and judge it by exit code, success line and artifacts.
+
+    argv: list of strings (argv[0] is looked up on PATH unless it contains a slash).
+    log_path: the combined stdout+stderr is written there (kept whatever the outcome).
+    success_line: a substring the tool prints on success (None: exit code only).
+    artifacts: paths that must exist afterwards.
+    Returns the tool's output text; raises ToolError naming the tool, the outcome and the log.
+    """
+    argv = [str(a) for a in argv]
+    name = tool_name or os.path.basename(argv[0])
+    exe = argv[0] if os.sep in argv[0] else shutil.which(argv[0])
+    if exe is None:
+        raise ToolError("{}: executable {!r} not found on PATH; {}".format(name, argv[0], setup_hint))
+    log_dir = os.path.dirname(os.path.abspath(log_path))
+    if not os.path.isdir(log_dir):
+        os.makedirs(log_dir)
+    try:
+        proc = subprocess.run([exe] + argv[1:], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=timeout, env=env)
+        output = proc.stdout.decode("utf-8", "replace")
+        returncode = proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        output = (exc.output or b"").decode("utf-8", "replace")
+        _write_log(log_path, argv, cwd, output, "killed after a timeout of {} s".format(timeout))
+        raise ToolError("{}: did not finish within {} s and was killed; log: {}".format(
+            name, timeout, log_path)) from None
+    except OSError as exc:
+        raise ToolError("{}: could not start {!r}: {}; {}".format(name, exe, exc, setup_hint)) from exc
+    if returncode < 0:
+        status = "died by {}".format(_signal_name(-returncode))
+    else:
+        status = "exit code {}".format(returncode)
+    _write_log(log_path, argv, cwd, output, status)
+    if returncode < 0:
+        raise ToolError("{}: {} (a crash, not a reported error); last output:\n{}\nlog: {}".format(
+            name, status, _tail(output) or "(no output)", log_path))
+    if returncode != 0:
+        raise ToolError("{}: failed with {}; last output:\n{}\nlog: {}".format(
+            name, status, _tail(output) or "(no output)", log_path))
+    if success_line and success_line not in output:
+        raise ToolError("{}: exited 0 but never printed its success line {!r}; treating the run as failed; "
+                        "log: {}".format(name, success_line, log_path))
+    missing = [p for p in artifacts if not os.path.exists(p)]
+    if missing:
+        raise ToolError("{}: reported success but did not produce {}; log: {}".format(
+            name, ", ".join(missing), log_path))
+    return output
+
+
+def _write_log(log_path, argv, cwd, output, status):
+    with open(log_path, "w") as handle:
+        handle.write("# argv: {}\n# cwd: {}\n# outcome: {}\n".format(json.dumps(argv), cwd, status))
+        handle.write(output)
+
+
+# --- soc version -------------------------------------------------------------------------------------
+
+# A chip row of `npu-smi info`: "| 0       310P3        | OK  | ..." (NPU id, chip name, health).
+_NPU_ROW = re.compile(r"^\|\s*(\d+)\s+((?:Ascend)?(?:310|910)[0-9A-Za-z]*)\s+\|\s*(\w+)", re.MULTILINE)
+
+
+def parse_npu_smi(text):
+    """Chip names from `npu-smi info` output, as a list of (npu_id, chip name, health)."""
+    return [(int(m.group(1)), m.group(2), m.group(3)) for m in _NPU_ROW.finditer(text)]
+
+
+def soc_version_from_chip(chip):
+    """`310P3` -> `Ascend310P3` (the --soc_version spelling)."""
+    return chip if chip.startswith("Ascend") else "Ascend" + chip
+
+
+def detect_soc_version(npu_smi="npu-smi", log_path=None):
+    """Read the soc version from `npu-smi info`; ToolError when absent, ambiguous or unparseable.
+
+    The tool's output is kept at `log_path` (default: a file in a fresh temporary directory).
+    """
+    scratch = tempfile.mkdtemp(prefix="npu_smi_")
+    log = log_path or os.path.join(scratch, "npu-smi.log")
+    try:
+        output = run_tool([npu_smi, "info"], cwd=scratch, log_path=log, tool_name="npu-smi",
+                          setup_hint="install the Ascend driver (npu-smi) or pass --soc-version, "
+                                     "e.g. --soc-version Ascend310P3")
+    finally:
+        if log_path is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    chips = parse_npu_smi(output)
+    if not chips:
+        raise ToolError("npu-smi info printed no chip row that names a 310/910 chip; pass --soc-version "
+                        "(e.g. Ascend310P3); output was:\n{}".format(_tail(output)))
+    names = sorted(set(c[1] for c in chips))
+    if len(names) > 1:
+        raise ToolError("npu-smi info lists several chip types ({}); pass --soc-version to choose one"
+                        .format(", ".join(names)))
+    return soc_version_from_chip(names[0])
+
+
+# --- argv builders -----------------------------------------------------------------------------------
+
+def input_shape_arg(input_name, batch_size, height, width):
+    return "{}:{},3,{},{}".format(input_name, int(batch_size), int(height), int(width))
+
+
+def atc_argv(onnx_path, output_prefix, batch_size, soc_version, input_name="input", height=800, width=1216,
+             out_nodes=DEFAULT_OUT_NODES, precision_mode="force_fp16", log_level="error", atc="atc",
+             extra_args=()):
+    """The recipe's atc command (section 3.2) as an argv list."""
+    if precision_mode not in PRECISION_MODES:
+        raise ToolError("unknown atc precision mode {!r}; choose one of {}".format(
+            precision_mode, ", ".join(PRECISION_MODES)))
+    argv = [atc, "--framework=5", "--model={}".format(onnx_path), "--output={}".format(output_prefix),
+            "--input_format=NCHW",
+            "--input_shape={}".format(input_shape_arg(input_name, batch_size, height, width)),
+            "--log={}".format(log_level), "--soc_version={}".format(soc_version)]
+    if out_nodes:
+        argv.append("--out_nodes={}".format(out_nodes))
+    argv.append("--precision_mode={}".format(precision_mode))
+    argv.extend(extra_args)
+    return argv
+
+
+def aoe_argv(onnx_path, output_prefix, batch_size, input_name="input", height=800, width=1216, job_type=2,
+             aoe="aoe", extra_args=()):
+    """The recipe's aoe operator-tuning command (section 7.1) as an argv list (job_type 2 = operators)."""
+    if int(job_type) not in (1, 2):
+        raise ToolError("aoe --job_type must be 1 (subgraph tuning) or 2 (operator tuning), got {}"
+                        .format(job_type))
+    argv = [aoe, "--framework=5", "--model={}".format(onnx_path), "--job_type={}".format(int(job_type)),
+            "--output={}".format(output_prefix), "--input_format=NCHW",
+            "--input_shape={}".format(input_shape_arg(input_name, batch_size, height, width))]
+    argv.extend(extra_args)
+    return argv
+
+
+# --- sidecars ----------------------------------------------------------------------------------------
+
+def sha256_file(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_onnx_sidecar(onnx_path):
+    """The export sidecar `<onnx>.json` (input name/shape, flavour, batch size), or None if absent."""
+    path = str(onnx_path) + ".json"
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except ValueError as exc:
+        raise ToolError("ONNX sidecar {} is not valid JSON: {}".format(path, exc)) from exc
+
+
+def read_om_sidecar(om_path):
+    """The conversion sidecar `<om>.json`, or None if absent (an om built outside this package)."""
+    path = str(om_path) + ".json"
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except ValueError as exc:
+        raise ToolError("om sidecar {} is not valid JSON: {}".format(path, exc)) from exc
+    if not isinstance(data, dict) or "batch_size" not in data:
+        raise ToolError("om sidecar {} has no batch_size; rebuild the om with `fsaf-repro convert`"
+                        .format(path))
+    return data
+
+
+def _atomic_write_json(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+# --- conversion jobs ---------------------------------------------------------------------------------
+
+def _model_input(onnx_path, input_name, height, width):
+    """Input name and spatial size from the export sidecar when present, else the given values."""
+    sidecar = read_onnx_sidecar(onnx_path)
+    if sidecar and isinstance(sidecar.get("input"), dict):
+        spec_input = sidecar["input"]
+        shape = spec_input.get("shape") or []
+        if len(shape) == 4:
+            height, width = int(shape[2]), int(shape[3])
+        input_name = spec_input.get("name", input_name)
+    return sidecar, input_name, height, width
+
+
+def _check_onnx_batch(sidecar, onnx_path, batch_size):
+    if not sidecar:
+        return
+    exported = sidecar.get("batch_size")
+    if exported not in (None, "dynamic") and int(exported) != int(batch_size):
+        raise ToolError(
+            "{} was exported with a static batch size of {} and cannot be converted for batch size {}; "
+            "export it with a dynamic batch (batch_size=None) or once per batch size".format(
+                onnx_path, exported, batch_size))
+
+
+def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_prefix=None,
+                precision_mode="force_fp16", out_nodes=DEFAULT_OUT_NODES, input_name="input",
+                height=None, width=None, log_level="error", job_type=2, executable=None, timeout=None,
+                extra_args=()):
+    """Convert `onnx_path` for one batch size with atc (tool="atc") or aoe (tool="aoe").
+
+    Returns the sidecar dict (also written at `<om>.json`). On failure raises ToolError; the log is kept
+    beside where the om would have been and the scratch directory is kept and named for inspection.
+    """
+    from .spec import input_constants
+    if tool not in ("atc", "aoe"):
+        raise ToolError("unknown conversion tool {!r}; use atc or aoe".format(tool))
+    onnx_path = os.path.abspath(str(onnx_path))
+    if not os.path.isfile(onnx_path):
+        raise ToolError("ONNX model {} does not exist; export it first (`fsaf-repro export`)"
+                        .format(onnx_path))
+    height = input_constants()["height"] if height is None else height
+    width = input_constants()["width"] if width is None else width
+    onnx_sidecar, input_name, height, width = _model_input(onnx_path, input_name, height, width)
+    _check_onnx_batch(onnx_sidecar, onnx_path, batch_size)
+    out_dir = os.path.abspath(str(out_dir))
+    if not os.path.isdir(out_dir):
+        os.makedirs(out_dir)
+    stem = os.path.splitext(os.path.basename(onnx_path))[0]
+    prefix = name_prefix or ("{}_bs{}".format(stem, batch_size) if tool == "atc"
+                             else "aoe_{}_bs{}".format(stem, batch_size))
+    final_om = os.path.join(out_dir, prefix + ".om")
+    log_path = os.path.join(out_dir, "{}.{}.log".format(prefix, tool))
+    scratch = tempfile.mkdtemp(prefix=".{}_{}_".format(tool, prefix), dir=out_dir)
+    scratch_prefix = os.path.join(scratch, prefix)
+    if tool == "atc":
+        argv = atc_argv(onnx_path, scratch_prefix, batch_size, soc_version, input_name, height, width,
+                        out_nodes=out_nodes, precision_mode=precision_mode, log_level=log_level,
+                        atc=executable or "atc", extra_args=extra_args)
+        success = ATC_SUCCESS
+    else:
+        argv = aoe_argv(onnx_path, scratch_prefix, batch_size, input_name, height, width, job_type=job_type,
+                        aoe=executable or "aoe", extra_args=extra_args)
+        success = AOE_SUCCESS
+    try:
+        output = run_tool(argv, cwd=scratch, log_path=log_path, success_line=success,
+                          artifacts=[scratch_prefix + ".om"], timeout=timeout, tool_name=tool)
+    except ToolError as exc:
+        raise ToolError("{} (batch size {}; scratch directory kept: {})".format(
+            exc, batch_size, scratch)) from None
+    os.replace(scratch_prefix + ".om", final_om)
+    shutil.rmtree(scratch, ignore_errors=True)
+    version_match = re.search(r"(?i)(?:ATC|AOE)\s+(?:version|start working now)[^\n]*", output)
+    sidecar = {
+        "om": os.path.basename(final_om),
+        "tool": tool,
+        "argv": argv,
+        "job_type": int(job_type) if tool == "aoe" else None,
+        "batch_size": int(batch_size),
+        "soc_version": soc_version,
+        "input": {"name": input_name, "shape": [int(batch_size), 3, int(height), int(width)],
+                  "format": "NCHW"},
+        "out_nodes": out_nodes.split(";") if (out_nodes and tool == "atc") else None,
+        "precision_mode": precision_mode if tool == "atc" else "aoe default",
+        "onnx": onnx_path,
+        "onnx_sha256": sha256_file(onnx_path),
+        "onnx_sidecar": onnx_sidecar,
+        "log": os.path.basename(log_path),
+        "tool_banner": version_match.group(0).strip() if version_match else None,
+        "om_sha256": sha256_file(final_om),
+        "created_utc": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
+    }
+    _atomic_write_json(final_om + ".json", sidecar)
+    return sidecar
+
+
+def convert_batch_sizes(onnx_path, out_dir, batch_sizes=DEFAULT_BATCH_SIZES, soc_version=None, aoe=False,
+                        npu_smi="npu-smi", keep_going=True, **kwargs):
+    """Convert for every batch size; returns {batch_size: sidecar}.
+
+    The soc version is read from `npu-smi info` when not given (atc only: aoe reads the device itself).
+    With keep_going, a failing batch size does not stop the others; the failures are raised together
+    at the end (the oms already built stay in place, each with its sidecar).
+    """
+    tool = "aoe" if aoe else "atc"
+    if not os.path.isdir(str(out_dir)):
+        os.makedirs(str(out_dir))
+    if soc_version is None:
+        soc_version = detect_soc_version(npu_smi, log_path=os.path.join(str(out_dir), "npu-smi.log"))
+    results, failures = {}, []
+    for bs in batch_sizes:
+        try:
+            results[int(bs)] = convert_one(onnx_path, out_dir, int(bs), soc_version, tool=tool, **kwargs)
+        except ToolError as exc:
+            if not keep_going:
+                raise
+            failures.append("batch size {}: {}".format(bs, exc))
+    if failures:
+        raise ToolError("{} of {} conversions failed (built: {}):\n{}".format(
+            len(failures), len(batch_sizes), sorted(results) or "none", "\n".join(failures)))
+    return results
+
+
+def parse_batch_sizes(text):
+    try:
+        sizes = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise ToolError("--batch-sizes must be comma-separated integers, got {!r}".format(text)) from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise ToolError("--batch-sizes must list positive integers, got {!r}".format(text))
+    return sizes
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+def register_cli(subparsers):
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert an ONNX model to .om files with atc (or aoe operator tuning), one per batch size",
+        description="Recipe step 3.2: atc --framework=5 ... for each batch size; with --aoe, the recipe's "
+                    "aoe --job_type=2 operator tuning instead. Each om gets a log and a sidecar json "
+                    "beside it.")
+    parser.add_argument("onnx", help="exported ONNX model (its sidecar <onnx>.json supplies the input shape)")
+    parser.add_argument("--out-dir", default="om",
+                        help="where the .om files, logs and sidecars go (default: om)")
+    parser.add_argument("--batch-sizes", default=",".join(str(b) for b in DEFAULT_BATCH_SIZES),
+                        help="comma-separated batch sizes (default: the recipe's 1,4,8,16,32,64)")
+    parser.add_argument("--soc-version", default=None,
+                        help="e.g. Ascend310P3; default: read from `npu-smi info`")
+    parser.add_argument("--precision-mode", default="force_fp16", choices=PRECISION_MODES)
+    parser.add_argument("--out-nodes", default=DEFAULT_OUT_NODES,
+                        help="atc --out_nodes (default: dets;labels)")
+    parser.add_argument("--aoe", action="store_true",
+                        help="run aoe operator tuning (job type 2) instead of atc")
+    parser.add_argument("--job-type", type=int, default=2, choices=(1, 2), help="aoe job type (default 2)")
+    parser.add_argument("--log-level", default="error", help="atc --log level (default: error)")
+    parser.add_argument("--atc", default=None, help="atc executable (default: atc on PATH)")
+    parser.add_argument("--aoe-bin", default=None, help="aoe executable (default: aoe on PATH)")
+    parser.add_argument("--npu-smi", default="npu-smi", help="npu-smi executable (default: npu-smi on PATH)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per conversion")
+    parser.add_argument("--stop-on-error", action="store_true", help="stop at the first failing batch size")
+    parser.set_defaults(func=_cli_convert)
+
+
+def _cli_convert(args):
+    sizes = parse_batch_sizes(args.batch_sizes)
+    kwargs = dict(precision_mode=args.precision_mode, out_nodes=args.out_nodes, log_level=args.log_level,
+                  job_type=args.job_type, timeout=args.timeout,
+                  executable=args.aoe_bin if args.aoe else args.atc)
+    results = convert_batch_sizes(args.onnx, args.out_dir, sizes, soc_version=args.soc_version, aoe=args.aoe,
+                                  npu_smi=args.npu_smi, keep_going=not args.stop_on_error, **kwargs)
+    for bs in sorted(results):
+        print("batch size {}: {} ({})".format(bs, os.path.join(args.out_dir, results[bs]["om"]),
+                                              results[bs]["soc_version"] or "aoe"))
+    return 0
