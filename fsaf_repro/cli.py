@@ -16,6 +16,7 @@ STAGE_MODULES = [
     # Keep the recipe's order: checkpoint, export, convert, synthetic, data, runner, postprocess,
     # evaluate, perf, reproduce. A module is listed once it defines register_cli.
     "fsaf_repro.convert",
+    "fsaf_repro.perf",
 ]
 
 

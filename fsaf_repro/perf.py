@@ -1,0 +1,532 @@
+"""Throughput: measured and published fps as one kind of record, compared with their meaning stated.
+
+Every figure is a *result record*:
+
+    {"device", "backend", "precision", "batch_size", "fps", "latencies_ms": {"mean", "p50", "p90", "p99"},
+     "mode", "source", "chips": k, "scope", "note"}
+
+`mode` says what the fps measures (MODE_DEFINITIONS, printed with every table):
+- e2e            full dataset, images / wall-clock time from the first read to the last result written;
+- inference      full dataset, images / time spent inside the runtime's inference call only
+                 (the benchmark tool's `Interface throughputRate`, ais_bench's `throughput`);
+- pure_inference one fixed input run N times after warm-up, images / time of those N runs.
+
+The ModelZoo convention for Ascend 310 tables is per *card*: the tool measures one of the card's four
+chips and the scripts report `Interface throughputRate x 4`. A record keeps that factor in `chips`
+(4 for a 310 card figure, 1 otherwise) and `fps_measured` (the tool's own number), so that a per-chip
+figure is never compared with a per-card one by accident.
+
+Comparisons (`compare_records`, `evaluate_gates`) refuse records of different modes or different chip
+factors of the same device, and attach a caveat to every other difference (device, precision,
+backend, batch size, source) instead of producing a bare ratio.
+"""
+import json
+import os
+import re
+import time
+
+import numpy as np
+
+from .errors import ResultsError, ToolError
+from .spec import input_constants, performance_reference
+
+MODE_DEFINITIONS = {
+    "e2e": "full dataset, end to end: images / wall-clock seconds from the first image read to the last "
+           "result written (loading, preprocessing, inference, postprocessing)",
+    "inference": "full dataset, pure inference: images / seconds spent inside the runtime's inference "
+                 "call only (benchmark tool: Interface throughputRate; ais_bench: throughput)",
+    "pure_inference": "fixed input, N timed loops after warm-up runs: images / seconds of the timed "
+                      "loops (no data loading); the recipe calls this benchmark pure-inference mode",
+}
+ASCEND_310_CHIPS_PER_CARD = 4
+SCOPE_310_CARD = ("per card: the tool's per-chip figure x 4 (an Ascend 310 card has 4 chips; ModelZoo "
+                  "reports Interface throughputRate x 4)")
+RECORD_KEYS = ("device", "backend", "precision", "batch_size", "fps", "latencies_ms", "mode", "source")
+
+
+def _is_310_card(device):
+    return str(device) == "310" or str(device).startswith("310_")
+
+
+def default_chips(device):
+    """The ModelZoo convention: 310 table figures are per card (4 chips); every other device 1."""
+    return ASCEND_310_CHIPS_PER_CARD if _is_310_card(device) else 1
+
+
+def make_record(device, backend, precision, batch_size, fps, mode, source, latencies_ms=None, chips=1,
+                fps_measured=None, note=None, images=None, seconds=None):
+    """Build and check one result record (ResultsError on a malformed value)."""
+    if mode not in MODE_DEFINITIONS:
+        raise ResultsError("unknown throughput mode {!r}; one of {}".format(
+            mode, ", ".join(MODE_DEFINITIONS)))
+    if fps is not None and (not np.isfinite(fps) or fps <= 0):
+        raise ResultsError("{} {} batch {}: fps must be a positive number, got {!r} (source {})".format(
+            device, backend, batch_size, fps, source))
+    chips = int(chips)
+    record = {
+        "device": str(device), "backend": str(backend), "precision": str(precision),
+        "batch_size": int(batch_size) if batch_size is not None else None,
+        "fps": float(fps) if fps is not None else None,
+        "fps_measured": float(fps_measured) if fps_measured is not None else (
+            float(fps) / chips if fps is not None else None),
+        "chips": chips,
+        "scope": SCOPE_310_CARD if chips == ASCEND_310_CHIPS_PER_CARD else "as measured (one device)",
+        "latencies_ms": dict(latencies_ms or {}),
+        "mode": mode, "definition": MODE_DEFINITIONS[mode], "source": str(source), "note": note,
+    }
+    if images is not None:
+        record["images"] = int(images)
+    if seconds is not None:
+        record["seconds"] = float(seconds)
+    return record
+
+
+def latency_summary(latencies_s):
+    """mean/p50/p90/p99 in milliseconds of per-call latencies given in seconds."""
+    values = np.asarray(latencies_s, dtype=np.float64) * 1000.0
+    if values.size == 0:
+        raise ResultsError("no latency sample to summarise")
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {"mean": float(values.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
+            "min": float(values.min()), "max": float(values.max()), "count": int(values.size)}
+
+
+# --- measuring ---------------------------------------------------------------------------------------
+
+def fixed_input(batch_size, height=None, width=None, dtype="float32", seed=0):
+    """A fixed pseudo-random network input: normalised-looking floats, or uint8 pixels."""
+    inp = input_constants()
+    height = inp["height"] if height is None else int(height)
+    width = inp["width"] if width is None else int(width)
+    rng = np.random.RandomState(seed)
+    shape = (int(batch_size), 3, height, width)
+    if np.dtype(dtype) == np.uint8:
+        return rng.randint(0, 256, size=shape).astype(np.uint8)
+    return rng.standard_normal(shape).astype(np.dtype(dtype))
+
+
+def measure_pure_inference(backend, batch, loops=20, warmup=3, device="cpu", precision="fp32",
+                           backend_name=None, clock=time.perf_counter):
+    """Run `backend.run(batch)` `warmup` times untimed, then `loops` times timed; one record."""
+    if int(loops) < 1:
+        raise ResultsError("loops must be >= 1, got {}".format(loops))
+    for _ in range(int(warmup)):
+        backend.run(batch)
+    latencies = []
+    start = clock()
+    for _ in range(int(loops)):
+        t0 = clock()
+        backend.run(batch)
+        latencies.append(clock() - t0)
+    total = clock() - start
+    images = int(batch.shape[0]) * int(loops)
+    return make_record(device, backend_name or getattr(backend, "name", "?"), precision, batch.shape[0],
+                       images / total, "pure_inference",
+                       "measured: {} timed loops after {} warm-up runs".format(loops, warmup),
+                       latencies_ms=latency_summary(latencies), images=images, seconds=total)
+
+
+def dataset_records(images, wall_seconds, inference_seconds, batch_latencies_s, device, backend, precision,
+                    batch_size, source="measured: full dataset run"):
+    """The two full-dataset records (e2e and inference) of one streaming run's timings."""
+    if images <= 0 or wall_seconds <= 0 or inference_seconds <= 0:
+        raise ResultsError("a dataset run needs images > 0 and positive times (got {} images, {} s wall, "
+                           "{} s inference)".format(images, wall_seconds, inference_seconds))
+    lat = latency_summary(batch_latencies_s) if len(batch_latencies_s) else None
+    return [
+        make_record(device, backend, precision, batch_size, images / wall_seconds, "e2e", source,
+                    images=images, seconds=wall_seconds),
+        make_record(device, backend, precision, batch_size, images / inference_seconds, "inference", source,
+                    latencies_ms=lat, images=images, seconds=inference_seconds),
+    ]
+
+
+def best_batch(records):
+    """The record with the highest fps among `records` (which must share device, mode and backend)."""
+    usable = [r for r in records if r.get("fps") is not None]
+    if not usable:
+        return None
+    keys = set((r["device"], r["mode"], r["backend"], r["precision"]) for r in usable)
+    if len(keys) > 1:
+        raise ResultsError("best batch over records of different device/mode/backend/precision: {}".format(
+            sorted(keys)))
+    return max(usable, key=lambda r: r["fps"])
+
+
+# --- tool output parsers -----------------------------------------------------------------------------
+
+_PERF_LINE = re.compile(r"^\[(?P<stage>[^\]]+)\]\s*(?P<body>.*)$")
+_FIELD = re.compile(r"(?P<key>[A-Za-z][A-Za-z ]*?)\s*:\s*(?P<value>[-+0-9.eE]+)")
+_PURE = re.compile(r"ave_throughputRate\s*:\s*([0-9.eE+-]+)\s*samples/s\s*,"
+                   r"\s*ave_latency\s*:\s*([0-9.eE+-]+)\s*ms")
+_PERF_STAGES = ("e2e", "data read", "preprocess", "inference", "infer", "postprocess", "post")
+_PERF_NAME = re.compile(r"perf_vision_batchsize_(\d+)_device_(\d+)\.txt$")
+
+
+def _read_text(path_or_text):
+    if "\n" not in path_or_text and os.path.isfile(path_or_text):
+        with open(path_or_text) as handle:
+            return handle.read(), path_or_text
+    return path_or_text, None
+
+
+def parse_benchmark_perf(path_or_text, device, batch_size=None, precision="fp16", chips=None,
+                         backend="benchmark"):
+    """Records from the benchmark tool's perf file or its pure-inference console output.
+
+    Dataset mode (perf_vision_batchsize_{bs}_device_{id}.txt): an `e2e` record from `[e2e]
+    throughputRate` and an `inference` record from `Interface throughputRate` of the `[inference]` (or
+    `[infer]`) line, each multiplied by `chips` (default: 4 for device "310", else 1; see module doc).
+    Pure-inference mode (`ave_throughputRate: X samples/s, ave_latency: Y ms`): one `pure_inference`
+    record. The batch size is read from the perf file's name when not given.
+    """
+    text, path = _read_text(str(path_or_text))
+    source = "benchmark tool: {}".format(path or "perf text")
+    if batch_size is None and path:
+        match = _PERF_NAME.search(os.path.basename(path))
+        batch_size = int(match.group(1)) if match else None
+    if batch_size is None:
+        raise ResultsError("{}: the batch size is not in the file name; give it".format(source))
+    chips = default_chips(device) if chips is None else int(chips)
+    note = SCOPE_310_CARD if chips == ASCEND_310_CHIPS_PER_CARD else None
+    stages = {}
+    for line in text.splitlines():
+        match = _PERF_LINE.match(line.strip())
+        if match:
+            stage = match.group("stage").strip().lower()
+            if stage not in _PERF_STAGES:
+                continue  # console lines such as "[INFO] ..." share the bracket form
+            stages[stage] = dict((f.group("key").strip(), float(f.group("value")))
+                                 for f in _FIELD.finditer(match.group("body")))
+    records = []
+    if stages:
+        inference = stages.get("inference", stages.get("infer"))
+        if inference is None or "Interface throughputRate" not in inference:
+            raise ResultsError("{}: no `[inference]`/`[infer]` line with `Interface throughputRate` "
+                               "(stages found: {})".format(source, ", ".join(sorted(stages))))
+        e2e = stages.get("e2e")
+        if e2e is not None and "throughputRate" in e2e:
+            records.append(make_record(device, backend, precision, batch_size,
+                                       e2e["throughputRate"] * chips, "e2e", source, chips=chips,
+                                       fps_measured=e2e["throughputRate"], note=note))
+        measured = inference["Interface throughputRate"]
+        latency = inference.get("moduleLatency")
+        records.append(make_record(device, backend, precision, batch_size, measured * chips, "inference",
+                                   source, chips=chips, fps_measured=measured, note=note,
+                                   latencies_ms={"mean": latency} if latency is not None else None))
+        return records
+    match = _PURE.search(text)
+    if match:
+        fps, latency = float(match.group(1)), float(match.group(2))
+        return [make_record(device, backend, precision, batch_size, fps * chips, "pure_inference", source,
+                            chips=chips, fps_measured=fps, note=note, latencies_ms={"mean": latency})]
+    raise ResultsError("{}: neither a perf file (`[e2e]`, `[inference]` lines) nor pure-inference output "
+                       "(`ave_throughputRate`); nothing to parse".format(source))
+
+
+def parse_ais_bench_summary(path, device, batch_size, precision="fp16", chips=None, backend="ais_bench"):
+    """An `inference` record from ais_bench's `*_summary.json` (throughput, NPU_compute_time stats)."""
+    try:
+        with open(path) as handle:
+            summary = json.load(handle)
+    except (IOError, OSError, ValueError) as exc:
+        raise ResultsError("ais_bench summary {} is unreadable: {}".format(path, exc)) from exc
+    if not isinstance(summary, dict) or "throughput" not in summary:
+        raise ResultsError("ais_bench summary {} has no `throughput` key".format(path))
+    chips = default_chips(device) if chips is None else int(chips)
+    compute = summary.get("NPU_compute_time") or {}
+    latencies = {}
+    for ours, theirs in (("mean", "mean"), ("p50", "median"), ("p99", "percentile(99%)"), ("min", "min"),
+                         ("max", "max")):
+        if theirs in compute:
+            latencies[ours] = float(compute[theirs])
+    measured = float(summary["throughput"])
+    return make_record(device, backend, precision, batch_size, measured * chips, "inference",
+                       "ais_bench summary: {}".format(path), latencies_ms=latencies, chips=chips,
+                       fps_measured=measured,
+                       note=("NPU_compute_time per batch; p90 not reported by ais_bench"
+                             + ("; " + SCOPE_310_CARD if chips == ASCEND_310_CHIPS_PER_CARD else "")))
+
+
+# --- the recipe's reference table, comparisons and gates ---------------------------------------------
+
+def reference_records():
+    """The recipe's fps table (section 7.1) as records; out-of-memory cells are skipped."""
+    perf = performance_reference()
+    records = []
+    for device in perf["devices"]:
+        for bs_text, fps in sorted(perf["table"][device].items(), key=lambda kv: int(kv[0])):
+            if fps is None:
+                continue
+            records.append(make_record(
+                device, "benchmark" if device != "T4" else "unstated", "as published", int(bs_text),
+                fps, "inference", "reference: " + perf["source"], chips=default_chips(device),
+                note=perf["unit"]))
+    return records
+
+
+def _check_comparable(a, b):
+    """Refusals and caveats for a ratio a/b."""
+    if a["mode"] != b["mode"]:
+        raise ResultsError("refusing to compare a {} figure with a {} figure ({} vs {}): measure both the "
+                           "same way".format(a["mode"], b["mode"], a["source"], b["source"]))
+    same_device = a["device"].replace("_aoe", "") == b["device"].replace("_aoe", "")
+    if same_device and a["chips"] != b["chips"]:
+        raise ResultsError("refusing to compare device {} figures counted over {} and {} chips: the 310 "
+                           "convention multiplies the per-chip figure by 4; parse both with the same chips "
+                           "factor".format(a["device"], a["chips"], b["chips"]))
+    caveats = []
+    for key, what in (("device", "devices"), ("precision", "precisions"), ("backend", "backends"),
+                      ("batch_size", "batch sizes")):
+        if a[key] != b[key]:
+            caveats.append("different {}: {} vs {}".format(what, a[key], b[key]))
+    if a["chips"] != b["chips"]:
+        caveats.append("different scopes: {} counted over {} chip(s), {} over {}".format(
+            a["device"], a["chips"], b["device"], b["chips"]))
+    if a["source"].split(":")[0] != b["source"].split(":")[0]:
+        caveats.append("different sources: {} vs {}".format(a["source"], b["source"]))
+    return caveats
+
+
+def compare_records(a, b):
+    """{"ratio": a.fps / b.fps, "caveats": [...]} or ResultsError when the two are not comparable."""
+    caveats = _check_comparable(a, b)
+    return {"numerator": _brief(a), "denominator": _brief(b), "ratio": a["fps"] / b["fps"],
+            "caveats": caveats}
+
+
+def _brief(record):
+    return {k: record[k] for k in ("device", "backend", "precision", "batch_size", "fps", "mode", "chips",
+                                   "source")}
+
+
+def compare_to_reference(measured, reference=None):
+    """Each measured record beside the reference cell of the same device and batch size."""
+    reference = reference_records() if reference is None else reference
+    cells = dict(((r["device"], r["batch_size"]), r) for r in reference)
+    rows = []
+    for record in measured:
+        ref = cells.get((record["device"], record["batch_size"]))
+        if ref is None:
+            rows.append({"measured": _brief(record), "reference": None, "ratio": None,
+                         "caveats": ["no reference cell for device {} batch {} (reference devices: {})"
+                                     .format(record["device"], record["batch_size"],
+                                             ", ".join(performance_reference()["devices"]))]})
+            continue
+        try:
+            comparison = compare_records(record, ref)
+        except ResultsError as exc:
+            rows.append({"measured": _brief(record), "reference": _brief(ref), "ratio": None,
+                         "caveats": ["not compared: {}".format(exc)]})
+            continue
+        rows.append({"measured": _brief(record), "reference": _brief(ref), "ratio": comparison["ratio"],
+                     "caveats": comparison["caveats"]})
+    return rows
+
+
+def evaluate_gates(records, mode="inference", gates=None):
+    """The recipe's gates on the best batch of each device among `records` (default mode: inference).
+
+    A gate compares two devices by design; every other difference (precision, backend, chips, source) is
+    listed in its caveats. A gate whose devices have no record is reported as not evaluated.
+    """
+    gates = performance_reference()["gates"] if gates is None else gates
+    results = []
+    for gate in gates:
+        result = {"name": gate["name"], "min_ratio": gate["min_ratio"], "source": gate["source"],
+                  "numerator_device": gate["numerator"], "denominator_device": gate["denominator"],
+                  "ratio": None, "passed": None, "caveats": []}
+        best = {}
+        for side in ("numerator", "denominator"):
+            device = gate[side]
+            candidates = [r for r in records if r["device"] == device and r["mode"] == mode]
+            groups = {}
+            for r in candidates:
+                groups.setdefault((r["backend"], r["precision"], r["source"].split(":")[0]), []).append(r)
+            if len(groups) > 1:
+                result["caveats"].append("{} has records from {} backend/precision/source groups; using the "
+                                         "fastest".format(device, len(groups)))
+            tops = [best_batch(group) for group in groups.values()]
+            best[side] = max(tops, key=lambda r: r["fps"]) if tops else None
+        if best["numerator"] is None or best["denominator"] is None:
+            missing = [gate[s] for s in ("numerator", "denominator") if best[s] is None]
+            result["caveats"].append("not evaluated: no {} record for {}".format(mode, ", ".join(missing)))
+            results.append(result)
+            continue
+        comparison = compare_records(best["numerator"], best["denominator"])
+        result.update(numerator=comparison["numerator"], denominator=comparison["denominator"],
+                      ratio=comparison["ratio"], passed=comparison["ratio"] >= gate["min_ratio"])
+        # a gate compares the best batch of two devices by design; other differences are caveats
+        result["caveats"].extend(c for c in comparison["caveats"]
+                                 if not c.startswith(("different devices", "different batch sizes")))
+        results.append(result)
+    return results
+
+
+# --- output ------------------------------------------------------------------------------------------
+
+def load_records(path):
+    """Records from a JSON file written by `perf` (a {"records": [...]} object or a bare list)."""
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (IOError, OSError, ValueError) as exc:
+        raise ResultsError("perf records file {} is unreadable: {}".format(path, exc)) from exc
+    records = data.get("records") if isinstance(data, dict) else data
+    if not isinstance(records, list):
+        raise ResultsError("{} holds no list of records".format(path))
+    for i, record in enumerate(records):
+        missing = [k for k in RECORD_KEYS if k not in record]
+        if missing:
+            raise ResultsError("{}: record {} lacks {}".format(path, i, ", ".join(missing)))
+        record.setdefault("chips", 1)
+    return records
+
+
+def write_records(path, records):
+    data = {"definitions": MODE_DEFINITIONS, "records": records}
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, str(path))
+
+
+def format_records(records):
+    lines = ["{:<10} {:<14} {:<13} {:>5} {:>10} {:>9} {:>9} {:>9}  {}".format(
+        "device", "backend", "precision", "batch", "fps", "p50 ms", "p90 ms", "p99 ms", "mode")]
+    for r in records:
+        lat = r.get("latencies_ms") or {}
+        ms = [("{:.2f}".format(lat[k]) if lat.get(k) is not None else "-") for k in ("p50", "p90", "p99")]
+        lines.append("{:<10} {:<14} {:<13} {:>5} {:>10.3f} {:>9} {:>9} {:>9}  {}{}".format(
+            r["device"], r["backend"][:14], r["precision"][:13], r["batch_size"], r["fps"],
+            ms[0], ms[1], ms[2], r["mode"],
+            " (x{} chips)".format(r["chips"]) if r.get("chips", 1) != 1 else ""))
+    used = sorted(set(r["mode"] for r in records))
+    lines.append("")
+    lines.extend("{}: {}".format(mode, MODE_DEFINITIONS[mode]) for mode in used)
+    if any(r.get("chips", 1) == ASCEND_310_CHIPS_PER_CARD for r in records):
+        lines.append("x4 chips: " + SCOPE_310_CARD)
+    return "\n".join(lines)
+
+
+def format_gates(results):
+    lines = []
+    for g in results:
+        if g["ratio"] is None:
+            verdict = "NOT EVALUATED"
+            detail = ""
+        else:
+            verdict = "PASS" if g["passed"] else "FAIL"
+            detail = (" best {} = {:.4f} fps (bs {}), best {} = {:.4f} fps (bs {}): ratio {:.4f} (>= {})"
+                      ).format(
+                g["numerator_device"], g["numerator"]["fps"], g["numerator"]["batch_size"],
+                g["denominator_device"], g["denominator"]["fps"], g["denominator"]["batch_size"],
+                g["ratio"], g["min_ratio"])
+        lines.append("{} {}:{}".format(verdict, g["name"], detail))
+        lines.extend("    caveat: " + c for c in g["caveats"])
+    return "\n".join(lines)
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+def register_cli(subparsers):
+    perf = subparsers.add_parser(
+        "perf", help="measure pure-inference fps/latency of a backend, or parse benchmark/ais_bench output",
+        description="Throughput records with their definitions. Measure: --backend NAME --model PATH runs a "
+                    "fixed input --loops times after --warmup runs for each --batch-sizes. Parse: "
+                    "--from-benchmark PERF_TXT or --from-ais-bench SUMMARY_JSON.")
+    perf.add_argument("--backend", help="backend name (see fsaf_repro.backends)")
+    perf.add_argument("--model", help="model file for the backend (onnx, om, checkpoint)")
+    perf.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default 1)")
+    perf.add_argument("--loops", type=int, default=20)
+    perf.add_argument("--warmup", type=int, default=3)
+    perf.add_argument("--height", type=int, default=None)
+    perf.add_argument("--width", type=int, default=None)
+    perf.add_argument("--input-dtype", default="float32", choices=("float32", "uint8"))
+    perf.add_argument("--threads", type=int, default=None, help="intra-op threads for CPU backends")
+    perf.add_argument("--from-benchmark", metavar="PERF_TXT", help="parse a benchmark tool perf file/output")
+    perf.add_argument("--from-ais-bench", metavar="SUMMARY_JSON", help="parse an ais_bench summary json")
+    perf.add_argument("--device", default="cpu", help="device label of the records (310, 310P, 310P_aoe, T4, "
+                                                      "cpu...); default cpu")
+    perf.add_argument("--precision", default=None,
+                      help="precision label (default fp32 measured, fp16 parsed)")
+    perf.add_argument("--chips", type=int, default=None,
+                      help="multiply parsed fps by this many chips (default 4 for device 310, else 1)")
+    perf.add_argument("--batch-size", type=int, default=None, help="batch size of a parsed file")
+    perf.add_argument("--out", help="write the records as JSON here")
+    perf.set_defaults(func=_cli_perf)
+
+    gates = subparsers.add_parser(
+        "gates", help="compare fps records with the recipe's table and evaluate its two gates",
+        description="Without files: the gates on the recipe's own table. With record files (from `perf`): "
+                    "each record beside the reference cell, then the gates on the measured records.")
+    gates.add_argument("records", nargs="*", help="JSON files written by `fsaf-repro perf --out`")
+    gates.add_argument("--mode", default="inference", choices=sorted(MODE_DEFINITIONS))
+    gates.add_argument("--no-fail", action="store_true", help="exit 0 even when a gate fails")
+    gates.set_defaults(func=_cli_gates)
+
+
+def _cli_perf(args):
+    from .convert import parse_batch_sizes
+    if args.from_benchmark or args.from_ais_bench:
+        precision = args.precision or "fp16"
+        if args.from_benchmark:
+            records = parse_benchmark_perf(args.from_benchmark, args.device, args.batch_size, precision,
+                                           chips=args.chips)
+        else:
+            if args.batch_size is None:
+                raise ResultsError("--from-ais-bench needs --batch-size (the summary does not record it)")
+            records = [parse_ais_bench_summary(args.from_ais_bench, args.device, args.batch_size, precision,
+                                               chips=args.chips)]
+    else:
+        if not args.backend:
+            raise ResultsError("give --backend and --model to measure, or --from-benchmark/--from-ais-bench")
+        from .backends import create_backend
+        try:
+            sizes = parse_batch_sizes(args.batch_sizes)
+        except ToolError as exc:
+            raise ResultsError(str(exc)) from None
+        options = {}
+        if args.threads is not None:
+            options["threads"] = args.threads
+        records = []
+        for bs in sizes:
+            with create_backend(args.backend, **options) as backend:
+                backend.load(args.model)
+                batch = fixed_input(bs, args.height, args.width, args.input_dtype)
+                records.append(measure_pure_inference(backend, batch, args.loops, args.warmup, args.device,
+                                                      args.precision or "fp32", args.backend))
+        best = best_batch(records)
+        print("best batch: {} ({:.3f} fps)".format(best["batch_size"], best["fps"]))
+    print(format_records(records))
+    if args.out:
+        write_records(args.out, records)
+        print("records written to {}".format(args.out))
+    return 0
+
+
+def _cli_gates(args):
+    reference = reference_records()
+    if not args.records:
+        print("recipe section 7.1 table (reference):")
+        print(format_records(reference))
+        print("")
+        results = evaluate_gates(reference, mode="inference")
+    else:
+        measured = []
+        for path in args.records:
+            measured.extend(load_records(path))
+        print("measured vs reference:")
+        for row in compare_to_reference(measured):
+            m = row["measured"]
+            print("  {} {} bs{} {}: {:.3f} fps{}".format(
+                m["device"], m["backend"], m["batch_size"], m["mode"], m["fps"],
+                "" if row["ratio"] is None else " = {:.3f} x reference {:.3f}".format(
+                    row["ratio"], row["reference"]["fps"])))
+            for caveat in row["caveats"]:
+                print("    caveat: " + caveat)
+        results = evaluate_gates(measured, mode=args.mode)
+    print(format_gates(results))
+    failed = [g for g in results if g["passed"] is False]
+    return 1 if failed and not args.no_fail else 0
