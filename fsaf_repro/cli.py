@@ -15,6 +15,8 @@ from .errors import FsafReproError
 STAGE_MODULES = [
     # Keep the recipe's order: checkpoint, export, convert, synthetic, data, runner, postprocess,
     # evaluate, perf, reproduce. A module is listed once it defines register_cli.
+    "fsaf_repro.checkpoint",
+    "fsaf_repro.export",
     "fsaf_repro.convert",
     "fsaf_repro.perf",
 ]

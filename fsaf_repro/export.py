@@ -1,0 +1,418 @@
+"""Recipe step 3.1, "pth -> onnx", without mmcv/mmdetection: three NMS flavours at opset 11.
+
+- `onnx-nms`: standard ONNX `NonMaxSuppression` per class (max 200 per class, IoU 0.5, score 0.05),
+  then the top 100 (box, class) pairs; runs in ONNX Runtime.
+- `ascend-nms`: one `BatchMultiClassNMS` custom node fed with fp16 boxes [B, N, 1, 4] and scores
+  [B, N, 80], the node the recipe's `fsaf.diff` patch emits and ATC maps onto the NPU's NMS.
+- `raw`: no NMS in the graph: `boxes` [B, N, 4] and `scores` [B, N, 80] after the per-level top-k;
+  the host runs `fsaf_repro.decode.multiclass_nms`, the torch path's own NMS.
+
+`onnx-nms` and `ascend-nms` output `dets` [B, 100, 5] float32 (x1, y1, x2, y2, score in network-input
+pixels; padded rows have score 0) and `labels` [B, 100] int64. Every .onnx gets a JSON sidecar
+(`<file>.onnx.json`) saying how it was made. The TorchScript exporter is used: torch 1.8 has only
+that one, current torch keeps it behind `dynamo=False`.
+"""
+import hashlib
+import inspect
+import json
+import os
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from .checkpoint import file_sha256, load_detector, write_seeded_checkpoint
+from .decode import _greedy_nms_order, multiclass_nms, pad_detections, select_candidates
+from .errors import ExportError
+from .spec import input_constants, model_constants
+
+FLAVOURS = ("onnx-nms", "ascend-nms", "raw")
+INPUT_DTYPES = ("float32", "uint8")
+
+
+# ----------------------------------------------------------------------------------------------
+# NMS nodes: autograd Functions whose forward computes the real result (so tracing sees realistic
+# tensors) and whose symbolic emits the ONNX node.
+
+class OnnxNonMaxSuppression(torch.autograd.Function):
+    """ONNX `NonMaxSuppression`: boxes [B, N, 4], scores [B, C, N] -> selected [K, 3] (batch, class, box)."""
+
+    @staticmethod
+    def forward(ctx, boxes, scores, max_output_boxes_per_class, iou_threshold, score_threshold):
+        selected = []
+        boxes_np = boxes.detach().cpu().numpy().astype(np.float32)
+        scores_np = scores.detach().cpu().numpy().astype(np.float32)
+        for b in range(boxes_np.shape[0]):
+            for c in range(scores_np.shape[1]):
+                candidates = np.nonzero(scores_np[b, c] > np.float32(score_threshold))[0]
+                if candidates.size == 0:
+                    continue
+                keep = _greedy_nms_order(boxes_np[b, candidates], scores_np[b, c, candidates],
+                                         np.float32(iou_threshold), max_output_boxes_per_class)
+                for index in candidates[keep]:
+                    selected.append((b, c, int(index)))
+        if not selected:
+            return torch.zeros((0, 3), dtype=torch.long)
+        return torch.tensor(selected, dtype=torch.long)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_output_boxes_per_class, iou_threshold, score_threshold):
+        max_out = g.op("Constant", value_t=torch.tensor([max_output_boxes_per_class], dtype=torch.long))
+        iou = g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float))
+        score = g.op("Constant", value_t=torch.tensor([score_threshold], dtype=torch.float))
+        return g.op("NonMaxSuppression", boxes, scores, max_out, iou, score, center_point_box_i=0)
+
+
+class AscendBatchMultiClassNMS(torch.autograd.Function):
+    """The Ascend `BatchMultiClassNMS` custom node (4 outputs: boxes, scores, classes, valid count)."""
+
+    @staticmethod
+    def forward(ctx, boxes, scores, score_threshold, iou_threshold, max_size_per_class, max_total_size):
+        # boxes [B, N, 1, 4] fp16, scores [B, N, C] fp16; computed in float32 for the trace only.
+        out_boxes, out_scores, out_classes, out_num = [], [], [], []
+        for image_boxes, image_scores in zip(boxes.float()[:, :, 0, :], scores.float()):
+            dets, labels = multiclass_nms(image_boxes, image_scores, score_threshold, iou_threshold,
+                                          max_total_size)
+            out_num.append(len(dets))
+            dets, labels = pad_detections(dets, labels, max_total_size)
+            out_boxes.append(dets[:, :4])
+            out_scores.append(dets[:, 4])
+            out_classes.append(labels.astype(np.float32))
+        return (torch.from_numpy(np.stack(out_boxes)).half(), torch.from_numpy(np.stack(out_scores)).half(),
+                torch.from_numpy(np.stack(out_classes)).half(), torch.tensor(out_num, dtype=torch.int32))
+
+    @staticmethod
+    def symbolic(g, boxes, scores, score_threshold, iou_threshold, max_size_per_class, max_total_size):
+        return g.op("BatchMultiClassNMS", boxes, scores,
+                    score_threshold_f=float(score_threshold), iou_threshold_f=float(iou_threshold),
+                    max_size_per_class_i=int(max_size_per_class), max_total_size_i=int(max_total_size),
+                    outputs=4)
+
+
+def onnx_nms_top_k(boxes, scores, max_output_boxes_per_class, iou_threshold, score_threshold, max_per_img):
+    """Per-class ONNX NMS, then the top `max_per_img` kept (box, class) pairs, zero-padded."""
+    batch = boxes.shape[0]
+    num_boxes = boxes.shape[1]
+    num_classes = scores.shape[2]
+    scores_cn = scores.permute(0, 2, 1)  # [B, C, N], the layout NonMaxSuppression wants
+    selected = OnnxNonMaxSuppression.apply(boxes, scores_cn.contiguous(), max_output_boxes_per_class,
+                                           iou_threshold, score_threshold)
+    # Keep the scores of selected (batch, class, box) triples, zero elsewhere, then take the top k.
+    flat_scores = scores_cn.reshape(-1)
+    flat_index = (selected[:, 0] * num_classes + selected[:, 1]) * num_boxes + selected[:, 2]
+    kept = torch.zeros_like(flat_scores).scatter(0, flat_index, flat_scores.gather(0, flat_index))
+    kept = kept.reshape(batch, -1)
+    top_k = min(max_per_img, num_classes * int(num_boxes))
+    top_scores, top_index = kept.topk(top_k, dim=1)
+    labels = top_index // num_boxes
+    box_index = top_index - labels * num_boxes
+    top_boxes = torch.gather(boxes, 1, box_index.unsqueeze(-1).expand(-1, -1, 4))
+    valid = (top_scores > 0).to(top_boxes.dtype)
+    dets = torch.cat([top_boxes * valid.unsqueeze(-1), top_scores.unsqueeze(-1)], dim=-1)
+    if top_k < max_per_img:  # tiny inputs only: keep the documented [B, 100, *] shapes
+        pad = max_per_img - top_k
+        dets = torch.cat([dets, dets.new_zeros((batch, pad, 5))], dim=1)
+        labels = torch.cat([labels, labels.new_zeros((batch, pad))], dim=1)
+    return dets, labels
+
+
+def ascend_nms(boxes, scores, score_threshold, iou_threshold, max_size_per_class, max_total_size):
+    nmsed_boxes, nmsed_scores, nmsed_classes, _ = AscendBatchMultiClassNMS.apply(
+        boxes.half().unsqueeze(2), scores.half(), score_threshold, iou_threshold,
+        max_size_per_class, max_total_size)
+    dets = torch.cat([nmsed_boxes, nmsed_scores.unsqueeze(-1)], dim=-1).float()
+    return dets, nmsed_classes.long()
+
+
+class ExportableFSAF(torch.nn.Module):
+    """Detector + in-graph post-processing of one flavour; optionally normalises uint8 input in-graph."""
+
+    def __init__(self, detector, flavour, height, width, input_dtype="float32"):
+        super(ExportableFSAF, self).__init__()
+        if flavour not in FLAVOURS:
+            raise ExportError("unknown flavour {!r}; choose one of {}".format(flavour, ", ".join(FLAVOURS)))
+        if input_dtype not in INPUT_DTYPES:
+            raise ExportError("unknown input dtype {!r}; choose one of {}".format(
+                input_dtype, ", ".join(INPUT_DTYPES)))
+        self.detector = detector
+        self.flavour = flavour
+        self.input_hw = (int(height), int(width))
+        self.input_dtype = input_dtype
+        constants = input_constants()
+        self.register_buffer("mean", torch.tensor(constants["mean_rgb"], dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(constants["std_rgb"], dtype=torch.float32).view(1, 3, 1, 1))
+
+    def normalise_uint8(self, image, image_hw):
+        """(x - mean) / std inside the valid region [0:h, 0:w], 0 in the padding: the recipe's
+        float input exactly, computed from the uint8 canvas and each image's resized size."""
+        x = (image.float() - self.mean) / self.std
+        rows = torch.arange(self.input_hw[0], dtype=torch.int32).view(1, -1, 1)
+        cols = torch.arange(self.input_hw[1], dtype=torch.int32).view(1, 1, -1)
+        hw = image_hw.to(torch.int32)
+        inside = (rows < hw[:, 0].view(-1, 1, 1)) & (cols < hw[:, 1].view(-1, 1, 1))
+        return x * inside.unsqueeze(1).to(x.dtype)
+
+    def forward(self, image, image_hw=None):
+        if self.input_dtype == "uint8":
+            image = self.normalise_uint8(image, image_hw)
+        cls_scores, bbox_preds = self.detector(image)
+        boxes, scores = select_candidates(cls_scores, bbox_preds, self.input_hw)
+        constants = model_constants()
+        if self.flavour == "raw":
+            return boxes, scores
+        if self.flavour == "onnx-nms":
+            return onnx_nms_top_k(boxes, scores, constants["onnx_max_output_boxes_per_class"],
+                                  constants["iou_threshold"], constants["score_threshold"],
+                                  constants["max_per_img"])
+        return ascend_nms(boxes, scores, constants["score_threshold"], constants["iou_threshold"],
+                          constants["ascend_max_size_per_class"], constants["ascend_max_total_size"])
+
+
+def output_spec(flavour, batch_dim, num_candidates):
+    constants = model_constants()
+    if flavour == "raw":
+        return [{"name": "boxes", "shape": [batch_dim, num_candidates, 4], "dtype": "float32"},
+                {"name": "scores", "shape": [batch_dim, num_candidates, constants["num_classes"]],
+                 "dtype": "float32"}]
+    return [{"name": "dets", "shape": [batch_dim, constants["max_per_img"], 5], "dtype": "float32"},
+            {"name": "labels", "shape": [batch_dim, constants["max_per_img"]], "dtype": "int64"}]
+
+
+def num_candidates(height, width):
+    """N of the raw flavour: sum over levels of min(nms_pre, H_l * W_l) for the conv-arithmetic sizes."""
+    constants = model_constants()
+    total = 0
+    h, w = height, width
+    # conv1 (s2, p3, k7) then max-pool (s2, p1, k3): each halves with ceil; then one s2 3x3 conv per level.
+    sizes = []
+    h, w = (h + 1) // 2, (w + 1) // 2
+    h, w = (h + 1) // 2, (w + 1) // 2
+    for _ in constants["strides"]:
+        h, w = (h + 1) // 2, (w + 1) // 2
+        sizes.append((h, w))
+    for h, w in sizes:
+        total += min(constants["nms_pre"], h * w)
+    return total
+
+
+def _torch_export(module, args, path, input_names, output_names, dynamic_axes, opset, custom_ops=False):
+    kwargs = {
+        "opset_version": opset,
+        "input_names": input_names,
+        "output_names": output_names,
+        "dynamic_axes": dynamic_axes or None,
+        "do_constant_folding": True,
+    }
+    parameters = inspect.signature(torch.onnx.export).parameters
+    if "dynamo" in parameters:
+        kwargs["dynamo"] = False
+    if custom_ops and "enable_onnx_checker" in parameters:
+        # torch 1.8 checks the proto before writing it and rejects the Ascend custom node; the
+        # recipe's patch disables that checker the same way. Current torch checks after writing.
+        kwargs["enable_onnx_checker"] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, path, **kwargs)
+
+
+def _file_sha256_bytes(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_exported_model(path, flavour):
+    """Structural checks of an exported file; `onnx.checker` for the standard flavours."""
+    import onnx
+
+    model = onnx.load(path)
+    if flavour != "ascend-nms":
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError("onnx.checker rejected the exported {} model: {}".format(flavour, exc))
+    ops = {node.op_type for node in model.graph.node}
+    wanted = {"onnx-nms": "NonMaxSuppression", "ascend-nms": "BatchMultiClassNMS"}.get(flavour)
+    if wanted and wanted not in ops:
+        raise ExportError("exported {} graph lacks its {} node".format(flavour, wanted))
+    if flavour == "raw" and ops & {"NonMaxSuppression", "BatchMultiClassNMS"}:
+        raise ExportError("exported raw graph unexpectedly contains an NMS node")
+    return model
+
+
+def export_onnx(checkpoint_path, out_path, flavour="onnx-nms", height=None, width=None, batch_size=1,
+                opset=None, input_dtype="float32", trusted=False):
+    """Export the checkpoint to `out_path` (+ `<out_path>.json` sidecar); returns the sidecar dict.
+
+    `batch_size` None exports a dynamic batch dimension. The file appears only once it is complete
+    and checked: a failed export leaves no partial .onnx behind.
+    """
+    if flavour not in FLAVOURS:
+        raise ExportError("unknown flavour {!r}; choose one of {}".format(flavour, ", ".join(FLAVOURS)))
+    constants = model_constants()
+    inputs = input_constants()
+    height = int(height or inputs["height"])
+    width = int(width or inputs["width"])
+    opset = int(opset or constants["opset"])
+    if height < 32 or width < 32:
+        raise ExportError("input {}x{} is too small: FSAF needs at least 32x32 (5 stride-2 levels)".format(
+            height, width))
+    if batch_size is not None and int(batch_size) < 1:
+        raise ExportError("batch size must be >= 1 (or None for a dynamic batch), got {}".format(batch_size))
+
+    started = time.time()
+    detector = load_detector(checkpoint_path, trusted=trusted)
+    module = ExportableFSAF(detector, flavour, height, width, input_dtype).eval()
+    trace_batch = int(batch_size) if batch_size is not None else 1
+    generator = torch.Generator().manual_seed(0)
+    if input_dtype == "uint8":
+        image = torch.randint(0, 256, (trace_batch, 3, height, width), generator=generator, dtype=torch.uint8)
+        image_hw = torch.tensor([[height, width]] * trace_batch, dtype=torch.int32)
+        args = (image, image_hw)
+        input_names = ["input", "image_hw"]
+    else:
+        args = (torch.randn((trace_batch, 3, height, width), generator=generator),)
+        input_names = ["input"]
+    batch_dim = int(batch_size) if batch_size is not None else "batch"
+    n_candidates = num_candidates(height, width)
+    outputs = output_spec(flavour, batch_dim, n_candidates)
+    output_names = [o["name"] for o in outputs]
+    dynamic_axes = None
+    if batch_size is None:
+        dynamic_axes = dict((name, {0: "batch"}) for name in input_names + output_names)
+
+    out_path = os.path.abspath(out_path)
+    directory = os.path.dirname(out_path)
+    if not os.path.isdir(directory):
+        os.makedirs(directory)
+    handle, tmp_path = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=directory)
+    os.close(handle)
+    try:
+        with torch.no_grad():
+            try:
+                _torch_export(module, args, tmp_path, input_names, output_names, dynamic_axes, opset,
+                              custom_ops=flavour == "ascend-nms")
+            except Exception as exc:  # noqa: B902 - exporter errors have many types; re-raised typed
+                checker_error = type(exc).__name__ == "CheckerError"
+                # The custom Ascend node is not in the ONNX domain: current torch's post-export
+                # checker rejects it after writing the file; the recipe disables the checker too.
+                if not (checker_error and flavour == "ascend-nms" and os.path.getsize(tmp_path) > 0):
+                    raise ExportError("ONNX export ({}, {}x{}, batch {}) failed: {}: {}".format(
+                        flavour, height, width, batch_dim, type(exc).__name__, exc))
+        check_exported_model(tmp_path, flavour)
+        if os.path.exists(out_path):
+            os.remove(out_path)
+        os.replace(tmp_path, out_path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+    import onnx
+
+    input_spec = [{"name": "input", "shape": [batch_dim, 3, height, width], "dtype": input_dtype}]
+    if input_dtype == "uint8":
+        input_spec.append({"name": "image_hw", "shape": [batch_dim, 2], "dtype": "int32",
+                           "meaning": "resized image height, width inside the zero-padded canvas"})
+    sidecar = {
+        "file": os.path.basename(out_path),
+        "flavour": flavour,
+        "inputs": input_spec,
+        "input": input_spec[0],
+        "outputs": outputs,
+        "batch_size": int(batch_size) if batch_size is not None else "dynamic",
+        "opset": opset,
+        "normalisation": {
+            "mean_rgb": inputs["mean_rgb"], "std_rgb": inputs["std_rgb"], "channel_order": "RGB",
+            "in_graph": input_dtype == "uint8",
+            "padding": "zero after normalising, right and bottom",
+        },
+        "nms": {
+            "where": {"onnx-nms": "graph (ONNX NonMaxSuppression)",
+                      "ascend-nms": "graph (BatchMultiClassNMS, fp16 on the NPU)",
+                      "raw": "host (fsaf_repro.decode.multiclass_nms)"}[flavour],
+            "nms_pre": constants["nms_pre"],
+            "score_threshold": constants["score_threshold"],
+            "iou_threshold": constants["iou_threshold"],
+            "max_per_img": constants["max_per_img"],
+            "max_output_boxes_per_class": (constants["onnx_max_output_boxes_per_class"] if flavour == "onnx-nms"
+                                           else constants["ascend_max_size_per_class"]
+                                           if flavour == "ascend-nms" else None),
+            "clip": "network input shape",
+        },
+        "num_candidates": n_candidates if flavour == "raw" else None,
+        "checkpoint": {"path": os.path.abspath(checkpoint_path), "sha256": file_sha256(checkpoint_path)},
+        "checkpoint_sha256": file_sha256(checkpoint_path),
+        "onnx_sha256": _file_sha256_bytes(out_path),
+        "file_size": os.path.getsize(out_path),
+        "export_seconds": round(time.time() - started, 3),
+        "torch_version": torch.__version__,
+        "onnx_version": onnx.__version__,
+        "exporter": "torch.onnx TorchScript exporter",
+    }
+    write_json_atomic(out_path + ".json", sidecar)
+    return sidecar
+
+
+def write_json_atomic(path, payload):
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, tmp_path = tempfile.mkstemp(prefix=".json-", dir=directory)
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(payload, out, indent=2, sort_keys=True)
+            out.write("\n")
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def read_sidecar(model_path):
+    """The JSON sidecar written beside an exported model (None when absent)."""
+    path = model_path + ".json"
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except ValueError as exc:
+        raise ExportError("sidecar {} is not valid JSON: {}".format(path, exc))
+
+
+def register_cli(subparsers):
+    parser = subparsers.add_parser(
+        "export", help="recipe 3.1: export the checkpoint (or seeded weights) to ONNX, opset 11")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="mmdetection checkpoint, e.g. fsaf_r50_fpn_1x_coco-94ccc51f.pth")
+    source.add_argument("--seeded", type=int, metavar="SEED",
+                        help="write seeded weights in the official layout beside the output and export them")
+    parser.add_argument("--output", required=True, help="path of the .onnx to write")
+    parser.add_argument("--flavour", choices=FLAVOURS, default="onnx-nms")
+    parser.add_argument("--height", type=int, default=input_constants()["height"])
+    parser.add_argument("--width", type=int, default=input_constants()["width"])
+    batch = parser.add_mutually_exclusive_group()
+    batch.add_argument("--batch-size", type=int, default=1, help="static batch size (default 1)")
+    batch.add_argument("--dynamic-batch", action="store_true", help="export a dynamic batch dimension")
+    parser.add_argument("--input-dtype", choices=INPUT_DTYPES, default="float32",
+                        help="uint8 moves normalisation into the graph (the ATC/AIPP way)")
+    parser.add_argument("--opset", type=int, default=model_constants()["opset"])
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load with the full unpickler (only for files you trust)")
+    parser.set_defaults(func=_cli_export)
+
+
+def _cli_export(args):
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        checkpoint = os.path.splitext(args.output)[0] + "-seeded{}.pth".format(args.seeded)
+        write_seeded_checkpoint(checkpoint, args.seeded)
+    sidecar = export_onnx(checkpoint, args.output, flavour=args.flavour, height=args.height,
+                          width=args.width, batch_size=None if args.dynamic_batch else args.batch_size,
+                          opset=args.opset, input_dtype=args.input_dtype, trusted=args.trust_checkpoint)
+    print("exported {} ({} flavour, input {} {}, {:.1f} MB, {:.1f} s)".format(
+        args.output, sidecar["flavour"], sidecar["input"]["dtype"], sidecar["input"]["shape"],
+        sidecar["file_size"] / 1e6, sidecar["export_seconds"]))
+    return 0
