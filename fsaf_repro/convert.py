@@ -145,20 +145,25 @@ def detect_soc_version(npu_smi="npu-smi", log_path=None):
 
 # --- argv builders -----------------------------------------------------------------------------------
 
-def input_shape_arg(input_name, batch_size, height, width):
-    return "{}:{},3,{},{}".format(input_name, int(batch_size), int(height), int(width))
+def input_shape_arg(input_name, batch_size, height, width, extra_inputs=()):
+    """atc's --input_shape: `input:B,3,H,W`, plus `;name:B,d1,...` for each extra (name, dims) input
+    (the uint8-input export also takes `image_hw` [B, 2])."""
+    parts = ["{}:{},3,{},{}".format(input_name, int(batch_size), int(height), int(width))]
+    for name, dims in extra_inputs:
+        parts.append("{}:{}".format(name, ",".join(str(int(d)) for d in [batch_size] + list(dims))))
+    return ";".join(parts)
 
 
 def atc_argv(onnx_path, output_prefix, batch_size, soc_version, input_name="input", height=800, width=1216,
              out_nodes=DEFAULT_OUT_NODES, precision_mode="force_fp16", log_level="error", atc="atc",
-             extra_args=()):
+             extra_args=(), extra_inputs=()):
     """The recipe's atc command (section 3.2) as an argv list."""
     if precision_mode not in PRECISION_MODES:
         raise ToolError("unknown atc precision mode {!r}; choose one of {}".format(
             precision_mode, ", ".join(PRECISION_MODES)))
     argv = [atc, "--framework=5", "--model={}".format(onnx_path), "--output={}".format(output_prefix),
             "--input_format=NCHW",
-            "--input_shape={}".format(input_shape_arg(input_name, batch_size, height, width)),
+            "--input_shape={}".format(input_shape_arg(input_name, batch_size, height, width, extra_inputs)),
             "--log={}".format(log_level), "--soc_version={}".format(soc_version)]
     if out_nodes:
         argv.append("--out_nodes={}".format(out_nodes))
@@ -168,14 +173,14 @@ def atc_argv(onnx_path, output_prefix, batch_size, soc_version, input_name="inpu
 
 
 def aoe_argv(onnx_path, output_prefix, batch_size, input_name="input", height=800, width=1216, job_type=2,
-             aoe="aoe", extra_args=()):
+             aoe="aoe", extra_args=(), extra_inputs=()):
     """The recipe's aoe operator-tuning command (section 7.1) as an argv list (job_type 2 = operators)."""
     if int(job_type) not in (1, 2):
         raise ToolError("aoe --job_type must be 1 (subgraph tuning) or 2 (operator tuning), got {}"
                         .format(job_type))
     argv = [aoe, "--framework=5", "--model={}".format(onnx_path), "--job_type={}".format(int(job_type)),
             "--output={}".format(output_prefix), "--input_format=NCHW",
-            "--input_shape={}".format(input_shape_arg(input_name, batch_size, height, width))]
+            "--input_shape={}".format(input_shape_arg(input_name, batch_size, height, width, extra_inputs))]
     argv.extend(extra_args)
     return argv
 
@@ -229,15 +234,19 @@ def _atomic_write_json(path, data):
 # --- conversion jobs ---------------------------------------------------------------------------------
 
 def _model_input(onnx_path, input_name, height, width):
-    """Input name and spatial size from the export sidecar when present, else the given values."""
+    """Input name, spatial size and extra inputs from the export sidecar when present, else the given
+    values. Extra inputs are (name, dims without the batch) pairs, e.g. ("image_hw", [2])."""
     sidecar = read_onnx_sidecar(onnx_path)
+    extra_inputs = []
     if sidecar and isinstance(sidecar.get("input"), dict):
         spec_input = sidecar["input"]
         shape = spec_input.get("shape") or []
         if len(shape) == 4:
             height, width = int(shape[2]), int(shape[3])
         input_name = spec_input.get("name", input_name)
-    return sidecar, input_name, height, width
+        for extra in (sidecar.get("inputs") or [])[1:]:
+            extra_inputs.append((extra["name"], [int(d) for d in extra["shape"][1:]]))
+    return sidecar, input_name, height, width, extra_inputs
 
 
 def _check_onnx_batch(sidecar, onnx_path, batch_size):
@@ -269,7 +278,7 @@ def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_pr
                         .format(onnx_path))
     height = input_constants()["height"] if height is None else height
     width = input_constants()["width"] if width is None else width
-    onnx_sidecar, input_name, height, width = _model_input(onnx_path, input_name, height, width)
+    onnx_sidecar, input_name, height, width, extra_inputs = _model_input(onnx_path, input_name, height, width)
     _check_onnx_batch(onnx_sidecar, onnx_path, batch_size)
     out_dir = os.path.abspath(str(out_dir))
     if not os.path.isdir(out_dir):
@@ -284,11 +293,11 @@ def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_pr
     if tool == "atc":
         argv = atc_argv(onnx_path, scratch_prefix, batch_size, soc_version, input_name, height, width,
                         out_nodes=out_nodes, precision_mode=precision_mode, log_level=log_level,
-                        atc=executable or "atc", extra_args=extra_args)
+                        atc=executable or "atc", extra_args=extra_args, extra_inputs=extra_inputs)
         success = ATC_SUCCESS
     else:
         argv = aoe_argv(onnx_path, scratch_prefix, batch_size, input_name, height, width, job_type=job_type,
-                        aoe=executable or "aoe", extra_args=extra_args)
+                        aoe=executable or "aoe", extra_args=extra_args, extra_inputs=extra_inputs)
         success = AOE_SUCCESS
     try:
         output = run_tool(argv, cwd=scratch, log_path=log_path, success_line=success,
@@ -308,6 +317,7 @@ def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_pr
         "soc_version": soc_version,
         "input": {"name": input_name, "shape": [int(batch_size), 3, int(height), int(width)],
                   "format": "NCHW"},
+        "extra_inputs": [{"name": n, "shape": [int(batch_size)] + d} for n, d in extra_inputs],
         "out_nodes": out_nodes.split(";") if (out_nodes and tool == "atc") else None,
         "precision_mode": precision_mode if tool == "atc" else "aoe default",
         "onnx": onnx_path,

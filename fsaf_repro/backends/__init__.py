@@ -60,3 +60,14 @@ def create_backend(name, **options):
 
 
 from .base import Backend  # noqa: E402,F401  (re-export the contract)
+
+# The registered backends (module:Class, imported on first use).
+register_backend("null", "null:NullBackend")
+register_backend("torch", "torch_backend:TorchBackend")
+register_backend("onnxruntime", "onnxruntime_backend:OnnxRuntimeBackend")
+register_backend("onnxruntime-cuda", "onnxruntime_backend:OnnxRuntimeCudaBackend")
+register_backend("onnxruntime-tensorrt", "onnxruntime_backend:OnnxRuntimeTensorrtBackend")
+register_backend("onnxruntime-cann", "cann_ep:OnnxRuntimeCannBackend")
+register_backend("aclruntime", "aclruntime_backend:AclRuntimeBackend")
+register_backend("ais_bench", "ais_bench_cli:AisBenchCliBackend")
+register_backend("benchmark", "benchmark_tool:BenchmarkToolBackend")

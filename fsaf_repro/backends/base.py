@@ -96,3 +96,28 @@ class Backend(object):
     def __exit__(self, *exc_info):
         self.close()
         return False
+
+
+def read_output_files(dets_path, labels_path, batch_size, origin):
+    """dets and labels written by a tool as raw binary files, dtypes inferred from the byte sizes.
+
+    The om's dets may be float32 or float16 and its labels int64 or int32 depending on the graph and
+    the converter; the sizes tell which (B x 100 x 5 x {4, 2} bytes, B x 100 x {8, 4} bytes).
+    """
+    import os
+    from ..errors import OutputFormatError
+    n = max_detections()
+    arrays = []
+    for path, count, dtypes in ((dets_path, batch_size * n * 5, (np.float32, np.float16)),
+                                (labels_path, batch_size * n, (np.int64, np.int32))):
+        if not os.path.isfile(path):
+            raise OutputFormatError("{}: expected output file {} is missing".format(origin, path))
+        size = os.path.getsize(path)
+        dtype = next((d for d in dtypes if np.dtype(d).itemsize * count == size), None)
+        if dtype is None:
+            raise OutputFormatError(
+                "{}: {} has {} bytes; expected {} values of {} ({})".format(
+                    origin, path, size, count, " or ".join(np.dtype(d).name for d in dtypes),
+                    " or ".join(str(np.dtype(d).itemsize * count) for d in dtypes)))
+        arrays.append(np.fromfile(path, dtype=dtype))
+    return normalise_outputs(arrays[0], arrays[1], batch_size, origin)

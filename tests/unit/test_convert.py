@@ -176,3 +176,14 @@ def test_parse_batch_sizes():
     for bad in ("", "0", "a,b"):
         with pytest.raises(ToolError, match="--batch-sizes"):
             convert.parse_batch_sizes(bad)
+
+
+def test_uint8_export_with_image_hw_input_gets_both_input_shapes(tools, onnx_model, tmp_path):
+    with open(onnx_model + ".json", "w") as handle:
+        json.dump({"flavour": "onnx-nms", "batch_size": "dynamic",
+                   "input": {"name": "input", "shape": ["batch", 3, 64, 96], "dtype": "uint8"},
+                   "inputs": [{"name": "input", "shape": ["batch", 3, 64, 96], "dtype": "uint8"},
+                              {"name": "image_hw", "shape": ["batch", 2], "dtype": "int32"}]}, handle)
+    sidecar = convert.convert_one(onnx_model, tmp_path / "om", 4, "Ascend310P3")
+    assert "--input_shape=input:4,3,64,96;image_hw:4,2" in sidecar["argv"]
+    assert sidecar["extra_inputs"] == [{"name": "image_hw", "shape": [4, 2]}]

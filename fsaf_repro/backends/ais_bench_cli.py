@@ -1,0 +1,116 @@
+"""The `ais_bench` backend: the ais_bench command line run over a directory of .bin inputs.
+
+`python3 -m ais_bench --model x.om --input dir --output out --output_dirname name --outfmt BIN
+--batchsize N --device ID` (facts sheet section 3). Each call of `run(batch)` writes the batch as one
+input file whose byte size equals the model's input tensor, runs the tool in a scratch directory,
+and reads `<output>/<name>/<stem>_0.bin` (dets) and `<stem>_1.bin` (labels) back, with the tool's
+`<name>_summary.json` kept in `last_summary`. The scratch directory is removed after a success and
+kept (and named in the error) after a failure.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from . import Availability
+from .base import Backend, read_output_files
+from ..errors import BackendError, OutputFormatError, ToolError
+
+INSTALL_HINT = ("install the ais_bench and aclruntime wheels (Ascend/tools repository, "
+                "ais-bench_workload/tool/ais_bench) and `source /usr/local/Ascend/ascend-toolkit/set_env.sh`")
+
+
+def default_command():
+    """`ais_bench` on PATH if there is one, else `python -m ais_bench` if the module is installed."""
+    if shutil.which("ais_bench"):
+        return ["ais_bench"]
+    try:
+        if importlib.util.find_spec("ais_bench") is not None:
+            return [sys.executable, "-m", "ais_bench"]
+    except (ImportError, ValueError):
+        pass
+    return None
+
+
+def om_batch_size(model_path, options, backend_name):
+    """The om's static batch size: from its conversion sidecar, else the `batch_size` option."""
+    from ..convert import read_om_sidecar
+    try:
+        sidecar = read_om_sidecar(model_path)
+    except ToolError as exc:
+        raise BackendError("{}: {}".format(backend_name, exc)) from exc
+    if sidecar is not None:
+        if options.get("batch_size") not in (None, sidecar["batch_size"]):
+            raise BackendError("{}: batch_size option {} contradicts {}.json (batch size {})".format(
+                backend_name, options["batch_size"], model_path, sidecar["batch_size"]))
+        return int(sidecar["batch_size"]), sidecar
+    if options.get("batch_size") is None:
+        raise BackendError("{}: {} has no conversion sidecar ({}.json); pass batch_size=N for the om's "
+                           "static batch size, or convert it with `fsaf-repro convert`".format(
+                               backend_name, model_path, model_path))
+    return int(options["batch_size"]), None
+
+
+class AisBenchCliBackend(Backend):
+    """Options: command (argv prefix), device_id, workdir (scratch parent), timeout, keep_scratch,
+    batch_size (for an om without sidecar)."""
+
+    name = "ais_bench"
+
+    @classmethod
+    def availability(cls):
+        if default_command() is None:
+            return Availability(False, "neither an `ais_bench` executable nor the ais_bench module is "
+                                       "installed; " + INSTALL_HINT)
+        return Availability(True, "")
+
+    def load(self, model_path):
+        model_path = os.path.abspath(str(model_path))
+        if not os.path.isfile(model_path):
+            raise BackendError("{}: om file {} does not exist".format(self.name, model_path))
+        self.model_path = model_path
+        self.batch_size, self.sidecar = om_batch_size(model_path, self.options, self.name)
+        command = self.options.get("command") or default_command()
+        if not command:
+            raise BackendError("{}: no ais_bench command; {}".format(self.name, INSTALL_HINT))
+        self.command = [command] if isinstance(command, str) else list(command)
+        self.calls = 0
+        self.last_summary = None
+        return self
+
+    def run(self, batch, image_hw=None):
+        from ..convert import run_tool
+        size = self.check_batch(batch)
+        if image_hw is not None:
+            raise BackendError("{}: uint8 models with an image_hw input are not supported by this backend; "
+                               "use aclruntime".format(self.name))
+        workdir = self.options.get("workdir")
+        scratch = tempfile.mkdtemp(prefix="ais_bench_", dir=workdir)
+        self.calls += 1
+        stem = "batch_{:06d}".format(self.calls)
+        in_dir, out_dir = os.path.join(scratch, "input"), os.path.join(scratch, "output")
+        os.makedirs(in_dir)
+        os.makedirs(out_dir)
+        batch.tofile(os.path.join(in_dir, stem + ".bin"))
+        argv = self.command + ["--model", self.model_path, "--input", in_dir, "--output", out_dir,
+                               "--output_dirname", "run", "--outfmt", "BIN", "--batchsize", str(size),
+                               "--device", str(self.options.get("device_id", 0))]
+        dets_path = os.path.join(out_dir, "run", stem + "_0.bin")
+        labels_path = os.path.join(out_dir, "run", stem + "_1.bin")
+        try:
+            run_tool(argv, cwd=scratch, log_path=os.path.join(scratch, "ais_bench.log"),
+                     artifacts=[dets_path, labels_path], timeout=self.options.get("timeout"),
+                     tool_name="ais_bench", setup_hint=INSTALL_HINT)
+            outputs = read_output_files(dets_path, labels_path, size,
+                                        "ais_bench output of " + self.model_path)
+        except (ToolError, OutputFormatError) as exc:
+            raise type(exc)("{} (scratch directory kept: {})".format(exc, scratch)) from None
+        summary_path = os.path.join(out_dir, "run_summary.json")
+        if os.path.isfile(summary_path):
+            with open(summary_path) as handle:
+                self.last_summary = json.load(handle)
+        if not self.options.get("keep_scratch"):
+            shutil.rmtree(scratch, ignore_errors=True)
+        return outputs

@@ -1,0 +1,145 @@
+"""The `benchmark` backend: the recipe's `benchmark.x86_64` / `benchmark.aarch64` offline tool (step 5).
+
+`benchmark.<arch> -model_type=vision -om_path=x.om -device_id=0 -batch_size=N -input_text_path=x.info
+-input_width=W -input_height=H -useDvpp=false -output_binary=true` reads the .bin files listed in the
+info file and writes, under its working directory, `result/dumpOutput_device{id}/<stem>_1.bin` (dets)
+and `<stem>_2.bin` (labels) per sample, and `result/perf_vision_batchsize_{N}_device_{id}.txt`
+(facts sheet section 3). `run_info_file` is the recipe's whole-dataset run; `run(batch)` writes one
+batch as .bin files with their info file, runs the same offline mode in a scratch directory and reads
+the outputs and the perf file back (`last_perf`: fsaf_repro.perf records).
+
+The tool prints no documented success line, so success is its exit code plus the perf file plus one
+output pair per sample.
+"""
+import os
+import platform
+import shutil
+import tempfile
+
+from . import Availability
+from .base import Backend, read_output_files
+from .ais_bench_cli import om_batch_size
+from ..errors import BackendError, OutputFormatError, ToolError
+
+INSTALL_HINT = ("put the CANN benchmark tool (benchmark.x86_64 or benchmark.aarch64, from the ModelZoo "
+                "benchmark tool package) on PATH, or pass executable=PATH, and "
+                "`source /usr/local/Ascend/ascend-toolkit/set_env.sh`")
+
+
+def default_executable():
+    return "benchmark." + ("aarch64" if platform.machine().lower() in ("aarch64", "arm64") else "x86_64")
+
+
+def benchmark_argv(executable, om_path, batch_size, info_path, width, height, device_id=0):
+    return [executable, "-model_type=vision", "-om_path={}".format(om_path),
+            "-device_id={}".format(device_id),
+            "-batch_size={}".format(int(batch_size)), "-input_text_path={}".format(info_path),
+            "-input_width={}".format(int(width)), "-input_height={}".format(int(height)), "-useDvpp=false",
+            "-output_binary=true"]
+
+
+def perf_file_path(workdir, batch_size, device_id=0):
+    return os.path.join(workdir, "result",
+                        "perf_vision_batchsize_{}_device_{}.txt".format(batch_size, device_id))
+
+
+def output_dir(workdir, device_id=0):
+    return os.path.join(workdir, "result", "dumpOutput_device{}".format(device_id))
+
+
+def run_info_file(om_path, batch_size, info_path, width, height, workdir, device_id=0, executable=None,
+                  timeout=None, device_label="310P", precision="fp16"):
+    """The recipe's offline run over a whole info file, in `workdir` (where the tool writes result/).
+
+    Returns {"outputs_dir", "perf_file", "perf_records", "log"}; every listed sample must have its
+    output pair (ToolError names the first missing ones).
+    """
+    from ..convert import run_tool
+    from ..perf import parse_benchmark_perf
+    workdir = os.path.abspath(str(workdir))
+    if not os.path.isdir(workdir):
+        os.makedirs(workdir)
+    executable = executable or default_executable()
+    perf_path = perf_file_path(workdir, batch_size, device_id)
+    log_path = os.path.join(workdir, "benchmark.log")
+    argv = benchmark_argv(executable, os.path.abspath(str(om_path)), batch_size,
+                          os.path.abspath(str(info_path)), width, height, device_id)
+    run_tool(argv, cwd=workdir, log_path=log_path, artifacts=[perf_path], timeout=timeout,
+             tool_name=os.path.basename(executable), setup_hint=INSTALL_HINT)
+    outputs = output_dir(workdir, device_id)
+    stems = []
+    with open(str(info_path)) as handle:
+        for line in handle:
+            parts = line.split()
+            if parts:
+                stems.append(os.path.splitext(os.path.basename(parts[1]))[0])
+    missing = [s for s in stems if not (os.path.isfile(os.path.join(outputs, s + "_1.bin"))
+                                        and os.path.isfile(os.path.join(outputs, s + "_2.bin")))]
+    if missing:
+        raise ToolError("{}: exited 0 but wrote no output pair for {} of {} samples (first: {}); log: {}"
+                        .format(os.path.basename(executable), len(missing), len(stems),
+                                ", ".join(missing[:3]), log_path))
+    records = parse_benchmark_perf(perf_path, device_label, batch_size, precision)
+    return {"outputs_dir": outputs, "perf_file": perf_path, "perf_records": records, "log": log_path}
+
+
+class BenchmarkToolBackend(Backend):
+    """Options: executable, device_id, workdir (scratch parent), timeout, batch_size (om without sidecar),
+    device_label / precision (labels of the perf records), keep_scratch."""
+
+    name = "benchmark"
+
+    @classmethod
+    def availability(cls):
+        executable = default_executable()
+        if shutil.which(executable) is None:
+            return Availability(False, "{} is not on PATH; {}".format(executable, INSTALL_HINT))
+        return Availability(True, "")
+
+    def load(self, model_path):
+        model_path = os.path.abspath(str(model_path))
+        if not os.path.isfile(model_path):
+            raise BackendError("{}: om file {} does not exist".format(self.name, model_path))
+        self.model_path = model_path
+        self.batch_size, self.sidecar = om_batch_size(model_path, self.options, self.name)
+        self.executable = self.options.get("executable") or default_executable()
+        self.calls = 0
+        self.last_perf = None
+        return self
+
+    def run(self, batch, image_hw=None):
+        size = self.check_batch(batch)
+        if image_hw is not None:
+            raise BackendError("{}: uint8 models with an image_hw input are not supported by the benchmark "
+                               "tool backend; use aclruntime".format(self.name))
+        height, width = int(batch.shape[2]), int(batch.shape[3])
+        scratch = tempfile.mkdtemp(prefix="benchmark_", dir=self.options.get("workdir"))
+        self.calls += 1
+        bin_dir = os.path.join(scratch, "bins")
+        os.makedirs(bin_dir)
+        info_path = os.path.join(scratch, "batch.info")
+        stems = []
+        with open(info_path, "w") as info:
+            for n in range(size):
+                stem = "b{:06d}_{:03d}".format(self.calls, n)
+                path = os.path.join(bin_dir, stem + ".bin")
+                batch[n].tofile(path)
+                info.write("{} {} {} {}\n".format(n, path, width, height))
+                stems.append(stem)
+        device_id = int(self.options.get("device_id", 0))
+        try:
+            result = run_info_file(self.model_path, size, info_path, width, height, scratch, device_id,
+                                   self.executable, self.options.get("timeout"),
+                                   self.options.get("device_label", "310P"),
+                                   self.options.get("precision", "fp16"))
+            per_sample = [read_output_files(os.path.join(result["outputs_dir"], stem + "_1.bin"),
+                                            os.path.join(result["outputs_dir"], stem + "_2.bin"), 1,
+                                            "benchmark output of " + self.model_path) for stem in stems]
+        except (ToolError, OutputFormatError) as exc:
+            raise type(exc)("{} (scratch directory kept: {})".format(exc, scratch)) from None
+        self.last_perf = result["perf_records"]
+        if not self.options.get("keep_scratch"):
+            shutil.rmtree(scratch, ignore_errors=True)
+        import numpy as np
+        return {"dets": np.concatenate([o["dets"] for o in per_sample]),
+                "labels": np.concatenate([o["labels"] for o in per_sample])}

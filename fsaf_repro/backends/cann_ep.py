@@ -1,0 +1,18 @@
+"""ONNX Runtime with the CANN execution provider (the community `onnxruntime-cann` build).
+
+Runs the onnx-nms or raw flavour on an Ascend NPU through ONNX Runtime instead of an atc-built om.
+provider_options are passed to the CANN provider (e.g. {"device_id": 0, "npu_mem_limit": ...}).
+"""
+from .onnxruntime_backend import OnnxRuntimeBackend
+
+
+class OnnxRuntimeCannBackend(OnnxRuntimeBackend):
+    name = "onnxruntime-cann"
+    provider = "CANNExecutionProvider"
+    install_hint = ("install onnxruntime-cann (PyPI, instead of onnxruntime) on a host with an Ascend NPU, "
+                    "the CANN toolkit and `source /usr/local/Ascend/ascend-toolkit/set_env.sh`")
+
+    def _providers(self):
+        options = {"device_id": int(self.options.get("device_id", 0))}
+        options.update(self.options.get("provider_options") or {})
+        return [(self.provider, options), "CPUExecutionProvider"]

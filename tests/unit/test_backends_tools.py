@@ -1,0 +1,232 @@
+"""Tool-driven backends (benchmark tool, ais_bench CLI, aclruntime) against fakes."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from fake_tools import install_fake_tools
+from fsaf_repro import backends, convert
+from fsaf_repro.backends import benchmark_tool
+from fsaf_repro.errors import BackendError, BatchSizeMismatch, OutputFormatError, ToolError
+
+H, W = 16, 24
+
+
+@pytest.fixture
+def tools(tmp_path, monkeypatch):
+    return install_fake_tools(tmp_path / "bin", monkeypatch)
+
+
+def make_om(tmp_path, batch_size):
+    onnx = tmp_path / "fsaf.onnx"
+    onnx.write_bytes(b"onnx")
+    with open(str(onnx) + ".json", "w") as handle:
+        json.dump({"flavour": "ascend-nms", "batch_size": "dynamic",
+                   "input": {"name": "input", "shape": [1, 3, H, W], "dtype": "float32"}}, handle)
+    convert.convert_one(str(onnx), tmp_path / "om", batch_size, "Ascend310P3")
+    return str(tmp_path / "om" / "fsaf_bs{}.om".format(batch_size))
+
+
+def batch_of(values):
+    """A batch whose sample n starts with values[n]: the fakes' detection box starts there."""
+    batch = np.zeros((len(values), 3, H, W), np.float32)
+    for n, v in enumerate(values):
+        batch[n, 0, 0, 0] = v
+    return batch
+
+
+def check_fake_detections(out, values):
+    for n, v in enumerate(values):
+        np.testing.assert_allclose(out["dets"][n, 0], [v, v + 1, v + 10, v + 20, 0.75])
+        assert out["labels"][n, 0] == 7
+        assert not out["dets"][n, 1:, 4].any()
+
+
+@pytest.mark.parametrize("name", ["benchmark", "ais_bench"])
+def test_tool_backends_run_a_batch(tools, tmp_path, name):
+    om = make_om(tmp_path, 2)
+    with backends.create_backend(name, workdir=str(tmp_path)) as backend:
+        backend.load(om)
+        assert backend.batch_size == 2
+        out = backend.run(batch_of([3.0, 40.0]))
+        check_fake_detections(out, [3.0, 40.0])
+        out = backend.run(batch_of([5.0, 6.0]))
+        check_fake_detections(out, [5.0, 6.0])
+        with pytest.raises(BatchSizeMismatch, match="static batch size of 2 but was given a batch of 1"):
+            backend.run(batch_of([1.0]))
+    # scratch directories are removed after successful runs
+    assert not [p for p in os.listdir(str(tmp_path)) if p.startswith(("benchmark_", "ais_bench_"))]
+
+
+def test_benchmark_perf_is_read_back(tools, tmp_path, monkeypatch):
+    om = make_om(tmp_path, 1)
+    backend = backends.create_backend("benchmark", workdir=str(tmp_path), device_label="310").load(om)
+    backend.run(batch_of([1.0]))
+    e2e, inference = backend.last_perf
+    assert inference["mode"] == "inference" and inference["chips"] == 4
+    assert inference["fps"] == pytest.approx(4 * inference["fps_measured"])
+    monkeypatch.setenv("FAKE_BENCHMARK_MODE", "infer_spelling")
+    backend.run(batch_of([1.0]))
+    assert backend.last_perf[1]["fps_measured"] == inference["fps_measured"]
+    monkeypatch.setenv("FAKE_BENCHMARK_MODE", "success")
+    monkeypatch.setenv("FAKE_BENCHMARK_DETS_DTYPE", "float16")
+    monkeypatch.setenv("FAKE_BENCHMARK_LABELS_DTYPE", "int32")
+    check_fake_detections(backend.run(batch_of([2.0])), [2.0])
+
+
+@pytest.mark.parametrize("mode, error, message", [
+    ("fail", ToolError, "load model from file failed"),
+    ("segv", ToolError, "died by SIGSEGV"),
+    ("no_perf", ToolError, "did not produce"),
+    ("missing_output", ToolError, "no output pair for 1 of 2"),
+])
+def test_benchmark_failures(tools, tmp_path, monkeypatch, mode, error, message):
+    om = make_om(tmp_path, 2)
+    backend = backends.create_backend("benchmark", workdir=str(tmp_path)).load(om)
+    monkeypatch.setenv("FAKE_BENCHMARK_MODE", mode)
+    with pytest.raises(error, match=message) as info:
+        backend.run(batch_of([1.0, 2.0]))
+    assert "scratch directory kept" in str(info.value)
+
+
+def test_benchmark_info_file_run(tools, tmp_path):
+    om = make_om(tmp_path, 1)
+    bins = tmp_path / "bins"
+    bins.mkdir()
+    with open(str(tmp_path / "fsaf.info"), "w") as info:
+        for n, v in enumerate([7.0, 8.0, 9.0]):
+            batch_of([v])[0].tofile(str(bins / "00000{}.bin".format(n)))
+            info.write("{} {} {} {}\n".format(n, bins / "00000{}.bin".format(n), W, H))
+    result = benchmark_tool.run_info_file(om, 1, str(tmp_path / "fsaf.info"), W, H, tmp_path / "work")
+    assert sorted(os.listdir(result["outputs_dir"])) == sorted(
+        "00000{}_{}.bin".format(n, k) for n in range(3) for k in (1, 2))
+    assert [r["mode"] for r in result["perf_records"]] == ["e2e", "inference"]
+    assert "-input_text_path=" + str(tmp_path / "fsaf.info") in open(result["log"]).readline()
+
+
+@pytest.mark.parametrize("mode, error, message", [
+    ("fail", ToolError, "acl init failed"),
+    ("segv", ToolError, "died by SIGSEGV"),
+    ("bad_size", ToolError, "does not equal the model input size"),
+])
+def test_ais_bench_failures(tools, tmp_path, monkeypatch, mode, error, message):
+    om = make_om(tmp_path, 1)
+    backend = backends.create_backend("ais_bench", workdir=str(tmp_path)).load(om)
+    monkeypatch.setenv("FAKE_AIS_BENCH_MODE", mode)
+    with pytest.raises(error, match=message):
+        backend.run(batch_of([1.0]))
+
+
+def test_ais_bench_summary_is_kept(tools, tmp_path):
+    om = make_om(tmp_path, 1)
+    backend = backends.create_backend("ais_bench", workdir=str(tmp_path)).load(om)
+    backend.run(batch_of([1.0]))
+    assert backend.last_summary["throughput"] > 0 and "NPU_compute_time" in backend.last_summary
+
+
+def test_om_without_sidecar_needs_a_batch_size(tools, tmp_path):
+    om = make_om(tmp_path, 1)
+    os.remove(om + ".json")
+    with pytest.raises(BackendError, match="batch_size=N"):
+        backends.create_backend("ais_bench").load(om)
+    assert backends.create_backend("ais_bench", batch_size=1).load(om).batch_size == 1
+    with pytest.raises(BackendError, match="does not exist"):
+        backends.create_backend("benchmark").load(str(tmp_path / "absent.om"))
+
+
+FAKE_INTERFACE = '''
+import numpy as np
+
+
+class _Input(object):
+    def __init__(self, shape):
+        self.shape = shape
+
+
+class InferSession(object):
+    """Fake aclruntime session: reads the fake om (JSON) and answers like the fake tools."""
+
+    def __init__(self, device_id, model_path):
+        import json
+        with open(model_path) as handle:
+            om = json.load(handle)
+        self.shape = [int(v) for v in om["input_shape"].split(":", 1)[1].split(",")]
+        self.freed = False
+
+    def get_inputs(self):
+        return [_Input(self.shape)]
+
+    def infer(self, arrays):
+        batch = arrays[0]
+        dets = np.zeros((batch.shape[0], 100, 5), np.float16)
+        labels = np.zeros((batch.shape[0], 100), np.int32)
+        for n in range(batch.shape[0]):
+            k = float(batch[n].flat[0])
+            dets[n, 0] = [k, k + 1, k + 10, k + 20, 0.75]
+            labels[n, 0] = 7
+        return [dets, labels]
+
+    def sumary(self):
+        return {"NPU_compute_time": {"mean": 1.0}}
+
+    def free_resource(self):
+        self.freed = True
+'''
+
+
+@pytest.fixture
+def fake_ais_bench_module(tmp_path, monkeypatch):
+    package = tmp_path / "pkgs" / "ais_bench" / "infer"
+    package.mkdir(parents=True)
+    (tmp_path / "pkgs" / "ais_bench" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "interface.py").write_text(FAKE_INTERFACE)
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    for name in [m for m in sys.modules if m.startswith("ais_bench")]:
+        monkeypatch.delitem(sys.modules, name)
+    yield
+    for name in [m for m in sys.modules if m.startswith("ais_bench")]:
+        del sys.modules[name]
+
+
+def test_aclruntime_absent_reports_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ais_bench", None)  # makes the import fail like an absent wheel
+    avail = backends.backend_availability("aclruntime")
+    assert not avail.ok and "aclruntime" in avail.reason and "install" in avail.reason
+
+
+def test_aclruntime_with_a_fake_infer_session(tools, tmp_path, fake_ais_bench_module):
+    assert backends.backend_availability("aclruntime").ok
+    om = make_om(tmp_path, 2)
+    backend = backends.create_backend("aclruntime").load(om)
+    assert backend.batch_size == 2
+    out = backend.run(batch_of([3.0, 9.0]))
+    check_fake_detections(out, [3.0, 9.0])
+    assert out["dets"].dtype == np.float32 and out["labels"].dtype == np.int64
+    with pytest.raises(BatchSizeMismatch, match="batch of 3"):
+        backend.run(batch_of([1.0, 2.0, 3.0]))
+    assert backend.summary()["NPU_compute_time"]["mean"] == 1.0
+    session = backend.session
+    backend.close()
+    assert session.freed
+
+
+def test_aclruntime_sidecar_contradicting_the_om_is_refused(tools, tmp_path, fake_ais_bench_module):
+    om = make_om(tmp_path, 2)
+    with open(om + ".json") as handle:
+        sidecar = json.load(handle)
+    sidecar["batch_size"] = 8
+    with open(om + ".json", "w") as handle:
+        json.dump(sidecar, handle)
+    with pytest.raises(BackendError, match="batch size 8"):
+        backends.create_backend("aclruntime").load(om)
+
+
+def test_output_format_error_type_is_kept(tools, tmp_path, monkeypatch):
+    om = make_om(tmp_path, 1)
+    backend = backends.create_backend("benchmark", workdir=str(tmp_path)).load(om)
+    monkeypatch.setenv("FAKE_BENCHMARK_DETS_DTYPE", "float64")
+    with pytest.raises(OutputFormatError, match="bytes"):
+        backend.run(batch_of([1.0]))
