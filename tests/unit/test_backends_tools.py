@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from fake_tools import install_fake_tools
+from tests.unit.fake_tools import install_fake_tools
 from fsaf_repro import backends, convert
 from fsaf_repro.backends import benchmark_tool
 from fsaf_repro.errors import BackendError, BatchSizeMismatch, OutputFormatError, ToolError

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from fake_tools import install_fake_tools
+from tests.unit.fake_tools import install_fake_tools
 from fsaf_repro import convert
 from fsaf_repro.cli import main as cli_main
 from fsaf_repro.errors import ToolError
