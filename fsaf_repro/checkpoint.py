@@ -16,7 +16,6 @@ import os
 import pickle
 import tempfile
 import warnings
-import zipfile
 
 import numpy as np
 import torch
@@ -61,7 +60,7 @@ def _read_pickle(path, trusted):
         _WARNED_NO_SAFE_LOAD.append(True)
         warnings.warn("torch {} has no weights-only unpickler: {} is loaded with the full pickle "
                       "loader, which can run code; load only checkpoints you trust".format(
-                          torch.__version__, path), RuntimeWarning)
+                          torch.__version__, path), RuntimeWarning, stacklevel=3)
     try:
         return torch.load(path, **kwargs)
     except pickle.UnpicklingError as exc:
@@ -71,8 +70,7 @@ def _read_pickle(path, trusted):
                 "needs arbitrary objects can run code when loaded; if you trust this file, pass "
                 "--trust-checkpoint".format(path, str(exc).splitlines()[0]))
         raise CheckpointError("{} is not a PyTorch checkpoint (unpickling failed: {})".format(path, exc))
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError, ImportError,
-            UnicodeDecodeError, OSError) as exc:
+    except Exception as exc:  # noqa: B902 - torch.load on foreign bytes raises many types; all mean "not a checkpoint"
         raise CheckpointError("{} is not a readable PyTorch checkpoint ({}: {})".format(
             path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""))
 
@@ -148,7 +146,7 @@ def load_detector(path, trusted=False):
 # ----------------------------------------------------------------------------------------------
 # Seeded weights
 
-def _calibration_images(generator, count, height, width):
+def generated_network_inputs(generator, count, height, width):
     """Normalised images with smooth structure, so BN statistics resemble those of real photos."""
     coarse = torch.rand((count, 3, height // 16 + 1, width // 16 + 1), generator=generator) * 255.0
     images = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear",
@@ -205,7 +203,7 @@ def seeded_state_dict(seed=0, target_candidate_fraction=0.004):
                 module.momentum = None
         model.backbone.train()
         for _ in range(2):
-            model.backbone(_calibration_images(generator, 2, 256, 320))
+            model.backbone(generated_network_inputs(generator, 2, 256, 320))
         model.eval()
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -219,7 +217,7 @@ def seeded_state_dict(seed=0, target_candidate_fraction=0.004):
         # Calibrate the classification layer on the logits of a generated image: scale its weights
         # so that scores spread from the 0.05 threshold (at the wanted quantile) to about 0.8 at the
         # top, with no saturation near 1.0 where float32 scores would tie.
-        cls_scores, _ = model(_calibration_images(generator, 1, 256, 320))
+        cls_scores, _ = model(generated_network_inputs(generator, 1, 256, 320))
         logits = torch.cat([c.permute(0, 2, 3, 1).reshape(-1) for c in cls_scores])
         base = (logits - head.retina_cls.bias.repeat(logits.numel() // head.retina_cls.bias.numel())).numpy()
         low = float(np.quantile(base, 1.0 - target_candidate_fraction))

@@ -10,7 +10,6 @@ Module names mirror mmdetection's (`backbone`, `neck.lateral_convs.0.conv`, `bbo
 does: per level, classification logits [B, 80, H, W] and box distances [B, 4, H, W]. Turning them
 into detections is `fsaf_repro.decode`.
 """
-import torch
 from torch import nn
 from torch.nn import functional as F
 

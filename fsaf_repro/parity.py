@@ -1,0 +1,89 @@
+"""Comparing two stages' detections (torch vs ONNX Runtime vs om): the numbers of the parity table.
+
+Both sides are the padded network outputs of one batch: dets [B, 100, 5] and labels [B, 100], rows with
+score 0 being padding. Detections are paired in rank order (both sides sort by score); a pair matches
+when its labels agree and its boxes overlap with IoU >= `match_iou`.
+"""
+import numpy as np
+
+from .spec import parity_tolerances
+
+
+def valid_rows(dets):
+    """Indices of the non-padding rows (score > 0) of one image's dets [100, 5]."""
+    return np.nonzero(dets[:, 4] > 0)[0]
+
+
+def box_iou_pairs(boxes_a, boxes_b):
+    """IoU of row i of `boxes_a` with row i of `boxes_b` (both [K, 4])."""
+    inter_w = np.clip(np.minimum(boxes_a[:, 2], boxes_b[:, 2]) - np.maximum(boxes_a[:, 0], boxes_b[:, 0]), 0, None)
+    inter_h = np.clip(np.minimum(boxes_a[:, 3], boxes_b[:, 3]) - np.maximum(boxes_a[:, 1], boxes_b[:, 1]), 0, None)
+    inter = inter_w * inter_h
+    area_a = (boxes_a[:, 2] - boxes_a[:, 0]) * (boxes_a[:, 3] - boxes_a[:, 1])
+    area_b = (boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])
+    union = area_a + area_b - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / union, (np.abs(boxes_a - boxes_b).max(axis=1) == 0).astype(float))
+    return iou
+
+
+def compare_detections(ref_dets, ref_labels, dets, labels, match_iou=None):
+    """Per-batch comparison record of two stages' padded outputs.
+
+    Returns counts per image, whether counts and labels agree, the largest box and score
+    differences over paired rows, and the match rate (pairs with equal label and IoU >= match_iou,
+    over the reference's detections).
+    """
+    if match_iou is None:
+        match_iou = parity_tolerances()["match_iou"]
+    ref_dets = np.asarray(ref_dets, dtype=np.float64)
+    dets = np.asarray(dets, dtype=np.float64)
+    ref_labels = np.asarray(ref_labels)
+    labels = np.asarray(labels)
+    counts_ref, counts_other = [], []
+    max_box_diff = 0.0
+    max_score_diff = 0.0
+    matched = 0
+    label_agree = 0
+    paired = 0
+    for image in range(ref_dets.shape[0]):
+        rows_ref = valid_rows(ref_dets[image])
+        rows_other = valid_rows(dets[image])
+        counts_ref.append(int(rows_ref.size))
+        counts_other.append(int(rows_other.size))
+        n = min(rows_ref.size, rows_other.size)
+        if n == 0:
+            continue
+        a = ref_dets[image][rows_ref[:n]]
+        b = dets[image][rows_other[:n]]
+        same_label = ref_labels[image][rows_ref[:n]] == labels[image][rows_other[:n]]
+        iou = box_iou_pairs(a[:, :4], b[:, :4])
+        max_box_diff = max(max_box_diff, float(np.abs(a[:, :4] - b[:, :4]).max()))
+        max_score_diff = max(max_score_diff, float(np.abs(a[:, 4] - b[:, 4]).max()))
+        matched += int(np.sum(same_label & (iou >= match_iou)))
+        label_agree += int(np.sum(same_label))
+        paired += n
+    total_ref = int(sum(counts_ref))
+    return {
+        "images": int(ref_dets.shape[0]),
+        "detections_ref": total_ref,
+        "detections_other": int(sum(counts_other)),
+        "counts_equal": counts_ref == counts_other,
+        "labels_equal": paired == label_agree and counts_ref == counts_other,
+        "label_agreement": (label_agree / float(paired)) if paired else 1.0,
+        "max_box_abs_diff": max_box_diff,
+        "max_score_abs_diff": max_score_diff,
+        "match_rate": (matched / float(total_ref)) if total_ref else 1.0,
+        "match_iou": match_iou,
+    }
+
+
+def within_tolerances(record, box_tol=None, score_tol=None):
+    """True when a comparison record shows the same detections within the parity tolerances."""
+    tolerances = parity_tolerances()
+    if box_tol is None:
+        box_tol = tolerances["box_abs_tol_px"]
+    if score_tol is None:
+        score_tol = tolerances["score_abs_tol"]
+    return (record["counts_equal"] and record["labels_equal"]
+            and record["max_box_abs_diff"] <= box_tol and record["max_score_abs_diff"] <= score_tol)
