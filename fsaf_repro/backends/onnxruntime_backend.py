@@ -5,7 +5,9 @@ Options (all backends here):
 - inter_op_threads: inter-op threads (used only with execution_mode="parallel");
 - graph_optimization: "disable", "basic", "extended" or "all" (default "all");
 - execution_mode: "sequential" (default) or "parallel";
-- provider_options: dict of options for the accelerator provider (e.g. {"device_id": 0}).
+- provider_options: dict of options for the accelerator provider (e.g. {"device_id": 0});
+- allow_spinning: False stops idle intra-op threads from spin-waiting after a run (they otherwise
+  keep cores busy for a while, which slows whatever else runs on the host: a loader, another runtime).
 
 The model's outputs decide the post-processing: `dets`/`labels` (onnx-nms flavour) are returned as
 they are; `boxes`/`scores` (raw flavour) go through the host NMS (fsaf_repro.decode.host_nms). A model
@@ -65,6 +67,10 @@ class OnnxRuntimeBackend(Backend):
             so.intra_op_num_threads = int(self.options["threads"])
         if self.options.get("inter_op_threads"):
             so.inter_op_num_threads = int(self.options["inter_op_threads"])
+        if self.options.get("allow_spinning") is not None:
+            value = "1" if self.options["allow_spinning"] else "0"
+            so.add_session_config_entry("session.intra_op.allow_spinning", value)
+            so.add_session_config_entry("session.inter_op.allow_spinning", value)
         return so
 
     def _providers(self):

@@ -70,9 +70,11 @@ def test_static_batch_model_refuses_other_batch_sizes(export_cache, inputs):
 
 def test_session_options_are_applied(export_cache):
     backend = backends.create_backend("onnxruntime", threads=1, inter_op_threads=1, graph_optimization="basic",
-                                      execution_mode="parallel").load(export_cache("onnx-nms", H, W))
+                                      execution_mode="parallel", allow_spinning=False).load(
+                                          export_cache("onnx-nms", H, W))
     options = backend.session.get_session_options()
     assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(BackendError, match="graph_optimization"):
         backends.create_backend("onnxruntime", graph_optimization="max").load(export_cache("onnx-nms", H, W))
 
