@@ -1,0 +1,190 @@
+"""Synthetic COCO-format datasets: real image files with drawn objects and an instances json.
+
+For tests and for the embedded default run when COCO val2017 is absent. The json carries COCO's real
+80 categories with their real ids (spec), the images are real JPEG/PNG files of mixed sizes and
+aspect ratios (landscape, portrait, tiny, very wide, very tall, grayscale), listed in the json in
+shuffled order with gaps in the ids, so consumers must sort by id themselves. Deterministic for a
+given seed. A generated set is never reported as COCO: its annotation sha256 differs.
+"""
+import argparse
+import json
+import os
+import random
+
+import cv2
+import numpy as np
+
+from .errors import DataError
+from .spec import coco_category_ids, coco_class_names
+
+# (width, height, format) cycled over the images; format "gray" is a single-channel JPEG.
+DEFAULT_LAYOUTS = (
+    (640, 480, "jpg"),
+    (480, 640, "jpg"),      # portrait
+    (320, 240, "gray"),     # grayscale JPEG, as some COCO images are
+    (24, 18, "png"),        # tiny: upscaled ~44x by the recipe's transform
+    (1500, 120, "jpg"),     # very wide
+    (500, 375, "png"),
+    (120, 900, "jpg"),      # very tall
+    (1216, 800, "jpg"),     # exactly the canvas: scale 1
+)
+
+_SUPERCATEGORY = "synthetic"
+
+
+def _background(rng, height, width):
+    # a smooth gradient plus mild noise: compresses like a photo, not like a flat test pattern
+    ys = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
+    xs = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
+    base = rng.uniform(40, 200, size=3).astype(np.float32)
+    tilt = rng.uniform(-60, 60, size=(2, 3)).astype(np.float32)
+    img = base[None, None, :] + ys[..., None] * tilt[0] + xs[..., None] * tilt[1]
+    img = img + rng.normal(0, 6, size=(height, width, 3)).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _draw_objects(rng, img, max_objects, num_classes):
+    height, width = img.shape[:2]
+    objects = []
+    count = int(rng.randint(1, max_objects + 1))
+    for _ in range(count):
+        min_side = max(2, min(width, height) // 12)
+        box_w = int(rng.randint(min_side, max(min_side + 1, width * 2 // 3)))
+        box_h = int(rng.randint(min_side, max(min_side + 1, height * 2 // 3)))
+        box_w, box_h = min(box_w, width - 1), min(box_h, height - 1)
+        x = int(rng.randint(0, max(1, width - box_w)))
+        y = int(rng.randint(0, max(1, height - box_h)))
+        colour = tuple(int(v) for v in rng.randint(0, 256, size=3))
+        if rng.rand() < 0.5:
+            cv2.rectangle(img, (x, y), (x + box_w - 1, y + box_h - 1), colour, thickness=-1)
+            area = float(box_w * box_h)
+        else:
+            cv2.ellipse(img, (x + box_w // 2, y + box_h // 2), (max(1, box_w // 2), max(1, box_h // 2)),
+                        0, 0, 360, colour, thickness=-1)
+            area = float(np.pi * box_w * box_h / 4.0)
+        objects.append((int(rng.randint(0, num_classes)), [float(x), float(y), float(box_w), float(box_h)],
+                        area))
+    return objects
+
+
+def coco_categories():
+    """The 80 COCO categories with their real ids, in COCO's order (spec)."""
+    return [{"id": cid, "name": name, "supercategory": _SUPERCATEGORY}
+            for cid, name in zip(coco_category_ids(), coco_class_names())]
+
+
+def make_synthetic_coco(out_dir, num_images=8, seed=0, layouts=None, max_objects=4, write_images=True,
+                        annotation_name="instances_val2017.json", image_dir_name="val2017"):
+    """Generate a dataset under `out_dir`; returns (annotation_file, image_dir).
+
+    `out_dir/annotations/<annotation_name>` and `out_dir/<image_dir_name>/<12-digit id>.jpg|png`.
+    `write_images=False` writes only the json (for scoring benchmarks that never read pixels).
+    """
+    if int(num_images) < 1:
+        raise DataError("num_images must be >= 1, got {}".format(num_images))
+    layouts = list(layouts or DEFAULT_LAYOUTS)
+    rng = np.random.RandomState(seed)
+    out_dir = os.fspath(out_dir)
+    image_dir = os.path.join(out_dir, image_dir_name)
+    ann_dir = os.path.join(out_dir, "annotations")
+    for path in (image_dir, ann_dir):
+        if not os.path.isdir(path):
+            os.makedirs(path)
+    category_ids = coco_category_ids()
+    images, annotations = [], []
+    image_id = 0
+    for number in range(int(num_images)):
+        image_id += int(rng.randint(1, 40))  # gaps, like val2017's ids
+        width, height, kind = layouts[number % len(layouts)]
+        file_name = "{:012d}.{}".format(image_id, "png" if kind == "png" else "jpg")
+        if write_images:
+            img = _background(rng, height, width)
+            objects = _draw_objects(rng, img, max_objects, len(category_ids))
+            path = os.path.join(image_dir, file_name)
+            if kind == "gray":
+                img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+            params = [int(cv2.IMWRITE_JPEG_QUALITY), 92] if file_name.endswith(".jpg") else []
+            if not cv2.imwrite(path, img, params):
+                raise DataError("OpenCV failed to write {}".format(path))
+        else:
+            objects = _draw_objects(rng, np.zeros((height, width, 3), np.uint8), max_objects,
+                                    len(category_ids))
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for label, bbox, area in objects:
+            x, y, w, h = bbox
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": category_ids[label],
+                "bbox": bbox, "area": area, "iscrowd": 0,
+                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+            })
+    order = list(range(len(images)))
+    random.Random(seed).shuffle(order)  # json order != id order: readers must sort
+    dataset = {
+        "info": {"description": "fsaf-repro synthetic COCO-format dataset (not COCO)", "seed": seed},
+        "licenses": [],
+        "images": [images[i] for i in order],
+        "annotations": annotations,
+        "categories": coco_categories(),
+    }
+    annotation_file = os.path.join(ann_dir, annotation_name)
+    tmp = annotation_file + ".part"
+    with open(tmp, "w") as handle:
+        json.dump(dataset, handle)
+    os.replace(tmp, annotation_file)
+    return annotation_file, image_dir
+
+
+def make_synthetic_results(annotation_file, per_image=100, seed=0, jitter=0.1):
+    """Plausible detections for every image of `annotation_file`: jittered ground truth plus clutter.
+
+    Each image gets exactly `per_image` results: its ground-truth boxes moved by up to `jitter` of
+    their size (with a high score), the rest random boxes of random classes (lower scores).
+    """
+    with open(annotation_file) as handle:
+        data = json.load(handle)
+    rng = np.random.RandomState(seed)
+    by_image = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    category_ids = [c["id"] for c in data["categories"]]
+    results = []
+    for image in sorted(data["images"], key=lambda item: item["id"]):
+        width, height = image["width"], image["height"]
+        gts = by_image.get(image["id"], [])[:per_image]
+        for ann in gts:
+            x, y, w, h = ann["bbox"]
+            dx, dy = rng.uniform(-jitter, jitter, size=2) * (w, h)
+            sw, sh = np.exp(rng.uniform(-jitter, jitter, size=2))
+            cat = ann["category_id"] if rng.rand() > 0.1 else int(rng.choice(category_ids))
+            results.append({"image_id": image["id"], "category_id": int(cat),
+                            "bbox": [float(x + dx), float(y + dy), float(w * sw), float(h * sh)],
+                            "score": float(rng.uniform(0.3, 1.0))})
+        extra = per_image - len(gts)
+        if extra > 0:
+            ws = rng.uniform(2, max(3, width / 2.0), size=extra)
+            hs = rng.uniform(2, max(3, height / 2.0), size=extra)
+            xs = rng.uniform(0, width, size=extra) - ws / 2
+            ys = rng.uniform(0, height, size=extra) - hs / 2
+            cats = rng.choice(category_ids, size=extra)
+            scores = rng.uniform(0.05, 0.6, size=extra)
+            for k in range(extra):
+                results.append({"image_id": image["id"], "category_id": int(cats[k]),
+                                "bbox": [float(xs[k]), float(ys[k]), float(ws[k]), float(hs[k])],
+                                "score": float(scores[k])})
+    return results
+
+
+def _cmd_make_dataset(args):
+    annotation_file, image_dir = make_synthetic_coco(args.out, num_images=args.num_images, seed=args.seed)
+    print("make-dataset: {} images in {}, annotations {}".format(args.num_images, image_dir, annotation_file))
+    return 0
+
+
+def register_cli(subparsers):
+    parser = subparsers.add_parser(
+        "make-dataset", help="generate a small synthetic COCO-format dataset (tests, default run)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", required=True, help="output directory (annotations/ and val2017/)")
+    parser.add_argument("--num-images", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_cmd_make_dataset)
