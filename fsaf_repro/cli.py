@@ -18,6 +18,7 @@ STAGE_MODULES = [
     "fsaf_repro.checkpoint",
     "fsaf_repro.export",
     "fsaf_repro.convert",
+    "fsaf_repro.runner",
     "fsaf_repro.perf",
 ]
 

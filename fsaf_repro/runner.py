@@ -1,0 +1,358 @@
+"""The streaming runner: images -> backend -> COCO results json, resumable (CLI verb `infer`).
+
+Pipeline: `fsaf_repro.data.iter_batches` decodes and letterboxes images on worker threads and keeps
+`prefetch` batches ready, so the backend is not starved; the backend turns each batch into padded
+detections; `fsaf_repro.postprocess` maps them to COCO result records in original-image pixels.
+
+Resume. Every finished batch is appended to a journal (`<results>.journal`, JSON lines, flushed and
+fsynced) whose first line holds the run key: a hash of everything that decides the results (the
+annotation file's sha256, the image directory, the image count, canvas size, input dtype, backend and
+its options, model file sha256, batch size, skip policy). Started again with the same arguments, the
+runner keeps the complete journal lines (a line cut by a kill is dropped), continues with the next
+image and, at the end, writes the results json from the journal: the same bytes as an uninterrupted
+run. A journal of other arguments is refused with the differences named.
+
+Static-batch backends get the last partial batch padded with zero images; the padding's outputs are
+discarded. Unreadable images stop the run with the file named (finished batches stay in the journal),
+or, with skip_bad, are skipped and listed in the summary and `<results>.skipped.json`.
+"""
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+
+from .errors import BackendError, DataError, ImageReadError, ResultsError
+
+JOURNAL_FORMAT = 1
+
+
+def _canonical(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def file_sha256(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_key_fields(image_set, backend_name, backend_options, model_path, batch_size, input_dtype, skip_bad):
+    """Everything that decides the results of a run (and nothing that does not, such as workers)."""
+    model = None
+    if model_path:
+        if not os.path.isfile(str(model_path)):
+            raise BackendError("model file {} does not exist".format(model_path))
+        model = {"path": os.path.abspath(str(model_path)), "sha256": file_sha256(str(model_path))}
+    return {
+        "format": JOURNAL_FORMAT,
+        "annotation_sha256": image_set.annotation_sha256,
+        "image_dir": os.path.abspath(image_set.image_dir),
+        "num_images": len(image_set),
+        "first_last_image_ids": [image_set.metas[0].image_id, image_set.metas[-1].image_id],
+        "canvas": [image_set.height, image_set.width],
+        "input_dtype": input_dtype,
+        "backend": backend_name,
+        "backend_options": backend_options,
+        "model": model,
+        "batch_size": int(batch_size),
+        "skip_bad": bool(skip_bad),
+    }
+
+
+class Journal(object):
+    """Append-only JSON-lines record of finished batches; line 1 is the header with the run key."""
+
+    def __init__(self, path, fields):
+        self.path = str(path)
+        self.fields = fields
+        self.key = hashlib.sha256(_canonical(fields).encode("utf-8")).hexdigest()
+        self.entries = []
+        self._handle = None
+
+    def open(self):
+        """Read an existing journal of the same run (dropping a torn last line) or start a new one."""
+        if os.path.exists(self.path):
+            self._read_existing()
+            self._handle = open(self.path, "a")
+        else:
+            self._handle = open(self.path, "w")
+            self._write_line({"run_key": self.key, "fields": self.fields})
+        return self
+
+    def _read_existing(self):
+        with open(self.path, "rb") as handle:
+            data = handle.read()
+        lines = data.split(b"\n")
+        # Everything after the last newline is a line the previous run was killed while writing.
+        complete, torn = lines[:-1], lines[-1]
+        if not complete:
+            raise ResultsError("journal {} has no complete header line; delete it to start the run again"
+                               .format(self.path))
+        try:
+            header = json.loads(complete[0].decode("utf-8"))
+        except ValueError as exc:
+            raise ResultsError("journal {} has an unreadable header ({}); delete it to start again".format(
+                self.path, exc)) from exc
+        if header.get("run_key") != self.key:
+            old = header.get("fields") or {}
+            changed = sorted(k for k in set(old) | set(self.fields) if old.get(k) != self.fields.get(k))
+            raise ResultsError(
+                "journal {} belongs to a run with other arguments (differs in: {}); use the same arguments "
+                "to resume it, or delete it (or pass --restart) to start a new run".format(
+                    self.path, ", ".join(changed) or "run key"))
+        for number, raw in enumerate(complete[1:], start=2):
+            try:
+                self.entries.append(json.loads(raw.decode("utf-8")))
+            except ValueError as exc:
+                raise ResultsError("journal {} line {} is corrupt ({}); delete the journal to start again"
+                                   .format(self.path, number, exc)) from exc
+        if torn:
+            with open(self.path, "r+b") as handle:
+                handle.truncate(len(data) - len(torn))
+
+    def _write_line(self, obj):
+        line = _canonical(obj)
+        self._handle.write(line + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        return line
+
+    def append(self, entry):
+        # keep what a resumed run will read back, so both paths assemble identical results
+        self.entries.append(json.loads(self._write_line(entry)))
+
+    @property
+    def next_index(self):
+        return self.entries[-1]["next"] if self.entries else 0
+
+    def close(self):
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _detections_to_coco(outputs, metas, category_ids):
+    from .postprocess import detections_to_coco
+    return detections_to_coco(outputs["dets"], outputs["labels"], metas, category_ids)
+
+
+def _write_results(path, results):
+    from .postprocess import write_results_json
+    write_results_json(path, results)
+
+
+def _skipped_dict(item):
+    return {"index": int(item.index), "image_id": int(item.image_id), "path": item.path, "reason": item.reason}
+
+
+def infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2, workers=2, skip_bad=False,
+                  progress=True, input_dtype="float32", backend_name=None, backend_options=None, model_path=None,
+                  keep_journal=False, restart=False):
+    """Run `backend` (loaded) over `image_set`, resumably; returns a summary dict.
+
+    The summary holds the images done in this session, the skipped images, the timings and the two
+    fsaf_repro.perf dataset records (e2e and inference fps) of this session.
+    """
+    from .data import iter_batches
+    static = backend.batch_size
+    if batch_size is None:
+        batch_size = static or 1
+    if static is not None and int(batch_size) != int(static):
+        raise BackendError("the model {} has a static batch size of {}; run with batch size {} (not {})".format(
+            backend.model_path, static, static, batch_size))
+    batch_size = int(batch_size)
+    fields = run_key_fields(image_set, backend_name or backend.name, backend_options or {}, model_path,
+                            batch_size, input_dtype, skip_bad)
+    journal_path = str(results_path) + ".journal"
+    if restart and os.path.exists(journal_path):
+        os.remove(journal_path)
+    journal = Journal(journal_path, fields).open()
+    index_of = dict((meta.image_id, i) for i, meta in enumerate(image_set.metas))
+    total = len(image_set)
+    start = journal.next_index
+    done_images = 0
+    inference_seconds = 0.0
+    latencies = []
+    wall_start = time.perf_counter()
+    bar = _progress(total, start, progress)
+    stream = None
+    try:
+        if start < total:
+            stream = iter_batches(image_set, batch_size, prefetch=prefetch, workers=workers, skip_bad=skip_bad,
+                                  start=start, input_dtype=input_dtype)
+            journaled_skips = 0
+            while True:
+                try:
+                    batch, metas = next(stream)
+                except StopIteration:
+                    break
+                except ImageReadError as exc:
+                    raise ImageReadError(
+                        "{}; the {} images before it are kept in {}: run the same command again to resume, "
+                        "or add --skip-bad to skip and list unreadable images".format(
+                            exc, journal.next_index, journal_path)) from None
+                count = len(metas)
+                run_batch, image_hw = _pad(batch, metas, static, input_dtype, image_set)
+                t0 = time.perf_counter()
+                outputs = backend.run(run_batch, image_hw=image_hw) if image_hw is not None \
+                    else backend.run(run_batch)
+                elapsed = time.perf_counter() - t0
+                inference_seconds += elapsed
+                latencies.append(elapsed)
+                outputs = {"dets": outputs["dets"][:count], "labels": outputs["labels"][:count]}
+                last = index_of[metas[-1].image_id]
+                new_skips = [s for s in stream.skipped[journaled_skips:] if s.index < last]
+                journaled_skips += len(new_skips)
+                journal.append({"next": last + 1, "image_ids": [int(m.image_id) for m in metas],
+                                "results": _detections_to_coco(outputs, metas, image_set.category_ids),
+                                "skipped": [_skipped_dict(s) for s in new_skips]})
+                done_images += count
+                bar.update(last + 1 - bar.n)
+            leftover = stream.skipped[journaled_skips:]
+            if leftover or journal.next_index < total:
+                journal.append({"next": total, "image_ids": [], "results": [],
+                                "skipped": [_skipped_dict(s) for s in leftover]})
+                bar.update(total - bar.n)
+        results = []
+        skipped = []
+        for entry in journal.entries:
+            results.extend(entry["results"])
+            skipped.extend(entry["skipped"])
+        _write_results(str(results_path), results)
+        wall_seconds = time.perf_counter() - wall_start
+    finally:
+        bar.close()
+        if stream is not None:
+            stream.close()
+        journal.close()
+    skipped_path = str(results_path) + ".skipped.json"
+    if skipped:
+        with open(skipped_path, "w") as handle:
+            json.dump(skipped, handle, indent=1)
+    elif os.path.exists(skipped_path):
+        os.remove(skipped_path)
+    if not keep_journal:
+        os.remove(journal_path)
+    summary = {"results": str(results_path), "images": total - len(skipped), "images_this_session": done_images,
+               "resumed_from": start, "skipped": skipped, "detections": len(results), "batch_size": batch_size,
+               "wall_seconds": wall_seconds, "inference_seconds": inference_seconds, "records": []}
+    if done_images and inference_seconds > 0:
+        from .perf import dataset_records
+        summary["records"] = dataset_records(
+            done_images, wall_seconds, inference_seconds, latencies, "host", backend_name or backend.name,
+            "fp32" if input_dtype == "float32" else input_dtype, batch_size,
+            source="measured: fsaf-repro infer, {} images".format(done_images))
+    return summary
+
+
+def _pad(batch, metas, static, input_dtype, image_set):
+    """The batch padded with zero images up to the static batch size, and image_hw for uint8 models."""
+    count = len(metas)
+    image_hw = None
+    if input_dtype == "uint8":
+        image_hw = np.array([[m.new_h, m.new_w] for m in metas], dtype=np.int32)
+    if static is None or count == static:
+        return batch, image_hw
+    padded = np.zeros((static,) + tuple(batch.shape[1:]), dtype=batch.dtype)
+    padded[:count] = batch
+    if image_hw is not None:
+        image_hw = np.concatenate([image_hw, np.tile([[image_set.height, image_set.width]],
+                                                     (static - count, 1)).astype(np.int32)])
+    return padded, image_hw
+
+
+class _NoBar(object):
+    n = 0
+
+    def update(self, k):
+        self.n += k
+
+    def close(self):
+        pass
+
+
+def _progress(total, initial, enabled):
+    if not enabled:
+        bar = _NoBar()
+        bar.n = initial
+        return bar
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="img", desc="infer", dynamic_ncols=True)
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+def parse_backend_options(pairs):
+    """`KEY=VALUE` strings -> dict; values are JSON when they parse (numbers, true/false), else strings."""
+    options = {}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise DataError("--backend-option expects KEY=VALUE, got {!r}".format(pair))
+        key, value = pair.split("=", 1)
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
+
+
+def register_cli(subparsers):
+    parser = subparsers.add_parser(
+        "infer", help="run a backend over a COCO image set and write a COCO results json (resumable)",
+        description="Streaming inference: images -> backend -> COCO results json. Killed and started again "
+                    "with the same arguments, the run continues from its journal (<out>.journal) and "
+                    "writes the same results.")
+    parser.add_argument("--annotations", required=True, help="COCO instances json (instances_val2017.json)")
+    parser.add_argument("--images", required=True, help="image directory (val2017)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images by image id")
+    parser.add_argument("--height", type=int, default=None, help="network input height (spec: 800)")
+    parser.add_argument("--width", type=int, default=None, help="network input width (spec: 1216)")
+    parser.add_argument("--backend", default="onnxruntime", help="backend name (default onnxruntime)")
+    parser.add_argument("--model", default=None, help="model file (.onnx, .om, checkpoint .pth)")
+    parser.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="backend option, repeatable (e.g. threads=2, device_id=0, batch_size=4)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per batch (default: the model's static batch size, else 1)")
+    parser.add_argument("--input-dtype", default="float32", choices=("float32", "uint8"))
+    parser.add_argument("--prefetch", type=int, default=2, help="batches decoded ahead (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip unreadable images and list them (default: stop with the file named)")
+    parser.add_argument("--out", required=True, help="results json to write")
+    parser.add_argument("--perf-out", default=None, help="write this session's fps records (perf format)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--keep-journal", action="store_true", help="keep <out>.journal after success")
+    parser.add_argument("--restart", action="store_true", help="discard an existing journal and start over")
+    parser.set_defaults(func=_cli_infer)
+
+
+def _cli_infer(args):
+    from .backends import create_backend
+    from .data import CocoImageSet
+    from .spec import input_constants
+    inp = input_constants()
+    image_set = CocoImageSet(args.annotations, args.images, limit=args.limit,
+                             height=args.height or inp["height"], width=args.width or inp["width"])
+    options = parse_backend_options(args.backend_option)
+    with create_backend(args.backend, **options) as backend:
+        backend.load(args.model)
+        summary = infer_dataset(image_set, backend, args.out, batch_size=args.batch_size, prefetch=args.prefetch,
+                                workers=args.workers, skip_bad=args.skip_bad, progress=not args.no_progress,
+                                input_dtype=args.input_dtype, backend_name=args.backend, backend_options=options,
+                                model_path=args.model, keep_journal=args.keep_journal, restart=args.restart)
+    print("{} detections for {} images written to {}{}".format(
+        summary["detections"], summary["images"], summary["results"],
+        " (resumed at image {})".format(summary["resumed_from"]) if summary["resumed_from"] else ""))
+    for item in summary["skipped"]:
+        print("skipped: {} (image id {}): {}".format(item["path"], item["image_id"], item["reason"]))
+    if summary["records"]:
+        from .perf import format_records, write_records
+        print(format_records(summary["records"]))
+        if args.perf_out:
+            write_records(args.perf_out, summary["records"])
+    return 0
+
