@@ -18,7 +18,11 @@ STAGE_MODULES = [
     "fsaf_repro.checkpoint",
     "fsaf_repro.export",
     "fsaf_repro.convert",
+    "fsaf_repro.synthetic",
+    "fsaf_repro.data",
     "fsaf_repro.runner",
+    "fsaf_repro.postprocess",
+    "fsaf_repro.evaluate",
     "fsaf_repro.perf",
 ]
 

@@ -1,0 +1,272 @@
+"""COCO bbox scoring (recipe step 6, second half): the 12-stat table and per-class AP.
+
+The reference scorer is pycocotools with `maxDets = [100, 300, 1000]`, as mmdetection's evaluation
+sets it (spec `evaluation`). faster-coco-eval is an optional, faster scorer with the same
+accumulation arrays. Both scorers' arrays go through one summariser that follows pycocotools'
+`summarize()` line by line (spec `evaluation.stats`), because faster-coco-eval's own summary reads
+the first AP line at maxDets[-1] instead of 100 and would not give the recipe's table.
+
+Every metrics record carries the annotation file's sha256 and the number of images scored, so a
+run on a different or partial val2017 cannot pass for the recipe's.
+"""
+import argparse
+import contextlib
+import copy
+import io
+import json
+import math
+import numbers
+import os
+
+import numpy as np
+
+from .data import load_annotation_json
+from .errors import ResultsError
+from .spec import accuracy_reference, load_recipe_spec
+
+SCORERS = ("pycocotools", "faster-coco-eval")
+
+
+def evaluation_spec():
+    return load_recipe_spec()["evaluation"]
+
+
+def stat_names():
+    return list(accuracy_reference()["stat_names"])
+
+
+def _check_results(results, gt_image_ids, gt_category_ids, source):
+    """Validate detections before a scorer sees them (pycocotools only asserts, without saying why)."""
+    if not isinstance(results, list):
+        raise ResultsError("{}: results must be a list of detections".format(source))
+    unknown_images, unknown_cats = set(), set()
+    for number, det in enumerate(results):
+        try:
+            bbox = [float(v) for v in det["bbox"]]
+            score = float(det["score"])
+            image_id, category_id = det["image_id"], det["category_id"]
+        except (KeyError, TypeError, ValueError):
+            raise ResultsError("{}: detection {} needs image_id, category_id, bbox [x, y, w, h] and score, "
+                               "got {!r}".format(source, number, det))
+        if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or not math.isfinite(score):
+            raise ResultsError("{}: detection {} has a non-finite or malformed bbox/score: {!r}".format(
+                source, number, det))
+        if not isinstance(image_id, numbers.Integral) or image_id not in gt_image_ids:
+            unknown_images.add(repr(image_id))
+        if not isinstance(category_id, numbers.Integral) or category_id not in gt_category_ids:
+            unknown_cats.add(repr(category_id))
+    if unknown_images:
+        raise ResultsError("{}: {} image id(s) not in the annotation file, e.g. {}".format(
+            source, len(unknown_images), sorted(unknown_images)[:5]))
+    if unknown_cats:
+        raise ResultsError("{}: category id(s) {} not in the annotation file (wrong label -> category "
+                           "map?)".format(source, sorted(unknown_cats)[:10]))
+
+
+def _empty_results_coco(coco_cls, gt):
+    """A detections object with no detections: scoring it gives AP 0, where loadRes([]) would crash."""
+    dt = coco_cls()
+    dt.dataset = {"images": list(gt.dataset["images"]), "categories": copy.deepcopy(gt.dataset["categories"]),
+                  "annotations": []}
+    dt.createIndex()
+    return dt
+
+
+def _accumulate_pycocotools(annotation_file, results, image_ids, max_dets):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools narrates every step
+        gt = COCO(annotation_file)
+        # loadRes adds keys to each detection: give it copies, the caller's list stays as it was
+        dt = gt.loadRes([dict(det) for det in results]) if results else _empty_results_coco(COCO, gt)
+        evaluator = COCOeval(gt, dt, "bbox")
+        evaluator.params.maxDets = list(max_dets)
+        evaluator.params.imgIds = list(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+    return evaluator
+
+
+def faster_coco_eval_availability():
+    """(ok, reason): whether the optional faster-coco-eval scorer can run here."""
+    try:
+        import faster_coco_eval  # noqa: F401
+        from faster_coco_eval import COCO, COCOeval_faster  # noqa: F401
+    except ImportError as exc:
+        return False, "faster-coco-eval is not installed (pip install 'fsaf-repro[fast-eval]'): {}".format(exc)
+    return True, ""
+
+
+def _accumulate_faster(annotation_file, results, image_ids, max_dets):
+    ok, reason = faster_coco_eval_availability()
+    if not ok:
+        raise ResultsError(reason)
+    # The 1.7.x (Python 3.7) and 1.8.x APIs agree on these calls: COCO, loadRes, COCOeval_faster
+    # (gt, dt, iouType), params, evaluate(), accumulate(), eval["precision"/"recall"].
+    from faster_coco_eval import COCO, COCOeval_faster
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(annotation_file)
+        dt = gt.loadRes([dict(det) for det in results]) if results else _empty_results_coco(COCO, gt)
+        evaluator = COCOeval_faster(gt, dt, "bbox")
+        evaluator.params.maxDets = list(max_dets)
+        evaluator.params.imgIds = list(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+    return evaluator
+
+
+def summarize(precision, recall, params, stat_defs=None):
+    """The 12 stats from accumulated arrays, exactly as pycocotools' summarize() computes them.
+
+    precision [T, R, K, A, M], recall [T, K, A, M]; a stat with no ground truth in its range is -1.
+    """
+    stat_defs = stat_defs or evaluation_spec()["stats"]
+    area_labels = list(params.areaRngLbl)
+    max_dets = list(params.maxDets)
+    iou_thrs = np.asarray(params.iouThrs)
+    stats = []
+    for definition in stat_defs:
+        area = area_labels.index(definition["area"])
+        md = max_dets.index(definition["max_dets"])
+        values = precision if definition["kind"] == "AP" else recall
+        if definition["iou"] is not None:
+            values = values[np.where(np.isclose(iou_thrs, definition["iou"]))[0]]
+        values = values[..., area, md]
+        valid = values[values > -1]
+        stats.append(float(np.mean(valid)) if valid.size else -1.0)
+    return stats
+
+
+def per_class_ap(precision, category_ids, names):
+    """AP@[.5:.95] per category (area all, largest maxDets), None where the class has no ground truth."""
+    table = []
+    for k, (cid, name) in enumerate(zip(category_ids, names)):
+        values = precision[:, :, k, 0, -1]
+        valid = values[values > -1]
+        table.append({"name": name, "category_id": int(cid), "ap": float(np.mean(valid)) if valid.size else None})
+    return table
+
+
+def evaluate_results(annotation_file, results, scorer="pycocotools", image_ids=None):
+    """Score COCO bbox results (a list, or the path of a results json) against `annotation_file`.
+
+    image_ids: the images the run covered (default: every image of the file). Returns a dict with
+    "stats" (12 floats in the recipe's order), "stat_names", "per_class", "annotation_file",
+    "annotation_sha256", "num_images", "num_detections", "scorer", "max_dets".
+    """
+    if scorer not in SCORERS:
+        raise ResultsError("unknown scorer {!r}; choose one of {}".format(scorer, ", ".join(SCORERS)))
+    annotation_file = os.fspath(annotation_file)
+    source = "results"
+    if not isinstance(results, list):
+        from .postprocess import read_results_json
+        source = os.fspath(results)
+        results = read_results_json(source)
+    data, sha = load_annotation_json(annotation_file)
+    gt_image_ids = {image["id"] for image in data["images"]}
+    categories = sorted(data["categories"], key=lambda cat: cat["id"])
+    _check_results(results, gt_image_ids, {cat["id"] for cat in categories}, source)
+    if image_ids is None:
+        image_ids = sorted(gt_image_ids)
+    else:
+        image_ids = sorted(set(image_ids))
+        missing = [i for i in image_ids if i not in gt_image_ids]
+        if missing:
+            raise ResultsError("image ids {} are not in {}".format(missing[:5], annotation_file))
+        covered = set(image_ids)
+        outside = {det["image_id"] for det in results} - covered
+        if outside:
+            raise ResultsError("{}: detections for {} image(s) outside the scored image ids, e.g. {}".format(
+                source, len(outside), sorted(outside)[:5]))
+    if not image_ids:
+        raise ResultsError("no images to score in {}".format(annotation_file))
+    max_dets = evaluation_spec()["max_dets"]
+    accumulate = _accumulate_pycocotools if scorer == "pycocotools" else _accumulate_faster
+    evaluator = accumulate(annotation_file, results, image_ids, max_dets)
+    precision = np.asarray(evaluator.eval["precision"])
+    recall = np.asarray(evaluator.eval["recall"])
+    return {
+        "stats": summarize(precision, recall, evaluator.params),
+        "stat_names": stat_names(),
+        "per_class": per_class_ap(precision, [cat["id"] for cat in categories],
+                                  [cat["name"] for cat in categories]),
+        "annotation_file": annotation_file,
+        "annotation_sha256": sha,
+        "num_images": len(image_ids),
+        "num_detections": len(results),
+        "scorer": scorer,
+        "max_dets": list(max_dets),
+        "_precision": precision,
+        "_recall": recall,
+    }
+
+
+def metrics_record(metrics):
+    """The json-safe part of `evaluate_results`' answer (drops the raw arrays)."""
+    return {key: value for key, value in metrics.items() if not key.startswith("_")}
+
+
+def format_recipe_table(stats, stat_defs=None):
+    """The 12 lines pycocotools prints, in the recipe's section 6.1 wording."""
+    stat_defs = stat_defs or evaluation_spec()["stats"]
+    if len(stats) != len(stat_defs):
+        raise ResultsError("expected {} stats, got {}".format(len(stat_defs), len(stats)))
+    lines = []
+    for definition, value in zip(stat_defs, stats):
+        ap = definition["kind"] == "AP"
+        iou = "0.50:0.95" if definition["iou"] is None else "{:0.2f}".format(definition["iou"])
+        lines.append(" {:<18} {} @[ IoU={:<9} | area={:>6s} | maxDets={:>3d} ] = {:0.3f}".format(
+            "Average Precision" if ap else "Average Recall", "(AP)" if ap else "(AR)", iou,
+            definition["area"], definition["max_dets"], value))
+    return "\n".join(lines)
+
+
+def format_per_class_table(per_class, columns=3):
+    """Per-class AP in a text table, `columns` (category, AP) pairs per row, as mmdetection prints it."""
+    cells = [(row["name"], "nan" if row["ap"] is None else "{:0.3f}".format(row["ap"])) for row in per_class]
+    name_width = max([len("category")] + [len(name) for name, _ in cells])
+    header = " | ".join("{:<{w}} | {:>5}".format("category", "AP", w=name_width) for _ in range(columns))
+    rule = "-" * len(header)
+    lines = [rule, header, rule]
+    for start in range(0, len(cells), columns):
+        row = cells[start:start + columns]
+        lines.append(" | ".join("{:<{w}} | {:>5}".format(name, ap, w=name_width) for name, ap in row))
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+def _cmd_evaluate(args):
+    image_ids = None
+    if args.limit is not None:
+        data, _ = load_annotation_json(args.annotations)
+        image_ids = sorted(image["id"] for image in data["images"])[:args.limit]
+    metrics = evaluate_results(args.annotations, args.results, scorer=args.scorer, image_ids=image_ids)
+    print("Evaluate annotation type *bbox* ({}; {} images, {} detections; annotations sha256 {})".format(
+        metrics["scorer"], metrics["num_images"], metrics["num_detections"], metrics["annotation_sha256"]))
+    print(format_recipe_table(metrics["stats"]))
+    if not args.no_per_class:
+        print(format_per_class_table(metrics["per_class"]))
+    if args.metrics_out:
+        from .postprocess import write_results_json
+        write_results_json(args.metrics_out, metrics_record(metrics))
+        print("metrics written to {}".format(args.metrics_out))
+    return 0
+
+
+def register_cli(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate", help="score a COCO results json: the recipe's 12-line table and per-class AP",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--annotations", required=True, help="COCO instances json (ground truth)")
+    parser.add_argument("--results", required=True, help="COCO results json to score")
+    parser.add_argument("--scorer", default="pycocotools", choices=SCORERS)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="score only the first N images by id (a partial run)")
+    parser.add_argument("--metrics-out", default=None, help="write the metrics record (json) here")
+    parser.add_argument("--no-per-class", action="store_true", help="skip the per-class AP table")
+    parser.set_defaults(func=_cmd_evaluate)
+
+
+def load_metrics(path):
+    with open(path) as handle:
+        return json.load(handle)

@@ -1,0 +1,288 @@
+"""Network outputs -> COCO results json (recipe step 6, first half).
+
+Readers for the three ways outputs arrive, all matched to images by exact stem (never a suffix
+glob, which in the recipe's script can pick another image's file):
+- benchmark tool: `<dir>/<stem>_1.bin` dets float32 [100, 5], `<dir>/<stem>_2.bin` labels int64 [100]
+- ais_bench: `<dir>/<stem>_0.bin|.npy` dets, `<stem>_1.bin|.npy` labels (stem of the first input of
+  each batch), plus `<...>_summary.json` with its timings
+- npy: two stacked arrays, dets [N, 100, 5] and labels [N, 100], in image-id order
+
+`detections_to_coco` then drops padded rows (score 0) and rows under the score threshold, divides
+boxes by the image's scale (no offset: the image sits top-left), optionally clips to the original
+image (off by default, as in the recipe) and maps label k to the k-th COCO category id.
+"""
+import argparse
+import glob
+import json
+import os
+
+import numpy as np
+
+from .data import CocoImageSet, boxes_to_original
+from .errors import OutputFormatError, ResultsError
+from .spec import model_constants
+
+DETS_COLUMNS = 5
+
+
+def _max_dets():
+    return int(model_constants()["max_per_img"])
+
+
+def _stem(meta):
+    return os.path.splitext(os.path.basename(meta.file_name))[0]
+
+
+def _read_exact(path, dtype, count, what):
+    """Read exactly `count` items of `dtype` from a raw .bin; OutputFormatError naming the file."""
+    expected = count * np.dtype(dtype).itemsize
+    if not os.path.isfile(path):
+        raise OutputFormatError("missing output file {} ({})".format(path, what))
+    size = os.path.getsize(path)
+    if size != expected:
+        raise OutputFormatError("{} has {} bytes, expected {} ({}: {} x {})".format(
+            path, size, expected, what, count, np.dtype(dtype).name))
+    return np.fromfile(path, dtype=dtype)
+
+
+def _load_npy(path, dtype, shape_tail, what):
+    if not os.path.isfile(path):
+        raise OutputFormatError("missing output file {} ({})".format(path, what))
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise OutputFormatError("{} is not a readable .npy file: {}".format(path, exc))
+    if tuple(array.shape[-len(shape_tail):]) != tuple(shape_tail) or array.dtype != np.dtype(dtype):
+        raise OutputFormatError("{} holds {} {}, expected {} [..., {}] ({})".format(
+            path, array.dtype, list(array.shape), np.dtype(dtype).name,
+            ", ".join(str(s) for s in shape_tail), what))
+    return array.reshape((-1,) + tuple(shape_tail))
+
+
+def read_benchmark_outputs(out_dir, metas, label_dtype="int64"):
+    """(dets float32 [N, 100, 5], labels [N, 100]) from a benchmark tool dumpOutput directory."""
+    max_dets = _max_dets()
+    dets = np.empty((len(metas), max_dets, DETS_COLUMNS), dtype=np.float32)
+    labels = np.empty((len(metas), max_dets), dtype=np.int64)
+    for i, meta in enumerate(metas):
+        stem = _stem(meta)
+        dets[i] = _read_exact(os.path.join(out_dir, stem + "_1.bin"), np.float32, max_dets * DETS_COLUMNS,
+                              "dets of image id {}".format(meta.image_id)).reshape(max_dets, DETS_COLUMNS)
+        labels[i] = _read_exact(os.path.join(out_dir, stem + "_2.bin"), label_dtype, max_dets,
+                                "labels of image id {}".format(meta.image_id))
+    return dets, labels
+
+
+def read_ais_bench_outputs(out_dir, metas, batch_size=1, outfmt="BIN", label_dtype="int64"):
+    """(dets, labels) from an ais_bench output directory (`<stem>_0`, `<stem>_1`, BIN or NPY).
+
+    With `batch_size` b > 1 ais_bench names each output after the first input of its batch and
+    stores the b images together; the last batch holds either the remaining images or b (padded).
+    """
+    max_dets = _max_dets()
+    ext = {"BIN": ".bin", "NPY": ".npy"}.get(outfmt.upper())
+    if ext is None:
+        raise OutputFormatError("ais_bench outfmt must be BIN or NPY, got {!r}".format(outfmt))
+    batch_size = max(1, int(batch_size))
+    dets_parts, label_parts = [], []
+    for first in range(0, len(metas), batch_size):
+        group = metas[first:first + batch_size]
+        stem = _stem(group[0])
+        what = "image ids {}".format(", ".join(str(m.image_id) for m in group))
+        dets_path = os.path.join(out_dir, stem + "_0" + ext)
+        labels_path = os.path.join(out_dir, stem + "_1" + ext)
+        if ext == ".npy":
+            group_dets = _load_npy(dets_path, np.float32, (max_dets, DETS_COLUMNS), "dets of " + what)
+            group_labels = _load_npy(labels_path, label_dtype, (max_dets,), "labels of " + what)
+        else:
+            group_dets = _read_group_bin(dets_path, np.float32, max_dets * DETS_COLUMNS, len(group),
+                                         batch_size, "dets of " + what).reshape(-1, max_dets, DETS_COLUMNS)
+            group_labels = _read_group_bin(labels_path, label_dtype, max_dets, len(group), batch_size,
+                                           "labels of " + what).reshape(-1, max_dets)
+        for array, path in ((group_dets, dets_path), (group_labels, labels_path)):
+            if array.shape[0] not in (len(group), batch_size):
+                raise OutputFormatError("{} holds {} images, expected {}".format(path, array.shape[0], len(group)))
+        dets_parts.append(group_dets[:len(group)])
+        label_parts.append(group_labels[:len(group)].astype(np.int64))
+    return np.concatenate(dets_parts), np.concatenate(label_parts)
+
+
+def _read_group_bin(path, dtype, per_image, count, batch_size, what):
+    if not os.path.isfile(path):
+        raise OutputFormatError("missing output file {} ({})".format(path, what))
+    unit = per_image * np.dtype(dtype).itemsize
+    size = os.path.getsize(path)
+    if size not in (count * unit, batch_size * unit):
+        raise OutputFormatError("{} has {} bytes, expected {} ({}: {} image(s) x {} {})".format(
+            path, size, count * unit, what, count, per_image, np.dtype(dtype).name))
+    return np.fromfile(path, dtype=dtype)
+
+
+def read_npy_outputs(dets_path, labels_path, num_images):
+    """(dets, labels) from two stacked .npy arrays in image-id order."""
+    max_dets = _max_dets()
+    dets = _load_npy(dets_path, np.float32, (max_dets, DETS_COLUMNS), "stacked dets")
+    labels = _load_npy(labels_path, np.int64, (max_dets,), "stacked labels")
+    for array, path in ((dets, dets_path), (labels, labels_path)):
+        if array.shape[0] != num_images:
+            raise OutputFormatError("{} holds {} images, expected {}".format(path, array.shape[0], num_images))
+    return dets, labels
+
+
+_SUMMARY_TIMINGS = ("NPU_compute_time", "H2D_latency", "D2H_latency")
+
+
+def read_ais_bench_summary(path):
+    """Parse an ais_bench `*_summary.json` (a file, or the directory holding exactly one)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        found = sorted(glob.glob(os.path.join(path, "*_summary.json")))
+        if len(found) != 1:
+            raise OutputFormatError("expected one *_summary.json in {}, found {}".format(
+                path, len(found) if found else "none"))
+        path = found[0]
+    try:
+        with open(path) as handle:
+            summary = json.load(handle)
+    except FileNotFoundError:
+        raise OutputFormatError("ais_bench summary not found: {}".format(path))
+    except ValueError as exc:
+        raise OutputFormatError("ais_bench summary {} is not valid JSON: {}".format(path, exc))
+    if not isinstance(summary, dict) or "throughput" not in summary:
+        raise OutputFormatError("ais_bench summary {} has no 'throughput'".format(path))
+    for key in _SUMMARY_TIMINGS:
+        if key in summary and not (isinstance(summary[key], dict) and "mean" in summary[key]):
+            raise OutputFormatError("ais_bench summary {}: '{}' needs min/max/mean/... fields".format(path, key))
+    try:
+        summary["throughput"] = float(summary["throughput"])
+    except (TypeError, ValueError):
+        raise OutputFormatError("ais_bench summary {}: throughput {!r} is not a number".format(
+            path, summary["throughput"]))
+    summary["_path"] = path
+    return summary
+
+
+def detections_to_coco(dets, labels, metas, category_ids, score_threshold=0.05, clip=False):
+    """COCO results (list of dicts) from network outputs in network-input pixels.
+
+    dets float32 [N, K, 5] (x1, y1, x2, y2, score), labels [N, K], metas: N ImageMeta in the same
+    order, category_ids: label k -> COCO category id. Rows with score 0 (padding) and rows with
+    score < score_threshold are dropped; boxes are divided by the image's scale; with `clip` they
+    are clipped to the original image. bbox is [x1, y1, x2 - x1, y2 - y1] (no +1).
+    """
+    dets = np.asarray(dets)
+    labels = np.asarray(labels)
+    if dets.ndim != 3 or dets.shape[2] != DETS_COLUMNS:
+        raise OutputFormatError("dets must be [N, K, 5], got shape {}".format(list(dets.shape)))
+    if labels.shape != dets.shape[:2]:
+        raise OutputFormatError("labels shape {} does not match dets shape {}".format(
+            list(labels.shape), list(dets.shape)))
+    if len(metas) != dets.shape[0]:
+        raise OutputFormatError("{} images of outputs but {} image records".format(dets.shape[0], len(metas)))
+    num_classes = len(category_ids)
+    results = []
+    for i, meta in enumerate(metas):
+        scores = dets[i, :, 4]
+        keep = (scores > 0) & (scores >= score_threshold)
+        if not keep.any():
+            continue
+        kept_labels = labels[i][keep]
+        bad = kept_labels[(kept_labels < 0) | (kept_labels >= num_classes)]
+        if bad.size:
+            raise OutputFormatError("image id {} ({}): label {} outside 0..{}".format(
+                meta.image_id, meta.file_name, int(bad[0]), num_classes - 1))
+        boxes = boxes_to_original(dets[i][keep, :4], meta.scale)
+        if clip:
+            boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, meta.orig_w)
+            boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, meta.orig_h)
+        for box, label, score in zip(boxes.tolist(), kept_labels.tolist(), scores[keep].tolist()):
+            x1, y1, x2, y2 = box
+            results.append({"image_id": int(meta.image_id), "category_id": int(category_ids[label]),
+                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+    return results
+
+
+def write_results_json(path, results):
+    """Write COCO results atomically (temporary file + rename): no half-written json on failure."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        os.makedirs(directory)
+    tmp = "{}.part-{}".format(path, os.getpid())
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(results, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def read_results_json(path):
+    """Load a COCO results json (a list of detections); ResultsError naming the file when malformed."""
+    path = os.fspath(path)
+    try:
+        with open(path) as handle:
+            results = json.load(handle)
+    except FileNotFoundError:
+        raise ResultsError("results file not found: {}".format(path))
+    except ValueError as exc:
+        raise ResultsError("results file {} is not valid JSON: {}".format(path, exc))
+    if not isinstance(results, list):
+        raise ResultsError("results file {} must hold a JSON list of detections".format(path))
+    return results
+
+
+def read_outputs(kind, outputs, metas, batch_size=1, labels_path=None, outfmt="BIN"):
+    """Dispatch to the reader for `kind` in ('benchmark', 'ais_bench', 'npy')."""
+    if kind == "benchmark":
+        return read_benchmark_outputs(outputs, metas)
+    if kind == "ais_bench":
+        return read_ais_bench_outputs(outputs, metas, batch_size=batch_size, outfmt=outfmt)
+    if kind == "npy":
+        if labels_path is None:
+            raise OutputFormatError("npy outputs need both the dets and the labels .npy files")
+        return read_npy_outputs(outputs, labels_path, len(metas))
+    raise OutputFormatError("unknown output kind {!r} (benchmark, ais_bench, npy)".format(kind))
+
+
+def _cmd_postprocess(args):
+    image_set = CocoImageSet(args.annotations, args.images or "", limit=args.limit)
+    metas = image_set.metas
+    dets, labels = read_outputs(args.format, args.outputs, metas, batch_size=args.batch_size,
+                                labels_path=args.labels_npy, outfmt=args.outfmt)
+    results = detections_to_coco(dets, labels, metas, image_set.category_ids,
+                                 score_threshold=args.score_threshold, clip=args.clip)
+    write_results_json(args.results, results)
+    print("postprocess: {} detections for {} images -> {}".format(len(results), len(metas), args.results))
+    if args.evaluate:
+        from .evaluate import evaluate_results, format_per_class_table, format_recipe_table
+        metrics = evaluate_results(args.annotations, results, scorer=args.scorer,
+                                   image_ids=image_set.image_ids)
+        print(format_recipe_table(metrics["stats"]))
+        print(format_per_class_table(metrics["per_class"]))
+    return 0
+
+
+def register_cli(subparsers):
+    parser = subparsers.add_parser(
+        "postprocess", help="recipe step 6: network outputs -> COCO results json (optionally scored)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--annotations", required=True, help="COCO instances json the inputs came from")
+    parser.add_argument("--images", default=None, help="image directory (only recorded)")
+    parser.add_argument("--limit", type=int, default=None, help="first N images by id, as in preprocess")
+    parser.add_argument("--format", choices=("benchmark", "ais_bench", "npy"), default="benchmark")
+    parser.add_argument("--outputs", required=True,
+                        help="benchmark dumpOutput dir, ais_bench output dir, or the dets .npy")
+    parser.add_argument("--labels-npy", default=None, help="labels .npy (format npy)")
+    parser.add_argument("--batch-size", type=int, default=1, help="ais_bench batch size")
+    parser.add_argument("--outfmt", default="BIN", choices=("BIN", "NPY"), help="ais_bench --outfmt")
+    parser.add_argument("--results", required=True, help="COCO results json to write")
+    parser.add_argument("--score-threshold", type=float, default=model_constants()["score_threshold"])
+    parser.add_argument("--clip", action="store_true",
+                        help="clip boxes to the original image (the recipe does not)")
+    parser.add_argument("--evaluate", action="store_true", help="score the results right away")
+    parser.add_argument("--scorer", default="pycocotools", choices=("pycocotools", "faster-coco-eval"))
+    parser.set_defaults(func=_cmd_postprocess)
