@@ -1,0 +1,104 @@
+"""The .bin files and info files for the benchmark tool / ais_bench (facts sheet sections 2-3)."""
+import os
+
+import numpy as np
+import pytest
+
+from fsaf_repro import cli
+from fsaf_repro.data import (CocoImageSet, bin_bytes, read_info_file, write_bins, write_info_files)
+from fsaf_repro.spec import input_constants
+from fsaf_repro.synthetic import make_synthetic_coco
+
+CONST = input_constants()
+
+
+@pytest.fixture(scope="module")
+def image_set(tmp_path_factory):
+    return CocoImageSet(*make_synthetic_coco(str(tmp_path_factory.mktemp("coco")), num_images=5, seed=2))
+
+
+def test_bin_size_is_the_spec_value():
+    assert bin_bytes(CONST["height"], CONST["width"]) == CONST["bin_bytes"] == 11673600
+
+
+def test_bins_hold_the_transform_as_raw_float32_chw(image_set, tmp_path):
+    report = write_bins(image_set, str(tmp_path), workers=2, progress=False)
+    assert report.written == 5 and report.reused == 0 and not report.skipped
+    assert [os.path.basename(p) for p in report.bin_paths] == [
+        os.path.splitext(m.file_name)[0] + ".bin" for m in image_set.metas]
+    for index, path in enumerate(report.bin_paths):
+        assert os.path.getsize(path) == CONST["bin_bytes"]
+        raw = np.fromfile(path, dtype=np.float32).reshape(3, CONST["height"], CONST["width"])
+        assert np.array_equal(raw, image_set.load(index)[0])
+
+
+def test_one_and_two_workers_write_identical_bytes(image_set, tmp_path):
+    one = write_bins(image_set, str(tmp_path / "one"), workers=1, progress=False)
+    two = write_bins(image_set, str(tmp_path / "two"), workers=2, progress=False)
+    for a, b in zip(one.bin_paths, two.bin_paths):
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            assert fa.read() == fb.read()
+
+
+def test_rerun_skips_complete_files_and_redoes_short_ones(image_set, tmp_path):
+    out = str(tmp_path)
+    first = write_bins(image_set, out, workers=1, progress=False)
+    mtimes = [os.stat(p).st_mtime_ns for p in first.bin_paths]
+    # a truncated file (as a killed foreign tool might leave) and a stale temporary file
+    with open(first.bin_paths[2], "r+b") as handle:
+        handle.truncate(1000)
+    stale = first.bin_paths[0] + ".part-99999"
+    with open(stale, "wb") as handle:
+        handle.write(b"x")
+    second = write_bins(image_set, out, workers=1, progress=False)
+    assert (second.written, second.reused) == (1, 4)
+    assert os.path.getsize(first.bin_paths[2]) == CONST["bin_bytes"]
+    assert [os.stat(p).st_mtime_ns for i, p in enumerate(second.bin_paths) if i != 2] == \
+        [m for i, m in enumerate(mtimes) if i != 2]
+    assert not os.path.exists(stale)
+
+
+def test_info_files_formats_and_order(image_set, tmp_path):
+    bins = str(tmp_path / "val2017_bin")
+    write_bins(image_set, bins, workers=1, progress=False)
+    bin_info, jpg_info = str(tmp_path / "fsaf.info"), str(tmp_path / "fsaf_jpeg.info")
+    write_info_files(image_set, bin_dir=bins, bin_info=bin_info, jpg_info=jpg_info)
+    with open(bin_info) as handle:
+        bin_lines = handle.read().splitlines()
+    with open(jpg_info) as handle:
+        jpg_lines = handle.read().splitlines()
+    for index, meta in enumerate(image_set.metas):
+        stem = os.path.splitext(meta.file_name)[0]
+        assert bin_lines[index] == "{} {} {} {}".format(index, os.path.join(bins, stem + ".bin"), 1216, 800)
+        assert jpg_lines[index] == "{} {} {} {}".format(index, meta.path, meta.orig_w, meta.orig_h)
+    assert [e[0] for e in read_info_file(bin_info)] == list(range(5))
+    # a bad image left out keeps the indices consecutive
+    write_info_files(image_set, bin_dir=bins, bin_info=bin_info, exclude_ids=[image_set.metas[1].image_id])
+    entries = read_info_file(bin_info)
+    assert [e[0] for e in entries] == [0, 1, 2, 3]
+    assert image_set.metas[1].file_name.split(".")[0] not in " ".join(e[1] for e in entries)
+
+
+def test_bin_info_refuses_a_missing_or_short_bin(image_set, tmp_path):
+    from fsaf_repro.errors import DataError
+    with pytest.raises(DataError, match="missing"):
+        write_info_files(image_set, bin_dir=str(tmp_path), bin_info=str(tmp_path / "x.info"))
+    report = write_bins(image_set, str(tmp_path), workers=1, progress=False)
+    with open(report.bin_paths[1], "r+b") as handle:
+        handle.truncate(10)
+    with pytest.raises(DataError, match=os.path.basename(report.bin_paths[1])):
+        write_info_files(image_set, bin_dir=str(tmp_path), bin_info=str(tmp_path / "x.info"))
+
+
+def test_preprocess_cli_writes_bins_info_and_manifest(tmp_path, capsys):
+    annotation_file, image_dir = make_synthetic_coco(str(tmp_path / "ds"), num_images=3, seed=8)
+    out = str(tmp_path / "bins")
+    argv = ["preprocess", "--annotations", annotation_file, "--images", image_dir, "--out", out,
+            "--bin-info", str(tmp_path / "fsaf.info"), "--jpg-info", str(tmp_path / "fsaf_jpeg.info"),
+            "--workers", "2", "--no-progress"]
+    assert cli.main(argv) == 0
+    assert "3 written" in capsys.readouterr().out
+    assert len(read_info_file(str(tmp_path / "fsaf.info"))) == 3
+    assert os.path.isfile(os.path.join(out, "preprocess_manifest.json"))
+    assert cli.main(argv) == 0
+    assert "3 already complete" in capsys.readouterr().out
