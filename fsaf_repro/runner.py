@@ -212,6 +212,9 @@ def infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2,
                                 "skipped": [_skipped_dict(s) for s in new_skips]})
                 done_images += count
                 bar.update(last + 1 - bar.n)
+                # drop this batch before waiting for the next one: holding it would add one batch to the
+                # peak memory (queue + producer + consumer) whenever the loader is ahead
+                del batch, run_batch, outputs
             leftover = stream.skipped[journaled_skips:]
             if leftover or journal.next_index < total:
                 journal.append({"next": total, "image_ids": [], "results": [],
