@@ -153,8 +153,13 @@ def letterbox_to_canvas(bgr, height=800, width=1216, out=None):
         out = np.empty((3, height, width), dtype=np.float32)
     _zero_padding(out, new_h, new_w)
     lut = normalisation_lut()
+    planes = cv2.split(resized)
     for c in range(3):  # output channel c (RGB) reads BGR channel 2 - c
-        np.take(lut[c], resized[:, :, 2 - c], out=out[c, :new_h, :new_w], mode="clip")
+        target = out[c, :new_h, :new_w]
+        # cv2.LUT copies table entries (no arithmetic), straight into the canvas plane
+        result = cv2.LUT(planes[2 - c], lut[c].reshape(1, 256), dst=target)
+        if result.__array_interface__["data"][0] != target.__array_interface__["data"][0]:
+            target[...] = result
     return out, scale, new_h, new_w
 
 
@@ -373,6 +378,19 @@ def _atomic_write_bytes(path, payload):
         raise
 
 
+def _atomic_write_array(path, array):
+    """Raw bytes of a C-contiguous array, written without an intermediate bytes copy."""
+    tmp = "{}{}{}".format(path, _PART_MARK, os.getpid())
+    try:
+        with open(tmp, "wb") as handle:
+            array.tofile(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def _atomic_write_text(path, text):
     _atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -402,7 +420,7 @@ def _preprocess_one(index):
         image_set.load_into(index, _WORKER_STATE["buffer"])
     except ImageReadError as exc:
         return index, "bad", str(exc)
-    _atomic_write_bytes(path, _WORKER_STATE["buffer"].tobytes())
+    _atomic_write_array(path, _WORKER_STATE["buffer"])
     return index, "written", ""
 
 
@@ -428,6 +446,7 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
     workers = max(1, int(workers or os.cpu_count() or 1))
     results = {}
     bar = _progress_bar(len(image_set), "preprocess", progress)
+    caller_threads = cv2.getNumThreads()
     try:
         if workers == 1:
             _init_worker(image_set, out_dir)
@@ -452,6 +471,7 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
                 pool.terminate()
                 pool.join()
     finally:
+        cv2.setNumThreads(caller_threads)  # the in-process path set it to 1
         if bar is not None:
             bar.close()
     bin_paths, skipped = [], []

@@ -48,10 +48,13 @@ def _draw_objects(rng, img, max_objects, num_classes):
     objects = []
     count = int(rng.randint(1, max_objects + 1))
     for _ in range(count):
-        min_side = max(2, min(width, height) // 12)
-        box_w = int(rng.randint(min_side, max(min_side + 1, width * 2 // 3)))
-        box_h = int(rng.randint(min_side, max(min_side + 1, height * 2 // 3)))
-        box_w, box_h = min(box_w, width - 1), min(box_h, height - 1)
+        # log-uniform sides, so COCO's small (< 32^2), medium and large ranges all get objects
+        min_side = max(2, min(width, height) // 40)
+        sides = []
+        for extent in (width, height):
+            top = max(min_side + 1, extent * 2 // 3)
+            sides.append(int(np.exp(rng.uniform(np.log(min_side), np.log(top)))))
+        box_w, box_h = max(2, min(sides[0], width - 1)), max(2, min(sides[1], height - 1))
         x = int(rng.randint(0, max(1, width - box_w)))
         y = int(rng.randint(0, max(1, height - box_h)))
         colour = tuple(int(v) for v in rng.randint(0, 256, size=3))
