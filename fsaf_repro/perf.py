@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from .errors import ResultsError, ToolError
+from .errors import FsafReproError, ResultsError, ToolError
 from .spec import input_constants, performance_reference
 
 MODE_DEFINITIONS = {
@@ -445,6 +445,8 @@ def register_cli(subparsers):
     perf.add_argument("--width", type=int, default=None)
     perf.add_argument("--input-dtype", default="float32", choices=("float32", "uint8"))
     perf.add_argument("--threads", type=int, default=None, help="intra-op threads for CPU backends")
+    perf.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                      help="backend option, repeatable (e.g. graph_optimization=basic, device_id=0)")
     perf.add_argument("--from-benchmark", metavar="PERF_TXT", help="parse a benchmark tool perf file/output")
     perf.add_argument("--from-ais-bench", metavar="SUMMARY_JSON", help="parse an ais_bench summary json")
     perf.add_argument("--device", default="cpu", help="device label of the records (310, 310P, 310P_aoe, T4, "
@@ -487,7 +489,11 @@ def _cli_perf(args):
             sizes = parse_batch_sizes(args.batch_sizes)
         except ToolError as exc:
             raise ResultsError(str(exc)) from None
-        options = {}
+        from .runner import parse_backend_options
+        try:
+            options = parse_backend_options(args.backend_option)
+        except FsafReproError as exc:
+            raise ResultsError(str(exc)) from None
         if args.threads is not None:
             options["threads"] = args.threads
         records = []

@@ -201,3 +201,19 @@ def test_cli_perf_parse_and_gates(tmp_path, capsys):
     (tmp_path / "broken.json").write_text("[{\"device\": \"310P\"}]")
     assert cli_main(["gates", str(tmp_path / "broken.json")]) == 1
     assert "lacks" in capsys.readouterr().err
+
+
+def test_cli_perf_measures_a_backend_per_batch_size(tmp_path, capsys):
+    out = tmp_path / "measured.json"
+    assert cli_main(["perf", "--backend", "null", "--batch-sizes", "1,3", "--loops", "3", "--warmup", "1",
+                     "--height", "32", "--width", "48", "--backend-option", "detections=echo",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "best batch:" in printed and "p99 ms" in printed and "fixed input" in printed
+    records = perf.load_records(str(out))
+    assert [r["batch_size"] for r in records] == [1, 3]
+    for record in records:
+        assert record["mode"] == "pure_inference" and record["images"] == 3 * record["batch_size"]
+        assert record["latencies_ms"]["count"] == 3
+    assert cli_main(["perf", "--backend", "null", "--backend-option", "threads"]) == 1
+    assert "KEY=VALUE" in capsys.readouterr().err
