@@ -447,6 +447,13 @@ def register_cli(subparsers):
     perf.add_argument("--threads", type=int, default=None, help="intra-op threads for CPU backends")
     perf.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                       help="backend option, repeatable (e.g. graph_optimization=basic, device_id=0)")
+    perf.add_argument("--benchmark-info", metavar="INFO",
+                      help="run the benchmark tool over this info file with --model (an .om), in --workdir, "
+                           "and read its perf file (the recipe's full-dataset mode)")
+    perf.add_argument("--workdir", default="benchmark_run", help="where the benchmark tool writes result/")
+    perf.add_argument("--device-id", type=int, default=0)
+    perf.add_argument("--benchmark-executable", default=None,
+                      help="benchmark tool (default benchmark.x86_64 or benchmark.aarch64 on PATH)")
     perf.add_argument("--from-benchmark", metavar="PERF_TXT", help="parse a benchmark tool perf file/output")
     perf.add_argument("--from-ais-bench", metavar="SUMMARY_JSON", help="parse an ais_bench summary json")
     perf.add_argument("--device", default="cpu", help="device label of the records (310, 310P, 310P_aoe, T4, "
@@ -471,7 +478,25 @@ def register_cli(subparsers):
 
 def _cli_perf(args):
     from .convert import parse_batch_sizes
-    if args.from_benchmark or args.from_ais_bench:
+    if args.benchmark_info:
+        # the recipe's full-dataset run: the benchmark tool over a whole info file, then its perf file
+        from .backends.benchmark_tool import run_info_file
+        from .convert import read_om_sidecar
+        if not args.model:
+            raise ResultsError("--benchmark-info needs --model (the .om)")
+        sidecar = read_om_sidecar(args.model)
+        batch_size = args.batch_size or (sidecar["batch_size"] if sidecar else None)
+        if batch_size is None:
+            raise ResultsError("{} has no conversion sidecar: give --batch-size".format(args.model))
+        inp = input_constants()
+        result = run_info_file(args.model, batch_size, args.benchmark_info, args.width or inp["width"],
+                               args.height or inp["height"], args.workdir, device_id=args.device_id,
+                               executable=args.benchmark_executable, device_label=args.device,
+                               precision=args.precision or "fp16")
+        records = result["perf_records"]
+        print("outputs: {} (perf file {}, log {})".format(result["outputs_dir"], result["perf_file"],
+                                                        result["log"]))
+    elif args.from_benchmark or args.from_ais_bench:
         precision = args.precision or "fp16"
         if args.from_benchmark:
             records = parse_benchmark_perf(args.from_benchmark, args.device, args.batch_size, precision,

@@ -1,5 +1,6 @@
 """Throughput records, tool-output parsers, the recipe's reference table and its gates."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -217,3 +218,29 @@ def test_cli_perf_measures_a_backend_per_batch_size(tmp_path, capsys):
         assert record["latencies_ms"]["count"] == 3
     assert cli_main(["perf", "--backend", "null", "--backend-option", "threads"]) == 1
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_cli_perf_runs_the_benchmark_tool_over_an_info_file(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from fsaf_repro import convert
+    from tests.unit.fake_tools import install_fake_tools
+    install_fake_tools(tmp_path / "bin", monkeypatch)
+    onnx = tmp_path / "fsaf.onnx"
+    onnx.write_bytes(b"onnx")
+    convert.convert_one(str(onnx), tmp_path / "om", 1, "Ascend310P3", height=16, width=24)
+    with open(str(tmp_path / "fsaf.info"), "w") as info:
+        for n in range(3):
+            np.zeros((3, 16, 24), np.float32).tofile(str(tmp_path / "{}.bin".format(n)))
+            info.write("{} {} 24 16\n".format(n, tmp_path / "{}.bin".format(n)))
+    out = tmp_path / "records.json"
+    assert cli_main(["perf", "--benchmark-info", str(tmp_path / "fsaf.info"), "--model",
+                     str(tmp_path / "om" / "fsaf_bs1.om"), "--height", "16", "--width", "24", "--device", "310",
+                     "--workdir", str(tmp_path / "run"), "--out", str(out)]) == 0
+    e2e, inference = perf.load_records(str(out))
+    assert inference["chips"] == 4 and inference["batch_size"] == 1 and e2e["mode"] == "e2e"
+    assert len(os.listdir(str(tmp_path / "run" / "result" / "dumpOutput_device0"))) == 6
+    monkeypatch.setenv("FAKE_BENCHMARK_MODE", "segv")
+    assert cli_main(["perf", "--benchmark-info", str(tmp_path / "fsaf.info"), "--model",
+                     str(tmp_path / "om" / "fsaf_bs1.om"), "--workdir", str(tmp_path / "run2")]) == 1
+    assert "SIGSEGV" in capsys.readouterr().err
