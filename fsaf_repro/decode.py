@@ -51,11 +51,12 @@ def tblr_decode(anchors, distances, max_hw, normalizer=None):
     return torch.stack([x1, y1, x2, y2], dim=-1)
 
 
-def select_candidates(cls_scores, bbox_preds, clip_hw, strides=None, nms_pre=None):
+def select_candidates(cls_scores, bbox_preds, clip_hw, strides=None, nms_pre=None, static_batch=False):
     """Per-level top-k and box decoding: (boxes [B, N, 4], scores [B, N, C]) before NMS.
 
     N is the sum over levels of min(nms_pre, H*W). Levels with at most `nms_pre` locations keep
     their row-major order; larger levels are reordered by descending best-class score.
+    `static_batch` makes the batch size a constant when traced (static-shape graphs for ATC).
     """
     constants = model_constants()
     if strides is None:
@@ -65,8 +66,8 @@ def select_candidates(cls_scores, bbox_preds, clip_hw, strides=None, nms_pre=Non
     level_boxes = []
     level_scores = []
     for cls_score, bbox_pred, stride in zip(cls_scores, bbox_preds, strides):
-        batch = cls_score.shape[0]
-        num_classes = cls_score.shape[1]
+        batch = int(cls_score.shape[0]) if static_batch else cls_score.shape[0]
+        num_classes = int(cls_score.shape[1])
         feat_h, feat_w = int(cls_score.shape[2]), int(cls_score.shape[3])
         scores = cls_score.permute(0, 2, 3, 1).reshape(batch, -1, num_classes).sigmoid()
         distances = bbox_pred.permute(0, 2, 3, 1).reshape(batch, -1, 4)
@@ -74,8 +75,9 @@ def select_candidates(cls_scores, bbox_preds, clip_hw, strides=None, nms_pre=Non
         if feat_h * feat_w > nms_pre:
             best_scores = scores.max(dim=2)[0]
             _, top_index = best_scores.topk(nms_pre, dim=1)
-            scores = torch.gather(scores, 1, top_index.unsqueeze(-1).expand(-1, -1, num_classes))
-            distances = torch.gather(distances, 1, top_index.unsqueeze(-1).expand(-1, -1, 4))
+            # Explicit sizes (not -1) keep the traced graph's shapes static for static batches.
+            scores = torch.gather(scores, 1, top_index.unsqueeze(-1).expand(batch, nms_pre, num_classes))
+            distances = torch.gather(distances, 1, top_index.unsqueeze(-1).expand(batch, nms_pre, 4))
             anchors = anchors[top_index]
         else:
             anchors = anchors.unsqueeze(0).expand(batch, -1, -1)

@@ -91,11 +91,12 @@ class AscendBatchMultiClassNMS(torch.autograd.Function):
                     outputs=4)
 
 
-def onnx_nms_top_k(boxes, scores, max_output_boxes_per_class, iou_threshold, score_threshold, max_per_img):
+def onnx_nms_top_k(boxes, scores, max_output_boxes_per_class, iou_threshold, score_threshold, max_per_img,
+                   static_batch=False):
     """Per-class ONNX NMS, then the top `max_per_img` kept (box, class) pairs, zero-padded."""
-    batch = boxes.shape[0]
-    num_boxes = boxes.shape[1]
-    num_classes = scores.shape[2]
+    batch = int(boxes.shape[0]) if static_batch else boxes.shape[0]
+    num_boxes = int(boxes.shape[1])
+    num_classes = int(scores.shape[2])
     scores_cn = scores.permute(0, 2, 1)  # [B, C, N], the layout NonMaxSuppression wants
     selected = OnnxNonMaxSuppression.apply(boxes, scores_cn.contiguous(), max_output_boxes_per_class,
                                            iou_threshold, score_threshold)
@@ -129,7 +130,7 @@ def ascend_nms(boxes, scores, score_threshold, iou_threshold, max_size_per_class
 class ExportableFSAF(torch.nn.Module):
     """Detector + in-graph post-processing of one flavour; optionally normalises uint8 input in-graph."""
 
-    def __init__(self, detector, flavour, height, width, input_dtype="float32"):
+    def __init__(self, detector, flavour, height, width, input_dtype="float32", static_batch=False):
         super(ExportableFSAF, self).__init__()
         if flavour not in FLAVOURS:
             raise ExportError("unknown flavour {!r}; choose one of {}".format(flavour, ", ".join(FLAVOURS)))
@@ -140,6 +141,7 @@ class ExportableFSAF(torch.nn.Module):
         self.flavour = flavour
         self.input_hw = (int(height), int(width))
         self.input_dtype = input_dtype
+        self.static_batch = static_batch
         constants = input_constants()
         self.register_buffer("mean", torch.tensor(constants["mean_rgb"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(constants["std_rgb"], dtype=torch.float32).view(1, 3, 1, 1))
@@ -158,14 +160,14 @@ class ExportableFSAF(torch.nn.Module):
         if self.input_dtype == "uint8":
             image = self.normalise_uint8(image, image_hw)
         cls_scores, bbox_preds = self.detector(image)
-        boxes, scores = select_candidates(cls_scores, bbox_preds, self.input_hw)
+        boxes, scores = select_candidates(cls_scores, bbox_preds, self.input_hw, static_batch=self.static_batch)
         constants = model_constants()
         if self.flavour == "raw":
             return boxes, scores
         if self.flavour == "onnx-nms":
             return onnx_nms_top_k(boxes, scores, constants["onnx_max_output_boxes_per_class"],
                                   constants["iou_threshold"], constants["score_threshold"],
-                                  constants["max_per_img"])
+                                  constants["max_per_img"], self.static_batch)
         return ascend_nms(boxes, scores, constants["score_threshold"], constants["iou_threshold"],
                           constants["ascend_max_size_per_class"], constants["ascend_max_total_size"])
 
@@ -225,6 +227,41 @@ def _file_sha256_bytes(path):
     return digest.hexdigest()
 
 
+def declare_output_shapes(path, outputs):
+    """Write the documented output shapes into the graph (older exporters leave them symbolic).
+
+    Only dims the exporter left unknown or symbolic are set; a conflicting known dim is an error.
+    """
+    import onnx
+
+    model = onnx.load(path)
+    declared = dict((o["name"], o["shape"]) for o in outputs)
+    changed = False
+    for value in model.graph.output:
+        dims = value.type.tensor_type.shape.dim
+        wanted = declared.get(value.name)
+        if wanted is None:
+            raise ExportError("exported graph has an undocumented output {!r}".format(value.name))
+        if len(dims) == 0:
+            for _ in wanted:
+                dims.add()
+        if len(dims) != len(wanted):
+            raise ExportError("exported output {} has rank {}, documented {}".format(value.name, len(dims), wanted))
+        for dim, size in zip(dims, wanted):
+            if isinstance(size, int):
+                if dim.HasField("dim_value") and dim.dim_value != size:
+                    raise ExportError("exported output {} has shape {} where {} is documented".format(
+                        value.name, [d.dim_value for d in dims], wanted))
+                if not dim.HasField("dim_value"):
+                    dim.dim_value = size
+                    changed = True
+            elif dim.dim_param != size:
+                dim.dim_param = size
+                changed = True
+    if changed:
+        onnx.save(model, path)
+
+
 def check_exported_model(path, flavour):
     """Structural checks of an exported file; `onnx.checker` for the standard flavours."""
     import onnx
@@ -266,7 +303,8 @@ def export_onnx(checkpoint_path, out_path, flavour="onnx-nms", height=None, widt
 
     started = time.time()
     detector = load_detector(checkpoint_path, trusted=trusted)
-    module = ExportableFSAF(detector, flavour, height, width, input_dtype).eval()
+    module = ExportableFSAF(detector, flavour, height, width, input_dtype,
+                            static_batch=batch_size is not None).eval()
     trace_batch = int(batch_size) if batch_size is not None else 1
     generator = torch.Generator().manual_seed(0)
     if input_dtype == "uint8":
@@ -303,6 +341,7 @@ def export_onnx(checkpoint_path, out_path, flavour="onnx-nms", height=None, widt
                 if not (checker_error and flavour == "ascend-nms" and os.path.getsize(tmp_path) > 0):
                     raise ExportError("ONNX export ({}, {}x{}, batch {}) failed: {}: {}".format(
                         flavour, height, width, batch_dim, type(exc).__name__, exc))
+        declare_output_shapes(tmp_path, outputs)
         check_exported_model(tmp_path, flavour)
         if os.path.exists(out_path):
             os.remove(out_path)

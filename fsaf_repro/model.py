@@ -99,9 +99,11 @@ class FPN(nn.Module):
     def forward(self, inputs):
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, inputs)]
         for i in range(len(laterals) - 1, 0, -1):
-            # Upsample to the exact size of the finer level (odd sizes do not double exactly).
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(
-                laterals[i], size=laterals[i - 1].shape[2:], mode="nearest")
+            # Upsample to the exact size of the finer level (odd sizes do not double exactly). The
+            # size is taken as Python ints so a traced graph gets constant shapes (the input size
+            # is fixed per export), which ONNX shape inference and ATC can propagate.
+            finer_hw = (int(laterals[i - 1].shape[2]), int(laterals[i - 1].shape[3]))
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=finer_hw, mode="nearest")
         outs = [self.fpn_convs[i](laterals[i]) for i in range(len(laterals))]
         p6 = self.fpn_convs[len(laterals)](inputs[-1])
         p7 = self.fpn_convs[len(laterals) + 1](p6)

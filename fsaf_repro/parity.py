@@ -23,16 +23,37 @@ def box_iou_pairs(boxes_a, boxes_b):
     area_b = (boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])
     union = area_a + area_b - inter
     with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, inter / union, (np.abs(boxes_a - boxes_b).max(axis=1) == 0).astype(float))
+        # Degenerate (zero-area) boxes have no IoU: they match when their corners agree to 1e-3 px.
+        iou = np.where(union > 0, inter / union, (np.abs(boxes_a - boxes_b).max(axis=1) <= 1e-3).astype(float))
     return iou
+
+
+def _pair_rows(ref, ref_labels, other, other_labels):
+    """Pair each reference row with the unused same-label row closest in (box, score).
+
+    Pairing by closeness rather than by rank keeps the comparison meaningful when scores tie
+    (two runtimes may order equal scores differently). Returns (ref_index, other_index) pairs;
+    reference rows without a same-label partner are left out.
+    """
+    unused = list(range(len(other)))
+    pairs = []
+    for i in range(len(ref)):
+        candidates = [j for j in unused if other_labels[j] == ref_labels[i]]
+        if not candidates:
+            continue
+        distances = np.abs(other[candidates] - ref[i]).max(axis=1)
+        best = candidates[int(np.argmin(distances))]
+        unused.remove(best)
+        pairs.append((i, best))
+    return pairs
 
 
 def compare_detections(ref_dets, ref_labels, dets, labels, match_iou=None):
     """Per-batch comparison record of two stages' padded outputs.
 
     Returns counts per image, whether counts and labels agree, the largest box and score
-    differences over paired rows, and the match rate (pairs with equal label and IoU >= match_iou,
-    over the reference's detections).
+    differences over paired rows, and the match rate (reference detections paired with a
+    same-label detection at IoU >= match_iou).
     """
     if match_iou is None:
         match_iou = parity_tolerances()["match_iou"]
@@ -44,33 +65,32 @@ def compare_detections(ref_dets, ref_labels, dets, labels, match_iou=None):
     max_box_diff = 0.0
     max_score_diff = 0.0
     matched = 0
-    label_agree = 0
     paired = 0
     for image in range(ref_dets.shape[0]):
         rows_ref = valid_rows(ref_dets[image])
         rows_other = valid_rows(dets[image])
         counts_ref.append(int(rows_ref.size))
         counts_other.append(int(rows_other.size))
-        n = min(rows_ref.size, rows_other.size)
-        if n == 0:
+        a_all = ref_dets[image][rows_ref]
+        b_all = dets[image][rows_other]
+        pairs = _pair_rows(a_all, ref_labels[image][rows_ref], b_all, labels[image][rows_other])
+        if not pairs:
             continue
-        a = ref_dets[image][rows_ref[:n]]
-        b = dets[image][rows_other[:n]]
-        same_label = ref_labels[image][rows_ref[:n]] == labels[image][rows_other[:n]]
+        a = a_all[[i for i, _ in pairs]]
+        b = b_all[[j for _, j in pairs]]
         iou = box_iou_pairs(a[:, :4], b[:, :4])
         max_box_diff = max(max_box_diff, float(np.abs(a[:, :4] - b[:, :4]).max()))
         max_score_diff = max(max_score_diff, float(np.abs(a[:, 4] - b[:, 4]).max()))
-        matched += int(np.sum(same_label & (iou >= match_iou)))
-        label_agree += int(np.sum(same_label))
-        paired += n
+        matched += int(np.sum(iou >= match_iou))
+        paired += len(pairs)
     total_ref = int(sum(counts_ref))
     return {
         "images": int(ref_dets.shape[0]),
         "detections_ref": total_ref,
         "detections_other": int(sum(counts_other)),
         "counts_equal": counts_ref == counts_other,
-        "labels_equal": paired == label_agree and counts_ref == counts_other,
-        "label_agreement": (label_agree / float(paired)) if paired else 1.0,
+        "labels_equal": paired == total_ref and counts_ref == counts_other,
+        "label_agreement": (paired / float(total_ref)) if total_ref else 1.0,
         "max_box_abs_diff": max_box_diff,
         "max_score_abs_diff": max_score_diff,
         "match_rate": (matched / float(total_ref)) if total_ref else 1.0,
