@@ -84,6 +84,7 @@ def main(argv=None):
     paths = [meta.path for meta in image_set.metas]
     out = {"plain": os.path.join(workdir, "plain"), "ours_1": os.path.join(workdir, "ours_1"),
            "ours_all": os.path.join(workdir, "ours_all")}
+    load_before = os.getloadavg()[0]  # the machine may be shared: recorded with the figures
     timings = {name: [] for name in out}
     for _ in range(args.rounds):
         for name, directory in out.items():
@@ -121,6 +122,7 @@ def main(argv=None):
         "ratio_ours_1_vs_plain": fps["ours_1"] / fps["plain"],
         "goal_ratio": 2.0,
         "outputs_identical": identical,
+        "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as handle:

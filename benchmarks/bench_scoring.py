@@ -56,6 +56,7 @@ def main(argv=None):
         print("skipped: " + reason)
         return 0
 
+    load_before = os.getloadavg()[0]  # the machine may be shared: recorded with the figures
     workdir = tempfile.mkdtemp(prefix="bench_scoring_")
     try:
         annotation_file, _ = make_synthetic_coco(workdir, num_images=args.images, seed=args.seed,
@@ -100,6 +101,7 @@ def main(argv=None):
         "stats_faster_coco_eval": fast["stats"],
         "stats_max_abs_diff": max_diff,
         "stats_identical": identical,
+        "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as handle:
