@@ -529,7 +529,7 @@ def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, excl
 
 
 def read_info_file(path):
-    """Parse an info file into a list of (index, path, width, height); OutputFormatError-free DataError."""
+    """Parse an info file into a list of (index, path, width, height); DataError naming the file and line."""
     path = os.fspath(path)
     entries = []
     try:
@@ -553,6 +553,7 @@ def read_info_file(path):
 
 def write_manifest(path, image_set, report):
     """A json record of a preprocessing run: what was read, from which annotation file, what failed."""
+    skipped_ids = {s.image_id for s in report.skipped}
     record = {
         "annotation_file": image_set.annotation_file,
         "annotation_sha256": image_set.annotation_sha256,
@@ -564,8 +565,7 @@ def write_manifest(path, image_set, report):
         "written": report.written,
         "reused": report.reused,
         "skipped": [dict(s._asdict()) for s in report.skipped],
-        "images": [dict(m._asdict()) for m in image_set.metas
-                   if m.image_id not in {s.image_id for s in report.skipped}],
+        "images": [dict(m._asdict()) for m in image_set.metas if m.image_id not in skipped_ids],
     }
     _atomic_write_text(os.fspath(path), json.dumps(record, indent=1) + "\n")
     return record

@@ -102,3 +102,50 @@ def test_preprocess_cli_writes_bins_info_and_manifest(tmp_path, capsys):
     assert os.path.isfile(os.path.join(out, "preprocess_manifest.json"))
     assert cli.main(argv) == 0
     assert "3 already complete" in capsys.readouterr().out
+
+
+def test_info_cli_writes_both_files_without_preprocessing_jpgs(tmp_path, capsys):
+    annotation_file, image_dir = make_synthetic_coco(str(tmp_path / "ds"), num_images=3, seed=8)
+    image_set = CocoImageSet(annotation_file, image_dir)
+    bins = str(tmp_path / "bins")
+    write_bins(image_set, bins, workers=1, progress=False)
+    bin_info, jpg_info = str(tmp_path / "a.info"), str(tmp_path / "b.info")
+    assert cli.main(["info", "--annotations", annotation_file, "--images", image_dir, "--bin-dir", bins,
+                     "--bin-info", bin_info, "--jpg-info", jpg_info]) == 0
+    assert [e[1] for e in read_info_file(bin_info)] == [
+        os.path.join(bins, os.path.splitext(m.file_name)[0] + ".bin") for m in image_set.metas]
+    assert [(e[2], e[3]) for e in read_info_file(jpg_info)] == [(m.orig_w, m.orig_h) for m in image_set.metas]
+    assert "3 lines" in capsys.readouterr().out
+
+
+def test_a_killed_run_leaves_no_truncated_bin_and_the_rerun_completes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    annotation_file, image_dir = make_synthetic_coco(str(tmp_path / "ds"), num_images=40, seed=3,
+                                                     layouts=[(64, 48, "jpg")])
+    out = str(tmp_path / "bins")
+    argv = [sys.executable, "-m", "fsaf_repro", "preprocess", "--annotations", annotation_file,
+            "--images", image_dir, "--out", out, "--bin-info", str(tmp_path / "f.info"),
+            "--jpg-info", str(tmp_path / "j.info"), "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen(argv, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(out) and len([n for n in os.listdir(out) if n.endswith(".bin")]) >= 3:
+            break
+        time.sleep(0.01)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = [n for n in os.listdir(out) if n.endswith(".bin")]
+    assert finished
+    for name in finished:
+        assert os.path.getsize(os.path.join(out, name)) == CONST["bin_bytes"], name
+    image_set = CocoImageSet(annotation_file, image_dir)
+    report = write_bins(image_set, out, workers=2, progress=False)
+    assert report.reused >= len(finished) and report.written + report.reused == 40
+    assert not [n for n in os.listdir(out) if ".part-" in n]
+    if killed:
+        assert report.written >= 1
