@@ -11,6 +11,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOOLS = ("atc", "aoe", "npu-smi", "benchmark.x86_64", "ais_bench")
+# installed names that are copies of another fake (the benchmark tool is named after the host's arch)
+ALIASES = {"benchmark.aarch64": "benchmark.x86_64"}
 
 
 def install_fake_tools(bin_dir, monkeypatch, tools=TOOLS):
@@ -18,8 +20,9 @@ def install_fake_tools(bin_dir, monkeypatch, tools=TOOLS):
     bin_dir = str(bin_dir)
     if not os.path.isdir(bin_dir):
         os.makedirs(bin_dir)
-    for name in tools:
-        with open(os.path.join(HERE, name)) as handle:
+    names = list(tools) + [alias for alias, source in ALIASES.items() if source in tools]
+    for name in names:
+        with open(os.path.join(HERE, ALIASES.get(name, name))) as handle:
             lines = handle.read().splitlines(True)
         if lines and lines[0].startswith("#!"):
             lines = lines[1:]
