@@ -443,7 +443,7 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
     if not os.path.isdir(out_dir):
         os.makedirs(out_dir)
     _remove_stale_parts(out_dir)
-    workers = max(1, int(workers or os.cpu_count() or 1))
+    workers = max(1, min(len(image_set), int(workers or os.cpu_count() or 1)))
     results = {}
     bar = _progress_bar(len(image_set), "preprocess", progress)
     caller_threads = cv2.getNumThreads()

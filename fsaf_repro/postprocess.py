@@ -162,14 +162,23 @@ def read_ais_bench_summary(path):
     return summary
 
 
-def detections_to_coco(dets, labels, metas, category_ids, score_threshold=0.05, clip=False):
+def detections_to_coco(dets, labels, metas, category_ids, score_threshold=None, clip=False):
     """COCO results (list of dicts) from network outputs in network-input pixels.
 
     dets float32 [N, K, 5] (x1, y1, x2, y2, score), labels [N, K], metas: N ImageMeta in the same
     order, category_ids: label k -> COCO category id. Rows with score 0 (padding) and rows with
-    score < score_threshold are dropped; boxes are divided by the image's scale; with `clip` they
-    are clipped to the original image. bbox is [x1, y1, x2 - x1, y2 - y1] (no +1).
+    score < score_threshold (default: spec model.score_threshold, 0.05) are dropped; boxes are
+    divided by the image's scale; with `clip` they are clipped to the original image. bbox is
+    [x1, y1, x2 - x1, y2 - y1] (no +1).
+
+    The recipe's script keeps every row. Dropping score-0 padding changes no COCO metric (those rows
+    rank after every real detection); the default threshold is the model's own NMS threshold
+    (spec model.score_threshold), so it drops nothing a float32 graph emits. An fp16 NMS compares
+    against fp16(0.05) = 0.049988, so a row it kept could sit just under 0.05 here: pass
+    score_threshold=0 to keep such rows exactly as the recipe does.
     """
+    if score_threshold is None:
+        score_threshold = float(model_constants()["score_threshold"])
     dets = np.asarray(dets)
     labels = np.asarray(labels)
     if dets.ndim != 3 or dets.shape[2] != DETS_COLUMNS:
