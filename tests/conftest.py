@@ -18,6 +18,34 @@ def pytest_collection_modifyitems(config, items):
 
 
 # ------------------------------------------------------------------------------------------------
+# Acceptance options. pytest reads `pytest_addoption` only from the root conftest and plugins, so the
+# options live here; tests/acceptance/conftest.py resolves each one (option first, then its
+# environment variable) and says in every skip which of them to provide.
+
+ACCEPTANCE_OPTIONS = (
+    # (option, environment variable, help)
+    ("--checkpoint", "FSAF_CHECKPOINT", "the official fsaf_r50_fpn_1x_coco-94ccc51f.pth"),
+    ("--coco-root", "FSAF_COCO_ROOT", "COCO folder holding val2017/ and annotations/instances_val2017.json"),
+    ("--device", "FSAF_DEVICE", "device label of this host's records: 310, 310P, 310P_aoe, T4, cpu"),
+    ("--device-id", "FSAF_DEVICE_ID", "NPU/GPU device id (default 0)"),
+    ("--backend", "FSAF_BACKEND", "backend running the model: aclruntime, ais_bench, benchmark, onnxruntime, torch"),
+    ("--ort-provider", "FSAF_ORT_PROVIDER", "ONNX Runtime execution provider (default CPUExecutionProvider)"),
+    ("--batch-sizes", "FSAF_BATCH_SIZES", "comma-separated batch sizes (default: the recipe's 1,4,8,16,32,64)"),
+    ("--soc-version", "FSAF_SOC_VERSION", "atc --soc_version, e.g. Ascend310P3 (default: read from npu-smi info)"),
+    ("--run-dir", "FSAF_RUN_DIR", "folder for the run's artifacts: om, results, metrics, *perf*.json"),
+    ("--reference-perf", "FSAF_REFERENCE_PERF", "perf records (json) measured on the other device of a gate"),
+    ("--smoke-images", "FSAF_SMOKE_IMAGES", "run the labelled smoke accuracy check on the first N val2017 images"),
+    ("--mmdet-config", "FSAF_MMDET_CONFIG", "mmdetection's configs/fsaf/fsaf_r50_fpn_1x_coco.py (default: mmdet's)"),
+)
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("fsaf-acceptance", "fsaf-repro acceptance tests (each also read from its env var)")
+    for option, env, text in ACCEPTANCE_OPTIONS:
+        group.addoption(option, default=None, help="{} [env {}]".format(text, env))
+
+
+# ------------------------------------------------------------------------------------------------
 # Model fixtures: seeded weights written in the official checkpoint layout, so every test goes
 # through the real loader; exports cached per session (an R50-FPN export takes seconds).
 
