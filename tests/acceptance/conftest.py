@@ -164,8 +164,7 @@ def require(settings):
     return check
 
 
-@pytest.fixture(scope="session")
-def official_checkpoint(settings):
+def official_checkpoint_path(settings):
     name = load_recipe_spec()["checkpoint"]["file_name"]
     if not settings.checkpoint:
         pytest.skip(provide("--checkpoint", "to the official {} (mmdetection model zoo, configs/fsaf)".format(name)))
@@ -175,13 +174,19 @@ def official_checkpoint(settings):
 
 
 @pytest.fixture(scope="session")
-def checkpoint_of(request):
-    """checkpoint_of(kind) -> path: "official" (skips without FSAF_CHECKPOINT) or "generated" (seeded)."""
+def official_checkpoint(settings):
+    return official_checkpoint_path(settings)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_of(settings, seeded_checkpoint):
+    """checkpoint_of(kind) -> path: "official" (skips without FSAF_CHECKPOINT) or "generated" (seeded weights
+    in the official layout, the root conftest's seeded_checkpoint)."""
     def get(kind):
         if kind == "official":
-            return request.getfixturevalue("official_checkpoint")
+            return official_checkpoint_path(settings)
         if kind == "generated":
-            return request.getfixturevalue("seeded_checkpoint")
+            return seeded_checkpoint
         raise ValueError(kind)
     return get
 
