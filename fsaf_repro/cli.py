@@ -24,6 +24,7 @@ STAGE_MODULES = [
     "fsaf_repro.postprocess",
     "fsaf_repro.evaluate",
     "fsaf_repro.perf",
+    "fsaf_repro.reproduce",
 ]
 
 

@@ -1,0 +1,196 @@
+"""`fsaf-repro reproduce` on a tiny embedded default: artifacts, report, stage reuse, input errors.
+
+One embedded-default run (seeded weights, 6 generated images, 128x192 input) is made per module;
+tests that change an input work on a copy of its run directory, so each sees the same starting point.
+"""
+import json
+import os
+import shutil
+
+import pytest
+
+from fsaf_repro.errors import BackendUnavailable, CheckpointError, DataError
+from fsaf_repro.report import NOT_APPLICABLE_EMBEDDED
+from fsaf_repro.reproduce import FLAVOURS, resolve_inputs, run_reproduce
+from fsaf_repro.spec import accuracy_reference, performance_reference
+
+TINY = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
+            perf_warmup=0, threads=1, echo=False, environ={})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("reproduce") / "run")
+    summary = run_reproduce(run_dir=run_dir, **TINY)
+    return run_dir, summary
+
+
+def _copy(run_dir, tmp_path):
+    target = str(tmp_path / "copy")
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def _read(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _report(run_dir):
+    with open(os.path.join(run_dir, "report.md")) as handle:
+        return handle.read()
+
+
+def test_embedded_default_writes_every_artifact(tiny_run):
+    run_dir, summary = tiny_run
+    assert summary["embedded"] is True
+    assert set(summary["stages"].values()) == {"ran"}
+    for flavour in FLAVOURS:
+        onnx_path = os.path.join(run_dir, "onnx", "fsaf_{}.onnx".format(flavour))
+        assert os.path.getsize(onnx_path) > 1000000
+        with open(onnx_path + ".json") as handle:
+            assert json.load(handle)["flavour"] == flavour
+    assert summary["backends_run"] == ["torch", "onnxruntime"]
+    for backend in summary["backends_run"]:
+        with open(os.path.join(run_dir, "results_{}.json".format(backend))) as handle:
+            results = json.load(handle)
+        assert results and all(r["score"] >= 0.05 for r in results)
+        with open(os.path.join(run_dir, "metrics_{}.json".format(backend))) as handle:
+            metrics = json.load(handle)
+        assert metrics["num_images"] == 6 and len(metrics["stats"]) == 12
+        assert len(metrics["annotation_sha256"]) == 64
+    with open(os.path.join(run_dir, "perf.json")) as handle:
+        records = json.load(handle)["records"]
+    pure = sorted((r["backend"], r["batch_size"]) for r in records if r["mode"] == "pure_inference")
+    assert pure == [("onnxruntime", 1), ("onnxruntime", 2), ("torch", 1), ("torch", 2)]
+    assert sorted(r["backend"] for r in records if r["mode"] == "e2e") == ["onnxruntime", "torch"]
+    with open(os.path.join(run_dir, "parity.json")) as handle:
+        parity = json.load(handle)
+    assert [p["other"] for p in parity["pairs"]] == ["onnxruntime (onnx-nms)", "onnxruntime (raw + host NMS)"]
+    assert all(p["within_tolerance"] for p in parity["pairs"])
+    for name in ("report.md", "stages.json", "logs/reproduce.log", "data_manifest.json"):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    drawn = [n for n in os.listdir(os.path.join(run_dir, "plots")) if n.startswith("detections_")]
+    assert len(drawn) == 3
+    if shutil.which("atc") is None:
+        assert "atc is not on PATH" in summary["skipped"]["convert"]
+    from fsaf_repro.backends import backend_availability
+    if not backend_availability("aclruntime").ok:
+        assert summary["skipped"]["aclruntime"].startswith("unavailable: ")
+
+
+def test_report_states_seeded_weights_first_and_has_the_accuracy_table(tiny_run):
+    run_dir, _ = tiny_run
+    text = _report(run_dir)
+    head = "\n".join(text.splitlines()[:4])
+    assert "weights are seeded" in head and "not trained" in head and "NOT the recipe's claim" in head
+    acc = accuracy_reference()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.split("|")[2].strip()
+            in acc["stat_names"]]
+    assert len(rows) == 12
+    for row, name, ref, npu in zip(rows, acc["stat_names"], acc["pytorch_stats"]["values"],
+                                   acc["npu_stats"]["values"]):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == name
+        assert cells[-2:] == ["{:.3f}".format(ref), "{:.3f}".format(npu)]
+    assert "- torch: " + NOT_APPLICABLE_EMBEDDED in text
+
+
+def test_report_has_the_recipe_fps_layout_with_gates_and_the_parity_table(tiny_run):
+    run_dir, _ = tiny_run
+    text = _report(run_dir)
+    perf = performance_reference()
+    header = next(line for line in text.splitlines() if line.startswith("| batch |"))
+    for column in perf["devices"] + ["310P_aoe/310", "310P/T4", "cpu torch fp32 pure_inference (measured)"]:
+        assert "| {} |".format(column) in header or "| {} |".format(column) in header + " |"
+    for bs in perf["batch_sizes"]:
+        assert "\n| bs{} |".format(bs) in text
+    assert "\n| best batch |" in text
+    best = dict((d, max(v for v in perf["table"][d].values() if v is not None)) for d in perf["devices"])
+    ratio = best["310P_aoe"] / best["310"]
+    assert "PASS 310P_aoe_vs_310: best 310P_aoe = {:.4f}".format(best["310P_aoe"]) in text
+    assert "ratio {:.4f} (>= 1.2)".format(ratio) in text
+    assert "Not evaluated: this run measured device(s) cpu only" in text
+    assert "no reference cell for device cpu" in text
+    assert "| torch | onnxruntime (onnx-nms) |" in text
+    assert "| torch | onnxruntime (raw + host NMS) |" in text
+    assert "match rate IoU >= 0.99" in text
+
+
+def test_second_run_with_the_same_arguments_reuses_every_stage(tiny_run, tmp_path):
+    run_dir, first = tiny_run
+    results_before = _read(os.path.join(run_dir, "results_torch.json"))
+    report_before = _read(os.path.join(run_dir, "report.md"))
+    again = run_reproduce(run_dir=run_dir, **TINY)
+    assert set(again["stages"]) == set(first["stages"])
+    assert set(again["stages"].values()) == {"reused"}
+    with open(os.path.join(run_dir, "logs", "reproduce.log")) as handle:
+        log = handle.read()
+    assert "reused: export (key " in log and "reused: infer:torch (key " in log
+    assert _read(os.path.join(run_dir, "results_torch.json")) == results_before
+    assert _read(os.path.join(run_dir, "report.md")) == report_before
+
+
+def test_a_higher_score_threshold_reruns_only_the_stages_after_inference(tiny_run, tmp_path):
+    run_dir = _copy(tiny_run[0], tmp_path)
+    options = dict(TINY, score_threshold=0.3)
+    summary = run_reproduce(run_dir=run_dir, **options)
+    stages = summary["stages"]
+    for name in ("checkpoint", "dataset", "export", "infer:torch", "infer:onnxruntime", "perf:torch", "parity"):
+        assert stages[name] == "reused", name
+    for name in ("results:torch", "results:onnxruntime", "evaluate:torch", "report"):
+        assert stages[name] == "ran", name
+    with open(os.path.join(run_dir, "results_torch.json")) as handle:
+        results = json.load(handle)
+    with open(os.path.join(run_dir, "infer", "torch_bs1.json")) as handle:
+        unfiltered = json.load(handle)
+    assert results == [r for r in unfiltered if r["score"] >= 0.3]
+    assert len(results) < len(unfiltered)
+
+
+def test_other_batch_sizes_rerun_the_throughput_stages(tiny_run, tmp_path):
+    run_dir = _copy(tiny_run[0], tmp_path)
+    summary = run_reproduce(run_dir=run_dir, **dict(TINY, batch_sizes="1"))
+    assert summary["stages"]["export"] == "reused"
+    assert summary["stages"]["infer:onnxruntime"] == "reused"
+    assert summary["stages"]["perf:onnxruntime"] == "ran"
+    with open(os.path.join(run_dir, "perf.json")) as handle:
+        records = json.load(handle)["records"]
+    assert sorted(set(r["batch_size"] for r in records if r["mode"] == "pure_inference")) == [1]
+
+
+def test_a_modified_output_is_detected_and_its_stage_reruns(tiny_run, tmp_path):
+    run_dir = _copy(tiny_run[0], tmp_path)
+    path = os.path.join(run_dir, "metrics_onnxruntime.json")
+    with open(path, "a") as handle:
+        handle.write(" ")
+    summary = run_reproduce(run_dir=run_dir, **TINY)
+    assert summary["stages"]["evaluate:onnxruntime"] == "ran"
+    assert summary["stages"]["evaluate:torch"] == "reused"
+
+
+def test_missing_checkpoint_or_coco_root_is_an_error_naming_the_path(tmp_path):
+    missing = str(tmp_path / "nowhere" / "fsaf.pth")
+    with pytest.raises(CheckpointError, match="nowhere/fsaf.pth"):
+        run_reproduce(run_dir=str(tmp_path / "run"), checkpoint=missing, environ={})
+    with pytest.raises(CheckpointError, match="from_env.pth"):
+        resolve_inputs(environ={"FSAF_CHECKPOINT": str(tmp_path / "from_env.pth")})
+    with pytest.raises(DataError, match="no_coco"):
+        run_reproduce(run_dir=str(tmp_path / "run"), coco_root=str(tmp_path / "no_coco"), environ={})
+    (tmp_path / "coco" / "val2017").mkdir(parents=True)
+    with pytest.raises(DataError, match="instances_val2017.json"):
+        resolve_inputs(coco_root=str(tmp_path / "coco"), environ={})
+    assert not os.path.exists(str(tmp_path / "run" / "stages.json"))
+
+
+def test_cli_reports_the_missing_path_and_exits_1(tmp_path, capsys):
+    from fsaf_repro.cli import main
+    missing = str(tmp_path / "absent.pth")
+    assert main(["reproduce", "--checkpoint", missing, "--run-dir", str(tmp_path / "run")]) == 1
+    assert missing in capsys.readouterr().err
+
+
+def test_unknown_backend_is_refused_before_any_work(tmp_path):
+    with pytest.raises(BackendUnavailable, match="known backends"):
+        run_reproduce(run_dir=str(tmp_path / "run"), backends="torch,nonesuch", environ={}, echo=False)
+    assert not os.path.exists(str(tmp_path / "run"))
