@@ -64,7 +64,12 @@ def run_key_fields(image_set, backend_name, backend_options, model_path, batch_s
 
 
 class Journal(object):
-    """Append-only JSON-lines record of finished batches; line 1 is the header with the run key."""
+    """Append-only JSON-lines record of finished batches; line 1 is the header with the run key.
+
+    In memory it keeps only each batch's position, result count and skipped images: the detections
+    stay on disk until `iter_results` streams them into the results json, so memory does not grow
+    with the dataset.
+    """
 
     def __init__(self, path, fields):
         self.path = str(path)
@@ -106,7 +111,7 @@ class Journal(object):
                     self.path, ", ".join(changed) or "run key"))
         for number, raw in enumerate(complete[1:], start=2):
             try:
-                self.entries.append(json.loads(raw.decode("utf-8")))
+                self.entries.append(_summary_of(json.loads(raw.decode("utf-8"))))
             except ValueError as exc:
                 raise ResultsError("journal {} line {} is corrupt ({}); delete the journal to start again"
                                    .format(self.path, number, exc)) from exc
@@ -122,8 +127,18 @@ class Journal(object):
         return line
 
     def append(self, entry):
-        # keep what a resumed run will read back, so both paths assemble identical results
-        self.entries.append(json.loads(self._write_line(entry)))
+        self._write_line(entry)
+        self.entries.append(_summary_of(entry))
+
+    def iter_results(self):
+        """The journaled COCO results, batch after batch, read back from the file (as a resumed run
+        reads them, so an interrupted and an uninterrupted run write identical bytes)."""
+        with open(self.path) as handle:
+            handle.readline()  # header
+            for line in handle:
+                if line.endswith("\n"):
+                    for result in json.loads(line)["results"]:
+                        yield result
 
     @property
     def next_index(self):
@@ -140,9 +155,31 @@ def _detections_to_coco(outputs, metas, category_ids):
     return detections_to_coco(outputs["dets"], outputs["labels"], metas, category_ids)
 
 
-def _write_results(path, results):
-    from .postprocess import write_results_json
-    write_results_json(path, results)
+def _summary_of(entry):
+    return {"next": entry["next"], "count": len(entry["results"]), "skipped": entry["skipped"]}
+
+
+def write_results_streaming(path, results):
+    """Write an iterable of COCO results as a JSON list without holding them all in memory.
+
+    The bytes are those of `json.dump(list(results), f)` (fsaf_repro.postprocess.write_results_json's
+    format); written to a temporary file and renamed, so a kill never leaves a half-written json.
+    """
+    path = str(path)
+    tmp = "{}.part-{}".format(path, os.getpid())
+    count = 0
+    try:
+        with open(tmp, "w") as handle:
+            handle.write("[")
+            for result in results:
+                handle.write((", " if count else "") + json.dumps(result))
+                count += 1
+            handle.write("]")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return count
 
 
 def _skipped_dict(item):
@@ -220,12 +257,10 @@ def infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2,
                 journal.append({"next": total, "image_ids": [], "results": [],
                                 "skipped": [_skipped_dict(s) for s in leftover]})
                 bar.update(total - bar.n)
-        results = []
         skipped = []
         for entry in journal.entries:
-            results.extend(entry["results"])
             skipped.extend(entry["skipped"])
-        _write_results(str(results_path), results)
+        detections = write_results_streaming(str(results_path), journal.iter_results())
         wall_seconds = time.perf_counter() - wall_start
     finally:
         bar.close()
@@ -241,7 +276,7 @@ def infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2,
     if not keep_journal:
         os.remove(journal_path)
     summary = {"results": str(results_path), "images": total - len(skipped), "images_this_session": done_images,
-               "resumed_from": start, "skipped": skipped, "detections": len(results), "batch_size": batch_size,
+               "resumed_from": start, "skipped": skipped, "detections": detections, "batch_size": batch_size,
                "wall_seconds": wall_seconds, "inference_seconds": inference_seconds, "records": []}
     if done_images and inference_seconds > 0:
         from .perf import dataset_records

@@ -210,3 +210,14 @@ def test_backend_options_parse():
         "threads": 2, "allow_spinning": False, "device": "cpu"}
     with pytest.raises(Exception, match="KEY=VALUE"):
         runner.parse_backend_options(["threads"])
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_streamed_results_json_has_the_bytes_of_postprocess_writer(tmp_path, count):
+    from fsaf_repro.postprocess import write_results_json
+    results = [{"image_id": 7 + i, "category_id": 90, "bbox": [0.1 * i, 2.0, 3.25, 1e-7], "score": 0.05 + i / 3.0}
+               for i in range(count)]
+    write_results_json(str(tmp_path / "a.json"), results)
+    assert runner.write_results_streaming(str(tmp_path / "b.json"), iter(results)) == count
+    with open(str(tmp_path / "a.json"), "rb") as a, open(str(tmp_path / "b.json"), "rb") as b:
+        assert a.read() == b.read()
