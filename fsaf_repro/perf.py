@@ -35,8 +35,9 @@ MODE_DEFINITIONS = {
            "result written (loading, preprocessing, inference, postprocessing)",
     "inference": "full dataset, pure inference: images / seconds spent inside the runtime's inference "
                  "call only (benchmark tool: Interface throughputRate; ais_bench: throughput)",
-    "pure_inference": "fixed input, N timed loops after warm-up runs: images / seconds of the timed "
-                      "loops (no data loading); the recipe calls this benchmark pure-inference mode",
+    "pure_inference": "inputs fixed in memory (one batch repeated N times, or preloaded images), timed "
+                      "runs after warm-up: images / seconds of the timed runs (no data loading); the "
+                      "recipe's benchmark pure-inference mode",
 }
 ASCEND_310_CHIPS_PER_CARD = 4
 SCOPE_310_CARD = ("per card: the tool's per-chip figure x 4 (an Ascend 310 card has 4 chips; ModelZoo "

@@ -210,7 +210,7 @@ def test_cli_perf_measures_a_backend_per_batch_size(tmp_path, capsys):
                      "--height", "32", "--width", "48", "--backend-option", "detections=echo",
                      "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "best batch:" in printed and "p99 ms" in printed and "fixed input" in printed
+    assert "best batch:" in printed and "p99 ms" in printed and "inputs fixed in memory" in printed
     records = perf.load_records(str(out))
     assert [r["batch_size"] for r in records] == [1, 3]
     for record in records:
