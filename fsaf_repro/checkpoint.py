@@ -184,7 +184,19 @@ def seeded_state_dict(seed=0, target_candidate_fraction=0.01):
     Normal(0, 0.01), box bias 0.25) except that every bias is non-zero (so bias handling is tested)
     and the classification bias is calibrated so that about `target_candidate_fraction` of all
     (location, class) pairs score above the 0.05 threshold: many detections, busy NMS.
+
+    The calibration runs on one thread: multi-threaded convolutions sum in an order that depends on
+    the thread count, and the weights must not depend on what the caller set it to.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _seeded_state_dict(seed, target_candidate_fraction)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _seeded_state_dict(seed, target_candidate_fraction):
     generator = torch.Generator().manual_seed(int(seed))
     model = build_detector()
     with torch.no_grad():

@@ -175,7 +175,12 @@ def test_old_torch_warns_once(tmp_path, seeded_checkpoint):
 
 def test_seeded_weights_are_deterministic_and_seed_dependent(seeded_checkpoint):
     first = _load_raw(seeded_checkpoint)["state_dict"]  # written with seed 0
-    again = ckpt.seeded_state_dict(seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)  # the caller's thread count must not matter
+    try:
+        again = ckpt.seeded_state_dict(seed=0)
+    finally:
+        torch.set_num_threads(threads)
     other = ckpt.seeded_state_dict(seed=4)
     key = "bbox_head.retina_cls.weight"
     assert all(torch.equal(first[k], again[k]) for k in first)
