@@ -393,6 +393,8 @@ def header_lines(context):
                          data["num_images"], data["total_images"]),
                      h, w, ", ".join(b["name"] for b in context["backends"] if b["status"] == "ran") or "none",
                      ", ".join(str(b) for b in context["batch_sizes"]), context["infer_batch_size"]))
+    if context.get("threads"):
+        lines.append("CPU runtimes (torch, ONNX Runtime) ran with {} intra-op thread(s).".format(context["threads"]))
     if not ckpt["seeded"]:
         prefix = load_recipe_spec()["checkpoint"]["sha256_prefix"]
         if not ckpt["sha256"].startswith(prefix):

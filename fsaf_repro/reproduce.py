@@ -223,6 +223,17 @@ def parse_sizes(text):
     return sorted(set(sizes))
 
 
+def default_threads(cpu_count=None):
+    """Intra-op threads of the CPU runtimes: all cores but one, which the image loader needs.
+
+    With as many runtime threads as cores, the loader's threads (or any other process) preempt a
+    runtime thread and its parallel loops wait at every barrier: on a busy 2-core host torch eager
+    then runs several times slower than on one thread.
+    """
+    count = cpu_count or os.cpu_count() or 1
+    return max(1, int(count) - 1)
+
+
 def device_label(backend, soc_version=None):
     """The perf records' device label of a backend's measurements on this host."""
     if backend in OM_BACKENDS or backend == "onnxruntime-cann":
@@ -248,11 +259,13 @@ def backend_precision(backend, om_precision="force_fp16"):
 
 
 def _export_check(path, sidecar, flavour):
-    """Re-read an exported file: its inputs/outputs are the documented ones and its NMS node is there."""
+    """Re-read an exported file: its inputs/outputs are the documented ones and its NMS node is there.
+
+    (export_onnx has already run onnx.checker on the standard flavours before moving the file in place.)
+    """
     import onnx
 
-    from .export import check_exported_model
-    model = check_exported_model(path, flavour)
+    model = onnx.load(path)
 
     def dims(value):
         return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
@@ -268,9 +281,14 @@ def _export_check(path, sidecar, flavour):
             raise FsafReproError("{}: output {} has shape {}, documented {}".format(
                 path, out["name"], out["shape"], doc["shape"]))
     ops = sorted(set(node.op_type for node in model.graph.node))
+    wanted = {"onnx-nms": "NonMaxSuppression", "ascend-nms": "BatchMultiClassNMS"}.get(flavour)
+    if wanted and wanted not in ops:
+        raise FsafReproError("{}: the {} graph lacks its {} node".format(path, flavour, wanted))
+    if not wanted and set(ops) & {"NonMaxSuppression", "BatchMultiClassNMS"}:
+        raise FsafReproError("{}: the raw graph contains an NMS node".format(path))
     return {"flavour": flavour, "inputs": graph_inputs, "outputs": graph_outputs, "ops": len(ops),
             "nms_node": [op for op in ops if op in ("NonMaxSuppression", "BatchMultiClassNMS")],
-            "checker": "onnx.checker passed" if flavour != "ascend-nms"
+            "checker": "onnx.checker passed (at export)" if flavour != "ascend-nms"
             else "onnx.checker not applicable (custom BatchMultiClassNMS node); structure checked",
             "opset": sidecar.get("opset"), "onnx_version": onnx.__version__}
 
@@ -364,6 +382,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     if score_threshold is None:
         score_threshold = model_constants()["score_threshold"]
     score_threshold = float(score_threshold)
+    threads = default_threads() if threads is None else (int(threads) or None)
     perf_loops = int(perf_loops or DEFAULT_PERF_LOOPS)
     perf_warmup = int(DEFAULT_PERF_WARMUP if perf_warmup is None else perf_warmup)
     parity_images = int(parity_images or DEFAULT_PARITY_IMAGES)
@@ -394,6 +413,8 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                                 "version": __version__}, make_checkpoint)
     else:
         ckpt_path = checkpoint
+    # seeded weights were written by this run: loading them needs no unpickling caution
+    trusted = bool(trusted or seeded)
     ckpt_sha = sha256_of(ckpt_path)
     log("checkpoint {} (sha256 {}{})".format(ckpt_path, ckpt_sha[:16], ", seeded weights" if seeded else ""))
 
@@ -614,9 +635,10 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                                                     backend_precision(name, precision_mode), name)
                 finally:
                     backend.close()
-                record["note"] = "input {}x{}{}".format(height, width, "" if (height, width) == (
+                record["note"] = "input {}x{}{}{}".format(height, width, "" if (height, width) == (
                     input_constants()["height"], input_constants()["width"]) else " (reduced: not the recipe's "
-                    "800x1216)")
+                    "800x1216)", "; {} intra-op thread(s)".format(threads) if threads and name not in OM_BACKENDS
+                    else "")
                 records.append(record)
                 log("perf: {} bs{} {:.3f} fps (pure inference, {} loops)".format(name, bs, record["fps"],
                                                                                  perf_loops))
@@ -725,7 +747,8 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                     "image_dir": image_dir, "num_images": len(image_set), "total_images": image_set.total_images,
                     "generated": generated},
         "canvas": [height, width], "batch_sizes": sizes, "infer_batch_size": infer_bs,
-        "score_threshold": score_threshold, "scorer": scorer, "perf_loops": perf_loops, "perf_warmup": perf_warmup,
+        "score_threshold": score_threshold, "scorer": scorer, "threads": threads, "perf_loops": perf_loops,
+        "perf_warmup": perf_warmup,
         "backends": [{"name": n, "status": "ran" if n in runnable else "skipped", "reason": skipped.get(n),
                       "model": os.path.relpath(models[n], run_dir) if models.get(n) and
                       models[n].startswith(run_dir) else models.get(n),
@@ -831,7 +854,8 @@ def register_cli(subparsers):
                         help="perf records measured elsewhere (fsaf-repro perf --out), shown and gated beside "
                              "this host's; repeatable")
     parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op threads of the CPU backends (torch, ONNX Runtime); default: theirs")
+                        help="intra-op threads of the CPU backends (torch, ONNX Runtime); default: all cores but "
+                             "one (the image loader's); 0: the runtimes' own default")
     parser.add_argument("--seed", type=int, default=EMBEDDED_SEED, help="seed of generated weights and data")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="load the checkpoint with the full unpickler (only for files you trust)")

@@ -194,3 +194,39 @@ def test_unknown_backend_is_refused_before_any_work(tmp_path):
     with pytest.raises(BackendUnavailable, match="known backends"):
         run_reproduce(run_dir=str(tmp_path / "run"), backends="torch,nonesuch", environ={}, echo=False)
     assert not os.path.exists(str(tmp_path / "run"))
+
+
+def test_npu_path_with_fake_ascend_tools_converts_runs_the_om_and_labels_its_figures(tiny_run, tmp_path,
+                                                                                      monkeypatch):
+    # atc, npu-smi and the benchmark tool are hermetic fakes (tests/unit/fake_tools): the om path runs
+    # end to end; the fake tool's detections are not the model's, so its parity row must fail.
+    from tests.unit.fake_tools import install_fake_tools
+    install_fake_tools(tmp_path / "bin", monkeypatch, tools=("atc", "npu-smi", "benchmark.x86_64"))
+    run_dir = _copy(tiny_run[0], tmp_path)
+    summary = run_reproduce(run_dir=run_dir, **dict(TINY, backends="torch,onnxruntime,benchmark"))
+    stages = summary["stages"]
+    assert stages["export"] == "reused" and stages["infer:torch"] == "reused"
+    for name in ("convert", "infer:benchmark", "evaluate:benchmark", "perf:benchmark", "parity", "report"):
+        assert stages[name] == "ran", name
+    for bs in (1, 2):
+        om = os.path.join(run_dir, "om", "fsaf_ascend-nms_bs{}.om".format(bs))
+        with open(om + ".json") as handle:
+            sidecar = json.load(handle)
+        assert sidecar["batch_size"] == bs and sidecar["soc_version"] == "Ascend310P3"
+        assert os.path.isfile(os.path.join(run_dir, "om", sidecar["log"]))
+    with open(os.path.join(run_dir, "perf.json")) as handle:
+        records = json.load(handle)["records"]
+    om_records = [r for r in records if r["backend"] == "benchmark" and r["mode"] == "pure_inference"]
+    assert sorted(r["batch_size"] for r in om_records) == [1, 2]
+    assert all(r["device"] == "310P" and r["precision"] == "fp16" for r in om_records)
+    with open(os.path.join(run_dir, "parity.json")) as handle:
+        pairs = json.load(handle)["pairs"]
+    om_pairs = [p for p in pairs if p["other"] == "benchmark (om, ascend-nms)"]
+    assert [p["reference"] for p in om_pairs] == ["torch", "onnxruntime (onnx-nms)"]
+    assert not any(p["within_tolerance"] for p in om_pairs)
+    text = _report(run_dir)
+    assert "| convert (atc) | done | 2 om(s) for Ascend310P3" in text
+    assert "310P benchmark fp16 pure_inference (measured)" in text
+    assert "not compared: refusing to compare a pure_inference figure with a inference figure" in text
+    assert "not evaluated: no pure_inference record for T4" in text
+    assert "NO (fp16 om)" in text
