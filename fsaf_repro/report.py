@@ -294,6 +294,10 @@ def plot_fps(context, path):
                 label="{} (measured)".format(label))
     ax.set_xscale("log", base=2) if _has_base_kwarg() else ax.set_xscale("log", basex=2)
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: "{:g}".format(value)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: "{:g}".format(value)))
     ax.set_xlabel("batch size")
     ax.set_ylabel("fps (images/s)")
     ax.set_title("FSAF throughput by batch size")
