@@ -25,7 +25,7 @@ import sys
 import time
 
 from . import __version__
-from .errors import CheckpointError, DataError, FsafReproError, ToolError
+from .errors import CheckpointError, DataError, FsafReproError, ResultsError, ToolError
 
 # The embedded default: small enough for about a minute on a 2-core CPU (project choice, issue 5).
 EMBEDDED_NUM_IMAGES = 12
@@ -562,9 +562,18 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
             if not os.path.isdir(os.path.dirname(infer_path)):
                 os.makedirs(os.path.dirname(infer_path))
             backend, options = _load_backend(name, models[name], trusted, threads)
+            kwargs = dict(batch_size=infer_bs, progress=progress, backend_name=name, backend_options=options,
+                          model_path=models[name])
             try:
-                summary = infer_dataset(image_set, backend, infer_path, batch_size=infer_bs, progress=progress,
-                                        backend_name=name, backend_options=options, model_path=models[name])
+                try:
+                    # a journal left by an interrupted run with these arguments is resumed
+                    summary = infer_dataset(image_set, backend, infer_path, **kwargs)
+                except ResultsError as exc:
+                    if not os.path.exists(infer_path + ".journal"):
+                        raise
+                    log("infer:{}: discarding the journal of an interrupted run with other arguments ({})".format(
+                        name, exc))
+                    summary = infer_dataset(image_set, backend, infer_path, restart=True, **kwargs)
             finally:
                 backend.close()
             records = []

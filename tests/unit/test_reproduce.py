@@ -230,3 +230,23 @@ def test_npu_path_with_fake_ascend_tools_converts_runs_the_om_and_labels_its_fig
     assert "not compared: refusing to compare a pure_inference figure with a inference figure" in text
     assert "not evaluated: no pure_inference record for T4" in text
     assert "NO (fp16 om)" in text
+
+
+def test_a_stale_inference_journal_of_other_arguments_is_discarded(tiny_run, tmp_path):
+    run_dir = _copy(tiny_run[0], tmp_path)
+    results_before = _read(os.path.join(run_dir, "infer", "onnxruntime_bs1.json"))
+    with open(os.path.join(run_dir, "stages.json")) as handle:
+        book = json.load(handle)
+    del book["stages"]["infer:onnxruntime"]  # as if that stage had been interrupted
+    with open(os.path.join(run_dir, "stages.json"), "w") as handle:
+        json.dump(book, handle)
+    journal = os.path.join(run_dir, "infer", "onnxruntime_bs1.json.journal")
+    with open(journal, "w") as handle:
+        handle.write(json.dumps({"run_key": "0" * 64, "fields": {"batch_size": 7}}) + "\n")
+    summary = run_reproduce(run_dir=run_dir, **TINY)
+    assert summary["stages"]["infer:onnxruntime"] == "ran"
+    assert summary["stages"]["evaluate:onnxruntime"] == "reused"  # same results, same bytes
+    assert _read(os.path.join(run_dir, "infer", "onnxruntime_bs1.json")) == results_before
+    assert not os.path.exists(journal)
+    with open(os.path.join(run_dir, "logs", "reproduce.log")) as handle:
+        assert "discarding the journal of an interrupted run with other arguments" in handle.read()
