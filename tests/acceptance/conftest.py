@@ -96,10 +96,12 @@ class AcceptanceSettings(object):
             name = ORT_BACKEND_OF_PROVIDER[self.ort_provider]
         return name
 
-    def backend_options(self):
-        if self.backend in OM_BACKENDS or self.backend == "onnxruntime-cann":
+    def backend_options(self, name=None):
+        """Options of backend `name` (default: the configured one) for this host's device id."""
+        name = name or self.backend
+        if name in OM_BACKENDS or name == "onnxruntime-cann":
             return {"device_id": self.device_id}
-        if self.backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
+        if name in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
             return {"provider_options": {"device_id": self.device_id}}
         return {}
 

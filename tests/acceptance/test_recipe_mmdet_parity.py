@@ -57,7 +57,7 @@ def test_same_head_outputs_and_detections_as_mmdetection(settings, run_dir, chec
         our_cls, our_reg = ours(images)
         img_metas = [{"img_shape": (height, width, 3), "ori_shape": (height, width, 3),
                       "pad_shape": (height, width, 3), "scale_factor": np.ones(4, dtype=np.float32)}]
-        their_dets = theirs.bbox_head.get_bboxes(their_cls, their_reg, img_metas, rescale=False)
+        their_dets = theirs.bbox_head.get_bboxes(their_cls, their_reg, img_metas=img_metas, rescale=False)
     head_diff = max(float((a - b).abs().max()) for a, b in zip(list(their_cls) + list(their_reg),
                                                               list(our_cls) + list(our_reg)))
     dets, labels = detect(our_cls, our_reg, (height, width))

@@ -64,8 +64,7 @@ def test_onnxruntime_matches_the_torch_path(settings, run_dir, onnx_export, chec
     path, _ = onnx_export(checkpoint, checkpoint_kind, flavour, height, width, None)
     batch = network_inputs(settings, checkpoint_kind, count, height, width, seed=11)
     reference = torch_outputs(checkpoint, batch)
-    options = {"provider_options": {"device_id": settings.device_id}} if name != "onnxruntime" else {}
-    with create_backend(name, **options) as backend:
+    with create_backend(name, **settings.backend_options(name)) as backend:
         backend.load(path)
         outputs = backend.run(batch)
     record = compare_detections(reference["dets"], reference["labels"], outputs["dets"], outputs["labels"])
