@@ -23,7 +23,7 @@ from fsaf_repro.spec import input_constants, parity_tolerances
 from tests.acceptance.conftest import OM_BACKENDS, ORT_BACKEND_OF_PROVIDER, provide, val2017_paths, write_json
 from tests.support import UNIT_INPUT_HW, generated_inputs
 
-ORT_CASES = ("onnx-nms-full", "raw-reduced")
+ORT_FLAVOURS = ("onnx-nms", "raw")
 
 
 def network_inputs(settings, kind, count, height, width, seed):
@@ -47,17 +47,17 @@ def ort_backend_name(settings):
     return ORT_BACKEND_OF_PROVIDER.get(settings.ort_provider or "CPUExecutionProvider", "onnxruntime")
 
 
-@pytest.mark.parametrize("case", ORT_CASES)
-def test_onnxruntime_matches_the_torch_path(settings, run_dir, onnx_export, checkpoint_of, checkpoint_kind, case):
-    """Same detection count and labels per image; boxes and scores within the spec's fp32 tolerances."""
+@pytest.mark.parametrize("flavour", ORT_FLAVOURS)
+def test_onnxruntime_matches_the_torch_path(settings, run_dir, onnx_export, checkpoint_of, checkpoint_kind, flavour):
+    """Same detection count and labels per image; boxes and scores within the spec's fp32 tolerances
+    (generated weights: onnx-nms on one 800x1216 input, raw on two reduced-size inputs)."""
     name = ort_backend_name(settings)
     availability = backend_availability(name)
     if not availability.ok:
         pytest.skip("{} unavailable: {} ({} to another provider)".format(name, availability.reason,
                                                                          provide("--ort-provider")))
-    flavour = case.split("-")[0] if case.startswith("raw") else "onnx-nms"
     inp = input_constants()
-    full = case.endswith("full") or checkpoint_kind == "official"
+    full = flavour == "onnx-nms" or checkpoint_kind == "official"
     height, width = (inp["height"], inp["width"]) if full else UNIT_INPUT_HW
     count = 1 if full else 2
     checkpoint = checkpoint_of(checkpoint_kind)
@@ -69,7 +69,7 @@ def test_onnxruntime_matches_the_torch_path(settings, run_dir, onnx_export, chec
         outputs = backend.run(batch)
     record = compare_detections(reference["dets"], reference["labels"], outputs["dets"], outputs["labels"])
     record.update(checkpoint=checkpoint_kind, flavour=flavour, input_hw=[height, width], backend=name)
-    write_json(os.path.join(run_dir, "parity", "onnxruntime_{}_{}.json".format(checkpoint_kind, case)), record)
+    write_json(os.path.join(run_dir, "parity", "onnxruntime_{}_{}.json".format(checkpoint_kind, flavour)), record)
     assert record["detections_ref"] > 0, "the torch path detected nothing: the comparison would be vacuous"
     tolerances = parity_tolerances()
     assert record["counts_equal"] and record["labels_equal"], record
