@@ -592,8 +592,22 @@ def _put(out_queue, stop, item):
     return False
 
 
-def _produce(image_set, batch_size, workers, skip_bad, start, input_dtype, out_queue, stop, skipped):
-    """Producer thread: fills batches in image order and puts them on the bounded queue."""
+def _take_buffer(free_buffers, stop):
+    while not stop.is_set():
+        try:
+            return free_buffers.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return None
+
+
+def _produce(image_set, batch_size, workers, skip_bad, start, input_dtype, out_queue, stop, skipped,
+             free_buffers=None):
+    """Producer thread: fills batches in image order and puts them on the bounded queue.
+
+    With `free_buffers` (a queue of preallocated batch arrays) it fills recycled buffers instead of
+    allocating one per batch.
+    """
     dtype = _dtype(input_dtype)
     shape = (batch_size, 3, image_set.height, image_set.width)
     try:
@@ -603,7 +617,13 @@ def _produce(image_set, batch_size, workers, skip_bad, start, input_dtype, out_q
             batch, metas = None, []
             while index < total and not stop.is_set():
                 if batch is None:
-                    batch, metas = np.empty(shape, dtype=dtype), []
+                    if free_buffers is None:
+                        batch = np.empty(shape, dtype=dtype)
+                    else:
+                        batch = _take_buffer(free_buffers, stop)
+                        if batch is None:
+                            return
+                    metas = []
                 want = min(batch_size - len(metas), total - index)
                 indices = list(range(index, index + want))
                 index += want
@@ -648,7 +668,7 @@ class BatchStream(object):
     """
 
     def __init__(self, image_set, batch_size, prefetch=2, workers=2, skip_bad=False, start=0,
-                 input_dtype="float32"):
+                 input_dtype="float32", recycle_buffers=False):
         if int(batch_size) < 1:
             raise DataError("batch_size must be >= 1, got {}".format(batch_size))
         if int(prefetch) < 1:
@@ -661,10 +681,21 @@ class BatchStream(object):
         self._queue = queue.Queue(maxsize=int(prefetch))
         self._stop = threading.Event()
         self._done = False
+        self._free_buffers = None
+        self._lent = None
+        if recycle_buffers:
+            # One buffer being filled, `prefetch` queued, one lent to the consumer. Pages are touched
+            # now, so the stream's memory is committed up front and stays flat for any run length.
+            self._free_buffers = queue.Queue()
+            shape = (self.batch_size, 3, image_set.height, image_set.width)
+            for _ in range(int(prefetch) + 2):
+                buffer = np.empty(shape, dtype=_dtype(input_dtype))
+                buffer.fill(0)
+                self._free_buffers.put(buffer)
         self._thread = threading.Thread(
             target=_produce, name="fsaf-batch-producer",
             args=(image_set, self.batch_size, max(1, int(workers)), bool(skip_bad), int(start),
-                  input_dtype, self._queue, self._stop, self.skipped))
+                  input_dtype, self._queue, self._stop, self.skipped, self._free_buffers))
         self._thread.daemon = True
         self._thread.start()
         # the thread holds no reference to self, so an abandoned stream still stops its producer
@@ -674,6 +705,10 @@ class BatchStream(object):
         return self
 
     def __next__(self):
+        if self._lent is not None:
+            # Recycling: the batch handed out last time is only valid until this call.
+            self._free_buffers.put(self._lent)
+            self._lent = None
         if self._done:
             raise StopIteration
         item = self._queue.get()
@@ -685,6 +720,9 @@ class BatchStream(object):
             self._done = True
             self.close()
             raise item.exc
+        if self._free_buffers is not None:
+            batch = item[0]
+            self._lent = batch if batch.base is None else batch.base
         return item
 
     next = __next__
@@ -702,9 +740,15 @@ class BatchStream(object):
         return False
 
 
-def iter_batches(image_set, batch_size, prefetch=2, workers=2, skip_bad=False, start=0, input_dtype="float32"):
-    """Stream batches straight from the images (no .bin on disk); see BatchStream."""
+def iter_batches(image_set, batch_size, prefetch=2, workers=2, skip_bad=False, start=0, input_dtype="float32",
+                 recycle_buffers=False):
+    """Stream batches straight from the images (no .bin on disk); see BatchStream.
+
+    With `recycle_buffers` a fixed pool of prefetch + 2 batch arrays is reused, so memory does not
+    depend on the run's length; each yielded batch is then valid only until the next one is asked for.
+    """
     return BatchStream(image_set, batch_size, prefetch=prefetch, workers=workers, skip_bad=skip_bad,
+                       recycle_buffers=recycle_buffers,
                        start=start, input_dtype=input_dtype)
 
 

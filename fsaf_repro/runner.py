@@ -219,8 +219,10 @@ def infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2,
     stream = None
     try:
         if start < total:
+            # Recycled buffers: memory is a fixed pool whatever the run's length; each batch is
+            # finished (journaled) before the next is asked for, as recycling requires.
             stream = iter_batches(image_set, batch_size, prefetch=prefetch, workers=workers, skip_bad=skip_bad,
-                                  start=start, input_dtype=input_dtype)
+                                  start=start, input_dtype=input_dtype, recycle_buffers=True)
             journaled_skips = 0
             while True:
                 try:

@@ -81,3 +81,19 @@ def test_bad_arguments(image_set):
         iter_batches(image_set, 2, input_dtype="float16")
     with pytest.raises(DataError):
         iter_batches(image_set, 2, start=99)
+
+
+def test_recycled_buffers_give_the_same_batches_from_a_fixed_pool(tmp_path):
+    annotation_file, image_dir = make_synthetic_coco(str(tmp_path / "coco"), num_images=7, seed=3)
+    image_set = CocoImageSet(annotation_file, image_dir, height=64, width=96)
+    fresh = [(b.copy(), [m.image_id for m in metas]) for b, metas in iter_batches(image_set, 2, prefetch=1)]
+    seen_buffers = set()
+    recycled = []
+    for batch, metas in iter_batches(image_set, 2, prefetch=1, recycle_buffers=True):
+        seen_buffers.add(id(batch if batch.base is None else batch.base))
+        recycled.append((batch.copy(), [m.image_id for m in metas]))
+    assert len(recycled) == len(fresh) == 4  # 7 images in batches of 2: the last holds one
+    for (a, ids_a), (b, ids_b) in zip(fresh, recycled):
+        assert ids_a == ids_b
+        assert np.array_equal(a, b)
+    assert len(seen_buffers) <= 1 + 2 < len(recycled)  # prefetch + 2 buffers, reused across 4 batches
