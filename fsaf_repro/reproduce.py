@@ -383,6 +383,9 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
         score_threshold = model_constants()["score_threshold"]
     score_threshold = float(score_threshold)
     threads = default_threads() if threads is None else (int(threads) or None)
+    if threads:
+        import torch
+        torch.set_num_threads(threads)  # also for the seeded-weights calibration and the export traces
     perf_loops = int(perf_loops or DEFAULT_PERF_LOOPS)
     perf_warmup = int(DEFAULT_PERF_WARMUP if perf_warmup is None else perf_warmup)
     parity_images = int(parity_images or DEFAULT_PARITY_IMAGES)
