@@ -250,3 +250,23 @@ def test_a_stale_inference_journal_of_other_arguments_is_discarded(tiny_run, tmp
     assert not os.path.exists(journal)
     with open(os.path.join(run_dir, "logs", "reproduce.log")) as handle:
         assert "discarding the journal of an interrupted run with other arguments" in handle.read()
+
+
+def test_records_measured_elsewhere_are_gated_beside_this_hosts(tiny_run, tmp_path):
+    from fsaf_repro.perf import make_record, write_records
+    gate = performance_reference()["gates"][0]
+    extra = str(tmp_path / "npu_perf.json")
+    write_records(extra, [
+        make_record(gate["numerator"], "benchmark", "fp16", 4, 70.0, "inference", "benchmark tool: npu.txt"),
+        make_record(gate["denominator"], "benchmark", "fp16", 8, 50.0, "inference", "benchmark tool: npu.txt",
+                    chips=4)])
+    run_dir = _copy(tiny_run[0], tmp_path)
+    summary = run_reproduce(run_dir=run_dir, **dict(TINY, extra_perf=[extra]))
+    assert [n for n, s in summary["stages"].items() if s == "ran"] == ["report"]
+    text = _report(run_dir)
+    measured_gates = text.split("### Gates on the measured records")[1].split("###")[0]
+    assert "PASS {}: best {} = 70.0000 fps (bs 4), best {} = 50.0000 fps (bs 8): ratio 1.4000".format(
+        gate["name"], gate["numerator"], gate["denominator"]) in measured_gates
+    with open(os.path.join(run_dir, "perf.json")) as handle:
+        sources = [r["source"] for r in json.load(handle)["records"]]
+    assert sum(1 for s in sources if s.endswith("(from {})".format(extra))) == 2
