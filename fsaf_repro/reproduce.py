@@ -367,9 +367,9 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     height = int(height or default_hw[0])
     width = int(width or default_hw[1])
     requested_backends = parse_list(backends, "--backends")
+    # Backends run over the data set. torch is also the parity reference: left out of --backends it still
+    # runs the parity batch (a few images), not the data set (hours on a CPU at the recipe's size).
     backend_names = requested_backends or list(DEFAULT_BACKENDS)
-    if REFERENCE_BACKEND not in backend_names:
-        backend_names = [REFERENCE_BACKEND] + backend_names  # the parity reference always runs
     sizes = parse_sizes(batch_sizes)
     if sizes is None:
         if embedded:
@@ -680,7 +680,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     parity_path = os.path.join(run_dir, "parity.json")
     parity_count = min(parity_images, len(image_set))
     parity_sides = []  # (label, backend name, model path)
-    if REFERENCE_BACKEND in runnable:
+    if backend_availability(REFERENCE_BACKEND).ok:
         parity_sides.append(("torch", REFERENCE_BACKEND, ckpt_path))
     for name in runnable:
         if name in ONNX_BACKENDS:

@@ -270,3 +270,14 @@ def test_records_measured_elsewhere_are_gated_beside_this_hosts(tiny_run, tmp_pa
     with open(os.path.join(run_dir, "perf.json")) as handle:
         sources = [r["source"] for r in json.load(handle)["records"]]
     assert sum(1 for s in sources if s.endswith("(from {})".format(extra))) == 2
+
+
+def test_torch_left_out_of_backends_is_only_the_parity_reference(tiny_run, tmp_path):
+    run_dir = _copy(tiny_run[0], tmp_path)
+    summary = run_reproduce(run_dir=run_dir, **dict(TINY, backends="onnxruntime"))
+    assert summary["backends_run"] == ["onnxruntime"]
+    assert "infer:torch" not in summary["stages"] and "perf:torch" not in summary["stages"]
+    assert summary["stages"]["parity"] == "reused"  # same sides: torch reference, ONNX Runtime twice
+    text = _report(run_dir)
+    assert "| torch | onnxruntime (onnx-nms) |" in text
+    assert "n/a (not run over the data set)" in text
