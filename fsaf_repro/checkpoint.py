@@ -8,19 +8,18 @@ Seeded weights (`seeded_state_dict`) stand in for the official checkpoint wherev
 are written to disk in the official layout so that every consumer goes through the real loader.
 """
 import collections
-import hashlib
 import inspect
 import io
 import math
 import os
 import pickle
-import tempfile
 import warnings
 
 import numpy as np
 import torch
 
 from .errors import CheckpointError
+from .fileio import atomic_write_bytes, file_sha256  # noqa: F401  (file_sha256 is part of this API)
 from .model import build_detector
 from .spec import load_recipe_spec, model_constants
 
@@ -28,14 +27,6 @@ from .spec import load_recipe_spec, model_constants
 OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)
 
 _WARNED_NO_SAFE_LOAD = []
-
-
-def file_sha256(path, chunk_size=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def torch_has_weights_only_load():
@@ -272,22 +263,10 @@ def checkpoint_meta(seed):
 
 
 def save_checkpoint(state_dict, path, meta=None):
-    """Write `{'meta': meta, 'state_dict': state_dict}` atomically (temporary file + rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        os.makedirs(directory)
+    """Write `{'meta': meta, 'state_dict': state_dict}` atomically (a complete file or none)."""
     buffer = io.BytesIO()
     torch.save({"meta": meta or {}, "state_dict": collections.OrderedDict(state_dict)}, buffer)
-    handle, tmp_path = tempfile.mkstemp(prefix=".ckpt-", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(buffer.getvalue())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_seeded_checkpoint(path, seed=0):

@@ -12,7 +12,6 @@ One static om per batch size (the recipe's 1, 4, 8, 16, 32, 64 by default). Ever
 `run_tool` is also used by the tool-driven backends (benchmark, ais_bench).
 """
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -22,6 +21,7 @@ import subprocess
 import tempfile
 
 from .errors import ToolError
+from .fileio import atomic_write_json, file_sha256
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32, 64)
 DEFAULT_OUT_NODES = "dets;labels"
@@ -187,14 +187,6 @@ def aoe_argv(onnx_path, output_prefix, batch_size, input_name="input", height=80
 
 # --- sidecars ----------------------------------------------------------------------------------------
 
-def sha256_file(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_onnx_sidecar(onnx_path):
     """The export sidecar `<onnx>.json` (input name/shape, flavour, batch size), or None if absent."""
     path = str(onnx_path) + ".json"
@@ -221,14 +213,6 @@ def read_om_sidecar(om_path):
         raise ToolError("om sidecar {} has no batch_size; rebuild the om with `fsaf-repro convert`"
                         .format(path))
     return data
-
-
-def _atomic_write_json(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 # --- conversion jobs ---------------------------------------------------------------------------------
@@ -321,14 +305,14 @@ def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_pr
         "out_nodes": out_nodes.split(";") if (out_nodes and tool == "atc") else None,
         "precision_mode": precision_mode if tool == "atc" else "aoe default",
         "onnx": onnx_path,
-        "onnx_sha256": sha256_file(onnx_path),
+        "onnx_sha256": file_sha256(onnx_path),
         "onnx_sidecar": onnx_sidecar,
         "log": os.path.basename(log_path),
         "tool_banner": version_match.group(0).strip() if version_match else None,
-        "om_sha256": sha256_file(final_om),
+        "om_sha256": file_sha256(final_om),
         "created_utc": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
     }
-    _atomic_write_json(final_om + ".json", sidecar)
+    atomic_write_json(final_om + ".json", sidecar)
     return sidecar
 
 

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from .errors import AnnotationError, DataError, ImageReadError
+from .fileio import PART_MARK, atomic_write_array, atomic_write_text, file_sha256  # noqa: F401  (file_sha256: API)
 from .spec import coco_category_ids, coco_class_names, input_constants
 
 ImageMeta = namedtuple("ImageMeta", "image_id file_name path orig_w orig_h scale new_w new_h")
@@ -38,7 +39,6 @@ SkippedImage = namedtuple("SkippedImage", "index image_id path reason")
 _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_SOS = b"\xff\xda"
 _JPEG_EOI = b"\xff\xd9"
-_PART_MARK = ".part-"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,14 +202,6 @@ def boxes_to_original(boxes, scale):
 # COCO image set
 
 
-def file_sha256(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_annotation_json(annotation_file):
     """(parsed dict, sha256 hex) of a COCO annotation file; AnnotationError naming it on failure."""
     annotation_file = os.fspath(annotation_file)
@@ -366,35 +358,6 @@ def bin_bytes(height, width):
     return 3 * int(height) * int(width) * 4
 
 
-def _atomic_write_bytes(path, payload):
-    tmp = "{}{}{}".format(path, _PART_MARK, os.getpid())
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _atomic_write_array(path, array):
-    """Raw bytes of a C-contiguous array, written without an intermediate bytes copy."""
-    tmp = "{}{}{}".format(path, _PART_MARK, os.getpid())
-    try:
-        with open(tmp, "wb") as handle:
-            array.tofile(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _atomic_write_text(path, text):
-    _atomic_write_bytes(path, text.encode("utf-8"))
-
-
 _WORKER_STATE = {}
 
 
@@ -420,13 +383,13 @@ def _preprocess_one(index):
         image_set.load_into(index, _WORKER_STATE["buffer"])
     except ImageReadError as exc:
         return index, "bad", str(exc)
-    _atomic_write_array(path, _WORKER_STATE["buffer"])
+    atomic_write_array(path, _WORKER_STATE["buffer"])
     return index, "written", ""
 
 
 def _remove_stale_parts(out_dir):
     for name in os.listdir(out_dir):
-        if _PART_MARK in name and name.split(_PART_MARK)[0].endswith(".bin"):
+        if PART_MARK in name and name.split(PART_MARK)[0].endswith(".bin"):
             os.remove(os.path.join(out_dir, name))
 
 
@@ -518,12 +481,12 @@ def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, excl
                 raise DataError("{} has {} bytes, expected {} ({}x{} float32 CHW)".format(
                     path, os.path.getsize(path), expected, image_set.height, image_set.width))
             lines.append("{} {} {} {}".format(index, path, image_set.width, image_set.height))
-        _atomic_write_text(os.fspath(bin_info), "\n".join(lines) + "\n")
+        atomic_write_text(os.fspath(bin_info), "\n".join(lines) + "\n")
         written["bin"] = lines
     if jpg_info is not None:
         lines = ["{} {} {} {}".format(index, meta.path, meta.orig_w, meta.orig_h)
                  for index, meta in enumerate(metas)]
-        _atomic_write_text(os.fspath(jpg_info), "\n".join(lines) + "\n")
+        atomic_write_text(os.fspath(jpg_info), "\n".join(lines) + "\n")
         written["jpg"] = lines
     return written
 
@@ -567,7 +530,7 @@ def write_manifest(path, image_set, report):
         "skipped": [dict(s._asdict()) for s in report.skipped],
         "images": [dict(m._asdict()) for m in image_set.metas if m.image_id not in skipped_ids],
     }
-    _atomic_write_text(os.fspath(path), json.dumps(record, indent=1) + "\n")
+    atomic_write_text(os.fspath(path), json.dumps(record, indent=1) + "\n")
     return record
 
 

@@ -12,7 +12,6 @@ pixels; padded rows have score 0) and `labels` [B, 100] int64. Every .onnx gets 
 (`<file>.onnx.json`) saying how it was made. The TorchScript exporter is used: torch 1.8 has only
 that one, current torch keeps it behind `dynamo=False`.
 """
-import hashlib
 import inspect
 import json
 import os
@@ -23,9 +22,10 @@ import warnings
 import numpy as np
 import torch
 
-from .checkpoint import file_sha256, load_detector, write_seeded_checkpoint
+from .checkpoint import load_detector, write_seeded_checkpoint
 from .decode import _greedy_nms_order, multiclass_nms, pad_detections, select_candidates
 from .errors import ExportError
+from .fileio import atomic_write_json, file_sha256
 from .spec import input_constants, model_constants
 
 FLAVOURS = ("onnx-nms", "ascend-nms", "raw")
@@ -219,14 +219,6 @@ def _torch_export(module, args, path, input_names, output_names, dynamic_axes, o
         torch.onnx.export(module, args, path, **kwargs)
 
 
-def _file_sha256_bytes(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def declare_output_shapes(path, outputs):
     """Write the documented output shapes into the graph (older exporters leave them symbolic).
 
@@ -385,28 +377,15 @@ def export_onnx(checkpoint_path, out_path, flavour="onnx-nms", height=None, widt
         "num_candidates": n_candidates if flavour == "raw" else None,
         "checkpoint": {"path": os.path.abspath(checkpoint_path), "sha256": file_sha256(checkpoint_path)},
         "checkpoint_sha256": file_sha256(checkpoint_path),
-        "onnx_sha256": _file_sha256_bytes(out_path),
+        "onnx_sha256": file_sha256(out_path),
         "file_size": os.path.getsize(out_path),
         "export_seconds": round(time.time() - started, 3),
         "torch_version": torch.__version__,
         "onnx_version": onnx.__version__,
         "exporter": "torch.onnx TorchScript exporter",
     }
-    write_json_atomic(out_path + ".json", sidecar)
+    atomic_write_json(out_path + ".json", sidecar)
     return sidecar
-
-
-def write_json_atomic(path, payload):
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, tmp_path = tempfile.mkstemp(prefix=".json-", dir=directory)
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(payload, out, indent=2, sort_keys=True)
-            out.write("\n")
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
 
 
 def read_sidecar(model_path):

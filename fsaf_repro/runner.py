@@ -24,20 +24,13 @@ import time
 import numpy as np
 
 from .errors import BackendError, DataError, ImageReadError, ResultsError
+from .fileio import file_sha256
 
 JOURNAL_FORMAT = 1
 
 
 def _canonical(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def file_sha256(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_key_fields(image_set, backend_name, backend_options, model_path, batch_size, input_dtype, skip_bad):

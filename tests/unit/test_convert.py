@@ -7,6 +7,7 @@ from tests.unit.fake_tools import install_fake_tools
 from fsaf_repro import convert
 from fsaf_repro.cli import main as cli_main
 from fsaf_repro.errors import ToolError
+from fsaf_repro.fileio import file_sha256
 from fsaf_repro.spec import input_constants
 
 
@@ -90,7 +91,7 @@ def test_convert_batch_sizes_builds_oms_logs_and_sidecars(tools, onnx_model, tmp
         assert sidecar["input"]["shape"] == [bs, 3, 320, 480]
         assert sidecar["out_nodes"] == ["dets", "labels"]
         assert sidecar["precision_mode"] == "force_fp16"
-        assert sidecar["onnx_sha256"] == convert.sha256_file(onnx_model)
+        assert sidecar["onnx_sha256"] == file_sha256(onnx_model)
         assert sidecar["onnx_sidecar"]["flavour"] == "ascend-nms"
         assert convert.read_om_sidecar(str(om))["batch_size"] == bs
     # the scratch directories (with atc's kernel_meta litter) are gone after success
