@@ -482,10 +482,12 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
             except ToolError as exc:
                 skipped["convert"] = "atc is on PATH but the soc version is unknown: {}".format(exc)
                 log("skipped: convert ({})".format(skipped["convert"]))
+        # one static om per throughput batch size, and one for the data set inference
+        om_sizes = sorted(set(sizes) | {infer_bs})
         if soc is not None:
             def do_convert():
                 from .convert import convert_batch_sizes
-                built = convert_batch_sizes(onnx_paths["ascend-nms"], om_dir, sizes, soc_version=soc,
+                built = convert_batch_sizes(onnx_paths["ascend-nms"], om_dir, om_sizes, soc_version=soc,
                                             precision_mode=precision_mode)
                 outputs, oms = [], {}
                 for bs, sidecar in sorted(built.items()):
@@ -494,7 +496,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                     outputs.extend([om, om + ".json", os.path.join(om_dir, sidecar["log"])])
                 return {"soc_version": soc, "oms": oms}, outputs
 
-            convert_result = book.run("convert", {"onnx_sha256": onnx_sha["ascend-nms"], "batch_sizes": sizes,
+            convert_result = book.run("convert", {"onnx_sha256": onnx_sha["ascend-nms"], "batch_sizes": om_sizes,
                                                   "soc_version": soc, "precision_mode": precision_mode,
                                                   "atc": atc}, do_convert)
             om_paths = dict((int(bs), os.path.join(run_dir, rel)) for bs, rel in convert_result["oms"].items())
