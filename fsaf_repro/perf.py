@@ -474,6 +474,11 @@ def register_cli(subparsers):
     gates.add_argument("records", nargs="*", help="JSON files written by `fsaf-repro perf --out`")
     gates.add_argument("--mode", default="inference", choices=sorted(MODE_DEFINITIONS))
     gates.add_argument("--no-fail", action="store_true", help="exit 0 even when a gate fails")
+    gates.add_argument("--with-reference", action="store_true",
+                       help="a gate device without measured records takes the recipe's reference table "
+                            "(e.g. 310 numbers on a 310P host); said in the gate's caveats")
+    gates.add_argument("--strict", action="store_true",
+                       help="exit 1 when a gate cannot be evaluated (no records for one of its devices)")
     gates.set_defaults(func=_cli_gates)
 
 
@@ -558,7 +563,22 @@ def _cli_gates(args):
                     row["ratio"], row["reference"]["fps"])))
             for caveat in row["caveats"]:
                 print("    caveat: " + caveat)
+        filled = []
+        if args.with_reference:
+            measured_devices = set(r["device"] for r in measured if r["mode"] == args.mode)
+            filled = sorted(set(r["device"] for r in reference) - measured_devices)
+            measured = measured + [r for r in reference if r["device"] in filled]
         results = evaluate_gates(measured, mode=args.mode)
+        for gate in results:
+            for side in ("numerator_device", "denominator_device"):
+                if gate[side] in filled:
+                    gate["caveats"].append("{} from the recipe's reference table (section 7.1), not measured "
+                                           "here".format(gate[side]))
     print(format_gates(results))
     failed = [g for g in results if g["passed"] is False]
+    unevaluated = [g for g in results if g["passed"] is None]
+    if unevaluated and args.strict:
+        print("strict: {} gate(s) not evaluated: {}".format(
+            len(unevaluated), ", ".join(g["name"] for g in unevaluated)))
+        return 1
     return 1 if failed and not args.no_fail else 0

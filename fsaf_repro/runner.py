@@ -198,6 +198,9 @@ def infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2,
     fields = run_key_fields(image_set, backend_name or backend.name, backend_options or {}, model_path,
                             batch_size, input_dtype, skip_bad)
     journal_path = str(results_path) + ".journal"
+    results_dir = os.path.dirname(os.path.abspath(str(results_path)))
+    if not os.path.isdir(results_dir):
+        os.makedirs(results_dir)
     if restart and os.path.exists(journal_path):
         os.remove(journal_path)
     journal = Journal(journal_path, fields).open()

@@ -192,6 +192,14 @@ def test_cli_perf_parse_and_gates(tmp_path, capsys):
     assert cli_main(["gates", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "NOT EVALUATED 310P_aoe_vs_310" in printed and "x reference" in printed
+    # --strict refuses a gate that could not be evaluated; --with-reference fills 310 from the table:
+    # measured 310P_aoe 103.8 fps (Interface throughputRate) vs the table's best 310 (54.7236).
+    assert cli_main(["gates", "--strict", str(out)]) == 1
+    assert "strict: " in capsys.readouterr().out
+    assert cli_main(["gates", "--with-reference", "--strict", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "PASS 310P_aoe_vs_310" in printed
+    assert "310 from the recipe's reference table" in printed
     assert cli_main(["gates"]) == 0
     assert "PASS 310P_vs_T4" in capsys.readouterr().out
     slow = [perf.make_record("310P", "benchmark", "fp16", 1, 1.0, "inference", "measured: x"),

@@ -42,12 +42,12 @@ def read(path):
 
 
 def test_every_image_gets_its_own_result(dataset, tmp_path):
-    summary = infer(dataset, tmp_path / "r.json", batch_size=4)
-    results = read(tmp_path / "r.json")
+    summary = infer(dataset, tmp_path / "not" / "yet" / "r.json", batch_size=4)  # folders are created
+    results = read(tmp_path / "not" / "yet" / "r.json")
     ids = image_set(dataset).image_ids
     assert [r["image_id"] for r in results] == ids  # echo: one detection per image, in image-id order
     assert summary["images"] == 30 and summary["detections"] == 30 and not summary["skipped"]
-    assert not os.path.exists(str(tmp_path / "r.json.journal"))
+    assert not os.path.exists(str(tmp_path / "not" / "yet" / "r.json.journal"))
     modes = [r["mode"] for r in summary["records"]]
     assert modes == ["e2e", "inference"]
 

@@ -205,6 +205,8 @@ def npu_problems(workflow):
     gate_text = joined(gates)
     if "fsaf-repro gates" not in gate_text or "--no-fail" in gate_text or "|| true" in gate_text:
         problems.append("gates: does not run `fsaf-repro gates` in a way that fails the job")
+    if "--strict" not in gate_text:
+        problems.append("gates: without --strict a gate that cannot be evaluated passes silently")
     if not uses(gates, "actions/download-artifact"):
         problems.append("gates: does not download the run directories")
     return problems
