@@ -44,6 +44,9 @@ def _read_pickle(path, trusted):
         raise CheckpointError("checkpoint is not readable (permissions): {}".format(path))
     if os.path.getsize(path) == 0:
         raise CheckpointError("checkpoint is an empty file: {}".format(path))
+    # FSAF_TRUST_CHECKPOINT=1 is the environment's form of --trust-checkpoint, for runs (acceptance
+    # tests, CI jobs) that load a file the user vouches for through several entry points.
+    trusted = trusted or os.environ.get("FSAF_TRUST_CHECKPOINT") == "1"
     kwargs = {"map_location": "cpu"}
     if torch_has_weights_only_load():
         kwargs["weights_only"] = not trusted
@@ -59,7 +62,7 @@ def _read_pickle(path, trusted):
             raise CheckpointError(
                 "refused to load {}: the weights-only unpickler rejected it ({}). A checkpoint that "
                 "needs arbitrary objects can run code when loaded; if you trust this file, pass "
-                "--trust-checkpoint".format(path, str(exc).splitlines()[0]))
+                "--trust-checkpoint (or set FSAF_TRUST_CHECKPOINT=1)".format(path, str(exc).splitlines()[0]))
         raise CheckpointError("{} is not a PyTorch checkpoint (unpickling failed: {})".format(path, exc))
     except Exception as exc:  # noqa: B902 - torch.load on foreign bytes raises many types; all mean "not a checkpoint"
         raise CheckpointError("{} is not a readable PyTorch checkpoint ({}: {})".format(

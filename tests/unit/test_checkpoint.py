@@ -146,7 +146,7 @@ class _CodeExecutingPayload(object):
 @pytest.mark.skipif(not ckpt.torch_has_weights_only_load(),
                     reason="this torch ({}) has no weights-only unpickler; the loader warns instead "
                            "(covered by test_old_torch_warns_once)".format(torch.__version__))
-def test_code_executing_pickle_is_refused(tmp_path, seeded_checkpoint):
+def test_code_executing_pickle_is_refused(tmp_path, seeded_checkpoint, monkeypatch):
     marker = tmp_path / "pwned"
     state_dict = _load_raw(seeded_checkpoint)["state_dict"]
     path = tmp_path / "malicious.pth"
@@ -157,6 +157,10 @@ def test_code_executing_pickle_is_refused(tmp_path, seeded_checkpoint):
     assert not marker.exists(), "the payload ran"
     # With explicit trust the same file loads (the payload is an ordinary object here).
     model = ckpt.load_detector(str(path), trusted=True)
+    assert marker.exists()
+    marker.unlink()
+    monkeypatch.setenv("FSAF_TRUST_CHECKPOINT", "1")  # the environment's form of --trust-checkpoint
+    ckpt.load_state_dict(str(path))
     assert marker.exists()
     assert model.bbox_head.retina_cls.weight.shape[0] == model_constants()["num_classes"]
 
