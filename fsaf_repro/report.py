@@ -388,16 +388,18 @@ def header_lines(context):
         if context.get("generated"):
             lines.append("**The images are generated, not COCO val2017: the mAP below is NOT the recipe's claim.**")
     lines.append("")
-    lines.append("What was run: checkpoint `{}`{} (sha256 `{}`); {} images from `{}` (annotations sha256 `{}`{}); "
+    lines.append("What was run: checkpoint `{}`{} (sha256 `{}`); {} images from {} (annotations sha256 `{}`{}); "
                  "input {}x{}; backends run: {}; batch sizes {} (dataset inference at batch size {}).".format(
                      os.path.basename(ckpt["path"]), " (seeded weights in the official layout)" if ckpt["seeded"]
                      else "", ckpt["sha256"][:16], data["num_images"],
-                     "generated set" if data["generated"] else data["image_dir"], data["annotation_sha256"][:16],
+                     "the generated set" if data["generated"] else "`{}`".format(data["image_dir"]),
+                     data["annotation_sha256"][:16],
                      "" if data["num_images"] == data["total_images"] else ", first {} of {} by id".format(
                          data["num_images"], data["total_images"]),
                      h, w, ", ".join(b["name"] for b in context["backends"] if b["status"] == "ran") or "none",
                      ", ".join(str(b) for b in context["batch_sizes"]), context["infer_batch_size"]))
     if context.get("threads"):
+        lines.append("")
         lines.append("CPU runtimes (torch, ONNX Runtime) ran with {} intra-op thread(s).".format(context["threads"]))
     if not ckpt["seeded"]:
         prefix = load_recipe_spec()["checkpoint"]["sha256_prefix"]
