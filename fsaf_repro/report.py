@@ -400,7 +400,9 @@ def header_lines(context):
                      ", ".join(str(b) for b in context["batch_sizes"]), context["infer_batch_size"]))
     if context.get("threads"):
         lines.append("")
-        lines.append("CPU runtimes (torch, ONNX Runtime) ran with {} intra-op thread(s).".format(context["threads"]))
+        lines.append("CPU runtimes (torch, ONNX Runtime) ran with {} intra-op thread(s) over the data set (a core "
+                     "left to the image loader) and {} in the pure-inference timing.".format(
+                         context["threads"], context.get("perf_threads") or "their default number of"))
     if not ckpt["seeded"]:
         prefix = load_recipe_spec()["checkpoint"]["sha256_prefix"]
         if not ckpt["sha256"].startswith(prefix):

@@ -351,7 +351,8 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                   infer_batch_size=None, height=None, width=None, num_images=None, limit=None,
                   score_threshold=None, scorer="pycocotools", perf_loops=None, perf_warmup=None,
                   parity_images=None, seed=EMBEDDED_SEED, soc_version=None, precision_mode="force_fp16",
-                  extra_perf=(), threads=None, trusted=False, progress=False, echo=True, environ=None):
+                  extra_perf=(), threads=None, perf_threads=None, trusted=False, progress=False, echo=True,
+                  environ=None):
     """The pipeline (see `run_reproduce` and the module docstring)."""
     from .spec import input_constants, model_constants, performance_reference
 
@@ -383,6 +384,8 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
         score_threshold = model_constants()["score_threshold"]
     score_threshold = float(score_threshold)
     threads = default_threads() if threads is None else (int(threads) or None)
+    # pure-inference timing has no loader beside it: the whole host, as the recipe's tools use the device
+    perf_threads = (os.cpu_count() or 1) if perf_threads is None else (int(perf_threads) or None)
     if threads:
         import torch
         torch.set_num_threads(threads)  # also for the seeded-weights calibration and the export traces
@@ -641,7 +644,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
             records = []
             for bs in usable:
                 model = om_paths[bs] if name in OM_BACKENDS else models[name]
-                backend, _ = _load_backend(name, model, trusted, threads)
+                backend, _ = _load_backend(name, model, trusted, perf_threads)
                 try:
                     batch = fixed_input(bs, height, width)
                     record = measure_pure_inference(backend, batch, perf_loops, perf_warmup,
@@ -651,7 +654,8 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                     backend.close()
                 record["note"] = "input {}x{}{}{}".format(height, width, "" if (height, width) == (
                     input_constants()["height"], input_constants()["width"]) else " (reduced: not the recipe's "
-                    "800x1216)", "; {} intra-op thread(s)".format(threads) if threads and name not in OM_BACKENDS
+                    "800x1216)", "; {} intra-op thread(s)".format(perf_threads) if perf_threads and
+                    name not in OM_BACKENDS
                     else "")
                 records.append(record)
                 log("perf: {} bs{} {:.3f} fps (pure inference, {} loops)".format(name, bs, record["fps"],
@@ -663,7 +667,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                                           "oms": dict((str(bs), sha256_of(om_paths[bs])) for bs in usable
                                                       if name in OM_BACKENDS),
                                           "loops": perf_loops, "warmup": perf_warmup, "canvas": [height, width],
-                                          "threads": threads},
+                                          "threads": perf_threads},
                  do_perf)
         from .perf import load_records
         perf_records.extend(load_records(perf_path))
@@ -761,7 +765,8 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                     "image_dir": image_dir, "num_images": len(image_set), "total_images": image_set.total_images,
                     "generated": generated},
         "canvas": [height, width], "batch_sizes": sizes, "infer_batch_size": infer_bs,
-        "score_threshold": score_threshold, "scorer": scorer, "threads": threads, "perf_loops": perf_loops,
+        "score_threshold": score_threshold, "scorer": scorer, "threads": threads, "perf_threads": perf_threads,
+        "perf_loops": perf_loops,
         "perf_warmup": perf_warmup,
         "backends": [{"name": n, "status": "ran" if n in runnable else "skipped", "reason": skipped.get(n),
                       "model": os.path.relpath(models[n], run_dir) if models.get(n) and
@@ -868,8 +873,11 @@ def register_cli(subparsers):
                         help="perf records measured elsewhere (fsaf-repro perf --out), shown and gated beside "
                              "this host's; repeatable")
     parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op threads of the CPU backends (torch, ONNX Runtime); default: all cores but "
-                             "one (the image loader's); 0: the runtimes' own default")
+                        help="intra-op threads of the CPU backends (torch, ONNX Runtime) in the data set run and the "
+                             "parity batch; default: all cores but one (the image loader's); 0: the runtimes' own")
+    parser.add_argument("--perf-threads", type=int, default=None,
+                        help="intra-op threads of the CPU backends in the pure-inference timing; default: all "
+                             "cores; 0: the runtimes' own")
     parser.add_argument("--seed", type=int, default=EMBEDDED_SEED, help="seed of generated weights and data")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="load the checkpoint with the full unpickler (only for files you trust)")
@@ -885,6 +893,7 @@ def _cli_reproduce(args):
         scorer=args.scorer, perf_loops=args.perf_loops, perf_warmup=args.perf_warmup,
         parity_images=args.parity_images, seed=args.seed, soc_version=args.soc_version,
         precision_mode=args.precision_mode, extra_perf=args.extra_perf, threads=args.threads,
+        perf_threads=args.perf_threads,
         trusted=args.trust_checkpoint,
         progress=args.progress)
     print("report: {}".format(summary["report"]))

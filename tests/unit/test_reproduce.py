@@ -15,7 +15,7 @@ from fsaf_repro.reproduce import FLAVOURS, resolve_inputs, run_reproduce
 from fsaf_repro.spec import accuracy_reference, performance_reference
 
 TINY = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
-            perf_warmup=0, threads=1, echo=False, environ={})
+            perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={})
 
 
 @pytest.fixture(scope="module")
