@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from .errors import FsafReproError, ResultsError, ToolError
+from .fileio import atomic_write_json
 from .spec import input_constants, performance_reference
 
 MODE_DEFINITIONS = {
@@ -385,12 +386,7 @@ def load_records(path):
 
 
 def write_records(path, records):
-    data = {"definitions": MODE_DEFINITIONS, "records": records}
-    tmp = str(path) + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, str(path))
+    atomic_write_json(path, {"definitions": MODE_DEFINITIONS, "records": records})
 
 
 def format_records(records):

@@ -20,6 +20,7 @@ import numpy as np
 
 from .data import CocoImageSet, boxes_to_original
 from .errors import OutputFormatError, ResultsError
+from .fileio import atomic_write_text
 from .spec import model_constants
 
 DETS_COLUMNS = 5
@@ -213,20 +214,7 @@ def detections_to_coco(dets, labels, metas, category_ids, score_threshold=None, 
 
 def write_results_json(path, results):
     """Write COCO results atomically (temporary file + rename): no half-written json on failure."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        os.makedirs(directory)
-    tmp = "{}.part-{}".format(path, os.getpid())
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(results, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write_text(os.fspath(path), json.dumps(results))
 
 
 def read_results_json(path):

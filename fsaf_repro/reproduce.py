@@ -26,6 +26,7 @@ import time
 
 from . import __version__
 from .errors import CheckpointError, DataError, FsafReproError, ResultsError, ToolError
+from .fileio import atomic_write_json, file_sha256
 
 # The embedded default: small enough for about a minute on a 2-core CPU (project choice, issue 5).
 EMBEDDED_NUM_IMAGES = 12
@@ -50,25 +51,6 @@ ENV_COCO_ROOT = "FSAF_COCO_ROOT"
 
 def _canonical(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def sha256_of(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_json(path, payload):
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        os.makedirs(directory)
-    tmp = "{}.part-{}".format(path, os.getpid())
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=1, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def _read_json(path):
@@ -98,12 +80,12 @@ class StageBook(object):
                 self.entries = {}
 
     def _save(self):
-        _write_json(self.path, {"format": 1, "stages": self.entries})
+        atomic_write_json(self.path, {"format": 1, "stages": self.entries})
 
     def _intact(self, entry):
         for rel, digest in entry.get("outputs", {}).items():
             path = os.path.join(self.run_dir, rel)
-            if not os.path.isfile(path) or sha256_of(path) != digest:
+            if not os.path.isfile(path) or file_sha256(path) != digest:
                 return False
         return True
 
@@ -130,7 +112,7 @@ class StageBook(object):
         rels = {}
         for path in outputs:
             rel = os.path.relpath(os.path.abspath(path), self.run_dir)
-            rels[rel.replace(os.sep, "/")] = sha256_of(path)
+            rels[rel.replace(os.sep, "/")] = file_sha256(path)
         self.entries[name] = {"key": key, "fields": fields, "result": result, "outputs": rels,
                               "seconds": round(seconds, 3)}
         self._save()
@@ -421,7 +403,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
         ckpt_path = checkpoint
     # seeded weights were written by this run: loading them needs no unpickling caution
     trusted = bool(trusted or seeded)
-    ckpt_sha = sha256_of(ckpt_path)
+    ckpt_sha = file_sha256(ckpt_path)
     log("checkpoint {} (sha256 {}{})".format(ckpt_path, ckpt_sha[:16], ", seeded weights" if seeded else ""))
 
     # 2. data set -------------------------------------------------------------------------------
@@ -465,7 +447,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                                         "flavours": list(FLAVOURS), "batch": "dynamic",
                                         "opset": model_constants()["opset"], "version": __version__},
                              do_export)
-    onnx_sha = dict((f, sha256_of(p)) for f, p in onnx_paths.items())
+    onnx_sha = dict((f, file_sha256(p)) for f, p in onnx_paths.items())
 
     # 4. convert (atc) --------------------------------------------------------------------------
     om_paths = {}
@@ -516,7 +498,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                   "canvas": [height, width], "generated": generated,
                   "images": [{"image_id": m.image_id, "file_name": m.file_name, "orig_w": m.orig_w,
                               "orig_h": m.orig_h, "scale": m.scale} for m in image_set.metas]}
-        _write_json(data_path, record)
+        atomic_write_json(data_path, record)
         return {"num_images": len(image_set), "annotation_sha256": image_set.annotation_sha256}, [data_path]
 
     # Generated images are keyed by their content (the dataset stage's outputs), not by where the run
@@ -556,7 +538,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
             skipped[name] = "not driven by reproduce"
         if name in skipped:
             log("skipped: backend {} ({})".format(name, skipped[name]))
-    model_sha = dict((n, sha256_of(p) if p else None) for n, p in models.items())
+    model_sha = dict((n, file_sha256(p) if p else None) for n, p in models.items())
 
     # 6. inference, score threshold, evaluation per backend --------------------------------------
     metrics = {}
@@ -609,7 +591,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
             write_results_json(results_path, results)
             return {"detections": len(results)}, [results_path]
 
-        book.run("results:{}".format(name), {"infer_sha256": sha256_of(infer_path),
+        book.run("results:{}".format(name), {"infer_sha256": file_sha256(infer_path),
                                              "score_threshold": score_threshold}, do_threshold)
         results_paths[name] = results_path
 
@@ -619,10 +601,10 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
             from .evaluate import evaluate_results, metrics_record
             record = metrics_record(evaluate_results(annotation_file, results_path, scorer=scorer,
                                                      image_ids=image_set.image_ids))
-            _write_json(metrics_path, record)
+            atomic_write_json(metrics_path, record)
             return {"ap": record["stats"][0]}, [metrics_path]
 
-        book.run("evaluate:{}".format(name), {"results_sha256": sha256_of(results_path),
+        book.run("evaluate:{}".format(name), {"results_sha256": file_sha256(results_path),
                                               "annotation_sha256": image_set.annotation_sha256,
                                               "image_ids_sha256": image_ids_sha, "scorer": scorer}, do_evaluate)
         metrics[name] = _read_json(metrics_path)
@@ -664,7 +646,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
             return {"batch_sizes": usable}, [perf_path]
 
         book.run("perf:{}".format(name), {"backend": name, "model_sha256": model_sha[name], "batch_sizes": usable,
-                                          "oms": dict((str(bs), sha256_of(om_paths[bs])) for bs in usable
+                                          "oms": dict((str(bs), file_sha256(om_paths[bs])) for bs in usable
                                                       if name in OM_BACKENDS),
                                           "loops": perf_loops, "warmup": perf_warmup, "canvas": [height, width],
                                           "threads": perf_threads},
@@ -738,10 +720,10 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                 pairs.append(record)
             payload = {"image_ids": image_set.image_ids[:parity_count], "canvas": [height, width],
                        "tolerances": tol, "pairs": pairs}
-            _write_json(parity_path, payload)
+            atomic_write_json(parity_path, payload)
             return {"pairs": len(pairs)}, [parity_path]
 
-        book.run("parity", {"sides": [[lb, n, sha256_of(m)] for lb, n, m in parity_sides],
+        book.run("parity", {"sides": [[lb, n, file_sha256(m)] for lb, n, m in parity_sides],
                             "image_ids": image_set.image_ids[:parity_count], "canvas": [height, width],
                             "annotation_sha256": image_set.annotation_sha256}, do_parity)
         parity = _read_json(parity_path)
@@ -781,13 +763,13 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                    for n in sorted(book.entries, key=_stage_rank) if n != "report"],
     }
     context_path = os.path.join(run_dir, "report_inputs.json")
-    _write_json(context_path, context)
+    atomic_write_json(context_path, context)
 
     def do_report():
         made = report_module.write_report(run_dir, context, image_set=image_set)
         return made["record"], made["outputs"]
 
-    report_result = book.run("report", {"context_sha256": sha256_of(context_path),
+    report_result = book.run("report", {"context_sha256": file_sha256(context_path),
                                         "plots": report_module.plots_availability()[0],
                                         "version": __version__}, do_report)
     if report_result.get("plots_skipped"):
@@ -802,7 +784,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                "backends_run": runnable, "metrics": dict((n, m["stats"]) for n, m in metrics.items()),
                "wall_seconds": wall, "embedded": embedded, "perf": perf_json,
                "parity": parity_path if parity is not None else None}
-    _write_json(os.path.join(run_dir, "logs", "last_run.json"), summary)
+    atomic_write_json(os.path.join(run_dir, "logs", "last_run.json"), summary)
     return summary
 
 
