@@ -20,7 +20,7 @@ import signal
 import subprocess
 import tempfile
 
-from .errors import ToolError
+from .errors import ExportError, ToolError
 from .fileio import atomic_write_json, file_sha256
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32, 64)
@@ -187,18 +187,6 @@ def aoe_argv(onnx_path, output_prefix, batch_size, input_name="input", height=80
 
 # --- sidecars ----------------------------------------------------------------------------------------
 
-def read_onnx_sidecar(onnx_path):
-    """The export sidecar `<onnx>.json` (input name/shape, flavour, batch size), or None if absent."""
-    path = str(onnx_path) + ".json"
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except ValueError as exc:
-        raise ToolError("ONNX sidecar {} is not valid JSON: {}".format(path, exc)) from exc
-
-
 def read_om_sidecar(om_path):
     """The conversion sidecar `<om>.json`, or None if absent (an om built outside this package)."""
     path = str(om_path) + ".json"
@@ -220,7 +208,12 @@ def read_om_sidecar(om_path):
 def _model_input(onnx_path, input_name, height, width):
     """Input name, spatial size and extra inputs from the export sidecar when present, else the given
     values. Extra inputs are (name, dims without the batch) pairs, e.g. ("image_hw", [2])."""
-    sidecar = read_onnx_sidecar(onnx_path)
+    from .export import read_sidecar  # the exporter owns its sidecar's format
+
+    try:
+        sidecar = read_sidecar(str(onnx_path))
+    except ExportError as exc:
+        raise ToolError(str(exc))
     extra_inputs = []
     if sidecar and isinstance(sidecar.get("input"), dict):
         spec_input = sidecar["input"]

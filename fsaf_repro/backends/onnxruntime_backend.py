@@ -79,12 +79,12 @@ class OnnxRuntimeBackend(Backend):
         return [(self.provider, dict(self.options.get("provider_options") or {})), "CPUExecutionProvider"]
 
     def load(self, model_path):
-        from ..convert import read_onnx_sidecar
+        from ..export import read_sidecar
         ort = _import_ort()
         model_path = str(model_path)
         self.model_path = model_path
         try:
-            sidecar = read_onnx_sidecar(model_path)
+            sidecar = read_sidecar(model_path)
         except Exception as exc:  # a malformed sidecar is reported as a backend load error
             raise BackendError("{}: {}".format(self.name, exc)) from exc
         if sidecar and sidecar.get("flavour") == "ascend-nms":
