@@ -17,7 +17,6 @@ Goal (issue 4): ORT throughput >= 1.3 x torch eager.
 Writes benchmarks/results/bench_backends.json (records in fsaf_repro.perf's format plus the ratio).
 """
 import argparse
-import json
 import os
 import platform
 import sys
@@ -26,6 +25,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+from fsaf_repro.fileio import atomic_write_json  # noqa: E402
 
 from fsaf_repro import perf  # noqa: E402
 from fsaf_repro.backends import create_backend  # noqa: E402
@@ -112,12 +113,7 @@ def main(argv=None):
     print("load average before/after: {} / {}".format(load_before, list(os.getloadavg())))
     for caveat in comparison["caveats"]:
         print("caveat: " + caveat)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        os.makedirs(out_dir)
-    with open(args.out, "w") as handle:
-        json.dump(result, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    atomic_write_json(args.out, result)
     print("written: {}".format(args.out))
     return 0
 

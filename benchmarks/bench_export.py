@@ -10,7 +10,6 @@ checkpoint's own load time and size, so the figures compare across machines.
 Writes benchmarks/results/bench_export.json.
 """
 import argparse
-import json
 import os
 import platform
 import sys
@@ -19,6 +18,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+from fsaf_repro.fileio import atomic_write_json  # noqa: E402
 
 
 def main(argv=None):
@@ -84,12 +85,7 @@ def main(argv=None):
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        os.makedirs(out_dir)
-    with open(args.out, "w") as handle:
-        json.dump(result, handle, indent=2)
-        handle.write("\n")
+    atomic_write_json(args.out, result)
     print("checkpoint {:.1f} MB, load {:.2f} s; wrote {}".format(result["checkpoint_mb"], load_seconds, args.out))
     return 0
 

@@ -23,6 +23,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from fsaf_repro.fileio import atomic_write_json  # noqa: E402
+
 # Small source images keep generating 5000 files quick; every image is still letterboxed (upscaled)
 # onto the full canvas, which is what the loader's memory depends on.
 LAYOUTS = ((64, 48, "jpg"), (48, 64, "jpg"), (80, 20, "png"), (32, 32, "gray"))
@@ -102,12 +104,7 @@ def main(argv=None):
     if args.middle:
         print("peak RSS {} images / {} images: {:.3f}".format(
             args.large, args.middle, runs[args.large]["maxrss_kib"] / float(runs[args.middle]["maxrss_kib"])))
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        os.makedirs(out_dir)
-    with open(args.out, "w") as handle:
-        json.dump(result, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    atomic_write_json(args.out, result)
     print("written: {}".format(args.out))
     return 0
 

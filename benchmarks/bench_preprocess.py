@@ -17,7 +17,6 @@ Goal (issue 3): ours (all cores) >= 2 x plain.
 Writes benchmarks/results/bench_preprocess.json.
 """
 import argparse
-import json
 import math
 import os
 import platform
@@ -33,6 +32,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fsaf_repro.data import CocoImageSet, write_bins  # noqa: E402
+from fsaf_repro.fileio import atomic_write_json  # noqa: E402
 from fsaf_repro.spec import input_constants  # noqa: E402
 from fsaf_repro.synthetic import make_synthetic_coco  # noqa: E402
 
@@ -124,9 +124,7 @@ def main(argv=None):
         "outputs_identical": identical,
         "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(record, handle, indent=1)
+    atomic_write_json(args.out, record)
     for name in ("plain", "ours_1", "ours_all"):
         print("{:<9} {:7.2f} images/s  (best of {} rounds: {:.2f} s for {} images)".format(
             name, fps[name], args.rounds, best[name], args.images))

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import numpy as np  # noqa: E402
 
 from fsaf_repro import evaluate  # noqa: E402
+from fsaf_repro.fileio import atomic_write_json  # noqa: E402
 from fsaf_repro.synthetic import make_synthetic_coco, make_synthetic_results  # noqa: E402
 
 # COCO-like image sizes (no pixels are written: scoring never reads them)
@@ -103,9 +104,7 @@ def main(argv=None):
         "stats_identical": identical,
         "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(record, handle, indent=1)
+    atomic_write_json(args.out, record)
     print(evaluate.format_recipe_table(slow["stats"]))
     for scorer in ("pycocotools", "faster-coco-eval"):
         print("{:<17} {:7.2f} s total, {:7.2f} s scorer only".format(scorer, seconds[scorer], scorer_only[scorer]))

@@ -14,7 +14,6 @@ Goal (issue 4): e2e / pure >= 0.95.
 Writes benchmarks/results/bench_streaming.json.
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -22,6 +21,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+from fsaf_repro.fileio import atomic_write_json  # noqa: E402
 
 from fsaf_repro import perf, runner  # noqa: E402
 from fsaf_repro.backends import create_backend  # noqa: E402
@@ -108,12 +109,7 @@ def main(argv=None):
     print("same run, e2e fps / fps of the time inside the runtime: {:.3f}".format(
         result["ratio_e2e_over_dataset_inference"]))
     print("load average before/after: {}".format(result["setup"]["load_average_before_after"]))
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        os.makedirs(out_dir)
-    with open(args.out, "w") as handle:
-        json.dump(result, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    atomic_write_json(args.out, result)
     print("written: {}".format(args.out))
     return 0
 

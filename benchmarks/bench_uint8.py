@@ -15,7 +15,6 @@ restore the recipe's zero padding exactly. Measured here, on the same generated 
 Writes benchmarks/results/bench_uint8.json.
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+from fsaf_repro.fileio import atomic_write_json  # noqa: E402
 
 
 def _time_preprocess(paths, transform, height, width, out_dir=None):
@@ -129,12 +130,7 @@ def main(argv=None):
         "parity": record,
         "parity_within_tolerances": within_tolerances(record),
     }
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        os.makedirs(out_dir)
-    with open(args.out, "w") as handle:
-        json.dump(result, handle, indent=2)
-        handle.write("\n")
+    atomic_write_json(args.out, result)
     print("decode + transform: float {:.1f} img/s, uint8 {:.1f} img/s -> {:.2f}x".format(
         float_ips, uint8_ips, result["transform_speedup"]))
     print("preprocess to .bin (decode + transform + write): float {:.1f} img/s, uint8 {:.1f} img/s -> {:.2f}x "
