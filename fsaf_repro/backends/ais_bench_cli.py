@@ -53,6 +53,17 @@ def om_batch_size(model_path, options, backend_name):
     return int(options["batch_size"]), None
 
 
+def attach_om(backend, model_path):
+    """Shared load step of the om-file CLI backends: the om must exist; its static batch size comes
+    from the conversion sidecar (or the `batch_size` option); the per-run call counter restarts."""
+    model_path = os.path.abspath(str(model_path))
+    if not os.path.isfile(model_path):
+        raise BackendError("{}: om file {} does not exist".format(backend.name, model_path))
+    backend.model_path = model_path
+    backend.batch_size, backend.sidecar = om_batch_size(model_path, backend.options, backend.name)
+    backend.calls = 0
+
+
 class AisBenchCliBackend(Backend):
     """Options: command (argv prefix), device_id, workdir (scratch parent), timeout, keep_scratch,
     batch_size (for an om without sidecar)."""
@@ -67,16 +78,11 @@ class AisBenchCliBackend(Backend):
         return Availability(True, "")
 
     def load(self, model_path):
-        model_path = os.path.abspath(str(model_path))
-        if not os.path.isfile(model_path):
-            raise BackendError("{}: om file {} does not exist".format(self.name, model_path))
-        self.model_path = model_path
-        self.batch_size, self.sidecar = om_batch_size(model_path, self.options, self.name)
+        attach_om(self, model_path)
         command = self.options.get("command") or default_command()
         if not command:
             raise BackendError("{}: no ais_bench command; {}".format(self.name, INSTALL_HINT))
         self.command = [command] if isinstance(command, str) else list(command)
-        self.calls = 0
         self.last_summary = None
         return self
 

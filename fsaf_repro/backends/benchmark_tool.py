@@ -18,7 +18,7 @@ import tempfile
 
 from . import Availability
 from .base import Backend, read_output_files
-from .ais_bench_cli import om_batch_size
+from .ais_bench_cli import attach_om
 from ..errors import BackendError, OutputFormatError, ToolError
 
 INSTALL_HINT = ("put the CANN benchmark tool (benchmark.x86_64 or benchmark.aarch64, from the ModelZoo "
@@ -97,13 +97,8 @@ class BenchmarkToolBackend(Backend):
         return Availability(True, "")
 
     def load(self, model_path):
-        model_path = os.path.abspath(str(model_path))
-        if not os.path.isfile(model_path):
-            raise BackendError("{}: om file {} does not exist".format(self.name, model_path))
-        self.model_path = model_path
-        self.batch_size, self.sidecar = om_batch_size(model_path, self.options, self.name)
+        attach_om(self, model_path)
         self.executable = self.options.get("executable") or default_executable()
-        self.calls = 0
         self.last_perf = None
         return self
 
