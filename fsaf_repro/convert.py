@@ -22,6 +22,7 @@ import tempfile
 
 from .errors import ExportError, ToolError
 from .fileio import atomic_write_json, file_sha256
+from .spec import input_constants
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32, 64)
 DEFAULT_OUT_NODES = "dets;labels"
@@ -147,14 +148,17 @@ def detect_soc_version(npu_smi="npu-smi", log_path=None):
 
 def input_shape_arg(input_name, batch_size, height, width, extra_inputs=()):
     """atc's --input_shape: `input:B,3,H,W`, plus `;name:B,d1,...` for each extra (name, dims) input
-    (the uint8-input export also takes `image_hw` [B, 2])."""
+    (the uint8-input export also takes `image_hw` [B, 2]). Height and width default to the recipe's
+    network input (spec `input`)."""
+    height = input_constants()["height"] if height is None else height
+    width = input_constants()["width"] if width is None else width
     parts = ["{}:{},3,{},{}".format(input_name, int(batch_size), int(height), int(width))]
     for name, dims in extra_inputs:
         parts.append("{}:{}".format(name, ",".join(str(int(d)) for d in [batch_size] + list(dims))))
     return ";".join(parts)
 
 
-def atc_argv(onnx_path, output_prefix, batch_size, soc_version, input_name="input", height=800, width=1216,
+def atc_argv(onnx_path, output_prefix, batch_size, soc_version, input_name="input", height=None, width=None,
              out_nodes=DEFAULT_OUT_NODES, precision_mode="force_fp16", log_level="error", atc="atc",
              extra_args=(), extra_inputs=()):
     """The recipe's atc command (section 3.2) as an argv list."""
@@ -172,7 +176,7 @@ def atc_argv(onnx_path, output_prefix, batch_size, soc_version, input_name="inpu
     return argv
 
 
-def aoe_argv(onnx_path, output_prefix, batch_size, input_name="input", height=800, width=1216, job_type=2,
+def aoe_argv(onnx_path, output_prefix, batch_size, input_name="input", height=None, width=None, job_type=2,
              aoe="aoe", extra_args=(), extra_inputs=()):
     """The recipe's aoe operator-tuning command (section 7.1) as an argv list (job_type 2 = operators)."""
     if int(job_type) not in (1, 2):
@@ -246,7 +250,6 @@ def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_pr
     Returns the sidecar dict (also written at `<om>.json`). On failure raises ToolError; the log is kept
     beside where the om would have been and the scratch directory is kept and named for inspection.
     """
-    from .spec import input_constants
     if tool not in ("atc", "aoe"):
         raise ToolError("unknown conversion tool {!r}; use atc or aoe".format(tool))
     onnx_path = os.path.abspath(str(onnx_path))

@@ -90,7 +90,7 @@ def _canvas_size(height, width):
             const["width"] if width is None else int(width))
 
 
-def scaled_size(orig_w, orig_h, height=800, width=1216):
+def scaled_size(orig_w, orig_h, height=None, width=None):
     """The recipe's keep-ratio scale: (scale, new_w, new_h) with floor-rounded new size.
 
     `scale = min(width / orig_w, height / orig_h)` (it may upscale). The floor can only reach 0 for
@@ -98,6 +98,7 @@ def scaled_size(orig_w, orig_h, height=800, width=1216):
     """
     if orig_w <= 0 or orig_h <= 0:
         raise DataError("image size must be positive, got {}x{}".format(orig_w, orig_h))
+    height, width = _canvas_size(height, width)
     scale = min(float(width) / orig_w, float(height) / orig_h)
     new_w = min(width, max(1, int(math.floor(orig_w * scale))))
     new_h = min(height, max(1, int(math.floor(orig_h * scale))))
@@ -141,7 +142,7 @@ def _zero_padding(out, new_h, new_w):
     out[:, :new_h, new_w:] = 0
 
 
-def letterbox_to_canvas(bgr, height=800, width=1216, out=None):
+def letterbox_to_canvas(bgr, height=None, width=None, out=None):
     """The recipe's transform: BGR uint8 HWC -> (float32 [3, height, width], scale, new_h, new_w).
 
     `out`, when given, is a float32 [3, height, width] array filled in place (a batch slot).
@@ -163,7 +164,7 @@ def letterbox_to_canvas(bgr, height=800, width=1216, out=None):
     return out, scale, new_h, new_w
 
 
-def letterbox_to_canvas_uint8(bgr, height=800, width=1216, out=None):
+def letterbox_to_canvas_uint8(bgr, height=None, width=None, out=None):
     """The recipe's resize and padding without normalisation: uint8 [3, height, width] RGB, zero padded.
 
     For models that normalise inside the graph; padding is 0 in raw pixel values here (the float
@@ -265,7 +266,7 @@ class CocoImageSet(object):
     verifies them against the decoded image.
     """
 
-    def __init__(self, annotation_file, image_dir, limit=None, height=800, width=1216, strict_ids=True):
+    def __init__(self, annotation_file, image_dir, limit=None, height=None, width=None, strict_ids=True):
         self.annotation_file = os.fspath(annotation_file)
         self.image_dir = os.fspath(image_dir)
         self.height, self.width = _canvas_size(height, width)

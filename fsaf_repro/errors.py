@@ -54,3 +54,7 @@ class ToolError(FsafReproError):
 
 class ResultsError(FsafReproError):
     """A results, metrics or perf record is malformed or records incomparable runs."""
+
+
+class JournalMismatch(ResultsError):
+    """A resumable run's journal was written with other arguments (nothing in it is reusable)."""

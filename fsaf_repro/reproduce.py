@@ -25,7 +25,7 @@ import sys
 import time
 
 from . import __version__
-from .errors import CheckpointError, DataError, FsafReproError, ResultsError, ToolError
+from .errors import CheckpointError, DataError, FsafReproError, JournalMismatch, ToolError
 from .fileio import atomic_write_json, file_sha256
 
 # The embedded default: small enough for about a minute on a 2-core CPU (project choice, issue 5).
@@ -558,9 +558,9 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                 try:
                     # a journal left by an interrupted run with these arguments is resumed
                     summary = infer_dataset(image_set, backend, infer_path, **kwargs)
-                except ResultsError as exc:
-                    if not os.path.exists(infer_path + ".journal"):
-                        raise
+                except JournalMismatch as exc:
+                    # Only a journal of other arguments is discarded; a damaged journal of these
+                    # arguments is an error the user sees (its finished batches are not thrown away).
                     log("infer:{}: discarding the journal of an interrupted run with other arguments ({})".format(
                         name, exc))
                     summary = infer_dataset(image_set, backend, infer_path, restart=True, **kwargs)

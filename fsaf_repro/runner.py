@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from .errors import BackendError, DataError, ImageReadError, ResultsError
+from .errors import BackendError, DataError, ImageReadError, JournalMismatch, ResultsError
 from .fileio import file_sha256
 
 JOURNAL_FORMAT = 1
@@ -98,7 +98,7 @@ class Journal(object):
         if header.get("run_key") != self.key:
             old = header.get("fields") or {}
             changed = sorted(k for k in set(old) | set(self.fields) if old.get(k) != self.fields.get(k))
-            raise ResultsError(
+            raise JournalMismatch(
                 "journal {} belongs to a run with other arguments (differs in: {}); use the same arguments "
                 "to resume it, or delete it (or pass --restart) to start a new run".format(
                     self.path, ", ".join(changed) or "run key"))

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import Availability
 from .base import Backend, normalise_outputs
-from ..errors import BackendError
+from ..errors import BackendError, ToolError
 
 INSTALL_HINT = ("install the aclruntime and ais_bench wheels (Ascend/tools repository, "
                 "ais-bench_workload/tool/ais_bench) on a host with an Ascend NPU and "
@@ -44,7 +44,10 @@ class AclRuntimeBackend(Backend):
         from ..convert import read_om_sidecar
         model_path = str(model_path)
         self.model_path = model_path
-        sidecar = read_om_sidecar(model_path)
+        try:
+            sidecar = read_om_sidecar(model_path)
+        except ToolError as exc:
+            raise BackendError("aclruntime: {}".format(exc)) from exc
         try:
             self.session = _import_interface().InferSession(int(self.options.get("device_id", 0)), model_path)
         except Exception as exc:  # aclruntime raises RuntimeError or its own types

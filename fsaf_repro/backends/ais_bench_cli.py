@@ -115,8 +115,12 @@ class AisBenchCliBackend(Backend):
             raise type(exc)("{} (scratch directory kept: {})".format(exc, scratch)) from None
         summary_path = os.path.join(out_dir, "run_summary.json")
         if os.path.isfile(summary_path):
-            with open(summary_path) as handle:
-                self.last_summary = json.load(handle)
+            try:
+                with open(summary_path) as handle:
+                    self.last_summary = json.load(handle)
+            except ValueError as exc:
+                raise OutputFormatError("ais_bench summary {} is not valid JSON ({}); scratch directory kept: {}"
+                                        .format(summary_path, exc, scratch))
         if not self.options.get("keep_scratch"):
             shutil.rmtree(scratch, ignore_errors=True)
         return outputs

@@ -35,6 +35,7 @@ def test_bins_hold_the_transform_as_raw_float32_chw(image_set, tmp_path):
 def test_one_and_two_workers_write_identical_bytes(image_set, tmp_path):
     one = write_bins(image_set, str(tmp_path / "one"), workers=1, progress=False)
     two = write_bins(image_set, str(tmp_path / "two"), workers=2, progress=False)
+    assert len(one.bin_paths) == len(two.bin_paths) == len(image_set)
     for a, b in zip(one.bin_paths, two.bin_paths):
         with open(a, "rb") as fa, open(b, "rb") as fb:
             assert fa.read() == fb.read()

@@ -85,7 +85,7 @@ def _generated_bgr_images(seed, sizes):
 
 def test_uint8_input_graph_matches_the_float_path(export_cache, seeded_detector):
     """uint8 mode: normalisation in the graph, zero padding restored from each image's size."""
-    data = pytest.importorskip("fsaf_repro.data")
+    from fsaf_repro import data
     height, width = UNIT_INPUT_HW
     bgr_images = _generated_bgr_images(7, [(150, 256), (192, 100)])  # landscape and portrait letterboxes
     floats, canvases, sizes = [], [], []
