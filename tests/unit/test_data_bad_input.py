@@ -10,6 +10,7 @@ import pytest
 from fsaf_repro.data import CocoImageSet, iter_batches, read_bgr, write_bins
 from fsaf_repro.errors import AnnotationError, DataError, ImageReadError
 from fsaf_repro.synthetic import make_synthetic_coco
+from fsaf_repro.spec import input_constants
 
 
 def _jpeg(path, seed=0):
@@ -123,7 +124,7 @@ def test_write_bins_stops_at_a_bad_image_naming_it_and_keeps_finished_files(brok
     with pytest.raises(ImageReadError, match=broken_set.metas[1].file_name):
         write_bins(broken_set, out, workers=1, progress=False)
     stem0 = os.path.splitext(broken_set.metas[0].file_name)[0]
-    assert os.path.getsize(os.path.join(out, stem0 + ".bin")) == 3 * 800 * 1216 * 4
+    assert os.path.getsize(os.path.join(out, stem0 + ".bin")) == input_constants()["bin_bytes"]
     assert not [name for name in os.listdir(out) if ".part-" in name]
 
 

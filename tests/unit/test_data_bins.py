@@ -70,7 +70,8 @@ def test_info_files_formats_and_order(image_set, tmp_path):
         jpg_lines = handle.read().splitlines()
     for index, meta in enumerate(image_set.metas):
         stem = os.path.splitext(meta.file_name)[0]
-        assert bin_lines[index] == "{} {} {} {}".format(index, os.path.join(bins, stem + ".bin"), 1216, 800)
+        assert bin_lines[index] == "{} {} {} {}".format(index, os.path.join(bins, stem + ".bin"), CONST["width"],
+                                                        CONST["height"])
         assert jpg_lines[index] == "{} {} {} {}".format(index, meta.path, meta.orig_w, meta.orig_h)
     assert [e[0] for e in read_info_file(bin_info)] == list(range(5))
     # a bad image left out keeps the indices consecutive

@@ -9,8 +9,10 @@ import pytest
 
 from fsaf_repro.data import CocoImageSet, letterbox_to_canvas, read_bgr, scaled_size
 from fsaf_repro.errors import AnnotationError, ImageReadError
-from fsaf_repro.spec import coco_category_ids, coco_class_names
+from fsaf_repro.spec import coco_category_ids, coco_class_names, input_constants
 from fsaf_repro.synthetic import make_synthetic_coco
+
+CANVAS = input_constants()  # the recipe's network input (spec `input`)
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +49,15 @@ def test_metas_follow_the_annotation_sizes(dataset):
         entry = by_id[meta.image_id]
         assert (meta.orig_w, meta.orig_h, meta.file_name) == (entry["width"], entry["height"], entry["file_name"])
         assert meta.path == os.path.join(image_dir, entry["file_name"])
-        assert (meta.scale, meta.new_w, meta.new_h) == scaled_size(meta.orig_w, meta.orig_h, 800, 1216)
+        assert (meta.scale, meta.new_w, meta.new_h) == scaled_size(meta.orig_w, meta.orig_h, CANVAS["height"],
+                                                                    CANVAS["width"])
 
 
 def test_load_returns_the_transform_of_the_file(dataset):
     image_set = CocoImageSet(*dataset)
     for index in (0, 3, 4):
         chw, meta = image_set.load(index)
-        want = letterbox_to_canvas(cv2.imread(meta.path, cv2.IMREAD_COLOR), 800, 1216)[0]
+        want = letterbox_to_canvas(cv2.imread(meta.path, cv2.IMREAD_COLOR), CANVAS["height"], CANVAS["width"])[0]
         assert np.array_equal(chw, want)
 
 

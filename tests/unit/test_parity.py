@@ -5,7 +5,7 @@ import torch
 
 from fsaf_repro.decode import count_candidates, detect, host_nms
 from fsaf_repro.parity import compare_detections, within_tolerances
-from fsaf_repro.spec import parity_tolerances
+from fsaf_repro.spec import input_constants, parity_tolerances
 
 from tests.support import UNIT_INPUT_HW, generated_inputs
 
@@ -54,7 +54,7 @@ def test_onnxruntime_matches_torch_at_reduced_size(export_cache, seeded_detector
 @pytest.mark.slow
 def test_onnxruntime_matches_torch_at_full_size(export_cache, seeded_detector):
     """The recipe's 800x1216 input, once: export, run, compare (a few seconds on 2 cores)."""
-    height, width = 800, 1216
+    height, width = input_constants()["height"], input_constants()["width"]
     images = generated_inputs(202, 1, height, width)
     ref_dets, ref_labels, candidates = _torch_reference(seeded_detector, images, height, width)
     assert min(candidates) >= 100, candidates

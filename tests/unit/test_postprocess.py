@@ -132,7 +132,7 @@ def test_detections_to_coco_drops_padding_and_low_scores_and_undoes_the_scale(im
                                             (row[2] - row[0]) / first.scale, (row[3] - row[1]) / first.scale],
                                rtol=1e-6)
     assert r0["score"] == pytest.approx(float(row[4]))
-    assert all(r["score"] >= 0.05 for r in results)
+    assert all(r["score"] >= model_constants()["score_threshold"] for r in results)
     everything = detections_to_coco(dets, labels, image_set.metas, coco_category_ids(), score_threshold=0.0)
     assert len(everything) == expected_rows + 1  # threshold 0 still drops the score-0 padding
 

@@ -8,7 +8,7 @@ import pytest
 
 from fsaf_repro import cli
 from fsaf_repro.data import CocoImageSet
-from fsaf_repro.spec import coco_category_ids, coco_class_names
+from fsaf_repro.spec import coco_category_ids, coco_class_names, input_constants
 from fsaf_repro.synthetic import DEFAULT_LAYOUTS, make_synthetic_coco, make_synthetic_results
 
 
@@ -80,7 +80,7 @@ def test_loads_through_the_image_set(generated):
     image_set = CocoImageSet(generated[0], generated[1])
     for index in range(len(image_set)):
         chw, meta = image_set.load(index)
-        assert chw.shape == (3, 800, 1216)
+        assert chw.shape == (3, input_constants()["height"], input_constants()["width"])
 
 
 def test_synthetic_results_have_the_requested_count(tmp_path):
