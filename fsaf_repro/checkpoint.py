@@ -246,7 +246,8 @@ def _seeded_state_dict(seed, target_candidate_fraction):
         base = (logits - head.retina_cls.bias.repeat(logits.numel() // head.retina_cls.bias.numel())).numpy()
         low = float(np.quantile(base, 1.0 - target_candidate_fraction))
         high = float(base.max())
-        threshold_logit = math.log(0.05 / 0.95)
+        score_threshold = model_constants()["score_threshold"]
+        threshold_logit = math.log(score_threshold / (1.0 - score_threshold))
         top_logit = math.log(0.7 / 0.3)
         scale = (top_logit - threshold_logit) / max(high - low, 1e-6)
         head.retina_cls.weight.mul_(scale)

@@ -23,8 +23,10 @@ def box_iou_pairs(boxes_a, boxes_b):
     area_b = (boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])
     union = area_a + area_b - inter
     with np.errstate(invalid="ignore", divide="ignore"):
-        # Degenerate (zero-area) boxes have no IoU: they match when their corners agree to 1e-3 px.
-        iou = np.where(union > 0, inter / union, (np.abs(boxes_a - boxes_b).max(axis=1) <= 1e-3).astype(float))
+        # Degenerate (zero-area) boxes have no IoU: they match when their corners agree within the
+        # fp32 box tolerance.
+        corners_agree = np.abs(boxes_a - boxes_b).max(axis=1) <= parity_tolerances()["box_abs_tol_px"]
+        iou = np.where(union > 0, inter / union, corners_agree.astype(float))
     return iou
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from .base import Backend, empty_outputs
 from ..errors import BackendError
+from ..spec import model_constants
 
 
 class NullBackend(Backend):
@@ -44,5 +45,5 @@ class NullBackend(Backend):
                 x1 = (level * 7.0) % (width / 2.0)
                 y1 = (level * 3.0) % (height / 2.0)
                 out["dets"][n, 0] = [x1, y1, x1 + width / 4.0, y1 + height / 4.0, 0.5 + (level % 0.25)]
-                out["labels"][n, 0] = int(level * 1000) % 80
+                out["labels"][n, 0] = int(level * 1000) % model_constants()["num_classes"]
         return out
