@@ -22,6 +22,7 @@ import os
 import queue
 import sys
 import threading
+import warnings
 import weakref
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
@@ -300,6 +301,9 @@ class CocoImageSet(object):
             raise DataError("annotation file {} lists no images: nothing to process".format(
                 self.annotation_file))
         self.metas = []
+        # Images whose decoded size is the annotation's size transposed (an EXIF orientation tag):
+        # index -> ImageMeta of the decoded image, which the recipe's cv2.imread (and mmcv) use.
+        self.exif_rotated = {}
         for image_id, file_name, orig_w, orig_h in images:
             scale, new_w, new_h = scaled_size(orig_w, orig_h, self.height, self.width)
             self.metas.append(ImageMeta(image_id, file_name, os.path.join(self.image_dir, file_name),
@@ -313,10 +317,27 @@ class CocoImageSet(object):
         return [meta.image_id for meta in self.metas]
 
     def read(self, index):
-        """Decoded BGR image of entry `index`, checked against the annotation's size."""
+        """Decoded BGR image of entry `index`, checked against the annotation's size.
+
+        An image whose decoded size is the annotation's transposed carries an EXIF orientation tag:
+        OpenCV's colour read (the recipe's, and mmcv's) rotates it, so the transform and the box
+        scale follow the decoded image, as the recipe does; the image is listed in
+        `self.exif_rotated` and a warning names it. Any other size difference is an error.
+        """
         meta = self.metas[index]
         bgr = read_bgr(meta.path)
-        if bgr.shape[:2] != (meta.orig_h, meta.orig_w):
+        decoded_h, decoded_w = bgr.shape[:2]
+        if (decoded_h, decoded_w) == (meta.orig_w, meta.orig_h) and decoded_h != decoded_w:
+            if index not in self.exif_rotated:
+                scale, new_w, new_h = scaled_size(decoded_w, decoded_h, self.height, self.width)
+                self.exif_rotated[index] = meta._replace(orig_w=decoded_w, orig_h=decoded_h, scale=scale,
+                                                         new_w=new_w, new_h=new_h)
+                warnings.warn("{}: decoded {}x{}, annotation {}x{}: an EXIF orientation tag rotates it; "
+                              "following the decoded image as OpenCV's read in the recipe does".format(
+                                  meta.path, decoded_w, decoded_h, meta.orig_w, meta.orig_h), RuntimeWarning,
+                              stacklevel=2)
+            return bgr, self.exif_rotated[index]
+        if (decoded_h, decoded_w) != (meta.orig_h, meta.orig_w):
             raise ImageReadError(
                 "{}: decoded size {}x{} differs from the annotation's {}x{} (image id {} in {}; an EXIF "
                 "orientation tag rotates the decoded image)".format(

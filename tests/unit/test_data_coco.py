@@ -175,3 +175,29 @@ def test_decoded_size_differing_from_annotation_is_an_error_naming_the_file(data
     path = _rewrite(annotation_file, tmp_path, lie)
     with pytest.raises(ImageReadError, match=meta.file_name):
         CocoImageSet(path, image_dir).load(0)
+
+
+def test_exif_rotated_image_follows_the_decoded_image_as_the_recipe_does(tmp_path):
+    """The annotation gives the stored (unrotated) size; OpenCV's colour read rotates by the EXIF tag.
+    The transform and the box scale then follow the decoded image, and the image is listed."""
+    from PIL import Image
+    annotation_file, image_dir = make_synthetic_coco(str(tmp_path / "coco"), num_images=3, seed=5,
+                                                     layouts=[(64, 40, "jpg")] * 3)
+    image_set = CocoImageSet(annotation_file, image_dir, height=96, width=128)
+    meta = image_set.metas[1]
+    assert meta.orig_w != meta.orig_h
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 clockwise to display
+    Image.fromarray(_photo(meta.orig_h, meta.orig_w)[..., ::-1]).save(meta.path, exif=exif.tobytes(), quality=95)
+    with pytest.warns(RuntimeWarning, match="EXIF orientation"):
+        chw, loaded = image_set.load(1)
+    decoded = cv2.imread(meta.path, cv2.IMREAD_COLOR)
+    assert decoded.shape[:2] == (meta.orig_w, meta.orig_h)  # rotated by OpenCV
+    want, scale, new_h, new_w = letterbox_to_canvas(decoded, 96, 128)
+    assert np.array_equal(chw, want)
+    assert (loaded.orig_w, loaded.orig_h) == (meta.orig_h, meta.orig_w)
+    assert (loaded.scale, loaded.new_w, loaded.new_h) == (scale, new_w, new_h) != (meta.scale, meta.new_w,
+                                                                                    meta.new_h)
+    assert list(image_set.exif_rotated) == [1]
+    # the other images are untouched
+    assert image_set.load(0)[1] == image_set.metas[0]
