@@ -72,19 +72,24 @@ def _empty_results_coco(coco_cls, gt):
     return dt
 
 
-def _accumulate_pycocotools(annotation_file, results, image_ids, max_dets):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools narrates every step
-        gt = COCO(annotation_file)
+def _accumulate(coco_cls, cocoeval_cls, annotation_file, results, image_ids, max_dets):
+    """Run one scorer's evaluate + accumulate; both scorers take the same calls."""
+    with contextlib.redirect_stdout(io.StringIO()):  # both scorers narrate every step
+        gt = coco_cls(annotation_file)
         # loadRes adds keys to each detection: give it copies, the caller's list stays as it was
-        dt = gt.loadRes([dict(det) for det in results]) if results else _empty_results_coco(COCO, gt)
-        evaluator = COCOeval(gt, dt, "bbox")
+        dt = gt.loadRes([dict(det) for det in results]) if results else _empty_results_coco(coco_cls, gt)
+        evaluator = cocoeval_cls(gt, dt, "bbox")
         evaluator.params.maxDets = list(max_dets)
         evaluator.params.imgIds = list(image_ids)
         evaluator.evaluate()
         evaluator.accumulate()
     return evaluator
+
+
+def _accumulate_pycocotools(annotation_file, results, image_ids, max_dets):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    return _accumulate(COCO, COCOeval, annotation_file, results, image_ids, max_dets)
 
 
 def faster_coco_eval_availability():
@@ -104,15 +109,7 @@ def _accumulate_faster(annotation_file, results, image_ids, max_dets):
     # The 1.7.x (Python 3.7) and 1.8.x APIs agree on these calls: COCO, loadRes, COCOeval_faster
     # (gt, dt, iouType), params, evaluate(), accumulate(), eval["precision"/"recall"].
     from faster_coco_eval import COCO, COCOeval_faster
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(annotation_file)
-        dt = gt.loadRes([dict(det) for det in results]) if results else _empty_results_coco(COCO, gt)
-        evaluator = COCOeval_faster(gt, dt, "bbox")
-        evaluator.params.maxDets = list(max_dets)
-        evaluator.params.imgIds = list(image_ids)
-        evaluator.evaluate()
-        evaluator.accumulate()
-    return evaluator
+    return _accumulate(COCO, COCOeval_faster, annotation_file, results, image_ids, max_dets)
 
 
 def summarize(precision, recall, params, stat_defs=None):

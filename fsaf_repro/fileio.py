@@ -50,6 +50,17 @@ def atomic_write_text(path, text):
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_json(path, error_cls, what):
+    """Parsed JSON of `path`; `error_cls` naming the file (as `what`) when absent or malformed."""
+    try:
+        with open(str(path)) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise error_cls("{} not found: {}".format(what, path))
+    except ValueError as exc:
+        raise error_cls("{} {} is not valid JSON: {}".format(what, path, exc))
+
+
 def atomic_write_json(path, payload, indent=2):
     """`payload` as JSON with sorted keys and a final newline."""
     return atomic_write_text(path, json.dumps(payload, indent=indent, sort_keys=True) + "\n")

@@ -20,7 +20,7 @@ import numpy as np
 
 from .data import CocoImageSet, boxes_to_original
 from .errors import OutputFormatError, ResultsError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_json
 from .spec import model_constants
 
 DETS_COLUMNS = 5
@@ -142,13 +142,7 @@ def read_ais_bench_summary(path):
             raise OutputFormatError("expected one *_summary.json in {}, found {}".format(
                 path, len(found) if found else "none"))
         path = found[0]
-    try:
-        with open(path) as handle:
-            summary = json.load(handle)
-    except FileNotFoundError:
-        raise OutputFormatError("ais_bench summary not found: {}".format(path))
-    except ValueError as exc:
-        raise OutputFormatError("ais_bench summary {} is not valid JSON: {}".format(path, exc))
+    summary = read_json(path, OutputFormatError, "ais_bench summary")
     if not isinstance(summary, dict) or "throughput" not in summary:
         raise OutputFormatError("ais_bench summary {} has no 'throughput'".format(path))
     for key in _SUMMARY_TIMINGS:
@@ -220,13 +214,7 @@ def write_results_json(path, results):
 def read_results_json(path):
     """Load a COCO results json (a list of detections); ResultsError naming the file when malformed."""
     path = os.fspath(path)
-    try:
-        with open(path) as handle:
-            results = json.load(handle)
-    except FileNotFoundError:
-        raise ResultsError("results file not found: {}".format(path))
-    except ValueError as exc:
-        raise ResultsError("results file {} is not valid JSON: {}".format(path, exc))
+    results = read_json(path, ResultsError, "results file")
     if not isinstance(results, list):
         raise ResultsError("results file {} must hold a JSON list of detections".format(path))
     return results
