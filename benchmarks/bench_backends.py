@@ -20,12 +20,12 @@ import argparse
 import os
 import platform
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from _scratch import scratch_dir  # noqa: E402
 from fsaf_repro.fileio import atomic_write_json  # noqa: E402
 
 from fsaf_repro import perf  # noqa: E402
@@ -50,7 +50,7 @@ def main(argv=None):
     from fsaf_repro.checkpoint import generated_network_inputs, write_seeded_checkpoint
     from fsaf_repro.export import export_onnx
 
-    workdir = args.workdir or tempfile.mkdtemp(prefix="bench_backends_")
+    workdir = scratch_dir(args.workdir, "bench_backends_")
     checkpoint = os.path.join(workdir, "fsaf_seeded_0.pth")
     model = os.path.join(workdir, "fsaf_onnx-nms_{}x{}.onnx".format(args.height, args.width))
     if not os.path.exists(checkpoint):

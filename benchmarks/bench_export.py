@@ -13,12 +13,12 @@ import argparse
 import os
 import platform
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from _scratch import scratch_dir  # noqa: E402
 from fsaf_repro.fileio import atomic_write_json  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def main(argv=None):
     from fsaf_repro.checkpoint import load_detector, write_seeded_checkpoint
     from fsaf_repro.export import FLAVOURS, export_onnx
 
-    workdir = tempfile.mkdtemp(prefix="bench_export_")
+    workdir = scratch_dir(None, "bench_export_")
     checkpoint = os.path.join(workdir, "fsaf_seeded_0.pth")
     started = time.perf_counter()
     write_seeded_checkpoint(checkpoint, seed=0)

@@ -16,13 +16,13 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from _scratch import scratch_dir  # noqa: E402
 from fsaf_repro.fileio import atomic_write_json  # noqa: E402
 
 # Small source images keep generating 5000 files quick; every image is still letterboxed (upscaled)
@@ -68,7 +68,7 @@ def main(argv=None):
         return child(args)
 
     from fsaf_repro.synthetic import make_synthetic_coco
-    workdir = args.workdir or tempfile.mkdtemp(prefix="bench_memory_")
+    workdir = scratch_dir(args.workdir, "bench_memory_")
     data_dir = os.path.join(workdir, "data_{}".format(args.large))
     annotations = os.path.join(data_dir, "annotations", "instances_val2017.json")
     images = os.path.join(data_dir, "val2017")

@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,6 +31,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fsaf_repro.data import CocoImageSet, write_bins  # noqa: E402
+from _scratch import scratch_dir  # noqa: E402
 from fsaf_repro.fileio import atomic_write_json  # noqa: E402
 from fsaf_repro.spec import input_constants  # noqa: E402
 from fsaf_repro.synthetic import make_synthetic_coco  # noqa: E402
@@ -77,7 +77,7 @@ def main(argv=None):
     const = input_constants()
     height, width = const["height"], const["width"]
 
-    workdir = args.workdir or tempfile.mkdtemp(prefix="bench_preprocess_")
+    workdir = scratch_dir(args.workdir, "bench_preprocess_")
     annotation_file, image_dir = make_synthetic_coco(os.path.join(workdir, "ds"), num_images=args.images,
                                                      seed=0, layouts=COCO_LIKE)
     image_set = CocoImageSet(annotation_file, image_dir)
@@ -132,8 +132,6 @@ def main(argv=None):
           "outputs identical: {}".format(args.workers, record["ratio_ours_all_vs_plain"],
                                          record["ratio_ours_1_vs_plain"], identical))
     print("written to {}".format(args.out))
-    if args.workdir is None:
-        shutil.rmtree(workdir)
     return 0 if identical else 1
 
 

@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,6 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import numpy as np  # noqa: E402
 
 from fsaf_repro import evaluate  # noqa: E402
+from _scratch import scratch_dir  # noqa: E402
 from fsaf_repro.fileio import atomic_write_json  # noqa: E402
 from fsaf_repro.synthetic import make_synthetic_coco, make_synthetic_results  # noqa: E402
 
@@ -58,27 +57,24 @@ def main(argv=None):
         return 0
 
     load_before = os.getloadavg()[0]  # the machine may be shared: recorded with the figures
-    workdir = tempfile.mkdtemp(prefix="bench_scoring_")
-    try:
-        annotation_file, _ = make_synthetic_coco(workdir, num_images=args.images, seed=args.seed,
-                                                 layouts=LAYOUTS, max_objects=14, write_images=False)
-        results = make_synthetic_results(annotation_file, per_image=args.per_image, seed=args.seed)
-        with open(annotation_file) as handle:
-            num_gt = len(json.load(handle)["annotations"])
-        seconds, scorer_only, metrics = {}, {}, {}
-        originals = {"pycocotools": evaluate._accumulate_pycocotools,
-                     "faster-coco-eval": evaluate._accumulate_faster}
-        for scorer in ("pycocotools", "faster-coco-eval"):
-            name = "_accumulate_pycocotools" if scorer == "pycocotools" else "_accumulate_faster"
-            setattr(evaluate, name, _timed(originals[scorer], scorer_only, scorer))
-            try:
-                start = time.perf_counter()
-                metrics[scorer] = evaluate.evaluate_results(annotation_file, results, scorer=scorer)
-                seconds[scorer] = time.perf_counter() - start
-            finally:
-                setattr(evaluate, name, originals[scorer])
-    finally:
-        shutil.rmtree(workdir)
+    workdir = scratch_dir(None, "bench_scoring_")
+    annotation_file, _ = make_synthetic_coco(workdir, num_images=args.images, seed=args.seed,
+                                             layouts=LAYOUTS, max_objects=14, write_images=False)
+    results = make_synthetic_results(annotation_file, per_image=args.per_image, seed=args.seed)
+    with open(annotation_file) as handle:
+        num_gt = len(json.load(handle)["annotations"])
+    seconds, scorer_only, metrics = {}, {}, {}
+    originals = {"pycocotools": evaluate._accumulate_pycocotools,
+                 "faster-coco-eval": evaluate._accumulate_faster}
+    for scorer in ("pycocotools", "faster-coco-eval"):
+        name = "_accumulate_pycocotools" if scorer == "pycocotools" else "_accumulate_faster"
+        setattr(evaluate, name, _timed(originals[scorer], scorer_only, scorer))
+        try:
+            start = time.perf_counter()
+            metrics[scorer] = evaluate.evaluate_results(annotation_file, results, scorer=scorer)
+            seconds[scorer] = time.perf_counter() - start
+        finally:
+            setattr(evaluate, name, originals[scorer])
 
     slow, fast = metrics["pycocotools"], metrics["faster-coco-eval"]
     max_diff = float(np.max(np.abs(np.array(slow["stats"]) - np.array(fast["stats"]))))

@@ -16,12 +16,12 @@ Writes benchmarks/results/bench_streaming.json.
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from _scratch import scratch_dir  # noqa: E402
 from fsaf_repro.fileio import atomic_write_json  # noqa: E402
 
 from fsaf_repro import perf, runner  # noqa: E402
@@ -50,7 +50,7 @@ def main(argv=None):
     from fsaf_repro.data import CocoImageSet
     from fsaf_repro.synthetic import make_synthetic_coco
 
-    workdir = args.workdir or tempfile.mkdtemp(prefix="bench_streaming_")
+    workdir = scratch_dir(args.workdir, "bench_streaming_")
     model, options = _model(args, workdir)
     if args.images % args.batch_size:
         parser.error("--images must be a multiple of --batch-size (no partial batch in the pure-inference loop)")

@@ -17,12 +17,12 @@ Writes benchmarks/results/bench_uint8.json.
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from _scratch import scratch_dir  # noqa: E402
 from fsaf_repro.fileio import atomic_write_json  # noqa: E402
 
 
@@ -62,7 +62,7 @@ def main(argv=None):
     from fsaf_repro.synthetic import make_synthetic_coco
 
     cv2.setNumThreads(1)
-    workdir = tempfile.mkdtemp(prefix="bench_uint8_")
+    workdir = scratch_dir(None, "bench_uint8_")
     annotations, image_dir = make_synthetic_coco(os.path.join(workdir, "coco"), num_images=args.images, seed=0)
     image_set = CocoImageSet(annotations, image_dir, height=args.height, width=args.width)
     paths = [meta.path for meta in image_set.metas]

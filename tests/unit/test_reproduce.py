@@ -20,14 +20,32 @@ TINY = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_image
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    run_dir = str(tmp_path_factory.mktemp("reproduce") / "run")
+    base = tmp_path_factory.mktemp("reproduce")
+    run_dir = str(base / "run")
     summary = run_reproduce(run_dir=run_dir, **TINY)
-    return run_dir, summary
+    yield run_dir, summary
+    # The run holds a checkpoint and three ONNX models (about 560 MB): gone with the module.
+    shutil.rmtree(str(base), ignore_errors=True)
+
+
+# The package replaces a checkpoint, ONNX or om file atomically and never edits one in place, so a
+# copy may share them by hard link (falling back to a real copy across file systems).
+_SHARED_SUFFIXES = (".pth", ".onnx", ".om")
+
+
+def _link_or_copy(source, target):
+    if source.endswith(_SHARED_SUFFIXES):
+        try:
+            os.link(source, target)
+            return target
+        except OSError:
+            pass
+    return shutil.copy2(source, target)
 
 
 def _copy(run_dir, tmp_path):
     target = str(tmp_path / "copy")
-    shutil.copytree(run_dir, target)
+    shutil.copytree(run_dir, target, copy_function=_link_or_copy)
     return target
 
 
