@@ -4,8 +4,10 @@
 --batchsize N --device ID` (facts sheet section 3). Each call of `run(batch)` writes the batch as one
 input file whose byte size equals the model's input tensor, runs the tool in a scratch directory,
 and reads `<output>/<name>/<stem>_0.bin` (dets) and `<stem>_1.bin` (labels) back, with the tool's
-`<name>_summary.json` kept in `last_summary`. The scratch directory is removed after a success and
-kept (and named in the error) after a failure.
+`<name>_summary.json` kept in `last_summary`. The summary, with its `throughput`, is the tool's own
+record of a finished run, so a call without it failed whatever the exit code. The scratch directory
+is removed after a success and kept (and named in the error) after a failure; every call's tool log
+is appended to the backend's log file (`tool_log_path`), next to the om unless told otherwise.
 """
 import importlib.util
 import json
@@ -55,13 +57,36 @@ def om_batch_size(model_path, options, backend_name):
 
 def attach_om(backend, model_path):
     """Shared load step of the om-file CLI backends: the om must exist; its static batch size comes
-    from the conversion sidecar (or the `batch_size` option); the per-run call counter restarts."""
+    from the conversion sidecar (or the `batch_size` option); the per-run call counter restarts and
+    the tool log starts afresh (`log_path` option, else `<workdir or om folder>/<om>.<backend>.log`)."""
     model_path = os.path.abspath(str(model_path))
     if not os.path.isfile(model_path):
         raise BackendError("{}: om file {} does not exist".format(backend.name, model_path))
     backend.model_path = model_path
     backend.batch_size, backend.sidecar = om_batch_size(model_path, backend.options, backend.name)
     backend.calls = 0
+    log_path = backend.options.get("log_path") or os.path.join(
+        backend.options.get("workdir") or os.path.dirname(model_path),
+        "{}.{}.log".format(os.path.basename(model_path), backend.name))
+    backend.tool_log_path = os.path.abspath(str(log_path))
+    try:
+        with open(backend.tool_log_path, "w") as handle:
+            handle.write("# {} calls on {}\n".format(backend.name, model_path))
+    except OSError as exc:
+        raise BackendError("{}: cannot write the tool log {} ({}); pass log_path=FILE or workdir=DIR "
+                           "(backend options) for a writable place".format(
+                               backend.name, backend.tool_log_path, exc.strerror or exc)) from exc
+
+
+def keep_tool_log(backend, call_log_path):
+    """Append one call's tool log (in a scratch directory about to be removed) to the backend's log."""
+    try:
+        with open(call_log_path) as source:
+            text = source.read()
+    except OSError:
+        text = "(the tool wrote no log at {})\n".format(call_log_path)
+    with open(backend.tool_log_path, "a") as handle:
+        handle.write("## call {}\n{}".format(backend.calls, text if text.endswith("\n") else text + "\n"))
 
 
 class AisBenchCliBackend(Backend):
@@ -105,22 +130,34 @@ class AisBenchCliBackend(Backend):
                                "--device", str(self.options.get("device_id", 0))]
         dets_path = os.path.join(out_dir, "run", stem + "_0.bin")
         labels_path = os.path.join(out_dir, "run", stem + "_1.bin")
+        log_path = os.path.join(scratch, "ais_bench.log")
         try:
-            run_tool(argv, cwd=scratch, log_path=os.path.join(scratch, "ais_bench.log"),
-                     artifacts=[dets_path, labels_path], timeout=self.options.get("timeout"),
-                     tool_name="ais_bench", setup_hint=INSTALL_HINT)
-            outputs = read_output_files(dets_path, labels_path, size,
-                                        "ais_bench output of " + self.model_path)
+            try:
+                run_tool(argv, cwd=scratch, log_path=log_path, artifacts=[dets_path, labels_path],
+                         timeout=self.options.get("timeout"), tool_name="ais_bench", setup_hint=INSTALL_HINT)
+            finally:
+                keep_tool_log(self, log_path)
+            outputs = read_output_files(dets_path, labels_path, size, "ais_bench output of " + self.model_path)
+            self.last_summary = read_summary(os.path.join(out_dir, "run_summary.json"), log_path)
         except (ToolError, OutputFormatError) as exc:
             raise type(exc)("{} (scratch directory kept: {})".format(exc, scratch)) from None
-        summary_path = os.path.join(out_dir, "run_summary.json")
-        if os.path.isfile(summary_path):
-            try:
-                with open(summary_path) as handle:
-                    self.last_summary = json.load(handle)
-            except ValueError as exc:
-                raise OutputFormatError("ais_bench summary {} is not valid JSON ({}); scratch directory kept: {}"
-                                        .format(summary_path, exc, scratch))
         if not self.options.get("keep_scratch"):
             shutil.rmtree(scratch, ignore_errors=True)
         return outputs
+
+
+def read_summary(summary_path, log_path):
+    """ais_bench's `<dirname>_summary.json`: it must exist and hold a numeric `throughput`."""
+    if not os.path.isfile(summary_path):
+        raise ToolError("ais_bench: exited 0 and wrote its outputs but no summary {}, its record of a finished "
+                        "run; treating the call as failed; log: {}".format(summary_path, log_path))
+    try:
+        with open(summary_path) as handle:
+            summary = json.load(handle)
+    except ValueError as exc:
+        raise OutputFormatError("ais_bench summary {} is not valid JSON ({})".format(summary_path, exc))
+    throughput = summary.get("throughput") if isinstance(summary, dict) else None
+    if isinstance(throughput, bool) or not isinstance(throughput, (int, float)):
+        raise OutputFormatError("ais_bench summary {} has no numeric `throughput` (got {!r})".format(
+            summary_path, throughput))
+    return summary

@@ -8,8 +8,9 @@ and `<stem>_2.bin` (labels) per sample, and `result/perf_vision_batchsize_{N}_de
 batch as .bin files with their info file, runs the same offline mode in a scratch directory and reads
 the outputs and the perf file back (`last_perf`: fsaf_repro.perf records).
 
-The tool prints no documented success line, so success is its exit code plus the perf file plus one
-output pair per sample.
+The tool prints no documented success line; its perf file, whose `[inference]` line must parse, is
+its record of a finished run. Success is the exit code, that perf file and one output pair per
+sample. Each `run(batch)` call's tool log is appended to the backend's log file (`tool_log_path`).
 """
 import os
 import platform
@@ -18,8 +19,8 @@ import tempfile
 
 from . import Availability
 from .base import Backend, read_output_files
-from .ais_bench_cli import attach_om
-from ..errors import BackendError, OutputFormatError, ToolError
+from .ais_bench_cli import attach_om, keep_tool_log
+from ..errors import BackendError, OutputFormatError, ResultsError, ToolError
 
 INSTALL_HINT = ("put the CANN benchmark tool (benchmark.x86_64 or benchmark.aarch64, from the ModelZoo "
                 "benchmark tool package) on PATH, or pass executable=PATH, and "
@@ -123,14 +124,17 @@ class BenchmarkToolBackend(Backend):
                 stems.append(stem)
         device_id = int(self.options.get("device_id", 0))
         try:
-            result = run_info_file(self.model_path, size, info_path, width, height, scratch, device_id,
-                                   self.executable, self.options.get("timeout"),
-                                   self.options.get("device_label", "310P"),
-                                   self.options.get("precision", "fp16"))
+            try:
+                result = run_info_file(self.model_path, size, info_path, width, height, scratch, device_id,
+                                       self.executable, self.options.get("timeout"),
+                                       self.options.get("device_label", "310P"),
+                                       self.options.get("precision", "fp16"))
+            finally:
+                keep_tool_log(self, os.path.join(scratch, "benchmark.log"))
             per_sample = [read_output_files(os.path.join(result["outputs_dir"], stem + "_1.bin"),
                                             os.path.join(result["outputs_dir"], stem + "_2.bin"), 1,
                                             "benchmark output of " + self.model_path) for stem in stems]
-        except (ToolError, OutputFormatError) as exc:
+        except (ToolError, OutputFormatError, ResultsError) as exc:
             raise type(exc)("{} (scratch directory kept: {})".format(exc, scratch)) from None
         self.last_perf = result["perf_records"]
         if not self.options.get("keep_scratch"):

@@ -9,7 +9,7 @@ import pytest
 from tests.unit.fake_tools import install_fake_tools
 from fsaf_repro import backends, convert
 from fsaf_repro.backends import benchmark_tool
-from fsaf_repro.errors import BackendError, BatchSizeMismatch, OutputFormatError, ToolError
+from fsaf_repro.errors import BackendError, BatchSizeMismatch, OutputFormatError, ResultsError, ToolError
 
 H, W = 16, 24
 
@@ -81,6 +81,7 @@ def test_benchmark_perf_is_read_back(tools, tmp_path, monkeypatch):
     ("segv", ToolError, "died by SIGSEGV"),
     ("no_perf", ToolError, "did not produce"),
     ("missing_output", ToolError, "no output pair for 1 of 2"),
+    ("truncated_perf", ResultsError, r"no `\[inference\]`/`\[infer\]` line"),
 ])
 def test_benchmark_failures(tools, tmp_path, monkeypatch, mode, error, message):
     om = make_om(tmp_path, 2)
@@ -89,6 +90,9 @@ def test_benchmark_failures(tools, tmp_path, monkeypatch, mode, error, message):
     with pytest.raises(error, match=message) as info:
         backend.run(batch_of([1.0, 2.0]))
     assert "scratch directory kept" in str(info.value)
+    # the failed call's tool output is in the backend's kept log as well as in the scratch directory
+    with open(backend.tool_log_path) as handle:
+        assert "## call 1" in handle.read()
 
 
 def test_benchmark_info_file_run(tools, tmp_path):
@@ -110,13 +114,40 @@ def test_benchmark_info_file_run(tools, tmp_path):
     ("fail", ToolError, "acl init failed"),
     ("segv", ToolError, "died by SIGSEGV"),
     ("bad_size", ToolError, "does not equal the model input size"),
+    ("no_summary", ToolError, "no summary .*run_summary.json, its record of a finished run"),
+    ("bad_summary", OutputFormatError, "no numeric `throughput`"),
 ])
 def test_ais_bench_failures(tools, tmp_path, monkeypatch, mode, error, message):
     om = make_om(tmp_path, 1)
     backend = backends.create_backend("ais_bench", workdir=str(tmp_path)).load(om)
     monkeypatch.setenv("FAKE_AIS_BENCH_MODE", mode)
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message) as info:
         backend.run(batch_of([1.0]))
+    assert "scratch directory kept" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["benchmark", "ais_bench"])
+def test_tool_log_is_kept_next_to_the_om_call_by_call(tools, tmp_path, name):
+    om = make_om(tmp_path, 1)
+    with backends.create_backend(name).load(om) as backend:
+        backend.run(batch_of([1.0]))
+        backend.run(batch_of([2.0]))
+    assert backend.tool_log_path == om + "." + name + ".log"
+    with open(backend.tool_log_path) as handle:
+        text = handle.read()
+    # each call's argv header (written by run_tool) is kept, in order, though the scratch is gone
+    assert text.count("# argv: ") == 2 and text.index("## call 1") < text.index("## call 2")
+    assert not [p for p in os.listdir(os.path.dirname(om)) if p.startswith(("benchmark_", "ais_bench_"))]
+    # loading again starts a fresh log for the new run
+    backends.create_backend(name).load(om)
+    with open(backend.tool_log_path) as handle:
+        assert "## call" not in handle.read()
+
+
+def test_unwritable_tool_log_place_is_named(tools, tmp_path):
+    om = make_om(tmp_path, 1)
+    with pytest.raises(BackendError, match="cannot write the tool log .*pass log_path=FILE"):
+        backends.create_backend("ais_bench", log_path=str(tmp_path / "no" / "such" / "x.log")).load(om)
 
 
 def test_ais_bench_summary_is_kept(tools, tmp_path):
