@@ -46,6 +46,27 @@ _JPEG_EOI = b"\xff\xd9"
 # Reading and the transform
 
 
+# EXIF orientation values 5-8 turn the stored picture by 90 degrees (transpose, rotate 90 CW,
+# transverse, rotate 90 CCW): the decoded image has width and height swapped.
+_EXIF_ORIENTATION_TAG = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def probe_decoded_size(path):
+    """(width, height) of the image `read_bgr(path)` returns, from the header and EXIF tag alone."""
+    from PIL import Image
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(_EXIF_ORIENTATION_TAG) if image.format == "JPEG" else None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise ImageReadError("{}: cannot read the image header ({})".format(path, exc))
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        return height, width
+    return width, height
+
+
 def read_bgr(path):
     """Decode `path` as `cv2.imread(path, cv2.IMREAD_COLOR)` does: uint8 HxWx3 BGR.
 
@@ -324,9 +345,12 @@ class CocoImageSet(object):
         scale follow the decoded image, as the recipe does; the image is listed in
         `self.exif_rotated` and a warning names it. Any other size difference is an error.
         """
+        bgr = read_bgr(self.metas[index].path)
+        return bgr, self.meta_for_decoded(index, bgr.shape[1], bgr.shape[0])
+
+    def meta_for_decoded(self, index, decoded_w, decoded_h):
+        """The ImageMeta of entry `index` once decoded to `decoded_w` x `decoded_h` (see `read`)."""
         meta = self.metas[index]
-        bgr = read_bgr(meta.path)
-        decoded_h, decoded_w = bgr.shape[:2]
         if (decoded_h, decoded_w) == (meta.orig_w, meta.orig_h) and decoded_h != decoded_w:
             if index not in self.exif_rotated:
                 scale, new_w, new_h = scaled_size(decoded_w, decoded_h, self.height, self.width)
@@ -335,15 +359,31 @@ class CocoImageSet(object):
                 warnings.warn("{}: decoded {}x{}, annotation {}x{}: an EXIF orientation tag rotates it; "
                               "following the decoded image as OpenCV's read in the recipe does".format(
                                   meta.path, decoded_w, decoded_h, meta.orig_w, meta.orig_h), RuntimeWarning,
-                              stacklevel=2)
-            return bgr, self.exif_rotated[index]
+                              stacklevel=3)
+            return self.exif_rotated[index]
         if (decoded_h, decoded_w) != (meta.orig_h, meta.orig_w):
             raise ImageReadError(
                 "{}: decoded size {}x{} differs from the annotation's {}x{} (image id {} in {}; an EXIF "
                 "orientation tag rotates the decoded image)".format(
-                    meta.path, bgr.shape[1], bgr.shape[0], meta.orig_w, meta.orig_h, meta.image_id,
+                    meta.path, decoded_w, decoded_h, meta.orig_w, meta.orig_h, meta.image_id,
                     self.annotation_file))
-        return bgr, meta
+        return meta
+
+    def effective_meta(self, index):
+        """Entry `index`'s ImageMeta as read: the rotated one for an EXIF-rotated image found so far."""
+        return self.exif_rotated.get(index, self.metas[index])
+
+    def resolve_orientation(self):
+        """Find every EXIF-rotated image from file headers (no pixel decoding), as `read` would.
+
+        Postprocessing outputs of .bin files written elsewhere needs the sizes the images were
+        transformed with; this gives them without decoding the whole set. Returns the indices of
+        the rotated images; ImageReadError names an unreadable image or a size that matches neither
+        the annotation nor its transpose.
+        """
+        for index, meta in enumerate(self.metas):
+            self.meta_for_decoded(index, *probe_decoded_size(meta.path))
+        return sorted(self.exif_rotated)
 
     def load_into(self, index, out, input_dtype="float32"):
         bgr, meta = self.read(index)
@@ -392,21 +432,27 @@ def _init_worker(image_set, out_dir):
 
 
 def _preprocess_one(index):
-    """Worker: write entry `index` as a .bin; returns (index, 'written'|'reused'|'bad', message)."""
+    """Worker: write entry `index` as a .bin.
+
+    Returns (index, 'written'|'reused'|'bad', message, meta): `meta` is the ImageMeta the image was
+    (or, for a kept .bin, would be) transformed with, so that an EXIF rotation found in a worker
+    process reaches the parent's manifest and info files.
+    """
     image_set = _WORKER_STATE["set"]
     meta = image_set.metas[index]
     path = os.path.join(_WORKER_STATE["out_dir"], bin_name(meta))
     expected = bin_bytes(image_set.height, image_set.width)
-    if os.path.isfile(path) and os.path.getsize(path) == expected:
-        return index, "reused", ""
-    if _WORKER_STATE["buffer"] is None:
-        _WORKER_STATE["buffer"] = np.empty((3, image_set.height, image_set.width), dtype=np.float32)
     try:
-        image_set.load_into(index, _WORKER_STATE["buffer"])
+        if os.path.isfile(path) and os.path.getsize(path) == expected:
+            # the header tells the decoded size: a kept .bin costs no decoding
+            return index, "reused", "", image_set.meta_for_decoded(index, *probe_decoded_size(meta.path))
+        if _WORKER_STATE["buffer"] is None:
+            _WORKER_STATE["buffer"] = np.empty((3, image_set.height, image_set.width), dtype=np.float32)
+        used = image_set.load_into(index, _WORKER_STATE["buffer"])
     except ImageReadError as exc:
-        return index, "bad", str(exc)
+        return index, "bad", str(exc), None
     atomic_write_array(path, _WORKER_STATE["buffer"])
-    return index, "written", ""
+    return index, "written", "", used
 
 
 def _remove_stale_parts(out_dir):
@@ -445,10 +491,12 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
             pool = context.Pool(workers, initializer=_init_worker, initargs=(image_set, out_dir))
             iterator = pool.imap(_preprocess_one, range(len(image_set)), chunksize)
         try:
-            for index, status, message in iterator:
+            for index, status, message, used in iterator:
                 if status == "bad" and not skip_bad:
                     raise ImageReadError(message + " (use --skip-bad to continue past bad images)")
                 results[index] = (status, message)
+                if used is not None and used != image_set.metas[index]:
+                    image_set.exif_rotated[index] = used
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -483,12 +531,13 @@ def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, excl
     """Write the tools' info files (facts section 2) in image-id order; returns the lines written.
 
     bin:  `<index> <bin_dir>/<stem>.bin <model width> <model height>` (each .bin must exist, full size)
-    jpg:  `<index> <image path> <original width> <original height>`
+    jpg:  `<index> <image path> <original width> <original height>`, the decoded size as the
+          recipe's cv2.imread gives it (an EXIF-rotated image found so far has its sizes swapped)
     Paths are written as given (relative paths stay relative to where the tool runs).
     Images in `exclude_ids` (skipped bad images) are left out; indices stay consecutive.
     """
     exclude = set(exclude_ids)
-    metas = [meta for meta in image_set.metas if meta.image_id not in exclude]
+    metas = [image_set.effective_meta(i) for i, meta in enumerate(image_set.metas) if meta.image_id not in exclude]
     written = {}
     if bin_info is not None:
         if bin_dir is None:
@@ -550,7 +599,10 @@ def write_manifest(path, image_set, report):
         "written": report.written,
         "reused": report.reused,
         "skipped": [dict(s._asdict()) for s in report.skipped],
-        "images": [dict(m._asdict()) for m in image_set.metas if m.image_id not in skipped_ids],
+        # as transformed: an EXIF-rotated image has its decoded size and scale here
+        "exif_rotated": sorted(image_set.metas[i].image_id for i in image_set.exif_rotated),
+        "images": [dict(image_set.effective_meta(i)._asdict()) for i, m in enumerate(image_set.metas)
+                   if m.image_id not in skipped_ids],
     }
     atomic_write_text(os.fspath(path), json.dumps(record, indent=1) + "\n")
     return record
@@ -772,6 +824,8 @@ def _cmd_preprocess(args):
 def _cmd_info(args):
     image_set = CocoImageSet(args.annotations, args.images, limit=args.limit, height=args.height,
                              width=args.width)
+    if args.jpg_info:
+        image_set.resolve_orientation()  # the jpg info gives decoded sizes, as the recipe's cv2.imread
     written = write_info_files(image_set, bin_dir=args.bin_dir,
                                bin_info=args.bin_info if args.bin_dir else None, jpg_info=args.jpg_info)
     print("info: {} lines in {}".format(

@@ -10,6 +10,10 @@ glob, which in the recipe's script can pick another image's file):
 `detections_to_coco` then drops padded rows (score 0) and rows under the score threshold, divides
 boxes by the image's scale (no offset: the image sits top-left), optionally clips to the original
 image (off by default, as in the recipe) and maps label k to the k-th COCO category id.
+
+The scale of each image is the one it was preprocessed with: from the preprocess manifest when one
+is given (it records the images actually written, EXIF rotations and skipped images included), else
+from the image headers when the image folder is given, else from the annotation sizes alone.
 """
 import argparse
 import glob
@@ -18,8 +22,8 @@ import os
 
 import numpy as np
 
-from .data import CocoImageSet, boxes_to_original
-from .errors import OutputFormatError, ResultsError
+from .data import CocoImageSet, ImageMeta, boxes_to_original
+from .errors import DataError, OutputFormatError, ResultsError
 from .fileio import atomic_write_text, read_json
 from .spec import model_constants
 
@@ -233,9 +237,48 @@ def read_outputs(kind, outputs, metas, batch_size=1, labels_path=None, outfmt="B
     raise OutputFormatError("unknown output kind {!r} (benchmark, ais_bench, npy)".format(kind))
 
 
+def metas_from_manifest(path, image_set):
+    """The ImageMetas a preprocessing run used (`preprocess_manifest.json`), checked against `image_set`.
+
+    The manifest must come from the same annotation file (sha256) and canvas, and list a subset of
+    the set's images in id order (skipped bad images are absent, and so are their outputs).
+    """
+    record = read_json(path, DataError, "preprocess manifest")
+    try:
+        sha, canvas = record["annotation_sha256"], [int(record["height"]), int(record["width"])]
+        metas = [ImageMeta(**entry) for entry in record["images"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError("{}: not a preprocess manifest (needs annotation_sha256, height, width and images "
+                        "with {} each): {}".format(path, ", ".join(ImageMeta._fields), exc))
+    if sha != image_set.annotation_sha256:
+        raise DataError("{} was written for annotations with sha256 {}..., but {} has {}...: postprocess "
+                        "with the annotation file the .bin files came from".format(
+                            path, sha[:12], image_set.annotation_file, image_set.annotation_sha256[:12]))
+    if canvas != [image_set.height, image_set.width]:
+        raise DataError("{}: preprocessed at {}x{}, but postprocess is set to {}x{}".format(
+            path, canvas[0], canvas[1], image_set.height, image_set.width))
+    known = set(image_set.image_ids)
+    strangers = [m.image_id for m in metas if m.image_id not in known]
+    if strangers:
+        raise DataError("{} lists image ids not among the {} images selected from {} (first: {}); is --limit "
+                        "the one preprocess used?".format(path, len(known), image_set.annotation_file,
+                                                          strangers[:3]))
+    return metas
+
+
+def image_metas(image_set, manifest=None, probe_images=False):
+    """The metas outputs are matched to: manifest, else image headers (probe), else annotations."""
+    if manifest:
+        return metas_from_manifest(manifest, image_set)
+    if probe_images:
+        image_set.resolve_orientation()
+    return [image_set.effective_meta(i) for i in range(len(image_set))]
+
+
 def _cmd_postprocess(args):
-    image_set = CocoImageSet(args.annotations, args.images or "", limit=args.limit)
-    metas = image_set.metas
+    image_set = CocoImageSet(args.annotations, args.images or "", limit=args.limit,
+                             height=args.height, width=args.width)
+    metas = image_metas(image_set, args.manifest, probe_images=bool(args.images))
     dets, labels = read_outputs(args.format, args.outputs, metas, batch_size=args.batch_size,
                                 labels_path=args.labels_npy, outfmt=args.outfmt)
     results = detections_to_coco(dets, labels, metas, image_set.category_ids,
@@ -245,7 +288,7 @@ def _cmd_postprocess(args):
     if args.evaluate:
         from .evaluate import evaluate_results, format_per_class_table, format_recipe_table
         metrics = evaluate_results(args.annotations, results, scorer=args.scorer,
-                                   image_ids=image_set.image_ids)
+                                   image_ids=[m.image_id for m in metas])
         print(format_recipe_table(metrics["stats"]))
         print(format_per_class_table(metrics["per_class"]))
     return 0
@@ -256,7 +299,13 @@ def register_cli(subparsers):
         "postprocess", help="recipe step 6: network outputs -> COCO results json (optionally scored)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--annotations", required=True, help="COCO instances json the inputs came from")
-    parser.add_argument("--images", default=None, help="image directory (only recorded)")
+    parser.add_argument("--images", default=None,
+                        help="image directory: its headers give each image's decoded size (EXIF rotation); "
+                             "not needed with --manifest")
+    parser.add_argument("--manifest", default=None,
+                        help="preprocess_manifest.json of the preprocessing run: the images and scales used")
+    parser.add_argument("--height", type=int, default=None, help="model input height (default: the recipe's)")
+    parser.add_argument("--width", type=int, default=None, help="model input width (default: the recipe's)")
     parser.add_argument("--limit", type=int, default=None, help="first N images by id, as in preprocess")
     parser.add_argument("--format", choices=("benchmark", "ais_bench", "npy"), default="benchmark")
     parser.add_argument("--outputs", required=True,
