@@ -31,7 +31,8 @@ import cv2
 import numpy as np
 
 from .errors import AnnotationError, DataError, ImageReadError
-from .fileio import PART_MARK, atomic_write_array, atomic_write_text, file_sha256  # noqa: F401  (file_sha256: API)
+from .fileio import (PART_MARK, atomic_write_array, atomic_write_text, file_sha256,  # noqa: F401  (file_sha256: API)
+                     is_stale_part)
 from .spec import coco_category_ids, coco_class_names, input_constants
 
 ImageMeta = namedtuple("ImageMeta", "image_id file_name path orig_w orig_h scale new_w new_h")
@@ -456,9 +457,14 @@ def _preprocess_one(index):
 
 
 def _remove_stale_parts(out_dir):
+    """Remove `.bin` part files left by killed runs; another live run's part files are kept."""
     for name in os.listdir(out_dir):
-        if PART_MARK in name and name.split(PART_MARK)[0].endswith(".bin"):
-            os.remove(os.path.join(out_dir, name))
+        path = os.path.join(out_dir, name)
+        if PART_MARK in name and name.split(PART_MARK)[0].endswith(".bin") and is_stale_part(path):
+            try:
+                os.remove(path)
+            except OSError:
+                pass  # removed meanwhile by another run's cleanup
 
 
 def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, chunksize=2):

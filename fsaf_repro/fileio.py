@@ -1,14 +1,26 @@
 """File helpers shared by every stage: content hashes and atomic writes.
 
-An atomic write goes to `<path>.part-<pid>` beside the target and is renamed over it only once
-complete, so a crash or a kill never leaves a truncated file under the real name (a rerun then
-redoes the file instead of trusting it). Stale `.part-` files are recognisable by that mark.
+An atomic write goes to `<path>.part-<host>-<pid>` beside the target and is renamed over it only
+once complete, so a crash or a kill never leaves a truncated file under the real name (a rerun then
+redoes the file instead of trusting it). Stale `.part-` files are recognisable by that mark, and
+their writer by the host and pid in it (see `is_stale_part`).
 """
+import errno
 import hashlib
 import json
 import os
+import socket
+import time
 
 PART_MARK = ".part-"
+# A part file of another host's writer (a shared folder: its pid means nothing here) is stale once
+# untouched this long.
+STALE_PART_SECONDS = 600.0
+
+
+def part_suffix():
+    """`.part-<host>-<pid>` of this process (host without '-' so that the pid parses back)."""
+    return "{}{}-{}".format(PART_MARK, socket.gethostname().replace("-", "_"), os.getpid())
 
 
 def file_sha256(path, chunk_size=1 << 20):
@@ -25,7 +37,7 @@ def _atomic(path, write):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         os.makedirs(directory)
-    tmp = "{}{}{}".format(path, PART_MARK, os.getpid())
+    tmp = path + part_suffix()
     try:
         with open(tmp, "wb") as handle:
             write(handle)
@@ -64,3 +76,34 @@ def read_json(path, error_cls, what):
 def atomic_write_json(path, payload, indent=2):
     """`payload` as JSON with sorted keys and a final newline."""
     return atomic_write_text(path, json.dumps(payload, indent=indent, sort_keys=True) + "\n")
+
+
+def _pid_running(pid):
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM  # alive, owned by someone else
+    return True
+
+
+def is_stale_part(path, now=None, grace_seconds=STALE_PART_SECONDS):
+    """True for a part file left by a writer that is gone.
+
+    `<target>.part-<host>-<pid>`: written here, stale when that pid is not running; written on
+    another host, stale once untouched for `grace_seconds`. `<target>.part-<pid>` (no host) is
+    taken as this host's. A concurrent run writing into the same folder keeps its part files.
+    """
+    name = os.path.basename(str(path))
+    if PART_MARK not in name:
+        return False
+    writer = name.rsplit(PART_MARK, 1)[1]
+    host, _, pid_text = writer.rpartition("-")
+    if not pid_text.isdigit():
+        return False
+    if host in ("", socket.gethostname().replace("-", "_")):
+        return int(pid_text) != os.getpid() and not _pid_running(int(pid_text))
+    try:
+        age = (time.time() if now is None else now) - os.path.getmtime(str(path))
+    except OSError:
+        return False  # gone already
+    return age > grace_seconds

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from .errors import BackendError, DataError, ImageReadError, JournalMismatch, ResultsError
-from .fileio import file_sha256
+from .fileio import file_sha256, part_suffix
 
 JOURNAL_FORMAT = 1
 
@@ -159,7 +159,7 @@ def write_results_streaming(path, results):
     format); written to a temporary file and renamed, so a kill never leaves a half-written json.
     """
     path = str(path)
-    tmp = "{}.part-{}".format(path, os.getpid())
+    tmp = path + part_suffix()
     count = 0
     try:
         with open(tmp, "w") as handle:

@@ -1,11 +1,16 @@
 """The .bin files and info files for the benchmark tool / ais_bench (facts sheet sections 2-3)."""
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 from fsaf_repro import cli
 from fsaf_repro.data import (CocoImageSet, bin_bytes, read_info_file, write_bins, write_info_files)
+from fsaf_repro.fileio import STALE_PART_SECONDS, is_stale_part, part_suffix
 from fsaf_repro.spec import input_constants
 from fsaf_repro.synthetic import make_synthetic_coco
 
@@ -45,18 +50,43 @@ def test_rerun_skips_complete_files_and_redoes_short_ones(image_set, tmp_path):
     out = str(tmp_path)
     first = write_bins(image_set, out, workers=1, progress=False)
     mtimes = [os.stat(p).st_mtime_ns for p in first.bin_paths]
-    # a truncated file (as a killed foreign tool might leave) and a stale temporary file
+    # a truncated file (as a killed foreign tool might leave), a temporary file of a finished process
+    # here, and those of a live process here and of a recent writer on another host (other runs
+    # writing into the same folder), which must survive
     with open(first.bin_paths[2], "r+b") as handle:
         handle.truncate(1000)
-    stale = first.bin_paths[0] + ".part-99999"
-    with open(stale, "wb") as handle:
-        handle.write(b"x")
+    host = socket.gethostname().replace("-", "_")
+    stale = first.bin_paths[0] + ".part-{}-{}".format(host, _finished_pid())
+    live = first.bin_paths[1] + ".part-{}-{}".format(host, os.getppid())
+    elsewhere = first.bin_paths[3] + ".part-otherhost.example-{}".format(_finished_pid())
+    for path in (stale, live, elsewhere):
+        with open(path, "wb") as handle:
+            handle.write(b"x")
     second = write_bins(image_set, out, workers=1, progress=False)
     assert (second.written, second.reused) == (1, 4)
     assert os.path.getsize(first.bin_paths[2]) == CONST["bin_bytes"]
     assert [os.stat(p).st_mtime_ns for i, p in enumerate(second.bin_paths) if i != 2] == \
         [m for i, m in enumerate(mtimes) if i != 2]
     assert not os.path.exists(stale)
+    assert os.path.exists(live) and os.path.exists(elsewhere)
+
+
+def _finished_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_part_file_staleness(tmp_path):
+    assert not is_stale_part("/x/a.bin")  # not a part file
+    assert not is_stale_part("/x/a.bin.part-abc")
+    assert not is_stale_part(str(tmp_path / "a.bin") + part_suffix())  # this process's own
+    dead = _finished_pid()
+    assert is_stale_part("/x/a.bin.part-{}".format(dead))  # no host: this host's, writer gone
+    other = tmp_path / "a.bin.part-build_7-{}".format(dead)
+    other.write_bytes(b"x")
+    assert not is_stale_part(str(other))
+    assert is_stale_part(str(other), now=time.time() + STALE_PART_SECONDS + 1)
 
 
 def test_info_files_formats_and_order(image_set, tmp_path):
