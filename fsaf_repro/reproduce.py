@@ -75,8 +75,13 @@ class StageBook(object):
         if os.path.exists(self.path):
             try:
                 self.entries = _read_json(self.path).get("stages", {})
-            except (ValueError, AttributeError):
-                log("stages.json is unreadable: every stage runs again")
+            except (ValueError, AttributeError) as exc:
+                # It is written atomically, so only outside damage gets here. Keep the damaged file
+                # for inspection rather than overwrite it with the first stage's record.
+                kept = "{}.unreadable-{}".format(self.path, time.strftime("%Y%m%dT%H%M%S"))
+                os.replace(self.path, kept)
+                log("{} is unreadable ({}), kept as {}: every stage runs again (inference resumes from "
+                    "its own journal where its arguments match)".format(self.path, exc, kept))
                 self.entries = {}
 
     def _save(self):

@@ -251,6 +251,22 @@ def test_npu_path_with_fake_ascend_tools_converts_runs_the_om_and_labels_its_fig
     assert "NO (fp16 om)" in text
 
 
+def test_a_damaged_stage_book_is_kept_aside_and_the_run_redone(tiny_run, tmp_path):
+    run_dir = _copy(tiny_run[0], tmp_path)
+    path = os.path.join(run_dir, "stages.json")
+    with open(path, "r+b") as handle:
+        handle.truncate(100)  # damage from outside (our own writes are atomic)
+    damaged = _read(path)
+    summary = run_reproduce(run_dir=run_dir, **TINY)
+    assert summary["stages"]["export"] == "ran" and summary["stages"]["report"] == "ran"
+    kept = [n for n in os.listdir(run_dir) if n.startswith("stages.json.unreadable-")]
+    assert len(kept) == 1 and _read(os.path.join(run_dir, kept[0])) == damaged
+    with open(path) as handle:
+        assert json.load(handle)["stages"]  # a readable book again
+    with open(os.path.join(run_dir, "logs", "reproduce.log")) as handle:
+        assert "is unreadable" in handle.read()
+
+
 def test_a_stale_inference_journal_of_other_arguments_is_discarded(tiny_run, tmp_path):
     run_dir = _copy(tiny_run[0], tmp_path)
     results_before = _read(os.path.join(run_dir, "infer", "onnxruntime_bs1.json"))
