@@ -490,9 +490,11 @@ def _cli_perf(args):
         batch_size = args.batch_size or (sidecar["batch_size"] if sidecar else None)
         if batch_size is None:
             raise ResultsError("{} has no conversion sidecar: give --batch-size".format(args.model))
-        inp = input_constants()
-        result = run_info_file(args.model, batch_size, args.benchmark_info, args.width or inp["width"],
-                               args.height or inp["height"], args.workdir, device_id=args.device_id,
+        # the om's own input size (its conversion sidecar) unless given; the recipe's otherwise
+        shape = (sidecar or {}).get("input", {}).get("shape") or [None, None] + [
+            input_constants()["height"], input_constants()["width"]]
+        result = run_info_file(args.model, batch_size, args.benchmark_info, args.width or shape[3],
+                               args.height or shape[2], args.workdir, device_id=args.device_id,
                                executable=args.benchmark_executable, device_label=args.device,
                                precision=args.precision or "fp16")
         records = result["perf_records"]

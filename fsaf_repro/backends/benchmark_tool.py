@@ -20,7 +20,8 @@ import tempfile
 from . import Availability
 from .base import Backend, read_output_files
 from .ais_bench_cli import attach_om, keep_tool_log
-from ..errors import BackendError, OutputFormatError, ResultsError, ToolError
+from ..errors import BackendError, DataError, OutputFormatError, ResultsError, ToolError
+from ..fileio import atomic_write_text
 
 INSTALL_HINT = ("put the CANN benchmark tool (benchmark.x86_64 or benchmark.aarch64, from the ModelZoo "
                 "benchmark tool package) on PATH, or pass executable=PATH, and "
@@ -48,12 +49,44 @@ def output_dir(workdir, device_id=0):
     return os.path.join(workdir, "result", "dumpOutput_device{}".format(device_id))
 
 
+def resolved_info_copy(info_path, workdir, width, height):
+    """Check the info file's .bin files before the tool starts and write a copy with absolute paths.
+
+    The tool runs in `workdir` (where it writes result/) and opens each listed path from there, so
+    a relative path written by `fsaf-repro preprocess` (relative to where the user stands) would not
+    be found, many minutes into a run. Each .bin must exist with the byte size of a float32
+    3 x height x width tensor, at the size the run is given. Returns the copy's path.
+    """
+    from ..data import bin_bytes, read_info_file
+    info_path = str(info_path)
+    expected = bin_bytes(height, width)
+    lines = []
+    for index, path, bin_w, bin_h in read_info_file(info_path):
+        absolute = os.path.abspath(path)
+        if (bin_w, bin_h) != (int(width), int(height)):
+            raise DataError("{}: entry {} ({}) is {}x{}, but this run is {}x{} (width x height)".format(
+                info_path, index, path, bin_w, bin_h, width, height))
+        if not os.path.isfile(absolute):
+            raise DataError("{}: entry {} lists {}, which does not exist (relative paths are taken from the "
+                            "current directory, {})".format(info_path, index, path, os.getcwd()))
+        if os.path.getsize(absolute) != expected:
+            raise DataError("{}: entry {} ({}) has {} bytes, expected {} (float32 3x{}x{})".format(
+                info_path, index, path, os.path.getsize(absolute), expected, height, width))
+        lines.append("{} {} {} {}".format(index, absolute, bin_w, bin_h))
+    if not lines:
+        raise DataError("{} lists no .bin files: nothing to run".format(info_path))
+    copy = os.path.join(workdir, os.path.splitext(os.path.basename(info_path))[0] + ".resolved.info")
+    atomic_write_text(copy, "\n".join(lines) + "\n")
+    return copy
+
+
 def run_info_file(om_path, batch_size, info_path, width, height, workdir, device_id=0, executable=None,
                   timeout=None, device_label="310P", precision="fp16"):
     """The recipe's offline run over a whole info file, in `workdir` (where the tool writes result/).
 
-    Returns {"outputs_dir", "perf_file", "perf_records", "log"}; every listed sample must have its
-    output pair (ToolError names the first missing ones).
+    The tool is given a checked copy of the info file with absolute paths (`resolved_info_copy`).
+    Returns {"outputs_dir", "perf_file", "perf_records", "log", "info"}; every listed sample must
+    have its output pair (ToolError names the first missing ones).
     """
     from ..convert import run_tool
     from ..perf import parse_benchmark_perf
@@ -63,17 +96,14 @@ def run_info_file(om_path, batch_size, info_path, width, height, workdir, device
     executable = executable or default_executable()
     perf_path = perf_file_path(workdir, batch_size, device_id)
     log_path = os.path.join(workdir, "benchmark.log")
-    argv = benchmark_argv(executable, os.path.abspath(str(om_path)), batch_size,
-                          os.path.abspath(str(info_path)), width, height, device_id)
+    tool_info = resolved_info_copy(info_path, workdir, width, height)
+    argv = benchmark_argv(executable, os.path.abspath(str(om_path)), batch_size, tool_info, width, height,
+                          device_id)
     run_tool(argv, cwd=workdir, log_path=log_path, artifacts=[perf_path], timeout=timeout,
              tool_name=os.path.basename(executable), setup_hint=INSTALL_HINT)
     outputs = output_dir(workdir, device_id)
-    stems = []
-    with open(str(info_path)) as handle:
-        for line in handle:
-            parts = line.split()
-            if parts:
-                stems.append(os.path.splitext(os.path.basename(parts[1]))[0])
+    from ..data import read_info_file
+    stems = [os.path.splitext(os.path.basename(path))[0] for _, path, _, _ in read_info_file(tool_info)]
     missing = [s for s in stems if not (os.path.isfile(os.path.join(outputs, s + "_1.bin"))
                                         and os.path.isfile(os.path.join(outputs, s + "_2.bin")))]
     if missing:
@@ -81,7 +111,8 @@ def run_info_file(om_path, batch_size, info_path, width, height, workdir, device
                         .format(os.path.basename(executable), len(missing), len(stems),
                                 ", ".join(missing[:3]), log_path))
     records = parse_benchmark_perf(perf_path, device_label, batch_size, precision)
-    return {"outputs_dir": outputs, "perf_file": perf_path, "perf_records": records, "log": log_path}
+    return {"outputs_dir": outputs, "perf_file": perf_path, "perf_records": records, "log": log_path,
+            "info": tool_info}
 
 
 class BenchmarkToolBackend(Backend):

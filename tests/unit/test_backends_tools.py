@@ -9,7 +9,9 @@ import pytest
 from tests.unit.fake_tools import install_fake_tools
 from fsaf_repro import backends, convert
 from fsaf_repro.backends import benchmark_tool
-from fsaf_repro.errors import BackendError, BatchSizeMismatch, OutputFormatError, ResultsError, ToolError
+from fsaf_repro.data import read_info_file
+from fsaf_repro.errors import (BackendError, BatchSizeMismatch, DataError, OutputFormatError, ResultsError,
+                               ToolError)
 
 H, W = 16, 24
 
@@ -107,7 +109,33 @@ def test_benchmark_info_file_run(tools, tmp_path):
     assert sorted(os.listdir(result["outputs_dir"])) == sorted(
         "00000{}_{}.bin".format(n, k) for n in range(3) for k in (1, 2))
     assert [r["mode"] for r in result["perf_records"]] == ["e2e", "inference"]
-    assert "-input_text_path=" + str(tmp_path / "fsaf.info") in open(result["log"]).readline()
+    # the tool reads a checked copy with absolute paths, in its own working directory
+    assert result["info"] == str(tmp_path / "work" / "fsaf.resolved.info")
+    assert "-input_text_path=" + result["info"] in open(result["log"]).readline()
+    assert [e[1] for e in read_info_file(result["info"])] == [str(bins / "00000{}.bin".format(n)) for n in range(3)]
+
+
+def test_benchmark_info_file_is_checked_before_the_tool_starts(tools, tmp_path, monkeypatch):
+    om = make_om(tmp_path, 1)
+    (tmp_path / "bins").mkdir()
+    batch_of([1.0])[0].tofile(str(tmp_path / "bins" / "a.bin"))
+    np.zeros(5, np.float32).tofile(str(tmp_path / "bins" / "short.bin"))
+    monkeypatch.chdir(tmp_path)
+    cases = [("0 bins/a.bin {} {}\n".format(W, H), None),  # relative to the current directory: fine
+             ("0 bins/missing.bin {} {}\n".format(W, H), "entry 0 lists bins/missing.bin, which does not exist"),
+             ("0 bins/short.bin {} {}\n".format(W, H), "entry 0 .*short.bin. has 20 bytes"),
+             ("0 bins/a.bin {} {}\n".format(W + 1, H), "is 25x16, but this run is 24x16"),
+             ("", "lists no .bin files")]
+    for number, (text, error) in enumerate(cases):
+        (tmp_path / "f.info").write_text(text)
+        workdir = tmp_path / "work{}".format(number)
+        if error is None:
+            result = benchmark_tool.run_info_file(om, 1, "f.info", W, H, workdir)
+            assert len(os.listdir(result["outputs_dir"])) == 2
+            continue
+        with pytest.raises(DataError, match=error):
+            benchmark_tool.run_info_file(om, 1, "f.info", W, H, workdir)
+        assert not os.path.exists(str(workdir / "benchmark.log"))  # the tool never started
 
 
 @pytest.mark.parametrize("mode, error, message", [
