@@ -42,7 +42,8 @@ def _fake_onnx(path):
                    "input": {"name": "input", "shape": [1, 3, H, W], "dtype": "float32"}}, handle)
 
 
-def test_convert_preprocess_benchmark_postprocess_evaluate(tmp_path, monkeypatch, capsys):
+def _prepare(tmp_path, monkeypatch):
+    """Steps 3.2 and 4: an om from the fake atc, and the .bin files of a set with a rotated image."""
     install_fake_tools(tmp_path / "bin", monkeypatch)
     monkeypatch.chdir(tmp_path)
     annotation_file, image_dir = make_synthetic_coco(str(tmp_path / "coco"), num_images=5, seed=4)
@@ -52,8 +53,6 @@ def test_convert_preprocess_benchmark_postprocess_evaluate(tmp_path, monkeypatch
     _fake_onnx(str(tmp_path / "fsaf.onnx"))
     assert cli.main(["convert", "fsaf.onnx", "--out-dir", "om", "--batch-sizes", "1",
                      "--soc-version", "Ascend310P3"]) == 0
-    om = str(tmp_path / "om" / "fsaf_bs1.om")
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the EXIF rotation warning
         assert cli.main(["preprocess", "--annotations", annotation_file, "--images", image_dir,
@@ -62,18 +61,17 @@ def test_convert_preprocess_benchmark_postprocess_evaluate(tmp_path, monkeypatch
     with open(str(tmp_path / "bins" / "preprocess_manifest.json")) as handle:
         manifest = json.load(handle)
     assert manifest["exif_rotated"] == [stored.image_id]
+    return annotation_file, str(tmp_path / "om" / "fsaf_bs1.om"), manifest
 
-    assert cli.main(["perf", "--benchmark-info", "fsaf.info", "--model", om, "--height", str(H),
-                     "--width", str(W), "--device", "310P", "--workdir", "npu_run", "--out", "perf.json"]) == 0
-    outputs = str(tmp_path / "npu_run" / "result" / "dumpOutput_device0")
-    assert len(os.listdir(outputs)) == 2 * 5
 
+def _postprocess_and_check(annotation_file, manifest, fmt, outputs):
+    """Step 6: each result is the fake detection of its own .bin, undone by its own image's scale."""
     assert cli.main(["postprocess", "--annotations", annotation_file, "--manifest",
-                     "bins/preprocess_manifest.json", "--format", "benchmark", "--outputs", outputs,
+                     "bins/preprocess_manifest.json", "--format", fmt, "--outputs", outputs,
                      "--results", "results.json", "--height", str(H), "--width", str(W)]) == 0
-    with open(str(tmp_path / "results.json")) as handle:
+    with open("results.json") as handle:
         results = json.load(handle)
-    assert len(results) == 5
+    assert len(results) == len(manifest["images"])
     label_category = coco_category_ids()[FAKE_LABEL]
     for result, entry in zip(sorted(results, key=lambda r: r["image_id"]), manifest["images"]):
         meta = ImageMeta(**entry)
@@ -81,9 +79,18 @@ def test_convert_preprocess_benchmark_postprocess_evaluate(tmp_path, monkeypatch
                               np.float32, count=1)[0])
         assert result["image_id"] == meta.image_id and result["category_id"] == label_category
         assert result["score"] == pytest.approx(FAKE_SCORE)
-        # the network box divided by this image's scale (the rotated image has its own)
         np.testing.assert_allclose(result["bbox"], [k / meta.scale, (k + 1) / meta.scale,
                                                     10 / meta.scale, 19 / meta.scale], rtol=1e-5, atol=1e-4)
+    return results
+
+
+def test_convert_preprocess_benchmark_postprocess_evaluate(tmp_path, monkeypatch, capsys):
+    annotation_file, om, manifest = _prepare(tmp_path, monkeypatch)
+    assert cli.main(["perf", "--benchmark-info", "fsaf.info", "--model", om, "--device", "310P",
+                     "--workdir", "npu_run", "--out", "perf.json"]) == 0  # canvas from the om's sidecar
+    outputs = str(tmp_path / "npu_run" / "result" / "dumpOutput_device0")
+    assert len(os.listdir(outputs)) == 2 * 5
+    _postprocess_and_check(annotation_file, manifest, "benchmark", outputs)
 
     capsys.readouterr()
     assert cli.main(["evaluate", "--annotations", annotation_file, "--results", "results.json",
@@ -92,3 +99,15 @@ def test_convert_preprocess_benchmark_postprocess_evaluate(tmp_path, monkeypatch
     with open(str(tmp_path / "metrics.json")) as handle:
         metrics = json.load(handle)
     assert metrics["num_images"] == 5 and len(metrics["stats"]) == 12
+
+
+def test_preprocess_ais_bench_over_the_bin_folder_postprocess(tmp_path, monkeypatch):
+    """ais_bench reads the .bin folder itself (the manifest beside the .bin files is not an input)."""
+    import subprocess
+    annotation_file, om, manifest = _prepare(tmp_path, monkeypatch)
+    inputs = sorted(n for n in os.listdir("bins") if n.endswith(".bin"))
+    assert len(inputs) == 5
+    # the fake, like ais_bench, takes only *.bin / *.npy from the folder
+    subprocess.check_call(["ais_bench", "--model", om, "--input", "bins", "--output", "out",
+                           "--output_dirname", "run", "--outfmt", "BIN", "--batchsize", "1"])
+    _postprocess_and_check(annotation_file, manifest, "ais_bench", os.path.join("out", "run"))
