@@ -54,15 +54,28 @@ _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 def probe_decoded_size(path):
-    """(width, height) of the image `read_bgr(path)` returns, from the header and EXIF tag alone."""
+    """(width, height) of the image `read_bgr(path)` returns, without decoding a JPEG's pixels.
+
+    For a JPEG (all of val2017) the header gives the stored size and its EXIF APP1 segment the
+    orientation, read as raw EXIF only: newer Pillow also takes an orientation from XMP, which
+    OpenCV ignores. Any other format is decoded with `read_bgr`, since which of them OpenCV
+    rotates by an EXIF tag depends on its version.
+    """
     from PIL import Image
     path = os.fspath(path)
     try:
         with Image.open(path) as image:
-            width, height = image.size
-            orientation = image.getexif().get(_EXIF_ORIENTATION_TAG) if image.format == "JPEG" else None
+            (width, height), image_format, raw_exif = image.size, image.format, image.info.get("exif")
+        orientation = None
+        if image_format == "JPEG" and raw_exif:
+            exif = Image.Exif()
+            exif.load(raw_exif)
+            orientation = exif.get(_EXIF_ORIENTATION_TAG)
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
         raise ImageReadError("{}: cannot read the image header ({})".format(path, exc))
+    if image_format != "JPEG":
+        decoded = read_bgr(path)
+        return decoded.shape[1], decoded.shape[0]
     if orientation in _TRANSPOSING_ORIENTATIONS:
         return height, width
     return width, height
@@ -519,6 +532,11 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
         status, message = results[index]
         if status == "bad":
             skipped.append(SkippedImage(index, meta.image_id, meta.path, message))
+            # A .bin kept from an earlier run whose image is now bad: moved out of the tools' view
+            # (ais_bench takes every *.bin of the folder), not deleted.
+            stale = os.path.join(out_dir, bin_name(meta))
+            if os.path.isfile(stale):
+                os.replace(stale, stale + ".skipped")
             continue
         written += status == "written"
         reused += status == "reused"
@@ -820,6 +838,12 @@ def _cmd_preprocess(args):
     print("preprocess: {} .bin files in {} ({} written, {} already complete); info files {} and {}; "
           "manifest {}".format(len(report.bin_paths), args.out, report.written, report.reused,
                                args.bin_info, args.jpg_info, manifest))
+    listed = set(os.path.basename(p) for p in report.bin_paths)
+    foreign = sorted(n for n in os.listdir(args.out) if n.lower().endswith(".bin") and n not in listed)
+    if foreign:
+        sys.stderr.write("preprocess: warning: {} holds {} .bin file(s) not in this selection (first: {}); the "
+                         "info file lists only the selection, but ais_bench --input {} would read them all\n"
+                         .format(args.out, len(foreign), ", ".join(foreign[:3]), args.out))
     if report.skipped:
         sys.stderr.write("preprocess: skipped {} bad image(s):\n".format(len(report.skipped)))
         for item in report.skipped:
@@ -847,7 +871,8 @@ def register_cli(subparsers):
     _add_set_arguments(pre)
     pre.add_argument("--out", required=True, help="directory for the .bin files (val2017_bin)")
     pre.add_argument("--bin-info", default="fsaf.info", help="bin info file for the benchmark tool")
-    pre.add_argument("--jpg-info", default="fsaf_jpeg.info", help="jpg info file (original sizes)")
+    pre.add_argument("--jpg-info", default="fsaf_jpeg.info",
+                     help="jpg info file (each image's decoded size, as the recipe's cv2.imread gives it)")
     pre.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     pre.add_argument("--skip-bad", action="store_true",
                      help="continue past unreadable images and list them (default: stop at the first)")

@@ -89,9 +89,12 @@ def _pid_running(pid):
 def is_stale_part(path, now=None, grace_seconds=STALE_PART_SECONDS):
     """True for a part file left by a writer that is gone.
 
-    `<target>.part-<host>-<pid>`: written here, stale when that pid is not running; written on
-    another host, stale once untouched for `grace_seconds`. `<target>.part-<pid>` (no host) is
-    taken as this host's. A concurrent run writing into the same folder keeps its part files.
+    `<target>.part-<host>-<pid>`: written here, stale when that pid is not running or (the pid
+    reused by another process) the file is untouched for `grace_seconds`; written on another host,
+    stale once untouched for `grace_seconds`. `<target>.part-<pid>` (no host) is taken as this
+    host's. This process's own part files are never stale. The grace period must exceed the time
+    one write takes (milliseconds for a .bin). Containers that share a host name but not a pid
+    namespace look like one host: give them distinct host names when they share a folder.
     """
     name = os.path.basename(str(path))
     if PART_MARK not in name:
@@ -100,8 +103,11 @@ def is_stale_part(path, now=None, grace_seconds=STALE_PART_SECONDS):
     host, _, pid_text = writer.rpartition("-")
     if not pid_text.isdigit():
         return False
-    if host in ("", socket.gethostname().replace("-", "_")):
-        return int(pid_text) != os.getpid() and not _pid_running(int(pid_text))
+    local = host in ("", socket.gethostname().replace("-", "_"))
+    if local and int(pid_text) == os.getpid():
+        return False
+    if local and not _pid_running(int(pid_text)):
+        return True
     try:
         age = (time.time() if now is None else now) - os.path.getmtime(str(path))
     except OSError:

@@ -257,6 +257,10 @@ def metas_from_manifest(path, image_set):
     if canvas != [image_set.height, image_set.width]:
         raise DataError("{}: preprocessed at {}x{}, but postprocess is set to {}x{}".format(
             path, canvas[0], canvas[1], image_set.height, image_set.width))
+    ids = [m.image_id for m in metas]
+    if any(b <= a for a, b in zip(ids, ids[1:])):
+        raise DataError("{}: images are not in increasing id order (or an id repeats): not written by "
+                        "`fsaf-repro preprocess`".format(path))
     known = set(image_set.image_ids)
     strangers = [m.image_id for m in metas if m.image_id not in known]
     if strangers:
@@ -276,8 +280,14 @@ def image_metas(image_set, manifest=None, probe_images=False):
 
 
 def _cmd_postprocess(args):
-    image_set = CocoImageSet(args.annotations, args.images or "", limit=args.limit,
-                             height=args.height, width=args.width)
+    height, width = args.height, args.width
+    if args.manifest and (height is None or width is None):
+        # the canvas the .bin files were written at, unless given (a contradiction is then an error)
+        record = read_json(args.manifest, DataError, "preprocess manifest")
+        if isinstance(record, dict):
+            height = height if height is not None else record.get("height")
+            width = width if width is not None else record.get("width")
+    image_set = CocoImageSet(args.annotations, args.images or "", limit=args.limit, height=height, width=width)
     metas = image_metas(image_set, args.manifest, probe_images=bool(args.images))
     dets, labels = read_outputs(args.format, args.outputs, metas, batch_size=args.batch_size,
                                 labels_path=args.labels_npy, outfmt=args.outfmt)
@@ -304,8 +314,10 @@ def register_cli(subparsers):
                              "not needed with --manifest")
     parser.add_argument("--manifest", default=None,
                         help="preprocess_manifest.json of the preprocessing run: the images and scales used")
-    parser.add_argument("--height", type=int, default=None, help="model input height (default: the recipe's)")
-    parser.add_argument("--width", type=int, default=None, help="model input width (default: the recipe's)")
+    parser.add_argument("--height", type=int, default=None,
+                        help="model input height (default: the manifest's, else the recipe's)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="model input width (default: the manifest's, else the recipe's)")
     parser.add_argument("--limit", type=int, default=None, help="first N images by id, as in preprocess")
     parser.add_argument("--format", choices=("benchmark", "ais_bench", "npy"), default="benchmark")
     parser.add_argument("--outputs", required=True,

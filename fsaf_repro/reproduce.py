@@ -79,7 +79,16 @@ class StageBook(object):
                 # It is written atomically, so only outside damage gets here. Keep the damaged file
                 # for inspection rather than overwrite it with the first stage's record.
                 kept = "{}.unreadable-{}".format(self.path, time.strftime("%Y%m%dT%H%M%S"))
-                os.replace(self.path, kept)
+                number = 1
+                while os.path.exists(kept):  # damaged twice within a second: keep both
+                    kept = "{}.unreadable-{}-{}".format(self.path, time.strftime("%Y%m%dT%H%M%S"), number)
+                    number += 1
+                try:
+                    os.replace(self.path, kept)
+                except OSError as rename_error:
+                    raise FsafReproError("{} is unreadable ({}) and could not be moved aside to {} ({}); move or "
+                                         "remove it to run every stage again".format(
+                                             self.path, exc, kept, rename_error.strerror or rename_error))
                 log("{} is unreadable ({}), kept as {}: every stage runs again (inference resumes from "
                     "its own journal where its arguments match)".format(self.path, exc, kept))
                 self.entries = {}

@@ -15,6 +15,8 @@ import os
 import shutil
 import sys
 import tempfile
+import time
+import warnings
 
 from . import Availability
 from .base import Backend, read_output_files
@@ -58,40 +60,70 @@ def om_batch_size(model_path, options, backend_name):
 def attach_om(backend, model_path):
     """Shared load step of the om-file CLI backends: the om must exist; its static batch size comes
     from the conversion sidecar (or the `batch_size` option); the per-run call counter restarts and
-    the tool log starts afresh (`log_path` option, else `<workdir or om folder>/<om>.<backend>.log`)."""
+    a new section of the tool log begins (`log_path` option, else `<workdir or om folder>/<om>.<backend>.log`)."""
     model_path = os.path.abspath(str(model_path))
     if not os.path.isfile(model_path):
         raise BackendError("{}: om file {} does not exist".format(backend.name, model_path))
     backend.model_path = model_path
     backend.batch_size, backend.sidecar = om_batch_size(model_path, backend.options, backend.name)
     backend.calls = 0
-    log_path = backend.options.get("log_path") or os.path.join(
-        backend.options.get("workdir") or os.path.dirname(model_path),
-        "{}.{}.log".format(os.path.basename(model_path), backend.name))
-    backend.tool_log_path = os.path.abspath(str(log_path))
-    try:
-        with open(backend.tool_log_path, "w") as handle:
-            handle.write("# {} calls on {}\n".format(backend.name, model_path))
-    except OSError as exc:
-        raise BackendError("{}: cannot write the tool log {} ({}); pass log_path=FILE or workdir=DIR "
-                           "(backend options) for a writable place".format(
-                               backend.name, backend.tool_log_path, exc.strerror or exc)) from exc
+    backend.tool_log_path = _open_tool_log(backend, model_path)
+
+
+def _open_tool_log(backend, model_path):
+    """Start this run's section of the tool log; returns its path.
+
+    The log is appended to, a section per load, so that runs on the same om keep each other's
+    logs. A log path the user gave (log_path, workdir) must be writable; the default place, beside
+    the om, may not be (a read-only model folder), and then the system temp folder is used, with a
+    warning naming it.
+    """
+    name = "{}.{}.log".format(os.path.basename(model_path), backend.name)
+    given = backend.options.get("log_path") or (
+        os.path.join(backend.options["workdir"], name) if backend.options.get("workdir") else None)
+    header = "# {} on {}, loaded {}\n".format(backend.name, model_path, time.strftime("%Y-%m-%dT%H:%M:%S"))
+    places = [given] if given else [os.path.join(os.path.dirname(model_path), name),
+                                    os.path.join(tempfile.gettempdir(), name)]
+    failures = []
+    for place in places:
+        place = os.path.abspath(str(place))
+        try:
+            with open(place, "a") as handle:
+                handle.write(header)
+        except OSError as exc:
+            failures.append("{} ({})".format(place, exc.strerror or exc))
+            continue
+        if failures:
+            warnings.warn("{}: cannot write the tool log {}; writing it to {}".format(
+                backend.name, failures[0], place), RuntimeWarning, stacklevel=3)
+        return place
+    raise BackendError("{}: cannot write the tool log {}; pass log_path=FILE or workdir=DIR (backend options) "
+                       "for a writable place".format(backend.name, "; ".join(failures)))
 
 
 def keep_tool_log(backend, call_log_path):
-    """Append one call's tool log (in a scratch directory about to be removed) to the backend's log."""
+    """Append one call's tool log (in a scratch directory about to be removed) to the backend's log.
+
+    Called also while a tool error is on its way up: a failure to write here only warns, so that
+    the tool's own error is the one reported.
+    """
     try:
         with open(call_log_path) as source:
             text = source.read()
     except OSError:
         text = "(the tool wrote no log at {})\n".format(call_log_path)
-    with open(backend.tool_log_path, "a") as handle:
-        handle.write("## call {}\n{}".format(backend.calls, text if text.endswith("\n") else text + "\n"))
+    try:
+        with open(backend.tool_log_path, "a") as handle:
+            handle.write("## call {}\n{}".format(backend.calls, text if text.endswith("\n") else text + "\n"))
+    except OSError as exc:
+        warnings.warn("{}: could not append call {}'s log to {} ({}); it is in {}".format(
+            backend.name, backend.calls, backend.tool_log_path, exc.strerror or exc, call_log_path),
+            RuntimeWarning, stacklevel=2)
 
 
 class AisBenchCliBackend(Backend):
-    """Options: command (argv prefix), device_id, workdir (scratch parent), timeout, keep_scratch,
-    batch_size (for an om without sidecar)."""
+    """Options: command (argv prefix), device_id, workdir (scratch parent and tool log folder), log_path
+    (the tool log), timeout, keep_scratch, batch_size (for an om without sidecar)."""
 
     name = "ais_bench"
 

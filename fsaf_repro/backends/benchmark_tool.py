@@ -116,8 +116,9 @@ def run_info_file(om_path, batch_size, info_path, width, height, workdir, device
 
 
 class BenchmarkToolBackend(Backend):
-    """Options: executable, device_id, workdir (scratch parent), timeout, batch_size (om without sidecar),
-    device_label / precision (labels of the perf records), keep_scratch."""
+    """Options: executable, device_id, workdir (scratch parent and tool log folder), log_path (the tool
+    log), timeout, batch_size (om without sidecar), device_label / precision (labels of the perf
+    records), keep_scratch."""
 
     name = "benchmark"
 
@@ -165,7 +166,7 @@ class BenchmarkToolBackend(Backend):
             per_sample = [read_output_files(os.path.join(result["outputs_dir"], stem + "_1.bin"),
                                             os.path.join(result["outputs_dir"], stem + "_2.bin"), 1,
                                             "benchmark output of " + self.model_path) for stem in stems]
-        except (ToolError, OutputFormatError, ResultsError) as exc:
+        except (ToolError, OutputFormatError, ResultsError, DataError) as exc:
             raise type(exc)("{} (scratch directory kept: {})".format(exc, scratch)) from None
         self.last_perf = result["perf_records"]
         if not self.options.get("keep_scratch"):

@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -166,10 +167,23 @@ def test_tool_log_is_kept_next_to_the_om_call_by_call(tools, tmp_path, name):
     # each call's argv header (written by run_tool) is kept, in order, though the scratch is gone
     assert text.count("# argv: ") == 2 and text.index("## call 1") < text.index("## call 2")
     assert not [p for p in os.listdir(os.path.dirname(om)) if p.startswith(("benchmark_", "ais_bench_"))]
-    # loading again starts a fresh log for the new run
+    # loading again (a new run on the same om) adds a section and keeps the earlier calls
     backends.create_backend(name).load(om)
     with open(backend.tool_log_path) as handle:
-        assert "## call" not in handle.read()
+        text = handle.read()
+    assert text.count("# {} on {}".format(name, om)) == 2 and "## call 2" in text
+
+
+def test_tool_log_falls_back_to_the_temp_folder_when_the_om_folder_refuses_it(tools, tmp_path, monkeypatch):
+    om = make_om(tmp_path, 1)
+    os.mkdir(om + ".ais_bench.log")  # a directory in the way: unwritable even for root
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    os.mkdir(str(tmp_path / "tmp"))
+    with pytest.warns(RuntimeWarning, match="cannot write the tool log .*; writing it to .*tmp"):
+        backend = backends.create_backend("ais_bench").load(om)
+    assert backend.tool_log_path == str(tmp_path / "tmp" / "fsaf_bs1.om.ais_bench.log")
+    backend.run(batch_of([1.0]))
+    assert "## call 1" in open(backend.tool_log_path).read()
 
 
 def test_unwritable_tool_log_place_is_named(tools, tmp_path):

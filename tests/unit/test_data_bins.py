@@ -87,6 +87,11 @@ def test_part_file_staleness(tmp_path):
     other.write_bytes(b"x")
     assert not is_stale_part(str(other))
     assert is_stale_part(str(other), now=time.time() + STALE_PART_SECONDS + 1)
+    # a live pid here (possibly reused by an unrelated process): stale only once old
+    live = tmp_path / "b.bin.part-{}-{}".format(socket.gethostname().replace("-", "_"), os.getppid())
+    live.write_bytes(b"x")
+    assert not is_stale_part(str(live))
+    assert is_stale_part(str(live), now=time.time() + STALE_PART_SECONDS + 1)
 
 
 def test_info_files_formats_and_order(image_set, tmp_path):
@@ -181,3 +186,29 @@ def test_a_killed_run_leaves_no_truncated_bin_and_the_rerun_completes(tmp_path):
     assert not [n for n in os.listdir(out) if ".part-" in n]
     if killed:
         assert report.written >= 1
+
+
+def test_rerun_after_an_image_went_bad_moves_its_old_bin_aside_and_names_foreign_bins(tmp_path, capsys):
+    annotation_file, image_dir = make_synthetic_coco(str(tmp_path / "ds"), num_images=4, seed=6,
+                                                     layouts=[(40, 30, "jpg")])
+    out = str(tmp_path / "bins")
+
+    def preprocess(*extra):
+        return cli.main(["preprocess", "--annotations", annotation_file, "--images", image_dir, "--out", out,
+                         "--bin-info", str(tmp_path / "f.info"), "--jpg-info", str(tmp_path / "j.info"),
+                         "--height", "32", "--width", "48", "--workers", "1", "--no-progress"] + list(extra))
+    assert preprocess() == 0
+    gone = CocoImageSet(annotation_file, image_dir).metas[1]
+    os.remove(gone.path)
+    capsys.readouterr()
+    assert preprocess() == 1  # the missing image stops the run, naming it
+    assert gone.file_name in capsys.readouterr().err
+    assert preprocess("--skip-bad") == 0
+    stem = os.path.splitext(gone.file_name)[0]
+    # its earlier .bin is out of the tools' view (ais_bench reads every *.bin of the folder), not lost
+    assert not os.path.exists(os.path.join(out, stem + ".bin"))
+    assert os.path.getsize(os.path.join(out, stem + ".bin.skipped")) == bin_bytes(32, 48)
+    assert stem not in open(str(tmp_path / "f.info")).read()
+    capsys.readouterr()
+    assert preprocess("--limit", "1") == 0
+    assert "holds 2 .bin file(s) not in this selection" in capsys.readouterr().err

@@ -6,6 +6,7 @@ annotation gives the stored size; the transform follows the decoded image (see C
 """
 import json
 import os
+import struct
 import warnings
 
 import cv2
@@ -14,7 +15,7 @@ import pytest
 
 from fsaf_repro import cli
 from fsaf_repro.data import CocoImageSet, probe_decoded_size, read_bgr, read_info_file
-from fsaf_repro.errors import DataError
+from fsaf_repro.errors import DataError, ImageReadError
 from fsaf_repro.postprocess import DETS_COLUMNS, _max_dets, read_results_json
 from fsaf_repro.synthetic import make_synthetic_coco
 
@@ -64,13 +65,38 @@ def test_header_probe_gives_the_decoded_size(tmp_path, orientation, transposed):
     assert probe_decoded_size(path) == ((30, 50) if transposed else (50, 30))
 
 
-def test_header_probe_of_a_png_and_of_a_broken_file(tmp_path):
-    png = str(tmp_path / "x.png")
-    cv2.imwrite(png, _photo(20, 36))
-    assert probe_decoded_size(png) == (36, 20)
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_header_probe_of_a_png_agrees_with_opencv(tmp_path, orientation):
+    # OpenCV rotates some non-JPEG formats by their EXIF tag too (version dependent): they are decoded
+    path = str(tmp_path / "x.png")
+    _save_with_orientation(path, _photo(20, 36), orientation)
+    decoded = read_bgr(path)
+    assert probe_decoded_size(path) == (decoded.shape[1], decoded.shape[0])
+
+
+def _with_xmp_orientation(jpeg_bytes, orientation):
+    """The JPEG with an XMP APP1 segment (tiff:Orientation) right after SOI, and no EXIF."""
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{}"/>'
+           '</rdf:RDF></x:xmpmeta>').format(orientation).encode("ascii")
+    payload = b"http://ns.adobe.com/xap/1.0/\x00" + xmp
+    segment = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return jpeg_bytes[:2] + segment + jpeg_bytes[2:]
+
+
+def test_header_probe_ignores_an_xmp_orientation_as_opencv_does(tmp_path):
+    ok, encoded = cv2.imencode(".jpg", _photo(20, 36))
+    path = tmp_path / "xmp.jpg"
+    path.write_bytes(_with_xmp_orientation(encoded.tobytes(), 6))
+    decoded = read_bgr(str(path))
+    assert ok and decoded.shape[:2] == (20, 36)  # OpenCV reads EXIF only
+    assert probe_decoded_size(str(path)) == (36, 20)
+
+
+def test_header_probe_of_a_broken_file_names_it(tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    with pytest.raises(Exception, match="broken.jpg: cannot read the image header"):
+    with pytest.raises(ImageReadError, match="broken.jpg: cannot read the image header"):
         probe_decoded_size(str(broken))
 
 
@@ -153,6 +179,11 @@ def test_manifest_from_other_annotations_or_canvas_is_refused(rotated_set, tmp_p
         metas_from_manifest(manifest_path, CocoImageSet(other, image_dir, height=H, width=W))
     with pytest.raises(DataError, match=r"preprocessed at 96x128, but postprocess is set to 800x1216"):
         metas_from_manifest(manifest_path, CocoImageSet(annotation_file, image_dir))
+    shuffled = dict(manifest, images=manifest["images"][::-1])
+    shuffled_path = tmp_path / "shuffled.json"
+    shuffled_path.write_text(json.dumps(shuffled))
+    with pytest.raises(DataError, match="not in increasing id order"):
+        metas_from_manifest(str(shuffled_path), CocoImageSet(annotation_file, image_dir, height=H, width=W))
     with pytest.raises(DataError, match="lists image ids not among the 2 images selected"):
         metas_from_manifest(manifest_path, CocoImageSet(annotation_file, image_dir, limit=2, height=H, width=W))
     bad = tmp_path / "bad_manifest.json"

@@ -68,7 +68,7 @@ def _postprocess_and_check(annotation_file, manifest, fmt, outputs):
     """Step 6: each result is the fake detection of its own .bin, undone by its own image's scale."""
     assert cli.main(["postprocess", "--annotations", annotation_file, "--manifest",
                      "bins/preprocess_manifest.json", "--format", fmt, "--outputs", outputs,
-                     "--results", "results.json", "--height", str(H), "--width", str(W)]) == 0
+                     "--results", "results.json"]) == 0  # canvas from the manifest
     with open("results.json") as handle:
         results = json.load(handle)
     assert len(results) == len(manifest["images"])
