@@ -434,6 +434,19 @@ def bin_bytes(height, width):
     return 3 * int(height) * int(width) * 4
 
 
+BIN_MISSING = "missing"
+
+
+def bin_file_problem(path, height, width):
+    """None when `path` is a complete float32 3 x height x width .bin; else BIN_MISSING or its size fault."""
+    if not os.path.isfile(path):
+        return BIN_MISSING
+    size, expected = os.path.getsize(path), bin_bytes(height, width)
+    if size != expected:
+        return "has {} bytes, expected {} (float32 3x{}x{})".format(size, expected, height, width)
+    return None
+
+
 _WORKER_STATE = {}
 
 
@@ -455,9 +468,8 @@ def _preprocess_one(index):
     image_set = _WORKER_STATE["set"]
     meta = image_set.metas[index]
     path = os.path.join(_WORKER_STATE["out_dir"], bin_name(meta))
-    expected = bin_bytes(image_set.height, image_set.width)
     try:
-        if os.path.isfile(path) and os.path.getsize(path) == expected:
+        if bin_file_problem(path, image_set.height, image_set.width) is None:
             # the header tells the decoded size: a kept .bin costs no decoding
             return index, "reused", "", image_set.meta_for_decoded(index, *probe_decoded_size(meta.path))
         if _WORKER_STATE["buffer"] is None:
@@ -566,15 +578,14 @@ def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, excl
     if bin_info is not None:
         if bin_dir is None:
             raise DataError("a bin info file needs the .bin directory")
-        expected = bin_bytes(image_set.height, image_set.width)
         lines = []
         for index, meta in enumerate(metas):
             path = os.path.join(os.fspath(bin_dir), bin_name(meta))
-            if not os.path.isfile(path):
+            problem = bin_file_problem(path, image_set.height, image_set.width)
+            if problem == BIN_MISSING:
                 raise DataError("{} is missing: run `fsaf-repro preprocess` first".format(path))
-            if os.path.getsize(path) != expected:
-                raise DataError("{} has {} bytes, expected {} ({}x{} float32 CHW)".format(
-                    path, os.path.getsize(path), expected, image_set.height, image_set.width))
+            if problem:
+                raise DataError("{} {}".format(path, problem))
             lines.append("{} {} {} {}".format(index, path, image_set.width, image_set.height))
         atomic_write_text(os.fspath(bin_info), "\n".join(lines) + "\n")
         written["bin"] = lines

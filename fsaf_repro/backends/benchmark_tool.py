@@ -55,29 +55,29 @@ def resolved_info_copy(info_path, workdir, width, height):
     The tool runs in `workdir` (where it writes result/) and opens each listed path from there, so
     a relative path written by `fsaf-repro preprocess` (relative to where the user stands) would not
     be found, many minutes into a run. Each .bin must exist with the byte size of a float32
-    3 x height x width tensor, at the size the run is given. Returns the copy's path.
+    3 x height x width tensor, at the size the run is given. Returns (the copy's path, its entries
+    as `read_info_file` gives them).
     """
-    from ..data import bin_bytes, read_info_file
+    from ..data import BIN_MISSING, bin_file_problem, read_info_file
     info_path = str(info_path)
-    expected = bin_bytes(height, width)
-    lines = []
+    entries = []
     for index, path, bin_w, bin_h in read_info_file(info_path):
-        absolute = os.path.abspath(path)
         if (bin_w, bin_h) != (int(width), int(height)):
             raise DataError("{}: entry {} ({}) is {}x{}, but this run is {}x{} (width x height)".format(
                 info_path, index, path, bin_w, bin_h, width, height))
-        if not os.path.isfile(absolute):
+        absolute = os.path.abspath(path)
+        problem = bin_file_problem(absolute, height, width)
+        if problem == BIN_MISSING:
             raise DataError("{}: entry {} lists {}, which does not exist (relative paths are taken from the "
                             "current directory, {})".format(info_path, index, path, os.getcwd()))
-        if os.path.getsize(absolute) != expected:
-            raise DataError("{}: entry {} ({}) has {} bytes, expected {} (float32 3x{}x{})".format(
-                info_path, index, path, os.path.getsize(absolute), expected, height, width))
-        lines.append("{} {} {} {}".format(index, absolute, bin_w, bin_h))
-    if not lines:
+        if problem:
+            raise DataError("{}: entry {} ({}) {}".format(info_path, index, path, problem))
+        entries.append((index, absolute, bin_w, bin_h))
+    if not entries:
         raise DataError("{} lists no .bin files: nothing to run".format(info_path))
     copy = os.path.join(workdir, os.path.splitext(os.path.basename(info_path))[0] + ".resolved.info")
-    atomic_write_text(copy, "\n".join(lines) + "\n")
-    return copy
+    atomic_write_text(copy, "".join("{} {} {} {}\n".format(*entry) for entry in entries))
+    return copy, entries
 
 
 def run_info_file(om_path, batch_size, info_path, width, height, workdir, device_id=0, executable=None,
@@ -96,14 +96,13 @@ def run_info_file(om_path, batch_size, info_path, width, height, workdir, device
     executable = executable or default_executable()
     perf_path = perf_file_path(workdir, batch_size, device_id)
     log_path = os.path.join(workdir, "benchmark.log")
-    tool_info = resolved_info_copy(info_path, workdir, width, height)
+    tool_info, entries = resolved_info_copy(info_path, workdir, width, height)
     argv = benchmark_argv(executable, os.path.abspath(str(om_path)), batch_size, tool_info, width, height,
                           device_id)
     run_tool(argv, cwd=workdir, log_path=log_path, artifacts=[perf_path], timeout=timeout,
              tool_name=os.path.basename(executable), setup_hint=INSTALL_HINT)
     outputs = output_dir(workdir, device_id)
-    from ..data import read_info_file
-    stems = [os.path.splitext(os.path.basename(path))[0] for _, path, _, _ in read_info_file(tool_info)]
+    stems = [os.path.splitext(os.path.basename(path))[0] for _, path, _, _ in entries]
     missing = [s for s in stems if not (os.path.isfile(os.path.join(outputs, s + "_1.bin"))
                                         and os.path.isfile(os.path.join(outputs, s + "_2.bin")))]
     if missing:
