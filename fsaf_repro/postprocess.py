@@ -237,13 +237,15 @@ def read_outputs(kind, outputs, metas, batch_size=1, labels_path=None, outfmt="B
     raise OutputFormatError("unknown output kind {!r} (benchmark, ais_bench, npy)".format(kind))
 
 
-def metas_from_manifest(path, image_set):
+def metas_from_manifest(path, image_set, record=None):
     """The ImageMetas a preprocessing run used (`preprocess_manifest.json`), checked against `image_set`.
 
     The manifest must come from the same annotation file (sha256) and canvas, and list a subset of
     the set's images in id order (skipped bad images are absent, and so are their outputs).
+    `record`: the manifest's content when the caller has already read `path`.
     """
-    record = read_json(path, DataError, "preprocess manifest")
+    if record is None:
+        record = read_json(path, DataError, "preprocess manifest")
     try:
         sha, canvas = record["annotation_sha256"], [int(record["height"]), int(record["width"])]
         metas = [ImageMeta(**entry) for entry in record["images"]]
@@ -270,25 +272,21 @@ def metas_from_manifest(path, image_set):
     return metas
 
 
-def image_metas(image_set, manifest=None, probe_images=False):
-    """The metas outputs are matched to: manifest, else image headers (probe), else annotations."""
-    if manifest:
-        return metas_from_manifest(manifest, image_set)
-    if probe_images:
-        image_set.resolve_orientation()
-    return [image_set.effective_meta(i) for i in range(len(image_set))]
-
-
 def _cmd_postprocess(args):
+    record = read_json(args.manifest, DataError, "preprocess manifest") if args.manifest else None
     height, width = args.height, args.width
-    if args.manifest and (height is None or width is None):
+    if isinstance(record, dict):
         # the canvas the .bin files were written at, unless given (a contradiction is then an error)
-        record = read_json(args.manifest, DataError, "preprocess manifest")
-        if isinstance(record, dict):
-            height = height if height is not None else record.get("height")
-            width = width if width is not None else record.get("width")
+        height = height if height is not None else record.get("height")
+        width = width if width is not None else record.get("width")
     image_set = CocoImageSet(args.annotations, args.images or "", limit=args.limit, height=height, width=width)
-    metas = image_metas(image_set, args.manifest, probe_images=bool(args.images))
+    # the scales outputs are undone with: manifest, else image headers, else annotation sizes
+    if record is not None:
+        metas = metas_from_manifest(args.manifest, image_set, record)
+    else:
+        if args.images:
+            image_set.resolve_orientation()
+        metas = [image_set.effective_meta(i) for i in range(len(image_set))]
     dets, labels = read_outputs(args.format, args.outputs, metas, batch_size=args.batch_size,
                                 labels_path=args.labels_npy, outfmt=args.outfmt)
     results = detections_to_coco(dets, labels, metas, image_set.category_ids,
