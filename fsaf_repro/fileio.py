@@ -18,9 +18,14 @@ PART_MARK = ".part-"
 STALE_PART_SECONDS = 600.0
 
 
+def _host_tag():
+    """This host's name as part files carry it: without '-', so that the pid after it parses back."""
+    return socket.gethostname().replace("-", "_")
+
+
 def part_suffix():
-    """`.part-<host>-<pid>` of this process (host without '-' so that the pid parses back)."""
-    return "{}{}-{}".format(PART_MARK, socket.gethostname().replace("-", "_"), os.getpid())
+    """`.part-<host>-<pid>` of this process."""
+    return "{}{}-{}".format(PART_MARK, _host_tag(), os.getpid())
 
 
 def file_sha256(path, chunk_size=1 << 20):
@@ -103,7 +108,7 @@ def is_stale_part(path, now=None, grace_seconds=STALE_PART_SECONDS):
     host, _, pid_text = writer.rpartition("-")
     if not pid_text.isdigit():
         return False
-    local = host in ("", socket.gethostname().replace("-", "_"))
+    local = host in ("", _host_tag())
     if local and int(pid_text) == os.getpid():
         return False
     if local and not _pid_running(int(pid_text)):

@@ -79,9 +79,9 @@ class StageBook(object):
                 # It is written atomically, so only outside damage gets here. Keep the damaged file
                 # for inspection rather than overwrite it with the first stage's record.
                 kept = "{}.unreadable-{}".format(self.path, time.strftime("%Y%m%dT%H%M%S"))
-                number = 1
+                base, number = kept, 1
                 while os.path.exists(kept):  # damaged twice within a second: keep both
-                    kept = "{}.unreadable-{}-{}".format(self.path, time.strftime("%Y%m%dT%H%M%S"), number)
+                    kept = "{}-{}".format(base, number)
                     number += 1
                 try:
                     os.replace(self.path, kept)
