@@ -70,6 +70,19 @@ def attach_om(backend, model_path):
     backend.tool_log_path = _open_tool_log(backend, model_path)
 
 
+def begin_call(backend, batch, image_hw, scratch_prefix):
+    """Shared start of an om CLI backend's `run`: the batch checked against the om's static size,
+    uint8 models refused, a scratch directory made (under the `workdir` option) and the call counted.
+    Returns (batch size, scratch directory)."""
+    size = backend.check_batch(batch)
+    if image_hw is not None:
+        raise BackendError("{}: uint8 models with an image_hw input are not supported by this backend; "
+                           "use aclruntime".format(backend.name))
+    scratch = tempfile.mkdtemp(prefix=scratch_prefix, dir=backend.options.get("workdir"))
+    backend.calls += 1
+    return size, scratch
+
+
 def _open_tool_log(backend, model_path):
     """Start this run's section of the tool log; returns its path.
 
@@ -145,13 +158,7 @@ class AisBenchCliBackend(Backend):
 
     def run(self, batch, image_hw=None):
         from ..convert import run_tool
-        size = self.check_batch(batch)
-        if image_hw is not None:
-            raise BackendError("{}: uint8 models with an image_hw input are not supported by this backend; "
-                               "use aclruntime".format(self.name))
-        workdir = self.options.get("workdir")
-        scratch = tempfile.mkdtemp(prefix="ais_bench_", dir=workdir)
-        self.calls += 1
+        size, scratch = begin_call(self, batch, image_hw, "ais_bench_")
         stem = "batch_{:06d}".format(self.calls)
         in_dir, out_dir = os.path.join(scratch, "input"), os.path.join(scratch, "output")
         os.makedirs(in_dir)

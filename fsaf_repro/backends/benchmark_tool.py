@@ -15,12 +15,11 @@ sample. Each `run(batch)` call's tool log is appended to the backend's log file 
 import os
 import platform
 import shutil
-import tempfile
 
 from . import Availability
 from .base import Backend, read_output_files
-from .ais_bench_cli import attach_om, keep_tool_log
-from ..errors import BackendError, DataError, OutputFormatError, ResultsError, ToolError
+from .ais_bench_cli import attach_om, begin_call, keep_tool_log
+from ..errors import DataError, OutputFormatError, ResultsError, ToolError
 from ..fileio import atomic_write_text
 
 INSTALL_HINT = ("put the CANN benchmark tool (benchmark.x86_64 or benchmark.aarch64, from the ModelZoo "
@@ -135,13 +134,8 @@ class BenchmarkToolBackend(Backend):
         return self
 
     def run(self, batch, image_hw=None):
-        size = self.check_batch(batch)
-        if image_hw is not None:
-            raise BackendError("{}: uint8 models with an image_hw input are not supported by the benchmark "
-                               "tool backend; use aclruntime".format(self.name))
+        size, scratch = begin_call(self, batch, image_hw, "benchmark_")
         height, width = int(batch.shape[2]), int(batch.shape[3])
-        scratch = tempfile.mkdtemp(prefix="benchmark_", dir=self.options.get("workdir"))
-        self.calls += 1
         bin_dir = os.path.join(scratch, "bins")
         os.makedirs(bin_dir)
         info_path = os.path.join(scratch, "batch.info")
