@@ -22,6 +22,7 @@ from .errors import CheckpointError
 from .fileio import atomic_write_bytes, file_sha256  # noqa: F401  (file_sha256 is part of this API)
 from .model import build_detector
 from .spec import load_recipe_spec, model_constants
+from .torch_threads import temporarily_intra_op_threads
 
 # Keys torch adds to BatchNorm buffers; old checkpoints may lack them and they do not affect eval.
 OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)
@@ -180,14 +181,11 @@ def seeded_state_dict(seed=0, target_candidate_fraction=0.01):
     (location, class) pairs score above the 0.05 threshold: many detections, busy NMS.
 
     The calibration runs on one thread: multi-threaded convolutions sum in an order that depends on
-    the thread count, and the weights must not depend on what the caller set it to.
+    the thread count, and the weights must not depend on what the caller set it to. On torch 1.8.0 it
+    also runs with oneDNN off, so that no convolution is cached at one thread (see torch_threads).
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with temporarily_intra_op_threads(1):
         return _seeded_state_dict(seed, target_candidate_fraction)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _seeded_state_dict(seed, target_candidate_fraction):

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .spec import model_constants
+from .torch_threads import note_forward
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
 RESNET50_PLANES = (64, 128, 256, 512)
@@ -65,6 +66,9 @@ class ResNet50(nn.Module):
             setattr(self, "layer{}".format(index + 1), nn.Sequential(*layers))
 
     def forward(self, x):
+        # Every path to the detector's convolutions passes here (full model, export traces, the
+        # calibration): the thread-count guard learns the count at which oneDNN builds them.
+        note_forward()
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c2 = self.layer1(x)
         c3 = self.layer2(c2)

@@ -27,6 +27,7 @@ import time
 from . import __version__
 from .errors import CheckpointError, DataError, FsafReproError, JournalMismatch, ToolError
 from .fileio import atomic_write_json, file_sha256
+from .torch_threads import set_intra_op_threads
 
 # The embedded default: small enough for about a minute on a 2-core CPU (project choice, issue 5).
 EMBEDDED_NUM_IMAGES = 12
@@ -340,7 +341,7 @@ def run_reproduce(*args, **kwargs):
     try:
         return _run_reproduce(*args, **kwargs)
     finally:
-        torch.set_num_threads(torch_threads)
+        set_intra_op_threads(torch_threads)
 
 
 def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None, batch_sizes=None,
@@ -383,8 +384,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     # pure-inference timing has no loader beside it: the whole host, as the recipe's tools use the device
     perf_threads = (os.cpu_count() or 1) if perf_threads is None else (int(perf_threads) or None)
     if threads:
-        import torch
-        torch.set_num_threads(threads)  # also for the seeded-weights calibration and the export traces
+        set_intra_op_threads(threads)  # also for the export traces
     perf_loops = int(perf_loops or DEFAULT_PERF_LOOPS)
     perf_warmup = int(DEFAULT_PERF_WARMUP if perf_warmup is None else perf_warmup)
     parity_images = int(parity_images or DEFAULT_PARITY_IMAGES)
@@ -641,6 +641,8 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
             for bs in usable:
                 model = om_paths[bs] if name in OM_BACKENDS else models[name]
                 backend, _ = _load_backend(name, model, trusted, perf_threads)
+                # the count that really ran: torch 1.8.0 may keep a lower one (torch_threads)
+                ran_threads = getattr(backend, "intra_op_threads", None) or perf_threads
                 try:
                     batch = fixed_input(bs, height, width)
                     record = measure_pure_inference(backend, batch, perf_loops, perf_warmup,
@@ -650,7 +652,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                     backend.close()
                 record["note"] = "input {}x{}{}{}".format(height, width, "" if (height, width) == (
                     input_constants()["height"], input_constants()["width"]) else " (reduced: not the recipe's "
-                    "800x1216)", "; {} intra-op thread(s)".format(perf_threads) if perf_threads and
+                    "800x1216)", "; {} intra-op thread(s)".format(ran_threads) if perf_threads and
                     name not in OM_BACKENDS
                     else "")
                 records.append(record)

@@ -4,6 +4,7 @@ import numpy as np
 from . import Availability
 from .base import Backend, normalise_outputs
 from ..errors import BackendError
+from ..torch_threads import set_intra_op_threads
 
 
 class TorchBackend(Backend):
@@ -28,7 +29,10 @@ class TorchBackend(Backend):
                                .format(device))
         threads = self.options.get("threads")
         if threads:
-            torch.set_num_threads(int(threads))
+            # the count in effect, for records: torch 1.8.0 may keep a lower one (torch_threads)
+            self.intra_op_threads = set_intra_op_threads(int(threads))
+        else:
+            self.intra_op_threads = torch.get_num_threads()
         self.device = torch.device(device)
         self.model = load_detector(str(model_path), trusted=bool(self.options.get("trusted", False)))
         self.model.to(self.device)
