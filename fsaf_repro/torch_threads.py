@@ -18,9 +18,9 @@ The guard, on an affected torch:
   what really ran. Results stay identical to what the process has computed so far (same kernels,
   same count); the cost is speed only (measured in the note above: about 1.4-1.6x per forward at one
   thread instead of two).
-- `temporarily_intra_op_threads(n)` (a with-block that restores the count) runs a lower count with
-  oneDNN off inside, so no cached convolution is built at the lower count and the caller's count can
-  come back afterwards (used by the seeded-weights calibration, which runs on one thread so that the
+- `temporarily_intra_op_threads(n)` (a with-block that restores the count) runs with oneDNN off
+  inside, so no cached convolution is built at a lower count and the caller's count can come back
+  afterwards (used by the seeded-weights calibration, which runs on one thread so that the
   weights do not depend on the caller's count).
 Everywhere else the functions are plain `torch.set_num_threads` / `get_num_threads`.
 """
@@ -100,10 +100,10 @@ def temporarily_intra_op_threads(count):
     ceiling = intra_op_threads_ceiling()
     if ceiling is not None and count > ceiling:
         count = set_intra_op_threads(count)  # a rise: clamped (and warned about) like a lasting one
-    lowering_on_affected = onednn_thread_rise_unsafe(torch) and count < previous
     # Lowering with oneDNN on would cache convolutions built at `count`; restoring `previous` would
-    # then be a rise over them. Lowering is done through torch directly: no clamp applies to it.
-    flags = torch.backends.mkldnn.flags(enabled=False) if lowering_on_affected else _no_context()
+    # then be a rise over them. oneDNN is off inside whatever the caller's count, so that the block
+    # computes the same way from every caller (the calibration's weights must not depend on it).
+    flags = torch.backends.mkldnn.flags(enabled=False) if onednn_thread_rise_unsafe(torch) else _no_context()
     with flags:
         torch.set_num_threads(count)
         try:

@@ -152,6 +152,15 @@ def test_a_forward_with_onednn_off_does_not_lower_the_ceiling(affected_guard):
     assert torch_threads.intra_op_threads_ceiling() == 2
 
 
+def test_temporary_block_computes_the_same_way_from_every_caller(affected_guard):
+    # oneDNN is off inside even when the caller already runs at the block's count: the calibration's
+    # weights must not depend on the caller's count
+    torch_threads.set_intra_op_threads(1)
+    with torch_threads.temporarily_intra_op_threads(1):
+        assert torch.backends.mkldnn.enabled is False
+    assert torch.backends.mkldnn.enabled is True
+
+
 def test_temporary_count_is_restored_after_an_error(affected_guard):
     torch_threads.set_intra_op_threads(2)
     with pytest.raises(KeyError):
