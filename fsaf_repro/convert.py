@@ -29,7 +29,13 @@ DEFAULT_OUT_NODES = "dets;labels"
 # atc's --precision_mode values (CANN 5.x). force_fp16 is atc's own default; we always pass it so the
 # sidecar states what was used.
 PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision")
+# atc's own lines (published outputs in tests/unit/fixtures/tool_outputs): on success `ATC run
+# success, welcome to the next use.`, possibly followed by warnings such as `W11001: Op [...] does not
+# hit ...`; on failure `ATC run failed, Please check the detail log, ...` and error-code lines
+# `E10001: ...`, `EZ3003: ...` (with indented cause/solution lines), `E10007: [PID: 10490] <time> ...`.
 ATC_SUCCESS = "ATC run success"
+ATC_FAILURE = "ATC run failed"
+_CANN_CODE_LINE = re.compile(r"^(?P<code>[EW][0-9A-Z]\d{4}):\s*(?P<message>.*)$")
 AOE_SUCCESS = "Aoe process finished"
 SETUP_HINT = "install the CANN toolkit and run `source /usr/local/Ascend/ascend-toolkit/set_env.sh`"
 
@@ -46,13 +52,37 @@ def _tail(text, lines=8):
     return "\n".join(kept[-lines:])
 
 
+def read_cann_codes(text):
+    """The CANN error and warning code lines of a tool's output: ([error lines], [warning lines]).
+
+    An error line is `E<5 characters>: message` (E10001, EZ3003, EC0010, E40000), a warning line
+    `W<5>: message` (W11001); each is returned stripped, as printed.
+    """
+    errors, warnings_ = [], []
+    for line in text.splitlines():
+        match = _CANN_CODE_LINE.match(line.strip())
+        if match:
+            (errors if match.group("code").startswith("E") else warnings_).append(line.strip())
+    return errors, warnings_
+
+
+def cann_error_summary(text):
+    """The first error-code lines of a CANN tool's output, joined for a one-line message (or None)."""
+    errors, _ = read_cann_codes(text)
+    if not errors:
+        return None
+    return "; ".join(errors[:3]) + (" (+{} more)".format(len(errors) - 3) if len(errors) > 3 else "")
+
+
 def run_tool(argv, cwd, log_path, success_line=None, artifacts=(), timeout=None, env=None, tool_name=None,
-             setup_hint=SETUP_HINT):
+             setup_hint=SETUP_HINT, failure_line=None, explain=None):
     """Run an external tool and judge it by exit code, success line and artifacts.
 
     argv: list of strings (argv[0] is looked up on PATH unless it contains a slash).
     log_path: the combined stdout+stderr is written there (kept whatever the outcome).
     success_line: a substring the tool prints on success (None: exit code only).
+    failure_line: a substring the tool prints on failure; printed with exit code 0 it still fails.
+    explain: output text -> a one-line reason (e.g. the tool's error codes) put first in the error.
     artifacts: paths that must exist afterwards.
     Returns the tool's output text; raises ToolError naming the tool, the outcome and the log.
     """
@@ -81,15 +111,21 @@ def run_tool(argv, cwd, log_path, success_line=None, artifacts=(), timeout=None,
     else:
         status = "exit code {}".format(returncode)
     _write_log(log_path, argv, cwd, output, status)
+    reason = explain(output) if explain else None
+    reason = ": {}".format(reason) if reason else ""
     if returncode < 0:
-        raise ToolError("{}: {} (a crash, not a reported error); last output:\n{}\nlog: {}".format(
-            name, status, _tail(output) or "(no output)", log_path))
+        raise ToolError("{}: {} (a crash, not a reported error){}; last output:\n{}\nlog: {}".format(
+            name, status, reason, _tail(output) or "(no output)", log_path))
     if returncode != 0:
-        raise ToolError("{}: failed with {}; last output:\n{}\nlog: {}".format(
-            name, status, _tail(output) or "(no output)", log_path))
+        raise ToolError("{}: failed with {}{}; last output:\n{}\nlog: {}".format(
+            name, status, reason, _tail(output) or "(no output)", log_path))
+    if failure_line and failure_line in output:
+        raise ToolError("{}: exited 0 but printed its failure line {!r}{}; treating the run as failed; "
+                        "log: {}".format(name, failure_line, reason, log_path))
     if success_line and success_line not in output:
-        raise ToolError("{}: exited 0 but never printed its success line {!r}; treating the run as failed; "
-                        "log: {}".format(name, success_line, log_path))
+        last = _tail(output, 1)
+        raise ToolError("{}: exited 0 but never printed its success line {!r} (its last line: {!r}); treating "
+                        "the run as failed; log: {}".format(name, success_line, last or "(no output)", log_path))
     missing = [p for p in artifacts if not os.path.exists(p)]
     if missing:
         raise ToolError("{}: reported success but did not produce {}; log: {}".format(
@@ -105,13 +141,46 @@ def _write_log(log_path, argv, cwd, output, status):
 
 # --- soc version -------------------------------------------------------------------------------------
 
-# A chip row of `npu-smi info`: "| 0       310P3        | OK  | ..." (NPU id, chip name, health).
-_NPU_ROW = re.compile(r"^\|\s*(\d+)\s+((?:Ascend)?(?:310|910)[0-9A-Za-z]*)\s+\|\s*(\w+)", re.MULTILINE)
+# `npu-smi info` prints one table; each NPU block begins, right after a `+---`/`+===` rule, with a row
+# `| <npu id>  <chip name>  | <health> | ...` followed by a `| <chip>  <device>  | <bus id> | ...` row.
+# Published tables (tests/unit/fixtures/tool_outputs): 310 (21.x, narrow columns), 310B1/310B4,
+# 310P3, and Atlas 300I Duo (one NPU id listed once per chip, both 310P3). A process table may follow
+# (`| NPU  Chip  | Process id | ...`); it is not read.
+_NPU_SMI_HEADER = re.compile(r"^\|\s*NPU\s+Name\s*\|\s*Health\s*\|")
+_NPU_SMI_PROCESS_HEADER = re.compile(r"^\|\s*NPU\s+Chip\s*\|\s*Process id")
+_NPU_SMI_RULE = re.compile(r"^\+[-=+]+\+?$")
+_NPU_SMI_BLOCK_ROW = re.compile(r"^\|\s*(?P<npu>\d+)\s+(?P<name>\S+)\s*\|\s*(?P<health>[^|]*?)\s*\|")
+_CHIP_NAME = re.compile(r"^(?:Ascend)?(?:310|910)[0-9A-Za-z]*$")
+NPU_SMI_EXPECTED_CHIPS = "a 310, 310P, 310B or 910 chip name such as 310, 310P3, 310B1 or 910B3"
 
 
-def parse_npu_smi(text):
-    """Chip names from `npu-smi info` output, as a list of (npu_id, chip name, health)."""
-    return [(int(m.group(1)), m.group(2), m.group(3)) for m in _NPU_ROW.finditer(text)]
+def parse_npu_smi(text, source="npu-smi info"):
+    """The chips of an `npu-smi info` table, as a list of (npu_id, chip name, health).
+
+    ToolError when the text is not the table (no `| NPU Name | Health |` header; the first line is
+    quoted) or when a block's first row names no known chip (the row is quoted): a chip this package
+    does not know must not become a guessed --soc_version.
+    """
+    lines = [line.strip() for line in text.splitlines()]
+    header = next((i for i, line in enumerate(lines) if _NPU_SMI_HEADER.match(line)), None)
+    if header is None:
+        first = next((line for line in lines if line), "")
+        raise ToolError("{}: expected the npu-smi table with a header row `| NPU  Name | Health | ...`; "
+                        "its output begins {!r}".format(source, first))
+    chips = []
+    for previous, line in zip(lines[header:], lines[header + 1:]):
+        if _NPU_SMI_PROCESS_HEADER.match(line):
+            break
+        if not _NPU_SMI_RULE.match(previous):
+            continue
+        match = _NPU_SMI_BLOCK_ROW.match(line)
+        if match is None:
+            continue  # a rule closing the table, or a header row
+        if not _CHIP_NAME.match(match.group("name")):
+            raise ToolError("{}: expected {} in the row {!r}; pass --soc-version (e.g. Ascend310P3)".format(
+                source, NPU_SMI_EXPECTED_CHIPS, line))
+        chips.append((int(match.group("npu")), match.group("name"), match.group("health")))
+    return chips
 
 
 def soc_version_from_chip(chip):
@@ -133,7 +202,7 @@ def detect_soc_version(npu_smi="npu-smi", log_path=None):
     finally:
         if log_path is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    chips = parse_npu_smi(output)
+    chips = parse_npu_smi(output, "npu-smi info (log: {})".format(log))
     if not chips:
         raise ToolError("npu-smi info printed no chip row that names a 310/910 chip; pass --soc-version "
                         "(e.g. Ascend310P3); output was:\n{}".format(_tail(output)))
@@ -274,14 +343,15 @@ def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_pr
         argv = atc_argv(onnx_path, scratch_prefix, batch_size, soc_version, input_name, height, width,
                         out_nodes=out_nodes, precision_mode=precision_mode, log_level=log_level,
                         atc=executable or "atc", extra_args=extra_args, extra_inputs=extra_inputs)
-        success = ATC_SUCCESS
+        success, failure = ATC_SUCCESS, ATC_FAILURE
     else:
         argv = aoe_argv(onnx_path, scratch_prefix, batch_size, input_name, height, width, job_type=job_type,
                         aoe=executable or "aoe", extra_args=extra_args, extra_inputs=extra_inputs)
-        success = AOE_SUCCESS
+        success, failure = AOE_SUCCESS, None
     try:
-        output = run_tool(argv, cwd=scratch, log_path=log_path, success_line=success,
-                          artifacts=[scratch_prefix + ".om"], timeout=timeout, tool_name=tool)
+        output = run_tool(argv, cwd=scratch, log_path=log_path, success_line=success, failure_line=failure,
+                          explain=cann_error_summary, artifacts=[scratch_prefix + ".om"], timeout=timeout,
+                          tool_name=tool)
     except ToolError as exc:
         raise ToolError("{} (batch size {}; scratch directory kept: {})".format(
             exc, batch_size, scratch)) from None
@@ -305,6 +375,7 @@ def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_pr
         "onnx_sidecar": onnx_sidecar,
         "log": os.path.basename(log_path),
         "tool_banner": version_match.group(0).strip() if version_match else None,
+        "tool_warnings": read_cann_codes(output)[1],
         "om_sha256": file_sha256(final_om),
         "created_utc": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
     }

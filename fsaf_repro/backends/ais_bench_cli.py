@@ -1,16 +1,19 @@
 """The `ais_bench` backend: the ais_bench command line run over a directory of .bin inputs.
 
-`python3 -m ais_bench --model x.om --input dir --output out --output_dirname name --outfmt BIN
---batchsize N --device ID` (facts sheet section 3). Each call of `run(batch)` writes the batch as one
-input file whose byte size equals the model's input tensor, runs the tool in a scratch directory,
-and reads `<output>/<name>/<stem>_0.bin` (dets) and `<stem>_1.bin` (labels) back, with the tool's
-`<name>_summary.json` kept in `last_summary`. The summary, with its `throughput`, is the tool's own
+`python3 -m ais_bench --model x.om --input dir --output out --outfmt BIN --batchsize N --device ID`
+(facts sheet section 3). Each call of `run(batch)` writes the batch as one input file whose byte size
+equals the model's input tensor, runs the tool in a scratch directory, finds the one output folder
+the tool made under `out` (named by the time) and its summary, in either published layout
+(ais_bench: `<folder>_summary.json` beside it; ais_infer: `sumary.json` inside it), and reads the
+two output files (dets, labels) the summary's `filesinfo` names for that input. The summary is kept
+in `last_summary`. The summary, with its `throughput`, is the tool's own
 record of a finished run, so a call without it failed whatever the exit code. The scratch directory
 is removed after a success and kept (and named in the error) after a failure; every call's tool log
 is appended to the backend's log file (`tool_log_path`), next to the om unless told otherwise.
 """
 import importlib.util
 import json
+import math
 import os
 import shutil
 import sys
@@ -163,21 +166,24 @@ class AisBenchCliBackend(Backend):
         in_dir, out_dir = os.path.join(scratch, "input"), os.path.join(scratch, "output")
         os.makedirs(in_dir)
         os.makedirs(out_dir)
-        batch.tofile(os.path.join(in_dir, stem + ".bin"))
+        input_path = os.path.join(in_dir, stem + ".bin")
+        batch.tofile(input_path)
         argv = self.command + ["--model", self.model_path, "--input", in_dir, "--output", out_dir,
-                               "--output_dirname", "run", "--outfmt", "BIN", "--batchsize", str(size),
+                               "--outfmt", "BIN", "--batchsize", str(size),
                                "--device", str(self.options.get("device_id", 0))]
-        dets_path = os.path.join(out_dir, "run", stem + "_0.bin")
-        labels_path = os.path.join(out_dir, "run", stem + "_1.bin")
         log_path = os.path.join(scratch, "ais_bench.log")
+        origin = "ais_bench output of " + self.model_path
         try:
             try:
-                run_tool(argv, cwd=scratch, log_path=log_path, artifacts=[dets_path, labels_path],
-                         timeout=self.options.get("timeout"), tool_name="ais_bench", setup_hint=INSTALL_HINT)
+                run_tool(argv, cwd=scratch, log_path=log_path, timeout=self.options.get("timeout"),
+                         tool_name="ais_bench", setup_hint=INSTALL_HINT)
             finally:
                 keep_tool_log(self, log_path)
-            outputs = read_output_files(dets_path, labels_path, size, "ais_bench output of " + self.model_path)
-            self.last_summary = read_summary(os.path.join(out_dir, "run_summary.json"), log_path)
+            run_dir = find_run_dir(out_dir, log_path)
+            summary_path, summary = run_summary(run_dir, log_path)
+            dets_path, labels_path = output_files(summary, summary_path, input_path, run_dir, 2)
+            outputs = read_output_files(dets_path, labels_path, size, origin)
+            self.last_summary = summary
         except (ToolError, OutputFormatError) as exc:
             raise type(exc)("{} (scratch directory kept: {})".format(exc, scratch)) from None
         if not self.options.get("keep_scratch"):
@@ -185,18 +191,122 @@ class AisBenchCliBackend(Backend):
         return outputs
 
 
-def read_summary(summary_path, log_path):
-    """ais_bench's `<dirname>_summary.json`: it must exist and hold a numeric `throughput`."""
+# ais_bench writes its summary as `<dirname>_summary.json` beside the output folder; ais_infer (its
+# predecessor, 2022) wrote `sumary.json` (sic) inside it and knew no --output_dirname, naming the
+# folder by the time (`2022_12_01-10_20_30`). Both layouts are read; the backend passes no
+# --output_dirname so that either version runs, and finds the one folder the run made.
+SUMMARY_SUFFIX = "_summary.json"
+OLD_SUMMARY_NAME = "sumary.json"
+# folders ais_bench puts beside the output folder for --dump / --profiler
+NOT_RUN_FOLDERS = ("dump", "profiler")
+
+
+def summary_paths(run_dir):
+    """Where a run folder's summary may be: the ais_bench place, then the ais_infer one."""
+    run_dir = os.path.normpath(str(run_dir))
+    return [run_dir + SUMMARY_SUFFIX, os.path.join(run_dir, OLD_SUMMARY_NAME)]
+
+
+def find_run_dir(output_root, log_path=None):
+    """The one output folder an ais_bench/ais_infer run made under its --output folder."""
+    runs = sorted(name for name in os.listdir(output_root)
+                  if os.path.isdir(os.path.join(output_root, name)) and name not in NOT_RUN_FOLDERS)
+    if len(runs) != 1:
+        raise ToolError("ais_bench: expected one output folder (e.g. 2022_12_01-10_20_30) in {}, found {}{}".format(
+            output_root, "none" if not runs else "{} ({})".format(len(runs), ", ".join(runs)),
+            "; log: {}".format(log_path) if log_path else ""))
+    return os.path.join(output_root, runs[0])
+
+
+def run_summary(run_dir, log_path=None):
+    """(summary path, checked summary) of one output folder, in either layout."""
+    candidates = summary_paths(run_dir)
+    found = [c for c in candidates if os.path.isfile(c)]
+    if not found:
+        raise ToolError("ais_bench: no summary for the output folder {}: expected {} (ais_bench) or {} "
+                        "(ais_infer), the tool's record of a finished run{}".format(
+                            run_dir, candidates[0], candidates[1], "; log: {}".format(log_path) if log_path else ""))
+    return found[0], read_summary(found[0], log_path)
+
+
+def summary_of_output(path, log_path=None):
+    """(summary path, checked summary) of an output folder, or of an --output folder holding one run."""
+    path = os.path.normpath(str(path))
+    if any(os.path.isfile(c) for c in summary_paths(path)):
+        return run_summary(path, log_path)
+    runs = [name for name in os.listdir(path)
+            if os.path.isdir(os.path.join(path, name)) and name not in NOT_RUN_FOLDERS]
+    if len(runs) > 1:
+        return run_summary(find_run_dir(path, log_path), log_path)  # names the several folders
+    return run_summary(os.path.join(path, runs[0]) if runs else path, log_path)
+
+
+def read_summary(summary_path, log_path=None):
+    """An ais_bench summary json (either name): it must exist and be a checked summary (`check_summary`)."""
     if not os.path.isfile(summary_path):
         raise ToolError("ais_bench: exited 0 and wrote its outputs but no summary {}, its record of a finished "
-                        "run; treating the call as failed; log: {}".format(summary_path, log_path))
+                        "run; treating the call as failed{}".format(
+                            summary_path, "; log: {}".format(log_path) if log_path else ""))
     try:
         with open(summary_path) as handle:
             summary = json.load(handle)
     except ValueError as exc:
         raise OutputFormatError("ais_bench summary {} is not valid JSON ({})".format(summary_path, exc))
-    throughput = summary.get("throughput") if isinstance(summary, dict) else None
-    if isinstance(throughput, bool) or not isinstance(throughput, (int, float)):
-        raise OutputFormatError("ais_bench summary {} has no numeric `throughput` (got {!r})".format(
-            summary_path, throughput))
+    return check_summary(summary, summary_path)
+
+
+def _number(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def check_summary(summary, summary_path):
+    """The keys this package reads from a summary, checked: a positive `throughput`, and
+    `NPU_compute_time` (when present) an object of numbers. The tool writes throughput 0 when it timed
+    no inference; that is refused, as is any value other than a number. Returns the summary."""
+    if not isinstance(summary, dict):
+        raise OutputFormatError("ais_bench summary {} is not a JSON object (got {})".format(
+            summary_path, type(summary).__name__))
+    throughput = summary.get("throughput")
+    if not _number(throughput):
+        raise OutputFormatError("ais_bench summary {} has no numeric `throughput` (got {!r}); expected "
+                                "`\"throughput\": <images per second>`".format(summary_path, throughput))
+    if throughput <= 0:
+        raise OutputFormatError("ais_bench summary {} has `throughput` {!r}: the tool timed no inference "
+                                "(NPU_compute_time {!r})".format(summary_path, throughput,
+                                                                 summary.get("NPU_compute_time")))
+    compute = summary.get("NPU_compute_time", {})
+    bad = [key for key, value in compute.items() if not _number(value)] if isinstance(compute, dict) else None
+    if bad is None or bad:
+        raise OutputFormatError("ais_bench summary {}: `NPU_compute_time` must map min/max/mean/median/"
+                                "percentile(99%) to numbers; got {!r}".format(summary_path, compute))
     return summary
+
+
+def output_files(summary, summary_path, input_path, run_dir, count):
+    """The `count` output files a run wrote for one input file, in output order.
+
+    The summary's `filesinfo` lists each sample's `infiles` and `outfiles`: that is where the names
+    come from, since they changed across versions (`<stem>_0.bin`, `input0_output_0.bin`,
+    `sample_id_0_output_0.bin`). A summary without `filesinfo` falls back to the current naming,
+    `<stem of the input>_{i}.bin`.
+    """
+    infos = summary.get("filesinfo")
+    if not infos:
+        stem = os.path.splitext(os.path.basename(input_path))[0]
+        return [os.path.join(run_dir, "{}_{}.bin".format(stem, i)) for i in range(count)]
+    if not isinstance(infos, dict):
+        raise OutputFormatError("ais_bench summary {}: `filesinfo` must be an object of samples, got {!r}".format(
+            summary_path, infos))
+    name = os.path.basename(input_path)
+    for sample in infos.values():
+        infiles = sample.get("infiles") if isinstance(sample, dict) else None
+        if isinstance(infiles, list) and any(os.path.basename(str(f)) == name for f in infiles):
+            outfiles = sample.get("outfiles")
+            if not isinstance(outfiles, list) or len(outfiles) != count:
+                raise OutputFormatError("ais_bench summary {}: sample of {} lists outfiles {!r}; expected {} "
+                                        "(dets, labels)".format(summary_path, name, outfiles, count))
+            # the tool writes every output into the run folder; its basename is taken so that a
+            # relative path (relative to the tool's cwd) or a moved folder still resolves
+            return [os.path.join(run_dir, os.path.basename(str(f))) for f in outfiles]
+    raise OutputFormatError("ais_bench summary {}: `filesinfo` has no sample whose infiles include {}".format(
+        summary_path, name))

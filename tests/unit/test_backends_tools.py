@@ -1,6 +1,8 @@
 """Tool-driven backends (benchmark tool, ais_bench CLI, aclruntime) against fakes."""
 import json
 import os
+import re
+import shutil
 import sys
 import tempfile
 
@@ -143,8 +145,10 @@ def test_benchmark_info_file_is_checked_before_the_tool_starts(tools, tmp_path, 
     ("fail", ToolError, "acl init failed"),
     ("segv", ToolError, "died by SIGSEGV"),
     ("bad_size", ToolError, "does not equal the model input size"),
-    ("no_summary", ToolError, "no summary .*run_summary.json, its record of a finished run"),
+    ("no_summary", ToolError, "no summary for the output folder .*_summary.json \\(ais_bench\\) or "
+                              ".*sumary.json \\(ais_infer\\), the tool's record of a finished run"),
     ("bad_summary", OutputFormatError, "no numeric `throughput`"),
+    ("zero_throughput", OutputFormatError, "`throughput` 0: the tool timed no inference"),
 ])
 def test_ais_bench_failures(tools, tmp_path, monkeypatch, mode, error, message):
     om = make_om(tmp_path, 1)
@@ -192,11 +196,19 @@ def test_unwritable_tool_log_place_is_named(tools, tmp_path):
         backends.create_backend("ais_bench", log_path=str(tmp_path / "no" / "such" / "x.log")).load(om)
 
 
-def test_ais_bench_summary_is_kept(tools, tmp_path):
-    om = make_om(tmp_path, 1)
-    backend = backends.create_backend("ais_bench", workdir=str(tmp_path)).load(om)
-    backend.run(batch_of([1.0]))
+@pytest.mark.parametrize("layout", ["new", "old"])
+def test_ais_bench_summary_is_kept_in_either_published_layout(tools, tmp_path, monkeypatch, layout):
+    """ais_bench (summary beside the time-named folder) and ais_infer (`sumary.json` inside it, outputs
+    named input0_output_0.bin, no --output_dirname option) both run: outputs come from `filesinfo`."""
+    monkeypatch.setenv("FAKE_AIS_BENCH_LAYOUT", layout)
+    om = make_om(tmp_path, 2)
+    backend = backends.create_backend("ais_bench", workdir=str(tmp_path), keep_scratch=True).load(om)
+    check_fake_detections(backend.run(batch_of([4.0, 9.0])), [4.0, 9.0])
     assert backend.last_summary["throughput"] > 0 and "NPU_compute_time" in backend.last_summary
+    (scratch,) = [p for p in os.listdir(str(tmp_path)) if p.startswith("ais_bench_")]
+    written = sorted(os.listdir(os.path.join(str(tmp_path), scratch, "output")))
+    assert re.match(r"^\d{4}_\d\d_\d\d-\d\d_\d\d_\d\d$", written[0])
+    assert written[1:] == ([written[0] + "_summary.json"] if layout == "new" else [])
 
 
 def test_om_without_sidecar_needs_a_batch_size(tools, tmp_path):
@@ -303,3 +315,188 @@ def test_output_format_error_type_is_kept(tools, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_BENCHMARK_DETS_DTYPE", "float64")
     with pytest.raises(OutputFormatError, match="bytes"):
         backend.run(batch_of([1.0]))
+
+
+# --- published tool outputs (tests/unit/fixtures/tool_outputs, sources in its SOURCES file) ----------
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "tool_outputs")
+with open(os.path.join(FIXTURES, "expected.json")) as _handle:
+    EXPECTED = dict((k, v) for k, v in json.load(_handle).items() if not k.startswith("_"))
+
+
+def fixture_text(name):
+    with open(os.path.join(FIXTURES, name)) as handle:
+        return handle.read()
+
+
+def test_every_fixture_has_an_expectation_and_a_source():
+    names = sorted(n for n in os.listdir(FIXTURES) if n not in ("expected.json", "SOURCES"))
+    assert names == sorted(EXPECTED)
+    sources = fixture_text("SOURCES")
+    assert [n for n in names if not re.search(r"^- (?:\S+ and )?{}".format(re.escape(n)), sources, re.M)] == []
+
+
+def _place_summary(tmp_path, name, layout):
+    """An --output folder holding one time-named run folder with the fixture as its summary."""
+    root = tmp_path / "out"
+    run_dir = root / "2022_12_01-10_20_30"
+    run_dir.mkdir(parents=True)
+    target = (str(run_dir) + "_summary.json") if layout == "new" else str(run_dir / "sumary.json")
+    shutil.copy(os.path.join(FIXTURES, name), target)
+    return root, run_dir, target
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_published_tool_output_is_read(tmp_path, name):
+    from fsaf_repro import perf
+    from fsaf_repro.backends import ais_bench_cli
+    expected = EXPECTED[name]
+    kind = expected["kind"]
+    if kind == "benchmark":
+        # as the tool names its perf file (the batch size comes from the name) and as console text
+        path = tmp_path / "perf_vision_batchsize_{}_device_0.txt".format(expected["batch_size"])
+        shutil.copy(os.path.join(FIXTURES, name), str(path))
+        if "error" in expected:
+            with pytest.raises(ResultsError, match=expected["error"]) as info:
+                perf.parse_benchmark_perf(str(path), "310")
+            assert str(path) in str(info.value)
+            return
+        records = perf.parse_benchmark_perf(str(path), "310P")
+        by_mode = dict((r["mode"], r) for r in records)
+        assert all(r["batch_size"] == expected["batch_size"] for r in records)
+        if "pure_fps" in expected:
+            assert sorted(by_mode) == ["pure_inference"]
+            assert by_mode["pure_inference"]["fps"] == pytest.approx(expected["pure_fps"])
+            assert by_mode["pure_inference"]["latencies_ms"]["mean"] == pytest.approx(expected["pure_latency_ms"])
+        else:
+            assert sorted(by_mode) == ["e2e", "inference"]
+            assert by_mode["inference"]["fps"] == pytest.approx(expected["inference_fps"])
+            assert by_mode["inference"]["latencies_ms"]["mean"] == pytest.approx(expected["inference_latency_ms"])
+            assert by_mode["e2e"]["fps"] == pytest.approx(expected["e2e_fps"])
+        text_records = perf.parse_benchmark_perf(fixture_text(name) + "\n", "310P", batch_size=expected["batch_size"])
+        assert [r["fps"] for r in text_records] == [r["fps"] for r in records]
+    elif kind == "ais_bench_summary":
+        for layout in ("new", "old"):
+            root, run_dir, target = _place_summary(tmp_path / layout, name, layout)
+            for given in (str(root), str(run_dir), target):
+                record = perf.parse_ais_bench_summary(given, "310P", expected["batch_size"])
+                assert record["fps"] == pytest.approx(expected["throughput"])
+                assert record["latencies_ms"]["mean"] == pytest.approx(expected["mean_ms"])
+                assert record["latencies_ms"]["p99"] == pytest.approx(expected["p99_ms"])
+            assert ais_bench_cli.summary_of_output(str(root))[0] == target
+    elif kind == "ais_bench_console":
+        path = tmp_path / "ais_bench.log"
+        shutil.copy(os.path.join(FIXTURES, name), str(path))
+        record = perf.parse_ais_bench_summary(str(path), "310P", expected["batch_size"])
+        assert record["fps"] == pytest.approx(expected["throughput"])
+        assert record["latencies_ms"]["mean"] == pytest.approx(expected["mean_ms"])
+    elif kind == "ais_bench_layout":
+        # rebuild the published tree; the summary body is another published one
+        root = tmp_path / "result"
+        for line in fixture_text(name).splitlines()[1:]:
+            entry = line.split("-- ", 1)[1]
+            inside = line.startswith("|   ")
+            path = root / expected["run_dir"] / entry if inside else root / entry
+            if entry.endswith(".json"):
+                shutil.copy(os.path.join(FIXTURES, "ais_bench_sumary_nasfpn.json"), str(path))
+            elif entry.endswith(".bin"):
+                path.write_bytes(b"")
+            else:
+                path.mkdir(parents=True)
+        assert ais_bench_cli.find_run_dir(str(root)) == str(root / expected["run_dir"])
+        summary_path, summary = ais_bench_cli.summary_of_output(str(root))
+        assert summary_path == str(root / expected["summary"])
+        # no filesinfo in that summary: the current naming, <input stem>_{i}.bin, is what the tree shows
+        outputs = ais_bench_cli.output_files(summary, summary_path, "/data/196608-0.bin",
+                                             str(root / expected["run_dir"]), 1)
+        assert outputs == [str(root / expected["run_dir"] / expected["first_output"])]
+        assert os.path.isfile(outputs[0])
+    elif kind == "npu_smi":
+        chips = convert.parse_npu_smi(fixture_text(name))
+        assert [list(c) for c in chips] == expected["chips"]
+        assert sorted(set(convert.soc_version_from_chip(c[1]) for c in chips)) == [expected["soc_version"]]
+    elif kind == "atc":
+        text = fixture_text(name)
+        errors, warnings_ = convert.read_cann_codes(text)
+        assert [e.split(":")[0] for e in errors] == expected["errors"]
+        assert [w.split(":")[0] for w in warnings_] == expected.get("warning_codes", [])
+        assert (convert.ATC_SUCCESS in text) == expected["success"]
+        assert (convert.ATC_FAILURE in text) == (not expected["success"])
+    else:
+        raise AssertionError("unknown fixture kind {!r} in expected.json".format(kind))
+
+
+def _mutated(name, old, new):
+    text = fixture_text(name)
+    assert old in text  # the mutation must apply to the published text
+    return text.replace(old, new, 1)
+
+
+@pytest.mark.parametrize("text, message", [
+    (_mutated("benchmark_perf_inference_postprocess_310P.txt", "[inference]", "[inferance]"),
+     r"line 4: expected a perf stage among .*got: '\[inferance\] throughputRate: 83.7909"),
+    (_mutated("benchmark_perf_infer_post_310.txt", "[post]", "Inference done\n[post]"),
+     r"line 5: expected a perf line .*got: 'Inference done'"),
+    (fixture_text("benchmark_perf_infer_post_310.txt") * 2, r"lines 1 and 6 both give the `\[e2e\]` stage"),
+    (fixture_text("benchmark_perf_infer_post_310.txt") + fixture_text("benchmark_pure_equals_bare.txt"),
+     "holds both perf stage lines .* and a pure-inference summary"),
+    (fixture_text("benchmark_pure_info_colon.txt") + fixture_text("benchmark_pure_info_equals.txt"),
+     r"2 pure-inference summaries \(lines 6, 9\)"),
+    ("NPU 310性能：ave_throughputRate = 0.235349samples/s, ave_latency = 4249.14ms\n",
+     "line 1: expected a pure-inference summary .*got: 'NPU 310性能"),
+    (_mutated("benchmark_pure_equals_bare.txt", "samples/s", "fps"), "line 1: expected a pure-inference summary"),
+    ("garbage\nmore garbage", "nothing to parse; line 1 reads 'garbage'"),
+])
+def test_benchmark_output_that_is_not_the_tools_is_quoted(text, message):
+    from fsaf_repro import perf
+    with pytest.raises(ResultsError, match=message):
+        perf.parse_benchmark_perf(text, "310P", batch_size=1)
+
+
+def test_benchmark_perf_path_errors_name_the_path(tmp_path):
+    from fsaf_repro import perf
+    with pytest.raises(ResultsError, match="missing_perf.txt: no such file"):
+        perf.parse_benchmark_perf(str(tmp_path / "missing_perf.txt"), "310P", batch_size=1)
+    with pytest.raises(ResultsError, match="is a directory"):
+        perf.parse_benchmark_perf(str(tmp_path), "310P", batch_size=1)
+
+
+def test_ais_bench_summaries_that_cannot_be_used_are_refused(tmp_path):
+    from fsaf_repro import perf
+    from fsaf_repro.backends import ais_bench_cli
+    summary = json.loads(fixture_text("ais_infer_sumary_ghostnet.json"))
+    root, run_dir, target = _place_summary(tmp_path, "ais_infer_sumary_ghostnet.json", "old")
+    for key, value, message in (("throughput", 0, "`throughput` 0: the tool timed no inference"),
+                                ("throughput", "3438", "no numeric `throughput` \\(got '3438'\\)"),
+                                ("NPU_compute_time", {"mean": None}, "`NPU_compute_time` must map")):
+        with open(target, "w") as handle:
+            json.dump(dict(summary, **{key: value}), handle)
+        with pytest.raises(ResultsError, match=message):
+            perf.parse_ais_bench_summary(str(root), "310P", 16)
+    os.remove(target)
+    with pytest.raises(ResultsError, match="no summary for the output folder .*2022_12_01-10_20_30: expected "):
+        perf.parse_ais_bench_summary(str(root), "310P", 16)
+    (root / "2022_12_01-10_21_00").mkdir()
+    with pytest.raises(ToolError, match=r"expected one output folder .* found 2 "
+                                        r"\(2022_12_01-10_20_30, 2022_12_01-10_21_00\)"):
+        ais_bench_cli.find_run_dir(str(root))
+    with pytest.raises(OutputFormatError, match="`filesinfo` has no sample whose infiles include b.bin"):
+        ais_bench_cli.output_files({"filesinfo": {"0": {"infiles": ["/x/a.bin"], "outfiles": ["a_0.bin"]}}},
+                                   "s.json", "/in/b.bin", str(run_dir), 2)
+    with pytest.raises(OutputFormatError, match=r"lists outfiles \['a_0.bin'\]; expected 2"):
+        ais_bench_cli.output_files({"filesinfo": {"0": {"infiles": ["/x/a.bin"], "outfiles": ["a_0.bin"]}}},
+                                   "s.json", "/in/a.bin", str(run_dir), 2)
+
+
+@pytest.mark.parametrize("text, message", [
+    (_mutated("ais_bench_console_new.txt", "): 1512", ") = 1512"), "line 3: expected `\\[INFO\\] throughput"),
+    (_mutated("ais_infer_console_old.txt", "mean = 1.36", "mean = n/a"), "line 3: expected `<name> \\(ms\\)"),
+    (fixture_text("ais_bench_console_new.txt") * 2, "expected one ais_bench summary line .* found 2 \\(lines 3, 7\\)"),
+    ("[INFO] output path:out/2022_12_01-10_20_30\n", "found 0"),
+])
+def test_ais_bench_console_that_is_not_a_summary_is_quoted(tmp_path, text, message):
+    from fsaf_repro import perf
+    path = tmp_path / "console.log"
+    path.write_text(text)
+    with pytest.raises(ResultsError, match=message):
+        perf.parse_ais_bench_summary(str(path), "310P", 1)

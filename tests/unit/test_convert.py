@@ -1,5 +1,7 @@
 """Conversion with atc/aoe (recipe 3.2), checked against fake tools on PATH."""
 import json
+import os
+import sys
 
 import pytest
 
@@ -188,3 +190,101 @@ def test_uint8_export_with_image_hw_input_gets_both_input_shapes(tools, onnx_mod
     sidecar = convert.convert_one(onnx_model, tmp_path / "om", 4, "Ascend310P3")
     assert "--input_shape=input:4,3,64,96;image_hw:4,2" in sidecar["argv"]
     assert sidecar["extra_inputs"] == [{"name": "image_hw", "shape": [4, 2]}]
+
+
+# --- published outputs replayed through the real readers (tests/unit/fixtures/tool_outputs) ---------
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "tool_outputs")
+with open(os.path.join(FIXTURES, "expected.json")) as _handle:
+    EXPECTED = json.load(_handle)
+
+
+def fixtures_of(kind):
+    return sorted(n for n, e in EXPECTED.items() if isinstance(e, dict) and e["kind"] == kind)
+
+
+REPLAY = '''#!{python}
+"""Replays a published output: prints REPLAY_FILE, writes <--output>.om when asked, exits REPLAY_EXIT."""
+import os
+import sys
+with open(os.environ["REPLAY_FILE"]) as handle:
+    sys.stdout.write(handle.read())
+for arg in sys.argv[1:]:
+    if arg.startswith("--output=") and os.environ.get("REPLAY_WRITES_OM") == "1":
+        open(arg.split("=", 1)[1] + ".om", "w").close()
+sys.exit(int(os.environ.get("REPLAY_EXIT", "0")))
+'''
+
+
+@pytest.fixture
+def replay(tmp_path, monkeypatch):
+    """Install `atc` and `npu-smi` that replay a fixture; returns a function selecting it."""
+    bin_dir = tmp_path / "replay_bin"
+    bin_dir.mkdir()
+    for name in ("atc", "npu-smi"):
+        path = bin_dir / name
+        path.write_text(REPLAY.format(python=sys.executable))
+        path.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ.get("PATH", ""))
+
+    def select(name, exit_code=0, writes_om=False):
+        monkeypatch.setenv("REPLAY_FILE", os.path.join(FIXTURES, name))
+        monkeypatch.setenv("REPLAY_EXIT", str(exit_code))
+        monkeypatch.setenv("REPLAY_WRITES_OM", "1" if writes_om else "0")
+    return select
+
+
+@pytest.mark.parametrize("name", fixtures_of("npu_smi"))
+def test_soc_version_from_published_npu_smi_tables(replay, name):
+    replay(name)
+    assert convert.detect_soc_version() == EXPECTED[name]["soc_version"]
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("310P3 ", "610X1 ", r"expected a 310, 310P, 310B or 910 chip name .* in the row '\| 2       610X1 "),
+    ("| NPU     Name", "| Device  Name", "expected the npu-smi table with a header row .*begins '\\+---"),
+])
+def test_npu_smi_table_that_is_not_known_is_quoted(replay, tmp_path, monkeypatch, old, new, message):
+    with open(os.path.join(FIXTURES, "npu_smi_300I_duo_310P3.txt")) as handle:
+        text = handle.read()
+    assert old in text
+    (tmp_path / "changed.txt").write_text(text.replace(old, new, 1))
+    replay("npu_smi_300I_duo_310P3.txt")
+    monkeypatch.setenv("REPLAY_FILE", str(tmp_path / "changed.txt"))
+    with pytest.raises(ToolError, match=message):
+        convert.detect_soc_version()
+
+
+@pytest.mark.parametrize("name", fixtures_of("atc"))
+def test_published_atc_outputs_are_judged_by_their_lines(replay, onnx_model, tmp_path, name):
+    expected = EXPECTED[name]
+    replay(name, expected["exit_code"], writes_om=expected["success"])
+    out = tmp_path / "om"
+    if expected["success"]:
+        sidecar = convert.convert_one(onnx_model, out, 1, "Ascend310P3")
+        assert (out / "fsaf_bs1.om").exists()
+        assert [w.split(":")[0] for w in sidecar["tool_warnings"]] == expected["warning_codes"]
+        return
+    with pytest.raises(ToolError) as info:
+        convert.convert_one(onnx_model, out, 1, "Ascend310P3")
+    first_line = str(info.value).splitlines()[0]
+    # the error codes lead the message, whatever follows them in the output (traceback lines)
+    assert first_line.startswith("atc: failed with exit code 1: " + expected["errors"][0] + ":")
+    assert not (out / "fsaf_bs1.om").exists()
+    # the same output with exit code 0 and an om written is still a failure: atc said so
+    replay(name, 0, writes_om=True)
+    with pytest.raises(ToolError, match="exited 0 but printed its failure line 'ATC run failed': "
+                                        + expected["errors"][0]):
+        convert.convert_one(onnx_model, out, 1, "Ascend310P3")
+    assert not (out / "fsaf_bs1.om").exists()
+
+
+def test_atc_exit_0_without_its_success_line_quotes_the_last_line(tools, onnx_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_ATC_MODE", "no_success_line")
+    with pytest.raises(ToolError, match="never printed its success line 'ATC run success' \\(its last line: "
+                                        "'ATC start working now, please wait for a moment.'\\)"):
+        convert.convert_one(onnx_model, tmp_path / "om", 1, "Ascend310P3")
+    monkeypatch.setenv("FAKE_ATC_MODE", "failed_exit0")
+    with pytest.raises(ToolError, match="exited 0 but printed its failure line 'ATC run failed': EZ3003: "):
+        convert.convert_one(onnx_model, tmp_path / "om", 1, "Ascend310P3")
+    assert not (tmp_path / "om" / "fsaf_bs1.om").exists()
