@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import math
+import numbers
 import os
 import queue
 import sys
@@ -94,13 +95,22 @@ def read_bgr(path):
     a JPEG cut short (libjpeg would fill the missing part with grey and only print a warning).
     """
     path = os.fspath(path)
+    return decode_bgr(read_image_bytes(path), path)
+
+
+def read_image_bytes(path):
+    """The bytes of an image file; ImageReadError naming it when it cannot be read."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            return handle.read()
     except FileNotFoundError:
         raise ImageReadError("image file not found: {}".format(path))
     except OSError as exc:
         raise ImageReadError("cannot read image file {}: {}".format(path, exc))
+
+
+def decode_bgr(data, path):
+    """`read_bgr` on bytes already read from `path` (named in errors); see `read_bgr`."""
     if not data:
         raise ImageReadError("image file is empty (0 bytes): {}".format(path))
     if data.startswith(_JPEG_SOI):
@@ -240,7 +250,26 @@ def boxes_to_original(boxes, scale):
 
 
 def load_annotation_json(annotation_file):
-    """(parsed dict, sha256 hex) of a COCO annotation file; AnnotationError naming it on failure."""
+    """(parsed dict, sha256 hex) of a COCO annotation file, checked by `validate_annotations`;
+    AnnotationError naming it on failure."""
+    data, sha = _parse_annotation_json(annotation_file)
+    validate_annotations(data, os.fspath(annotation_file))
+    return data, sha
+
+
+AnnotationImage = namedtuple("AnnotationImage", "image_id file_name width height")
+# A read annotation file: its path, parsed content, sha256 of its bytes and its images in id order.
+Annotations = namedtuple("Annotations", "path data sha256 images")
+
+
+def read_annotation_file(annotation_file, need_annotations=False):
+    """Annotations of a COCO file, read once and checked by `validate_annotations`."""
+    data, sha = _parse_annotation_json(annotation_file)
+    images = validate_annotations(data, os.fspath(annotation_file), need_annotations=need_annotations)
+    return Annotations(os.fspath(annotation_file), data, sha, images)
+
+
+def _parse_annotation_json(annotation_file):
     annotation_file = os.fspath(annotation_file)
     try:
         with open(annotation_file, "rb") as handle:
@@ -249,18 +278,160 @@ def load_annotation_json(annotation_file):
         raise AnnotationError("annotation file not found: {}".format(annotation_file))
     except OSError as exc:
         raise AnnotationError("cannot read annotation file {}: {}".format(annotation_file, exc))
-    sha = hashlib.sha256(raw).hexdigest()
     try:
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise AnnotationError("annotation file {} is not valid JSON: {}".format(annotation_file, exc))
+    return data, hashlib.sha256(raw).hexdigest()
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(value):
+    """A JSON width/height as int: an integer, or a float with an integral value; None when not positive."""
+    if _is_int(value) or (isinstance(value, float) and math.isfinite(value) and value.is_integer()):
+        return int(value) if value > 0 else None
+    return None
+
+
+def file_name_problem(file_name):
+    """Why an annotation `file_name` cannot name an image inside the image folder, or None.
+
+    Judged on the text alone (so verbs that never open images refuse the same files): an absolute
+    path or one whose `..` parts climb out of the folder is refused; `CocoImageSet` also resolves
+    symlinks against the real folder.
+    """
+    if not isinstance(file_name, str) or not file_name.strip():
+        return "'file_name' must be a non-empty string"
+    if "\x00" in file_name:
+        return "'file_name' holds a NUL character"
+    if os.path.isabs(file_name):
+        return "'file_name' is an absolute path; it must be relative to the image folder"
+    normal = os.path.normpath(file_name)
+    if normal == os.pardir or normal.startswith(os.pardir + os.sep):
+        return "'file_name' leaves the image folder (..)"
+    if file_name.endswith(("/", os.sep)) or normal == os.curdir:
+        return "'file_name' names a folder, not an image file"
+    return None
+
+
+def validate_annotations(data, source, need_annotations=False):
+    """The one check of a COCO annotation file's content, shared by every verb that reads one.
+
+    `source` (the file) is named in every message, with the offending list entry. Checked: a JSON
+    object with 'images' and 'categories' lists; categories with integer ids (each once) and string
+    names; images with an integer id (each once), a `file_name` inside the image folder (see
+    `file_name_problem`; each file once) and positive integer width and height. With
+    `need_annotations` (scoring) also the 'annotations' list: integer ids (each once: pycocotools
+    indexes them by id and would silently drop a repeated one), known image and category ids, a
+    bbox of 4 finite numbers and a finite area. Returns the images as AnnotationImage in id order.
+    """
     if not isinstance(data, dict):
         raise AnnotationError("annotation file {} must hold a JSON object, got {}".format(
-            annotation_file, type(data).__name__))
-    for key in ("images", "categories"):
+            source, type(data).__name__))
+    for key in ("images", "categories") + (("annotations",) if need_annotations else ()):
         if not isinstance(data.get(key), list):
-            raise AnnotationError("annotation file {} has no '{}' list".format(annotation_file, key))
-    return data, sha
+            raise AnnotationError("annotation file {} has no '{}' list".format(source, key))
+    category_ids = set()
+    for number, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
+            raise AnnotationError("{}: categories[{}] needs an integer 'id' and a string 'name', got {!r}".format(
+                source, number, cat))
+        if cat["id"] in category_ids:
+            raise AnnotationError("{}: category id {} appears twice (categories[{}])".format(
+                source, cat["id"], number))
+        category_ids.add(cat["id"])
+    images = []
+    ids, files = {}, {}
+    for number, entry in enumerate(data["images"]):
+        if not isinstance(entry, dict):
+            raise AnnotationError("{}: images[{}] must be an object, got {!r}".format(source, number, entry))
+        image_id, file_name = entry.get("id"), entry.get("file_name")
+        width, height = _positive_int(entry.get("width")), _positive_int(entry.get("height"))
+        if not _is_int(image_id) or width is None or height is None:
+            raise AnnotationError("{}: images[{}] needs an integer 'id' and positive integer 'width' and "
+                                  "'height': {!r}".format(source, number, entry))
+        problem = file_name_problem(file_name)
+        if problem:
+            raise AnnotationError("{}: images[{}] (image id {}): {}: {!r}".format(
+                source, number, image_id, problem, file_name))
+        if image_id in ids:
+            raise AnnotationError("{}: image id {} appears twice (images[{}] and images[{}])".format(
+                source, image_id, ids[image_id], number))
+        ids[image_id] = number
+        key = os.path.normpath(file_name)
+        if key in files:
+            raise AnnotationError("{}: file {!r} is listed twice (image ids {} and {})".format(
+                source, file_name, files[key], image_id))
+        files[key] = image_id
+        images.append(AnnotationImage(int(image_id), file_name, width, height))
+    if need_annotations:
+        ann_ids = set()
+        for number, ann in enumerate(data["annotations"]):
+            fault = _annotation_fault(ann, ids, category_ids, ann_ids)
+            if fault:
+                raise AnnotationError("{}: annotations[{}] {}: {!r}".format(source, number, fault, ann))
+            ann_ids.add(ann["id"])
+    images.sort(key=lambda image: image.image_id)
+    return images
+
+
+def _annotation_fault(ann, image_ids, category_ids, seen_ids):
+    if not isinstance(ann, dict):
+        return "must be an object"
+    if not _is_int(ann.get("id")):
+        return "needs an integer 'id'"
+    if ann["id"] in seen_ids:
+        return "repeats annotation id {}".format(ann["id"])
+    if ann.get("image_id") not in image_ids or not _is_int(ann.get("image_id")):
+        return "has image_id {!r}, which 'images' does not list".format(ann.get("image_id"))
+    if ann.get("category_id") not in category_ids or not _is_int(ann.get("category_id")):
+        return "has category_id {!r}, which 'categories' does not list".format(ann.get("category_id"))
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        return "needs a 'bbox' of 4 finite numbers"
+    if not _is_number(ann.get("area")):
+        return "needs a finite number 'area'"
+    return None
+
+
+def output_stems(images, source):
+    """image id -> the stem that names every file made for that image: `<stem>.bin`, and the tools'
+    outputs `<stem>_1.bin` / `<stem>_0.bin`, which they name after the input file.
+
+    The stem is the file name's own (`000000000139.jpg` -> `000000000139`, the recipe's names) when
+    no other image of the file has it; images sharing a stem (`a/x.jpg` and `b/x.jpg`, or `x.jpg`
+    and `x.png`: legal in COCO-format sets) get `<stem>__id<image id>`. Stems are compared
+    case-blind, because `X.bin` and `x.bin` are one file on a case-insensitive filesystem.
+    Deriving a name rather than refusing keeps such sets usable; the rule reads every image of the
+    annotation file, not the --limit selection, so preprocess, info files and postprocess give an
+    image the same name whatever selection each of them runs on. A derived name that still meets
+    another image's stem (a file really named `x__id5.jpg`) is an AnnotationError naming both.
+    """
+    groups = {}
+    for image in images:
+        stem = os.path.splitext(os.path.basename(image.file_name))[0]
+        groups.setdefault(stem.casefold(), []).append((image, stem))
+    stems = {}
+    for group in groups.values():
+        for image, stem in group:
+            stems[image.image_id] = stem if len(group) == 1 else "{}__id{}".format(stem, image.image_id)
+    owner = {}
+    for image in images:
+        key = stems[image.image_id].casefold()
+        if key in owner:
+            raise AnnotationError("{}: images {!r} (id {}) and {!r} (id {}) would write files of one name "
+                                  "({!r}); rename one of them".format(source, owner[key].file_name,
+                                                                     owner[key].image_id, image.file_name,
+                                                                     image.image_id, stems[image.image_id]))
+        owner[key] = image
+    return stems
 
 
 def category_ids_from_categories(categories, source, strict_ids=True):
@@ -306,27 +477,13 @@ class CocoImageSet(object):
         self.annotation_file = os.fspath(annotation_file)
         self.image_dir = os.fspath(image_dir)
         self.height, self.width = _canvas_size(height, width)
-        data, self.annotation_sha256 = load_annotation_json(self.annotation_file)
+        annotations = read_annotation_file(self.annotation_file)
+        self.annotation_sha256 = annotations.sha256
         self.category_ids = category_ids_from_categories(
-            data["categories"], self.annotation_file, strict_ids=strict_ids)
-        images = []
-        seen = set()
-        for entry in data["images"]:
-            try:
-                image_id = int(entry["id"])
-                file_name = str(entry["file_name"])
-                orig_w, orig_h = int(entry["width"]), int(entry["height"])
-            except (KeyError, TypeError, ValueError):
-                raise AnnotationError("{}: image entry needs integer 'id', 'width', 'height' and a "
-                                      "'file_name': {!r}".format(self.annotation_file, entry))
-            if orig_w <= 0 or orig_h <= 0:
-                raise AnnotationError("{}: image {} ({}) has size {}x{}".format(
-                    self.annotation_file, image_id, file_name, orig_w, orig_h))
-            if image_id in seen:
-                raise AnnotationError("{}: image id {} appears twice".format(self.annotation_file, image_id))
-            seen.add(image_id)
-            images.append((image_id, file_name, orig_w, orig_h))
-        images.sort(key=lambda item: item[0])
+            annotations.data["categories"], self.annotation_file, strict_ids=strict_ids)
+        images = annotations.images
+        # every image of the file, not only the selection: names must not depend on --limit
+        self.output_stems = output_stems(images, self.annotation_file)
         self.total_images = len(images)
         if limit is not None:
             if int(limit) <= 0:
@@ -343,6 +500,31 @@ class CocoImageSet(object):
             scale, new_w, new_h = scaled_size(orig_w, orig_h, self.height, self.width)
             self.metas.append(ImageMeta(image_id, file_name, os.path.join(self.image_dir, file_name),
                                         orig_w, orig_h, scale, new_w, new_h))
+        if self.image_dir:  # "" where no image is opened (postprocess without --images)
+            self._refuse_escaping_paths()
+
+    def _refuse_escaping_paths(self):
+        """AnnotationError for a selected image whose path, symlinks resolved, leaves the image folder.
+
+        `file_name_problem` already refused `..` and absolute names; this catches a symlink (the
+        file's or a sub-folder's) that points outside. A symlinked image folder itself is fine: it
+        is resolved too.
+        """
+        folder = os.path.realpath(self.image_dir)
+        for meta in self.metas:
+            resolved = os.path.realpath(meta.path)
+            if os.path.commonpath([folder, resolved]) != folder:
+                raise AnnotationError(
+                    "{}: image id {}: {!r} resolves to {}, outside the image folder {} (a symlink pointing "
+                    "out of it); only images inside --images are read: copy the file in instead".format(
+                        self.annotation_file, meta.image_id, meta.file_name, resolved, self.image_dir))
+
+    def output_stem(self, meta):
+        """The stem of the files made for `meta`'s image (`output_stems`: unique per image)."""
+        return self.output_stems[meta.image_id]
+
+    def bin_name(self, meta):
+        return self.output_stem(meta) + ".bin"
 
     def __len__(self):
         return len(self.metas)
@@ -426,10 +608,6 @@ def _dtype(input_dtype):
 PreprocessReport = namedtuple("PreprocessReport", "bin_paths written reused skipped")
 
 
-def bin_name(meta):
-    return os.path.splitext(os.path.basename(meta.file_name))[0] + ".bin"
-
-
 def bin_bytes(height, width):
     return 3 * int(height) * int(width) * 4
 
@@ -447,38 +625,162 @@ def bin_file_problem(path, height, width):
     return None
 
 
+# The record of what each .bin of a folder was made from. A .bin is reused only when its entry
+# matches: the source image's bytes (size and sha256; hashing a JPEG costs a small fraction of
+# decoding it) and the transform (`bin_transform_key`), and the .bin itself is still the file that
+# was written then (size and mtime_ns: anything that rewrites it changes them). A byte size alone
+# would keep the old pixels of a replaced image while the manifest takes the new image's scale.
+# JSON lines: a header with the transform, then one line per .bin written (the last line of a name
+# wins; {"bin": name, "forget": true} drops it). Appended as each .bin lands, so a killed run loses
+# at most the entries in flight (those .bin files are redone, never trusted unrecorded).
+BIN_RECORD_NAME = "bin_inputs.jsonl"
+_BIN_RECORD_FORMAT = 1
+# Bump when a code change alters what a .bin holds for the same image: every .bin is then redone.
+_TRANSFORM_REVISION = 1
+
+
+def bin_transform_key(height, width):
+    """Everything a .bin's bytes depend on besides its image: the transform's parameters (canvas,
+    mean/std, dtype, layout) and implementation (this code's revision, OpenCV's resize)."""
+    const = input_constants()
+    return {"revision": _TRANSFORM_REVISION, "canvas": [int(height), int(width)],
+            "mean_rgb": [float(v) for v in const["mean_rgb"]], "std_rgb": [float(v) for v in const["std_rgb"]],
+            "dtype": "float32", "layout": "CHW", "resize": "keep-ratio floor INTER_LINEAR, top-left, zero pad",
+            "opencv": cv2.__version__}
+
+
+def read_bin_record(bin_dir, height, width):
+    """{bin name: entry} of the folder's record, only if it was made with this transform; else {}.
+
+    A damaged line (a kill mid-append) is skipped with a warning naming the file and line: its .bin
+    then has no entry, or an older one its mtime no longer matches, and is redone.
+    """
+    path = os.path.join(os.fspath(bin_dir), BIN_RECORD_NAME)
+    try:
+        with open(path, "rb") as handle:
+            lines = handle.read().split(b"\n")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise DataError("cannot read the .bin record {}: {}".format(path, exc))
+    entries = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            item = None
+        if number == 1:
+            if not (isinstance(item, dict) and item.get("format") == _BIN_RECORD_FORMAT):
+                warnings.warn("{} is not a .bin record of this version: its .bin files are redone".format(path),
+                              RuntimeWarning, stacklevel=2)
+                return {}
+            if item.get("transform") != bin_transform_key(height, width):
+                return {}  # made with another canvas, normalisation or OpenCV: nothing in it is reusable
+            continue
+        if not (isinstance(item, dict) and isinstance(item.get("bin"), str)):
+            warnings.warn("{} line {} is damaged: skipped (its .bin is redone)".format(path, number),
+                          RuntimeWarning, stacklevel=2)
+            continue
+        if item.get("forget"):
+            entries.pop(item["bin"], None)
+        else:
+            entries[item["bin"]] = item
+    return entries
+
+
+class _BinRecordWriter(object):
+    """Appends to a folder's .bin record; opening it rewrites the file with only `entries`."""
+
+    def __init__(self, bin_dir, height, width, entries):
+        self.path = os.path.join(os.fspath(bin_dir), BIN_RECORD_NAME)
+        header = {"format": _BIN_RECORD_FORMAT, "transform": bin_transform_key(height, width)}
+        lines = [header] + [dict(entry, bin=name) for name, entry in sorted(entries.items())]
+        atomic_write_text(self.path, "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
+        self._handle = open(self.path, "a")
+
+    def add(self, name, entry):
+        self._write(dict(entry, bin=name))
+
+    def forget(self, name):
+        self._write({"bin": name, "forget": True})
+
+    def _write(self, item):
+        self._handle.write(json.dumps(item, sort_keys=True) + "\n")
+        self._handle.flush()
+
+    def close(self):
+        self._handle.close()
+
+
+def _bin_entry(meta, used, image_data, bin_path):
+    stat = os.stat(bin_path)
+    return {"image_id": meta.image_id, "file_name": meta.file_name, "image_bytes": len(image_data),
+            "image_sha256": hashlib.sha256(image_data).hexdigest(), "decoded": [used.orig_w, used.orig_h],
+            "bin_bytes": stat.st_size, "bin_mtime_ns": stat.st_mtime_ns}
+
+
+def _recorded_source_problem(entry, bin_path, image_data, height, width):
+    """None when `entry` says the .bin at `bin_path` was made from `image_data`; else why not."""
+    if not isinstance(entry, dict):
+        return "has no entry in {} for this transform".format(BIN_RECORD_NAME)
+    decoded = entry.get("decoded")
+    if not (isinstance(decoded, list) and len(decoded) == 2 and all(_is_int(v) and v > 0 for v in decoded)):
+        return "has a malformed entry in {}".format(BIN_RECORD_NAME)
+    if (entry.get("image_bytes"), entry.get("image_sha256")) != (
+            len(image_data), hashlib.sha256(image_data).hexdigest()):
+        return "was made from other image bytes than the file holds now"
+    try:
+        stat = os.stat(bin_path)
+    except OSError:
+        return BIN_MISSING
+    if (entry.get("bin_bytes"), entry.get("bin_mtime_ns")) != (stat.st_size, stat.st_mtime_ns) \
+            or stat.st_size != bin_bytes(height, width):
+        return "was changed after preprocess wrote it"
+    return None
+
+
 _WORKER_STATE = {}
 
 
-def _init_worker(image_set, out_dir):
+def _init_worker(image_set, out_dir, record):
     # one process per core already; OpenCV's own thread pool would only oversubscribe the cores
     cv2.setNumThreads(1)
     _WORKER_STATE["set"] = image_set
     _WORKER_STATE["out_dir"] = out_dir
+    _WORKER_STATE["record"] = record
     _WORKER_STATE["buffer"] = None
 
 
 def _preprocess_one(index):
     """Worker: write entry `index` as a .bin.
 
-    Returns (index, 'written'|'reused'|'bad', message, meta): `meta` is the ImageMeta the image was
-    (or, for a kept .bin, would be) transformed with, so that an EXIF rotation found in a worker
-    process reaches the parent's manifest and info files.
+    Returns (index, 'written'|'reused'|'bad', message, meta, record entry): `meta` is the ImageMeta
+    the image was (or, for a kept .bin, would be) transformed with, so that an EXIF rotation found
+    in a worker process reaches the parent's manifest and info files; the entry is the parent's to
+    record (None for a bad image). The bytes hashed are the bytes decoded: an image replaced during
+    the run cannot be recorded under the other image's hash.
     """
     image_set = _WORKER_STATE["set"]
     meta = image_set.metas[index]
-    path = os.path.join(_WORKER_STATE["out_dir"], bin_name(meta))
+    path = os.path.join(_WORKER_STATE["out_dir"], image_set.bin_name(meta))
     try:
-        if bin_file_problem(path, image_set.height, image_set.width) is None:
-            # the header tells the decoded size: a kept .bin costs no decoding
-            return index, "reused", "", image_set.meta_for_decoded(index, *probe_decoded_size(meta.path))
+        data = read_image_bytes(meta.path)
+        entry = _WORKER_STATE["record"].get(os.path.basename(path))
+        if _recorded_source_problem(entry, path, data, image_set.height, image_set.width) is None:
+            # same bytes, same transform, untouched .bin: kept without decoding; the recorded decoded
+            # size is still checked against this annotation file
+            return index, "reused", "", image_set.meta_for_decoded(index, *entry["decoded"]), entry
+        bgr = decode_bgr(data, meta.path)
+        used = image_set.meta_for_decoded(index, bgr.shape[1], bgr.shape[0])
         if _WORKER_STATE["buffer"] is None:
             _WORKER_STATE["buffer"] = np.empty((3, image_set.height, image_set.width), dtype=np.float32)
-        used = image_set.load_into(index, _WORKER_STATE["buffer"])
+        letterbox_to_canvas(bgr, image_set.height, image_set.width, out=_WORKER_STATE["buffer"])
     except ImageReadError as exc:
-        return index, "bad", str(exc), None
+        return index, "bad", str(exc), None, None
     atomic_write_array(path, _WORKER_STATE["buffer"])
-    return index, "written", "", used
+    return index, "written", "", used, _bin_entry(meta, used, data, path)
 
 
 def _remove_stale_parts(out_dir):
@@ -495,8 +797,11 @@ def _remove_stale_parts(out_dir):
 def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, chunksize=2):
     """Write one `<stem>.bin` per image (float32 CHW, facts section 2) into `out_dir`, in parallel.
 
-    Files already complete (exact byte size) are kept; every file is written under a temporary name
-    and renamed, so an interrupted run leaves no truncated `.bin`. A bad image raises ImageReadError
+    A `.bin` is kept only when the folder's record (BIN_RECORD_NAME) says it was made from the
+    image's current bytes with this transform and it is unchanged since; any other is redone. Every
+    file is written under a temporary name and renamed, so an interrupted run leaves no truncated
+    `.bin`, and its record entry is appended as it lands, so a killed or stopped run keeps its
+    finished work. A bad image raises ImageReadError
     naming it (after the files finished so far are safely in place), or with `skip_bad` is listed in
     the report's `skipped`. Returns PreprocessReport(bin_paths in image-id order, written, reused,
     skipped).
@@ -507,11 +812,13 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
     _remove_stale_parts(out_dir)
     workers = max(1, min(len(image_set), int(workers or os.cpu_count() or 1)))
     results = {}
+    record = read_bin_record(out_dir, image_set.height, image_set.width)
+    recorder = _BinRecordWriter(out_dir, image_set.height, image_set.width, record)
     bar = _progress_bar(len(image_set), "preprocess", progress)
     caller_threads = cv2.getNumThreads()
     try:
         if workers == 1:
-            _init_worker(image_set, out_dir)
+            _init_worker(image_set, out_dir, record)
             iterator = (_preprocess_one(i) for i in range(len(image_set)))
             pool = None
         else:
@@ -519,13 +826,18 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
             # spawn, not fork: a child forked after OpenCV started its thread pool can deadlock in
             # cv2.resize
             context = multiprocessing.get_context("spawn")
-            pool = context.Pool(workers, initializer=_init_worker, initargs=(image_set, out_dir))
+            pool = context.Pool(workers, initializer=_init_worker, initargs=(image_set, out_dir, dict(record)))
             iterator = pool.imap(_preprocess_one, range(len(image_set)), chunksize)
         try:
-            for index, status, message, used in iterator:
+            for index, status, message, used, entry in iterator:
                 if status == "bad" and not skip_bad:
                     raise ImageReadError(message + " (use --skip-bad to continue past bad images)")
                 results[index] = (status, message)
+                name = image_set.bin_name(image_set.metas[index])
+                if status == "written":
+                    recorder.add(name, entry)
+                elif status == "bad" and name in record:
+                    recorder.forget(name)  # a skipped image's old .bin is moved aside below
                 if used is not None and used != image_set.metas[index]:
                     image_set.exif_rotated[index] = used
                 if bar is not None:
@@ -535,6 +847,7 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
                 pool.terminate()
                 pool.join()
     finally:
+        recorder.close()
         cv2.setNumThreads(caller_threads)  # the in-process path set it to 1
         if bar is not None:
             bar.close()
@@ -546,13 +859,13 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
             skipped.append(SkippedImage(index, meta.image_id, meta.path, message))
             # A .bin kept from an earlier run whose image is now bad: moved out of the tools' view
             # (ais_bench takes every *.bin of the folder), not deleted.
-            stale = os.path.join(out_dir, bin_name(meta))
+            stale = os.path.join(out_dir, image_set.bin_name(meta))
             if os.path.isfile(stale):
                 os.replace(stale, stale + ".skipped")
             continue
         written += status == "written"
         reused += status == "reused"
-        bin_paths.append(os.path.join(out_dir, bin_name(meta)))
+        bin_paths.append(os.path.join(out_dir, image_set.bin_name(meta)))
     return PreprocessReport(bin_paths, written, reused, skipped)
 
 
@@ -563,10 +876,13 @@ def _progress_bar(total, desc, enabled):
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr)
 
 
-def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, exclude_ids=()):
+def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, exclude_ids=(), report=None):
     """Write the tools' info files (facts section 2) in image-id order; returns the lines written.
 
-    bin:  `<index> <bin_dir>/<stem>.bin <model width> <model height>` (each .bin must exist, full size)
+    bin:  `<index> <bin_dir>/<stem>.bin <model width> <model height>`: each .bin must exist, full
+          size, and be the one the folder's record says was made from the image's current bytes
+          with this transform (as `write_bins` reuses them); `report`, the PreprocessReport of a
+          `write_bins` run over this folder in this process, spares checking its .bin files again
     jpg:  `<index> <image path> <original width> <original height>`, the decoded size as the
           recipe's cv2.imread gives it (an EXIF-rotated image found so far has its sizes swapped)
     Paths are written as given (relative paths stay relative to where the tool runs).
@@ -579,22 +895,40 @@ def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, excl
         if bin_dir is None:
             raise DataError("a bin info file needs the .bin directory")
         lines = []
+        checked = set(report.bin_paths) if report is not None else set()
+        record = None
         for index, meta in enumerate(metas):
-            path = os.path.join(os.fspath(bin_dir), bin_name(meta))
-            problem = bin_file_problem(path, image_set.height, image_set.width)
-            if problem == BIN_MISSING:
-                raise DataError("{} is missing: run `fsaf-repro preprocess` first".format(path))
-            if problem:
-                raise DataError("{} {}".format(path, problem))
-            lines.append("{} {} {} {}".format(index, path, image_set.width, image_set.height))
+            path = os.path.join(os.fspath(bin_dir), image_set.bin_name(meta))
+            if path not in checked:
+                problem = bin_file_problem(path, image_set.height, image_set.width)
+                if problem == BIN_MISSING:
+                    raise DataError("{} is missing: run `fsaf-repro preprocess` first".format(path))
+                if problem:
+                    raise DataError("{} {}".format(path, problem))
+                if record is None:
+                    record = read_bin_record(bin_dir, image_set.height, image_set.width)
+                problem = _recorded_source_problem(record.get(os.path.basename(path)), path,
+                                                   read_image_bytes(meta.path), image_set.height, image_set.width)
+                if problem:
+                    raise DataError("{} {} (image {}, id {}): rerun `fsaf-repro preprocess` on {}".format(
+                        path, problem, meta.path, meta.image_id, bin_dir))
+            lines.append(_info_line(bin_info, index, path, image_set.width, image_set.height, meta))
         atomic_write_text(os.fspath(bin_info), "\n".join(lines) + "\n")
         written["bin"] = lines
     if jpg_info is not None:
-        lines = ["{} {} {} {}".format(index, meta.path, meta.orig_w, meta.orig_h)
+        lines = [_info_line(jpg_info, index, meta.path, meta.orig_w, meta.orig_h, meta)
                  for index, meta in enumerate(metas)]
         atomic_write_text(os.fspath(jpg_info), "\n".join(lines) + "\n")
         written["jpg"] = lines
     return written
+
+
+def _info_line(info_path, index, path, width, height, meta):
+    # the tools split info lines at whitespace: a path holding any would be read as other fields
+    if any(c.isspace() for c in path):
+        raise DataError("{}: cannot list {!r} (image id {}): info files separate their fields by white space; "
+                        "rename the file or folder".format(info_path, path, meta.image_id))
+    return "{} {} {} {}".format(index, path, width, height)
 
 
 def read_info_file(path):
@@ -843,7 +1177,7 @@ def _cmd_preprocess(args):
                         progress=not args.no_progress)
     bad_ids = [s.image_id for s in report.skipped]
     write_info_files(image_set, bin_dir=args.out, bin_info=args.bin_info, jpg_info=args.jpg_info,
-                     exclude_ids=bad_ids)
+                     exclude_ids=bad_ids, report=report)
     manifest = os.path.join(args.out, "preprocess_manifest.json")
     write_manifest(manifest, image_set, report)
     print("preprocess: {} .bin files in {} ({} written, {} already complete); info files {} and {}; "

@@ -7,7 +7,9 @@ accumulation arrays. Both scorers' arrays go through one summariser that follows
 the first AP line at maxDets[-1] instead of 100 and would not give the recipe's table.
 
 Every metrics record carries the annotation file's sha256 and the number of images scored, so a
-run on a different or partial val2017 cannot pass for the recipe's.
+run on a different or partial val2017 cannot pass for the recipe's. The annotation file is read and
+checked once (`data.read_annotation_file`, the check every verb shares) and the scorer is given
+that very content, not the path to read again.
 """
 import argparse
 import contextlib
@@ -20,7 +22,7 @@ import os
 
 import numpy as np
 
-from .data import load_annotation_json
+from .data import read_annotation_file
 from .errors import ResultsError
 from .spec import accuracy_reference, load_recipe_spec
 
@@ -35,11 +37,17 @@ def stat_names():
     return list(accuracy_reference()["stat_names"])
 
 
-def _check_results(results, gt_image_ids, gt_category_ids, source):
-    """Validate detections before a scorer sees them (pycocotools only asserts, without saying why)."""
+def _check_results(results, gt_image_ids, gt_category_ids, source, drop_degenerate=False):
+    """Validate detections before a scorer sees them (pycocotools only asserts, without saying why).
+
+    A box with width or height <= 0 cannot be scored (pycocotools takes a negative size into its
+    areas and overlaps as it is): an error naming the first such detection, or with
+    `drop_degenerate` left out. Returns (the detections to score, how many were dropped).
+    """
     if not isinstance(results, list):
         raise ResultsError("{}: results must be a list of detections".format(source))
     unknown_images, unknown_cats = set(), set()
+    kept = []
     for number, det in enumerate(results):
         try:
             bbox = [float(v) for v in det["bbox"]]
@@ -51,6 +59,14 @@ def _check_results(results, gt_image_ids, gt_category_ids, source):
         if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or not math.isfinite(score):
             raise ResultsError("{}: detection {} has a non-finite or malformed bbox/score: {!r}".format(
                 source, number, det))
+        if bbox[2] <= 0 or bbox[3] <= 0:
+            if not drop_degenerate:
+                raise ResultsError(
+                    "{}: detection {} (0-based) has a box of width {} and height {}: a box with no area cannot "
+                    "be scored; fix the results, or drop such rows with --drop-degenerate (they are counted "
+                    "in the metrics record): {!r}".format(source, number, bbox[2], bbox[3], det))
+            continue
+        kept.append(det)
         if not isinstance(image_id, numbers.Integral) or image_id not in gt_image_ids:
             unknown_images.add(repr(image_id))
         if not isinstance(category_id, numbers.Integral) or category_id not in gt_category_ids:
@@ -61,6 +77,7 @@ def _check_results(results, gt_image_ids, gt_category_ids, source):
     if unknown_cats:
         raise ResultsError("{}: category id(s) {} not in the annotation file (wrong label -> category "
                            "map?)".format(source, sorted(unknown_cats)[:10]))
+    return kept, len(results) - len(kept)
 
 
 def _empty_results_coco(coco_cls, gt):
@@ -72,10 +89,13 @@ def _empty_results_coco(coco_cls, gt):
     return dt
 
 
-def _accumulate(coco_cls, cocoeval_cls, annotation_file, results, image_ids, max_dets):
-    """Run one scorer's evaluate + accumulate; both scorers take the same calls."""
+def _accumulate(coco_cls, cocoeval_cls, dataset, results, image_ids, max_dets):
+    """Run one scorer's evaluate + accumulate on the parsed ground truth; both scorers take the same calls."""
     with contextlib.redirect_stdout(io.StringIO()):  # both scorers narrate every step
-        gt = coco_cls(annotation_file)
+        gt = coco_cls()
+        # the scorers add keys ("ignore") to the ground-truth records: `dataset` is this call's own parse
+        gt.dataset = dataset
+        gt.createIndex()
         # loadRes adds keys to each detection: give it copies, the caller's list stays as it was
         dt = gt.loadRes([dict(det) for det in results]) if results else _empty_results_coco(coco_cls, gt)
         evaluator = cocoeval_cls(gt, dt, "bbox")
@@ -86,10 +106,10 @@ def _accumulate(coco_cls, cocoeval_cls, annotation_file, results, image_ids, max
     return evaluator
 
 
-def _accumulate_pycocotools(annotation_file, results, image_ids, max_dets):
+def _accumulate_pycocotools(dataset, results, image_ids, max_dets):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-    return _accumulate(COCO, COCOeval, annotation_file, results, image_ids, max_dets)
+    return _accumulate(COCO, COCOeval, dataset, results, image_ids, max_dets)
 
 
 def faster_coco_eval_availability():
@@ -102,14 +122,14 @@ def faster_coco_eval_availability():
     return True, ""
 
 
-def _accumulate_faster(annotation_file, results, image_ids, max_dets):
+def _accumulate_faster(dataset, results, image_ids, max_dets):
     ok, reason = faster_coco_eval_availability()
     if not ok:
         raise ResultsError(reason)
     # The 1.7.x (Python 3.7) and 1.8.x APIs agree on these calls: COCO, loadRes, COCOeval_faster
     # (gt, dt, iouType), params, evaluate(), accumulate(), eval["precision"/"recall"].
     from faster_coco_eval import COCO, COCOeval_faster
-    return _accumulate(COCO, COCOeval_faster, annotation_file, results, image_ids, max_dets)
+    return _accumulate(COCO, COCOeval_faster, dataset, results, image_ids, max_dets)
 
 
 def summarize(precision, recall, params, stat_defs=None):
@@ -144,25 +164,30 @@ def per_class_ap(precision, category_ids, names):
     return table
 
 
-def evaluate_results(annotation_file, results, scorer="pycocotools", image_ids=None):
+def evaluate_results(annotation_file, results, scorer="pycocotools", image_ids=None, drop_degenerate=False):
     """Score COCO bbox results (a list, or the path of a results json) against `annotation_file`.
 
-    image_ids: the images the run covered (default: every image of the file). Returns a dict with
-    "stats" (12 floats in the recipe's order), "stat_names", "per_class", "annotation_file",
-    "annotation_sha256", "num_images", "num_detections", "scorer", "max_dets".
+    image_ids: the images the run covered (default: every image of the file). A detection whose box
+    has width or height <= 0 is an error naming it, or with `drop_degenerate` is left out and
+    counted. Returns a dict with "stats" (12 floats in the recipe's order), "stat_names",
+    "per_class", "annotation_file", "annotation_sha256", "num_images", "num_detections" (scored),
+    "degenerate_dropped", "scorer", "max_dets".
     """
     if scorer not in SCORERS:
         raise ResultsError("unknown scorer {!r}; choose one of {}".format(scorer, ", ".join(SCORERS)))
     annotation_file = os.fspath(annotation_file)
+    # the ground truth first: a fault in it must not be blamed on the results
+    annotations = read_annotation_file(annotation_file, need_annotations=True)
     source = "results"
     if not isinstance(results, list):
         from .postprocess import read_results_json
         source = os.fspath(results)
         results = read_results_json(source)
-    data, sha = load_annotation_json(annotation_file)
-    gt_image_ids = {image["id"] for image in data["images"]}
+    data, sha = annotations.data, annotations.sha256
+    gt_image_ids = {image.image_id for image in annotations.images}
     categories = sorted(data["categories"], key=lambda cat: cat["id"])
-    _check_results(results, gt_image_ids, {cat["id"] for cat in categories}, source)
+    results, dropped = _check_results(results, gt_image_ids, {cat["id"] for cat in categories}, source,
+                                      drop_degenerate=drop_degenerate)
     if image_ids is None:
         image_ids = sorted(gt_image_ids)
     else:
@@ -179,7 +204,7 @@ def evaluate_results(annotation_file, results, scorer="pycocotools", image_ids=N
         raise ResultsError("no images to score in {}".format(annotation_file))
     max_dets = evaluation_spec()["max_dets"]
     accumulate = _accumulate_pycocotools if scorer == "pycocotools" else _accumulate_faster
-    evaluator = accumulate(annotation_file, results, image_ids, max_dets)
+    evaluator = accumulate(data, results, image_ids, max_dets)
     precision = np.asarray(evaluator.eval["precision"])
     recall = np.asarray(evaluator.eval["recall"])
     return {
@@ -191,6 +216,7 @@ def evaluate_results(annotation_file, results, scorer="pycocotools", image_ids=N
         "annotation_sha256": sha,
         "num_images": len(image_ids),
         "num_detections": len(results),
+        "degenerate_dropped": dropped,
         "scorer": scorer,
         "max_dets": list(max_dets),
         "_precision": precision,
@@ -235,11 +261,15 @@ def format_per_class_table(per_class, columns=3):
 def _cmd_evaluate(args):
     image_ids = None
     if args.limit is not None:
-        data, _ = load_annotation_json(args.annotations)
-        image_ids = sorted(image["id"] for image in data["images"])[:args.limit]
-    metrics = evaluate_results(args.annotations, args.results, scorer=args.scorer, image_ids=image_ids)
+        images = read_annotation_file(args.annotations).images  # in id order
+        image_ids = [image.image_id for image in images][:args.limit]
+    metrics = evaluate_results(args.annotations, args.results, scorer=args.scorer, image_ids=image_ids,
+                               drop_degenerate=args.drop_degenerate)
     print("Evaluate annotation type *bbox* ({}; {} images, {} detections; annotations sha256 {})".format(
         metrics["scorer"], metrics["num_images"], metrics["num_detections"], metrics["annotation_sha256"]))
+    if metrics["degenerate_dropped"]:
+        print("dropped {} detection(s) with a box of width or height <= 0 (--drop-degenerate)".format(
+            metrics["degenerate_dropped"]))
     print(format_recipe_table(metrics["stats"]))
     if not args.no_per_class:
         print(format_per_class_table(metrics["per_class"]))
@@ -261,6 +291,9 @@ def register_cli(subparsers):
                         help="score only the first N images by id (a partial run)")
     parser.add_argument("--metrics-out", default=None, help="write the metrics record (json) here")
     parser.add_argument("--no-per-class", action="store_true", help="skip the per-class AP table")
+    parser.add_argument("--drop-degenerate", action="store_true",
+                        help="leave out detections whose box has width or height <= 0 and count them in the "
+                             "metrics record (default: such a detection is an error)")
     parser.set_defaults(func=_cmd_evaluate)
 
 

@@ -1,7 +1,9 @@
 """Network outputs -> COCO results json (recipe step 6, first half).
 
 Readers for the three ways outputs arrive, all matched to images by exact stem (never a suffix
-glob, which in the recipe's script can pick another image's file):
+glob, which in the recipe's script can pick another image's file). The stem of an image is the one
+its .bin was written under (`CocoImageSet.output_stems`: the file name's, or a derived one where two
+images share it), so the readers take those stems from the image set:
 - benchmark tool: `<dir>/<stem>_1.bin` dets float32 [100, 5], `<dir>/<stem>_2.bin` labels int64 [100]
 - ais_bench: `<dir>/<stem>_0.bin|.npy` dets, `<stem>_1.bin|.npy` labels (stem of the first input of
   each batch), plus `<...>_summary.json` with its timings
@@ -34,8 +36,13 @@ def _max_dets():
     return int(model_constants()["max_per_img"])
 
 
-def _stem(meta):
-    return os.path.splitext(os.path.basename(meta.file_name))[0]
+def _stem(stems, meta):
+    """The output stem of `meta`'s image; `stems`: image id -> stem (`CocoImageSet.output_stems`)."""
+    try:
+        return stems[meta.image_id]
+    except KeyError:
+        raise OutputFormatError("image id {} ({}) has no output name: not in the annotation file the "
+                                "image set was read from".format(meta.image_id, meta.file_name))
 
 
 def _read_exact(path, dtype, count, what):
@@ -64,13 +71,16 @@ def _load_npy(path, dtype, shape_tail, what):
     return array.reshape((-1,) + tuple(shape_tail))
 
 
-def read_benchmark_outputs(out_dir, metas, label_dtype="int64"):
-    """(dets float32 [N, 100, 5], labels [N, 100]) from a benchmark tool dumpOutput directory."""
+def read_benchmark_outputs(out_dir, metas, stems, label_dtype="int64"):
+    """(dets float32 [N, 100, 5], labels [N, 100]) from a benchmark tool dumpOutput directory.
+
+    stems: image id -> output stem (`CocoImageSet.output_stems`).
+    """
     max_dets = _max_dets()
     dets = np.empty((len(metas), max_dets, DETS_COLUMNS), dtype=np.float32)
     labels = np.empty((len(metas), max_dets), dtype=np.int64)
     for i, meta in enumerate(metas):
-        stem = _stem(meta)
+        stem = _stem(stems, meta)
         dets[i] = _read_exact(os.path.join(out_dir, stem + "_1.bin"), np.float32, max_dets * DETS_COLUMNS,
                               "dets of image id {}".format(meta.image_id)).reshape(max_dets, DETS_COLUMNS)
         labels[i] = _read_exact(os.path.join(out_dir, stem + "_2.bin"), label_dtype, max_dets,
@@ -78,8 +88,10 @@ def read_benchmark_outputs(out_dir, metas, label_dtype="int64"):
     return dets, labels
 
 
-def read_ais_bench_outputs(out_dir, metas, batch_size=1, outfmt="BIN", label_dtype="int64"):
+def read_ais_bench_outputs(out_dir, metas, stems, batch_size=1, outfmt="BIN", label_dtype="int64"):
     """(dets, labels) from an ais_bench output directory (`<stem>_0`, `<stem>_1`, BIN or NPY).
+
+    stems: image id -> output stem (`CocoImageSet.output_stems`).
 
     With `batch_size` b > 1 ais_bench names each output after the first input of its batch and
     stores the b images together; the last batch holds either the remaining images or b (padded).
@@ -92,7 +104,7 @@ def read_ais_bench_outputs(out_dir, metas, batch_size=1, outfmt="BIN", label_dty
     dets_parts, label_parts = [], []
     for first in range(0, len(metas), batch_size):
         group = metas[first:first + batch_size]
-        stem = _stem(group[0])
+        stem = _stem(stems, group[0])
         what = "image ids {}".format(", ".join(str(m.image_id) for m in group))
         dets_path = os.path.join(out_dir, stem + "_0" + ext)
         labels_path = os.path.join(out_dir, stem + "_1" + ext)
@@ -224,12 +236,12 @@ def read_results_json(path):
     return results
 
 
-def read_outputs(kind, outputs, metas, batch_size=1, labels_path=None, outfmt="BIN"):
-    """Dispatch to the reader for `kind` in ('benchmark', 'ais_bench', 'npy')."""
+def read_outputs(kind, outputs, metas, stems, batch_size=1, labels_path=None, outfmt="BIN"):
+    """Dispatch to the reader for `kind` in ('benchmark', 'ais_bench', 'npy'); stems: image id -> output stem."""
     if kind == "benchmark":
-        return read_benchmark_outputs(outputs, metas)
+        return read_benchmark_outputs(outputs, metas, stems)
     if kind == "ais_bench":
-        return read_ais_bench_outputs(outputs, metas, batch_size=batch_size, outfmt=outfmt)
+        return read_ais_bench_outputs(outputs, metas, stems, batch_size=batch_size, outfmt=outfmt)
     if kind == "npy":
         if labels_path is None:
             raise OutputFormatError("npy outputs need both the dets and the labels .npy files")
@@ -287,7 +299,7 @@ def _cmd_postprocess(args):
         if args.images:
             image_set.resolve_orientation()
         metas = [image_set.effective_meta(i) for i in range(len(image_set))]
-    dets, labels = read_outputs(args.format, args.outputs, metas, batch_size=args.batch_size,
+    dets, labels = read_outputs(args.format, args.outputs, metas, image_set.output_stems, batch_size=args.batch_size,
                                 labels_path=args.labels_npy, outfmt=args.outfmt)
     results = detections_to_coco(dets, labels, metas, image_set.category_ids,
                                  score_threshold=args.score_threshold, clip=args.clip)
@@ -295,8 +307,12 @@ def _cmd_postprocess(args):
     print("postprocess: {} detections for {} images -> {}".format(len(results), len(metas), args.results))
     if args.evaluate:
         from .evaluate import evaluate_results, format_per_class_table, format_recipe_table
-        metrics = evaluate_results(args.annotations, results, scorer=args.scorer,
-                                   image_ids=[m.image_id for m in metas])
+        # the file just written, so that an error names it and its row
+        metrics = evaluate_results(args.annotations, args.results, scorer=args.scorer,
+                                   image_ids=[m.image_id for m in metas], drop_degenerate=args.drop_degenerate)
+        if metrics["degenerate_dropped"]:
+            print("dropped {} detection(s) with a box of width or height <= 0 (--drop-degenerate)".format(
+                metrics["degenerate_dropped"]))
         print(format_recipe_table(metrics["stats"]))
         print(format_per_class_table(metrics["per_class"]))
     return 0
@@ -329,4 +345,7 @@ def register_cli(subparsers):
                         help="clip boxes to the original image (the recipe does not)")
     parser.add_argument("--evaluate", action="store_true", help="score the results right away")
     parser.add_argument("--scorer", default="pycocotools", choices=("pycocotools", "faster-coco-eval"))
+    parser.add_argument("--drop-degenerate", action="store_true",
+                        help="with --evaluate: leave out detections whose box has width or height <= 0 and "
+                             "count them (default: such a detection is an error)")
     parser.set_defaults(func=_cmd_postprocess)

@@ -153,3 +153,64 @@ def test_evaluate_cli_rescores_a_results_json(gt, tmp_path, capsys):
     assert format_recipe_table(record["stats"]) in printed
     assert record["num_images"] == 40 and len(record["annotation_sha256"]) == 64
     assert 0 < record["stats"][0] < 1
+
+
+def _degenerate(dets, rows):
+    """Copies of `dets` where row r gets width (r odd: height) w for each (r, w) of `rows`."""
+    out = [dict(det, bbox=list(det["bbox"])) for det in dets]
+    for row, size in rows:
+        out[row]["bbox"][3 if row % 2 else 2] = size
+    return out
+
+
+@pytest.mark.parametrize("size", [-4.0, 0.0])
+def test_a_box_without_area_is_an_error_naming_the_file_and_row(gt, tmp_path, capsys, size):
+    dets = _degenerate(_gt_as_detections(gt[1]), [(3, size), (8, size)])
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(dets))
+    with pytest.raises(ResultsError, match="results.json: detection 3 .*--drop-degenerate"):
+        evaluate_results(gt[0], str(results))
+    metrics_out = tmp_path / "metrics.json"
+    argv = ["evaluate", "--annotations", gt[0], "--results", str(results), "--metrics-out", str(metrics_out)]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "results.json: detection 3" in err and "Traceback" not in err
+    assert not metrics_out.exists()
+
+
+def test_drop_degenerate_scores_the_rest_and_counts_the_dropped(gt, tmp_path, capsys):
+    dets = _gt_as_detections(gt[1])
+    broken = _degenerate(dets, [(0, -1.0), (5, 0.0), (6, -0.5)])
+    metrics = evaluate_results(gt[0], broken, drop_degenerate=True)
+    kept = [det for row, det in enumerate(broken) if row not in (0, 5, 6)]
+    reference = evaluate_results(gt[0], kept)
+    assert metrics["degenerate_dropped"] == 3 and metrics["num_detections"] == len(dets) - 3
+    assert metrics["stats"] == reference["stats"] and reference["degenerate_dropped"] == 0
+    assert metrics["stats"][0] < 1.0  # the dropped rows were ground-truth matches: their objects are missed
+    results, metrics_out = tmp_path / "results.json", tmp_path / "metrics.json"
+    results.write_text(json.dumps(broken))
+    assert cli.main(["evaluate", "--annotations", gt[0], "--results", str(results), "--metrics-out",
+                     str(metrics_out), "--drop-degenerate", "--no-per-class"]) == 0
+    assert "dropped 3 detection(s)" in capsys.readouterr().out
+    record = json.loads(metrics_out.read_text())
+    assert record["degenerate_dropped"] == 3 and record["stats"] == reference["stats"]
+
+
+@pytest.mark.parametrize("fault, message", [
+    (lambda data: data["images"].append(dict(data["images"][0], file_name="copy.jpg")), "image id {id0} appears twice"),
+    (lambda data: data["annotations"].append(dict(data["annotations"][0])), "repeats annotation id"),
+    (lambda data: data.pop("annotations"), "has no 'annotations' list"),
+    (lambda data: data["annotations"][0].update(image_id=-1), "image_id -1, which 'images' does not list"),
+    (lambda data: data["annotations"][0].pop("area"), "needs a finite number 'area'"),
+])
+def test_evaluate_checks_the_annotation_file_before_scoring(gt, tmp_path, capsys, fault, message):
+    data = json.loads(json.dumps(gt[1]))
+    fault(data)
+    annotation_file = tmp_path / "instances_broken.json"
+    annotation_file.write_text(json.dumps(data))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(_gt_as_detections(gt[1])))
+    assert cli.main(["evaluate", "--annotations", str(annotation_file), "--results", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert str(annotation_file) + ": " in err or "annotation file {}".format(annotation_file) in err
+    assert message.format(id0=gt[1]["images"][0]["id"]) in err and "Traceback" not in err

@@ -47,7 +47,7 @@ def test_benchmark_directory_round_trip_by_exact_stem(image_set, tmp_path):
         labels[i].tofile(str(tmp_path / (_stem(meta) + "_2.bin")))
     # a decoy whose name ends like another image's file: a suffix glob would pick it up
     (dets[0] * 0 + 1).tofile(str(tmp_path / ("9" + _stem(image_set.metas[1]) + "_1.bin")))
-    got_dets, got_labels = read_benchmark_outputs(str(tmp_path), image_set.metas)
+    got_dets, got_labels = read_benchmark_outputs(str(tmp_path), image_set.metas, image_set.output_stems)
     assert np.array_equal(got_dets, dets) and np.array_equal(got_labels, labels)
 
 
@@ -58,10 +58,10 @@ def test_benchmark_wrong_size_or_missing_file_names_the_file(image_set, tmp_path
         labels[i].astype(np.int32).tofile(str(tmp_path / (_stem(meta) + "_2.bin")))  # int32: half size
     name = _stem(image_set.metas[0]) + "_2.bin"
     with pytest.raises(OutputFormatError, match=name + " has 400 bytes, expected 800"):
-        read_benchmark_outputs(str(tmp_path), image_set.metas)
+        read_benchmark_outputs(str(tmp_path), image_set.metas, image_set.output_stems)
     os.remove(str(tmp_path / (_stem(image_set.metas[0]) + "_1.bin")))
     with pytest.raises(OutputFormatError, match="missing output file .*" + _stem(image_set.metas[0]) + "_1.bin"):
-        read_benchmark_outputs(str(tmp_path), image_set.metas)
+        read_benchmark_outputs(str(tmp_path), image_set.metas, image_set.output_stems)
 
 
 def test_ais_bench_bin_npy_and_batched(image_set, tmp_path):
@@ -83,12 +83,12 @@ def test_ais_bench_bin_npy_and_batched(image_set, tmp_path):
         chunk_dets.tofile(str(batched / (stem + "_0.bin")))
         chunk_labels.tofile(str(batched / (stem + "_1.bin")))
     for directory, kwargs in ((single, {}), (npy, {"outfmt": "NPY"}), (batched, {"batch_size": 2})):
-        got_dets, got_labels = read_ais_bench_outputs(str(directory), image_set.metas, **kwargs)
+        got_dets, got_labels = read_ais_bench_outputs(str(directory), image_set.metas, image_set.output_stems, **kwargs)
         assert np.array_equal(got_dets, dets) and np.array_equal(got_labels, labels), directory
     with open(str(single / (_stem(image_set.metas[2]) + "_0.bin")), "ab") as handle:
         handle.write(b"\0" * 4)
     with pytest.raises(OutputFormatError, match=_stem(image_set.metas[2]) + "_0.bin has 2004 bytes"):
-        read_ais_bench_outputs(str(single), image_set.metas)
+        read_ais_bench_outputs(str(single), image_set.metas, image_set.output_stems)
 
 
 def test_ais_bench_summary(tmp_path):
