@@ -13,13 +13,15 @@ import io
 import math
 import os
 import pickle
+import tarfile
 import warnings
+import zipfile
 
 import numpy as np
 import torch
 
 from .errors import CheckpointError
-from .fileio import atomic_write_bytes, file_sha256  # noqa: F401  (file_sha256 is part of this API)
+from .fileio import atomic_write_bytes, file_sha256, output_file  # noqa: F401  (file_sha256 is part of this API)
 from .model import build_detector
 from .spec import load_recipe_spec, model_constants
 from .torch_threads import temporarily_intra_op_threads
@@ -34,6 +36,24 @@ def torch_has_weights_only_load():
     return "weights_only" in inspect.signature(torch.load).parameters
 
 
+# The first pickle of a torch.save file in the legacy (pre-1.6) format: torch's magic number
+# 0x1950a86a20f9469cfc6c, pickled with protocol 2 (PROTO 2, LONG1 of 10 bytes, STOP).
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950a86a20f9469cfc6c).to_bytes(10, "little") + b"."
+
+
+def checkpoint_container(path):
+    """"zip" or "legacy" for the two layouts torch.save writes ("tar" for torch's oldest), None otherwise."""
+    if zipfile.is_zipfile(path):
+        return "zip"
+    with open(path, "rb") as handle:
+        head = handle.read(len(LEGACY_TORCH_MAGIC))
+    if head == LEGACY_TORCH_MAGIC:
+        return "legacy"
+    if tarfile.is_tarfile(path):
+        return "tar"
+    return None
+
+
 def _read_pickle(path, trusted):
     if not os.path.exists(path):
         raise CheckpointError("checkpoint not found: {} (pass the official {} or run `fsaf-repro "
@@ -45,6 +65,13 @@ def _read_pickle(path, trusted):
         raise CheckpointError("checkpoint is not readable (permissions): {}".format(path))
     if os.path.getsize(path) == 0:
         raise CheckpointError("checkpoint is an empty file: {}".format(path))
+    container = checkpoint_container(path)
+    if container is None:
+        # torch.load would fail on it anyway; said here so that a damaged or foreign file is not
+        # reported as a weights-only refusal that advises trusting it
+        raise CheckpointError("{} is not a PyTorch checkpoint: torch.save writes a zip archive (or, before "
+                              "torch 1.6, a pickle starting with torch's magic number); check that the "
+                              "download is complete and is the .pth file".format(path))
     # FSAF_TRUST_CHECKPOINT=1 is the environment's form of --trust-checkpoint, for runs (acceptance
     # tests, CI jobs) that load a file the user vouches for through several entry points.
     trusted = trusted or os.environ.get("FSAF_TRUST_CHECKPOINT") == "1"
@@ -281,7 +308,7 @@ def register_cli(subparsers):
         "make-checkpoint",
         help="write seeded FSAF weights in the official checkpoint layout (a stand-in for "
              "fsaf_r50_fpn_1x_coco-94ccc51f.pth where it is absent)")
-    parser.add_argument("output", help="path of the .pth file to write")
+    parser.add_argument("output", type=output_file("checkpoint file"), help="path of the .pth file to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_cli_make_checkpoint)
 

@@ -5,6 +5,7 @@ definitions live beside the code they drive. Verb handlers take the parsed names
 exit status.
 """
 import argparse
+import errno
 import importlib
 import sys
 
@@ -41,9 +42,36 @@ def build_parser():
     return parser
 
 
+# What to do about an operating-system error that reached the command line (the verbs check their
+# paths first; this covers what changes during a run, such as a full disk or a folder made read-only).
+OS_ERROR_ADVICE = {
+    errno.EACCES: "fix its permissions or choose another location",
+    errno.EPERM: "fix its permissions or choose another location",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+    errno.ENOSPC: "the disk is full: free space or choose another location",
+    errno.EISDIR: "a folder is where a file is expected: give a file path",
+    errno.ENOTDIR: "a file is where a folder is expected: choose another path",
+    errno.ENOENT: "check the path",
+}
+
+
+def _os_error_line(exc):
+    path = exc.filename if exc.filename2 is None else "{} -> {}".format(exc.filename, exc.filename2)
+    return "cannot use {}: {}; {}".format(path, exc.strerror or exc,
+                                          OS_ERROR_ADVICE.get(exc.errno, "check the path and retry"))
+
+
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        # path arguments are checked while parsing (fsaf_repro.fileio input_file & co): a bad path is
+        # refused before any work
+        args = parser.parse_args(argv)
+    except FsafReproError as exc:
+        verb = next((a for a in argv if not a.startswith("-")), None)
+        sys.stderr.write("{}: error: {}\n".format("fsaf-repro " + verb if verb else "fsaf-repro", exc))
+        return 1
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -51,6 +79,11 @@ def main(argv=None):
         return int(args.func(args) or 0)
     except FsafReproError as exc:
         sys.stderr.write("fsaf-repro {}: error: {}\n".format(args.verb, exc))
+        return 1
+    except OSError as exc:
+        if exc.filename is None:
+            raise  # not about a path: a fault of this program, whose traceback is wanted
+        sys.stderr.write("fsaf-repro {}: error: {}\n".format(args.verb, _os_error_line(exc)))
         return 1
 
 

@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 
 from .errors import ExportError, ToolError
-from .fileio import atomic_write_json, file_sha256
+from .fileio import atomic_write_json, file_sha256, input_file, output_dir
 from .spec import input_constants
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32, 64)
@@ -429,8 +429,9 @@ def register_cli(subparsers):
         description="Recipe step 3.2: atc --framework=5 ... for each batch size; with --aoe, the recipe's "
                     "aoe --job_type=2 operator tuning instead. Each om gets a log and a sidecar json "
                     "beside it.")
-    parser.add_argument("onnx", help="exported ONNX model (its sidecar <onnx>.json supplies the input shape)")
-    parser.add_argument("--out-dir", default="om",
+    parser.add_argument("onnx", type=input_file("ONNX model"),
+                        help="exported ONNX model (its sidecar <onnx>.json supplies the input shape)")
+    parser.add_argument("--out-dir", default="om", type=output_dir("om folder"),
                         help="where the .om files, logs and sidecars go (default: om)")
     parser.add_argument("--batch-sizes", default=",".join(str(b) for b in DEFAULT_BATCH_SIZES),
                         help="comma-separated batch sizes (default: the recipe's 1,4,8,16,32,64)")

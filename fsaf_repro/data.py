@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 
 from .errors import AnnotationError, DataError, ImageReadError
+from .fileio import input_dir, input_file, output_dir, output_file
+from .locking import run_lock
 from .fileio import (PART_MARK, atomic_write_array, atomic_write_text, file_sha256,  # noqa: F401  (file_sha256: API)
                      is_stale_part)
 from .spec import coco_category_ids, coco_class_names, input_constants
@@ -1163,14 +1165,21 @@ def iter_batches(image_set, batch_size, prefetch=2, workers=2, skip_bad=False, s
 
 
 def _add_set_arguments(parser):
-    parser.add_argument("--annotations", required=True, help="COCO instances json (instances_val2017.json)")
-    parser.add_argument("--images", required=True, help="image directory (val2017)")
+    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
+                        help="COCO instances json (instances_val2017.json)")
+    parser.add_argument("--images", required=True, type=input_dir("image folder"), help="image directory (val2017)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images by image id")
     parser.add_argument("--height", type=int, default=None, help="model input height (spec: 800)")
     parser.add_argument("--width", type=int, default=None, help="model input width (spec: 1216)")
 
 
 def _cmd_preprocess(args):
+    # one writer per .bin folder: a second run on it refuses at once (fsaf_repro.locking)
+    with run_lock(args.out, "preprocess"):
+        return _preprocess_locked(args)
+
+
+def _preprocess_locked(args):
     image_set = CocoImageSet(args.annotations, args.images, limit=args.limit, height=args.height,
                              width=args.width)
     report = write_bins(image_set, args.out, workers=args.workers, skip_bad=args.skip_bad,
@@ -1214,9 +1223,11 @@ def register_cli(subparsers):
         "preprocess", help="recipe step 4: images -> <stem>.bin (float32 CHW) + info files",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_set_arguments(pre)
-    pre.add_argument("--out", required=True, help="directory for the .bin files (val2017_bin)")
-    pre.add_argument("--bin-info", default="fsaf.info", help="bin info file for the benchmark tool")
-    pre.add_argument("--jpg-info", default="fsaf_jpeg.info",
+    pre.add_argument("--out", required=True, type=output_dir(".bin folder"),
+                     help="directory for the .bin files (val2017_bin)")
+    pre.add_argument("--bin-info", default="fsaf.info", type=output_file("bin info file"),
+                     help="bin info file for the benchmark tool")
+    pre.add_argument("--jpg-info", default="fsaf_jpeg.info", type=output_file("jpg info file"),
                      help="jpg info file (each image's decoded size, as the recipe's cv2.imread gives it)")
     pre.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     pre.add_argument("--skip-bad", action="store_true",
@@ -1228,7 +1239,8 @@ def register_cli(subparsers):
         "info", help="write the tools' info files (get_info.py) in image-id order",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_set_arguments(info)
-    info.add_argument("--bin-dir", default=None, help="directory holding the .bin files (for --bin-info)")
-    info.add_argument("--bin-info", default="fsaf.info")
-    info.add_argument("--jpg-info", default="fsaf_jpeg.info")
+    info.add_argument("--bin-dir", default=None, type=input_dir(".bin folder"),
+                      help="directory holding the .bin files (for --bin-info)")
+    info.add_argument("--bin-info", default="fsaf.info", type=output_file("bin info file"))
+    info.add_argument("--jpg-info", default="fsaf_jpeg.info", type=output_file("jpg info file"))
     info.set_defaults(func=_cmd_info)

@@ -58,3 +58,11 @@ class ResultsError(FsafReproError):
 
 class JournalMismatch(ResultsError):
     """A resumable run's journal was written with other arguments (nothing in it is reusable)."""
+
+
+class PathError(FsafReproError):
+    """A path given to a verb is missing, of the wrong kind (file/folder) or not readable/writable."""
+
+
+class RunLocked(FsafReproError):
+    """Another run is writing the same output (it holds the output's lock file)."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from .data import read_annotation_file
 from .errors import ResultsError
+from .fileio import input_file, output_file
 from .spec import accuracy_reference, load_recipe_spec
 
 SCORERS = ("pycocotools", "faster-coco-eval")
@@ -284,12 +285,14 @@ def register_cli(subparsers):
     parser = subparsers.add_parser(
         "evaluate", help="score a COCO results json: the recipe's 12-line table and per-class AP",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--annotations", required=True, help="COCO instances json (ground truth)")
-    parser.add_argument("--results", required=True, help="COCO results json to score")
+    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
+                        help="COCO instances json (ground truth)")
+    parser.add_argument("--results", required=True, type=input_file("results file"), help="COCO results json to score")
     parser.add_argument("--scorer", default="pycocotools", choices=SCORERS)
     parser.add_argument("--limit", type=int, default=None,
                         help="score only the first N images by id (a partial run)")
-    parser.add_argument("--metrics-out", default=None, help="write the metrics record (json) here")
+    parser.add_argument("--metrics-out", default=None, type=output_file("metrics file"),
+                        help="write the metrics record (json) here")
     parser.add_argument("--no-per-class", action="store_true", help="skip the per-class AP table")
     parser.add_argument("--drop-degenerate", action="store_true",
                         help="leave out detections whose box has width or height <= 0 and count them in the "

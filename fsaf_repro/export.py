@@ -15,7 +15,6 @@ that one, current torch keeps it behind `dynamo=False`.
 import inspect
 import json
 import os
-import tempfile
 import time
 import warnings
 
@@ -25,7 +24,7 @@ import torch
 from .checkpoint import load_detector, write_seeded_checkpoint
 from .decode import _greedy_nms_order, multiclass_nms, pad_detections, select_candidates
 from .errors import ExportError
-from .fileio import atomic_write_json, file_sha256
+from .fileio import atomic_write_json, file_sha256, new_temp_file, output_file
 from .spec import input_constants, model_constants
 
 FLAVOURS = ("onnx-nms", "ascend-nms", "raw")
@@ -319,8 +318,7 @@ def export_onnx(checkpoint_path, out_path, flavour="onnx-nms", height=None, widt
     directory = os.path.dirname(out_path)
     if not os.path.isdir(directory):
         os.makedirs(directory)
-    handle, tmp_path = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=directory)
-    os.close(handle)
+    tmp_path = new_temp_file(directory, ".export-", ".onnx")
     try:
         with torch.no_grad():
             try:
@@ -407,7 +405,7 @@ def register_cli(subparsers):
     source.add_argument("--checkpoint", help="mmdetection checkpoint, e.g. fsaf_r50_fpn_1x_coco-94ccc51f.pth")
     source.add_argument("--seeded", type=int, metavar="SEED",
                         help="write seeded weights in the official layout beside the output and export them")
-    parser.add_argument("--output", required=True, help="path of the .onnx to write")
+    parser.add_argument("--output", required=True, type=output_file("ONNX file"), help="path of the .onnx to write")
     parser.add_argument("--flavour", choices=FLAVOURS, default="onnx-nms")
     parser.add_argument("--height", type=int, default=input_constants()["height"])
     parser.add_argument("--width", type=int, default=input_constants()["width"])

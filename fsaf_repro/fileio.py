@@ -11,6 +11,9 @@ import json
 import os
 import socket
 import time
+import uuid
+
+from .errors import PathError
 
 PART_MARK = ".part-"
 # A part file of another host's writer (a shared folder: its pid means nothing here) is stale once
@@ -54,6 +57,23 @@ def _atomic(path, write):
     return path
 
 
+def new_temp_file(directory, prefix, suffix):
+    """Create an empty, uniquely named file in `directory` and return its path, for writers that need
+    a path (an exporter) before the rename over the target.
+
+    Its mode is the usual one (0666 less the umask), unlike tempfile.mkstemp's 0600, which the rename
+    would carry over to the published file.
+    """
+    while True:
+        path = os.path.join(directory, "{}{}{}".format(prefix, uuid.uuid4().hex[:16], suffix))
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        os.close(descriptor)
+        return path
+
+
 def atomic_write_bytes(path, payload):
     return _atomic(path, lambda handle: handle.write(payload))
 
@@ -81,6 +101,161 @@ def read_json(path, error_cls, what):
 def atomic_write_json(path, payload, indent=2):
     """`payload` as JSON with sorted keys and a final newline."""
     return atomic_write_text(path, json.dumps(payload, indent=indent, sort_keys=True) + "\n")
+
+
+# --- checks of the paths a verb is given ---------------------------------------------------------
+#
+# Each check runs before any work (the CLI runs them while parsing the arguments, through the
+# `input_file`-style argument types below), so a run does not load a model or process a data set
+# only to fail on its first or last write. Each raises PathError naming the path and what to do.
+
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _blocking_file(path):
+    """The lowest folder component of `path` that exists as something other than a folder (None
+    when there is none): `a/notes.txt/b.json` cannot be created whatever the permissions."""
+    current = os.path.dirname(os.path.abspath(path))
+    while True:
+        if os.path.exists(current) and not os.path.isdir(current):
+            return current
+        above = os.path.dirname(current)
+        if above == current:
+            return None
+        current = above
+
+
+def _nearest_existing(path):
+    """`path` itself or its nearest existing ancestor."""
+    current = os.path.abspath(path)
+    while not os.path.lexists(current):
+        current = os.path.dirname(current)
+    return current
+
+
+def _denied_reason(exc):
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    return "permission denied" if exc.errno in (errno.EACCES, errno.EPERM) else os.strerror(exc.errno)
+
+
+def _probe_writable(folder):
+    """None when a file can be created in `folder`, else the OS's reason (a real write: permission
+    bits, read-only mounts, immutable folders and dropped privileges all show)."""
+    probe = os.path.join(folder, ".fsaf-write-probe" + part_suffix())
+    try:
+        descriptor = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        return _denied_reason(exc)
+    os.close(descriptor)
+    os.remove(probe)
+    return None
+
+
+def check_input_file(path, what="input file"):
+    """`path` when it is a readable regular file; PathError naming it otherwise."""
+    path = str(path)
+    if not os.path.exists(path):
+        blocker = _blocking_file(path)
+        raise PathError("{} not found: {}{}".format(
+            what, path, " ({} is a file, not a folder)".format(blocker) if blocker else ""))
+    if os.path.isdir(path):
+        raise PathError("{} {} is a folder; give the file itself".format(what, path))
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise PathError("{} {} is not readable ({}); fix its permissions or give a readable copy".format(
+            what, path, _denied_reason(exc)))
+    return path
+
+
+def check_input_dir(path, what="input folder"):
+    """`path` when it is a folder whose entries can be listed and opened; PathError otherwise."""
+    path = str(path)
+    if not os.path.exists(path):
+        blocker = _blocking_file(path)
+        raise PathError("{} not found: {}{}".format(
+            what, path, " ({} is a file, not a folder)".format(blocker) if blocker else ""))
+    if not os.path.isdir(path):
+        raise PathError("{} {} is a file; give the folder".format(what, path))
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        raise PathError("{} {} cannot be listed ({}); fix its permissions".format(what, path, _denied_reason(exc)))
+    if not os.access(path, os.X_OK):
+        raise PathError("{} {} cannot be entered (permission denied); fix its permissions".format(what, path))
+    return path
+
+
+def check_input_path(path, what="input"):
+    """`path` when it is a readable file or a listable folder (for options that take either)."""
+    return check_input_dir(path, what) if os.path.isdir(str(path)) else check_input_file(path, what)
+
+
+def _check_writable_place(path, what):
+    blocker = _blocking_file(path)
+    if blocker:
+        raise PathError("cannot write {} {}: {} is a file, not a folder; choose another path".format(
+            what, path, blocker))
+    folder = _nearest_existing(os.path.dirname(os.path.abspath(path)))
+    reason = _probe_writable(folder)
+    if reason:
+        raise PathError("cannot write {} {}: folder {} is not writable ({}); choose a writable location or "
+                        "fix the folder's permissions".format(what, path, folder, reason))
+
+
+def check_output_file(path, what="output file"):
+    """`path` when a file can be written there (missing folders above it are created by the writer);
+    PathError when it is a folder, lies under a regular file or its folder is not writable."""
+    path = str(path)
+    if os.path.isdir(path):
+        raise PathError("cannot write {} {}: it is a folder; give a file path".format(what, path))
+    _check_writable_place(path, what)
+    return path
+
+
+def check_output_dir(path, what="output folder"):
+    """`path` when it is (or can be created as) a writable folder; PathError otherwise."""
+    path = str(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise PathError("cannot write {} {}: it is a file, not a folder; choose another path".format(what, path))
+    if os.path.isdir(path):
+        reason = _probe_writable(path)
+        if reason:
+            raise PathError("cannot write {} {}: the folder is not writable ({}); choose a writable location "
+                            "or fix its permissions".format(what, path, reason))
+        return path
+    _check_writable_place(path, what)
+    return path
+
+
+def _path_type(check, what):
+    def check_argument(text):
+        return check(text, what)
+    check_argument.__name__ = what.replace(" ", "_")  # argparse names the type by it in its messages
+    return check_argument
+
+
+def input_file(what="input file"):
+    """An argparse `type` that checks a file to read at parse time (PathError; the CLI prints one line)."""
+    return _path_type(check_input_file, what)
+
+
+def input_dir(what="input folder"):
+    return _path_type(check_input_dir, what)
+
+
+def input_path(what="input"):
+    return _path_type(check_input_path, what)
+
+
+def output_file(what="output file"):
+    return _path_type(check_output_file, what)
+
+
+def output_dir(what="output folder"):
+    return _path_type(check_output_dir, what)
 
 
 def _pid_running(pid):

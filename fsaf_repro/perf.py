@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from .errors import FsafReproError, ResultsError, ToolError
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, input_file, output_file
 from .spec import input_constants, performance_reference
 
 MODE_DEFINITIONS = {
@@ -585,7 +585,8 @@ def register_cli(subparsers):
                     "fixed input --loops times after --warmup runs for each --batch-sizes. Parse: "
                     "--from-benchmark PERF_TXT or --from-ais-bench SUMMARY_JSON.")
     perf.add_argument("--backend", help="backend name (see fsaf_repro.backends)")
-    perf.add_argument("--model", help="model file for the backend (onnx, om, checkpoint)")
+    perf.add_argument("--model", type=input_file("model file"),
+                      help="model file for the backend (onnx, om, checkpoint)")
     perf.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default 1)")
     perf.add_argument("--loops", type=int, default=20)
     perf.add_argument("--warmup", type=int, default=3)
@@ -595,15 +596,17 @@ def register_cli(subparsers):
     perf.add_argument("--threads", type=int, default=None, help="intra-op threads for CPU backends")
     perf.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                       help="backend option, repeatable (e.g. graph_optimization=basic, device_id=0)")
-    perf.add_argument("--benchmark-info", metavar="INFO",
+    perf.add_argument("--benchmark-info", metavar="INFO", type=input_file("info file"),
                       help="run the benchmark tool over this info file with --model (an .om), in --workdir, "
                            "and read its perf file (the recipe's full-dataset mode)")
     perf.add_argument("--workdir", default="benchmark_run", help="where the benchmark tool writes result/")
     perf.add_argument("--device-id", type=int, default=0)
     perf.add_argument("--benchmark-executable", default=None,
                       help="benchmark tool (default benchmark.x86_64 or benchmark.aarch64 on PATH)")
-    perf.add_argument("--from-benchmark", metavar="PERF_TXT", help="parse a benchmark tool perf file/output")
-    perf.add_argument("--from-ais-bench", metavar="SUMMARY_JSON", help="parse an ais_bench summary json")
+    perf.add_argument("--from-benchmark", metavar="PERF_TXT", type=input_file("benchmark perf file"),
+                      help="parse a benchmark tool perf file/output")
+    perf.add_argument("--from-ais-bench", metavar="SUMMARY_JSON", type=input_file("ais_bench summary"),
+                      help="parse an ais_bench summary json")
     perf.add_argument("--device", default="cpu", help="device label of the records (310, 310P, 310P_aoe, T4, "
                                                       "cpu...); default cpu")
     perf.add_argument("--precision", default=None,
@@ -611,14 +614,15 @@ def register_cli(subparsers):
     perf.add_argument("--chips", type=int, default=None,
                       help="multiply parsed fps by this many chips (default 4 for device 310, else 1)")
     perf.add_argument("--batch-size", type=int, default=None, help="batch size of a parsed file")
-    perf.add_argument("--out", help="write the records as JSON here")
+    perf.add_argument("--out", type=output_file("perf records file"), help="write the records as JSON here")
     perf.set_defaults(func=_cli_perf)
 
     gates = subparsers.add_parser(
         "gates", help="compare fps records with the recipe's table and evaluate its two gates",
         description="Without files: the gates on the recipe's own table. With record files (from `perf`): "
                     "each record beside the reference cell, then the gates on the measured records.")
-    gates.add_argument("records", nargs="*", help="JSON files written by `fsaf-repro perf --out`")
+    gates.add_argument("records", nargs="*", type=input_file("perf records file"),
+                       help="JSON files written by `fsaf-repro perf --out`")
     gates.add_argument("--mode", default="inference", choices=sorted(MODE_DEFINITIONS))
     gates.add_argument("--no-fail", action="store_true", help="exit 0 even when a gate fails")
     gates.add_argument("--with-reference", action="store_true",

@@ -26,7 +26,7 @@ import numpy as np
 
 from .data import CocoImageSet, ImageMeta, boxes_to_original
 from .errors import DataError, OutputFormatError, ResultsError
-from .fileio import atomic_write_text, read_json
+from .fileio import atomic_write_text, input_dir, input_file, input_path, output_file, read_json
 from .spec import model_constants
 
 DETS_COLUMNS = 5
@@ -322,11 +322,12 @@ def register_cli(subparsers):
     parser = subparsers.add_parser(
         "postprocess", help="recipe step 6: network outputs -> COCO results json (optionally scored)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--annotations", required=True, help="COCO instances json the inputs came from")
-    parser.add_argument("--images", default=None,
+    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
+                        help="COCO instances json the inputs came from")
+    parser.add_argument("--images", default=None, type=input_dir("image folder"),
                         help="image directory: its headers give each image's decoded size (EXIF rotation); "
                              "not needed with --manifest")
-    parser.add_argument("--manifest", default=None,
+    parser.add_argument("--manifest", default=None, type=input_file("preprocess manifest"),
                         help="preprocess_manifest.json of the preprocessing run: the images and scales used")
     parser.add_argument("--height", type=int, default=None,
                         help="model input height (default: the manifest's, else the recipe's)")
@@ -334,12 +335,12 @@ def register_cli(subparsers):
                         help="model input width (default: the manifest's, else the recipe's)")
     parser.add_argument("--limit", type=int, default=None, help="first N images by id, as in preprocess")
     parser.add_argument("--format", choices=("benchmark", "ais_bench", "npy"), default="benchmark")
-    parser.add_argument("--outputs", required=True,
+    parser.add_argument("--outputs", required=True, type=input_path("network outputs"),
                         help="benchmark dumpOutput dir, ais_bench output dir, or the dets .npy")
-    parser.add_argument("--labels-npy", default=None, help="labels .npy (format npy)")
+    parser.add_argument("--labels-npy", default=None, type=input_file("labels .npy"), help="labels .npy (format npy)")
     parser.add_argument("--batch-size", type=int, default=1, help="ais_bench batch size")
     parser.add_argument("--outfmt", default="BIN", choices=("BIN", "NPY"), help="ais_bench --outfmt")
-    parser.add_argument("--results", required=True, help="COCO results json to write")
+    parser.add_argument("--results", required=True, type=output_file("results file"), help="COCO results json to write")
     parser.add_argument("--score-threshold", type=float, default=model_constants()["score_threshold"])
     parser.add_argument("--clip", action="store_true",
                         help="clip boxes to the original image (the recipe does not)")

@@ -18,6 +18,7 @@ A step this host cannot run (no atc, an absent runtime) is recorded as skipped w
 import argparse
 import datetime
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -27,6 +28,8 @@ import time
 from . import __version__
 from .errors import CheckpointError, DataError, FsafReproError, JournalMismatch, ToolError
 from .fileio import atomic_write_json, file_sha256
+from .fileio import input_dir, input_file, output_dir
+from .locking import run_lock
 from .torch_threads import set_intra_op_threads
 
 # The embedded default: small enough for about a minute on a 2-core CPU (project choice, issue 5).
@@ -337,11 +340,19 @@ def run_reproduce(*args, **kwargs):
     see `_run_reproduce`. torch's thread count (process-wide, set by a `threads` option) is restored.
     """
     import torch
-    torch_threads = torch.get_num_threads()
-    try:
-        return _run_reproduce(*args, **kwargs)
-    finally:
-        set_intra_op_threads(torch_threads)
+    call = inspect.signature(_run_reproduce).bind(*args, **kwargs)
+    call.apply_defaults()
+    given = call.arguments
+    checkpoint, coco_root = resolve_inputs(given["checkpoint"], given["coco_root"], given["environ"])
+    given["run_dir"] = os.path.abspath(given["run_dir"] or default_run_dir(
+        checkpoint is None and coco_root is None, checkpoint, coco_root))
+    # one writer per run directory: a second run on it refuses at once (fsaf_repro.locking)
+    with run_lock(given["run_dir"], "reproduce"):
+        torch_threads = torch.get_num_threads()
+        try:
+            return _run_reproduce(*call.args, **call.kwargs)
+        finally:
+            set_intra_op_threads(torch_threads)
 
 
 def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None, batch_sizes=None,
@@ -830,12 +841,12 @@ def register_cli(subparsers):
                     "With --checkpoint and --coco-root: the recipe's run on this host. Re-running with the same "
                     "arguments reuses finished stages.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", default=None,
+    parser.add_argument("--checkpoint", default=None, type=input_file("checkpoint"),
                         help="mmdetection checkpoint (default: ${}; absent: seeded weights)".format(ENV_CHECKPOINT))
-    parser.add_argument("--coco-root", default=None,
+    parser.add_argument("--coco-root", default=None, type=input_dir("COCO root"),
                         help="COCO root with val2017/ and annotations/instances_val2017.json (default: ${}; "
                              "absent: a generated set)".format(ENV_COCO_ROOT))
-    parser.add_argument("--run-dir", default=None,
+    parser.add_argument("--run-dir", default=None, type=output_dir("run directory"),
                         help="run directory (default: runs/embedded-default, or runs/<checkpoint>_<coco root>)")
     parser.add_argument("--backends", default=None,
                         help="comma-separated backends (default: the available ones among {})".format(
@@ -868,6 +879,7 @@ def register_cli(subparsers):
     parser.add_argument("--soc-version", default=None, help="atc --soc_version (default: from `npu-smi info`)")
     parser.add_argument("--precision-mode", default="force_fp16", help="atc --precision_mode")
     parser.add_argument("--extra-perf", action="append", default=[], metavar="PERF_JSON",
+                        type=input_file("perf records file"),
                         help="perf records measured elsewhere (fsaf-repro perf --out), shown and gated beside "
                              "this host's; repeatable")
     parser.add_argument("--threads", type=int, default=None,

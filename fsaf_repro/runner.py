@@ -24,7 +24,8 @@ import time
 import numpy as np
 
 from .errors import BackendError, DataError, ImageReadError, JournalMismatch, ResultsError
-from .fileio import file_sha256, part_suffix
+from .fileio import file_sha256, input_dir, input_file, output_file, part_suffix
+from .locking import run_lock
 
 JOURNAL_FORMAT = 1
 
@@ -95,6 +96,9 @@ class Journal(object):
         except ValueError as exc:
             raise ResultsError("journal {} has an unreadable header ({}); delete it to start again".format(
                 self.path, exc)) from exc
+        if not isinstance(header, dict):
+            raise ResultsError("journal {} line 1 is not a journal header (a JSON object with the run key); "
+                               "delete it to start again".format(self.path))
         if header.get("run_key") != self.key:
             old = header.get("fields") or {}
             changed = sorted(k for k in set(old) | set(self.fields) if old.get(k) != self.fields.get(k))
@@ -103,11 +107,7 @@ class Journal(object):
                 "to resume it, or delete it (or pass --restart) to start a new run".format(
                     self.path, ", ".join(changed) or "run key"))
         for number, raw in enumerate(complete[1:], start=2):
-            try:
-                self.entries.append(_summary_of(json.loads(raw.decode("utf-8"))))
-            except ValueError as exc:
-                raise ResultsError("journal {} line {} is corrupt ({}); delete the journal to start again"
-                                   .format(self.path, number, exc)) from exc
+            self.entries.append(_summary_of(_parse_entry(raw, self.path, number)))
         if torn:
             with open(self.path, "r+b") as handle:
                 handle.truncate(len(data) - len(torn))
@@ -128,9 +128,9 @@ class Journal(object):
         reads them, so an interrupted and an uninterrupted run write identical bytes)."""
         with open(self.path) as handle:
             handle.readline()  # header
-            for line in handle:
+            for number, line in enumerate(handle, start=2):
                 if line.endswith("\n"):
-                    for result in json.loads(line)["results"]:
+                    for result in _parse_entry(line, self.path, number)["results"]:
                         yield result
 
     @property
@@ -146,6 +146,22 @@ class Journal(object):
 def _detections_to_coco(outputs, metas, category_ids):
     from .postprocess import detections_to_coco
     return detections_to_coco(outputs["dets"], outputs["labels"], metas, category_ids)
+
+
+def _parse_entry(raw, path, number):
+    """One batch line of a journal, checked: a damaged line (two writers, a disk error) is an error
+    naming the file and the line, never a raw decoder error or a silently shorter result."""
+    try:
+        entry = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except ValueError as exc:
+        entry, problem = None, "not valid JSON: {}".format(exc)
+    else:
+        problem = "not a batch record (an object with next, results and skipped)"
+    if (isinstance(entry, dict) and isinstance(entry.get("next"), int) and isinstance(entry.get("results"), list)
+            and isinstance(entry.get("skipped"), list)):
+        return entry
+    raise ResultsError("journal {} line {} is damaged ({}); its other batches cannot be trusted either: delete "
+                       "the journal (or pass --restart) to run again".format(path, number, problem))
 
 
 def _summary_of(entry):
@@ -179,9 +195,19 @@ def _skipped_dict(item):
     return {"index": int(item.index), "image_id": int(item.image_id), "path": item.path, "reason": item.reason}
 
 
-def infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2, workers=2, skip_bad=False,
-                  progress=True, input_dtype="float32", backend_name=None, backend_options=None, model_path=None,
-                  keep_journal=False, restart=False):
+def infer_dataset(image_set, backend, results_path, **options):
+    """Run `backend` (loaded) over `image_set` into `results_path`, resumably; returns a summary dict.
+
+    The run holds the lock of `results_path` (fsaf_repro.locking) throughout: a second run on the same
+    results refuses at once instead of tearing the journal. Options: see `_infer_dataset`.
+    """
+    with run_lock(results_path, "infer"):
+        return _infer_dataset(image_set, backend, results_path, **options)
+
+
+def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2, workers=2, skip_bad=False,
+                   progress=True, input_dtype="float32", backend_name=None, backend_options=None,
+                   model_path=None, keep_journal=False, restart=False):
     """Run `backend` (loaded) over `image_set`, resumably; returns a summary dict.
 
     The summary holds the images done in this session, the skipped images, the timings and the two
@@ -342,13 +368,15 @@ def register_cli(subparsers):
         description="Streaming inference: images -> backend -> COCO results json. Killed and started again "
                     "with the same arguments, the run continues from its journal (<out>.journal) and "
                     "writes the same results.")
-    parser.add_argument("--annotations", required=True, help="COCO instances json (instances_val2017.json)")
-    parser.add_argument("--images", required=True, help="image directory (val2017)")
+    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
+                        help="COCO instances json (instances_val2017.json)")
+    parser.add_argument("--images", required=True, type=input_dir("image folder"), help="image directory (val2017)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images by image id")
     parser.add_argument("--height", type=int, default=None, help="network input height (spec: 800)")
     parser.add_argument("--width", type=int, default=None, help="network input width (spec: 1216)")
     parser.add_argument("--backend", default="onnxruntime", help="backend name (default onnxruntime)")
-    parser.add_argument("--model", default=None, help="model file (.onnx, .om, checkpoint .pth)")
+    parser.add_argument("--model", default=None, type=input_file("model file"),
+                        help="model file (.onnx, .om, checkpoint .pth)")
     parser.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                         help="backend option, repeatable (e.g. threads=2, device_id=0, batch_size=4)")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -358,8 +386,9 @@ def register_cli(subparsers):
     parser.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip unreadable images and list them (default: stop with the file named)")
-    parser.add_argument("--out", required=True, help="results json to write")
-    parser.add_argument("--perf-out", default=None, help="write this session's fps records (perf format)")
+    parser.add_argument("--out", required=True, type=output_file("results file"), help="results json to write")
+    parser.add_argument("--perf-out", default=None, type=output_file("perf records file"),
+                        help="write this session's fps records (perf format)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--keep-journal", action="store_true", help="keep <out>.journal after success")
     parser.add_argument("--restart", action="store_true", help="discard an existing journal and start over")
@@ -367,6 +396,12 @@ def register_cli(subparsers):
 
 
 def _cli_infer(args):
+    # the lock first: a second run on these results refuses before it loads the images or the model
+    with run_lock(args.out, "infer"):
+        return _cli_infer_locked(args)
+
+
+def _cli_infer_locked(args):
     from .backends import create_backend
     from .data import CocoImageSet
     from .spec import input_constants

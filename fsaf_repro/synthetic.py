@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError
+from .fileio import output_dir
 from .spec import coco_category_ids, coco_class_names
 
 # (width, height, format) cycled over the images; format "gray" is a single-channel JPEG.
@@ -187,7 +188,8 @@ def register_cli(subparsers):
     parser = subparsers.add_parser(
         "make-dataset", help="generate a small synthetic COCO-format dataset (tests, default run)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, help="output directory (annotations/ and val2017/)")
+    parser.add_argument("--out", required=True, type=output_dir("dataset folder"),
+                        help="output directory (annotations/ and val2017/)")
     parser.add_argument("--num-images", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_cmd_make_dataset)

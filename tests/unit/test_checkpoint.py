@@ -135,6 +135,36 @@ def test_unusable_files_give_an_error_naming_them(tmp_path, seeded_checkpoint, k
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("size", [64, 1 << 16])
+def test_random_bytes_are_not_a_checkpoint_rather_than_an_untrusted_one(tmp_path, size):
+    path = tmp_path / "random.pth"
+    path.write_bytes(np.random.RandomState(size).bytes(size))
+    with pytest.raises(CheckpointError) as info:
+        ckpt.load_state_dict(str(path))
+    message = str(info.value)
+    assert "{} is not a PyTorch checkpoint".format(path) in message
+    assert "trust" not in message  # trusting a damaged file would not help
+
+
+def test_both_torch_save_layouts_are_recognised(tmp_path, seeded_checkpoint):
+    """The check that tells random bytes from a checkpoint lets both layouts of torch.save through."""
+    legacy = str(tmp_path / "legacy.pth")
+    torch.save(_load_raw(seeded_checkpoint), legacy, _use_new_zipfile_serialization=False)
+    assert ckpt.checkpoint_container(seeded_checkpoint) == "zip" and ckpt.checkpoint_container(legacy) == "legacy"
+    loaded = ckpt.load_state_dict(legacy)
+    assert torch.equal(loaded["backbone.bn1.weight"], _load_raw(seeded_checkpoint)["state_dict"]["backbone.bn1.weight"])
+
+
+def test_random_bytes_through_the_cli_are_one_line(tmp_path, capsys):
+    from fsaf_repro.cli import main
+    path = tmp_path / "random.pth"
+    path.write_bytes(np.random.RandomState(0).bytes(4096))
+    assert main(["export", "--checkpoint", str(path), "--output", str(tmp_path / "x.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a PyTorch checkpoint" in err and str(path) in err
+    assert "--trust-checkpoint" not in err and not os.path.exists(str(tmp_path / "x.onnx"))
+
+
 class _CodeExecutingPayload(object):
     def __init__(self, marker):
         self.marker = marker

@@ -156,6 +156,41 @@ def test_a_torn_last_journal_line_is_dropped(dataset, tmp_path):
         assert a.read() == b.read()
 
 
+@pytest.mark.parametrize("damage,problem", [
+    ('{"next": 8, "image_ids": [4, 5, 6, 7], "resul', "not valid JSON"),  # two writers interleaved
+    ('{"next": 8}', "not a batch record"),
+    ('[1, 2, 3]', "not a batch record"),
+])
+def test_a_journal_line_damaged_in_the_middle_is_named_and_kept(dataset, tmp_path, damage, problem):
+    out = tmp_path / "r.json"
+    infer(dataset, out, batch_size=4, keep_journal=True)
+    journal = str(out) + ".journal"
+    with open(journal) as handle:
+        lines = handle.readlines()
+    lines[2] = damage + "\n"  # line 3 of the file; complete lines follow it
+    with open(journal, "w") as handle:
+        handle.writelines(lines)
+    with open(journal, "rb") as handle:
+        damaged = handle.read()
+    with pytest.raises(ResultsError) as info:
+        infer(dataset, out, batch_size=4)
+    message = str(info.value)
+    assert "journal {} line 3 is damaged".format(journal) in message and problem in message
+    assert "--restart" in message
+    with open(journal, "rb") as handle:
+        assert handle.read() == damaged  # nothing is thrown away behind the user's back
+    summary = infer(dataset, out, batch_size=4, restart=True)  # the way out the message names
+    assert summary["resumed_from"] == 0 and summary["images"] == 30
+
+
+def test_a_journal_header_that_is_not_an_object_is_named(dataset, tmp_path):
+    out = tmp_path / "r.json"
+    with open(str(out) + ".journal", "w") as handle:
+        handle.write("[]\n")
+    with pytest.raises(ResultsError, match="line 1 is not a journal header"):
+        infer(dataset, out, batch_size=4)
+
+
 def cli_args(dataset, out):
     return [sys.executable, "-m", "fsaf_repro", "infer", "--annotations", dataset[0], "--images", dataset[1],
             "--height", str(H), "--width", str(W), "--backend", "null", "--backend-option", "detections=echo",
