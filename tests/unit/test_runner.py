@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -100,7 +101,8 @@ def broken_dataset(dataset, tmp_path):
     names = sorted(os.listdir(dataset[1]))
     metas = image_set(dataset).metas
     for name in names:
-        os.symlink(os.path.join(dataset[1], name), str(images / name))
+        # copies, not symlinks: an image whose link leads out of --images is refused (issue 9)
+        shutil.copy(os.path.join(dataset[1], name), str(images / name))
     bad = metas[5]
     os.remove(str(images / bad.file_name))
     (images / bad.file_name).write_bytes(b"this is not an image")
