@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from .backends.fp16_emulation import check_record_labels, labels_for_record
 from .errors import FsafReproError, ResultsError, ToolError
 from .fileio import atomic_write_json, input_file, output_file
 from .spec import input_constants, performance_reference
@@ -61,6 +62,8 @@ def make_record(device, backend, precision, batch_size, fps, mode, source, laten
     if mode not in MODE_DEFINITIONS:
         raise ResultsError("unknown throughput mode {!r}; one of {}".format(
             mode, ", ".join(MODE_DEFINITIONS)))
+    # an emulation's figure carries its own labels and never an NPU device's (backends.fp16_emulation)
+    device, precision = labels_for_record(backend, device, precision)
     if fps is not None and (not np.isfinite(fps) or fps <= 0):
         raise ResultsError("{} {} batch {}: fps must be a positive number, got {!r} (source {})".format(
             device, backend, batch_size, fps, source))
@@ -484,6 +487,8 @@ def evaluate_gates(records, mode="inference", gates=None):
     listed in its caveats. A gate whose devices have no record is reported as not evaluated.
     """
     gates = performance_reference()["gates"] if gates is None else gates
+    for index, record in enumerate(records):
+        check_record_labels(record, "gate input record {}".format(index))
     results = []
     for gate in gates:
         result = {"name": gate["name"], "min_ratio": gate["min_ratio"], "source": gate["source"],
@@ -532,6 +537,7 @@ def load_records(path):
         missing = [k for k in RECORD_KEYS if k not in record]
         if missing:
             raise ResultsError("{}: record {} lacks {}".format(path, i, ", ".join(missing)))
+        check_record_labels(record, "{}: record {}".format(path, i))
         record.setdefault("chips", 1)
     return records
 

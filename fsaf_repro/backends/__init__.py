@@ -68,6 +68,7 @@ register_backend("onnxruntime", "onnxruntime_backend:OnnxRuntimeBackend")
 register_backend("onnxruntime-cuda", "onnxruntime_backend:OnnxRuntimeCudaBackend")
 register_backend("onnxruntime-tensorrt", "onnxruntime_backend:OnnxRuntimeTensorrtBackend")
 register_backend("onnxruntime-cann", "cann_ep:OnnxRuntimeCannBackend")
+register_backend("fp16-emulated", "fp16_emulation:Fp16EmulatedBackend")  # CPU stand-in, not an NPU
 register_backend("aclruntime", "aclruntime_backend:AclRuntimeBackend")
 register_backend("ais_bench", "ais_bench_cli:AisBenchCliBackend")
 register_backend("benchmark", "benchmark_tool:BenchmarkToolBackend")

@@ -7,8 +7,8 @@ from fsaf_repro.backends.base import empty_outputs, normalise_outputs, read_outp
 from fsaf_repro.errors import BackendError, BackendUnavailable, BatchSizeMismatch, OutputFormatError
 from fsaf_repro.spec import model_constants
 
-EXPECTED = ["aclruntime", "ais_bench", "benchmark", "null", "onnxruntime", "onnxruntime-cann",
-            "onnxruntime-cuda", "onnxruntime-tensorrt", "torch"]
+EXPECTED = ["aclruntime", "ais_bench", "benchmark", "fp16-emulated", "null", "onnxruntime",
+            "onnxruntime-cann", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch"]
 MAX_DETS = model_constants()["max_per_img"]
 
 
