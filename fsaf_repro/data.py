@@ -535,15 +535,23 @@ class CocoImageSet(object):
     def image_ids(self):
         return [meta.image_id for meta in self.metas]
 
-    def read(self, index):
+    def read(self, index, sha256_into=None):
         """Decoded BGR image of entry `index`, checked against the annotation's size.
 
         An image whose decoded size is the annotation's transposed carries an EXIF orientation tag:
         OpenCV's colour read (the recipe's, and mmcv's) rotates it, so the transform and the box
         scale follow the decoded image, as the recipe does; the image is listed in
         `self.exif_rotated` and a warning names it. Any other size difference is an error.
+
+        With a dict `sha256_into`, the sha256 of the bytes read is stored under `index` before they
+        are decoded (so an undecodable file has one too): the digest of exactly the bytes that made
+        the pixels, which a later hash of the file could not promise if the file was replaced.
         """
-        bgr = read_bgr(self.metas[index].path)
+        path = self.metas[index].path
+        data = read_image_bytes(path)
+        if sha256_into is not None:
+            sha256_into[index] = hashlib.sha256(data).hexdigest()
+        bgr = decode_bgr(data, path)
         return bgr, self.meta_for_decoded(index, bgr.shape[1], bgr.shape[0])
 
     def meta_for_decoded(self, index, decoded_w, decoded_h):
@@ -583,8 +591,8 @@ class CocoImageSet(object):
             self.meta_for_decoded(index, *probe_decoded_size(meta.path))
         return sorted(self.exif_rotated)
 
-    def load_into(self, index, out, input_dtype="float32"):
-        bgr, meta = self.read(index)
+    def load_into(self, index, out, input_dtype="float32", sha256_into=None):
+        bgr, meta = self.read(index, sha256_into)
         if input_dtype == "uint8":
             letterbox_to_canvas_uint8(bgr, self.height, self.width, out=out)
         else:
@@ -1010,18 +1018,20 @@ def _take_buffer(free_buffers, stop):
 
 
 def _produce(image_set, batch_size, workers, skip_bad, start, input_dtype, out_queue, stop, skipped,
-             free_buffers=None):
-    """Producer thread: fills batches in image order and puts them on the bounded queue.
+             free_buffers=None, end=None, sha256_into=None):
+    """Producer thread: fills batches of entries [start, end) in image order and puts them on the
+    bounded queue.
 
     With `free_buffers` (a queue of preallocated batch arrays) it fills recycled buffers instead of
-    allocating one per batch.
+    allocating one per batch; with a dict `sha256_into`, each image's bytes' sha256 lands there.
     """
     dtype = _dtype(input_dtype)
     shape = (batch_size, 3, image_set.height, image_set.width)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             index = start
-            total = len(image_set)
+            total = len(image_set) if end is None else end
+            load_options = {} if sha256_into is None else {"sha256_into": sha256_into}
             batch, metas = None, []
             while index < total and not stop.is_set():
                 if batch is None:
@@ -1036,7 +1046,7 @@ def _produce(image_set, batch_size, workers, skip_bad, start, input_dtype, out_q
                 indices = list(range(index, index + want))
                 index += want
                 slots = list(range(len(metas), len(metas) + want))
-                futures = [pool.submit(image_set.load_into, i, batch[s], input_dtype)
+                futures = [pool.submit(image_set.load_into, i, batch[s], input_dtype, **load_options)
                            for i, s in zip(indices, slots)]
                 fill = len(metas)
                 for i, slot, future in zip(indices, slots, futures):
@@ -1072,20 +1082,26 @@ class BatchStream(object):
     queued, so memory stays at about (prefetch + 2) batches whatever the dataset size. Images that
     fail to read raise ImageReadError in the consumer, or with `skip_bad` are appended to
     `self.skipped` (SkippedImage records) and left out of the batches. The last batch may be
-    smaller than `batch_size`.
+    smaller than `batch_size`. The stream covers entries [start, stop) (stop: the set's end by
+    default). With `hash_images`, `self.image_sha256` maps each entry read to the sha256 of its
+    file's bytes (those decoded, or found undecodable), filled as the workers read them.
     """
 
     def __init__(self, image_set, batch_size, prefetch=2, workers=2, skip_bad=False, start=0,
-                 input_dtype="float32", recycle_buffers=False):
+                 input_dtype="float32", recycle_buffers=False, stop=None, hash_images=False):
         if int(batch_size) < 1:
             raise DataError("batch_size must be >= 1, got {}".format(batch_size))
         if int(prefetch) < 1:
             raise DataError("prefetch must be >= 1, got {}".format(prefetch))
         if not 0 <= int(start) <= len(image_set):
             raise DataError("start must be between 0 and {}, got {}".format(len(image_set), start))
+        end = len(image_set) if stop is None else int(stop)
+        if not int(start) <= end <= len(image_set):
+            raise DataError("stop must be between start ({}) and {}, got {}".format(start, len(image_set), stop))
         _dtype(input_dtype)
         self.batch_size = int(batch_size)
         self.skipped = []
+        self.image_sha256 = {} if hash_images else None
         self._queue = queue.Queue(maxsize=int(prefetch))
         self._stop = threading.Event()
         self._done = False
@@ -1103,7 +1119,8 @@ class BatchStream(object):
         self._thread = threading.Thread(
             target=_produce, name="fsaf-batch-producer",
             args=(image_set, self.batch_size, max(1, int(workers)), bool(skip_bad), int(start),
-                  input_dtype, self._queue, self._stop, self.skipped, self._free_buffers))
+                  input_dtype, self._queue, self._stop, self.skipped, self._free_buffers, end,
+                  self.image_sha256))
         self._thread.daemon = True
         self._thread.start()
         # the thread holds no reference to self, so an abandoned stream still stops its producer
@@ -1149,15 +1166,15 @@ class BatchStream(object):
 
 
 def iter_batches(image_set, batch_size, prefetch=2, workers=2, skip_bad=False, start=0, input_dtype="float32",
-                 recycle_buffers=False):
+                 recycle_buffers=False, stop=None, hash_images=False):
     """Stream batches straight from the images (no .bin on disk); see BatchStream.
 
     With `recycle_buffers` a fixed pool of prefetch + 2 batch arrays is reused, so memory does not
     depend on the run's length; each yielded batch is then valid only until the next one is asked for.
     """
     return BatchStream(image_set, batch_size, prefetch=prefetch, workers=workers, skip_bad=skip_bad,
-                       recycle_buffers=recycle_buffers,
-                       start=start, input_dtype=input_dtype)
+                       recycle_buffers=recycle_buffers, start=start, input_dtype=input_dtype, stop=stop,
+                       hash_images=hash_images)
 
 
 # ---------------------------------------------------------------------------------------------

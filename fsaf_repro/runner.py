@@ -7,15 +7,26 @@ detections; `fsaf_repro.postprocess` maps them to COCO result records in origina
 Resume. Every finished batch is appended to a journal (`<results>.journal`, JSON lines, flushed and
 fsynced) whose first line holds the run key: a hash of everything that decides the results (the
 annotation file's sha256, the image directory, the image count, canvas size, input dtype, backend and
-its options, model file sha256, batch size, skip policy). Started again with the same arguments, the
-runner keeps the complete journal lines (a line cut by a kill is dropped), continues with the next
-image and, at the end, writes the results json from the journal: the same bytes as an uninterrupted
-run. A journal of other arguments is refused with the differences named.
+its options, model file sha256, batch size). Options that change no finished batch's results (skip
+policy, workers, prefetch, progress) are not in it, so a run stopped by a bad image can be resumed
+with --skip-bad as its message advises. Each batch line names the entries it covers ([first, next))
+and the sha256 of every image file it read there, skipped ones included (null: unreadable).
+
+Started again with the same key, the runner keeps a finished batch only when the images behind it
+still have those bytes and, if it skipped an image, only under skip_bad (a run without it must stop
+on that image, as the user asked); a later line for the same entries supersedes an earlier one. It
+redoes the other batches and the entries no line covers, then writes the results json from the
+journal in image order: the same bytes as an uninterrupted run (redone batches keep their original
+boundaries, so a per-image backend gives each image the same result). A line cut by a kill is
+dropped; a line damaged in the middle is an error naming the line. A journal of other arguments,
+or of the earlier format without image digests (nothing in it can be checked), is refused naming
+the journal and --restart.
 
 Static-batch backends get the last partial batch padded with zero images; the padding's outputs are
 discarded. Unreadable images stop the run with the file named (finished batches stay in the journal),
 or, with skip_bad, are skipped and listed in the summary and `<results>.skipped.json`.
 """
+import bisect
 import hashlib
 import json
 import os
@@ -27,15 +38,19 @@ from .errors import BackendError, DataError, ImageReadError, JournalMismatch, Re
 from .fileio import file_sha256, input_dir, input_file, output_file, part_suffix
 from .locking import run_lock
 
-JOURNAL_FORMAT = 1
+# 2: batch lines name the entries they cover and the sha256 of each image read there. Format-1
+# journals have no digests: their batches cannot be checked against the images and are refused.
+JOURNAL_FORMAT = 2
 
 
 def _canonical(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def run_key_fields(image_set, backend_name, backend_options, model_path, batch_size, input_dtype, skip_bad):
-    """Everything that decides the results of a run (and nothing that does not, such as workers)."""
+def run_key_fields(image_set, backend_name, backend_options, model_path, batch_size, input_dtype):
+    """Everything that decides the results of a run, and nothing that does not: the skip policy,
+    workers, prefetch and progress change no finished batch, so a run resumed with other values of
+    them keeps its journal (each batch line says for itself whether it skipped an image)."""
     model = None
     if model_path:
         if not os.path.isfile(str(model_path)):
@@ -53,32 +68,36 @@ def run_key_fields(image_set, backend_name, backend_options, model_path, batch_s
         "backend_options": backend_options,
         "model": model,
         "batch_size": int(batch_size),
-        "skip_bad": bool(skip_bad),
     }
 
 
 class Journal(object):
     """Append-only JSON-lines record of finished batches; line 1 is the header with the run key.
 
-    In memory it keeps only each batch's position, result count and skipped images: the detections
-    stay on disk until `iter_results` streams them into the results json, so memory does not grow
-    with the dataset.
+    Each batch line covers the entries [first, next) of the image set. In memory the journal keeps,
+    per batch in force, its range, the byte offset of its line, its result count and skipped images
+    (and, until `check_images`, its image digests): the detections stay on disk until `iter_results`
+    streams them into the results json, so memory does not grow with the detections. A line whose
+    range overlaps a later line's is superseded by it (a redone batch).
     """
 
     def __init__(self, path, fields):
         self.path = str(path)
         self.fields = fields
         self.key = hashlib.sha256(_canonical(fields).encode("utf-8")).hexdigest()
-        self.entries = []
+        self._by_first = {}  # first entry index -> summary of the batch line in force there
+        self._firsts = []  # sorted keys of _by_first
+        self._size = 0  # bytes of complete lines: the offset of the next line
+        self._lines = 0  # complete lines: the next line's number is one more
         self._handle = None
 
     def open(self):
         """Read an existing journal of the same run (dropping a torn last line) or start a new one."""
         if os.path.exists(self.path):
             self._read_existing()
-            self._handle = open(self.path, "a")
+            self._handle = open(self.path, "ab")
         else:
-            self._handle = open(self.path, "w")
+            self._handle = open(self.path, "wb")
             self._write_line({"run_key": self.key, "fields": self.fields})
         return self
 
@@ -99,43 +118,101 @@ class Journal(object):
         if not isinstance(header, dict):
             raise ResultsError("journal {} line 1 is not a journal header (a JSON object with the run key); "
                                "delete it to start again".format(self.path))
+        old = header.get("fields") if isinstance(header.get("fields"), dict) else {}
+        if old.get("format") != JOURNAL_FORMAT:
+            raise JournalMismatch(
+                "journal {} was written by an earlier fsaf-repro (journal format {}, this one writes {}) that "
+                "did not record which image bytes each batch read, so none of its batches can be checked "
+                "against the images now in the folder; pass --restart (or delete it) to run again".format(
+                    self.path, old.get("format", "unknown"), JOURNAL_FORMAT))
         if header.get("run_key") != self.key:
-            old = header.get("fields") or {}
             changed = sorted(k for k in set(old) | set(self.fields) if old.get(k) != self.fields.get(k))
             raise JournalMismatch(
                 "journal {} belongs to a run with other arguments (differs in: {}); use the same arguments "
                 "to resume it, or delete it (or pass --restart) to start a new run".format(
                     self.path, ", ".join(changed) or "run key"))
+        offset = len(complete[0]) + 1
         for number, raw in enumerate(complete[1:], start=2):
-            self.entries.append(_summary_of(_parse_entry(raw, self.path, number)))
+            entry = _parse_entry(raw, self.path, number, self.fields["num_images"])
+            self._install(_summary_of(entry, offset, number, keep_digests=True))
+            offset += len(raw) + 1
+        self._size = offset
+        self._lines = len(complete)
         if torn:
             with open(self.path, "r+b") as handle:
-                handle.truncate(len(data) - len(torn))
+                handle.truncate(self._size)
 
-    def _write_line(self, obj):
-        line = _canonical(obj)
-        self._handle.write(line + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        return line
+    def _install(self, summary):
+        """Put a batch line in force, superseding every earlier line whose range overlaps it."""
+        first, end = summary["first"], summary["next"]
+        position = bisect.bisect_left(self._firsts, first)
+        if position and self._by_first[self._firsts[position - 1]]["next"] > first:
+            position -= 1
+        while position < len(self._firsts) and self._firsts[position] < end:
+            del self._by_first[self._firsts.pop(position)]
+        self._firsts.insert(position, first)
+        self._by_first[first] = summary
 
-    def append(self, entry):
-        self._write_line(entry)
-        self.entries.append(_summary_of(entry))
+    def check_images(self, image_set, skip_bad, workers=2):
+        """Take out of force each batch whose images changed since it was run, or that skipped an
+        image while this run does not skip (it must stop on that image); returns how many."""
+        from concurrent.futures import ThreadPoolExecutor
+        paths = [meta.path for meta in image_set.metas]
+        stale = []
+        with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+            for first in self._firsts:
+                summary = self._by_first[first]
+                digests = summary.pop("image_sha256", None)
+                if digests is None:
+                    continue  # a line of this session: just written from the bytes the loader read
+                if summary["skipped"] and not skip_bad:
+                    stale.append(first)
+                elif list(pool.map(_current_sha256, paths[first:summary["next"]])) != digests:
+                    stale.append(first)
+        for first in stale:
+            self._firsts.remove(first)
+            del self._by_first[first]
+        return len(stale)
 
-    def iter_results(self):
-        """The journaled COCO results, batch after batch, read back from the file (as a resumed run
-        reads them, so an interrupted and an uninterrupted run write identical bytes)."""
-        with open(self.path) as handle:
-            handle.readline()  # header
-            for number, line in enumerate(handle, start=2):
-                if line.endswith("\n"):
-                    for result in _parse_entry(line, self.path, number)["results"]:
-                        yield result
+    def gaps(self, total):
+        """The maximal ranges [start, end) of entries no batch in force covers, in order."""
+        ranges, position = [], 0
+        for first in self._firsts:
+            if first > position:
+                ranges.append((position, first))
+            position = self._by_first[first]["next"]
+        if position < total:
+            ranges.append((position, total))
+        return ranges
 
     @property
-    def next_index(self):
-        return self.entries[-1]["next"] if self.entries else 0
+    def entries(self):
+        """Summaries of the batches in force, in image order."""
+        return [self._by_first[first] for first in self._firsts]
+
+    def _write_line(self, obj):
+        line = (_canonical(obj) + "\n").encode("utf-8")
+        offset = self._size
+        self._handle.write(line)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._size += len(line)
+        self._lines += 1
+        return offset
+
+    def append(self, entry):
+        offset = self._write_line(entry)
+        self._install(_summary_of(entry, offset, self._lines))
+
+    def iter_results(self):
+        """The journaled COCO results of the batches in force, in image order, read back from the file
+        (as a resumed run reads them, so an interrupted and an uninterrupted run write identical bytes)."""
+        with open(self.path, "rb") as handle:
+            for summary in self.entries:
+                handle.seek(summary["offset"])
+                entry = _parse_entry(handle.readline(), self.path, summary["line"], self.fields["num_images"])
+                for result in entry["results"]:
+                    yield result
 
     def close(self):
         if self._handle is not None:
@@ -143,12 +220,24 @@ class Journal(object):
             self._handle = None
 
 
+def _current_sha256(path):
+    """sha256 of the image file's bytes now; None when it cannot be read (as recorded for such a file)."""
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
 def _detections_to_coco(outputs, metas, category_ids):
     from .postprocess import detections_to_coco
     return detections_to_coco(outputs["dets"], outputs["labels"], metas, category_ids)
 
 
-def _parse_entry(raw, path, number):
+def _is_index(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _parse_entry(raw, path, number, num_images):
     """One batch line of a journal, checked: a damaged line (two writers, a disk error) is an error
     naming the file and the line, never a raw decoder error or a silently shorter result."""
     try:
@@ -156,16 +245,24 @@ def _parse_entry(raw, path, number):
     except ValueError as exc:
         entry, problem = None, "not valid JSON: {}".format(exc)
     else:
-        problem = "not a batch record (an object with next, results and skipped)"
-    if (isinstance(entry, dict) and isinstance(entry.get("next"), int) and isinstance(entry.get("results"), list)
-            and isinstance(entry.get("skipped"), list)):
+        problem = ("not a batch record (an object with first < next <= {}, results, skipped and one image_sha256 "
+                   "per entry covered)".format(num_images))
+    if (isinstance(entry, dict) and _is_index(entry.get("first")) and _is_index(entry.get("next"))
+            and entry["first"] < entry["next"] <= num_images and isinstance(entry.get("results"), list)
+            and isinstance(entry.get("skipped"), list) and isinstance(entry.get("image_sha256"), list)
+            and len(entry["image_sha256"]) == entry["next"] - entry["first"]
+            and all(d is None or isinstance(d, str) for d in entry["image_sha256"])):
         return entry
     raise ResultsError("journal {} line {} is damaged ({}); its other batches cannot be trusted either: delete "
                        "the journal (or pass --restart) to run again".format(path, number, problem))
 
 
-def _summary_of(entry):
-    return {"next": entry["next"], "count": len(entry["results"]), "skipped": entry["skipped"]}
+def _summary_of(entry, offset, line, keep_digests=False):
+    summary = {"first": entry["first"], "next": entry["next"], "count": len(entry["results"]),
+               "skipped": entry["skipped"], "offset": offset, "line": line}
+    if keep_digests:
+        summary["image_sha256"] = entry["image_sha256"]
+    return summary
 
 
 def write_results_streaming(path, results):
@@ -210,10 +307,10 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
                    model_path=None, keep_journal=False, restart=False):
     """Run `backend` (loaded) over `image_set`, resumably; returns a summary dict.
 
-    The summary holds the images done in this session, the skipped images, the timings and the two
-    fsaf_repro.perf dataset records (e2e and inference fps) of this session.
+    The summary holds the images done in this session, the entries reused from the journal, the
+    skipped images, the timings and the two fsaf_repro.perf dataset records (e2e and inference fps)
+    of this session.
     """
-    from .data import iter_batches
     static = backend.batch_size
     if batch_size is None:
         batch_size = static or 1
@@ -222,7 +319,7 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
             backend.model_path, static, static, batch_size))
     batch_size = int(batch_size)
     fields = run_key_fields(image_set, backend_name or backend.name, backend_options or {}, model_path,
-                            batch_size, input_dtype, skip_bad)
+                            batch_size, input_dtype)
     journal_path = str(results_path) + ".journal"
     results_dir = os.path.dirname(os.path.abspath(str(results_path)))
     if not os.path.isdir(results_dir):
@@ -230,66 +327,26 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
     if restart and os.path.exists(journal_path):
         os.remove(journal_path)
     journal = Journal(journal_path, fields).open()
-    index_of = dict((meta.image_id, i) for i, meta in enumerate(image_set.metas))
     total = len(image_set)
-    start = journal.next_index
-    done_images = 0
-    inference_seconds = 0.0
-    latencies = []
+    session = {"images": 0, "inference_seconds": 0.0, "latencies": []}
     wall_start = time.perf_counter()
-    bar = _progress(total, start, progress)
-    stream = None
+    bar = None
     try:
-        if start < total:
-            # Recycled buffers: memory is a fixed pool whatever the run's length; each batch is
-            # finished (journaled) before the next is asked for, as recycling requires.
-            stream = iter_batches(image_set, batch_size, prefetch=prefetch, workers=workers, skip_bad=skip_bad,
-                                  start=start, input_dtype=input_dtype, recycle_buffers=True)
-            journaled_skips = 0
-            while True:
-                try:
-                    batch, metas = next(stream)
-                except StopIteration:
-                    break
-                except ImageReadError as exc:
-                    raise ImageReadError(
-                        "{}; the {} images before it are kept in {}: run the same command again to resume, "
-                        "or add --skip-bad to skip and list unreadable images".format(
-                            exc, journal.next_index, journal_path)) from None
-                count = len(metas)
-                run_batch, image_hw = _pad(batch, metas, static, input_dtype, image_set)
-                t0 = time.perf_counter()
-                outputs = backend.run(run_batch, image_hw=image_hw) if image_hw is not None \
-                    else backend.run(run_batch)
-                elapsed = time.perf_counter() - t0
-                inference_seconds += elapsed
-                latencies.append(elapsed)
-                outputs = {"dets": outputs["dets"][:count], "labels": outputs["labels"][:count]}
-                last = index_of[metas[-1].image_id]
-                new_skips = [s for s in stream.skipped[journaled_skips:] if s.index < last]
-                journaled_skips += len(new_skips)
-                journal.append({"next": last + 1, "image_ids": [int(m.image_id) for m in metas],
-                                "results": _detections_to_coco(outputs, metas, image_set.category_ids),
-                                "skipped": [_skipped_dict(s) for s in new_skips]})
-                done_images += count
-                bar.update(last + 1 - bar.n)
-                # drop this batch before waiting for the next one: holding it would add one batch to the
-                # peak memory (queue + producer + consumer) whenever the loader is ahead
-                del batch, run_batch, outputs
-            leftover = stream.skipped[journaled_skips:]
-            if leftover or journal.next_index < total:
-                journal.append({"next": total, "image_ids": [], "results": [],
-                                "skipped": [_skipped_dict(s) for s in leftover]})
-                bar.update(total - bar.n)
+        redone_batches = journal.check_images(image_set, skip_bad, workers)
+        gaps = journal.gaps(total)
+        reused = total - sum(end - start for start, end in gaps)
+        bar = _progress(total, reused, progress)
+        for start, end in gaps:
+            _run_range(image_set, backend, journal, start, end, batch_size, static, input_dtype, skip_bad,
+                       prefetch, workers, bar, session)
         skipped = []
         for entry in journal.entries:
             skipped.extend(entry["skipped"])
         detections = write_results_streaming(str(results_path), journal.iter_results())
         wall_seconds = time.perf_counter() - wall_start
     finally:
-        bar.close()
-        if stream is not None:
-            stream.close()
+        if bar is not None:
+            bar.close()
         journal.close()
     skipped_path = str(results_path) + ".skipped.json"
     if skipped:
@@ -299,16 +356,77 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
         os.remove(skipped_path)
     if not keep_journal:
         os.remove(journal_path)
+    done_images, inference_seconds = session["images"], session["inference_seconds"]
     summary = {"results": str(results_path), "images": total - len(skipped), "images_this_session": done_images,
-               "resumed_from": start, "skipped": skipped, "detections": detections, "batch_size": batch_size,
-               "wall_seconds": wall_seconds, "inference_seconds": inference_seconds, "records": []}
+               "resumed_from": gaps[0][0] if gaps else total, "reused_images": reused,
+               "redone_batches": redone_batches, "skipped": skipped, "detections": detections,
+               "batch_size": batch_size, "wall_seconds": wall_seconds, "inference_seconds": inference_seconds,
+               "records": []}
     if done_images and inference_seconds > 0:
         from .perf import dataset_records
         summary["records"] = dataset_records(
-            done_images, wall_seconds, inference_seconds, latencies, "host", backend_name or backend.name,
-            "fp32" if input_dtype == "float32" else input_dtype, batch_size,
+            done_images, wall_seconds, inference_seconds, session["latencies"], "host",
+            backend_name or backend.name, "fp32" if input_dtype == "float32" else input_dtype, batch_size,
             source="measured: fsaf-repro infer, {} images".format(done_images))
     return summary
+
+
+def _run_range(image_set, backend, journal, start, end, batch_size, static, input_dtype, skip_bad, prefetch,
+               workers, bar, session):
+    """Run entries [start, end) batch by batch, journaling each batch with the digests of its images."""
+    from .data import iter_batches
+    index_of = dict((meta.image_id, i) for i, meta in enumerate(image_set.metas[start:end], start))
+    # Recycled buffers: memory is a fixed pool whatever the run's length; each batch is finished
+    # (journaled) before the next is asked for, as recycling requires.
+    stream = iter_batches(image_set, batch_size, prefetch=prefetch, workers=workers, skip_bad=skip_bad,
+                          start=start, stop=end, input_dtype=input_dtype, recycle_buffers=True, hash_images=True)
+    try:
+        first = start  # the first entry the next batch line covers
+        journaled_skips = 0
+        while True:
+            try:
+                batch, metas = next(stream)
+            except StopIteration:
+                break
+            except ImageReadError as exc:
+                kept = sum(entry["next"] - entry["first"] for entry in journal.entries)
+                raise ImageReadError(
+                    "{}; the {} images of the finished batches are kept in {}: run the same command again to "
+                    "resume once the image is fixed, or add --skip-bad to skip and list unreadable images "
+                    "(the finished batches are kept either way)".format(exc, kept, journal.path)) from None
+            count = len(metas)
+            run_batch, image_hw = _pad(batch, metas, static, input_dtype, image_set)
+            t0 = time.perf_counter()
+            outputs = backend.run(run_batch, image_hw=image_hw) if image_hw is not None else backend.run(run_batch)
+            elapsed = time.perf_counter() - t0
+            session["inference_seconds"] += elapsed
+            session["latencies"].append(elapsed)
+            outputs = {"dets": outputs["dets"][:count], "labels": outputs["labels"][:count]}
+            last = index_of[metas[-1].image_id]
+            new_skips = [s for s in stream.skipped[journaled_skips:] if s.index < last]
+            journaled_skips += len(new_skips)
+            journal.append(_batch_line(first, last + 1, metas, stream, new_skips,
+                                       _detections_to_coco(outputs, metas, image_set.category_ids)))
+            bar.update(last + 1 - first)
+            first = last + 1
+            session["images"] += count
+            # drop this batch before waiting for the next one: holding it would add one batch to the
+            # peak memory (queue + producer + consumer) whenever the loader is ahead
+            del batch, run_batch, outputs
+        if first < end:  # the range ends with images that were all skipped
+            leftover = stream.skipped[journaled_skips:]
+            journal.append(_batch_line(first, end, [], stream, leftover, []))
+            bar.update(end - first)
+    finally:
+        stream.close()
+
+
+def _batch_line(first, end, metas, stream, skipped, results):
+    """The journal line of entries [first, end): the ids run, the digests of every file read there
+    (the bytes the loader decoded; None for a file it could not read) and the results."""
+    return {"first": first, "next": end, "image_ids": [int(m.image_id) for m in metas],
+            "image_sha256": [stream.image_sha256.pop(i, None) for i in range(first, end)],
+            "results": results, "skipped": [_skipped_dict(s) for s in skipped]}
 
 
 def _pad(batch, metas, static, input_dtype, image_set):
@@ -417,7 +535,8 @@ def _cli_infer_locked(args):
                                 model_path=args.model, keep_journal=args.keep_journal, restart=args.restart)
     print("{} detections for {} images written to {}{}".format(
         summary["detections"], summary["images"], summary["results"],
-        " (resumed at image {})".format(summary["resumed_from"]) if summary["resumed_from"] else ""))
+        " ({} images reused from the journal, {} run now)".format(
+            summary["reused_images"], summary["images_this_session"]) if summary["reused_images"] else ""))
     for item in summary["skipped"]:
         print("skipped: {} (image id {}): {}".format(item["path"], item["image_id"], item["reason"]))
     if summary["records"]:
