@@ -13,8 +13,8 @@ import shutil
 import pytest
 
 from fsaf_repro import backends, cli, runner
-from fsaf_repro.data import CocoImageSet
-from fsaf_repro.errors import ImageReadError, JournalMismatch
+from fsaf_repro.data import CocoImageSet, iter_batches
+from fsaf_repro.errors import DataError, ImageReadError, JournalMismatch
 from fsaf_repro.synthetic import make_synthetic_coco
 
 H, W = 64, 96
@@ -255,3 +255,20 @@ def test_a_journal_without_image_digests_is_refused_naming_it_and_restart(datase
     message = str(info.value)
     assert journal in message and "--restart" in message and "format 1" in message
     assert infer(dataset, out, restart=True)["reused_images"] == 0
+
+
+def test_the_loader_hands_the_runner_the_digest_of_the_bytes_it_read_and_stops_at_stop(dataset):
+    images = image_set(dataset)
+    path, _ = break_image(dataset, BAD)
+    stream = iter_batches(images, BATCH, skip_bad=True, start=3, stop=8, hash_images=True)
+    ids = [m.image_id for _, metas in stream for m in metas]
+    assert ids == [images.metas[i].image_id for i in (3, 4, 6, 7)]  # [3, 8) less the bad one
+    expected = dict((i, hashlib.sha256(read_bytes(images.metas[i].path)).hexdigest()) for i in range(3, 8))
+    assert stream.image_sha256 == expected  # the undecodable file's bytes too
+    assert [s.index for s in stream.skipped] == [BAD]
+    os.remove(path)
+    gone = iter_batches(images, BATCH, skip_bad=True, start=4, stop=6, hash_images=True)
+    assert [m.image_id for _, metas in gone for m in metas] == [images.metas[4].image_id]
+    assert sorted(gone.image_sha256) == [4]  # a file that cannot be read has no digest (None in the journal)
+    with pytest.raises(DataError, match="stop must be between start"):
+        iter_batches(images, BATCH, start=5, stop=4)
