@@ -9,10 +9,13 @@ weights written in the official checkpoint layout, and a synthetic COCO-format s
 given this is the *embedded default*: a reduced input size and a few generated images, so that the
 whole pipeline runs in a minute or two on a small CPU; its mAP means nothing about the recipe.
 
-Every stage is keyed by a hash of its inputs (checkpoint sha256, export settings, annotation sha256,
-backend, batch size, score threshold, ...) and recorded in `<run dir>/stages.json` with the sha256 of
-its outputs. Run again with the same arguments, a stage whose key and outputs are unchanged is reused
-(and says so); a changed input re-runs that stage, and the stages after it see new input hashes.
+Every stage declares what it reads (a Stage: parameters, input files, the recipe spec sections, the
+earlier stages it consumes, an implementation version); its key is the hash of that declaration, with
+files by the sha256 of their bytes and spec sections by the hash of their values (stage_key), and a
+body that reads a spec section it did not declare is refused. Each finished stage is recorded in
+`<run dir>/stages.json` with the sha256 of its outputs. Run again with the same arguments, a stage
+whose key and outputs are unchanged is reused (and says so); a changed input re-runs that stage, and
+the stages after it see new input hashes and upstream keys.
 A step this host cannot run (no atc, an absent runtime) is recorded as skipped with the reason.
 """
 import argparse
@@ -63,19 +66,162 @@ def _read_json(path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Stage book: keys, reuse, outputs
+# Stage book: declarations, keys, reuse, outputs
+#
+# A stage declares what it reads (Stage); its key is derived from that declaration alone (stage_key),
+# and its body sees the spec only through the sections it declared (StageContext.spec), while a
+# recorder on the spec loader refuses a body that read any other section. So a stage's key cannot
+# drift from what the stage reads: a new read must be declared, and a declared read is keyed.
+
+# Implementation version of each stage (by the part of its name before ':'). Bump a stage's number
+# when a change to its body, or to the code it calls, changes what it writes: its key changes, so it
+# and the stages after it run again. The package version is keyed beside it.
+STAGE_VERSIONS = {"checkpoint": 1, "dataset": 1, "export": 1, "convert": 1, "data": 1, "infer": 1,
+                  "results": 1, "evaluate": 1, "perf": 1, "parity": 1, "report": 1}
+
+
+class Stage(object):
+    """One stage's declaration: everything its outputs depend on, and the body that writes them.
+
+    params: JSON values the body uses (ctx.params). inputs: label -> file path, or label -> {name: path}
+    for a set of files (ctx.inputs); keyed by content. spec: names of the recipe spec sections the body
+    reads (ctx.spec holds exactly these). upstream: earlier stages of this run whose records the body
+    consumes beyond its input files (an image set, a model file); keyed by their keys. options: values
+    for the body that do not change its outputs (a progress display, leave to unpickle a checkpoint);
+    not keyed. `body(ctx)` returns (result dict, list of output paths).
+    """
+
+    def __init__(self, name, body, params=None, inputs=None, spec=(), upstream=(), options=None):
+        self.name = name
+        self.body = body
+        self.params = dict(params or {})
+        self.inputs = dict(inputs or {})
+        self.spec = tuple(spec)
+        self.upstream = tuple(u for u in upstream if u)
+        self.options = dict(options or {})
+        base = name.partition(":")[0]
+        if base not in STAGE_VERSIONS:
+            raise FsafReproError("reproduce stage {} has no implementation version in STAGE_VERSIONS".format(name))
+        self.version = STAGE_VERSIONS[base]
+
+
+class StageContext(object):
+    """What a stage body is given: its declared params, inputs and spec sections, and its options."""
+
+    def __init__(self, stage, recipe):
+        self.params = dict(stage.params)
+        self.inputs = dict(stage.inputs)
+        self.spec = dict((section, recipe[section]) for section in stage.spec)
+        self.options = dict(stage.options)
+
+
+def _digest_text(obj):
+    return hashlib.sha256(_canonical(obj).encode("utf-8")).hexdigest()
+
+
+def stage_key(stage, recipe, upstream_keys, digest=file_sha256):
+    """(key, fields) of a declared stage: the sha256 of its declaration, with each input file by the
+    sha256 of its content, each spec section by the sha256 of its value in `recipe`, each upstream
+    stage by its key in `upstream_keys`. Nothing outside the declaration goes in."""
+    inputs = {}
+    for label, value in sorted(stage.inputs.items()):
+        if value is None:
+            inputs[label] = None
+        elif isinstance(value, dict):
+            inputs[label] = _digest_text(dict((name, _input_digest(stage, label, path, digest))
+                                              for name, path in value.items()))
+        else:
+            inputs[label] = _input_digest(stage, label, value, digest)
+    sections = {}
+    for section in stage.spec:
+        if section not in recipe:
+            raise FsafReproError("reproduce stage {} declares the spec section {!r}, which the recipe spec "
+                                 "(fsaf_repro/spec/recipe.json) does not have".format(stage.name, section))
+        sections[section] = _digest_text(recipe[section])
+    upstream = {}
+    for name in stage.upstream:
+        if name not in upstream_keys:
+            raise FsafReproError("reproduce stage {} consumes stage {}, which has not run in this run".format(
+                stage.name, name))
+        upstream[name] = upstream_keys[name]
+    fields = {"params": stage.params, "inputs": inputs, "spec": sections, "upstream": upstream,
+              "implementation": {"stage": stage.version, "package": __version__}}
+    return _digest_text(fields), fields
+
+
+def _input_digest(stage, label, path, digest):
+    try:
+        return digest(path)
+    except OSError as exc:
+        raise DataError("{}: cannot be read ({}); it is input '{}' of the reproduce stage {}".format(
+            path, exc.strerror or exc, label, stage.name)) from None
+
+
+def _changed_parts(old, new):
+    """Which declared reads differ between two stage records' fields, for the log."""
+    if not isinstance(old, dict) or set(old) != set(new):
+        return ["stage record of another layout"]
+    parts = []
+    for kind in ("params", "inputs", "spec", "upstream"):
+        before, after = old.get(kind) or {}, new[kind]
+        for name in sorted(set(before) | set(after)):
+            if before.get(name) != after.get(name):
+                parts.append("{} {}".format({"inputs": "input", "params": "param", "spec": "spec section"}.get(
+                    kind, kind), name))
+    if old.get("implementation") != new["implementation"]:
+        parts.append("implementation version")
+    return parts
+
+
+def _under_spec_sections(stage_name, sections, make):
+    """`make()`, refused when it read a spec section outside `sections`: for a value that is built
+    beside a stage and consumed by the stages after it (which key the stage, not the value)."""
+    from .spec import recording_section_reads
+    with recording_section_reads() as read:
+        value = make()
+    undeclared = sorted(read - set(sections))
+    if undeclared:
+        raise FsafReproError(_UNDECLARED.format(stage_name, ", ".join(undeclared)))
+    return value
+
+
+_UNDECLARED = ("reproduce stage {} read the spec section(s) {} without declaring them, so its key does not "
+               "cover them (fsaf_repro/reproduce.py: add them to the stage's spec sections)")
+
+
+class _Digests(object):
+    """file_sha256 remembered per file identity (path, inode, size, mtime) for one run: a stage's
+    inputs are often the same files as another's (images, models). An atomically replaced or edited
+    file has a new identity, so it is hashed again."""
+
+    def __init__(self):
+        self.known = {}
+
+    def __call__(self, path):
+        path = os.path.abspath(str(path))
+        status = os.stat(path)
+        identity = (path, status.st_ino, status.st_size, status.st_mtime_ns)
+        if identity not in self.known:
+            self.known[identity] = file_sha256(path)
+        return self.known[identity]
 
 
 class StageBook(object):
     """`<run dir>/stages.json`: for each finished stage its key, the fields hashed into it, its
-    result record and the sha256 of each output file (paths relative to the run directory)."""
+    result record and the sha256 of each output file (paths relative to the run directory).
 
-    def __init__(self, run_dir, log):
+    `recipe` is the spec the keys are derived from (default: the loaded one, see fsaf_repro.spec)."""
+
+    def __init__(self, run_dir, log, recipe=None):
+        from .spec import load_recipe_spec
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, STAGES_FILE)
         self.log = log
+        self.recipe = load_recipe_spec() if recipe is None else recipe
+        self.digest = _Digests()
         self.entries = {}
         self.status = {}
+        self.keys = {}  # key of each stage run or reused in this run: what a later stage's upstream sees
         if os.path.exists(self.path):
             try:
                 self.entries = _read_json(self.path).get("stages", {})
@@ -98,43 +244,56 @@ class StageBook(object):
                 self.entries = {}
 
     def _save(self):
-        atomic_write_json(self.path, {"format": 1, "stages": self.entries})
+        atomic_write_json(self.path, {"format": 2, "stages": self.entries})
 
     def _intact(self, entry):
         for rel, digest in entry.get("outputs", {}).items():
             path = os.path.join(self.run_dir, rel)
-            if not os.path.isfile(path) or file_sha256(path) != digest:
+            if not os.path.isfile(path) or self.digest(path) != digest:
                 return False
         return True
 
-    def run(self, name, fields, body):
-        """Reuse stage `name` when its key and outputs are unchanged, else run `body()`.
+    def run(self, stage):
+        """Reuse `stage` (a Stage) when its key and outputs are unchanged, else run its body.
 
-        `body` returns (result dict, list of output paths); both are recorded. Returns the result.
+        The body returns (result dict, list of output paths); both are recorded. Returns the result.
+        A body that read a spec section its stage does not declare is an error: its key would not
+        cover that section, so nothing it wrote is recorded for reuse.
         """
-        key = hashlib.sha256(_canonical(fields).encode("utf-8")).hexdigest()
+        from .spec import recording_section_reads
+        name = stage.name
+        key, fields = stage_key(stage, self.recipe, self.keys, self.digest)
         entry = self.entries.get(name)
         if entry is not None and entry.get("key") == key and self._intact(entry):
             self.status[name] = "reused"
+            self.keys[name] = key
             self.log("reused: {} (key {})".format(name, key[:12]))
             return entry["result"]
         if entry is not None:
-            why = "inputs changed" if entry.get("key") != key else "an output is missing or was modified"
+            if entry.get("key") != key:
+                why = "changed: {}".format(", ".join(_changed_parts(entry.get("fields"), fields)) or "key")
+            else:
+                why = "an output is missing or was modified"
             self.log("re-running: {} ({})".format(name, why))
             # forget the old record first: a failure now must not leave a stale 'finished' stage
             del self.entries[name]
             self._save()
         started = time.time()
-        result, outputs = body()
+        with recording_section_reads() as read:
+            result, outputs = stage.body(StageContext(stage, self.recipe))
+        undeclared = sorted(read - set(stage.spec))
+        if undeclared:
+            raise FsafReproError(_UNDECLARED.format(name, ", ".join(undeclared)))
         seconds = time.time() - started
         rels = {}
         for path in outputs:
             rel = os.path.relpath(os.path.abspath(path), self.run_dir)
-            rels[rel.replace(os.sep, "/")] = file_sha256(path)
+            rels[rel.replace(os.sep, "/")] = self.digest(path)
         self.entries[name] = {"key": key, "fields": fields, "result": result, "outputs": rels,
                               "seconds": round(seconds, 3)}
         self._save()
         self.status[name] = "ran"
+        self.keys[name] = key
         self.log("ran: {} (key {}, {:.1f} s)".format(name, key[:12], seconds))
         return result
 
@@ -417,31 +576,35 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     if seeded:
         ckpt_path = os.path.join(run_dir, "inputs", "fsaf_seeded_{}.pth".format(seed))
 
-        def make_checkpoint():
+        def make_checkpoint(ctx):
             from .checkpoint import write_seeded_checkpoint
-            write_seeded_checkpoint(ckpt_path, seed)
-            return {"path": ckpt_path, "seeded": True, "seed": seed}, [ckpt_path]
+            write_seeded_checkpoint(ckpt_path, ctx.params["seed"])
+            return {"path": ckpt_path, "seeded": True, "seed": ctx.params["seed"]}, [ckpt_path]
 
-        book.run("checkpoint", {"seeded_weights": seed, "writer": "fsaf_repro.checkpoint.write_seeded_checkpoint",
-                                "version": __version__}, make_checkpoint)
+        book.run(Stage("checkpoint", make_checkpoint, params={"seed": seed},
+                       spec=("model", "input", "coco_classes")))
     else:
         ckpt_path = checkpoint
     # seeded weights were written by this run: loading them needs no unpickling caution
     trusted = bool(trusted or seeded)
-    ckpt_sha = file_sha256(ckpt_path)
+    # the stage that wrote the checkpoint, if this run did: a consumer of the file also consumes it
+    ckpt_stage = "checkpoint" if seeded else None
+    ckpt_sha = book.digest(ckpt_path)
     log("checkpoint {} (sha256 {}{})".format(ckpt_path, ckpt_sha[:16], ", seeded weights" if seeded else ""))
 
     # 2. data set -------------------------------------------------------------------------------
     if generated:
         data_root = os.path.join(run_dir, "inputs", "coco")
 
-        def make_dataset():
+        def make_dataset(ctx):
             from .synthetic import make_synthetic_coco
-            ann, img_dir = make_synthetic_coco(data_root, num_images=num_images, seed=seed)
+            ann, img_dir = make_synthetic_coco(data_root, num_images=ctx.params["num_images"],
+                                               seed=ctx.params["seed"])
             files = [os.path.join(img_dir, name) for name in sorted(os.listdir(img_dir))]
             return {"annotation_file": ann, "image_dir": img_dir, "generated": True}, [ann] + files
 
-        book.run("dataset", {"generated_images": num_images, "seed": seed, "version": __version__}, make_dataset)
+        book.run(Stage("dataset", make_dataset, params={"num_images": num_images, "seed": seed},
+                       spec=("coco_classes", "coco_category_ids")))
         annotation_file = os.path.join(data_root, "annotations", "instances_val2017.json")
         image_dir = os.path.join(data_root, "val2017")
     else:
@@ -452,27 +615,28 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     onnx_dir = os.path.join(run_dir, "onnx")
     onnx_paths = dict((f, os.path.join(onnx_dir, "fsaf_{}.onnx".format(f))) for f in FLAVOURS)
 
-    def do_export():
+    def do_export(ctx):
         from .export import export_onnx
         checks = {}
         outputs = []
-        for flavour in FLAVOURS:
+        canvas_h, canvas_w = ctx.params["canvas"]
+        for flavour in ctx.params["flavours"]:
             path = onnx_paths[flavour]
-            sidecar = export_onnx(ckpt_path, path, flavour=flavour, height=height, width=width, batch_size=None,
-                                  trusted=trusted)
+            sidecar = export_onnx(ctx.inputs["checkpoint"], path, flavour=flavour, height=canvas_h, width=canvas_w,
+                                  batch_size=None, opset=ctx.spec["model"]["opset"],
+                                  trusted=ctx.options["trusted"])
             checks[flavour] = _export_check(path, sidecar, flavour)
             checks[flavour]["file"] = os.path.relpath(path, run_dir)
             checks[flavour]["export_seconds"] = sidecar["export_seconds"]
             log("exported {} ({} flavour, {}x{}, dynamic batch): checked".format(
-                os.path.relpath(path, run_dir), flavour, height, width))
+                os.path.relpath(path, run_dir), flavour, canvas_h, canvas_w))
             outputs.extend([path, path + ".json"])
         return {"flavours": checks}, outputs
 
-    export_result = book.run("export", {"checkpoint_sha256": ckpt_sha, "height": height, "width": width,
-                                        "flavours": list(FLAVOURS), "batch": "dynamic",
-                                        "opset": model_constants()["opset"], "version": __version__},
-                             do_export)
-    onnx_sha = dict((f, file_sha256(p)) for f, p in onnx_paths.items())
+    export_result = book.run(Stage("export", do_export, params={"canvas": [height, width], "flavours": list(FLAVOURS),
+                                                                "batch": "dynamic"},
+                                   inputs={"checkpoint": ckpt_path}, spec=("model", "input"), upstream=(ckpt_stage,),
+                                   options={"trusted": trusted}))
 
     # 4. convert (atc) --------------------------------------------------------------------------
     om_paths = {}
@@ -495,32 +659,43 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
         # one static om per throughput batch size, and one for the data set inference
         om_sizes = sorted(set(sizes) | {infer_bs})
         if soc is not None:
-            def do_convert():
+            def do_convert(ctx):
                 from .convert import convert_batch_sizes
-                built = convert_batch_sizes(onnx_paths["ascend-nms"], om_dir, om_sizes, soc_version=soc,
-                                            precision_mode=precision_mode)
+                canvas_h, canvas_w = ctx.params["canvas"]
+                built = convert_batch_sizes(ctx.inputs["onnx"], om_dir, ctx.params["batch_sizes"],
+                                            soc_version=ctx.params["soc_version"],
+                                            precision_mode=ctx.params["precision_mode"], height=canvas_h,
+                                            width=canvas_w)
                 outputs, oms = [], {}
                 for bs, sidecar in sorted(built.items()):
                     om = os.path.join(om_dir, sidecar["om"])
                     oms[str(bs)] = os.path.relpath(om, run_dir)
                     outputs.extend([om, om + ".json", os.path.join(om_dir, sidecar["log"])])
-                return {"soc_version": soc, "oms": oms}, outputs
+                return {"soc_version": ctx.params["soc_version"], "oms": oms}, outputs
 
-            convert_result = book.run("convert", {"onnx_sha256": onnx_sha["ascend-nms"], "batch_sizes": om_sizes,
-                                                  "soc_version": soc, "precision_mode": precision_mode,
-                                                  "atc": atc}, do_convert)
+            # atc reads the ONNX sidecar too (input name and shape)
+            convert_result = book.run(Stage(
+                "convert", do_convert, params={"batch_sizes": om_sizes, "soc_version": soc,
+                                               "precision_mode": precision_mode, "atc": atc,
+                                               "canvas": [height, width]},
+                inputs={"onnx": onnx_paths["ascend-nms"], "onnx_sidecar": onnx_paths["ascend-nms"] + ".json"},
+                upstream=("export",)))
             om_paths = dict((int(bs), os.path.join(run_dir, rel)) for bs, rel in convert_result["oms"].items())
             soc_version = soc
 
     # 5. data -----------------------------------------------------------------------------------
     from .data import CocoImageSet
-    image_set = CocoImageSet(annotation_file, image_dir, limit=limit, height=height, width=width)
+    # The image set (ids, sizes, label -> category id by the spec's class names) is what the later
+    # stages consume of the data stage: it is built under the data stage's spec sections.
+    data_spec = ("coco_classes", "coco_category_ids", "input")
+    image_set = _under_spec_sections("data", data_spec, lambda: CocoImageSet(
+        annotation_file, image_dir, limit=limit, height=height, width=width))
     data_path = os.path.join(run_dir, "data_manifest.json")
 
-    def do_data():
+    def do_data(ctx):
         record = {"annotation_file": annotation_file, "annotation_sha256": image_set.annotation_sha256,
                   "image_dir": image_dir, "num_images": len(image_set), "total_images": image_set.total_images,
-                  "canvas": [height, width], "generated": generated,
+                  "canvas": ctx.params["canvas"], "generated": generated,
                   "images": [{"image_id": m.image_id, "file_name": m.file_name, "orig_w": m.orig_w,
                               "orig_h": m.orig_h, "scale": m.scale} for m in image_set.metas]}
         atomic_write_json(data_path, record)
@@ -529,9 +704,12 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     # Generated images are keyed by their content (the dataset stage's outputs), not by where the run
     # directory is, so a copied or moved run directory is still reused.
     image_dir_key = "<generated>" if generated else image_dir
-    book.run("data", {"annotation_sha256": image_set.annotation_sha256, "image_dir": image_dir_key, "limit": limit,
-                      "canvas": [height, width]}, do_data)
+    book.run(Stage("data", do_data, params={"image_dir": image_dir_key, "limit": limit, "canvas": [height, width]},
+                   inputs={"annotation": annotation_file}, spec=data_spec,
+                   upstream=("dataset" if generated else None,)))
     image_ids_sha = hashlib.sha256(_canonical(image_set.image_ids).encode("utf-8")).hexdigest()
+    # what a stage that decodes images reads of them: their bytes, by file name (not by folder)
+    image_files = dict((m.file_name, m.path) for m in image_set.metas)
     log("data: {} images ({}), annotations sha256 {}".format(
         len(image_set), "generated" if generated else annotation_file, image_set.annotation_sha256[:16]))
 
@@ -563,7 +741,14 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
             skipped[name] = "not driven by reproduce"
         if name in skipped:
             log("skipped: backend {} ({})".format(name, skipped[name]))
-    model_sha = dict((n, file_sha256(p) if p else None) for n, p in models.items())
+
+    def model_stage(name):
+        """The stage of this run that wrote backend `name`'s model file, if any."""
+        if name in OM_BACKENDS:
+            return "convert"
+        if name in ONNX_BACKENDS:
+            return "export"
+        return ckpt_stage if name == REFERENCE_BACKEND else None
 
     # 6. inference, score threshold, evaluation per backend --------------------------------------
     metrics = {}
@@ -572,13 +757,15 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     for name in runnable:
         infer_path = os.path.join(run_dir, "infer", "{}_bs{}.json".format(name, infer_bs))
 
-        def do_infer(name=name, infer_path=infer_path):
+        def do_infer(ctx, name=name, infer_path=infer_path):
             from .runner import infer_dataset
             if not os.path.isdir(os.path.dirname(infer_path)):
                 os.makedirs(os.path.dirname(infer_path))
-            backend, options = _load_backend(name, models[name], trusted, threads)
-            kwargs = dict(batch_size=infer_bs, progress=progress, backend_name=name, backend_options=options,
-                          model_path=models[name])
+            params = ctx.params
+            backend, options = _load_backend(params["backend"], ctx.inputs["model"], ctx.options["trusted"],
+                                             params["threads"])
+            kwargs = dict(batch_size=params["batch_size"], progress=ctx.options["progress"],
+                          backend_name=params["backend"], backend_options=options, model_path=ctx.inputs["model"])
             try:
                 try:
                     # a journal left by an interrupted run with these arguments is resumed
@@ -594,44 +781,50 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
             records = []
             for record in summary["records"]:
                 record = dict(record)
-                record["device"] = device_label(name, soc_version)
-                record["precision"] = backend_precision(name, precision_mode)
+                record["device"] = params["device"]
+                record["precision"] = params["precision"]
                 record["source"] = "measured: fsaf-repro reproduce, {} images at {}x{}".format(
-                    summary["images"], height, width)
+                    summary["images"], *params["canvas"])
                 records.append(record)
             return {"detections": summary["detections"], "images": summary["images"],
                     "wall_seconds": summary["wall_seconds"], "records": records}, [infer_path]
 
-        infer_result = book.run("infer:{}".format(name), {
-            "backend": name, "model_sha256": model_sha[name], "annotation_sha256": image_set.annotation_sha256,
-            "image_ids_sha256": image_ids_sha, "canvas": [height, width], "batch_size": infer_bs,
-            "image_dir": image_dir_key, "threads": threads}, do_infer)
+        # the image set comes from the data stage; the images are keyed by their bytes
+        infer_result = book.run(Stage(
+            "infer:{}".format(name), do_infer,
+            params={"backend": name, "image_ids_sha256": image_ids_sha, "canvas": [height, width],
+                    "batch_size": infer_bs, "threads": threads, "device": device_label(name, soc_version),
+                    "precision": backend_precision(name, precision_mode)},
+            inputs={"model": models[name], "images": image_files}, spec=("model", "input"),
+            upstream=("data", model_stage(name)), options={"trusted": trusted, "progress": progress}))
         dataset_perf.extend(infer_result["records"])
 
         results_path = os.path.join(run_dir, "results_{}.json".format(name))
 
-        def do_threshold(infer_path=infer_path, results_path=results_path):
+        def do_threshold(ctx, results_path=results_path):
             from .postprocess import read_results_json, write_results_json
-            results = [r for r in read_results_json(infer_path) if r["score"] >= score_threshold]
+            threshold = ctx.params["score_threshold"]
+            results = [r for r in read_results_json(ctx.inputs["infer"]) if r["score"] >= threshold]
             write_results_json(results_path, results)
             return {"detections": len(results)}, [results_path]
 
-        book.run("results:{}".format(name), {"infer_sha256": file_sha256(infer_path),
-                                             "score_threshold": score_threshold}, do_threshold)
+        book.run(Stage("results:{}".format(name), do_threshold, params={"score_threshold": score_threshold},
+                       inputs={"infer": infer_path}, upstream=("infer:{}".format(name),)))
         results_paths[name] = results_path
 
         metrics_path = os.path.join(run_dir, "metrics_{}.json".format(name))
 
-        def do_evaluate(results_path=results_path, metrics_path=metrics_path):
+        def do_evaluate(ctx, metrics_path=metrics_path):
             from .evaluate import evaluate_results, metrics_record
-            record = metrics_record(evaluate_results(annotation_file, results_path, scorer=scorer,
-                                                     image_ids=image_set.image_ids))
+            record = metrics_record(evaluate_results(ctx.inputs["annotation"], ctx.inputs["results"],
+                                                     scorer=ctx.params["scorer"], image_ids=image_set.image_ids))
             atomic_write_json(metrics_path, record)
             return {"ap": record["stats"][0]}, [metrics_path]
 
-        book.run("evaluate:{}".format(name), {"results_sha256": file_sha256(results_path),
-                                              "annotation_sha256": image_set.annotation_sha256,
-                                              "image_ids_sha256": image_ids_sha, "scorer": scorer}, do_evaluate)
+        book.run(Stage("evaluate:{}".format(name), do_evaluate,
+                       params={"scorer": scorer, "image_ids_sha256": image_ids_sha},
+                       inputs={"results": results_path, "annotation": annotation_file},
+                       spec=("evaluation", "accuracy"), upstream=("results:{}".format(name), "data")))
         metrics[name] = _read_json(metrics_path)
         log("{}: AP@[.50:.95] = {:.3f} over {} images".format(name, metrics[name]["stats"][0],
                                                                 metrics[name]["num_images"]))
@@ -644,40 +837,46 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
         perf_path = os.path.join(run_dir, "perf", "perf_{}.json".format(name))
         usable = [bs for bs in sizes if name not in OM_BACKENDS or bs in om_paths]
 
-        def do_perf(name=name, perf_path=perf_path, usable=usable):
+        def do_perf(ctx, perf_path=perf_path):
             from .perf import fixed_input, measure_pure_inference, write_records
             if not os.path.isdir(os.path.dirname(perf_path)):
                 os.makedirs(os.path.dirname(perf_path))
+            params = ctx.params
+            name, perf_threads, (height, width) = params["backend"], params["threads"], params["canvas"]
             records = []
-            for bs in usable:
-                model = om_paths[bs] if name in OM_BACKENDS else models[name]
-                backend, _ = _load_backend(name, model, trusted, perf_threads)
+            for bs in params["batch_sizes"]:
+                model = ctx.inputs["om_bs{}".format(bs)] if name in OM_BACKENDS else ctx.inputs["model"]
+                backend, _ = _load_backend(name, model, ctx.options["trusted"], perf_threads)
                 # the count that really ran: torch 1.8.0 may keep a lower one (torch_threads)
                 ran_threads = getattr(backend, "intra_op_threads", None) or perf_threads
                 try:
                     batch = fixed_input(bs, height, width)
-                    record = measure_pure_inference(backend, batch, perf_loops, perf_warmup,
-                                                    device_label(name, soc_version),
-                                                    backend_precision(name, precision_mode), name)
+                    record = measure_pure_inference(backend, batch, params["loops"], params["warmup"],
+                                                    params["device"], params["precision"], name)
                 finally:
                     backend.close()
                 record["note"] = "input {}x{}{}{}".format(height, width, "" if (height, width) == (
-                    input_constants()["height"], input_constants()["width"]) else " (reduced: not the recipe's "
+                    ctx.spec["input"]["height"], ctx.spec["input"]["width"]) else " (reduced: not the recipe's "
                     "800x1216)", "; {} intra-op thread(s)".format(ran_threads) if perf_threads and
                     name not in OM_BACKENDS
                     else "")
                 records.append(record)
                 log("perf: {} bs{} {:.3f} fps (pure inference, {} loops)".format(name, bs, record["fps"],
-                                                                                 perf_loops))
+                                                                                 params["loops"]))
             write_records(perf_path, records)
-            return {"batch_sizes": usable}, [perf_path]
+            return {"batch_sizes": params["batch_sizes"]}, [perf_path]
 
-        book.run("perf:{}".format(name), {"backend": name, "model_sha256": model_sha[name], "batch_sizes": usable,
-                                          "oms": dict((str(bs), file_sha256(om_paths[bs])) for bs in usable
-                                                      if name in OM_BACKENDS),
-                                          "loops": perf_loops, "warmup": perf_warmup, "canvas": [height, width],
-                                          "threads": perf_threads},
-                 do_perf)
+        if name in OM_BACKENDS:
+            perf_models = dict(("om_bs{}".format(bs), om_paths[bs]) for bs in usable)
+        else:
+            perf_models = {"model": models[name]}
+        book.run(Stage("perf:{}".format(name), do_perf,
+                       params={"backend": name, "batch_sizes": usable, "loops": perf_loops, "warmup": perf_warmup,
+                               "canvas": [height, width], "threads": perf_threads,
+                               "device": device_label(name, soc_version),
+                               "precision": backend_precision(name, precision_mode)},
+                       inputs=perf_models, spec=("input", "model"), upstream=(model_stage(name),),
+                       options={"trusted": trusted}))
         from .perf import load_records
         perf_records.extend(load_records(perf_path))
     extra_records = []
@@ -711,22 +910,22 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
         log("skipped: parity ({})".format(skipped["parity"]))
         parity = None
     else:
-        def do_parity():
+        def do_parity(ctx):
             import numpy as np
 
             from .parity import compare_detections, within_tolerances
-            from .spec import parity_tolerances
-            batch = np.stack([image_set.load(i)[0] for i in range(parity_count)])
+            batch = np.stack([image_set.load(i)[0] for i in range(len(ctx.params["image_ids"]))])
             outputs = {}
-            for label, name, model in parity_sides:
-                backend, _ = _load_backend(name, model, trusted, threads)
+            for label, name in ctx.params["sides"]:
+                backend, _ = _load_backend(name, ctx.inputs["model:" + label], ctx.options["trusted"],
+                                           ctx.params["threads"])
                 try:
                     outputs[label] = run_padded(backend, batch)
                 finally:
                     backend.close()
-            tol = parity_tolerances()
+            tol = ctx.spec["parity"]
             pairs = []
-            labels = [side[0] for side in parity_sides]
+            labels = [side[0] for side in ctx.params["sides"]]
             wanted = [(labels[0], other) for other in labels[1:]]
             om_labels = [lb for lb in labels if "(om" in lb]
             onnx_label = "onnxruntime (onnx-nms)" if "onnxruntime (onnx-nms)" in labels else None
@@ -745,14 +944,20 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                 record.update(reference=ref, other=other, within_tolerance=bool(ok),
                               tolerance="fp16 om" if fp16 else "fp32")
                 pairs.append(record)
-            payload = {"image_ids": image_set.image_ids[:parity_count], "canvas": [height, width],
+            payload = {"image_ids": ctx.params["image_ids"], "canvas": ctx.params["canvas"],
                        "tolerances": tol, "pairs": pairs}
             atomic_write_json(parity_path, payload)
             return {"pairs": len(pairs)}, [parity_path]
 
-        book.run("parity", {"sides": [[lb, n, file_sha256(m)] for lb, n, m in parity_sides],
-                            "image_ids": image_set.image_ids[:parity_count], "canvas": [height, width],
-                            "annotation_sha256": image_set.annotation_sha256}, do_parity)
+        parity_inputs = dict(("model:" + lb, m) for lb, _, m in parity_sides)
+        parity_inputs["images"] = dict((m.file_name, m.path) for m in image_set.metas[:parity_count])
+        book.run(Stage("parity", do_parity,
+                       params={"sides": [[lb, n] for lb, n, _ in parity_sides],
+                               "image_ids": image_set.image_ids[:parity_count], "canvas": [height, width],
+                               "threads": threads},
+                       inputs=parity_inputs, spec=("parity", "model", "input"),
+                       upstream=("data",) + tuple(model_stage(n) for _, n, _ in parity_sides),
+                       options={"trusted": trusted}))
         parity = _read_json(parity_path)
         # The mAP delta comes from the evaluation stages; it goes into the report's inputs, not into
         # parity.json (the parity stage's own output, which must stay as that stage wrote it).
@@ -792,13 +997,20 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     context_path = os.path.join(run_dir, "report_inputs.json")
     atomic_write_json(context_path, context)
 
-    def do_report():
-        made = report_module.write_report(run_dir, context, image_set=image_set)
+    def do_report(ctx):
+        # the report is written from its declared input file, as a reused report was
+        made = report_module.write_report(run_dir, _read_json(ctx.inputs["context"]), image_set=image_set)
         return made["record"], made["outputs"]
 
-    report_result = book.run("report", {"context_sha256": file_sha256(context_path),
-                                        "plots": report_module.plots_availability()[0],
-                                        "version": __version__}, do_report)
+    report_inputs = {"context": context_path, "annotation": annotation_file}
+    report_inputs.update(("results:" + n, p) for n, p in results_paths.items())
+    report_inputs["images"] = dict((m.file_name, m.path) for m in image_set.metas[:report_module.DETECTION_IMAGES])
+    # Every stage of this run feeds the report (its context lists their keys and records).
+    report_result = book.run(Stage("report", do_report, params={"plots": report_module.plots_availability()[0]},
+                                   inputs=report_inputs,
+                                   spec=("accuracy", "performance", "coco_classes", "coco_category_ids", "input",
+                                         "checkpoint"),
+                                   upstream=tuple(sorted(book.keys, key=_stage_rank))))
     if report_result.get("plots_skipped"):
         log("plots skipped: {}".format(report_result["plots_skipped"]))
     report_path = os.path.join(run_dir, "report.md")
