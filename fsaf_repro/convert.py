@@ -273,7 +273,20 @@ def read_om_sidecar(om_path):
     if not isinstance(data, dict) or "batch_size" not in data:
         raise ToolError("om sidecar {} has no batch_size; rebuild the om with `fsaf-repro convert`"
                         .format(path))
+    if not _positive_int(data["batch_size"]):
+        raise ToolError("om sidecar {}: batch_size must be a positive integer, got {!r}; rebuild the om with "
+                        "`fsaf-repro convert`".format(path, data["batch_size"]))
+    model_input = data.get("input")
+    if model_input is not None and not (isinstance(model_input, dict) and isinstance(model_input.get("shape"), list)
+                                        and len(model_input["shape"]) == 4
+                                        and all(_positive_int(d) for d in model_input["shape"])):
+        raise ToolError("om sidecar {}: 'input' must be an object with a 'shape' of 4 positive integers (N, C, H, "
+                        "W), got {!r}; rebuild the om with `fsaf-repro convert`".format(path, model_input))
     return data
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 # --- conversion jobs ---------------------------------------------------------------------------------

@@ -51,12 +51,17 @@ def _check_results(results, gt_image_ids, gt_category_ids, source, drop_degenera
     kept = []
     for number, det in enumerate(results):
         try:
-            bbox = [float(v) for v in det["bbox"]]
-            score = float(det["score"])
+            bbox, score = det["bbox"], det["score"]
             image_id, category_id = det["image_id"], det["category_id"]
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, IndexError):
             raise ResultsError("{}: detection {} needs image_id, category_id, bbox [x, y, w, h] and score, "
                                "got {!r}".format(source, number, det))
+        # numbers only: float() would also take "0.9" (which the scorers then rank as text) and a string
+        # bbox "1234" (as four digits)
+        if not isinstance(bbox, list) or not all(_is_real(v) for v in bbox) or not _is_real(score):
+            raise ResultsError("{}: detection {} needs a bbox of 4 numbers and a numeric score, got {!r}".format(
+                source, number, det))
+        bbox, score = [float(v) for v in bbox], float(score)
         if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or not math.isfinite(score):
             raise ResultsError("{}: detection {} has a non-finite or malformed bbox/score: {!r}".format(
                 source, number, det))
@@ -79,6 +84,10 @@ def _check_results(results, gt_image_ids, gt_category_ids, source, drop_degenera
         raise ResultsError("{}: category id(s) {} not in the annotation file (wrong label -> category "
                            "map?)".format(source, sorted(unknown_cats)[:10]))
     return kept, len(results) - len(kept)
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _empty_results_coco(coco_cls, gt):

@@ -393,9 +393,36 @@ def read_sidecar(model_path):
         return None
     try:
         with open(path) as handle:
-            return json.load(handle)
+            sidecar = json.load(handle)
     except ValueError as exc:
         raise ExportError("sidecar {} is not valid JSON: {}".format(path, exc))
+    problem = _sidecar_problem(sidecar)
+    if problem:
+        raise ExportError("sidecar {} is not an export sidecar: {}; export the model again with `fsaf-repro "
+                          "export`".format(path, problem))
+    return sidecar
+
+
+def _sidecar_problem(sidecar):
+    """What makes a parsed sidecar unusable by its readers (input name and shape, extra inputs), or None."""
+    if not isinstance(sidecar, dict):
+        return "it holds a {}, not an object".format(type(sidecar).__name__)
+    inputs = sidecar.get("inputs") if "inputs" in sidecar else []
+    if not isinstance(inputs, list):
+        return "'inputs' is not a list"
+    for key, entry in [("input", sidecar.get("input"))] + [("inputs[{}]".format(k), e) for k, e in enumerate(inputs)]:
+        if entry is None and key == "input":
+            continue
+        # the main input's name defaults to "input"; every extra input needs its own
+        if not isinstance(entry, dict) or not isinstance(entry.get("name", "input" if key == "input" else None), str):
+            return "{} must be an object with a string 'name'".format(key)
+        shape = entry.get("shape")
+        # the batch dimension may be symbolic ("batch" for a dynamic batch); the others are sizes
+        if not isinstance(shape, list) or not shape or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape[1:]):
+            return "{} 'shape' must be a list of positive integers after the batch dimension, got {!r}".format(
+                key, shape)
+    return None
 
 
 def register_cli(subparsers):

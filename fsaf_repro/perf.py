@@ -21,6 +21,8 @@ factors of the same device, and attach a caveat to every other difference (devic
 backend, batch size, source) instead of producing a bare ratio.
 """
 import json
+import math
+import numbers
 import os
 import re
 import time
@@ -265,6 +267,10 @@ def read_benchmark_output(text, source):
                                "(`ave_throughputRate`); nothing to parse; line {} reads {!r}".format(
                                    source, unknown[0], unknown[1]))
         raise _refuse_line(source, unknown[0], unknown[1], BENCHMARK_LINE_FORMS)
+    if not stages and not pure:
+        raise ResultsError("{}: no benchmark output in it (empty, or only log lines); expected a perf file "
+                           "(`[e2e]`, `[inference]` lines) or pure-inference output (`ave_throughputRate`)"
+                           .format(source))
     return stages, pure
 
 
@@ -534,9 +540,19 @@ def load_records(path):
     if not isinstance(records, list):
         raise ResultsError("{} holds no list of records".format(path))
     for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ResultsError("{}: record {} is a {}, not a record object (written by `fsaf-repro perf --out`)"
+                               .format(path, i, type(record).__name__))
         missing = [k for k in RECORD_KEYS if k not in record]
         if missing:
             raise ResultsError("{}: record {} lacks {}".format(path, i, ", ".join(missing)))
+        fps, batch_size = record["fps"], record["batch_size"]
+        # a record the gates would divide by: a positive number (make_record writes no other)
+        if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
+            raise ResultsError("{}: record {} has fps {!r}; fps must be a positive number".format(path, i, fps))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ResultsError("{}: record {} has batch_size {!r}; it must be a positive integer".format(
+                path, i, batch_size))
         check_record_labels(record, "{}: record {}".format(path, i))
         record.setdefault("chips", 1)
     return records

@@ -71,6 +71,22 @@ def _load_npy(path, dtype, shape_tail, what):
     return array.reshape((-1,) + tuple(shape_tail))
 
 
+def _check_finite(dets, path):
+    """Refuse a dets array (of one output file) with a non-finite value in a detection row.
+
+    A row is a detection unless its score is 0 (padding); a NaN score or an infinite coordinate would
+    otherwise be dropped silently (NaN fails every score comparison) or written into the results.
+    """
+    rows = np.asarray(dets).reshape(-1, DETS_COLUMNS)
+    damaged = np.flatnonzero((rows[:, 4] != 0) & ~np.isfinite(rows).all(axis=1))
+    if damaged.size:
+        row = int(damaged[0])
+        raise OutputFormatError("{}: detection row {} (0-based) holds a non-finite value {} ({} such rows): the "
+                                "output is damaged; rerun the inference".format(
+                                    path, row, rows[row].tolist(), damaged.size))
+    return dets
+
+
 def read_benchmark_outputs(out_dir, metas, stems, label_dtype="int64"):
     """(dets float32 [N, 100, 5], labels [N, 100]) from a benchmark tool dumpOutput directory.
 
@@ -81,8 +97,9 @@ def read_benchmark_outputs(out_dir, metas, stems, label_dtype="int64"):
     labels = np.empty((len(metas), max_dets), dtype=np.int64)
     for i, meta in enumerate(metas):
         stem = _stem(stems, meta)
-        dets[i] = _read_exact(os.path.join(out_dir, stem + "_1.bin"), np.float32, max_dets * DETS_COLUMNS,
-                              "dets of image id {}".format(meta.image_id)).reshape(max_dets, DETS_COLUMNS)
+        dets_path = os.path.join(out_dir, stem + "_1.bin")
+        dets[i] = _check_finite(_read_exact(dets_path, np.float32, max_dets * DETS_COLUMNS, "dets of image id {}"
+                                            .format(meta.image_id)).reshape(max_dets, DETS_COLUMNS), dets_path)
         labels[i] = _read_exact(os.path.join(out_dir, stem + "_2.bin"), label_dtype, max_dets,
                                 "labels of image id {}".format(meta.image_id))
     return dets, labels
@@ -119,7 +136,7 @@ def read_ais_bench_outputs(out_dir, metas, stems, batch_size=1, outfmt="BIN", la
         for array, path in ((group_dets, dets_path), (group_labels, labels_path)):
             if array.shape[0] not in (len(group), batch_size):
                 raise OutputFormatError("{} holds {} images, expected {}".format(path, array.shape[0], len(group)))
-        dets_parts.append(group_dets[:len(group)])
+        dets_parts.append(_check_finite(group_dets[:len(group)], dets_path))
         label_parts.append(group_labels[:len(group)].astype(np.int64))
     return np.concatenate(dets_parts), np.concatenate(label_parts)
 
@@ -143,7 +160,7 @@ def read_npy_outputs(dets_path, labels_path, num_images):
     for array, path in ((dets, dets_path), (labels, labels_path)):
         if array.shape[0] != num_images:
             raise OutputFormatError("{} holds {} images, expected {}".format(path, array.shape[0], num_images))
-    return dets, labels
+    return _check_finite(dets, dets_path), labels
 
 
 _SUMMARY_TIMINGS = ("NPU_compute_time", "H2D_latency", "D2H_latency")
