@@ -46,30 +46,35 @@ stack=$("$py" -c 'import sys, torch; print("{}.{} {}".format(sys.version_info[0]
 # Exit 0 when the environment can run mmdetection's FSAF at the pinned versions; else print why.
 installed_problems() {
   "$py" - "$mmcv_version" "$mmdet_version" <<'EOF'
+import contextlib
 import sys
 want_mmcv, want_mmdet = sys.argv[1], sys.argv[2]
 problems = []
-try:
-    import mmcv
-    if mmcv.__version__ != want_mmcv:
-        problems.append("mmcv {} is installed, not mmcv-full {}".format(mmcv.__version__, want_mmcv))
-    import mmcv._ext  # noqa: F401  (the compiled ops: absent in the plain `mmcv` package)
-except ImportError as exc:
-    problems.append("mmcv-full {} with ops is not importable ({})".format(want_mmcv, exc))
-try:
-    import mmdet
-    if mmdet.__version__ != want_mmdet:
-        problems.append("mmdet {} is installed, not {}".format(mmdet.__version__, want_mmdet))
-    from mmdet.apis import init_detector  # noqa: F401
-except ImportError as exc:
-    problems.append("mmdet {} is not importable ({})".format(want_mmdet, exc))
+# What the imports print (torch's CUDA probe, on stdout) goes to stderr: stdout carries the problems only.
+with contextlib.redirect_stdout(sys.stderr):
+    try:
+        import mmcv
+        if mmcv.__version__ != want_mmcv:
+            problems.append("mmcv {} is installed, not mmcv-full {}".format(mmcv.__version__, want_mmcv))
+        import mmcv._ext  # noqa: F401  (the compiled ops: absent in the plain `mmcv` package)
+    except Exception as exc:  # ImportError, or whatever mmcv raises while importing
+        problems.append("mmcv-full {} with ops is not importable ({}: {})".format(
+            want_mmcv, type(exc).__name__, exc))
+    try:
+        import mmdet
+        if mmdet.__version__ != want_mmdet:
+            problems.append("mmdet {} is installed, not {}".format(mmdet.__version__, want_mmdet))
+        from mmdet.apis import init_detector  # noqa: F401
+    except Exception as exc:  # ImportError, or mmdet's own check of the mmcv version (AssertionError)
+        problems.append("mmdet {} is not importable ({}: {})".format(want_mmdet, type(exc).__name__, exc))
 if problems:
     print("; ".join(problems))
     sys.exit(1)
 EOF
 }
 
-if why=$(installed_problems 2>&1); then
+# stderr dropped: the check prints every problem itself, and importing mmcv logs torch's CUDA probe there.
+if why=$(installed_problems 2>/dev/null); then
   say "$venv already has mmcv-full $mmcv_version (with ops) and mmdet $mmdet_version"
   exit 0
 fi
@@ -85,9 +90,10 @@ after=$(mktemp)
 trap 'rm -f "$before" "$after"' EXIT
 freeze > "$before"
 
-# Runtime requirements of mmcv-full and mmdet, all pinned in the constraints file. matplotlib, six,
-# numpy, Pillow, pycocotools and packaging already come with fsaf-repro's own requirements.
-"$py" -m pip install -q --no-deps -c "$constraints" addict yapf terminaltables PyYAML
+# Runtime requirements of mmcv-full and mmdet, all pinned in the constraints file (torchvision: mmcv's
+# checkpoint loader imports it; 0.9.0 is torch 1.8.0's). matplotlib, six, numpy, Pillow, pycocotools
+# and packaging already come with fsaf-repro's own requirements.
+"$py" -m pip install -q --no-deps -c "$constraints" addict yapf terminaltables PyYAML torchvision
 for needed in matplotlib six numpy pillow pycocotools packaging; do
   grep -qi "^${needed}==" "$before" || fail "$venv lacks $needed (mmdet needs it): rerun scripts/bootstrap.sh recipe"
 done
@@ -126,7 +132,7 @@ moved=$(LC_ALL=C comm -23 "$before" "$after")
 if [ -n "$moved" ]; then
   fail "these packages of $venv changed or went away: $(echo "$moved" | tr '\n' ' '); restore them with scripts/bootstrap.sh recipe"
 fi
-if ! why=$(installed_problems 2>&1); then
+if ! why=$(installed_problems 2>/dev/null); then
   fail "installed, but $venv still cannot run mmdetection: $why"
 fi
 say "$venv: added $(LC_ALL=C comm -13 "$before" "$after" | tr '\n' ' ')"

@@ -30,7 +30,7 @@ def test_versions_live_only_in_the_constraints_file_as_comment_lines():
     for version in pins.values():
         assert version not in script, "the script must read {} from {}".format(version, CONSTRAINTS)
     # The runtime requirements it installs are real pins of the same file.
-    for name in ("addict", "yapf", "terminaltables", "pyyaml"):
+    for name in ("addict", "yapf", "terminaltables", "pyyaml", "torchvision"):
         assert name in read_pins(CONSTRAINTS), name
 
 
