@@ -33,6 +33,7 @@ from .errors import CheckpointError, DataError, FsafReproError, JournalMismatch,
 from .fileio import atomic_write_json, file_sha256
 from .fileio import input_dir, input_file, output_dir
 from .locking import run_lock
+from .spec import section_digest
 from .torch_threads import set_intra_op_threads
 
 # The embedded default: small enough for about a minute on a 2-core CPU (project choice, issue 5).
@@ -137,7 +138,7 @@ def stage_key(stage, recipe, upstream_keys, digest=file_sha256):
         if section not in recipe:
             raise FsafReproError("reproduce stage {} declares the spec section {!r}, which the recipe spec "
                                  "(fsaf_repro/spec/recipe.json) does not have".format(stage.name, section))
-        sections[section] = _digest_text(recipe[section])
+        sections[section] = section_digest(recipe[section])
     upstream = {}
     for name in stage.upstream:
         if name not in upstream_keys:
@@ -358,6 +359,18 @@ def resolve_inputs(checkpoint=None, coco_root=None, environ=None):
     return checkpoint, coco_root
 
 
+def _load_extra_perf(paths):
+    """Perf records given by --extra-perf (measured elsewhere), each marked with the file it came from."""
+    from .perf import load_records
+    records = []
+    for path in paths or ():
+        loaded = load_records(path)
+        for record in loaded:
+            record["source"] = record.get("source", "") + " (from {})".format(path)
+        records.extend(loaded)
+    return records
+
+
 def parse_list(text, what):
     if text is None:
         return None
@@ -525,6 +538,12 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
 
     wall_start = time.time()
     checkpoint, coco_root = resolve_inputs(checkpoint, coco_root, environ)
+    # Inputs that are read only late in the run are checked now, before minutes of export and
+    # inference: the COCO annotation file, and the extra perf records that only the report uses.
+    if coco_root is not None:
+        from .data import read_annotation_file
+        read_annotation_file(os.path.join(coco_root, "annotations", "instances_val2017.json"))
+    extra_records = _load_extra_perf(extra_perf)
     seeded = checkpoint is None
     generated = coco_root is None
     embedded = seeded and generated
@@ -795,7 +814,8 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
             params={"backend": name, "image_ids_sha256": image_ids_sha, "canvas": [height, width],
                     "batch_size": infer_bs, "threads": threads, "device": device_label(name, soc_version),
                     "precision": backend_precision(name, precision_mode)},
-            inputs={"model": models[name], "images": image_files}, spec=("model", "input"),
+            inputs={"model": models[name], "images": image_files},
+            spec=("model", "input", "coco_classes", "coco_category_ids"),
             upstream=("data", model_stage(name)), options={"trusted": trusted, "progress": progress}))
         dataset_perf.extend(infer_result["records"])
 
@@ -879,13 +899,6 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                        options={"trusted": trusted}))
         from .perf import load_records
         perf_records.extend(load_records(perf_path))
-    extra_records = []
-    for path in extra_perf or ():
-        from .perf import load_records
-        loaded = load_records(path)
-        for record in loaded:
-            record["source"] = record.get("source", "") + " (from {})".format(path)
-        extra_records.extend(loaded)
     from .perf import write_records
     perf_json = os.path.join(run_dir, "perf.json")
     write_records(perf_json, perf_records + extra_records)

@@ -32,15 +32,19 @@ import json
 import os
 import time
 
+import cv2
 import numpy as np
 
+from . import __version__
 from .errors import BackendError, DataError, ImageReadError, JournalMismatch, ResultsError
 from .fileio import file_sha256, input_dir, input_file, output_file, part_suffix
 from .locking import run_lock
+from .spec import load_recipe_spec, section_digest
 
 # 2: batch lines name the entries they cover and the sha256 of each image read there. Format-1
 # journals have no digests: their batches cannot be checked against the images and are refused.
 JOURNAL_FORMAT = 2
+INFER_SPEC_SECTIONS = ("input", "model", "coco_classes", "coco_category_ids")
 
 
 def _canonical(obj):
@@ -68,6 +72,11 @@ def run_key_fields(image_set, backend_name, backend_options, model_path, batch_s
         "backend_options": backend_options,
         "model": model,
         "batch_size": int(batch_size),
+        # what decides each image's detections besides the model: normalisation (input), decoding and
+        # thresholds (model), label -> category id (coco_category_ids), and the code and decoder
+        "spec": dict((name, section_digest(load_recipe_spec()[name])) for name in INFER_SPEC_SECTIONS),
+        "fsaf_repro": __version__,
+        "opencv": cv2.__version__,
     }
 
 

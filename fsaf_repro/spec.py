@@ -4,6 +4,7 @@
 constants and the tolerances, each beside its source. Code and tests read them from here.
 """
 import contextlib
+import hashlib
 import json
 import pkgutil
 from collections.abc import Mapping
@@ -83,6 +84,12 @@ def recording_section_reads():
         _STATE["reads"] = previous
         if previous is not None:
             previous.update(reads)  # an enclosing recorder sees the reads of the inner block too
+
+
+def section_digest(value):
+    """sha256 of a spec section's value as canonical JSON: how a reuse key records what a step read."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def model_constants():

@@ -1019,14 +1019,9 @@ CASES = [
 ]
 
 # Cases whose right answer the package does not give yet (strict: they fail the suite once fixed).
-KNOWN_FAULTS = {
-    "reproduce: COCO annotations with duplicate ids":
-        "reproduce reads the --coco-root annotation file (CocoImageSet, its data stage) only after writing "
-        "seeded weights and exporting the models; the refusal is right but comes after that work",
-    "reproduce: --extra-perf that is not records":
-        "reproduce loads --extra-perf records (perf.load_records) only after every inference and timing stage; "
-        "a bad records file is refused at the very end of the run",
-}
+# Cases whose refusal is known to come too late (each would be a strict xfail); none now: reproduce
+# checks its annotation file and --extra-perf records before any long work.
+KNOWN_FAULTS = {}
 
 
 def _case_id(case):

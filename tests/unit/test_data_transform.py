@@ -129,3 +129,17 @@ def test_transform_refuses_non_uint8_or_wrong_channels():
         letterbox_to_canvas(np.zeros((10, 10), dtype=np.uint8), H, W)
     with pytest.raises(DataError):
         boxes_to_original(np.zeros((2, 3)), 1.0)
+
+
+def test_normalisation_table_follows_the_spec_in_effect():
+    import copy
+
+    from fsaf_repro.data import normalisation_lut
+    from fsaf_repro.spec import load_recipe_spec, spec_override
+    packaged = normalisation_lut().copy()
+    recipe = copy.deepcopy(dict(load_recipe_spec()))
+    recipe["input"]["mean_rgb"] = [0.0, 0.0, 0.0]
+    recipe["input"]["std_rgb"] = [1.0, 1.0, 1.0]
+    with spec_override(recipe):
+        assert normalisation_lut()[0, 255] == 255.0  # identity under the override, not the cached table
+    assert np.array_equal(normalisation_lut(), packaged)

@@ -239,6 +239,27 @@ def test_the_identity_leaves_out_the_skip_policy_and_keeps_what_decides_results(
     assert fields["batch_size"] == BATCH and fields["format"] == runner.JOURNAL_FORMAT
 
 
+@pytest.mark.parametrize("section, field", [("model", "score_threshold"), ("input", "mean_rgb"),
+                                            ("coco_category_ids", None)])
+def test_the_identity_covers_the_spec_sections_infer_reads(dataset, section, field):
+    import copy
+
+    from fsaf_repro.spec import load_recipe_spec, spec_override
+    recipe = copy.deepcopy(dict(load_recipe_spec()))
+    images = image_set(dataset)  # read under the packaged spec (the annotation check uses its categories)
+    before = runner.run_key_fields(images, "null", {}, None, BATCH, "float32")
+    if field == "score_threshold":
+        recipe[section][field] = recipe[section][field] * 2
+    elif field == "mean_rgb":
+        recipe[section][field] = [value + 1.0 for value in recipe[section][field]]
+    else:
+        recipe[section] = list(reversed(recipe[section]))
+    with spec_override(recipe):
+        after = runner.run_key_fields(images, "null", {}, None, BATCH, "float32")
+    assert after["spec"][section] != before["spec"][section]
+    assert dict(after, spec=None) == dict(before, spec=None)  # nothing else moved
+
+
 def test_a_journal_without_image_digests_is_refused_naming_it_and_restart(dataset, tmp_path):
     out = tmp_path / "r.json"
     infer(dataset, out, keep_journal=True)
