@@ -1,0 +1,157 @@
+"""Shape figures of the fsaf_repro package (issue 10), from its source alone: one JSON object.
+
+    python scripts/architecture_figures.py [PACKAGE_DIR]      # default: fsaf_repro/ beside this script
+
+Figures: the longest function (name, lines), the number of functions over 60 lines, the import
+cycles between the package's modules (strongly connected components of the import graph, imports
+inside functions included), the largest module (lines), the number of `.format(` calls, the number
+of modules importing argparse, and the number of imports done inside functions. Runs on Python 3.7+
+with no dependency, so the same script measures an old checkout and a new one.
+"""
+import ast
+import json
+import os
+import sys
+
+LONG_FUNCTION_LINES = 60
+
+
+def module_name(package_dir, path):
+    rel = os.path.relpath(path, os.path.dirname(package_dir))[:-3].replace(os.sep, ".")
+    return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def resolve(importer, is_package, level, target):
+    """The absolute module a relative import names."""
+    if level == 0:
+        return target
+    parts = importer.split(".")
+    base = parts if is_package else parts[:-1]
+    base = base[:len(base) - (level - 1)]
+    return ".".join(base + ([target] if target else []))
+
+
+def imports_of(tree, name, is_package, modules):
+    """Package modules imported by a module (a `from x import y` counts y when y is a module)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = resolve(name, is_package, node.level, node.module)
+            targets = [base] + ["{}.{}".format(base, alias.name) for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def strongly_connected(graph):
+    """Tarjan's algorithm, iterative enough for a package of this size: the components of size > 1."""
+    index, low, stack, on_stack, result = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(node):
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                result.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(result)
+
+
+def figures(package_dir):
+    package_dir = os.path.abspath(package_dir)
+    sources = {}
+    for folder, _, files in os.walk(package_dir):
+        for file_name in files:
+            if file_name.endswith(".py"):
+                path = os.path.join(folder, file_name)
+                sources[module_name(package_dir, path)] = (path, file_name == "__init__.py")
+    modules = set(sources)
+    graph, functions, largest = {}, [], ("", 0)
+    format_calls = argparse_modules = nested_imports = 0
+    for name, (path, is_package) in sorted(sources.items()):
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        tree = ast.parse(text)
+        lines = len(text.splitlines())
+        if lines > largest[1]:
+            largest = (name, lines)
+        graph[name] = imports_of(tree, name, is_package, modules)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                functions.append(("{}.{}".format(name, node.name), node.end_lineno - node.lineno + 1
+                                  if hasattr(node, "end_lineno") else _span(node)))
+                nested_imports += sum(1 for inner in ast.walk(node)
+                                      if isinstance(inner, (ast.Import, ast.ImportFrom)))
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr == "format"):
+                format_calls += 1
+        if any(isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names)
+               for node in ast.walk(tree)):
+            argparse_modules += 1
+    longest = max(functions, key=lambda item: item[1]) if functions else ("", 0)
+    cycles = strongly_connected(graph)
+    return {
+        "package": package_dir,
+        "longest_function": {"name": longest[0], "lines": longest[1]},
+        "functions_over_{}_lines".format(LONG_FUNCTION_LINES): sum(1 for _, n in functions
+                                                                   if n > LONG_FUNCTION_LINES),
+        "import_cycles": len(cycles), "import_cycle_members": cycles,
+        "largest_module": {"name": largest[0], "lines": largest[1]},
+        "format_calls": format_calls,
+        "modules_importing_argparse": argparse_modules,
+        "imports_inside_functions": nested_imports,
+    }
+
+
+def _span(node):
+    """Lines of a function on Pythons without end_lineno (3.7): up to its deepest line."""
+    return max(getattr(inner, "lineno", node.lineno) for inner in ast.walk(node)) - node.lineno + 1
+
+
+def import_graph(package_dir):
+    """{module: set of package modules it imports}: what the import-cycle test reads."""
+    package_dir = os.path.abspath(package_dir)
+    graph = {}
+    for folder, _, files in os.walk(package_dir):
+        for file_name in files:
+            if file_name.endswith(".py"):
+                path = os.path.join(folder, file_name)
+                graph[module_name(package_dir, path)] = (path, file_name == "__init__.py")
+    modules = set(graph)
+    result = {}
+    for name, (path, is_package) in graph.items():
+        with open(path, encoding="utf-8") as handle:
+            result[name] = imports_of(ast.parse(handle.read()), name, is_package, modules)
+    return result
+
+
+if __name__ == "__main__":
+    here = os.path.dirname(os.path.abspath(__file__))
+    target = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(here), "fsaf_repro")
+    print(json.dumps(figures(target), indent=1))
