@@ -89,6 +89,11 @@ before=$(mktemp)
 after=$(mktemp)
 trap 'rm -f "$before" "$after"' EXIT
 freeze > "$before"
+# The plain `mmcv` package (no ops) and mmcv-full both install the `mmcv` module: one would overwrite
+# the other's files.
+if grep -qi '^mmcv==' "$before"; then
+  fail "$venv has the plain mmcv package (no ops); remove it first: $py -m pip uninstall mmcv"
+fi
 
 # Runtime requirements of mmcv-full and mmdet, all pinned in the constraints file (torchvision: mmcv's
 # checkpoint loader imports it; 0.9.0 is torch 1.8.0's). matplotlib, six, numpy, Pillow, pycocotools
@@ -126,9 +131,10 @@ fi
 "$py" -m pip install -q --no-deps -c "$constraints" "$wheel"
 "$py" -m pip install -q --no-deps -c "$constraints" "mmdet==${mmdet_version}"
 
-# Nothing that was installed before may have changed version or gone; only additions are expected.
+# Nothing that was installed before may have changed version or gone (but an mmcv-full or mmdet at
+# another version, which this script replaces); only additions are expected.
 freeze > "$after"
-moved=$(LC_ALL=C comm -23 "$before" "$after")
+moved=$(LC_ALL=C comm -23 "$before" "$after" | grep -viE '^(mmcv-full|mmcv_full|mmdet)==' || true)
 if [ -n "$moved" ]; then
   fail "these packages of $venv changed or went away: $(echo "$moved" | tr '\n' ' '); restore them with scripts/bootstrap.sh recipe"
 fi
