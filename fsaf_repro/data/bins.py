@@ -31,12 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from .errors import AnnotationError, DataError, ImageReadError
-from .fileio import input_dir, input_file, output_dir, output_file
-from .locking import run_lock
-from .fileio import (PART_MARK, atomic_write_array, atomic_write_text, file_sha256,  # noqa: F401  (file_sha256: API)
+from ..errors import AnnotationError, DataError, ImageReadError
+from ..fileio import input_dir, input_file, output_dir, output_file
+from ..locking import run_lock
+from ..fileio import (PART_MARK, atomic_write_array, atomic_write_text, file_sha256,  # noqa: F401  (file_sha256: API)
                      is_stale_part)
-from .spec import coco_category_ids, coco_class_names, input_constants
+from ..spec import coco_category_ids, coco_class_names, input_constants
 
 ImageMeta = namedtuple("ImageMeta", "image_id file_name path orig_w orig_h scale new_w new_h")
 SkippedImage = namedtuple("SkippedImage", "index image_id path reason")
