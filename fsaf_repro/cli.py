@@ -20,7 +20,7 @@ STAGE_MODULES = [
     "fsaf_repro.export",
     "fsaf_repro.convert",
     "fsaf_repro.synthetic",
-    "fsaf_repro.data",
+    "fsaf_repro.data.cli",
     "fsaf_repro.runner",
     "fsaf_repro.postprocess",
     "fsaf_repro.evaluate",

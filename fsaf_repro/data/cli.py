@@ -1,0 +1,91 @@
+"""The `preprocess` and `info` verbs: images -> .bin files, info files and a manifest."""
+import argparse
+import os
+import sys
+
+from ..fileio import input_dir, input_file, output_dir, output_file
+from ..locking import run_lock
+from .bins import write_bins, write_info_files, write_manifest
+from .coco import CocoImageSet
+
+
+def _add_set_arguments(parser):
+    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
+                        help="COCO instances json (instances_val2017.json)")
+    parser.add_argument("--images", required=True, type=input_dir("image folder"), help="image directory (val2017)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images by image id")
+    parser.add_argument("--height", type=int, default=None, help="model input height (spec: 800)")
+    parser.add_argument("--width", type=int, default=None, help="model input width (spec: 1216)")
+
+
+def _cmd_preprocess(args):
+    # one writer per .bin folder: a second run on it refuses at once (fsaf_repro.locking)
+    with run_lock(args.out, "preprocess"):
+        return _preprocess_locked(args)
+
+
+def _preprocess_locked(args):
+    image_set = CocoImageSet(args.annotations, args.images, limit=args.limit, height=args.height,
+                             width=args.width)
+    report = write_bins(image_set, args.out, workers=args.workers, skip_bad=args.skip_bad,
+                        progress=not args.no_progress)
+    bad_ids = [s.image_id for s in report.skipped]
+    write_info_files(image_set, bin_dir=args.out, bin_info=args.bin_info, jpg_info=args.jpg_info,
+                     exclude_ids=bad_ids, report=report)
+    manifest = os.path.join(args.out, "preprocess_manifest.json")
+    write_manifest(manifest, image_set, report)
+    print("preprocess: {} .bin files in {} ({} written, {} already complete); info files {} and {}; "
+          "manifest {}".format(len(report.bin_paths), args.out, report.written, report.reused,
+                               args.bin_info, args.jpg_info, manifest))
+    listed = set(os.path.basename(p) for p in report.bin_paths)
+    foreign = sorted(n for n in os.listdir(args.out) if n.lower().endswith(".bin") and n not in listed)
+    if foreign:
+        sys.stderr.write("preprocess: warning: {} holds {} .bin file(s) not in this selection (first: {}); the "
+                         "info file lists only the selection, but ais_bench --input {} would read them all\n"
+                         .format(args.out, len(foreign), ", ".join(foreign[:3]), args.out))
+    if report.skipped:
+        sys.stderr.write("preprocess: skipped {} bad image(s):\n".format(len(report.skipped)))
+        for item in report.skipped:
+            sys.stderr.write("  {} (image id {}): {}\n".format(item.path, item.image_id, item.reason))
+    return 0
+
+
+def _cmd_info(args):
+    image_set = CocoImageSet(args.annotations, args.images, limit=args.limit, height=args.height,
+                             width=args.width)
+    if args.jpg_info:
+        image_set.resolve_orientation()  # the jpg info gives decoded sizes, as the recipe's cv2.imread
+    written = write_info_files(image_set, bin_dir=args.bin_dir,
+                               bin_info=args.bin_info if args.bin_dir else None, jpg_info=args.jpg_info)
+    print("info: {} lines in {}".format(
+        len(image_set), " and ".join(p for p in (args.bin_info if "bin" in written else None,
+                                                 args.jpg_info) if p)))
+    return 0
+
+
+def register_cli(subparsers):
+    pre = subparsers.add_parser(
+        "preprocess", help="recipe step 4: images -> <stem>.bin (float32 CHW) + info files",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_set_arguments(pre)
+    pre.add_argument("--out", required=True, type=output_dir(".bin folder"),
+                     help="directory for the .bin files (val2017_bin)")
+    pre.add_argument("--bin-info", default="fsaf.info", type=output_file("bin info file"),
+                     help="bin info file for the benchmark tool")
+    pre.add_argument("--jpg-info", default="fsaf_jpeg.info", type=output_file("jpg info file"),
+                     help="jpg info file (each image's decoded size, as the recipe's cv2.imread gives it)")
+    pre.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    pre.add_argument("--skip-bad", action="store_true",
+                     help="continue past unreadable images and list them (default: stop at the first)")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pre.set_defaults(func=_cmd_preprocess)
+
+    info = subparsers.add_parser(
+        "info", help="write the tools' info files (get_info.py) in image-id order",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_set_arguments(info)
+    info.add_argument("--bin-dir", default=None, type=input_dir(".bin folder"),
+                      help="directory holding the .bin files (for --bin-info)")
+    info.add_argument("--bin-info", default="fsaf.info", type=output_file("bin info file"))
+    info.add_argument("--jpg-info", default="fsaf_jpeg.info", type=output_file("jpg info file"))
+    info.set_defaults(func=_cmd_info)

@@ -1,0 +1,380 @@
+"""A COCO annotation file and its images: the one check of an annotation file's content, the
+names of the files made for each image, and `CocoImageSet`, the images in image-id order with the
+recipe's per-image metadata.
+
+Images are taken from the annotation file in image-id order (not the first 5000 names `os.listdir`
+returns, as the recipe's scripts do); an image path must stay inside the image folder.
+"""
+import hashlib
+import json
+import math
+import numbers
+import os
+import warnings
+from collections import namedtuple
+
+import numpy as np
+
+from ..errors import AnnotationError, DataError, ImageReadError
+from ..spec import coco_category_ids, coco_class_names
+from .transform import (canvas_size, decode_bgr, input_array_dtype, letterbox_to_canvas, letterbox_to_canvas_uint8,
+                        probe_decoded_size, read_image_bytes, scaled_size)
+
+ImageMeta = namedtuple("ImageMeta", "image_id file_name path orig_w orig_h scale new_w new_h")
+SkippedImage = namedtuple("SkippedImage", "index image_id path reason")
+
+
+def load_annotation_json(annotation_file):
+    """(parsed dict, sha256 hex) of a COCO annotation file, checked by `validate_annotations`;
+    AnnotationError naming it on failure."""
+    data, sha = _parse_annotation_json(annotation_file)
+    validate_annotations(data, os.fspath(annotation_file))
+    return data, sha
+
+
+AnnotationImage = namedtuple("AnnotationImage", "image_id file_name width height")
+# A read annotation file: its path, parsed content, sha256 of its bytes and its images in id order.
+Annotations = namedtuple("Annotations", "path data sha256 images")
+
+
+def read_annotation_file(annotation_file, need_annotations=False):
+    """Annotations of a COCO file, read once and checked by `validate_annotations`."""
+    data, sha = _parse_annotation_json(annotation_file)
+    images = validate_annotations(data, os.fspath(annotation_file), need_annotations=need_annotations)
+    return Annotations(os.fspath(annotation_file), data, sha, images)
+
+
+def _parse_annotation_json(annotation_file):
+    annotation_file = os.fspath(annotation_file)
+    try:
+        with open(annotation_file, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise AnnotationError("annotation file not found: {}".format(annotation_file))
+    except OSError as exc:
+        raise AnnotationError("cannot read annotation file {}: {}".format(annotation_file, exc))
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AnnotationError("annotation file {} is not valid JSON: {}".format(annotation_file, exc))
+    return data, hashlib.sha256(raw).hexdigest()
+
+
+def is_json_int(value):
+    """A JSON integer: an int, not a bool (json reads true as True, an int subclass)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(value):
+    """A JSON width/height as int: an integer, or a float with an integral value; None when not positive."""
+    if is_json_int(value) or (isinstance(value, float) and math.isfinite(value) and value.is_integer()):
+        return int(value) if value > 0 else None
+    return None
+
+
+def file_name_problem(file_name):
+    """Why an annotation `file_name` cannot name an image inside the image folder, or None.
+
+    Judged on the text alone (so verbs that never open images refuse the same files): an absolute
+    path or one whose `..` parts climb out of the folder is refused; `CocoImageSet` also resolves
+    symlinks against the real folder.
+    """
+    if not isinstance(file_name, str) or not file_name.strip():
+        return "'file_name' must be a non-empty string"
+    if "\x00" in file_name:
+        return "'file_name' holds a NUL character"
+    if os.path.isabs(file_name):
+        return "'file_name' is an absolute path; it must be relative to the image folder"
+    normal = os.path.normpath(file_name)
+    if normal == os.pardir or normal.startswith(os.pardir + os.sep):
+        return "'file_name' leaves the image folder (..)"
+    if file_name.endswith(("/", os.sep)) or normal == os.curdir:
+        return "'file_name' names a folder, not an image file"
+    return None
+
+
+def validate_annotations(data, source, need_annotations=False):
+    """The one check of a COCO annotation file's content, shared by every verb that reads one.
+
+    `source` (the file) is named in every message, with the offending list entry. Checked: a JSON
+    object with 'images' and 'categories' lists; categories with integer ids (each once) and string
+    names; images with an integer id (each once), a `file_name` inside the image folder (see
+    `file_name_problem`; each file once) and positive integer width and height. With
+    `need_annotations` (scoring) also the 'annotations' list: integer ids (each once: pycocotools
+    indexes them by id and would silently drop a repeated one), known image and category ids, a
+    bbox of 4 finite numbers and a finite area. Returns the images as AnnotationImage in id order.
+    """
+    if not isinstance(data, dict):
+        raise AnnotationError("annotation file {} must hold a JSON object, got {}".format(
+            source, type(data).__name__))
+    for key in ("images", "categories") + (("annotations",) if need_annotations else ()):
+        if not isinstance(data.get(key), list):
+            raise AnnotationError("annotation file {} has no '{}' list".format(source, key))
+    category_ids = set()
+    for number, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not is_json_int(cat.get("id")) or not isinstance(cat.get("name"), str):
+            raise AnnotationError("{}: categories[{}] needs an integer 'id' and a string 'name', got {!r}".format(
+                source, number, cat))
+        if cat["id"] in category_ids:
+            raise AnnotationError("{}: category id {} appears twice (categories[{}])".format(
+                source, cat["id"], number))
+        category_ids.add(cat["id"])
+    images = []
+    ids, files = {}, {}
+    for number, entry in enumerate(data["images"]):
+        if not isinstance(entry, dict):
+            raise AnnotationError("{}: images[{}] must be an object, got {!r}".format(source, number, entry))
+        image_id, file_name = entry.get("id"), entry.get("file_name")
+        width, height = _positive_int(entry.get("width")), _positive_int(entry.get("height"))
+        if not is_json_int(image_id) or width is None or height is None:
+            raise AnnotationError("{}: images[{}] needs an integer 'id' and positive integer 'width' and "
+                                  "'height': {!r}".format(source, number, entry))
+        problem = file_name_problem(file_name)
+        if problem:
+            raise AnnotationError("{}: images[{}] (image id {}): {}: {!r}".format(
+                source, number, image_id, problem, file_name))
+        if image_id in ids:
+            raise AnnotationError("{}: image id {} appears twice (images[{}] and images[{}])".format(
+                source, image_id, ids[image_id], number))
+        ids[image_id] = number
+        key = os.path.normpath(file_name)
+        if key in files:
+            raise AnnotationError("{}: file {!r} is listed twice (image ids {} and {})".format(
+                source, file_name, files[key], image_id))
+        files[key] = image_id
+        images.append(AnnotationImage(int(image_id), file_name, width, height))
+    if need_annotations:
+        ann_ids = set()
+        for number, ann in enumerate(data["annotations"]):
+            fault = _annotation_fault(ann, ids, category_ids, ann_ids)
+            if fault:
+                raise AnnotationError("{}: annotations[{}] {}: {!r}".format(source, number, fault, ann))
+            ann_ids.add(ann["id"])
+    images.sort(key=lambda image: image.image_id)
+    return images
+
+
+def _annotation_fault(ann, image_ids, category_ids, seen_ids):
+    if not isinstance(ann, dict):
+        return "must be an object"
+    if not is_json_int(ann.get("id")):
+        return "needs an integer 'id'"
+    if ann["id"] in seen_ids:
+        return "repeats annotation id {}".format(ann["id"])
+    if ann.get("image_id") not in image_ids or not is_json_int(ann.get("image_id")):
+        return "has image_id {!r}, which 'images' does not list".format(ann.get("image_id"))
+    if ann.get("category_id") not in category_ids or not is_json_int(ann.get("category_id")):
+        return "has category_id {!r}, which 'categories' does not list".format(ann.get("category_id"))
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        return "needs a 'bbox' of 4 finite numbers"
+    if not _is_number(ann.get("area")):
+        return "needs a finite number 'area'"
+    return None
+
+
+def output_stems(images, source):
+    """image id -> the stem that names every file made for that image: `<stem>.bin`, and the tools'
+    outputs `<stem>_1.bin` / `<stem>_0.bin`, which they name after the input file.
+
+    The stem is the file name's own (`000000000139.jpg` -> `000000000139`, the recipe's names) when
+    no other image of the file has it; images sharing a stem (`a/x.jpg` and `b/x.jpg`, or `x.jpg`
+    and `x.png`: legal in COCO-format sets) get `<stem>__id<image id>`. Stems are compared
+    case-blind, because `X.bin` and `x.bin` are one file on a case-insensitive filesystem.
+    Deriving a name rather than refusing keeps such sets usable; the rule reads every image of the
+    annotation file, not the --limit selection, so preprocess, info files and postprocess give an
+    image the same name whatever selection each of them runs on. A derived name that still meets
+    another image's stem (a file really named `x__id5.jpg`) is an AnnotationError naming both.
+    """
+    groups = {}
+    for image in images:
+        stem = os.path.splitext(os.path.basename(image.file_name))[0]
+        groups.setdefault(stem.casefold(), []).append((image, stem))
+    stems = {}
+    for group in groups.values():
+        for image, stem in group:
+            stems[image.image_id] = stem if len(group) == 1 else "{}__id{}".format(stem, image.image_id)
+    owner = {}
+    for image in images:
+        key = stems[image.image_id].casefold()
+        if key in owner:
+            raise AnnotationError("{}: images {!r} (id {}) and {!r} (id {}) would write files of one name "
+                                  "({!r}); rename one of them".format(source, owner[key].file_name,
+                                                                     owner[key].image_id, image.file_name,
+                                                                     image.image_id, stems[image.image_id]))
+        owner[key] = image
+    return stems
+
+
+def category_ids_from_categories(categories, source, strict_ids=True):
+    """label k -> category id, by matching the file's category names with the 80 model classes.
+
+    A name missing from the file, an extra or duplicated name is an AnnotationError. With
+    `strict_ids` the ids must also be COCO's (spec `coco_category_ids`): a file whose names sit on
+    other ids (swapped categories) is not val2017 and is refused.
+    """
+    classes = coco_class_names()
+    by_name = {}
+    for cat in categories:
+        if not isinstance(cat, dict) or "name" not in cat or "id" not in cat:
+            raise AnnotationError("{}: every category needs 'id' and 'name', got {!r}".format(source, cat))
+        if cat["name"] in by_name:
+            raise AnnotationError("{}: category name {!r} appears twice".format(source, cat["name"]))
+        by_name[cat["name"]] = int(cat["id"])
+    missing = [name for name in classes if name not in by_name]
+    extra = sorted(name for name in by_name if name not in set(classes))
+    if missing or extra:
+        raise AnnotationError(
+            "{}: categories do not match the model's {} COCO classes (missing: {}; unexpected: {})".format(
+                source, len(classes), ", ".join(missing) or "none", ", ".join(extra) or "none"))
+    ids = [by_name[name] for name in classes]
+    if strict_ids:
+        expected = coco_category_ids()
+        wrong = ["{} has id {} (COCO: {})".format(name, got, want)
+                 for name, got, want in zip(classes, ids, expected) if got != want]
+        if wrong:
+            raise AnnotationError("{}: category ids differ from COCO's: {}".format(
+                source, "; ".join(wrong[:5]) + (" ..." if len(wrong) > 5 else "")))
+    return ids
+
+
+class CocoImageSet(object):
+    """The images of a COCO annotation file, in image-id order, with the recipe's per-image metadata.
+
+    Scale and resized size come from the annotation's width/height (no decoding needed); `load`
+    verifies them against the decoded image.
+    """
+
+    def __init__(self, annotation_file, image_dir, limit=None, height=None, width=None, strict_ids=True):
+        self.annotation_file = os.fspath(annotation_file)
+        self.image_dir = os.fspath(image_dir)
+        self.height, self.width = canvas_size(height, width)
+        annotations = read_annotation_file(self.annotation_file)
+        self.annotation_sha256 = annotations.sha256
+        self.category_ids = category_ids_from_categories(
+            annotations.data["categories"], self.annotation_file, strict_ids=strict_ids)
+        images = annotations.images
+        # every image of the file, not only the selection: names must not depend on --limit
+        self.output_stems = output_stems(images, self.annotation_file)
+        self.total_images = len(images)
+        if limit is not None:
+            if int(limit) <= 0:
+                raise DataError("limit must be a positive number of images, got {}".format(limit))
+            images = images[:int(limit)]
+        if not images:
+            raise DataError("annotation file {} lists no images: nothing to process".format(
+                self.annotation_file))
+        self.metas = []
+        # Images whose decoded size is the annotation's size transposed (an EXIF orientation tag):
+        # index -> ImageMeta of the decoded image, which the recipe's cv2.imread (and mmcv) use.
+        self.exif_rotated = {}
+        for image_id, file_name, orig_w, orig_h in images:
+            scale, new_w, new_h = scaled_size(orig_w, orig_h, self.height, self.width)
+            self.metas.append(ImageMeta(image_id, file_name, os.path.join(self.image_dir, file_name),
+                                        orig_w, orig_h, scale, new_w, new_h))
+        if self.image_dir:  # "" where no image is opened (postprocess without --images)
+            self._refuse_escaping_paths()
+
+    def _refuse_escaping_paths(self):
+        """AnnotationError for a selected image whose path, symlinks resolved, leaves the image folder.
+
+        `file_name_problem` already refused `..` and absolute names; this catches a symlink (the
+        file's or a sub-folder's) that points outside. A symlinked image folder itself is fine: it
+        is resolved too.
+        """
+        folder = os.path.realpath(self.image_dir)
+        for meta in self.metas:
+            resolved = os.path.realpath(meta.path)
+            if os.path.commonpath([folder, resolved]) != folder:
+                raise AnnotationError(
+                    "{}: image id {}: {!r} resolves to {}, outside the image folder {} (a symlink pointing "
+                    "out of it); only images inside --images are read: copy the file in instead".format(
+                        self.annotation_file, meta.image_id, meta.file_name, resolved, self.image_dir))
+
+    def output_stem(self, meta):
+        """The stem of the files made for `meta`'s image (`output_stems`: unique per image)."""
+        return self.output_stems[meta.image_id]
+
+    def bin_name(self, meta):
+        return self.output_stem(meta) + ".bin"
+
+    def __len__(self):
+        return len(self.metas)
+
+    @property
+    def image_ids(self):
+        return [meta.image_id for meta in self.metas]
+
+    def read(self, index, sha256_into=None):
+        """Decoded BGR image of entry `index`, checked against the annotation's size.
+
+        An image whose decoded size is the annotation's transposed carries an EXIF orientation tag:
+        OpenCV's colour read (the recipe's, and mmcv's) rotates it, so the transform and the box
+        scale follow the decoded image, as the recipe does; the image is listed in
+        `self.exif_rotated` and a warning names it. Any other size difference is an error.
+
+        With a dict `sha256_into`, the sha256 of the bytes read is stored under `index` before they
+        are decoded (so an undecodable file has one too): the digest of exactly the bytes that made
+        the pixels, which a later hash of the file could not promise if the file was replaced.
+        """
+        path = self.metas[index].path
+        data = read_image_bytes(path)
+        if sha256_into is not None:
+            sha256_into[index] = hashlib.sha256(data).hexdigest()
+        bgr = decode_bgr(data, path)
+        return bgr, self.meta_for_decoded(index, bgr.shape[1], bgr.shape[0])
+
+    def meta_for_decoded(self, index, decoded_w, decoded_h):
+        """The ImageMeta of entry `index` once decoded to `decoded_w` x `decoded_h` (see `read`)."""
+        meta = self.metas[index]
+        if (decoded_h, decoded_w) == (meta.orig_w, meta.orig_h) and decoded_h != decoded_w:
+            if index not in self.exif_rotated:
+                scale, new_w, new_h = scaled_size(decoded_w, decoded_h, self.height, self.width)
+                self.exif_rotated[index] = meta._replace(orig_w=decoded_w, orig_h=decoded_h, scale=scale,
+                                                         new_w=new_w, new_h=new_h)
+                warnings.warn("{}: decoded {}x{}, annotation {}x{}: an EXIF orientation tag rotates it; "
+                              "following the decoded image as OpenCV's read in the recipe does".format(
+                                  meta.path, decoded_w, decoded_h, meta.orig_w, meta.orig_h), RuntimeWarning,
+                              stacklevel=3)
+            return self.exif_rotated[index]
+        if (decoded_h, decoded_w) != (meta.orig_h, meta.orig_w):
+            raise ImageReadError(
+                "{}: decoded size {}x{} differs from the annotation's {}x{} (image id {} in {}; an EXIF "
+                "orientation tag rotates the decoded image)".format(
+                    meta.path, decoded_w, decoded_h, meta.orig_w, meta.orig_h, meta.image_id,
+                    self.annotation_file))
+        return meta
+
+    def effective_meta(self, index):
+        """Entry `index`'s ImageMeta as read: the rotated one for an EXIF-rotated image found so far."""
+        return self.exif_rotated.get(index, self.metas[index])
+
+    def resolve_orientation(self):
+        """Find every EXIF-rotated image from file headers (no pixel decoding), as `read` would.
+
+        Postprocessing outputs of .bin files written elsewhere needs the sizes the images were
+        transformed with; this gives them without decoding the whole set. Returns the indices of
+        the rotated images; ImageReadError names an unreadable image or a size that matches neither
+        the annotation nor its transpose.
+        """
+        for index, meta in enumerate(self.metas):
+            self.meta_for_decoded(index, *probe_decoded_size(meta.path))
+        return sorted(self.exif_rotated)
+
+    def load_into(self, index, out, input_dtype="float32", sha256_into=None):
+        bgr, meta = self.read(index, sha256_into)
+        if input_dtype == "uint8":
+            letterbox_to_canvas_uint8(bgr, self.height, self.width, out=out)
+        else:
+            letterbox_to_canvas(bgr, self.height, self.width, out=out)
+        return meta
+
+    def load(self, index, input_dtype="float32"):
+        """(CHW array, ImageMeta) of entry `index`: float32 normalised, or uint8 RGB."""
+        out = np.empty((3, self.height, self.width), dtype=input_array_dtype(input_dtype))
+        meta = self.load_into(index, out, input_dtype)
+        return out, meta
