@@ -313,9 +313,7 @@ def _cmd_postprocess(args):
     if record is not None:
         metas = metas_from_manifest(args.manifest, image_set, record)
     else:
-        if args.images:
-            image_set.resolve_orientation()
-        metas = [image_set.effective_meta(i) for i in range(len(image_set))]
+        metas = image_set.decoded_metas() if args.images else list(image_set.metas)
     dets, labels = read_outputs(args.format, args.outputs, metas, image_set.output_stems, batch_size=args.batch_size,
                                 labels_path=args.labels_npy, outfmt=args.outfmt)
     results = detections_to_coco(dets, labels, metas, image_set.category_ids,

@@ -19,10 +19,13 @@ import numpy as np
 from ..errors import DataError, ImageReadError
 from ..fileio import PART_MARK, atomic_write_array, atomic_write_text, is_stale_part
 from ..spec import input_constants
-from .coco import SkippedImage, is_json_int
+from .coco import SkippedImage, is_json_int, rotated_image_ids
 from .transform import decode_bgr, letterbox_to_canvas, read_image_bytes
 
-PreprocessReport = namedtuple("PreprocessReport", "bin_paths written reused skipped")
+# A preprocessing run: the .bin files listed (image-id order), how many were written and how many kept,
+# the images skipped (SkippedImage), and `metas`: the ImageMeta each listed .bin was transformed with
+# (aligned with bin_paths; an EXIF-rotated image has its decoded size and scale there).
+PreprocessReport = namedtuple("PreprocessReport", "bin_paths written reused skipped metas")
 
 
 def bin_bytes(height, width):
@@ -175,7 +178,7 @@ def _preprocess_one(index):
 
     Returns (index, 'written'|'reused'|'bad', message, meta, record entry): `meta` is the ImageMeta
     the image was (or, for a kept .bin, would be) transformed with, so that an EXIF rotation found
-    in a worker process reaches the parent's manifest and info files; the entry is the parent's to
+    in a worker process reaches the parent's report, manifest and info files; the entry is the parent's to
     record (None for a bad image). The bytes hashed are the bytes decoded: an image replaced during
     the run cannot be recorded under the other image's hash.
     """
@@ -221,7 +224,7 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
     finished work. A bad image raises ImageReadError
     naming it (after the files finished so far are safely in place), or with `skip_bad` is listed in
     the report's `skipped`. Returns PreprocessReport(bin_paths in image-id order, written, reused,
-    skipped).
+    skipped, metas as transformed).
     """
     out_dir = os.fspath(out_dir)
     if not os.path.isdir(out_dir):
@@ -249,14 +252,12 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
             for index, status, message, used, entry in iterator:
                 if status == "bad" and not skip_bad:
                     raise ImageReadError(message + " (use --skip-bad to continue past bad images)")
-                results[index] = (status, message)
+                results[index] = (status, message, used)
                 name = image_set.bin_name(image_set.metas[index])
                 if status == "written":
                     recorder.add(name, entry)
                 elif status == "bad" and name in record:
                     recorder.forget(name)  # a skipped image's old .bin is moved aside below
-                if used is not None and used != image_set.metas[index]:
-                    image_set.exif_rotated[index] = used
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -268,10 +269,10 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
         cv2.setNumThreads(caller_threads)  # the in-process path set it to 1
         if bar is not None:
             bar.close()
-    bin_paths, skipped = [], []
+    bin_paths, skipped, used_metas = [], [], []
     written = reused = 0
     for index, meta in enumerate(image_set.metas):
-        status, message = results[index]
+        status, message, used = results[index]
         if status == "bad":
             skipped.append(SkippedImage(index, meta.image_id, meta.path, message))
             # A .bin kept from an earlier run whose image is now bad: moved out of the tools' view
@@ -283,7 +284,8 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
         written += status == "written"
         reused += status == "reused"
         bin_paths.append(os.path.join(out_dir, image_set.bin_name(meta)))
-    return PreprocessReport(bin_paths, written, reused, skipped)
+        used_metas.append(used)
+    return PreprocessReport(bin_paths, written, reused, skipped, used_metas)
 
 
 def _progress_bar(total, desc, enabled):
@@ -293,7 +295,8 @@ def _progress_bar(total, desc, enabled):
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr)
 
 
-def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, exclude_ids=(), report=None):
+def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, exclude_ids=(), report=None,
+                     metas=None):
     """Write the tools' info files (facts section 2) in image-id order; returns the lines written.
 
     bin:  `<index> <bin_dir>/<stem>.bin <model width> <model height>`: each .bin must exist, full
@@ -301,12 +304,22 @@ def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, excl
           with this transform (as `write_bins` reuses them); `report`, the PreprocessReport of a
           `write_bins` run over this folder in this process, spares checking its .bin files again
     jpg:  `<index> <image path> <original width> <original height>`, the decoded size as the
-          recipe's cv2.imread gives it (an EXIF-rotated image found so far has its sizes swapped)
+          recipe's cv2.imread gives it (an EXIF-rotated image has its sizes swapped)
+    The images listed are `metas` (ImageMeta as transformed, in image-id order) when given, else the
+    report's, else, for a jpg info file, the set's `decoded_metas()` (read from the image headers);
+    a bin info file alone needs no image size and lists the set's `metas`.
     Paths are written as given (relative paths stay relative to where the tool runs).
     Images in `exclude_ids` (skipped bad images) are left out; indices stay consecutive.
     """
+    if metas is None:
+        if report is not None:
+            metas = report.metas
+        elif jpg_info is not None:
+            metas = image_set.decoded_metas()
+        else:
+            metas = image_set.metas
     exclude = set(exclude_ids)
-    metas = [image_set.effective_meta(i) for i, meta in enumerate(image_set.metas) if meta.image_id not in exclude]
+    metas = [meta for meta in metas if meta.image_id not in exclude]
     written = {}
     if bin_info is not None:
         if bin_dir is None:
@@ -373,7 +386,6 @@ def read_info_file(path):
 
 def write_manifest(path, image_set, report):
     """A json record of a preprocessing run: what was read, from which annotation file, what failed."""
-    skipped_ids = {s.image_id for s in report.skipped}
     record = {
         "annotation_file": image_set.annotation_file,
         "annotation_sha256": image_set.annotation_sha256,
@@ -386,9 +398,8 @@ def write_manifest(path, image_set, report):
         "reused": report.reused,
         "skipped": [dict(s._asdict()) for s in report.skipped],
         # as transformed: an EXIF-rotated image has its decoded size and scale here
-        "exif_rotated": sorted(image_set.metas[i].image_id for i in image_set.exif_rotated),
-        "images": [dict(image_set.effective_meta(i)._asdict()) for i, m in enumerate(image_set.metas)
-                   if m.image_id not in skipped_ids],
+        "exif_rotated": rotated_image_ids(image_set, report.metas),
+        "images": [dict(meta._asdict()) for meta in report.metas],
     }
     atomic_write_text(os.fspath(path), json.dumps(record, indent=1) + "\n")
     return record

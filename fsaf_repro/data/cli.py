@@ -53,10 +53,10 @@ def _preprocess_locked(args):
 def _cmd_info(args):
     image_set = CocoImageSet(args.annotations, args.images, limit=args.limit, height=args.height,
                              width=args.width)
-    if args.jpg_info:
-        image_set.resolve_orientation()  # the jpg info gives decoded sizes, as the recipe's cv2.imread
-    written = write_info_files(image_set, bin_dir=args.bin_dir,
-                               bin_info=args.bin_info if args.bin_dir else None, jpg_info=args.jpg_info)
+    # the jpg info gives decoded sizes, as the recipe's cv2.imread: read from the image headers
+    metas = image_set.decoded_metas() if args.jpg_info else None
+    written = write_info_files(image_set, bin_dir=args.bin_dir, bin_info=args.bin_info if args.bin_dir else None,
+                               jpg_info=args.jpg_info, metas=metas)
     print("info: {} lines in {}".format(
         len(image_set), " and ".join(p for p in (args.bin_info if "bin" in written else None,
                                                  args.jpg_info) if p)))

@@ -245,8 +245,12 @@ def category_ids_from_categories(categories, source, strict_ids=True):
 class CocoImageSet(object):
     """The images of a COCO annotation file, in image-id order, with the recipe's per-image metadata.
 
-    Scale and resized size come from the annotation's width/height (no decoding needed); `load`
-    verifies them against the decoded image.
+    `metas` holds each image as the annotation describes it: scale and resized size come from the
+    annotation's width/height (no decoding needed). An image whose decoded size differs from that (an
+    EXIF orientation tag, see `meta_for_decoded`) is transformed with the decoded size: every read
+    returns the ImageMeta it used (`read`, `load`, `load_into`), and `decoded_metas` gives them all
+    from the file headers. The set itself never changes after it is built, so what any call returns
+    does not depend on which images were read before.
     """
 
     def __init__(self, annotation_file, image_dir, limit=None, height=None, width=None, strict_ids=True):
@@ -269,9 +273,6 @@ class CocoImageSet(object):
             raise DataError("annotation file {} lists no images: nothing to process".format(
                 self.annotation_file))
         self.metas = []
-        # Images whose decoded size is the annotation's size transposed (an EXIF orientation tag):
-        # index -> ImageMeta of the decoded image, which the recipe's cv2.imread (and mmcv) use.
-        self.exif_rotated = {}
         for image_id, file_name, orig_w, orig_h in images:
             scale, new_w, new_h = scaled_size(orig_w, orig_h, self.height, self.width)
             self.metas.append(ImageMeta(image_id, file_name, os.path.join(self.image_dir, file_name),
@@ -312,10 +313,7 @@ class CocoImageSet(object):
     def read(self, index, sha256_into=None):
         """Decoded BGR image of entry `index`, checked against the annotation's size.
 
-        An image whose decoded size is the annotation's transposed carries an EXIF orientation tag:
-        OpenCV's colour read (the recipe's, and mmcv's) rotates it, so the transform and the box
-        scale follow the decoded image, as the recipe does; the image is listed in
-        `self.exif_rotated` and a warning names it. Any other size difference is an error.
+        Returns (bgr, ImageMeta as decoded): see `meta_for_decoded` for an EXIF-rotated image.
 
         With a dict `sha256_into`, the sha256 of the bytes read is stored under `index` before they
         are decoded (so an undecodable file has one too): the digest of exactly the bytes that made
@@ -329,18 +327,23 @@ class CocoImageSet(object):
         return bgr, self.meta_for_decoded(index, bgr.shape[1], bgr.shape[0])
 
     def meta_for_decoded(self, index, decoded_w, decoded_h):
-        """The ImageMeta of entry `index` once decoded to `decoded_w` x `decoded_h` (see `read`)."""
+        """The ImageMeta entry `index` is transformed with once decoded to `decoded_w` x `decoded_h`.
+
+        An image whose decoded size is the annotation's transposed carries an EXIF orientation tag:
+        OpenCV's colour read (the recipe's, and mmcv's) rotates it, so the transform and the box
+        scale follow the decoded image, as the recipe does: the returned meta has the decoded size
+        and its scale, and a warning names the image. Any other size difference is an ImageReadError.
+        A pure function of its arguments: nothing is recorded on the set.
+        """
         meta = self.metas[index]
         if (decoded_h, decoded_w) == (meta.orig_w, meta.orig_h) and decoded_h != decoded_w:
-            if index not in self.exif_rotated:
-                scale, new_w, new_h = scaled_size(decoded_w, decoded_h, self.height, self.width)
-                self.exif_rotated[index] = meta._replace(orig_w=decoded_w, orig_h=decoded_h, scale=scale,
-                                                         new_w=new_w, new_h=new_h)
-                warnings.warn("{}: decoded {}x{}, annotation {}x{}: an EXIF orientation tag rotates it; "
-                              "following the decoded image as OpenCV's read in the recipe does".format(
-                                  meta.path, decoded_w, decoded_h, meta.orig_w, meta.orig_h), RuntimeWarning,
-                              stacklevel=3)
-            return self.exif_rotated[index]
+            scale, new_w, new_h = scaled_size(decoded_w, decoded_h, self.height, self.width)
+            # a repeated read repeats the same message, which the default warnings filter shows once
+            warnings.warn("{}: decoded {}x{}, annotation {}x{}: an EXIF orientation tag rotates it; "
+                          "following the decoded image as OpenCV's read in the recipe does".format(
+                              meta.path, decoded_w, decoded_h, meta.orig_w, meta.orig_h), RuntimeWarning,
+                          stacklevel=3)
+            return meta._replace(orig_w=decoded_w, orig_h=decoded_h, scale=scale, new_w=new_w, new_h=new_h)
         if (decoded_h, decoded_w) != (meta.orig_h, meta.orig_w):
             raise ImageReadError(
                 "{}: decoded size {}x{} differs from the annotation's {}x{} (image id {} in {}; an EXIF "
@@ -349,23 +352,18 @@ class CocoImageSet(object):
                     self.annotation_file))
         return meta
 
-    def effective_meta(self, index):
-        """Entry `index`'s ImageMeta as read: the rotated one for an EXIF-rotated image found so far."""
-        return self.exif_rotated.get(index, self.metas[index])
+    def decoded_metas(self):
+        """Every entry's ImageMeta as `read` would transform it, from file headers (no pixel decoding).
 
-    def resolve_orientation(self):
-        """Find every EXIF-rotated image from file headers (no pixel decoding), as `read` would.
-
-        Postprocessing outputs of .bin files written elsewhere needs the sizes the images were
-        transformed with; this gives them without decoding the whole set. Returns the indices of
-        the rotated images; ImageReadError names an unreadable image or a size that matches neither
-        the annotation nor its transpose.
+        Postprocessing outputs of .bin files written elsewhere, or writing the jpg info file, needs
+        the sizes the images were transformed with; this gives them without decoding the whole set.
+        A list aligned with `metas`; ImageReadError names an unreadable image or a size that matches
+        neither the annotation nor its transpose.
         """
-        for index, meta in enumerate(self.metas):
-            self.meta_for_decoded(index, *probe_decoded_size(meta.path))
-        return sorted(self.exif_rotated)
+        return [self.meta_for_decoded(index, *probe_decoded_size(meta.path)) for index, meta in enumerate(self.metas)]
 
     def load_into(self, index, out, input_dtype="float32", sha256_into=None):
+        """Transform entry `index` into `out` (a [3, height, width] array); returns its ImageMeta as decoded."""
         bgr, meta = self.read(index, sha256_into)
         if input_dtype == "uint8":
             letterbox_to_canvas_uint8(bgr, self.height, self.width, out=out)
@@ -374,7 +372,14 @@ class CocoImageSet(object):
         return meta
 
     def load(self, index, input_dtype="float32"):
-        """(CHW array, ImageMeta) of entry `index`: float32 normalised, or uint8 RGB."""
+        """(CHW array, ImageMeta as decoded) of entry `index`: float32 normalised, or uint8 RGB."""
         out = np.empty((3, self.height, self.width), dtype=input_array_dtype(input_dtype))
         meta = self.load_into(index, out, input_dtype)
         return out, meta
+
+
+def rotated_image_ids(image_set, metas):
+    """Image ids of `metas` (ImageMeta as transformed) whose decoded size is not the annotation's."""
+    annotated = {meta.image_id: meta for meta in image_set.metas}
+    return sorted(meta.image_id for meta in metas
+                  if (meta.orig_w, meta.orig_h) != (annotated[meta.image_id].orig_w, annotated[meta.image_id].orig_h))

@@ -198,6 +198,9 @@ def test_exif_rotated_image_follows_the_decoded_image_as_the_recipe_does(tmp_pat
     assert (loaded.orig_w, loaded.orig_h) == (meta.orig_h, meta.orig_w)
     assert (loaded.scale, loaded.new_w, loaded.new_h) == (scale, new_w, new_h) != (meta.scale, meta.new_w,
                                                                                     meta.new_h)
-    assert list(image_set.exif_rotated) == [1]
+    # nothing is recorded on the set: its metas stay the annotation's, and the headers give what load gave
+    assert image_set.metas[1] == meta
+    with pytest.warns(RuntimeWarning, match="EXIF orientation"):
+        assert image_set.decoded_metas() == [image_set.metas[0], loaded, image_set.metas[2]]
     # the other images are untouched
     assert image_set.load(0)[1] == image_set.metas[0]

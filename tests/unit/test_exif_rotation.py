@@ -195,3 +195,36 @@ def test_manifest_from_other_annotations_or_canvas_is_refused(rotated_set, tmp_p
                      "--height", str(H), "--width", str(W), "--manifest", str(bad)]) == 1
     assert "bad_manifest.json: not a preprocess manifest" in capsys.readouterr().err
     assert not os.path.exists(results)
+
+
+def _jpg_info_sizes(image_set, path):
+    from fsaf_repro.data import write_info_files
+    write_info_files(image_set, jpg_info=str(path))
+    return [entry[2:] for entry in read_info_file(str(path))]
+
+
+def test_decoded_sizes_do_not_depend_on_what_was_read_before(rotated_set, tmp_path):
+    """The sizes an image is transformed with are returned by each call, never left on the set: a jpg info
+    file, the report and the manifest are the same for a fresh set and one whose rotated image was read."""
+    from fsaf_repro.data import write_bins, write_manifest
+    annotation_file, image_dir = rotated_set
+    fresh = CocoImageSet(annotation_file, image_dir, height=H, width=W)
+    read_first = CocoImageSet(annotation_file, image_dir, height=H, width=W)
+    annotated = list(fresh.metas)
+    stored = annotated[ROTATED]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _, decoded = read_first.load(ROTATED)
+        want = [(m.orig_w, m.orig_h) for m in annotated]
+        want[ROTATED] = (stored.orig_h, stored.orig_w)
+        # a set nothing was read from writes the decoded sizes too (the headers tell them)
+        assert _jpg_info_sizes(fresh, tmp_path / "fresh.info") == want
+        assert _jpg_info_sizes(read_first, tmp_path / "read_first.info") == want
+        assert fresh.decoded_metas() == read_first.decoded_metas() == [annotated[0], decoded, annotated[2]]
+        # write_bins in this process returns the sizes it used and leaves the set as built
+        report = write_bins(fresh, str(tmp_path / "bins"), workers=1, progress=False)
+    assert report.metas == [annotated[0], decoded, annotated[2]]
+    assert fresh.metas == read_first.metas == annotated
+    manifest = write_manifest(str(tmp_path / "manifest.json"), fresh, report)
+    assert manifest["exif_rotated"] == [stored.image_id]
+    assert manifest["images"] == [dict(m._asdict()) for m in report.metas]
