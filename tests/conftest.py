@@ -8,12 +8,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def pytest_collection_modifyitems(config, items):
     # Every test under tests/unit is `unit`, under tests/acceptance `acceptance`: the marker follows
-    # the directory, so a test cannot be forgotten by `pytest -m unit`.
+    # the directory, so a test cannot be forgotten by `pytest -m unit`. This hook sees every item of
+    # the session (benchmarks/ too, when both folders are named): the folder is taken relative to
+    # tests/, so neither a benchmark nor a checkout under a folder named `unit` is marked.
+    tests_dir = os.path.join(ROOT, "tests")
     for item in items:
-        path = str(item.fspath)
-        if os.sep + "unit" + os.sep in path:
+        relative = os.path.relpath(str(item.fspath), tests_dir).split(os.sep)
+        if relative[0] == "unit":
             item.add_marker(pytest.mark.unit)
-        elif os.sep + "acceptance" + os.sep in path:
+        elif relative[0] == "acceptance":
             item.add_marker(pytest.mark.acceptance)
 
 

@@ -92,8 +92,10 @@ def tox_problems(config):
         problems.append("acceptance: does not run pytest -m acceptance")
     if "FSAF_*" not in lines(setting(config, "acceptance", "passenv")):
         problems.append("acceptance: the FSAF_* settings of the acceptance tests are not passed through")
-    if "benchmarks/bench_*.py" not in commands["bench"]:
-        problems.append("bench: does not run benchmarks/bench_*.py")
+    if not re.search(r"pytest benchmarks -m bench .*--benchmark-json \S+", commands["bench"]):
+        problems.append("bench: does not run pytest benchmarks -m bench with --benchmark-json")
+    if "FSAF_BENCH_*" not in lines(setting(config, "bench", "passenv")):
+        problems.append("bench: the FSAF_BENCH_* settings of the benchmarks are not passed through")
     if "ruff check fsaf_repro" not in commands["lint"]:
         problems.append("lint: no ruff over fsaf_repro")
     if not re.search(r"^vermin .*-t=3\.7- fsaf_repro/$", commands["lint"], re.M):
@@ -135,8 +137,13 @@ def test_tox_checks_catch_a_wrong_constraints_file_and_an_unpinned_dep():
     text = text.replace("[testenv:bench]", "[testenv:benchmarks]")
     problems = tox_problems(read_tox(text))
     assert problems == ["no [testenv:bench]"]
-    problems = tox_problems(read_tox(text.replace("[testenv:benchmarks]", "[testenv:bench]")))
+    text = text.replace("[testenv:benchmarks]", "[testenv:bench]")
+    text = text.replace("python -m pytest benchmarks -m bench", "python benchmarks/bench_backends.py", 1)
+    text = text.replace("    FSAF_BENCH_*\n", "    FSAF_OTHER\n", 1)
+    problems = tox_problems(read_tox(text))
     assert "recipe: PIP_CONSTRAINT is '{toxinidir}/constraints/current-py311.txt', " \
            "not {toxinidir}/constraints/recipe-py37.txt" in problems
     assert "lint: dep 'flake8' is not pinned in constraints/current-py311.txt" in problems
-    assert len(problems) == 2, problems
+    assert "bench: does not run pytest benchmarks -m bench with --benchmark-json" in problems
+    assert "bench: the FSAF_BENCH_* settings of the benchmarks are not passed through" in problems
+    assert len(problems) == 4, problems
