@@ -73,6 +73,117 @@ def _draw_objects(rng, img, max_objects, num_classes):
     return objects
 
 
+# style="classes": a learnable task. Each class looks like itself: a shape, a colour (BGR, jittered per
+# object) and a texture; the names are real COCO classes, so the json keeps the real ids. Grayscale
+# images keep shape and texture (and brightness) only.
+CLASS_STYLES = (
+    ("person", "ellipse", (40, 40, 220), "solid"),
+    ("car", "rectangle", (200, 70, 30), "solid"),
+    ("traffic light", "rectangle", (40, 190, 40), "stripes"),
+    ("stop sign", "diamond", (30, 210, 230), "solid"),
+    ("sports ball", "ellipse", (20, 120, 240), "checker"),
+    ("frisbee", "ring", (200, 40, 200), "solid"),
+    ("clock", "triangle", (210, 200, 40), "solid"),
+    ("book", "rectangle", (235, 235, 235), "checker"),
+)
+GENERATOR_STYLES = ("default", "classes")
+# the canvas the classes style sizes its objects for (the embedded default run's input, reproduce.py)
+CLASSES_CANVAS_HW = (256, 384)
+
+
+def _texture(rng, img_patch, colour, texture):
+    """Fill `img_patch` (a view) with `colour` and its texture: stripes/checker alternate with a darker tone."""
+    img_patch[...] = colour
+    if texture == "solid":
+        return
+    height, width = img_patch.shape[:2]
+    period = max(2, int(min(height, width) // int(rng.randint(3, 6))))
+    ys = (np.arange(height) // period)[:, None]
+    xs = (np.arange(width) // period)[None, :]
+    pattern = (ys + 0 * xs) % 2 == 1 if texture == "stripes" else (ys + xs) % 2 == 1
+    dark = tuple(int(v * 0.35) for v in colour)
+    img_patch[pattern] = dark
+
+
+def _shape_mask(shape, box_w, box_h):
+    """uint8 mask [box_h, box_w] of the class shape inscribed in its box."""
+    mask = np.zeros((box_h, box_w), np.uint8)
+    centre = (box_w // 2, box_h // 2)
+    axes = (max(1, box_w // 2), max(1, box_h // 2))
+    if shape == "rectangle":
+        mask[...] = 1
+    elif shape == "ellipse":
+        cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, thickness=-1)
+    elif shape == "ring":
+        cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, thickness=-1)
+        inner = (max(1, box_w // 4), max(1, box_h // 4))
+        cv2.ellipse(mask, centre, inner, 0, 0, 360, 0, thickness=-1)
+    elif shape == "diamond":
+        points = np.array([[box_w // 2, 0], [box_w - 1, box_h // 2], [box_w // 2, box_h - 1], [0, box_h // 2]],
+                          np.int32)
+        cv2.fillPoly(mask, [points], 1)
+    elif shape == "triangle":
+        points = np.array([[box_w // 2, 0], [box_w - 1, box_h - 1], [0, box_h - 1]], np.int32)
+        cv2.fillPoly(mask, [points], 1)
+    else:
+        raise DataError("unknown class shape {!r}".format(shape))
+    return mask
+
+
+def _draw_class_objects(rng, img, max_objects, class_labels, min_canvas_side=8.0, max_cover=0.4):
+    """Objects of `class_labels` (indices into COCO's 80) drawn with their class's look.
+
+    Sizes are log-uniform from `min_canvas_side` pixels on the CLASSES_CANVAS_HW canvas (the recipe's
+    keep-ratio scale) to 0.6 of the image's extent, aspect ratios log-uniform in [1/3, 3]. Later
+    objects occlude earlier ones, but a placement covering more than `max_cover` of an earlier box
+    is retried, so every object stays mostly visible.
+    """
+    height, width = img.shape[:2]
+    scale = min(float(CLASSES_CANVAS_HW[1]) / width, float(CLASSES_CANVAS_HW[0]) / height)
+    names = coco_class_names()
+    styles = {names.index(name): (shape, colour, texture) for name, shape, colour, texture in CLASS_STYLES}
+    min_side = max(2.0, min_canvas_side / scale)
+    objects = []
+    count = int(rng.randint(1, max_objects + 1))
+    for _ in range(count):
+        label = int(class_labels[int(rng.randint(0, len(class_labels)))])
+        shape, colour, texture = styles[label]
+        for _attempt in range(10):
+            top = max(min_side * 1.5, 0.6 * min(width, height))
+            side = float(np.exp(rng.uniform(np.log(min_side), np.log(top))))
+            ratio = float(np.exp(rng.uniform(np.log(1 / 3.0), np.log(3.0))))
+            box_w = int(np.clip(side * np.sqrt(ratio), 2, width - 1))
+            box_h = int(np.clip(side / np.sqrt(ratio), 2, height - 1))
+            x = int(rng.randint(0, max(1, width - box_w)))
+            y = int(rng.randint(0, max(1, height - box_h)))
+            if all(_covered_fraction((x, y, box_w, box_h), bbox) <= max_cover for _, bbox, _ in objects):
+                break
+        else:
+            continue
+        jitter = rng.randint(-25, 26, size=3)
+        tone = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(colour, jitter))
+        patch = np.empty((box_h, box_w, 3), np.uint8)
+        _texture(rng, patch, tone, texture)
+        mask = _shape_mask(shape, box_w, box_h).astype(bool)
+        img[y:y + box_h, x:x + box_w][mask] = patch[mask]
+        objects.append((label, [float(x), float(y), float(box_w), float(box_h)], float(mask.sum())))
+    return objects
+
+
+def _covered_fraction(new_box, old_box):
+    """The fraction of `old_box` (x, y, w, h) that `new_box` covers."""
+    x1, y1 = max(new_box[0], old_box[0]), max(new_box[1], old_box[1])
+    x2 = min(new_box[0] + new_box[2], old_box[0] + old_box[2])
+    y2 = min(new_box[1] + new_box[3], old_box[1] + old_box[3])
+    return max(0.0, x2 - x1) * max(0.0, y2 - y1) / float(old_box[2] * old_box[3])
+
+
+def class_style_labels():
+    """Indices (0..79) of the classes the classes style draws, in CLASS_STYLES order."""
+    names = coco_class_names()
+    return [names.index(name) for name, _, _, _ in CLASS_STYLES]
+
+
 def coco_categories():
     """The 80 COCO categories with their real ids, in COCO's order (spec)."""
     return [{"id": cid, "name": name, "supercategory": _SUPERCATEGORY}
@@ -80,14 +191,19 @@ def coco_categories():
 
 
 def make_synthetic_coco(out_dir, num_images=8, seed=0, layouts=None, max_objects=4, write_images=True,
-                        annotation_name="instances_val2017.json", image_dir_name="val2017"):
+                        annotation_name="instances_val2017.json", image_dir_name="val2017", style="default"):
     """Generate a dataset under `out_dir`; returns (annotation_file, image_dir).
 
     `out_dir/annotations/<annotation_name>` and `out_dir/<image_dir_name>/<12-digit id>.jpg|png`.
     `write_images=False` writes only the json (for scoring benchmarks that never read pixels).
+    `style="default"`: objects of random colour and any of the 80 classes (a class is not visible in
+    the image). `style="classes"`: the learnable task of CLASS_STYLES, whose class shows in the image
+    (fsaf_repro.train fits weights on it); same layouts, backgrounds and json layout.
     """
     if int(num_images) < 1:
         raise DataError("num_images must be >= 1, got {}".format(num_images))
+    if style not in GENERATOR_STYLES:
+        raise DataError("unknown generator style {!r}; choose one of {}".format(style, ", ".join(GENERATOR_STYLES)))
     layouts = list(layouts or DEFAULT_LAYOUTS)
     rng = np.random.RandomState(seed)
     out_dir = os.fspath(out_dir)
@@ -105,13 +221,19 @@ def make_synthetic_coco(out_dir, num_images=8, seed=0, layouts=None, max_objects
         file_name = "{:012d}.{}".format(image_id, "png" if kind == "png" else "jpg")
         if write_images:
             img = _background(rng, height, width)
-            objects = _draw_objects(rng, img, max_objects, len(category_ids))
+            if style == "classes":
+                objects = _draw_class_objects(rng, img, max_objects, class_style_labels())
+            else:
+                objects = _draw_objects(rng, img, max_objects, len(category_ids))
             path = os.path.join(image_dir, file_name)
             if kind == "gray":
                 img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
             params = [int(cv2.IMWRITE_JPEG_QUALITY), 92] if file_name.endswith(".jpg") else []
             if not cv2.imwrite(path, img, params):
                 raise DataError("OpenCV failed to write {}".format(path))
+        elif style == "classes":
+            objects = _draw_class_objects(rng, np.zeros((height, width, 3), np.uint8), max_objects,
+                                          class_style_labels())
         else:
             objects = _draw_objects(rng, np.zeros((height, width, 3), np.uint8), max_objects,
                                     len(category_ids))
@@ -126,7 +248,8 @@ def make_synthetic_coco(out_dir, num_images=8, seed=0, layouts=None, max_objects
     order = list(range(len(images)))
     random.Random(seed).shuffle(order)  # json order != id order: readers must sort
     dataset = {
-        "info": {"description": GENERATED_DESCRIPTION, "seed": seed},
+        "info": dict({"description": GENERATED_DESCRIPTION, "seed": seed},
+                     **({"style": style} if style != "default" else {})),
         "licenses": [],
         "images": [images[i] for i in order],
         "annotations": annotations,
