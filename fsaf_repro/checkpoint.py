@@ -310,10 +310,15 @@ def register_cli(subparsers):
              "fsaf_r50_fpn_1x_coco-94ccc51f.pth where it is absent)")
     parser.add_argument("output", type=output_file("checkpoint file"), help="path of the .pth file to write")
     parser.add_argument("--seed", type=int, default=0)
+    from .train import add_fit_arguments
+    add_fit_arguments(parser)
     parser.set_defaults(func=_cli_make_checkpoint)
 
 
 def _cli_make_checkpoint(args):
+    if args.fit_generated:
+        from .train import run_fit_cli
+        return run_fit_cli(args)
     write_seeded_checkpoint(args.output, args.seed)
     print("wrote seeded checkpoint {} (sha256 {})".format(args.output, file_sha256(args.output)))
     return 0
