@@ -17,8 +17,17 @@ body that reads a spec section it did not declare is refused. Each finished stag
 whose key and outputs are unchanged is reused (and says so); a changed input re-runs that stage, and
 the stages after it see new input hashes and upstream keys.
 A step this host cannot run (no atc, an absent runtime) is recorded as skipped with the reason.
+
+The run is configure, plan, execute: `resolve_config` resolves the options, the environment and the
+defaults once into a frozen RunConfig (checking the inputs read late before any work); `probe_host`
+says what this host offers (atc, the runtimes, the soc version); `plan(config, probes)` declares the
+stages in order, a step that cannot run here being an entry with its reason; `execute` keys each stage
+from its declaration and reuses or runs it. Stage bodies are module-level `run_<stage>(ctx)` functions.
+perf.json, the report's inputs (report_inputs.json, with the parity mAP deltas) and report.md are the
+report stage's outputs. Adding a stage: its body, its entry in `plan` and its version in STAGE_VERSIONS.
 """
 import argparse
+import copy
 import datetime
 import hashlib
 import inspect
@@ -27,6 +36,8 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 from . import __version__
 from .errors import CheckpointError, DataError, FsafReproError, JournalMismatch, ToolError
@@ -89,10 +100,17 @@ class Stage(object):
     reads (ctx.spec holds exactly these). upstream: earlier stages of this run whose records the body
     consumes beyond its input files (an image set, a model file); keyed by their keys. options: values
     for the body that do not change its outputs (a progress display, leave to unpickle a checkpoint);
-    not keyed. `body(ctx)` returns (result dict, list of output paths).
+    not keyed. outputs: label -> the path of each named file the body writes (ctx.outputs); what it
+    records is the list it returns. `body(ctx)` returns (result dict, list of output paths).
+
+    A value of params, inputs or options may be a `Late`: known only once earlier stages have run (the
+    image set of the data stage, the om files of convert); `execute` resolves it just before keying.
+    A step this host cannot run is a Stage with `skipped` set to the reason (no body, no key); `label`
+    is the name it is reported under (the backend's name for a backend that cannot run).
     """
 
-    def __init__(self, name, body, params=None, inputs=None, spec=(), upstream=(), options=None):
+    def __init__(self, name, body, params=None, inputs=None, spec=(), upstream=(), options=None, outputs=None,
+                 skipped=None, label=None):
         self.name = name
         self.body = body
         self.params = dict(params or {})
@@ -100,20 +118,35 @@ class Stage(object):
         self.spec = tuple(spec)
         self.upstream = tuple(u for u in upstream if u)
         self.options = dict(options or {})
-        base = name.partition(":")[0]
-        if base not in STAGE_VERSIONS:
-            raise FsafReproError("reproduce stage {} has no implementation version in STAGE_VERSIONS".format(name))
-        self.version = STAGE_VERSIONS[base]
+        self.outputs = dict(outputs or {})
+        self.skipped = skipped
+        self.label = label or name
+        self.version = None
+        if skipped is None:
+            base = name.partition(":")[0]
+            if base not in STAGE_VERSIONS:
+                raise FsafReproError("reproduce stage {} has no implementation version in STAGE_VERSIONS".format(
+                    name))
+            self.version = STAGE_VERSIONS[base]
+
+
+def skipped_step(name, reason, label=None):
+    """A plan entry for a step this host cannot run, with the reason."""
+    return Stage(name, None, skipped=reason, label=label)
 
 
 class StageContext(object):
-    """What a stage body is given: its declared params, inputs and spec sections, and its options."""
+    """What a stage body is given: its declared params, inputs, outputs and spec sections, its options,
+    the run's log and file digests (remembered for the run)."""
 
-    def __init__(self, stage, recipe):
+    def __init__(self, stage, recipe, log=None, digest=file_sha256):
         self.params = dict(stage.params)
         self.inputs = dict(stage.inputs)
+        self.outputs = dict(stage.outputs)
         self.spec = dict((section, recipe[section]) for section in stage.spec)
         self.options = dict(stage.options)
+        self.log = log or (lambda message: None)
+        self.digest = digest
 
 
 def _digest_text(obj):
@@ -281,7 +314,7 @@ class StageBook(object):
             self._save()
         started = time.time()
         with recording_section_reads() as read:
-            result, outputs = stage.body(StageContext(stage, self.recipe))
+            result, outputs = stage.body(StageContext(stage, self.recipe, self.log, self.digest))
         undeclared = sorted(read - set(stage.spec))
         if undeclared:
             raise FsafReproError(_UNDECLARED.format(name, ", ".join(undeclared)))
@@ -505,11 +538,807 @@ def default_run_dir(embedded, checkpoint, coco_root):
     return os.path.join("runs", "_".join(parts))
 
 
+# ----------------------------------------------------------------------------------------------
+# Configure: one frozen record of the run's settings, resolved once
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run, resolved from the options, the environment and the defaults
+    (resolve_config). `checkpoint` / `coco_root` are the given ones (None: generated by the run)."""
+
+    run_dir: str
+    checkpoint: Optional[str]
+    coco_root: Optional[str]
+    backends: Tuple[str, ...]
+    batch_sizes: Tuple[int, ...]
+    infer_batch_size: int
+    height: int
+    width: int
+    num_images: int
+    limit: Optional[int]
+    score_threshold: float
+    scorer: str
+    perf_loops: int
+    perf_warmup: int
+    parity_images: int
+    seed: int
+    soc_version: Optional[str]
+    precision_mode: str
+    extra_perf: Tuple[str, ...]
+    threads: Optional[int]
+    perf_threads: Optional[int]
+    trust_checkpoint: bool
+    progress: bool
+    echo: bool
+
+    @property
+    def seeded(self) -> bool:
+        return self.checkpoint is None
+
+    @property
+    def generated(self) -> bool:
+        return self.coco_root is None
+
+    @property
+    def embedded(self) -> bool:
+        return self.seeded and self.generated
+
+    @property
+    def canvas(self) -> List[int]:
+        return [self.height, self.width]
+
+    @property
+    def trusted(self) -> bool:
+        # seeded weights were written by this run: loading them needs no unpickling caution
+        return bool(self.trust_checkpoint or self.seeded)
+
+    @property
+    def checkpoint_path(self) -> str:
+        if self.seeded:
+            return os.path.join(self.run_dir, "inputs", "fsaf_seeded_{}.pth".format(self.seed))
+        return self.checkpoint
+
+    @property
+    def data_root(self) -> str:
+        return os.path.join(self.run_dir, "inputs", "coco") if self.generated else self.coco_root
+
+    @property
+    def annotation_file(self) -> str:
+        return os.path.join(self.data_root, "annotations", "instances_val2017.json")
+
+    @property
+    def image_dir(self) -> str:
+        return os.path.join(self.data_root, "val2017")
+
+    def path(self, *parts) -> str:
+        return os.path.join(self.run_dir, *parts)
+
+
+def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None, batch_sizes=None,
+                   infer_batch_size=None, height=None, width=None, num_images=None, limit=None,
+                   score_threshold=None, scorer="pycocotools", perf_loops=None, perf_warmup=None,
+                   parity_images=None, seed=EMBEDDED_SEED, soc_version=None, precision_mode="force_fp16",
+                   extra_perf=(), threads=None, perf_threads=None, trusted=False, progress=False, echo=True,
+                   environ=None, npu_present=None) -> RunConfig:
+    """The RunConfig of run_reproduce's arguments (None: the embedded default or the recipe's value).
+
+    Inputs read only late in the run are checked here, before minutes of export and inference: the
+    paths, the COCO annotation file, the extra perf records, the backend names. `npu_present` (for the
+    default batch sizes) is probed when not given.
+    """
+    from .backends import get_backend_class
+    from .spec import input_constants, model_constants, performance_reference
+    checkpoint, coco_root = resolve_inputs(checkpoint, coco_root, environ)
+    if coco_root is not None:
+        from .data import read_annotation_file
+        read_annotation_file(os.path.join(coco_root, "annotations", "instances_val2017.json"))
+    _load_extra_perf(extra_perf)
+    embedded = checkpoint is None and coco_root is None
+    default_hw = EMBEDDED_INPUT_HW if embedded else (input_constants()["height"], input_constants()["width"])
+    # Backends run over the data set. torch is also the parity reference: left out of --backends it still
+    # runs the parity batch (a few images), not the data set (hours on a CPU at the recipe's size).
+    backend_names = parse_list(backends, "--backends") or list(DEFAULT_BACKENDS)
+    sizes = parse_sizes(batch_sizes)
+    if sizes is None:
+        npu_backends = [b for b in backend_names if b in OM_BACKENDS or b == "onnxruntime-cann"]
+        if embedded:
+            sizes = list(EMBEDDED_BATCH_SIZES)
+        elif npu_backends and (_npu_present(backend_names) if npu_present is None else npu_present):
+            sizes = list(performance_reference()["batch_sizes"])
+        else:
+            sizes = list(DEFAULT_CPU_BATCH_SIZES)
+    for name in backend_names:
+        get_backend_class(name)  # an unknown name is an error (naming the known ones), before any work
+    return RunConfig(
+        run_dir=os.path.abspath(run_dir or default_run_dir(embedded, checkpoint, coco_root)),
+        checkpoint=checkpoint, coco_root=coco_root, backends=tuple(backend_names), batch_sizes=tuple(sizes),
+        infer_batch_size=int(infer_batch_size or sizes[0]), height=int(height or default_hw[0]),
+        width=int(width or default_hw[1]), num_images=int(num_images or EMBEDDED_NUM_IMAGES), limit=limit,
+        score_threshold=float(model_constants()["score_threshold"] if score_threshold is None else score_threshold),
+        scorer=scorer, perf_loops=int(perf_loops or DEFAULT_PERF_LOOPS),
+        perf_warmup=int(DEFAULT_PERF_WARMUP if perf_warmup is None else perf_warmup),
+        parity_images=int(parity_images or DEFAULT_PARITY_IMAGES), seed=seed, soc_version=soc_version,
+        precision_mode=precision_mode, extra_perf=tuple(extra_perf or ()),
+        threads=default_threads() if threads is None else (int(threads) or None),
+        # pure-inference timing has no loader beside it: the whole host, as the recipe's tools use the device
+        perf_threads=(os.cpu_count() or 1) if perf_threads is None else (int(perf_threads) or None),
+        trust_checkpoint=bool(trusted), progress=bool(progress), echo=bool(echo))
+
+
+@dataclass(frozen=True)
+class HostProbes:
+    """What this host offers a run: atc's path (None: not on PATH), the reason each backend of the run
+    (and the parity reference) cannot run here, the soc version (given or detected) or why it is unknown."""
+
+    atc: Optional[str]
+    unavailable: Dict[str, str] = field(default_factory=dict)
+    soc_version: Optional[str] = None
+    soc_error: Optional[str] = None
+
+
+def probe_host(config: RunConfig) -> HostProbes:
+    """The HostProbes of this host for `config` (runs `npu-smi info` when atc is here and no soc is given)."""
+    from .backends import backend_availability
+    unavailable = {}
+    for name in set(config.backends) | {REFERENCE_BACKEND}:
+        avail = backend_availability(name)
+        if not avail.ok:
+            unavailable[name] = avail.reason
+    atc = shutil.which("atc")
+    soc, soc_error = config.soc_version, None
+    if atc is not None and soc is None:
+        from .convert import detect_soc_version
+        try:
+            soc = detect_soc_version(log_path=config.path("logs", "npu-smi.log"))
+        except ToolError as exc:
+            soc_error = str(exc)
+    return HostProbes(atc=atc, unavailable=unavailable, soc_version=soc, soc_error=soc_error)
+
+
+# ----------------------------------------------------------------------------------------------
+# Late values: known once earlier stages have run
+
+
+class Late(object):
+    """A declared value resolved at execution: `fn(state, *args)`, fn a module-level function."""
+
+    def __init__(self, fn, *args):
+        self.fn = fn
+        self.args = args
+
+    def __call__(self, state):
+        return self.fn(state, *self.args)
+
+    def __repr__(self):
+        return "Late({}{})".format(self.fn.__name__, "".join(", {!r}".format(a) for a in self.args))
+
+
+class RunState(object):
+    """What a run knows as it goes: each stage's key and result, and the image set of the data stage.
+
+    `book` is the run's StageBook (None when only keys are computed, see plan_keys)."""
+
+    def __init__(self, config, book=None):
+        self.config = config
+        self.book = book
+        self.keys = book.keys if book is not None else {}
+        self.results = {}
+        self.status = {}
+        self._image_set = None
+
+    def image_set(self):
+        # The image set (ids, sizes, label -> category id by the spec's class names) is what the later
+        # stages consume of the data stage: it is built under the data stage's spec sections.
+        if self._image_set is None:
+            from .data import CocoImageSet
+            config = self.config
+            self._image_set = _under_spec_sections("data", DATA_SPEC, lambda: CocoImageSet(
+                config.annotation_file, config.image_dir, limit=config.limit, height=config.height,
+                width=config.width))
+        return self._image_set
+
+
+def late_image_set(state):
+    return state.image_set()
+
+
+def late_image_ids_sha(state):
+    return hashlib.sha256(_canonical(state.image_set().image_ids).encode("utf-8")).hexdigest()
+
+
+def late_image_files(state, count=None):
+    """What a stage that decodes images reads of them: their bytes, by file name (not by folder)."""
+    metas = state.image_set().metas
+    return dict((m.file_name, m.path) for m in (metas if count is None else metas[:count]))
+
+
+def late_image_ids(state, count):
+    return state.image_set().image_ids[:count]
+
+
+def late_om(state, batch_size):
+    """The om file convert built for a batch size."""
+    return state.config.path(state.results["convert"]["oms"][str(batch_size)])
+
+
+def late_results(state, names):
+    """Results of earlier stages that a later one reports (None for a stage not in this run)."""
+    return dict((name, state.results.get(name)) for name in names)
+
+
+def late_stage_table(state):
+    """Each stage the book holds (the report lists them), with its key and seconds."""
+    if state.book is None:
+        return [{"name": n, "key": k, "seconds": None} for n, k in sorted(state.keys.items(),
+                                                                         key=lambda item: _stage_rank(item[0]))]
+    book = state.book
+    return [{"name": n, "key": book.key(n), "seconds": book.seconds(n)}
+            for n in sorted(book.entries, key=_stage_rank) if n != "report"]
+
+
+def _resolved(values, state):
+    return dict((k, v(state) if isinstance(v, Late) else v) for k, v in values.items())
+
+
+def resolve_stage(stage, state):
+    """`stage` with its Late values resolved against what the run knows now."""
+    resolved = copy.copy(stage)
+    resolved.params = _resolved(stage.params, state)
+    resolved.inputs = _resolved(stage.inputs, state)
+    resolved.options = _resolved(stage.options, state)
+    return resolved
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage bodies: module-level, each given only its StageContext
+
+
+def run_checkpoint(ctx):
+    from .checkpoint import write_seeded_checkpoint
+    path = ctx.outputs["checkpoint"]
+    write_seeded_checkpoint(path, ctx.params["seed"])
+    return {"path": path, "seeded": True, "seed": ctx.params["seed"]}, [path]
+
+
+def run_dataset(ctx):
+    from .synthetic import make_synthetic_coco
+    ann, img_dir = make_synthetic_coco(ctx.outputs["root"], num_images=ctx.params["num_images"],
+                                       seed=ctx.params["seed"])
+    files = [os.path.join(img_dir, name) for name in sorted(os.listdir(img_dir))]
+    return {"annotation_file": ann, "image_dir": img_dir, "generated": True}, [ann] + files
+
+
+def run_export(ctx):
+    from .export import export_onnx
+    checks = {}
+    outputs = []
+    canvas_h, canvas_w = ctx.params["canvas"]
+    run_dir = ctx.options["run_dir"]
+    for flavour in ctx.params["flavours"]:
+        path = ctx.outputs[flavour]
+        sidecar = export_onnx(ctx.inputs["checkpoint"], path, flavour=flavour, height=canvas_h, width=canvas_w,
+                              batch_size=None, opset=ctx.spec["model"]["opset"], trusted=ctx.options["trusted"])
+        checks[flavour] = _export_check(path, sidecar, flavour)
+        checks[flavour]["file"] = os.path.relpath(path, run_dir)
+        checks[flavour]["export_seconds"] = sidecar["export_seconds"]
+        ctx.log("exported {} ({} flavour, {}x{}, dynamic batch): checked".format(
+            os.path.relpath(path, run_dir), flavour, canvas_h, canvas_w))
+        outputs.extend([path, path + ".json"])
+    return {"flavours": checks}, outputs
+
+
+def run_convert(ctx):
+    from .convert import convert_batch_sizes
+    canvas_h, canvas_w = ctx.params["canvas"]
+    om_dir, run_dir = ctx.outputs["om_dir"], ctx.options["run_dir"]
+    built = convert_batch_sizes(ctx.inputs["onnx"], om_dir, ctx.params["batch_sizes"],
+                                soc_version=ctx.params["soc_version"], precision_mode=ctx.params["precision_mode"],
+                                height=canvas_h, width=canvas_w)
+    outputs, oms = [], {}
+    for bs, sidecar in sorted(built.items()):
+        om = os.path.join(om_dir, sidecar["om"])
+        oms[str(bs)] = os.path.relpath(om, run_dir)
+        outputs.extend([om, om + ".json", os.path.join(om_dir, sidecar["log"])])
+    return {"soc_version": ctx.params["soc_version"], "oms": oms}, outputs
+
+
+def run_data(ctx):
+    image_set, path = ctx.options["image_set"], ctx.outputs["manifest"]
+    record = {"annotation_file": ctx.inputs["annotation"], "annotation_sha256": image_set.annotation_sha256,
+              "image_dir": ctx.options["image_dir"], "num_images": len(image_set),
+              "total_images": image_set.total_images, "canvas": ctx.params["canvas"],
+              "generated": ctx.params["image_dir"] == GENERATED_IMAGE_DIR,
+              "images": [{"image_id": m.image_id, "file_name": m.file_name, "orig_w": m.orig_w,
+                          "orig_h": m.orig_h, "scale": m.scale} for m in image_set.metas]}
+    atomic_write_json(path, record)
+    ctx.log("data: {} images ({}), annotations sha256 {}".format(
+        len(image_set), "generated" if record["generated"] else ctx.inputs["annotation"],
+        image_set.annotation_sha256[:16]))
+    return {"num_images": len(image_set), "annotation_sha256": image_set.annotation_sha256}, [path]
+
+
+def run_infer(ctx):
+    from .runner import infer_dataset
+    params, infer_path = ctx.params, ctx.outputs["detections"]
+    if not os.path.isdir(os.path.dirname(infer_path)):
+        os.makedirs(os.path.dirname(infer_path))
+    backend, options = _load_backend(params["backend"], ctx.inputs["model"], ctx.options["trusted"],
+                                     params["threads"])
+    kwargs = dict(batch_size=params["batch_size"], progress=ctx.options["progress"],
+                  backend_name=params["backend"], backend_options=options, model_path=ctx.inputs["model"])
+    image_set = ctx.options["image_set"]
+    try:
+        try:
+            # a journal left by an interrupted run with these arguments is resumed
+            summary = infer_dataset(image_set, backend, infer_path, **kwargs)
+        except JournalMismatch as exc:
+            # Only a journal of other arguments is discarded; a damaged journal of these
+            # arguments is an error the user sees (its finished batches are not thrown away).
+            ctx.log("infer:{}: discarding the journal of an interrupted run with other arguments ({})".format(
+                params["backend"], exc))
+            summary = infer_dataset(image_set, backend, infer_path, restart=True, **kwargs)
+    finally:
+        backend.close()
+    records = []
+    for record in summary["records"]:
+        record = dict(record)
+        record["device"] = params["device"]
+        record["precision"] = params["precision"]
+        record["source"] = "measured: fsaf-repro reproduce, {} images at {}x{}".format(
+            summary["images"], *params["canvas"])
+        records.append(record)
+    return {"detections": summary["detections"], "images": summary["images"],
+            "wall_seconds": summary["wall_seconds"], "records": records}, [infer_path]
+
+
+def run_results(ctx):
+    from .postprocess import read_results_json, write_results_json
+    threshold, path = ctx.params["score_threshold"], ctx.outputs["results"]
+    results = [r for r in read_results_json(ctx.inputs["infer"]) if r["score"] >= threshold]
+    write_results_json(path, results)
+    return {"detections": len(results)}, [path]
+
+
+def run_evaluate(ctx):
+    from .evaluate import evaluate_results, metrics_record
+    path = ctx.outputs["metrics"]
+    record = metrics_record(evaluate_results(ctx.inputs["annotation"], ctx.inputs["results"],
+                                             scorer=ctx.params["scorer"],
+                                             image_ids=ctx.options["image_set"].image_ids))
+    atomic_write_json(path, record)
+    ctx.log("{}: AP@[.50:.95] = {:.3f} over {} images".format(ctx.params["backend"], record["stats"][0],
+                                                            record["num_images"]))
+    return {"ap": record["stats"][0]}, [path]
+
+
+def run_perf(ctx):
+    from .perf import fixed_input, measure_pure_inference, write_records
+    params, perf_path = ctx.params, ctx.outputs["records"]
+    if not os.path.isdir(os.path.dirname(perf_path)):
+        os.makedirs(os.path.dirname(perf_path))
+    name, perf_threads, (height, width) = params["backend"], params["threads"], params["canvas"]
+    reduced = (height, width) != (ctx.spec["input"]["height"], ctx.spec["input"]["width"])
+    records = []
+    for bs in params["batch_sizes"]:
+        model = ctx.inputs["om_bs{}".format(bs)] if name in OM_BACKENDS else ctx.inputs["model"]
+        backend, _ = _load_backend(name, model, ctx.options["trusted"], perf_threads)
+        # the count that really ran: torch 1.8.0 may keep a lower one (torch_threads)
+        ran_threads = getattr(backend, "intra_op_threads", None) or perf_threads
+        try:
+            record = measure_pure_inference(backend, fixed_input(bs, height, width), params["loops"],
+                                            params["warmup"], params["device"], params["precision"], name)
+        finally:
+            backend.close()
+        record["note"] = "input {}x{}{}{}".format(
+            height, width, " (reduced: not the recipe's 800x1216)" if reduced else "",
+            "; {} intra-op thread(s)".format(ran_threads) if perf_threads and name not in OM_BACKENDS else "")
+        records.append(record)
+        ctx.log("perf: {} bs{} {:.3f} fps (pure inference, {} loops)".format(name, bs, record["fps"],
+                                                                           params["loops"]))
+    write_records(perf_path, records)
+    return {"batch_sizes": params["batch_sizes"]}, [perf_path]
+
+
+def run_parity(ctx):
+    import numpy as np
+    image_set = ctx.options["image_set"]
+    batch = np.stack([image_set.load(i)[0] for i in range(len(ctx.params["image_ids"]))])
+    outputs = {}
+    for label, name in ctx.params["sides"]:
+        backend, _ = _load_backend(name, ctx.inputs["model:" + label], ctx.options["trusted"], ctx.params["threads"])
+        try:
+            outputs[label] = run_padded(backend, batch)
+        finally:
+            backend.close()
+    tol = ctx.spec["parity"]
+    pairs = [_parity_pair(outputs, ref, other, tol) for ref, other in _parity_pairs_wanted(ctx.params["sides"])]
+    payload = {"image_ids": ctx.params["image_ids"], "canvas": ctx.params["canvas"], "tolerances": tol,
+               "pairs": pairs}
+    atomic_write_json(ctx.outputs["parity"], payload)
+    return {"pairs": len(pairs)}, [ctx.outputs["parity"]]
+
+
+def _parity_pairs_wanted(sides):
+    """(reference, other) labels compared: the reference against each side, and the ONNX model
+    against the om (both with NMS in the graph)."""
+    labels = [side[0] for side in sides]
+    wanted = [(labels[0], other) for other in labels[1:]]
+    om_labels = [lb for lb in labels if "(om" in lb]
+    onnx_label = "onnxruntime (onnx-nms)" if "onnxruntime (onnx-nms)" in labels else None
+    if om_labels and onnx_label:
+        wanted.append((onnx_label, om_labels[0]))
+    return wanted
+
+
+def _parity_pair(outputs, ref, other, tol):
+    from .parity import compare_detections, within_tolerances
+    record = compare_detections(outputs[ref]["dets"], outputs[ref]["labels"], outputs[other]["dets"],
+                                outputs[other]["labels"], tol["match_iou"])
+    fp16 = "(om" in other
+    if fp16:
+        ok = (record["match_rate"] >= tol["fp16_om_min_match_rate"]
+              and record["max_box_abs_diff"] <= tol["fp16_om_box_abs_tol_px"]
+              and record["max_score_abs_diff"] <= tol["fp16_om_score_abs_tol"])
+    else:
+        ok = within_tolerances(record)
+    record.update(reference=ref, other=other, within_tolerance=bool(ok), tolerance="fp16 om" if fp16 else "fp32")
+    return record
+
+
+def run_report(ctx):
+    """report_inputs.json (with perf.json and the parity mAP deltas), then report.md from it."""
+    from . import report as report_module
+    from .perf import write_records
+    perf_records = _collected_perf_records(ctx)
+    write_records(ctx.outputs["perf"], perf_records)
+    context = _report_context(ctx, perf_records)
+    atomic_write_json(ctx.outputs["context"], context)
+    # the report is written from its input file as written, as a reused report was
+    made = report_module.write_report(ctx.options["run_dir"], _read_json(ctx.outputs["context"]),
+                                      image_set=ctx.options["image_set"])
+    if made["record"].get("plots_skipped"):
+        ctx.log("plots skipped: {}".format(made["record"]["plots_skipped"]))
+    return made["record"], [ctx.outputs["perf"], ctx.outputs["context"]] + made["outputs"]
+
+
+def _collected_perf_records(ctx):
+    """The records of this run (data set inference, then pure inference per backend) and those given
+    by --extra-perf: the contents of perf.json."""
+    from .perf import load_records
+    records = []
+    for name in ctx.params["dataset_backends"]:
+        records.extend(ctx.params["stage_results"]["infer:" + name]["records"])
+    for name in ctx.params["perf_backends"]:
+        records.extend(load_records(ctx.inputs["perf:" + name]))
+    return records + _load_extra_perf([ctx.inputs["extra_perf:{}".format(i)]
+                                       for i in range(len(ctx.params["extra_perf"]))])
+
+
+def _report_context(ctx, perf_records):
+    p, image_set, run_dir = ctx.params, ctx.options["image_set"], ctx.options["run_dir"]
+    order = p["dataset_backends"]
+    metrics = dict((name, _read_json(ctx.inputs["metrics:" + name])) for name in order)
+    return {
+        "run_dir": run_dir, "embedded": p["embedded"], "seeded": p["seeded"], "generated": p["generated"],
+        "checkpoint": {"path": ctx.inputs["checkpoint"], "sha256": ctx.digest(ctx.inputs["checkpoint"]),
+                       "seeded": p["seeded"]},
+        "dataset": {"annotation_file": ctx.inputs["annotation"], "annotation_sha256": image_set.annotation_sha256,
+                    "image_dir": ctx.options["image_dir"], "num_images": len(image_set),
+                    "total_images": image_set.total_images, "generated": p["generated"]},
+        "canvas": p["canvas"], "batch_sizes": p["batch_sizes"], "infer_batch_size": p["infer_batch_size"],
+        "score_threshold": p["score_threshold"], "scorer": p["scorer"], "threads": p["threads"],
+        "perf_threads": p["perf_threads"], "perf_loops": p["perf_loops"], "perf_warmup": p["perf_warmup"],
+        "backends": p["backends"], "skipped_steps": p["skipped_steps"],
+        "export": p["stage_results"].get("export"), "convert": p["stage_results"].get("convert"),
+        "soc_version": p["soc_version"], "metrics": metrics,
+        "results": dict((name, os.path.relpath(ctx.inputs["results:" + name], run_dir)) for name in order),
+        "perf_records": perf_records,
+        "parity": _parity_with_map_deltas(ctx.inputs.get("parity"), p["parity_backends"], metrics),
+        "stages": p["stages"],
+    }
+
+
+def _parity_with_map_deltas(parity_path, backend_of, metrics):
+    """parity.json with each pair's mAP delta from the evaluation stages (parity.json itself stays as
+    the parity stage wrote it)."""
+    if parity_path is None:
+        return None
+    parity = _read_json(parity_path)
+    for pair in parity["pairs"]:
+        ref_b, other_b = backend_of.get(pair["reference"]), backend_of.get(pair["other"])
+        if "raw" in pair["other"] or ref_b not in metrics or other_b not in metrics:
+            pair["map_delta"] = None
+        else:
+            pair["map_delta"] = metrics[other_b]["stats"][0] - metrics[ref_b]["stats"][0]
+    return parity
+
+
+# ----------------------------------------------------------------------------------------------
+# Plan: the stages of a run, declared from its config and what the host offers
+
+
+DATA_SPEC = ("coco_classes", "coco_category_ids", "input")
+GENERATED_IMAGE_DIR = "<generated>"
+
+
+def plan(config: RunConfig, probes: HostProbes) -> List[Stage]:
+    """The run's stages in order, each declared (Stage); steps this host cannot run are entries with
+    their reason. Adding a stage: a body `run_<name>(ctx)` above and its entry here (and a version in
+    STAGE_VERSIONS)."""
+    stages = []
+    if config.seeded:
+        stages.append(Stage("checkpoint", run_checkpoint, params={"seed": config.seed},
+                            outputs={"checkpoint": config.checkpoint_path},
+                            spec=("model", "input", "coco_classes")))
+    if config.generated:
+        stages.append(Stage("dataset", run_dataset, params={"num_images": config.num_images, "seed": config.seed},
+                            outputs={"root": config.data_root}, spec=("coco_classes", "coco_category_ids")))
+    stages.append(Stage("export", run_export, params={"canvas": config.canvas, "flavours": list(FLAVOURS),
+                                                      "batch": "dynamic"},
+                        inputs={"checkpoint": config.checkpoint_path}, outputs=_onnx_paths(config),
+                        spec=("model", "input"), upstream=(_checkpoint_stage(config),),
+                        options={"trusted": config.trusted, "run_dir": config.run_dir}))
+    convert = _convert_entry(config, probes)
+    stages.append(convert)
+    # Generated images are keyed by their content (the dataset stage's outputs), not by where the run
+    # directory is, so a copied or moved run directory is still reused.
+    stages.append(Stage("data", run_data, params={"image_dir": GENERATED_IMAGE_DIR if config.generated
+                                                  else config.image_dir,
+                                                  "limit": config.limit, "canvas": config.canvas},
+                        inputs={"annotation": config.annotation_file}, spec=DATA_SPEC,
+                        outputs={"manifest": config.path("data_manifest.json")},
+                        upstream=("dataset" if config.generated else None,),
+                        options={"image_set": Late(late_image_set), "image_dir": config.image_dir}))
+    models, skips = _backend_models(config, probes, convert)
+    stages.extend(skipped_step("infer:" + name, reason, label=name) for name, reason in skips.items())
+    for name in models:
+        stages.extend(_dataset_stages(config, probes, name, models[name]))
+    for name in models:
+        if name != "null":
+            stages.append(_perf_stage(config, probes, name, models[name]))
+    stages.append(_parity_entry(config, probes, models))
+    stages.append(_report_stage(config, probes, stages, models))
+    return stages
+
+
+def _onnx_paths(config):
+    return dict((f, config.path("onnx", "fsaf_{}.onnx".format(f))) for f in FLAVOURS)
+
+
+def _checkpoint_stage(config):
+    """The stage that wrote the checkpoint, if this run did: a consumer of the file also consumes it."""
+    return "checkpoint" if config.seeded else None
+
+
+def _om_sizes(config):
+    # one static om per throughput batch size, and one for the data set inference
+    return sorted(set(config.batch_sizes) | {config.infer_batch_size})
+
+
+def _convert_entry(config, probes):
+    if probes.atc is None:
+        return skipped_step("convert", "atc is not on PATH: install the CANN toolkit and `source "
+                                       "/usr/local/Ascend/ascend-toolkit/set_env.sh` to build the .om files")
+    if probes.soc_version is None:
+        return skipped_step("convert", "atc is on PATH but the soc version is unknown: {}".format(probes.soc_error))
+    onnx = _onnx_paths(config)["ascend-nms"]
+    # atc reads the ONNX sidecar too (input name and shape)
+    return Stage("convert", run_convert, params={"batch_sizes": _om_sizes(config), "soc_version": probes.soc_version,
+                                                 "precision_mode": config.precision_mode, "atc": probes.atc,
+                                                 "canvas": config.canvas},
+                 inputs={"onnx": onnx, "onnx_sidecar": onnx + ".json"}, outputs={"om_dir": config.path("om")},
+                 upstream=("export",), options={"run_dir": config.run_dir})
+
+
+def _backend_models(config, probes, convert):
+    """({backend: model path or Late} of the backends that run over the data set, {backend: why not})."""
+    models, skips = {}, {}
+    for name in config.backends:
+        if name in probes.unavailable:
+            skips[name] = "unavailable: {}".format(probes.unavailable[name])
+        elif name in OM_BACKENDS:
+            if convert.skipped is not None:
+                skips[name] = "needs an om for batch size {}: convert was skipped ({})".format(
+                    config.infer_batch_size, convert.skipped)
+            else:
+                models[name] = Late(late_om, config.infer_batch_size)
+        elif name in ONNX_BACKENDS:
+            models[name] = _onnx_paths(config)["onnx-nms"]
+        elif name == REFERENCE_BACKEND:
+            models[name] = config.checkpoint_path
+        elif name == "null":
+            models[name] = None
+        else:
+            skips[name] = "not driven by reproduce"
+    return models, skips
+
+
+def _model_stage(config, name):
+    """The stage of this run that wrote backend `name`'s model file, if any."""
+    if name in OM_BACKENDS:
+        return "convert"
+    if name in ONNX_BACKENDS:
+        return "export"
+    return _checkpoint_stage(config) if name == REFERENCE_BACKEND else None
+
+
+def _record_labels(config, probes, name):
+    return {"device": device_label(name, probes.soc_version),
+            "precision": backend_precision(name, config.precision_mode)}
+
+
+def _dataset_stages(config, probes, name, model):
+    """Inference over the data set, the score threshold and the evaluation of one backend."""
+    infer_path = config.path("infer", "{}_bs{}.json".format(name, config.infer_batch_size))
+    results_path = config.path("results_{}.json".format(name))
+    image_set = Late(late_image_set)
+    # the image set comes from the data stage; the images are keyed by their bytes
+    infer = Stage("infer:" + name, run_infer,
+                  params=dict(backend=name, image_ids_sha256=Late(late_image_ids_sha), canvas=config.canvas,
+                              batch_size=config.infer_batch_size, threads=config.threads,
+                              **_record_labels(config, probes, name)),
+                  inputs={"model": model, "images": Late(late_image_files)}, outputs={"detections": infer_path},
+                  spec=("model", "input", "coco_classes", "coco_category_ids"),
+                  upstream=("data", _model_stage(config, name)),
+                  options={"trusted": config.trusted, "progress": config.progress, "image_set": image_set})
+    results = Stage("results:" + name, run_results, params={"score_threshold": config.score_threshold},
+                    inputs={"infer": infer_path}, outputs={"results": results_path}, upstream=("infer:" + name,))
+    evaluate = Stage("evaluate:" + name, run_evaluate,
+                     params={"scorer": config.scorer, "image_ids_sha256": Late(late_image_ids_sha), "backend": name},
+                     inputs={"results": results_path, "annotation": config.annotation_file},
+                     outputs={"metrics": config.path("metrics_{}.json".format(name))},
+                     spec=("evaluation", "accuracy"), upstream=("results:" + name, "data"),
+                     options={"image_set": image_set})
+    return [infer, results, evaluate]
+
+
+def _perf_stage(config, probes, name, model):
+    """Pure-inference throughput of one backend at each batch size."""
+    if name in OM_BACKENDS:
+        models = dict(("om_bs{}".format(bs), Late(late_om, bs)) for bs in config.batch_sizes)
+    else:
+        models = {"model": model}
+    return Stage("perf:" + name, run_perf,
+                 params=dict(backend=name, batch_sizes=list(config.batch_sizes), loops=config.perf_loops,
+                             warmup=config.perf_warmup, canvas=config.canvas, threads=config.perf_threads,
+                             **_record_labels(config, probes, name)),
+                 inputs=models, outputs={"records": config.path("perf", "perf_{}.json".format(name))},
+                 spec=("input", "model"), upstream=(_model_stage(config, name),), options={"trusted": config.trusted})
+
+
+def _parity_sides(config, probes, models):
+    """(label, backend name, model) of the parity batch: the torch reference first."""
+    sides = []
+    if REFERENCE_BACKEND not in probes.unavailable:
+        sides.append(("torch", REFERENCE_BACKEND, config.checkpoint_path))
+    onnx = _onnx_paths(config)
+    sides.extend(("{} (onnx-nms)".format(name), name, onnx["onnx-nms"]) for name in models if name in ONNX_BACKENDS)
+    if "onnxruntime" in models:
+        sides.append(("onnxruntime (raw + host NMS)", "onnxruntime", onnx["raw"]))
+    sides.extend([("{} (om, ascend-nms)".format(name), name, models[name])
+                  for name in models if name in OM_BACKENDS][:1])
+    return sides
+
+
+def _parity_entry(config, probes, models):
+    sides = _parity_sides(config, probes, models)
+    if len(sides) < 2 or sides[0][1] != REFERENCE_BACKEND:
+        return skipped_step("parity", "needs the torch reference and at least one exported-model backend")
+    image_ids = Late(_parity_image_ids, config.parity_images)
+    inputs = dict(("model:" + label, model) for label, _, model in sides)
+    inputs["images"] = Late(_parity_image_files, config.parity_images)
+    return Stage("parity", run_parity,
+                 params={"sides": [[label, name] for label, name, _ in sides], "image_ids": image_ids,
+                         "canvas": config.canvas, "threads": config.threads},
+                 inputs=inputs, outputs={"parity": config.path("parity.json")}, spec=("parity", "model", "input"),
+                 upstream=("data",) + tuple(_model_stage(config, name) for _, name, _ in sides),
+                 options={"trusted": config.trusted, "image_set": Late(late_image_set)})
+
+
+def _parity_image_ids(state, parity_images):
+    return late_image_ids(state, min(parity_images, len(state.image_set())))
+
+
+def _parity_image_files(state, parity_images):
+    return late_image_files(state, min(parity_images, len(state.image_set())))
+
+
+def _report_stage(config, probes, stages, models):
+    """report.md from every stage of the run; its inputs (report_inputs.json) and perf.json are its outputs."""
+    from . import report as report_module
+    runs = [s for s in stages if s.skipped is None]
+    skipped = dict((s.label, s.skipped) for s in stages if s.skipped is not None)
+    parity = next(s for s in stages if s.name == "parity")
+    inputs = {"annotation": config.annotation_file, "checkpoint": config.checkpoint_path,
+              "images": Late(late_image_files, report_module.DETECTION_IMAGES)}
+    inputs.update(("results:" + s.name.partition(":")[2], s.outputs["results"]) for s in runs
+                  if s.name.startswith("results:"))
+    inputs.update(("metrics:" + s.name.partition(":")[2], s.outputs["metrics"]) for s in runs
+                  if s.name.startswith("evaluate:"))
+    inputs.update((s.name, s.outputs["records"]) for s in runs if s.name.startswith("perf:"))
+    inputs.update(("extra_perf:{}".format(i), path) for i, path in enumerate(config.extra_perf))
+    if parity.skipped is None:
+        inputs["parity"] = parity.outputs["parity"]
+    params = {"run_dir": config.run_dir, "embedded": config.embedded, "seeded": config.seeded,
+              "generated": config.generated, "canvas": config.canvas, "batch_sizes": list(config.batch_sizes),
+              "infer_batch_size": config.infer_batch_size, "score_threshold": config.score_threshold,
+              "scorer": config.scorer, "threads": config.threads, "perf_threads": config.perf_threads,
+              "perf_loops": config.perf_loops, "perf_warmup": config.perf_warmup, "soc_version": probes.soc_version,
+              "backends": Late(late_backend_rows, _backend_rows(config, probes, models, skipped)),
+              "skipped_steps": dict((k, v) for k, v in skipped.items() if k in ("convert", "parity")),
+              "extra_perf": list(config.extra_perf),
+              "dataset_backends": list(models), "perf_backends": [n for n in models if n != "null"],
+              "stage_results": Late(late_results, ["export", "convert"] + ["infer:" + n for n in models]),
+              "parity_backends": dict((label, name) for label, name, _ in _parity_sides(config, probes, models)),
+              "stages": Late(late_stage_table), "plots": report_module.plots_availability()[0]}
+    # Every stage of this run feeds the report (its context lists their keys and records).
+    return Stage("report", run_report, params=params, inputs=inputs,
+                 outputs={"context": config.path("report_inputs.json"), "perf": config.path("perf.json")},
+                 spec=("accuracy", "performance", "coco_classes", "coco_category_ids", "input", "checkpoint"),
+                 upstream=tuple(sorted((s.name for s in runs), key=_stage_rank)),
+                 options={"run_dir": config.run_dir, "image_set": Late(late_image_set), "image_dir": config.image_dir})
+
+
+def _backend_rows(config, probes, models, skipped):
+    rows = []
+    for name in config.backends:
+        rows.append(dict({"name": name, "status": "ran" if name in models else "skipped",
+                          "reason": skipped.get(name), "model": models.get(name)},
+                         **_record_labels(config, probes, name)))
+    return rows
+
+
+def late_backend_rows(state, rows):
+    """The report's backend rows, each model named relative to the run directory when it is in it
+    (an om is known once convert has run)."""
+    run_dir = state.config.run_dir
+    named = []
+    for row in rows:
+        model = row["model"](state) if isinstance(row["model"], Late) else row["model"]
+        named.append(dict(row, model=os.path.relpath(model, run_dir) if model and model.startswith(run_dir)
+                          else model))
+    return named
+
+
+# ----------------------------------------------------------------------------------------------
+# Execute: key each declared stage, reuse or run it
+
+
+def execute(stages: List[Stage], book: "StageBook", state: RunState) -> RunState:
+    """Run the plan in order: each stage is keyed from its declaration (Late values resolved now) and
+    reused or run by the book; a skipped entry is logged and recorded with its reason."""
+    for stage in stages:
+        if stage.skipped is not None:
+            state.status[stage.name] = "skipped: {}".format(stage.skipped)
+            book.log("skipped: {} ({})".format(stage.name if stage.label == stage.name
+                                               else "backend " + stage.label, stage.skipped))
+            continue
+        state.results[stage.name] = book.run(resolve_stage(stage, state))
+        state.status[stage.name] = book.status[stage.name]
+    return state
+
+
+def plan_keys(stages, state, recipe=None, digest=file_sha256):
+    """{stage name: key} of a plan without running it: for a plan whose input files exist (a given
+    checkpoint and COCO root), with the results of earlier stages absent (None)."""
+    from .spec import load_recipe_spec
+    recipe = load_recipe_spec() if recipe is None else recipe
+    for stage in stages:
+        if stage.skipped is None:
+            state.keys[stage.name] = stage_key(resolve_stage(stage, state), recipe, state.keys, digest)[0]
+    return dict(state.keys)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
 def run_reproduce(*args, **kwargs):
     """Run the pipeline; returns a summary dict (run_dir, report path, stage statuses, skips, metrics).
 
     Arguments left None take the embedded default (no checkpoint, no COCO root) or the recipe's values:
-    see `_run_reproduce`. torch's thread count (process-wide, set by a `threads` option) is restored.
+    see `resolve_config`. torch's thread count (process-wide, set by a `threads` option) is restored.
     """
     import torch
     call = inspect.signature(_run_reproduce).bind(*args, **kwargs)
@@ -528,515 +1357,47 @@ def run_reproduce(*args, **kwargs):
 
 
 def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None, batch_sizes=None,
-                  infer_batch_size=None, height=None, width=None, num_images=None, limit=None,
-                  score_threshold=None, scorer="pycocotools", perf_loops=None, perf_warmup=None,
-                  parity_images=None, seed=EMBEDDED_SEED, soc_version=None, precision_mode="force_fp16",
-                  extra_perf=(), threads=None, perf_threads=None, trusted=False, progress=False, echo=True,
-                  environ=None):
-    """The pipeline (see `run_reproduce` and the module docstring)."""
-    from .spec import input_constants, model_constants, performance_reference
-
+                   infer_batch_size=None, height=None, width=None, num_images=None, limit=None,
+                   score_threshold=None, scorer="pycocotools", perf_loops=None, perf_warmup=None,
+                   parity_images=None, seed=EMBEDDED_SEED, soc_version=None, precision_mode="force_fp16",
+                   extra_perf=(), threads=None, perf_threads=None, trusted=False, progress=False, echo=True,
+                   environ=None):
+    """Configure, plan, execute (see `run_reproduce` and the module docstring)."""
     wall_start = time.time()
-    checkpoint, coco_root = resolve_inputs(checkpoint, coco_root, environ)
-    # Inputs that are read only late in the run are checked now, before minutes of export and
-    # inference: the COCO annotation file, and the extra perf records that only the report uses.
-    if coco_root is not None:
-        from .data import read_annotation_file
-        read_annotation_file(os.path.join(coco_root, "annotations", "instances_val2017.json"))
-    extra_records = _load_extra_perf(extra_perf)
-    seeded = checkpoint is None
-    generated = coco_root is None
-    embedded = seeded and generated
-    if embedded:
-        default_hw = EMBEDDED_INPUT_HW
-    else:
-        default_hw = (input_constants()["height"], input_constants()["width"])
-    height = int(height or default_hw[0])
-    width = int(width or default_hw[1])
-    requested_backends = parse_list(backends, "--backends")
-    # Backends run over the data set. torch is also the parity reference: left out of --backends it still
-    # runs the parity batch (a few images), not the data set (hours on a CPU at the recipe's size).
-    backend_names = requested_backends or list(DEFAULT_BACKENDS)
-    sizes = parse_sizes(batch_sizes)
-    if sizes is None:
-        if embedded:
-            sizes = list(EMBEDDED_BATCH_SIZES)
-        elif any(b in OM_BACKENDS or b == "onnxruntime-cann" for b in backend_names) and _npu_present(backend_names):
-            sizes = list(performance_reference()["batch_sizes"])
-        else:
-            sizes = list(DEFAULT_CPU_BATCH_SIZES)
-    infer_bs = int(infer_batch_size or sizes[0])
-    if score_threshold is None:
-        score_threshold = model_constants()["score_threshold"]
-    score_threshold = float(score_threshold)
-    threads = default_threads() if threads is None else (int(threads) or None)
-    # pure-inference timing has no loader beside it: the whole host, as the recipe's tools use the device
-    perf_threads = (os.cpu_count() or 1) if perf_threads is None else (int(perf_threads) or None)
-    if threads:
-        set_intra_op_threads(threads)  # also for the export traces
-    perf_loops = int(perf_loops or DEFAULT_PERF_LOOPS)
-    perf_warmup = int(DEFAULT_PERF_WARMUP if perf_warmup is None else perf_warmup)
-    parity_images = int(parity_images or DEFAULT_PARITY_IMAGES)
-    num_images = int(num_images or EMBEDDED_NUM_IMAGES)
+    options = dict(locals())  # this function's arguments: resolve_config takes the same names
+    del options["wall_start"]
+    config = resolve_config(**options)
+    if config.threads:
+        set_intra_op_threads(config.threads)  # also for the export traces
+    if not os.path.isdir(config.run_dir):
+        os.makedirs(config.run_dir)
+    log = RunLog(config.run_dir, echo=config.echo)
+    log("run directory {} (fsaf-repro {}, python {})".format(config.run_dir, __version__, sys.version.split()[0]))
+    book = StageBook(config.run_dir, log)
+    stages = plan(config, probe_host(config))
+    state = execute(stages, book, RunState(config, book))
+    log("checkpoint {} (sha256 {}{})".format(config.checkpoint_path, book.digest(config.checkpoint_path)[:16],
+                                             ", seeded weights" if config.seeded else ""))
+    return _summary(config, stages, state, book, time.time() - wall_start)
 
-    from .backends import backend_availability, get_backend_class
-    for name in backend_names:
-        get_backend_class(name)  # an unknown name is an error (naming the known ones), before any work
 
-    run_dir = os.path.abspath(run_dir or default_run_dir(embedded, checkpoint, coco_root))
-    if not os.path.isdir(run_dir):
-        os.makedirs(run_dir)
-    log = RunLog(run_dir, echo=echo)
-    log("run directory {} (fsaf-repro {}, python {})".format(run_dir, __version__, sys.version.split()[0]))
-    book = StageBook(run_dir, log)
-    skipped = {}
-
-    # 1. checkpoint -----------------------------------------------------------------------------
-    if seeded:
-        ckpt_path = os.path.join(run_dir, "inputs", "fsaf_seeded_{}.pth".format(seed))
-
-        def make_checkpoint(ctx):
-            from .checkpoint import write_seeded_checkpoint
-            write_seeded_checkpoint(ckpt_path, ctx.params["seed"])
-            return {"path": ckpt_path, "seeded": True, "seed": ctx.params["seed"]}, [ckpt_path]
-
-        book.run(Stage("checkpoint", make_checkpoint, params={"seed": seed},
-                       spec=("model", "input", "coco_classes")))
-    else:
-        ckpt_path = checkpoint
-    # seeded weights were written by this run: loading them needs no unpickling caution
-    trusted = bool(trusted or seeded)
-    # the stage that wrote the checkpoint, if this run did: a consumer of the file also consumes it
-    ckpt_stage = "checkpoint" if seeded else None
-    ckpt_sha = book.digest(ckpt_path)
-    log("checkpoint {} (sha256 {}{})".format(ckpt_path, ckpt_sha[:16], ", seeded weights" if seeded else ""))
-
-    # 2. data set -------------------------------------------------------------------------------
-    if generated:
-        data_root = os.path.join(run_dir, "inputs", "coco")
-
-        def make_dataset(ctx):
-            from .synthetic import make_synthetic_coco
-            ann, img_dir = make_synthetic_coco(data_root, num_images=ctx.params["num_images"],
-                                               seed=ctx.params["seed"])
-            files = [os.path.join(img_dir, name) for name in sorted(os.listdir(img_dir))]
-            return {"annotation_file": ann, "image_dir": img_dir, "generated": True}, [ann] + files
-
-        book.run(Stage("dataset", make_dataset, params={"num_images": num_images, "seed": seed},
-                       spec=("coco_classes", "coco_category_ids")))
-        annotation_file = os.path.join(data_root, "annotations", "instances_val2017.json")
-        image_dir = os.path.join(data_root, "val2017")
-    else:
-        annotation_file = os.path.join(coco_root, "annotations", "instances_val2017.json")
-        image_dir = os.path.join(coco_root, "val2017")
-
-    # 3. export ---------------------------------------------------------------------------------
-    onnx_dir = os.path.join(run_dir, "onnx")
-    onnx_paths = dict((f, os.path.join(onnx_dir, "fsaf_{}.onnx".format(f))) for f in FLAVOURS)
-
-    def do_export(ctx):
-        from .export import export_onnx
-        checks = {}
-        outputs = []
-        canvas_h, canvas_w = ctx.params["canvas"]
-        for flavour in ctx.params["flavours"]:
-            path = onnx_paths[flavour]
-            sidecar = export_onnx(ctx.inputs["checkpoint"], path, flavour=flavour, height=canvas_h, width=canvas_w,
-                                  batch_size=None, opset=ctx.spec["model"]["opset"],
-                                  trusted=ctx.options["trusted"])
-            checks[flavour] = _export_check(path, sidecar, flavour)
-            checks[flavour]["file"] = os.path.relpath(path, run_dir)
-            checks[flavour]["export_seconds"] = sidecar["export_seconds"]
-            log("exported {} ({} flavour, {}x{}, dynamic batch): checked".format(
-                os.path.relpath(path, run_dir), flavour, canvas_h, canvas_w))
-            outputs.extend([path, path + ".json"])
-        return {"flavours": checks}, outputs
-
-    export_result = book.run(Stage("export", do_export, params={"canvas": [height, width], "flavours": list(FLAVOURS),
-                                                                "batch": "dynamic"},
-                                   inputs={"checkpoint": ckpt_path}, spec=("model", "input"), upstream=(ckpt_stage,),
-                                   options={"trusted": trusted}))
-
-    # 4. convert (atc) --------------------------------------------------------------------------
-    om_paths = {}
-    convert_result = None
-    atc = shutil.which("atc")
-    if atc is None:
-        skipped["convert"] = ("atc is not on PATH: install the CANN toolkit and `source "
-                              "/usr/local/Ascend/ascend-toolkit/set_env.sh` to build the .om files")
-        log("skipped: convert ({})".format(skipped["convert"]))
-    else:
-        om_dir = os.path.join(run_dir, "om")
-        soc = soc_version
-        if soc is None:
-            from .convert import detect_soc_version
-            try:
-                soc = detect_soc_version(log_path=os.path.join(run_dir, "logs", "npu-smi.log"))
-            except ToolError as exc:
-                skipped["convert"] = "atc is on PATH but the soc version is unknown: {}".format(exc)
-                log("skipped: convert ({})".format(skipped["convert"]))
-        # one static om per throughput batch size, and one for the data set inference
-        om_sizes = sorted(set(sizes) | {infer_bs})
-        if soc is not None:
-            def do_convert(ctx):
-                from .convert import convert_batch_sizes
-                canvas_h, canvas_w = ctx.params["canvas"]
-                built = convert_batch_sizes(ctx.inputs["onnx"], om_dir, ctx.params["batch_sizes"],
-                                            soc_version=ctx.params["soc_version"],
-                                            precision_mode=ctx.params["precision_mode"], height=canvas_h,
-                                            width=canvas_w)
-                outputs, oms = [], {}
-                for bs, sidecar in sorted(built.items()):
-                    om = os.path.join(om_dir, sidecar["om"])
-                    oms[str(bs)] = os.path.relpath(om, run_dir)
-                    outputs.extend([om, om + ".json", os.path.join(om_dir, sidecar["log"])])
-                return {"soc_version": ctx.params["soc_version"], "oms": oms}, outputs
-
-            # atc reads the ONNX sidecar too (input name and shape)
-            convert_result = book.run(Stage(
-                "convert", do_convert, params={"batch_sizes": om_sizes, "soc_version": soc,
-                                               "precision_mode": precision_mode, "atc": atc,
-                                               "canvas": [height, width]},
-                inputs={"onnx": onnx_paths["ascend-nms"], "onnx_sidecar": onnx_paths["ascend-nms"] + ".json"},
-                upstream=("export",)))
-            om_paths = dict((int(bs), os.path.join(run_dir, rel)) for bs, rel in convert_result["oms"].items())
-            soc_version = soc
-
-    # 5. data -----------------------------------------------------------------------------------
-    from .data import CocoImageSet
-    # The image set (ids, sizes, label -> category id by the spec's class names) is what the later
-    # stages consume of the data stage: it is built under the data stage's spec sections.
-    data_spec = ("coco_classes", "coco_category_ids", "input")
-    image_set = _under_spec_sections("data", data_spec, lambda: CocoImageSet(
-        annotation_file, image_dir, limit=limit, height=height, width=width))
-    data_path = os.path.join(run_dir, "data_manifest.json")
-
-    def do_data(ctx):
-        record = {"annotation_file": annotation_file, "annotation_sha256": image_set.annotation_sha256,
-                  "image_dir": image_dir, "num_images": len(image_set), "total_images": image_set.total_images,
-                  "canvas": ctx.params["canvas"], "generated": generated,
-                  "images": [{"image_id": m.image_id, "file_name": m.file_name, "orig_w": m.orig_w,
-                              "orig_h": m.orig_h, "scale": m.scale} for m in image_set.metas]}
-        atomic_write_json(data_path, record)
-        return {"num_images": len(image_set), "annotation_sha256": image_set.annotation_sha256}, [data_path]
-
-    # Generated images are keyed by their content (the dataset stage's outputs), not by where the run
-    # directory is, so a copied or moved run directory is still reused.
-    image_dir_key = "<generated>" if generated else image_dir
-    book.run(Stage("data", do_data, params={"image_dir": image_dir_key, "limit": limit, "canvas": [height, width]},
-                   inputs={"annotation": annotation_file}, spec=data_spec,
-                   upstream=("dataset" if generated else None,)))
-    image_ids_sha = hashlib.sha256(_canonical(image_set.image_ids).encode("utf-8")).hexdigest()
-    # what a stage that decodes images reads of them: their bytes, by file name (not by folder)
-    image_files = dict((m.file_name, m.path) for m in image_set.metas)
-    log("data: {} images ({}), annotations sha256 {}".format(
-        len(image_set), "generated" if generated else annotation_file, image_set.annotation_sha256[:16]))
-
-    # backends: availability and models ---------------------------------------------------------
-    runnable = []
-    models = {}
-    for name in backend_names:
-        avail = backend_availability(name)
-        if not avail.ok:
-            skipped[name] = "unavailable: {}".format(avail.reason)
-        elif name in OM_BACKENDS:
-            if infer_bs not in om_paths:
-                skipped[name] = "needs an om for batch size {}: {}".format(
-                    infer_bs, "convert was skipped ({})".format(skipped["convert"]) if "convert" in skipped
-                    else "not built")
-            else:
-                models[name] = om_paths[infer_bs]
-                runnable.append(name)
-        elif name in ONNX_BACKENDS:
-            models[name] = onnx_paths["onnx-nms"]
-            runnable.append(name)
-        elif name == "torch":
-            models[name] = ckpt_path
-            runnable.append(name)
-        elif name == "null":
-            models[name] = None
-            runnable.append(name)
-        else:
-            skipped[name] = "not driven by reproduce"
-        if name in skipped:
-            log("skipped: backend {} ({})".format(name, skipped[name]))
-
-    def model_stage(name):
-        """The stage of this run that wrote backend `name`'s model file, if any."""
-        if name in OM_BACKENDS:
-            return "convert"
-        if name in ONNX_BACKENDS:
-            return "export"
-        return ckpt_stage if name == REFERENCE_BACKEND else None
-
-    # 6. inference, score threshold, evaluation per backend --------------------------------------
-    metrics = {}
-    results_paths = {}
-    dataset_perf = []
-    for name in runnable:
-        infer_path = os.path.join(run_dir, "infer", "{}_bs{}.json".format(name, infer_bs))
-
-        def do_infer(ctx, name=name, infer_path=infer_path):
-            from .runner import infer_dataset
-            if not os.path.isdir(os.path.dirname(infer_path)):
-                os.makedirs(os.path.dirname(infer_path))
-            params = ctx.params
-            backend, options = _load_backend(params["backend"], ctx.inputs["model"], ctx.options["trusted"],
-                                             params["threads"])
-            kwargs = dict(batch_size=params["batch_size"], progress=ctx.options["progress"],
-                          backend_name=params["backend"], backend_options=options, model_path=ctx.inputs["model"])
-            try:
-                try:
-                    # a journal left by an interrupted run with these arguments is resumed
-                    summary = infer_dataset(image_set, backend, infer_path, **kwargs)
-                except JournalMismatch as exc:
-                    # Only a journal of other arguments is discarded; a damaged journal of these
-                    # arguments is an error the user sees (its finished batches are not thrown away).
-                    log("infer:{}: discarding the journal of an interrupted run with other arguments ({})".format(
-                        name, exc))
-                    summary = infer_dataset(image_set, backend, infer_path, restart=True, **kwargs)
-            finally:
-                backend.close()
-            records = []
-            for record in summary["records"]:
-                record = dict(record)
-                record["device"] = params["device"]
-                record["precision"] = params["precision"]
-                record["source"] = "measured: fsaf-repro reproduce, {} images at {}x{}".format(
-                    summary["images"], *params["canvas"])
-                records.append(record)
-            return {"detections": summary["detections"], "images": summary["images"],
-                    "wall_seconds": summary["wall_seconds"], "records": records}, [infer_path]
-
-        # the image set comes from the data stage; the images are keyed by their bytes
-        infer_result = book.run(Stage(
-            "infer:{}".format(name), do_infer,
-            params={"backend": name, "image_ids_sha256": image_ids_sha, "canvas": [height, width],
-                    "batch_size": infer_bs, "threads": threads, "device": device_label(name, soc_version),
-                    "precision": backend_precision(name, precision_mode)},
-            inputs={"model": models[name], "images": image_files},
-            spec=("model", "input", "coco_classes", "coco_category_ids"),
-            upstream=("data", model_stage(name)), options={"trusted": trusted, "progress": progress}))
-        dataset_perf.extend(infer_result["records"])
-
-        results_path = os.path.join(run_dir, "results_{}.json".format(name))
-
-        def do_threshold(ctx, results_path=results_path):
-            from .postprocess import read_results_json, write_results_json
-            threshold = ctx.params["score_threshold"]
-            results = [r for r in read_results_json(ctx.inputs["infer"]) if r["score"] >= threshold]
-            write_results_json(results_path, results)
-            return {"detections": len(results)}, [results_path]
-
-        book.run(Stage("results:{}".format(name), do_threshold, params={"score_threshold": score_threshold},
-                       inputs={"infer": infer_path}, upstream=("infer:{}".format(name),)))
-        results_paths[name] = results_path
-
-        metrics_path = os.path.join(run_dir, "metrics_{}.json".format(name))
-
-        def do_evaluate(ctx, metrics_path=metrics_path):
-            from .evaluate import evaluate_results, metrics_record
-            record = metrics_record(evaluate_results(ctx.inputs["annotation"], ctx.inputs["results"],
-                                                     scorer=ctx.params["scorer"], image_ids=image_set.image_ids))
-            atomic_write_json(metrics_path, record)
-            return {"ap": record["stats"][0]}, [metrics_path]
-
-        book.run(Stage("evaluate:{}".format(name), do_evaluate,
-                       params={"scorer": scorer, "image_ids_sha256": image_ids_sha},
-                       inputs={"results": results_path, "annotation": annotation_file},
-                       spec=("evaluation", "accuracy"), upstream=("results:{}".format(name), "data")))
-        metrics[name] = _read_json(metrics_path)
-        log("{}: AP@[.50:.95] = {:.3f} over {} images".format(name, metrics[name]["stats"][0],
-                                                                metrics[name]["num_images"]))
-
-    # 7. throughput per backend and batch size ---------------------------------------------------
-    perf_records = list(dataset_perf)
-    for name in runnable:
-        if name == "null":
-            continue
-        perf_path = os.path.join(run_dir, "perf", "perf_{}.json".format(name))
-        usable = [bs for bs in sizes if name not in OM_BACKENDS or bs in om_paths]
-
-        def do_perf(ctx, perf_path=perf_path):
-            from .perf import fixed_input, measure_pure_inference, write_records
-            if not os.path.isdir(os.path.dirname(perf_path)):
-                os.makedirs(os.path.dirname(perf_path))
-            params = ctx.params
-            name, perf_threads, (height, width) = params["backend"], params["threads"], params["canvas"]
-            records = []
-            for bs in params["batch_sizes"]:
-                model = ctx.inputs["om_bs{}".format(bs)] if name in OM_BACKENDS else ctx.inputs["model"]
-                backend, _ = _load_backend(name, model, ctx.options["trusted"], perf_threads)
-                # the count that really ran: torch 1.8.0 may keep a lower one (torch_threads)
-                ran_threads = getattr(backend, "intra_op_threads", None) or perf_threads
-                try:
-                    batch = fixed_input(bs, height, width)
-                    record = measure_pure_inference(backend, batch, params["loops"], params["warmup"],
-                                                    params["device"], params["precision"], name)
-                finally:
-                    backend.close()
-                record["note"] = "input {}x{}{}{}".format(height, width, "" if (height, width) == (
-                    ctx.spec["input"]["height"], ctx.spec["input"]["width"]) else " (reduced: not the recipe's "
-                    "800x1216)", "; {} intra-op thread(s)".format(ran_threads) if perf_threads and
-                    name not in OM_BACKENDS
-                    else "")
-                records.append(record)
-                log("perf: {} bs{} {:.3f} fps (pure inference, {} loops)".format(name, bs, record["fps"],
-                                                                                 params["loops"]))
-            write_records(perf_path, records)
-            return {"batch_sizes": params["batch_sizes"]}, [perf_path]
-
-        if name in OM_BACKENDS:
-            perf_models = dict(("om_bs{}".format(bs), om_paths[bs]) for bs in usable)
-        else:
-            perf_models = {"model": models[name]}
-        book.run(Stage("perf:{}".format(name), do_perf,
-                       params={"backend": name, "batch_sizes": usable, "loops": perf_loops, "warmup": perf_warmup,
-                               "canvas": [height, width], "threads": perf_threads,
-                               "device": device_label(name, soc_version),
-                               "precision": backend_precision(name, precision_mode)},
-                       inputs=perf_models, spec=("input", "model"), upstream=(model_stage(name),),
-                       options={"trusted": trusted}))
-        from .perf import load_records
-        perf_records.extend(load_records(perf_path))
-    from .perf import write_records
-    perf_json = os.path.join(run_dir, "perf.json")
-    write_records(perf_json, perf_records + extra_records)
-
-    # 8. stage parity ---------------------------------------------------------------------------
-    parity_path = os.path.join(run_dir, "parity.json")
-    parity_count = min(parity_images, len(image_set))
-    parity_sides = []  # (label, backend name, model path)
-    if backend_availability(REFERENCE_BACKEND).ok:
-        parity_sides.append(("torch", REFERENCE_BACKEND, ckpt_path))
-    for name in runnable:
-        if name in ONNX_BACKENDS:
-            parity_sides.append(("{} (onnx-nms)".format(name), name, onnx_paths["onnx-nms"]))
-    if "onnxruntime" in runnable:
-        parity_sides.append(("onnxruntime (raw + host NMS)", "onnxruntime", onnx_paths["raw"]))
-    for name in runnable:
-        if name in OM_BACKENDS:
-            parity_sides.append(("{} (om, ascend-nms)".format(name), name, models[name]))
-            break
-    if len(parity_sides) < 2 or parity_sides[0][1] != REFERENCE_BACKEND:
-        skipped["parity"] = "needs the torch reference and at least one exported-model backend"
-        log("skipped: parity ({})".format(skipped["parity"]))
-        parity = None
-    else:
-        def do_parity(ctx):
-            import numpy as np
-
-            from .parity import compare_detections, within_tolerances
-            batch = np.stack([image_set.load(i)[0] for i in range(len(ctx.params["image_ids"]))])
-            outputs = {}
-            for label, name in ctx.params["sides"]:
-                backend, _ = _load_backend(name, ctx.inputs["model:" + label], ctx.options["trusted"],
-                                           ctx.params["threads"])
-                try:
-                    outputs[label] = run_padded(backend, batch)
-                finally:
-                    backend.close()
-            tol = ctx.spec["parity"]
-            pairs = []
-            labels = [side[0] for side in ctx.params["sides"]]
-            wanted = [(labels[0], other) for other in labels[1:]]
-            om_labels = [lb for lb in labels if "(om" in lb]
-            onnx_label = "onnxruntime (onnx-nms)" if "onnxruntime (onnx-nms)" in labels else None
-            if om_labels and onnx_label:
-                wanted.append((onnx_label, om_labels[0]))
-            for ref, other in wanted:
-                record = compare_detections(outputs[ref]["dets"], outputs[ref]["labels"],
-                                            outputs[other]["dets"], outputs[other]["labels"], tol["match_iou"])
-                fp16 = "(om" in other
-                if fp16:
-                    ok = (record["match_rate"] >= tol["fp16_om_min_match_rate"]
-                          and record["max_box_abs_diff"] <= tol["fp16_om_box_abs_tol_px"]
-                          and record["max_score_abs_diff"] <= tol["fp16_om_score_abs_tol"])
-                else:
-                    ok = within_tolerances(record)
-                record.update(reference=ref, other=other, within_tolerance=bool(ok),
-                              tolerance="fp16 om" if fp16 else "fp32")
-                pairs.append(record)
-            payload = {"image_ids": ctx.params["image_ids"], "canvas": ctx.params["canvas"],
-                       "tolerances": tol, "pairs": pairs}
-            atomic_write_json(parity_path, payload)
-            return {"pairs": len(pairs)}, [parity_path]
-
-        parity_inputs = dict(("model:" + lb, m) for lb, _, m in parity_sides)
-        parity_inputs["images"] = dict((m.file_name, m.path) for m in image_set.metas[:parity_count])
-        book.run(Stage("parity", do_parity,
-                       params={"sides": [[lb, n] for lb, n, _ in parity_sides],
-                               "image_ids": image_set.image_ids[:parity_count], "canvas": [height, width],
-                               "threads": threads},
-                       inputs=parity_inputs, spec=("parity", "model", "input"),
-                       upstream=("data",) + tuple(model_stage(n) for _, n, _ in parity_sides),
-                       options={"trusted": trusted}))
-        parity = _read_json(parity_path)
-        # The mAP delta comes from the evaluation stages; it goes into the report's inputs, not into
-        # parity.json (the parity stage's own output, which must stay as that stage wrote it).
-        backend_of = dict((lb, n) for lb, n, _ in parity_sides)
-        for pair in parity["pairs"]:
-            ref_b, other_b = backend_of.get(pair["reference"]), backend_of.get(pair["other"])
-            if "raw" in pair["other"] or ref_b not in metrics or other_b not in metrics:
-                pair["map_delta"] = None
-            else:
-                pair["map_delta"] = metrics[other_b]["stats"][0] - metrics[ref_b]["stats"][0]
-
-    # 9. report ---------------------------------------------------------------------------------
-    from . import report as report_module
-    context = {
-        "run_dir": run_dir,
-        "embedded": embedded, "seeded": seeded, "generated": generated,
-        "checkpoint": {"path": ckpt_path, "sha256": ckpt_sha, "seeded": seeded},
-        "dataset": {"annotation_file": annotation_file, "annotation_sha256": image_set.annotation_sha256,
-                    "image_dir": image_dir, "num_images": len(image_set), "total_images": image_set.total_images,
-                    "generated": generated},
-        "canvas": [height, width], "batch_sizes": sizes, "infer_batch_size": infer_bs,
-        "score_threshold": score_threshold, "scorer": scorer, "threads": threads, "perf_threads": perf_threads,
-        "perf_loops": perf_loops,
-        "perf_warmup": perf_warmup,
-        "backends": [{"name": n, "status": "ran" if n in runnable else "skipped", "reason": skipped.get(n),
-                      "model": os.path.relpath(models[n], run_dir) if models.get(n) and
-                      models[n].startswith(run_dir) else models.get(n),
-                      "device": device_label(n, soc_version), "precision": backend_precision(n, precision_mode)}
-                     for n in backend_names],
-        "skipped_steps": dict((k, v) for k, v in skipped.items() if k in ("convert", "parity")),
-        "export": export_result, "convert": convert_result, "soc_version": soc_version,
-        "metrics": metrics, "results": dict((n, os.path.relpath(p, run_dir)) for n, p in results_paths.items()),
-        "perf_records": perf_records + extra_records, "parity": parity,
-        "stages": [{"name": n, "key": book.key(n), "seconds": book.seconds(n)}
-                   for n in sorted(book.entries, key=_stage_rank) if n != "report"],
-    }
-    context_path = os.path.join(run_dir, "report_inputs.json")
-    atomic_write_json(context_path, context)
-
-    def do_report(ctx):
-        # the report is written from its declared input file, as a reused report was
-        made = report_module.write_report(run_dir, _read_json(ctx.inputs["context"]), image_set=image_set)
-        return made["record"], made["outputs"]
-
-    report_inputs = {"context": context_path, "annotation": annotation_file}
-    report_inputs.update(("results:" + n, p) for n, p in results_paths.items())
-    report_inputs["images"] = dict((m.file_name, m.path) for m in image_set.metas[:report_module.DETECTION_IMAGES])
-    # Every stage of this run feeds the report (its context lists their keys and records).
-    report_result = book.run(Stage("report", do_report, params={"plots": report_module.plots_availability()[0]},
-                                   inputs=report_inputs,
-                                   spec=("accuracy", "performance", "coco_classes", "coco_category_ids", "input",
-                                         "checkpoint"),
-                                   upstream=tuple(sorted(book.keys, key=_stage_rank))))
-    if report_result.get("plots_skipped"):
-        log("plots skipped: {}".format(report_result["plots_skipped"]))
-    report_path = os.path.join(run_dir, "report.md")
-    wall = time.time() - wall_start
+def _summary(config, stages, state, book, wall):
+    report_path = config.path("report.md")
     stage_status = dict(book.status)
-    reused = sorted(n for n, s in stage_status.items() if s == "reused")
     ran = sorted(n for n, s in stage_status.items() if s == "ran")
-    log("done in {:.1f} s: {} stage(s) ran, {} reused; report {}".format(wall, len(ran), len(reused), report_path))
-    summary = {"run_dir": run_dir, "report": report_path, "stages": stage_status, "skipped": skipped,
-               "backends_run": runnable, "metrics": dict((n, m["stats"]) for n, m in metrics.items()),
-               "wall_seconds": wall, "embedded": embedded, "perf": perf_json,
-               "parity": parity_path if parity is not None else None}
-    atomic_write_json(os.path.join(run_dir, "logs", "last_run.json"), summary)
+    reused = sorted(n for n, s in stage_status.items() if s == "reused")
+    book.log("done in {:.1f} s: {} stage(s) ran, {} reused; report {}".format(wall, len(ran), len(reused),
+                                                                             report_path))
+    runs = dict((s.name, s) for s in stages if s.skipped is None)
+    metrics = dict((name.partition(":")[2], _read_json(stage.outputs["metrics"])["stats"])
+                   for name, stage in runs.items() if name.startswith("evaluate:"))
+    summary = {"run_dir": config.run_dir, "report": report_path, "stages": stage_status,
+               "skipped": dict((s.label, s.skipped) for s in stages if s.skipped is not None),
+               "backends_run": [n.partition(":")[2] for n in runs if n.startswith("infer:")],
+               "metrics": metrics, "wall_seconds": wall, "embedded": config.embedded,
+               "perf": config.path("perf.json"),
+               "parity": runs["parity"].outputs["parity"] if "parity" in runs else None}
+    atomic_write_json(config.path("logs", "last_run.json"), summary)
     return summary
 
 
