@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError
-from .fileio import atomic_write_bytes, file_sha256, output_file  # noqa: F401  (file_sha256 is part of this API)
+from .fileio import atomic_write_bytes, file_sha256  # noqa: F401  (file_sha256 is part of this API)
 from .model import build_detector
 from .spec import load_recipe_spec, model_constants
 from .torch_threads import temporarily_intra_op_threads
@@ -301,24 +301,3 @@ def save_checkpoint(state_dict, path, meta=None):
 def write_seeded_checkpoint(path, seed=0):
     """Seeded weights written in the official checkpoint layout; returns `path`."""
     return save_checkpoint(seeded_state_dict(seed), path, checkpoint_meta(seed))
-
-
-def register_cli(subparsers):
-    parser = subparsers.add_parser(
-        "make-checkpoint",
-        help="write seeded FSAF weights in the official checkpoint layout (a stand-in for "
-             "fsaf_r50_fpn_1x_coco-94ccc51f.pth where it is absent)")
-    parser.add_argument("output", type=output_file("checkpoint file"), help="path of the .pth file to write")
-    parser.add_argument("--seed", type=int, default=0)
-    from .train import add_fit_arguments
-    add_fit_arguments(parser)
-    parser.set_defaults(func=_cli_make_checkpoint)
-
-
-def _cli_make_checkpoint(args):
-    if args.fit_generated:
-        from .train import run_fit_cli
-        return run_fit_cli(args)
-    write_seeded_checkpoint(args.output, args.seed)
-    print("wrote seeded checkpoint {} (sha256 {})".format(args.output, file_sha256(args.output)))
-    return 0

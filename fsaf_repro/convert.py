@@ -9,20 +9,19 @@ One static om per batch size (the recipe's 1, 4, 8, 16, 32, 64 by default). Ever
 - moves the artifact into place only on success, then writes a sidecar `<om>.json` recording how it
   was built (argv, soc version, batch size, input shape, output nodes, precision mode, ONNX hash).
 
-`run_tool` is also used by the tool-driven backends (benchmark, ais_bench).
+Every tool runs through fsaf_repro.tools.run_tool, as the tool-driven backends' tools do.
 """
 import datetime
 import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
 
 from .errors import ExportError, ToolError
-from .fileio import atomic_write_json, file_sha256, input_file, output_dir
+from .fileio import atomic_write_json, file_sha256
 from .spec import input_constants
+from .tools import output_tail, run_tool
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32, 64)
 DEFAULT_OUT_NODES = "dets;labels"
@@ -37,19 +36,6 @@ ATC_SUCCESS = "ATC run success"
 ATC_FAILURE = "ATC run failed"
 _CANN_CODE_LINE = re.compile(r"^(?P<code>[EW][0-9A-Z]\d{4}):\s*(?P<message>.*)$")
 AOE_SUCCESS = "Aoe process finished"
-SETUP_HINT = "install the CANN toolkit and run `source /usr/local/Ascend/ascend-toolkit/set_env.sh`"
-
-
-def _signal_name(number):
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return "signal {}".format(number)
-
-
-def _tail(text, lines=8):
-    kept = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])
 
 
 def read_cann_codes(text):
@@ -72,71 +58,6 @@ def cann_error_summary(text):
     if not errors:
         return None
     return "; ".join(errors[:3]) + (" (+{} more)".format(len(errors) - 3) if len(errors) > 3 else "")
-
-
-def run_tool(argv, cwd, log_path, success_line=None, artifacts=(), timeout=None, env=None, tool_name=None,
-             setup_hint=SETUP_HINT, failure_line=None, explain=None):
-    """Run an external tool and judge it by exit code, success line and artifacts.
-
-    argv: list of strings (argv[0] is looked up on PATH unless it contains a slash).
-    log_path: the combined stdout+stderr is written there (kept whatever the outcome).
-    success_line: a substring the tool prints on success (None: exit code only).
-    failure_line: a substring the tool prints on failure; printed with exit code 0 it still fails.
-    explain: output text -> a one-line reason (e.g. the tool's error codes) put first in the error.
-    artifacts: paths that must exist afterwards.
-    Returns the tool's output text; raises ToolError naming the tool, the outcome and the log.
-    """
-    argv = [str(a) for a in argv]
-    name = tool_name or os.path.basename(argv[0])
-    exe = argv[0] if os.sep in argv[0] else shutil.which(argv[0])
-    if exe is None:
-        raise ToolError("{}: executable {!r} not found on PATH; {}".format(name, argv[0], setup_hint))
-    log_dir = os.path.dirname(os.path.abspath(log_path))
-    if not os.path.isdir(log_dir):
-        os.makedirs(log_dir)
-    try:
-        proc = subprocess.run([exe] + argv[1:], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=timeout, env=env)
-        output = proc.stdout.decode("utf-8", "replace")
-        returncode = proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        output = (exc.output or b"").decode("utf-8", "replace")
-        _write_log(log_path, argv, cwd, output, "killed after a timeout of {} s".format(timeout))
-        raise ToolError("{}: did not finish within {} s and was killed; log: {}".format(
-            name, timeout, log_path)) from None
-    except OSError as exc:
-        raise ToolError("{}: could not start {!r}: {}; {}".format(name, exe, exc, setup_hint)) from exc
-    if returncode < 0:
-        status = "died by {}".format(_signal_name(-returncode))
-    else:
-        status = "exit code {}".format(returncode)
-    _write_log(log_path, argv, cwd, output, status)
-    reason = explain(output) if explain else None
-    reason = ": {}".format(reason) if reason else ""
-    if returncode < 0:
-        raise ToolError("{}: {} (a crash, not a reported error){}; last output:\n{}\nlog: {}".format(
-            name, status, reason, _tail(output) or "(no output)", log_path))
-    if returncode != 0:
-        raise ToolError("{}: failed with {}{}; last output:\n{}\nlog: {}".format(
-            name, status, reason, _tail(output) or "(no output)", log_path))
-    if failure_line and failure_line in output:
-        raise ToolError("{}: exited 0 but printed its failure line {!r}{}; treating the run as failed; "
-                        "log: {}".format(name, failure_line, reason, log_path))
-    if success_line and success_line not in output:
-        last = _tail(output, 1)
-        raise ToolError("{}: exited 0 but never printed its success line {!r} (its last line: {!r}); treating "
-                        "the run as failed; log: {}".format(name, success_line, last or "(no output)", log_path))
-    missing = [p for p in artifacts if not os.path.exists(p)]
-    if missing:
-        raise ToolError("{}: reported success but did not produce {}; log: {}".format(
-            name, ", ".join(missing), log_path))
-    return output
-
-
-def _write_log(log_path, argv, cwd, output, status):
-    with open(log_path, "w") as handle:
-        handle.write("# argv: {}\n# cwd: {}\n# outcome: {}\n".format(json.dumps(argv), cwd, status))
-        handle.write(output)
 
 
 # --- soc version -------------------------------------------------------------------------------------
@@ -205,7 +126,7 @@ def detect_soc_version(npu_smi="npu-smi", log_path=None):
     chips = parse_npu_smi(output, "npu-smi info (log: {})".format(log))
     if not chips:
         raise ToolError("npu-smi info printed no chip row that names a 310/910 chip; pass --soc-version "
-                        "(e.g. Ascend310P3); output was:\n{}".format(_tail(output)))
+                        "(e.g. Ascend310P3); output was:\n{}".format(output_tail(output)))
     names = sorted(set(c[1] for c in chips))
     if len(names) > 1:
         raise ToolError("npu-smi info lists several chip types ({}); pass --soc-version to choose one"
@@ -431,48 +352,3 @@ def parse_batch_sizes(text):
     if not sizes or any(s < 1 for s in sizes):
         raise ToolError("--batch-sizes must list positive integers, got {!r}".format(text))
     return sizes
-
-
-# --- command line ------------------------------------------------------------------------------------
-
-def register_cli(subparsers):
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert an ONNX model to .om files with atc (or aoe operator tuning), one per batch size",
-        description="Recipe step 3.2: atc --framework=5 ... for each batch size; with --aoe, the recipe's "
-                    "aoe --job_type=2 operator tuning instead. Each om gets a log and a sidecar json "
-                    "beside it.")
-    parser.add_argument("onnx", type=input_file("ONNX model"),
-                        help="exported ONNX model (its sidecar <onnx>.json supplies the input shape)")
-    parser.add_argument("--out-dir", default="om", type=output_dir("om folder"),
-                        help="where the .om files, logs and sidecars go (default: om)")
-    parser.add_argument("--batch-sizes", default=",".join(str(b) for b in DEFAULT_BATCH_SIZES),
-                        help="comma-separated batch sizes (default: the recipe's 1,4,8,16,32,64)")
-    parser.add_argument("--soc-version", default=None,
-                        help="e.g. Ascend310P3; default: read from `npu-smi info`")
-    parser.add_argument("--precision-mode", default="force_fp16", choices=PRECISION_MODES)
-    parser.add_argument("--out-nodes", default=DEFAULT_OUT_NODES,
-                        help="atc --out_nodes (default: dets;labels)")
-    parser.add_argument("--aoe", action="store_true",
-                        help="run aoe operator tuning (job type 2) instead of atc")
-    parser.add_argument("--job-type", type=int, default=2, choices=(1, 2), help="aoe job type (default 2)")
-    parser.add_argument("--log-level", default="error", help="atc --log level (default: error)")
-    parser.add_argument("--atc", default=None, help="atc executable (default: atc on PATH)")
-    parser.add_argument("--aoe-bin", default=None, help="aoe executable (default: aoe on PATH)")
-    parser.add_argument("--npu-smi", default="npu-smi", help="npu-smi executable (default: npu-smi on PATH)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per conversion")
-    parser.add_argument("--stop-on-error", action="store_true", help="stop at the first failing batch size")
-    parser.set_defaults(func=_cli_convert)
-
-
-def _cli_convert(args):
-    sizes = parse_batch_sizes(args.batch_sizes)
-    kwargs = dict(precision_mode=args.precision_mode, out_nodes=args.out_nodes, log_level=args.log_level,
-                  job_type=args.job_type, timeout=args.timeout,
-                  executable=args.aoe_bin if args.aoe else args.atc)
-    results = convert_batch_sizes(args.onnx, args.out_dir, sizes, soc_version=args.soc_version, aoe=args.aoe,
-                                  npu_smi=args.npu_smi, keep_going=not args.stop_on_error, **kwargs)
-    for bs in sorted(results):
-        print("batch size {}: {} ({})".format(bs, os.path.join(args.out_dir, results[bs]["om"]),
-                                              results[bs]["soc_version"] or "aoe"))
-    return 0

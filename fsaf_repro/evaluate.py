@@ -11,7 +11,6 @@ run on a different or partial val2017 cannot pass for the recipe's. The annotati
 checked once (`data.read_annotation_file`, the check every verb shares) and the scorer is given
 that very content, not the path to read again.
 """
-import argparse
 import contextlib
 import copy
 import io
@@ -24,7 +23,7 @@ import numpy as np
 
 from .data import read_annotation_file
 from .errors import ResultsError
-from .fileio import input_file, output_file
+from .results_json import read_results_json
 from .spec import accuracy_reference, load_recipe_spec
 
 SCORERS = ("pycocotools", "faster-coco-eval")
@@ -190,7 +189,6 @@ def evaluate_results(annotation_file, results, scorer="pycocotools", image_ids=N
     annotations = read_annotation_file(annotation_file, need_annotations=True)
     source = "results"
     if not isinstance(results, list):
-        from .postprocess import read_results_json
         source = os.fspath(results)
         results = read_results_json(source)
     data, sha = annotations.data, annotations.sha256
@@ -266,47 +264,6 @@ def format_per_class_table(per_class, columns=3):
         lines.append(" | ".join("{:<{w}} | {:>5}".format(name, ap, w=name_width) for name, ap in row))
     lines.append(rule)
     return "\n".join(lines)
-
-
-def _cmd_evaluate(args):
-    image_ids = None
-    if args.limit is not None:
-        images = read_annotation_file(args.annotations).images  # in id order
-        image_ids = [image.image_id for image in images][:args.limit]
-    metrics = evaluate_results(args.annotations, args.results, scorer=args.scorer, image_ids=image_ids,
-                               drop_degenerate=args.drop_degenerate)
-    print("Evaluate annotation type *bbox* ({}; {} images, {} detections; annotations sha256 {})".format(
-        metrics["scorer"], metrics["num_images"], metrics["num_detections"], metrics["annotation_sha256"]))
-    if metrics["degenerate_dropped"]:
-        print("dropped {} detection(s) with a box of width or height <= 0 (--drop-degenerate)".format(
-            metrics["degenerate_dropped"]))
-    print(format_recipe_table(metrics["stats"]))
-    if not args.no_per_class:
-        print(format_per_class_table(metrics["per_class"]))
-    if args.metrics_out:
-        from .postprocess import write_results_json
-        write_results_json(args.metrics_out, metrics_record(metrics))
-        print("metrics written to {}".format(args.metrics_out))
-    return 0
-
-
-def register_cli(subparsers):
-    parser = subparsers.add_parser(
-        "evaluate", help="score a COCO results json: the recipe's 12-line table and per-class AP",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
-                        help="COCO instances json (ground truth)")
-    parser.add_argument("--results", required=True, type=input_file("results file"), help="COCO results json to score")
-    parser.add_argument("--scorer", default="pycocotools", choices=SCORERS)
-    parser.add_argument("--limit", type=int, default=None,
-                        help="score only the first N images by id (a partial run)")
-    parser.add_argument("--metrics-out", default=None, type=output_file("metrics file"),
-                        help="write the metrics record (json) here")
-    parser.add_argument("--no-per-class", action="store_true", help="skip the per-class AP table")
-    parser.add_argument("--drop-degenerate", action="store_true",
-                        help="leave out detections whose box has width or height <= 0 and count them in the "
-                             "metrics record (default: such a detection is an error)")
-    parser.set_defaults(func=_cmd_evaluate)
 
 
 def load_metrics(path):

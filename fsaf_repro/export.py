@@ -21,10 +21,10 @@ import warnings
 import numpy as np
 import torch
 
-from .checkpoint import load_detector, write_seeded_checkpoint
+from .checkpoint import load_detector
 from .decode import _greedy_nms_order, multiclass_nms, pad_detections, select_candidates
 from .errors import ExportError
-from .fileio import atomic_write_json, file_sha256, new_temp_file, output_file
+from .fileio import atomic_write_json, file_sha256, new_temp_file
 from .spec import input_constants, model_constants
 
 FLAVOURS = ("onnx-nms", "ascend-nms", "raw")
@@ -423,39 +423,3 @@ def _sidecar_problem(sidecar):
             return "{} 'shape' must be a list of positive integers after the batch dimension, got {!r}".format(
                 key, shape)
     return None
-
-
-def register_cli(subparsers):
-    parser = subparsers.add_parser(
-        "export", help="recipe 3.1: export the checkpoint (or seeded weights) to ONNX, opset 11")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="mmdetection checkpoint, e.g. fsaf_r50_fpn_1x_coco-94ccc51f.pth")
-    source.add_argument("--seeded", type=int, metavar="SEED",
-                        help="write seeded weights in the official layout beside the output and export them")
-    parser.add_argument("--output", required=True, type=output_file("ONNX file"), help="path of the .onnx to write")
-    parser.add_argument("--flavour", choices=FLAVOURS, default="onnx-nms")
-    parser.add_argument("--height", type=int, default=input_constants()["height"])
-    parser.add_argument("--width", type=int, default=input_constants()["width"])
-    batch = parser.add_mutually_exclusive_group()
-    batch.add_argument("--batch-size", type=int, default=1, help="static batch size (default 1)")
-    batch.add_argument("--dynamic-batch", action="store_true", help="export a dynamic batch dimension")
-    parser.add_argument("--input-dtype", choices=INPUT_DTYPES, default="float32",
-                        help="uint8 moves normalisation into the graph (the ATC/AIPP way)")
-    parser.add_argument("--opset", type=int, default=model_constants()["opset"])
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="load with the full unpickler (only for files you trust)")
-    parser.set_defaults(func=_cli_export)
-
-
-def _cli_export(args):
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        checkpoint = os.path.splitext(args.output)[0] + "-seeded{}.pth".format(args.seeded)
-        write_seeded_checkpoint(checkpoint, args.seeded)
-    sidecar = export_onnx(checkpoint, args.output, flavour=args.flavour, height=args.height,
-                          width=args.width, batch_size=None if args.dynamic_batch else args.batch_size,
-                          opset=args.opset, input_dtype=args.input_dtype, trusted=args.trust_checkpoint)
-    print("exported {} ({} flavour, input {} {}, {:.1f} MB, {:.1f} s)".format(
-        args.output, sidecar["flavour"], sidecar["input"]["dtype"], sidecar["input"]["shape"],
-        sidecar["file_size"] / 1e6, sidecar["export_seconds"]))
-    return 0

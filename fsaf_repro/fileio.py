@@ -106,8 +106,8 @@ def atomic_write_json(path, payload, indent=2):
 # --- checks of the paths a verb is given ---------------------------------------------------------
 #
 # Each check runs before any work (the CLI runs them while parsing the arguments, through the
-# `input_file`-style argument types below), so a run does not load a model or process a data set
-# only to fail on its first or last write. Each raises PathError naming the path and what to do.
+# `input_file`-style argument types of fsaf_repro.cli.args), so a run does not load a model or
+# process a data set only to fail on its first or last write. Each raises PathError naming the path and what to do.
 
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -228,34 +228,6 @@ def check_output_dir(path, what="output folder"):
         return path
     _check_writable_place(path, what)
     return path
-
-
-def _path_type(check, what):
-    def check_argument(text):
-        return check(text, what)
-    check_argument.__name__ = what.replace(" ", "_")  # argparse names the type by it in its messages
-    return check_argument
-
-
-def input_file(what="input file"):
-    """An argparse `type` that checks a file to read at parse time (PathError; the CLI prints one line)."""
-    return _path_type(check_input_file, what)
-
-
-def input_dir(what="input folder"):
-    return _path_type(check_input_dir, what)
-
-
-def input_path(what="input"):
-    return _path_type(check_input_path, what)
-
-
-def output_file(what="output file"):
-    return _path_type(check_output_file, what)
-
-
-def output_dir(what="output folder"):
-    return _path_type(check_output_dir, what)
 
 
 def _pid_running(pid):

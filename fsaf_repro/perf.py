@@ -29,9 +29,10 @@ import time
 
 import numpy as np
 
+from .backends.ais_bench_cli import check_summary, summary_of_output
 from .backends.fp16_emulation import check_record_labels, labels_for_record
-from .errors import FsafReproError, ResultsError, ToolError
-from .fileio import atomic_write_json, input_file, output_file
+from .errors import OutputFormatError, ResultsError, ToolError
+from .fileio import atomic_write_json
 from .spec import input_constants, performance_reference
 
 MODE_DEFINITIONS = {
@@ -178,7 +179,7 @@ _PURE_LINE = re.compile(r"^(?:\[INFO\]\s*)?ave_throughputRate\s*[:=]\s*(?P<fps>{
 _LOG_LINE = re.compile(r"^\[(?:INFO|WARN|WARNING|ERROR|DEBUG|EVENT)\]", re.IGNORECASE)
 # "-----------------PureInfer Performance Summary------------------", "------------"
 _SEPARATOR_LINE = re.compile(r"^-{3,}(?:[A-Za-z ]+-{3,})?$")
-# the header fsaf_repro.convert.run_tool writes at the top of a kept tool log
+# the header fsaf_repro.tools.run_tool writes at the top of a kept tool log
 _RUN_TOOL_HEADER = re.compile(r"^# (?:argv|cwd|outcome): ")
 # the spellings of the perf file's stages, mapped to one name each
 PERF_STAGE_SPELLINGS = {"e2e": "e2e", "data read": "data read", "preprocess": "preprocess",
@@ -377,8 +378,6 @@ def parse_ais_bench_summary(path, device, batch_size, precision="fp16", chips=No
     ais_infer's `sumary.json` inside it), the output folder itself, the `--output` folder holding one
     run, or a saved console log of the run.
     """
-    from .backends.ais_bench_cli import check_summary, summary_of_output
-    from .errors import OutputFormatError
     path = str(path)
     try:
         if os.path.isdir(path):
@@ -596,164 +595,3 @@ def format_gates(results):
         lines.append("{} {}:{}".format(verdict, g["name"], detail))
         lines.extend("    caveat: " + c for c in g["caveats"])
     return "\n".join(lines)
-
-
-# --- command line ------------------------------------------------------------------------------------
-
-def register_cli(subparsers):
-    perf = subparsers.add_parser(
-        "perf", help="measure pure-inference fps/latency of a backend, or parse benchmark/ais_bench output",
-        description="Throughput records with their definitions. Measure: --backend NAME --model PATH runs a "
-                    "fixed input --loops times after --warmup runs for each --batch-sizes. Parse: "
-                    "--from-benchmark PERF_TXT or --from-ais-bench SUMMARY_JSON.")
-    perf.add_argument("--backend", help="backend name (see fsaf_repro.backends)")
-    perf.add_argument("--model", type=input_file("model file"),
-                      help="model file for the backend (onnx, om, checkpoint)")
-    perf.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default 1)")
-    perf.add_argument("--loops", type=int, default=20)
-    perf.add_argument("--warmup", type=int, default=3)
-    perf.add_argument("--height", type=int, default=None)
-    perf.add_argument("--width", type=int, default=None)
-    perf.add_argument("--input-dtype", default="float32", choices=("float32", "uint8"))
-    perf.add_argument("--threads", type=int, default=None, help="intra-op threads for CPU backends")
-    perf.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
-                      help="backend option, repeatable (e.g. graph_optimization=basic, device_id=0)")
-    perf.add_argument("--benchmark-info", metavar="INFO", type=input_file("info file"),
-                      help="run the benchmark tool over this info file with --model (an .om), in --workdir, "
-                           "and read its perf file (the recipe's full-dataset mode)")
-    perf.add_argument("--workdir", default="benchmark_run", help="where the benchmark tool writes result/")
-    perf.add_argument("--device-id", type=int, default=0)
-    perf.add_argument("--benchmark-executable", default=None,
-                      help="benchmark tool (default benchmark.x86_64 or benchmark.aarch64 on PATH)")
-    perf.add_argument("--from-benchmark", metavar="PERF_TXT", type=input_file("benchmark perf file"),
-                      help="parse a benchmark tool perf file/output")
-    perf.add_argument("--from-ais-bench", metavar="SUMMARY_JSON", type=input_file("ais_bench summary"),
-                      help="parse an ais_bench summary json")
-    perf.add_argument("--device", default="cpu", help="device label of the records (310, 310P, 310P_aoe, T4, "
-                                                      "cpu...); default cpu")
-    perf.add_argument("--precision", default=None,
-                      help="precision label (default fp32 measured, fp16 parsed)")
-    perf.add_argument("--chips", type=int, default=None,
-                      help="multiply parsed fps by this many chips (default 4 for device 310, else 1)")
-    perf.add_argument("--batch-size", type=int, default=None, help="batch size of a parsed file")
-    perf.add_argument("--out", type=output_file("perf records file"), help="write the records as JSON here")
-    perf.set_defaults(func=_cli_perf)
-
-    gates = subparsers.add_parser(
-        "gates", help="compare fps records with the recipe's table and evaluate its two gates",
-        description="Without files: the gates on the recipe's own table. With record files (from `perf`): "
-                    "each record beside the reference cell, then the gates on the measured records.")
-    gates.add_argument("records", nargs="*", type=input_file("perf records file"),
-                       help="JSON files written by `fsaf-repro perf --out`")
-    gates.add_argument("--mode", default="inference", choices=sorted(MODE_DEFINITIONS))
-    gates.add_argument("--no-fail", action="store_true", help="exit 0 even when a gate fails")
-    gates.add_argument("--with-reference", action="store_true",
-                       help="a gate device without measured records takes the recipe's reference table "
-                            "(e.g. 310 numbers on a 310P host); said in the gate's caveats")
-    gates.add_argument("--strict", action="store_true",
-                       help="exit 1 when a gate cannot be evaluated (no records for one of its devices)")
-    gates.set_defaults(func=_cli_gates)
-
-
-def _cli_perf(args):
-    from .convert import parse_batch_sizes
-    if args.benchmark_info:
-        # the recipe's full-dataset run: the benchmark tool over a whole info file, then its perf file
-        from .backends.benchmark_tool import run_info_file
-        from .convert import read_om_sidecar
-        if not args.model:
-            raise ResultsError("--benchmark-info needs --model (the .om)")
-        sidecar = read_om_sidecar(args.model)
-        batch_size = args.batch_size or (sidecar["batch_size"] if sidecar else None)
-        if batch_size is None:
-            raise ResultsError("{} has no conversion sidecar: give --batch-size".format(args.model))
-        # the om's own input size (its conversion sidecar) unless given; the recipe's otherwise
-        shape = (sidecar or {}).get("input", {}).get("shape") or [None, None] + [
-            input_constants()["height"], input_constants()["width"]]
-        result = run_info_file(args.model, batch_size, args.benchmark_info, args.width or shape[3],
-                               args.height or shape[2], args.workdir, device_id=args.device_id,
-                               executable=args.benchmark_executable, device_label=args.device,
-                               precision=args.precision or "fp16")
-        records = result["perf_records"]
-        print("outputs: {} (perf file {}, log {})".format(result["outputs_dir"], result["perf_file"],
-                                                        result["log"]))
-    elif args.from_benchmark or args.from_ais_bench:
-        precision = args.precision or "fp16"
-        if args.from_benchmark:
-            records = parse_benchmark_perf(args.from_benchmark, args.device, args.batch_size, precision,
-                                           chips=args.chips)
-        else:
-            if args.batch_size is None:
-                raise ResultsError("--from-ais-bench needs --batch-size (the summary does not record it)")
-            records = [parse_ais_bench_summary(args.from_ais_bench, args.device, args.batch_size, precision,
-                                               chips=args.chips)]
-    else:
-        if not args.backend:
-            raise ResultsError("give --backend and --model to measure, or --from-benchmark/--from-ais-bench")
-        from .backends import create_backend
-        try:
-            sizes = parse_batch_sizes(args.batch_sizes)
-        except ToolError as exc:
-            raise ResultsError(str(exc)) from None
-        from .runner import parse_backend_options
-        try:
-            options = parse_backend_options(args.backend_option)
-        except FsafReproError as exc:
-            raise ResultsError(str(exc)) from None
-        if args.threads is not None:
-            options["threads"] = args.threads
-        records = []
-        for bs in sizes:
-            with create_backend(args.backend, **options) as backend:
-                backend.load(args.model)
-                batch = fixed_input(bs, args.height, args.width, args.input_dtype)
-                records.append(measure_pure_inference(backend, batch, args.loops, args.warmup, args.device,
-                                                      args.precision or "fp32", args.backend))
-        best = best_batch(records)
-        print("best batch: {} ({:.3f} fps)".format(best["batch_size"], best["fps"]))
-    print(format_records(records))
-    if args.out:
-        write_records(args.out, records)
-        print("records written to {}".format(args.out))
-    return 0
-
-
-def _cli_gates(args):
-    reference = reference_records()
-    if not args.records:
-        print("recipe section 7.1 table (reference):")
-        print(format_records(reference))
-        print("")
-        results = evaluate_gates(reference, mode="inference")
-    else:
-        measured = []
-        for path in args.records:
-            measured.extend(load_records(path))
-        print("measured vs reference:")
-        for row in compare_to_reference(measured):
-            m = row["measured"]
-            print("  {} {} bs{} {}: {:.3f} fps{}".format(
-                m["device"], m["backend"], m["batch_size"], m["mode"], m["fps"],
-                "" if row["ratio"] is None else " = {:.3f} x reference {:.3f}".format(
-                    row["ratio"], row["reference"]["fps"])))
-            for caveat in row["caveats"]:
-                print("    caveat: " + caveat)
-        filled = []
-        if args.with_reference:
-            measured_devices = set(r["device"] for r in measured if r["mode"] == args.mode)
-            filled = sorted(set(r["device"] for r in reference) - measured_devices)
-            measured = measured + [r for r in reference if r["device"] in filled]
-        results = evaluate_gates(measured, mode=args.mode)
-        for gate in results:
-            for side in ("numerator_device", "denominator_device"):
-                if gate[side] in filled:
-                    gate["caveats"].append("{} from the recipe's reference table (section 7.1), not measured "
-                                           "here".format(gate[side]))
-    print(format_gates(results))
-    failed = [g for g in results if g["passed"] is False]
-    unevaluated = [g for g in results if g["passed"] is None]
-    if unevaluated and args.strict:
-        print("strict: {} gate(s) not evaluated: {}".format(
-            len(unevaluated), ", ".join(g["name"] for g in unevaluated)))
-        return 1
-    return 1 if failed and not args.no_fail else 0

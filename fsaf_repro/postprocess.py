@@ -17,16 +17,15 @@ The scale of each image is the one it was preprocessed with: from the preprocess
 is given (it records the images actually written, EXIF rotations and skipped images included), else
 from the image headers when the image folder is given, else from the annotation sizes alone.
 """
-import argparse
 import glob
-import json
 import os
 
 import numpy as np
 
-from .data import CocoImageSet, ImageMeta, boxes_to_original
-from .errors import DataError, OutputFormatError, ResultsError
-from .fileio import atomic_write_text, input_dir, input_file, input_path, output_file, read_json
+from .data import ImageMeta, boxes_to_original
+from .errors import DataError, OutputFormatError
+from .fileio import read_json
+from .results_json import read_results_json, write_results_json  # noqa: F401  (re-exported: callers import them from here)
 from .spec import model_constants
 
 DETS_COLUMNS = 5
@@ -239,20 +238,6 @@ def detections_to_coco(dets, labels, metas, category_ids, score_threshold=None, 
     return results
 
 
-def write_results_json(path, results):
-    """Write COCO results atomically (temporary file + rename): no half-written json on failure."""
-    return atomic_write_text(os.fspath(path), json.dumps(results))
-
-
-def read_results_json(path):
-    """Load a COCO results json (a list of detections); ResultsError naming the file when malformed."""
-    path = os.fspath(path)
-    results = read_json(path, ResultsError, "results file")
-    if not isinstance(results, list):
-        raise ResultsError("results file {} must hold a JSON list of detections".format(path))
-    return results
-
-
 def read_outputs(kind, outputs, metas, stems, batch_size=1, labels_path=None, outfmt="BIN"):
     """Dispatch to the reader for `kind` in ('benchmark', 'ais_bench', 'npy'); stems: image id -> output stem."""
     if kind == "benchmark":
@@ -299,69 +284,3 @@ def metas_from_manifest(path, image_set, record=None):
                         "the one preprocess used?".format(path, len(known), image_set.annotation_file,
                                                           strangers[:3]))
     return metas
-
-
-def _cmd_postprocess(args):
-    record = read_json(args.manifest, DataError, "preprocess manifest") if args.manifest else None
-    height, width = args.height, args.width
-    if isinstance(record, dict):
-        # the canvas the .bin files were written at, unless given (a contradiction is then an error)
-        height = height if height is not None else record.get("height")
-        width = width if width is not None else record.get("width")
-    image_set = CocoImageSet(args.annotations, args.images or "", limit=args.limit, height=height, width=width)
-    # the scales outputs are undone with: manifest, else image headers, else annotation sizes
-    if record is not None:
-        metas = metas_from_manifest(args.manifest, image_set, record)
-    else:
-        metas = image_set.decoded_metas() if args.images else list(image_set.metas)
-    dets, labels = read_outputs(args.format, args.outputs, metas, image_set.output_stems, batch_size=args.batch_size,
-                                labels_path=args.labels_npy, outfmt=args.outfmt)
-    results = detections_to_coco(dets, labels, metas, image_set.category_ids,
-                                 score_threshold=args.score_threshold, clip=args.clip)
-    write_results_json(args.results, results)
-    print("postprocess: {} detections for {} images -> {}".format(len(results), len(metas), args.results))
-    if args.evaluate:
-        from .evaluate import evaluate_results, format_per_class_table, format_recipe_table
-        # the file just written, so that an error names it and its row
-        metrics = evaluate_results(args.annotations, args.results, scorer=args.scorer,
-                                   image_ids=[m.image_id for m in metas], drop_degenerate=args.drop_degenerate)
-        if metrics["degenerate_dropped"]:
-            print("dropped {} detection(s) with a box of width or height <= 0 (--drop-degenerate)".format(
-                metrics["degenerate_dropped"]))
-        print(format_recipe_table(metrics["stats"]))
-        print(format_per_class_table(metrics["per_class"]))
-    return 0
-
-
-def register_cli(subparsers):
-    parser = subparsers.add_parser(
-        "postprocess", help="recipe step 6: network outputs -> COCO results json (optionally scored)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
-                        help="COCO instances json the inputs came from")
-    parser.add_argument("--images", default=None, type=input_dir("image folder"),
-                        help="image directory: its headers give each image's decoded size (EXIF rotation); "
-                             "not needed with --manifest")
-    parser.add_argument("--manifest", default=None, type=input_file("preprocess manifest"),
-                        help="preprocess_manifest.json of the preprocessing run: the images and scales used")
-    parser.add_argument("--height", type=int, default=None,
-                        help="model input height (default: the manifest's, else the recipe's)")
-    parser.add_argument("--width", type=int, default=None,
-                        help="model input width (default: the manifest's, else the recipe's)")
-    parser.add_argument("--limit", type=int, default=None, help="first N images by id, as in preprocess")
-    parser.add_argument("--format", choices=("benchmark", "ais_bench", "npy"), default="benchmark")
-    parser.add_argument("--outputs", required=True, type=input_path("network outputs"),
-                        help="benchmark dumpOutput dir, ais_bench output dir, or the dets .npy")
-    parser.add_argument("--labels-npy", default=None, type=input_file("labels .npy"), help="labels .npy (format npy)")
-    parser.add_argument("--batch-size", type=int, default=1, help="ais_bench batch size")
-    parser.add_argument("--outfmt", default="BIN", choices=("BIN", "NPY"), help="ais_bench --outfmt")
-    parser.add_argument("--results", required=True, type=output_file("results file"), help="COCO results json to write")
-    parser.add_argument("--score-threshold", type=float, default=model_constants()["score_threshold"])
-    parser.add_argument("--clip", action="store_true",
-                        help="clip boxes to the original image (the recipe does not)")
-    parser.add_argument("--evaluate", action="store_true", help="score the results right away")
-    parser.add_argument("--scorer", default="pycocotools", choices=("pycocotools", "faster-coco-eval"))
-    parser.add_argument("--drop-degenerate", action="store_true",
-                        help="with --evaluate: leave out detections whose box has width or height <= 0 and "
-                             "count them (default: such a detection is an error)")
-    parser.set_defaults(func=_cmd_postprocess)

@@ -36,9 +36,13 @@ import cv2
 import numpy as np
 
 from . import __version__
-from .errors import BackendError, DataError, ImageReadError, JournalMismatch, ResultsError
-from .fileio import file_sha256, input_dir, input_file, output_file, part_suffix
+from .data import iter_batches
+from .errors import BackendError, ImageReadError, JournalMismatch, ResultsError
+from .fileio import file_sha256
 from .locking import run_lock
+from .perf import dataset_records
+from .postprocess import detections_to_coco
+from .results_json import write_results_streaming
 from .spec import load_recipe_spec, section_digest
 
 # 2: batch lines name the entries they cover and the sha256 of each image read there. Format-1
@@ -238,7 +242,6 @@ def _current_sha256(path):
 
 
 def _detections_to_coco(outputs, metas, category_ids):
-    from .postprocess import detections_to_coco
     return detections_to_coco(outputs["dets"], outputs["labels"], metas, category_ids)
 
 
@@ -272,29 +275,6 @@ def _summary_of(entry, offset, line, keep_digests=False):
     if keep_digests:
         summary["image_sha256"] = entry["image_sha256"]
     return summary
-
-
-def write_results_streaming(path, results):
-    """Write an iterable of COCO results as a JSON list without holding them all in memory.
-
-    The bytes are those of `json.dump(list(results), f)` (fsaf_repro.postprocess.write_results_json's
-    format); written to a temporary file and renamed, so a kill never leaves a half-written json.
-    """
-    path = str(path)
-    tmp = path + part_suffix()
-    count = 0
-    try:
-        with open(tmp, "w") as handle:
-            handle.write("[")
-            for result in results:
-                handle.write((", " if count else "") + json.dumps(result))
-                count += 1
-            handle.write("]")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return count
 
 
 def _skipped_dict(item):
@@ -372,7 +352,6 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
                "batch_size": batch_size, "wall_seconds": wall_seconds, "inference_seconds": inference_seconds,
                "records": []}
     if done_images and inference_seconds > 0:
-        from .perf import dataset_records
         summary["records"] = dataset_records(
             done_images, wall_seconds, inference_seconds, session["latencies"], "host",
             backend_name or backend.name, "fp32" if input_dtype == "float32" else input_dtype, batch_size,
@@ -383,7 +362,6 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
 def _run_range(image_set, backend, journal, start, end, batch_size, static, input_dtype, skip_bad, prefetch,
                workers, bar, session):
     """Run entries [start, end) batch by batch, journaling each batch with the digests of its images."""
-    from .data import iter_batches
     index_of = dict((meta.image_id, i) for i, meta in enumerate(image_set.metas[start:end], start))
     # Recycled buffers: memory is a fixed pool whatever the run's length; each batch is finished
     # (journaled) before the next is asked for, as recycling requires.
@@ -471,87 +449,3 @@ def _progress(total, initial, enabled):
         return bar
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, unit="img", desc="infer", dynamic_ncols=True)
-
-
-# --- command line ------------------------------------------------------------------------------------
-
-def parse_backend_options(pairs):
-    """`KEY=VALUE` strings -> dict; values are JSON when they parse (numbers, true/false), else strings."""
-    options = {}
-    for pair in pairs or ():
-        if "=" not in pair:
-            raise DataError("--backend-option expects KEY=VALUE, got {!r}".format(pair))
-        key, value = pair.split("=", 1)
-        try:
-            options[key.strip()] = json.loads(value)
-        except ValueError:
-            options[key.strip()] = value
-    return options
-
-
-def register_cli(subparsers):
-    parser = subparsers.add_parser(
-        "infer", help="run a backend over a COCO image set and write a COCO results json (resumable)",
-        description="Streaming inference: images -> backend -> COCO results json. Killed and started again "
-                    "with the same arguments, the run continues from its journal (<out>.journal) and "
-                    "writes the same results.")
-    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
-                        help="COCO instances json (instances_val2017.json)")
-    parser.add_argument("--images", required=True, type=input_dir("image folder"), help="image directory (val2017)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images by image id")
-    parser.add_argument("--height", type=int, default=None, help="network input height (spec: 800)")
-    parser.add_argument("--width", type=int, default=None, help="network input width (spec: 1216)")
-    parser.add_argument("--backend", default="onnxruntime", help="backend name (default onnxruntime)")
-    parser.add_argument("--model", default=None, type=input_file("model file"),
-                        help="model file (.onnx, .om, checkpoint .pth)")
-    parser.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="backend option, repeatable (e.g. threads=2, device_id=0, batch_size=4)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per batch (default: the model's static batch size, else 1)")
-    parser.add_argument("--input-dtype", default="float32", choices=("float32", "uint8"))
-    parser.add_argument("--prefetch", type=int, default=2, help="batches decoded ahead (default 2)")
-    parser.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip unreadable images and list them (default: stop with the file named)")
-    parser.add_argument("--out", required=True, type=output_file("results file"), help="results json to write")
-    parser.add_argument("--perf-out", default=None, type=output_file("perf records file"),
-                        help="write this session's fps records (perf format)")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--keep-journal", action="store_true", help="keep <out>.journal after success")
-    parser.add_argument("--restart", action="store_true", help="discard an existing journal and start over")
-    parser.set_defaults(func=_cli_infer)
-
-
-def _cli_infer(args):
-    # the lock first: a second run on these results refuses before it loads the images or the model
-    with run_lock(args.out, "infer"):
-        return _cli_infer_locked(args)
-
-
-def _cli_infer_locked(args):
-    from .backends import create_backend
-    from .data import CocoImageSet
-    from .spec import input_constants
-    inp = input_constants()
-    image_set = CocoImageSet(args.annotations, args.images, limit=args.limit,
-                             height=args.height or inp["height"], width=args.width or inp["width"])
-    options = parse_backend_options(args.backend_option)
-    with create_backend(args.backend, **options) as backend:
-        backend.load(args.model)
-        summary = infer_dataset(image_set, backend, args.out, batch_size=args.batch_size, prefetch=args.prefetch,
-                                workers=args.workers, skip_bad=args.skip_bad, progress=not args.no_progress,
-                                input_dtype=args.input_dtype, backend_name=args.backend, backend_options=options,
-                                model_path=args.model, keep_journal=args.keep_journal, restart=args.restart)
-    print("{} detections for {} images written to {}{}".format(
-        summary["detections"], summary["images"], summary["results"],
-        " ({} images reused from the journal, {} run now)".format(
-            summary["reused_images"], summary["images_this_session"]) if summary["reused_images"] else ""))
-    for item in summary["skipped"]:
-        print("skipped: {} (image id {}): {}".format(item["path"], item["image_id"], item["reason"]))
-    if summary["records"]:
-        from .perf import format_records, write_records
-        print(format_records(summary["records"]))
-        if args.perf_out:
-            write_records(args.perf_out, summary["records"])
-    return 0
-

@@ -12,11 +12,9 @@ Registration is by dotted path so that importing this package never imports a ru
 runtime (aclruntime, TensorRT, CANN) shows up as `availability().ok == False` with a reason.
 """
 import importlib
-from collections import namedtuple
 
 from ..errors import BackendUnavailable
-
-Availability = namedtuple("Availability", ["ok", "reason"])
+from .base import Availability, Backend  # noqa: F401  (re-export the contract)
 
 # name -> "module:Class" (module relative to this package)
 _REGISTRY = {}
@@ -58,8 +56,6 @@ def create_backend(name, **options):
         raise BackendUnavailable("backend {!r} unavailable: {}".format(name, avail.reason))
     return cls(**options)
 
-
-from .base import Backend  # noqa: E402,F401  (re-export the contract)
 
 # The registered backends (module:Class, imported on first use).
 register_backend("null", "null:NullBackend")

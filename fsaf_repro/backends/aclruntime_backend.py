@@ -8,8 +8,7 @@ import importlib
 
 import numpy as np
 
-from . import Availability
-from .base import Backend, normalise_outputs
+from .base import Availability, Backend, normalise_outputs
 from ..errors import BackendError, ToolError
 
 INSTALL_HINT = ("install the aclruntime and ais_bench wheels (Ascend/tools repository, "

@@ -21,9 +21,9 @@ import tempfile
 import time
 import warnings
 
-from . import Availability
-from .base import Backend, read_output_files
+from .base import Availability, Backend, read_output_files
 from ..errors import BackendError, OutputFormatError, ToolError
+from ..tools import run_tool
 
 INSTALL_HINT = ("install the ais_bench and aclruntime wheels (Ascend/tools repository, "
                 "ais-bench_workload/tool/ais_bench) and `source /usr/local/Ascend/ascend-toolkit/set_env.sh`")
@@ -160,7 +160,6 @@ class AisBenchCliBackend(Backend):
         return self
 
     def run(self, batch, image_hw=None):
-        from ..convert import run_tool
         size, scratch = begin_call(self, batch, image_hw, "ais_bench_")
         stem = "batch_{:06d}".format(self.calls)
         in_dir, out_dir = os.path.join(scratch, "input"), os.path.join(scratch, "output")

@@ -1,8 +1,13 @@
 """The backend contract shared by every runtime."""
+from collections import namedtuple
+
 import numpy as np
 
-from . import Availability
 from ..errors import BackendError, BatchSizeMismatch
+
+# Whether a backend can run on this host, and why not. Defined here rather than in the package's
+# __init__ (which re-exports it) so that the contract imports nothing from the registry above it.
+Availability = namedtuple("Availability", ["ok", "reason"])
 
 # Every backend returns this many detection rows per image (the exported graphs' top-k; score-0 rows
 # are padding). The value is the model's max_per_img in spec/recipe.json; read lazily there.

@@ -16,11 +16,12 @@ import os
 import platform
 import shutil
 
-from . import Availability
-from .base import Backend, read_output_files
+from .base import Availability, Backend, read_output_files
 from .ais_bench_cli import attach_om, begin_call, keep_tool_log
 from ..errors import DataError, OutputFormatError, ResultsError, ToolError
 from ..fileio import atomic_write_text
+from ..perf import parse_benchmark_perf
+from ..tools import run_tool
 
 INSTALL_HINT = ("put the CANN benchmark tool (benchmark.x86_64 or benchmark.aarch64, from the ModelZoo "
                 "benchmark tool package) on PATH, or pass executable=PATH, and "
@@ -87,8 +88,6 @@ def run_info_file(om_path, batch_size, info_path, width, height, workdir, device
     Returns {"outputs_dir", "perf_file", "perf_records", "log", "info"}; every listed sample must
     have its output pair (ToolError names the first missing ones).
     """
-    from ..convert import run_tool
-    from ..perf import parse_benchmark_perf
     workdir = os.path.abspath(str(workdir))
     if not os.path.isdir(workdir):
         os.makedirs(workdir)

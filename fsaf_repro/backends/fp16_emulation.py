@@ -42,8 +42,7 @@ What it cannot emulate (the figures are a stand-in, not a prediction of the om's
 """
 import numpy as np
 
-from . import Availability
-from .base import Backend, normalise_outputs
+from .base import Availability, Backend, normalise_outputs
 from ..errors import BackendError, ResultsError
 from ..torch_threads import set_intra_op_threads
 

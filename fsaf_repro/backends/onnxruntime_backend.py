@@ -17,8 +17,7 @@ import importlib
 
 import numpy as np
 
-from . import Availability
-from .base import Backend, normalise_outputs
+from .base import Availability, Backend, normalise_outputs
 from ..errors import BackendError
 
 GRAPH_OPTIMISATION = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",

@@ -1,8 +1,7 @@
 """The `torch` backend: the reference path (eager PyTorch detector + fsaf_repro.decode.detect)."""
 import numpy as np
 
-from . import Availability
-from .base import Backend, normalise_outputs
+from .base import Availability, Backend, normalise_outputs
 from ..errors import BackendError
 from ..torch_threads import set_intra_op_threads
 

@@ -1,31 +1,31 @@
 """The `fsaf-repro` command line: one verb per step of the recipe.
 
-Each stage module registers its own verbs through `register_cli(subparsers)`, so the argument
-definitions live beside the code they drive. Verb handlers take the parsed namespace and return an
-exit status.
+One module of this package per verb or group of verbs; each defines `register(subparsers)`, parses
+its arguments and calls library functions. Library modules know nothing of the command line (no
+argparse outside this package). Verb handlers take the parsed namespace and return an exit status.
 """
 import argparse
 import errno
 import importlib
 import sys
 
-from . import __version__
-from .errors import FsafReproError
+from .. import __version__
+from ..errors import FsafReproError
 
-# Stage modules in the recipe's order; each defines register_cli(subparsers).
-STAGE_MODULES = [
-    # Keep the recipe's order: checkpoint, export, convert, synthetic, data, runner, postprocess,
-    # evaluate, perf, reproduce. A module is listed once it defines register_cli.
-    "fsaf_repro.checkpoint",
-    "fsaf_repro.export",
-    "fsaf_repro.convert",
-    "fsaf_repro.synthetic",
-    "fsaf_repro.data.cli",
-    "fsaf_repro.runner",
-    "fsaf_repro.postprocess",
-    "fsaf_repro.evaluate",
-    "fsaf_repro.perf",
-    "fsaf_repro.reproduce",
+# The verb modules in the recipe's order (the order `--help` lists the verbs in), each defining
+# register(subparsers). Imported when the parser is built, so that importing fsaf_repro.cli (for
+# fsaf_repro.cli.args, say) loads no stage module.
+VERB_MODULES = [
+    "checkpoint",   # make-checkpoint
+    "export",       # export
+    "convert",      # convert
+    "dataset",      # make-dataset
+    "preprocess",   # preprocess, info
+    "infer",        # infer
+    "postprocess",  # postprocess
+    "evaluate",     # evaluate
+    "perf",         # perf, gates
+    "reproduce",    # reproduce
 ]
 
 
@@ -36,9 +36,8 @@ def build_parser():
                     "evaluate and benchmark mmdetection's FSAF R50-FPN detector.")
     parser.add_argument("--version", action="version", version="fsaf-repro " + __version__)
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
-    for module_name in STAGE_MODULES:
-        module = importlib.import_module(module_name)
-        module.register_cli(subparsers)
+    for module_name in VERB_MODULES:
+        importlib.import_module("." + module_name, __name__).register(subparsers)
     return parser
 
 
@@ -65,7 +64,7 @@ def main(argv=None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        # path arguments are checked while parsing (fsaf_repro.fileio input_file & co): a bad path is
+        # path arguments are checked while parsing (fsaf_repro.cli.args input_file & co): a bad path is
         # refused before any work
         args = parser.parse_args(argv)
     except FsafReproError as exc:

@@ -3,10 +3,9 @@ import argparse
 import os
 import sys
 
-from ..fileio import input_dir, input_file, output_dir, output_file
+from ..data import CocoImageSet, write_bins, write_info_files, write_manifest
 from ..locking import run_lock
-from .bins import write_bins, write_info_files, write_manifest
-from .coco import CocoImageSet
+from .args import input_dir, input_file, output_dir, output_file
 
 
 def _add_set_arguments(parser):
@@ -63,7 +62,7 @@ def _cmd_info(args):
     return 0
 
 
-def register_cli(subparsers):
+def register(subparsers):
     pre = subparsers.add_parser(
         "preprocess", help="recipe step 4: images -> <stem>.bin (float32 CHW) + info files",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -9,7 +9,7 @@
 - `stream`: batches straight from the images to a backend, with no file on disk.
 
 Imports flow one way: transform <- coco <- bins, stream. The `preprocess` and `info` verbs are in
-`fsaf_repro.data.cli`. Every public name is importable from `fsaf_repro.data`.
+`fsaf_repro.cli.preprocess`. Every public name is importable from `fsaf_repro.data`.
 """
 from ..fileio import file_sha256
 from .bins import (BIN_MISSING, BIN_RECORD_NAME, PreprocessReport, bin_bytes, bin_file_problem, bin_transform_key,

@@ -243,10 +243,11 @@ def test_killed_runs_resume_to_identical_results(dataset, tmp_path):
 
 
 def test_backend_options_parse():
-    assert runner.parse_backend_options(["threads=2", "allow_spinning=false", "device=cpu"]) == {
+    from fsaf_repro.cli.args import parse_backend_options
+    assert parse_backend_options(["threads=2", "allow_spinning=false", "device=cpu"]) == {
         "threads": 2, "allow_spinning": False, "device": "cpu"}
     with pytest.raises(Exception, match="KEY=VALUE"):
-        runner.parse_backend_options(["threads"])
+        parse_backend_options(["threads"])
 
 
 @pytest.mark.parametrize("count", [0, 1, 3])

@@ -1,0 +1,48 @@
+"""The `evaluate` verb: score a COCO results json (the recipe's 12-line table and per-class AP)."""
+import argparse
+
+from ..data import read_annotation_file
+from ..evaluate import (SCORERS, evaluate_results, format_per_class_table, format_recipe_table,
+                        metrics_record)
+from ..results_json import write_results_json
+from .args import input_file, output_file
+
+
+def _cli_evaluate(args):
+    image_ids = None
+    if args.limit is not None:
+        images = read_annotation_file(args.annotations).images  # in id order
+        image_ids = [image.image_id for image in images][:args.limit]
+    metrics = evaluate_results(args.annotations, args.results, scorer=args.scorer, image_ids=image_ids,
+                               drop_degenerate=args.drop_degenerate)
+    print("Evaluate annotation type *bbox* ({}; {} images, {} detections; annotations sha256 {})".format(
+        metrics["scorer"], metrics["num_images"], metrics["num_detections"], metrics["annotation_sha256"]))
+    if metrics["degenerate_dropped"]:
+        print("dropped {} detection(s) with a box of width or height <= 0 (--drop-degenerate)".format(
+            metrics["degenerate_dropped"]))
+    print(format_recipe_table(metrics["stats"]))
+    if not args.no_per_class:
+        print(format_per_class_table(metrics["per_class"]))
+    if args.metrics_out:
+        write_results_json(args.metrics_out, metrics_record(metrics))
+        print("metrics written to {}".format(args.metrics_out))
+    return 0
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate", help="score a COCO results json: the recipe's 12-line table and per-class AP",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
+                        help="COCO instances json (ground truth)")
+    parser.add_argument("--results", required=True, type=input_file("results file"), help="COCO results json to score")
+    parser.add_argument("--scorer", default="pycocotools", choices=SCORERS)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="score only the first N images by id (a partial run)")
+    parser.add_argument("--metrics-out", default=None, type=output_file("metrics file"),
+                        help="write the metrics record (json) here")
+    parser.add_argument("--no-per-class", action="store_true", help="skip the per-class AP table")
+    parser.add_argument("--drop-degenerate", action="store_true",
+                        help="leave out detections whose box has width or height <= 0 and count them in the "
+                             "metrics record (default: such a detection is an error)")
+    parser.set_defaults(func=_cli_evaluate)

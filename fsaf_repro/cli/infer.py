@@ -1,0 +1,72 @@
+"""The `infer` verb: stream a COCO image set through a backend into a results json (resumable)."""
+from ..backends import create_backend
+from ..data import CocoImageSet
+from ..locking import run_lock
+from ..perf import format_records, write_records
+from ..runner import infer_dataset
+from ..spec import input_constants
+from .args import input_dir, input_file, output_file, parse_backend_options
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "infer", help="run a backend over a COCO image set and write a COCO results json (resumable)",
+        description="Streaming inference: images -> backend -> COCO results json. Killed and started again "
+                    "with the same arguments, the run continues from its journal (<out>.journal) and "
+                    "writes the same results.")
+    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
+                        help="COCO instances json (instances_val2017.json)")
+    parser.add_argument("--images", required=True, type=input_dir("image folder"), help="image directory (val2017)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images by image id")
+    parser.add_argument("--height", type=int, default=None, help="network input height (spec: 800)")
+    parser.add_argument("--width", type=int, default=None, help="network input width (spec: 1216)")
+    parser.add_argument("--backend", default="onnxruntime", help="backend name (default onnxruntime)")
+    parser.add_argument("--model", default=None, type=input_file("model file"),
+                        help="model file (.onnx, .om, checkpoint .pth)")
+    parser.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="backend option, repeatable (e.g. threads=2, device_id=0, batch_size=4)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per batch (default: the model's static batch size, else 1)")
+    parser.add_argument("--input-dtype", default="float32", choices=("float32", "uint8"))
+    parser.add_argument("--prefetch", type=int, default=2, help="batches decoded ahead (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip unreadable images and list them (default: stop with the file named)")
+    parser.add_argument("--out", required=True, type=output_file("results file"), help="results json to write")
+    parser.add_argument("--perf-out", default=None, type=output_file("perf records file"),
+                        help="write this session's fps records (perf format)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--keep-journal", action="store_true", help="keep <out>.journal after success")
+    parser.add_argument("--restart", action="store_true", help="discard an existing journal and start over")
+    parser.set_defaults(func=_cli_infer)
+
+
+def _cli_infer(args):
+    # the lock first: a second run on these results refuses before it loads the images or the model
+    with run_lock(args.out, "infer"):
+        return _cli_infer_locked(args)
+
+
+def _cli_infer_locked(args):
+    inp = input_constants()
+    image_set = CocoImageSet(args.annotations, args.images, limit=args.limit,
+                             height=args.height or inp["height"], width=args.width or inp["width"])
+    options = parse_backend_options(args.backend_option)
+    with create_backend(args.backend, **options) as backend:
+        backend.load(args.model)
+        summary = infer_dataset(image_set, backend, args.out, batch_size=args.batch_size, prefetch=args.prefetch,
+                                workers=args.workers, skip_bad=args.skip_bad, progress=not args.no_progress,
+                                input_dtype=args.input_dtype, backend_name=args.backend, backend_options=options,
+                                model_path=args.model, keep_journal=args.keep_journal, restart=args.restart)
+    print("{} detections for {} images written to {}{}".format(
+        summary["detections"], summary["images"], summary["results"],
+        " ({} images reused from the journal, {} run now)".format(
+            summary["reused_images"], summary["images_this_session"]) if summary["reused_images"] else ""))
+    for item in summary["skipped"]:
+        print("skipped: {} (image id {}): {}".format(item["path"], item["image_id"], item["reason"]))
+    if summary["records"]:
+        print(format_records(summary["records"]))
+        if args.perf_out:
+            write_records(args.perf_out, summary["records"])
+    return 0
+

@@ -1,0 +1,93 @@
+"""Guards on the package's shape (issue 10): no import cycle between fsaf_repro's modules, and the
+command line kept in fsaf_repro/cli/ (no library module imports argparse).
+
+The import graph is the one scripts/architecture_figures.py measures (imports inside functions
+included, `from . import x` counting x when x is a module), so the test and the published figures
+agree.
+"""
+import ast
+import importlib.util
+import os
+
+import pytest
+
+import fsaf_repro
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(fsaf_repro.__file__))
+FIGURES_SCRIPT = os.path.join(os.path.dirname(PACKAGE_DIR), "scripts", "architecture_figures.py")
+def _figures_module():
+    spec = importlib.util.spec_from_file_location("architecture_figures", FIGURES_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def figures():
+    return _figures_module()
+
+
+@pytest.fixture(scope="module")
+def graph(figures):
+    return figures.import_graph(PACKAGE_DIR)
+
+
+def test_the_graph_sees_the_whole_package_and_its_edges(graph):
+    # a graph that lost its modules or edges would pass the cycle test below vacuously
+    assert {"fsaf_repro.cli", "fsaf_repro.cli.args", "fsaf_repro.results_json", "fsaf_repro.tools",
+            "fsaf_repro.backends", "fsaf_repro.backends.base", "fsaf_repro.data.coco"} <= set(graph)
+    assert "fsaf_repro.backends.base" in graph["fsaf_repro.backends"]
+    assert "fsaf_repro.results_json" in graph["fsaf_repro.evaluate"]
+    assert "fsaf_repro.tools" in graph["fsaf_repro.convert"]
+
+
+def test_the_cycle_finder_names_a_cycle(figures):
+    # the finder itself, on a graph with a known cycle (a -> b -> c -> a) and a module outside it
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set()}
+    assert figures.strongly_connected(graph) == [["a", "b", "c"]]
+
+
+def test_no_import_cycle_between_package_modules(figures, graph):
+    cycles = figures.strongly_connected(graph)
+    described = ["{} (edges: {})".format(" <-> ".join(cycle), "; ".join(
+        "{} -> {}".format(m, ", ".join(sorted(graph[m] & set(cycle)))) for m in cycle)) for cycle in cycles]
+    assert not cycles, "import cycles in fsaf_repro: " + " | ".join(described)
+
+
+def _imports_argparse(path):
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "argparse" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "argparse":
+            return True
+    return False
+
+
+def _package_modules(figures):
+    found = {}
+    for folder, _, files in os.walk(PACKAGE_DIR):
+        for file_name in files:
+            if file_name.endswith(".py"):
+                path = os.path.join(folder, file_name)
+                found[figures.module_name(PACKAGE_DIR, path)] = path
+    return found
+
+
+def test_only_the_cli_package_imports_argparse(figures):
+    modules = _package_modules(figures)
+    outside = sorted(name for name, path in modules.items()
+                     if not (name == "fsaf_repro.cli" or name.startswith("fsaf_repro.cli."))
+                     and _imports_argparse(path))
+    assert not outside, "library modules importing argparse (their verbs belong in fsaf_repro/cli/): {}".format(
+        ", ".join(outside))
+    # and the CLI package does, so the check above is not looking at the wrong files
+    assert _imports_argparse(modules["fsaf_repro.cli"])
+
+
+def test_every_verb_module_defines_register():
+    from fsaf_repro import cli
+    for name in cli.VERB_MODULES:
+        module = importlib.import_module("fsaf_repro.cli." + name)
+        assert callable(getattr(module, "register", None)), name
