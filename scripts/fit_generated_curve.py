@@ -1,7 +1,7 @@
 """AP against steps and wall time of `fsaf_repro.train.fit_generated` on a held-out generated set.
 
-    python benchmarks/bench_fit_generated.py [--steps 400 --train-images 160 --eval-images 32 --threads 2]
-    python benchmarks/bench_fit_generated.py --summary run.json   # re-plot a fit summary written before
+    python scripts/fit_generated_curve.py [--steps 400 --train-images 160 --eval-images 32 --threads 2]
+    python scripts/fit_generated_curve.py --summary run.json   # re-plot a fit summary written before
 
 Writes benchmarks/results/fit_generated.json (the fit's summary: params, per-evaluation step, wall
 time, running loss, AP@[.50:.95], AP50; steps/s; host load) and fit_generated.png (AP and AP50
@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from fsaf_repro.train import fit_generated  # noqa: E402
 
-RESULTS = os.path.join(HERE, "results")
+RESULTS = os.path.join(os.path.dirname(HERE), "benchmarks", "results")  # beside the benchmark records
 
 
 def plot(summary, path):
