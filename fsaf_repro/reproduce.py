@@ -87,7 +87,7 @@ def _read_json(path):
 # when a change to its body, or to the code it calls, changes what it writes: its key changes, so it
 # and the stages after it run again. The package version is keyed beside it.
 STAGE_VERSIONS = {"checkpoint": 1, "dataset": 1, "export": 1, "convert": 1, "data": 1, "infer": 1,
-                  "results": 1, "evaluate": 1, "perf": 1, "parity": 1, "report": 1}
+                  "results": 1, "evaluate": 2, "perf": 1, "parity": 1, "report": 1}
 
 
 class Stage(object):
@@ -901,12 +901,20 @@ def run_results(ctx):
 def run_evaluate(ctx):
     from .evaluate import evaluate_results, metrics_record
     path = ctx.outputs["metrics"]
+    # The detector's box branch ends in a ReLU, so a box of zero width or height is a legal output of
+    # the model (all four distances 0 along an axis). It cannot match anything: mmdetection's scoring
+    # counts it as a false positive, evaluate refuses it by default. Here the run's own detections are
+    # scored, so such boxes are dropped and counted in the metrics record (degenerate_dropped) and the
+    # log (a negative size cannot come out of the decode: distances >= 0, clipped in order).
     record = metrics_record(evaluate_results(ctx.inputs["annotation"], ctx.inputs["results"],
                                              scorer=ctx.params["scorer"],
-                                             image_ids=ctx.options["image_set"].image_ids))
+                                             image_ids=ctx.options["image_set"].image_ids,
+                                             drop_degenerate=True))
     atomic_write_json(path, record)
-    ctx.log("{}: AP@[.50:.95] = {:.3f} over {} images".format(ctx.params["backend"], record["stats"][0],
-                                                            record["num_images"]))
+    dropped = record.get("degenerate_dropped") or 0
+    ctx.log("{}: AP@[.50:.95] = {:.3f} over {} images{}".format(
+        ctx.params["backend"], record["stats"][0], record["num_images"],
+        "; {} zero-area box(es) dropped, not scored".format(dropped) if dropped else ""))
     return {"ap": record["stats"][0]}, [path]
 
 
