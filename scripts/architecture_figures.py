@@ -83,14 +83,20 @@ def strongly_connected(graph):
     return sorted(result)
 
 
-def figures(package_dir):
-    package_dir = os.path.abspath(package_dir)
+def package_sources(package_dir):
+    """{module name: (path, is_package)} of every .py file under the package folder."""
     sources = {}
     for folder, _, files in os.walk(package_dir):
         for file_name in files:
             if file_name.endswith(".py"):
                 path = os.path.join(folder, file_name)
                 sources[module_name(package_dir, path)] = (path, file_name == "__init__.py")
+    return sources
+
+
+def figures(package_dir):
+    package_dir = os.path.abspath(package_dir)
+    sources = package_sources(package_dir)
     modules = set(sources)
     graph, functions, largest = {}, [], ("", 0)
     format_calls = argparse_modules = nested_imports = 0
@@ -136,16 +142,10 @@ def _span(node):
 
 def import_graph(package_dir):
     """{module: set of package modules it imports}: what the import-cycle test reads."""
-    package_dir = os.path.abspath(package_dir)
-    graph = {}
-    for folder, _, files in os.walk(package_dir):
-        for file_name in files:
-            if file_name.endswith(".py"):
-                path = os.path.join(folder, file_name)
-                graph[module_name(package_dir, path)] = (path, file_name == "__init__.py")
-    modules = set(graph)
+    sources = package_sources(os.path.abspath(package_dir))
+    modules = set(sources)
     result = {}
-    for name, (path, is_package) in graph.items():
+    for name, (path, is_package) in sources.items():
         with open(path, encoding="utf-8") as handle:
             result[name] = imports_of(ast.parse(handle.read()), name, is_package, modules)
     return result
