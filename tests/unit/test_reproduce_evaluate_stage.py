@@ -6,6 +6,7 @@ from fsaf_repro.data import CocoImageSet
 from fsaf_repro.evaluate import evaluate_results
 from fsaf_repro.synthetic import make_synthetic_coco, make_synthetic_results
 from fsaf_repro.spec import load_recipe_spec
+from fsaf_repro.stagebook import StageContext
 
 
 def test_zero_area_boxes_are_dropped_counted_and_logged(tmp_path):
@@ -22,7 +23,7 @@ def test_zero_area_boxes_are_dropped_counted_and_logged(tmp_path):
                             outputs={"metrics": str(tmp_path / "metrics.json")},
                             options={"image_set": image_set})
     said = []
-    ctx = reproduce.StageContext(stage, load_recipe_spec(), log=said.append)
+    ctx = StageContext(stage, load_recipe_spec(), log=said.append)
     reproduce.run_evaluate(ctx)
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert record["degenerate_dropped"] == 2

@@ -22,8 +22,9 @@ import shutil
 import pytest
 
 from fsaf_repro.errors import DataError, FsafReproError
-from fsaf_repro.reproduce import STAGE_VERSIONS, Stage, StageBook, run_reproduce, stage_key
+from fsaf_repro.reproduce import run_reproduce
 from fsaf_repro.spec import load_recipe_spec, parity_tolerances, spec_override
+from fsaf_repro.stagebook import STAGE_VERSIONS, Stage, StageBook, stage_key
 
 TINY = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
             perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={}, backends="onnxruntime")

@@ -11,9 +11,9 @@ import inspect
 
 import pytest
 
-from fsaf_repro.reproduce import (STAGE_VERSIONS, HostProbes, RunConfig, RunState, plan, plan_keys,
-                                  resolve_config)
+from fsaf_repro.reproduce import HostProbes, RunConfig, RunState, plan, plan_keys, resolve_config
 from fsaf_repro.spec import load_recipe_spec
+from fsaf_repro.stagebook import STAGE_VERSIONS
 
 BACKENDS = ("torch", "onnxruntime")
 ALL_STAGES = {"export", "data", "infer:torch", "results:torch", "evaluate:torch", "infer:onnxruntime",

@@ -1,0 +1,322 @@
+"""The stage book of `fsaf-repro reproduce`: stage declarations, their keys, reuse and records.
+
+A stage declares what it reads (Stage); its key is derived from that declaration alone (stage_key),
+and its body sees the spec only through the sections it declared (StageContext.spec), while a
+recorder on the spec loader refuses a body that read any other section. So a stage's key cannot
+drift from what the stage reads: a new read must be declared, and a declared read is keyed.
+Which stages a run has, and what each declares, is fsaf_repro.reproduce's plan.
+"""
+import datetime
+import hashlib
+import json
+import os
+import sys
+import time
+
+from . import __version__
+from .errors import DataError, FsafReproError
+from .fileio import atomic_write_json, file_sha256
+from .spec import section_digest
+
+STAGES_FILE = "stages.json"
+
+
+def canonical_json(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def read_json(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+# Implementation version of each stage (by the part of its name before ':'). Bump a stage's number
+# when a change to its body, or to the code it calls, changes what it writes: its key changes, so it
+# and the stages after it run again. The package version is keyed beside it.
+STAGE_VERSIONS = {"checkpoint": 1, "dataset": 1, "export": 1, "convert": 1, "data": 1, "infer": 1,
+                  "results": 1, "evaluate": 2, "perf": 1, "parity": 1, "report": 1}
+
+
+class Stage(object):
+    """One stage's declaration: everything its outputs depend on, and the body that writes them.
+
+    params: JSON values the body uses (ctx.params). inputs: label -> file path, or label -> {name: path}
+    for a set of files (ctx.inputs); keyed by content. spec: names of the recipe spec sections the body
+    reads (ctx.spec holds exactly these). upstream: earlier stages of this run whose records the body
+    consumes beyond its input files (an image set, a model file); keyed by their keys. options: values
+    for the body that do not change its outputs (a progress display, leave to unpickle a checkpoint);
+    not keyed. outputs: label -> the path of each named file the body writes (ctx.outputs); what it
+    records is the list it returns. `body(ctx)` returns (result dict, list of output paths).
+
+    A value of params, inputs or options may be a `Late`: known only once earlier stages have run (the
+    image set of the data stage, the om files of convert); `execute` resolves it just before keying.
+    A step this host cannot run is a Stage with `skipped` set to the reason (no body, no key); `label`
+    is the name it is reported under (the backend's name for a backend that cannot run).
+    """
+
+    def __init__(self, name, body, params=None, inputs=None, spec=(), upstream=(), options=None, outputs=None,
+                 skipped=None, label=None):
+        self.name = name
+        self.body = body
+        self.params = dict(params or {})
+        self.inputs = dict(inputs or {})
+        self.spec = tuple(spec)
+        self.upstream = tuple(u for u in upstream if u)
+        self.options = dict(options or {})
+        self.outputs = dict(outputs or {})
+        self.skipped = skipped
+        self.label = label or name
+        self.version = None
+        if skipped is None:
+            base = name.partition(":")[0]
+            if base not in STAGE_VERSIONS:
+                raise FsafReproError("reproduce stage {} has no implementation version in STAGE_VERSIONS".format(
+                    name))
+            self.version = STAGE_VERSIONS[base]
+
+
+def skipped_step(name, reason, label=None):
+    """A plan entry for a step this host cannot run, with the reason."""
+    return Stage(name, None, skipped=reason, label=label)
+
+
+class StageContext(object):
+    """What a stage body is given: its declared params, inputs, outputs and spec sections, its options,
+    the run's log and file digests (remembered for the run)."""
+
+    def __init__(self, stage, recipe, log=None, digest=file_sha256):
+        self.params = dict(stage.params)
+        self.inputs = dict(stage.inputs)
+        self.outputs = dict(stage.outputs)
+        self.spec = dict((section, recipe[section]) for section in stage.spec)
+        self.options = dict(stage.options)
+        self.log = log or (lambda message: None)
+        self.digest = digest
+
+
+def _digest_text(obj):
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+
+
+def stage_key(stage, recipe, upstream_keys, digest=file_sha256):
+    """(key, fields) of a declared stage: the sha256 of its declaration, with each input file by the
+    sha256 of its content, each spec section by the sha256 of its value in `recipe`, each upstream
+    stage by its key in `upstream_keys`. Nothing outside the declaration goes in."""
+    inputs = {}
+    for label, value in sorted(stage.inputs.items()):
+        if value is None:
+            inputs[label] = None
+        elif isinstance(value, dict):
+            inputs[label] = _digest_text(dict((name, _input_digest(stage, label, path, digest))
+                                              for name, path in value.items()))
+        else:
+            inputs[label] = _input_digest(stage, label, value, digest)
+    sections = {}
+    for section in stage.spec:
+        if section not in recipe:
+            raise FsafReproError("reproduce stage {} declares the spec section {!r}, which the recipe spec "
+                                 "(fsaf_repro/spec/recipe.json) does not have".format(stage.name, section))
+        sections[section] = section_digest(recipe[section])
+    upstream = {}
+    for name in stage.upstream:
+        if name not in upstream_keys:
+            raise FsafReproError("reproduce stage {} consumes stage {}, which has not run in this run".format(
+                stage.name, name))
+        upstream[name] = upstream_keys[name]
+    fields = {"params": stage.params, "inputs": inputs, "spec": sections, "upstream": upstream,
+              "implementation": {"stage": stage.version, "package": __version__}}
+    return _digest_text(fields), fields
+
+
+def _input_digest(stage, label, path, digest):
+    try:
+        return digest(path)
+    except OSError as exc:
+        raise DataError("{}: cannot be read ({}); it is input '{}' of the reproduce stage {}".format(
+            path, exc.strerror or exc, label, stage.name)) from None
+
+
+def _changed_parts(old, new):
+    """Which declared reads differ between two stage records' fields, for the log."""
+    if not isinstance(old, dict) or set(old) != set(new):
+        return ["stage record of another layout"]
+    parts = []
+    for kind in ("params", "inputs", "spec", "upstream"):
+        before, after = old.get(kind) or {}, new[kind]
+        for name in sorted(set(before) | set(after)):
+            if before.get(name) != after.get(name):
+                parts.append("{} {}".format({"inputs": "input", "params": "param", "spec": "spec section"}.get(
+                    kind, kind), name))
+    if old.get("implementation") != new["implementation"]:
+        parts.append("implementation version")
+    return parts
+
+
+def under_spec_sections(stage_name, sections, make):
+    """`make()`, refused when it read a spec section outside `sections`: for a value that is built
+    beside a stage and consumed by the stages after it (which key the stage, not the value)."""
+    from .spec import recording_section_reads
+    with recording_section_reads() as read:
+        value = make()
+    undeclared = sorted(read - set(sections))
+    if undeclared:
+        raise FsafReproError(_UNDECLARED.format(stage_name, ", ".join(undeclared)))
+    return value
+
+
+_UNDECLARED = ("reproduce stage {} read the spec section(s) {} without declaring them, so its key does not "
+               "cover them (fsaf_repro/reproduce.py: add them to the stage's spec sections)")
+
+
+class _Digests(object):
+    """file_sha256 remembered per file identity (path, inode, size, mtime) for one run: a stage's
+    inputs are often the same files as another's (images, models). An atomically replaced or edited
+    file has a new identity, so it is hashed again."""
+
+    def __init__(self):
+        self.known = {}
+
+    def __call__(self, path):
+        path = os.path.abspath(str(path))
+        status = os.stat(path)
+        identity = (path, status.st_ino, status.st_size, status.st_mtime_ns)
+        if identity not in self.known:
+            self.known[identity] = file_sha256(path)
+        return self.known[identity]
+
+
+class StageBook(object):
+    """`<run dir>/stages.json`: for each finished stage its key, the fields hashed into it, its
+    result record and the sha256 of each output file (paths relative to the run directory).
+
+    `recipe` is the spec the keys are derived from (default: the loaded one, see fsaf_repro.spec)."""
+
+    def __init__(self, run_dir, log, recipe=None):
+        from .spec import load_recipe_spec
+        self.run_dir = run_dir
+        self.path = os.path.join(run_dir, STAGES_FILE)
+        self.log = log
+        self.recipe = load_recipe_spec() if recipe is None else recipe
+        self.digest = _Digests()
+        self.entries = {}
+        self.status = {}
+        self.keys = {}  # key of each stage run or reused in this run: what a later stage's upstream sees
+        if os.path.exists(self.path):
+            try:
+                self.entries = read_json(self.path).get("stages", {})
+            except (ValueError, AttributeError) as exc:
+                # It is written atomically, so only outside damage gets here. Keep the damaged file
+                # for inspection rather than overwrite it with the first stage's record.
+                kept = "{}.unreadable-{}".format(self.path, time.strftime("%Y%m%dT%H%M%S"))
+                base, number = kept, 1
+                while os.path.exists(kept):  # damaged twice within a second: keep both
+                    kept = "{}-{}".format(base, number)
+                    number += 1
+                try:
+                    os.replace(self.path, kept)
+                except OSError as rename_error:
+                    raise FsafReproError("{} is unreadable ({}) and could not be moved aside to {} ({}); move or "
+                                         "remove it to run every stage again".format(
+                                             self.path, exc, kept, rename_error.strerror or rename_error))
+                log("{} is unreadable ({}), kept as {}: every stage runs again (inference resumes from "
+                    "its own journal where its arguments match)".format(self.path, exc, kept))
+                self.entries = {}
+
+    def _save(self):
+        atomic_write_json(self.path, {"format": 2, "stages": self.entries})
+
+    def _intact(self, entry):
+        for rel, digest in entry.get("outputs", {}).items():
+            path = os.path.join(self.run_dir, rel)
+            if not os.path.isfile(path) or self.digest(path) != digest:
+                return False
+        return True
+
+    def run(self, stage):
+        """Reuse `stage` (a Stage) when its key and outputs are unchanged, else run its body.
+
+        The body returns (result dict, list of output paths); both are recorded. Returns the result.
+        A body that read a spec section its stage does not declare is an error: its key would not
+        cover that section, so nothing it wrote is recorded for reuse.
+        """
+        from .spec import recording_section_reads
+        name = stage.name
+        key, fields = stage_key(stage, self.recipe, self.keys, self.digest)
+        entry = self.entries.get(name)
+        if entry is not None and entry.get("key") == key and self._intact(entry):
+            self.status[name] = "reused"
+            self.keys[name] = key
+            self.log("reused: {} (key {})".format(name, key[:12]))
+            return entry["result"]
+        if entry is not None:
+            if entry.get("key") != key:
+                why = "changed: {}".format(", ".join(_changed_parts(entry.get("fields"), fields)) or "key")
+            else:
+                why = "an output is missing or was modified"
+            self.log("re-running: {} ({})".format(name, why))
+            # forget the old record first: a failure now must not leave a stale 'finished' stage
+            del self.entries[name]
+            self._save()
+        started = time.time()
+        with recording_section_reads() as read:
+            result, outputs = stage.body(StageContext(stage, self.recipe, self.log, self.digest))
+        undeclared = sorted(read - set(stage.spec))
+        if undeclared:
+            raise FsafReproError(_UNDECLARED.format(name, ", ".join(undeclared)))
+        seconds = time.time() - started
+        rels = {}
+        for path in outputs:
+            rel = os.path.relpath(os.path.abspath(path), self.run_dir)
+            rels[rel.replace(os.sep, "/")] = self.digest(path)
+        self.entries[name] = {"key": key, "fields": fields, "result": result, "outputs": rels,
+                              "seconds": round(seconds, 3)}
+        self._save()
+        self.status[name] = "ran"
+        self.keys[name] = key
+        self.log("ran: {} (key {}, {:.1f} s)".format(name, key[:12], seconds))
+        return result
+
+    def key(self, name):
+        entry = self.entries.get(name)
+        return entry["key"] if entry else None
+
+    def seconds(self, name):
+        entry = self.entries.get(name)
+        return entry.get("seconds") if entry else None
+
+
+class RunLog(object):
+    """Prints each line and appends it to `<run dir>/logs/reproduce.log`."""
+
+    def __init__(self, run_dir, echo=True):
+        self.path = os.path.join(run_dir, "logs", "reproduce.log")
+        if not os.path.isdir(os.path.dirname(self.path)):
+            os.makedirs(os.path.dirname(self.path))
+        self.echo = echo
+        self.lines = []
+
+    def __call__(self, message):
+        self.lines.append(message)
+        if self.echo:
+            sys.stdout.write("reproduce: {}\n".format(message))
+            sys.stdout.flush()
+        with open(self.path, "a") as handle:
+            handle.write("{} {}\n".format(datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
+                                          message))
+
+
+# Late values: known once earlier stages have run
+
+
+class Late(object):
+    """A declared value resolved at execution: `fn(state, *args)`, fn a module-level function."""
+
+    def __init__(self, fn, *args):
+        self.fn = fn
+        self.args = args
+
+    def __call__(self, state):
+        return self.fn(state, *self.args)
+
+    def __repr__(self):
+        return "Late({}{})".format(self.fn.__name__, "".join(", {!r}".format(a) for a in self.args))
