@@ -152,13 +152,18 @@ def _probe_writable(folder):
     return None
 
 
-def check_input_file(path, what="input file"):
-    """`path` when it is a readable regular file; PathError naming it otherwise."""
-    path = str(path)
+def _require_existing(path, what):
+    """PathError naming a missing input, and the file in its way when a parent is not a folder."""
     if not os.path.exists(path):
         blocker = _blocking_file(path)
         raise PathError("{} not found: {}{}".format(
             what, path, " ({} is a file, not a folder)".format(blocker) if blocker else ""))
+
+
+def check_input_file(path, what="input file"):
+    """`path` when it is a readable regular file; PathError naming it otherwise."""
+    path = str(path)
+    _require_existing(path, what)
     if os.path.isdir(path):
         raise PathError("{} {} is a folder; give the file itself".format(what, path))
     try:
@@ -173,10 +178,7 @@ def check_input_file(path, what="input file"):
 def check_input_dir(path, what="input folder"):
     """`path` when it is a folder whose entries can be listed and opened; PathError otherwise."""
     path = str(path)
-    if not os.path.exists(path):
-        blocker = _blocking_file(path)
-        raise PathError("{} not found: {}{}".format(
-            what, path, " ({} is a file, not a folder)".format(blocker) if blocker else ""))
+    _require_existing(path, what)
     if not os.path.isdir(path):
         raise PathError("{} {} is a file; give the folder".format(what, path))
     try:
