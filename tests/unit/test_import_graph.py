@@ -66,13 +66,8 @@ def _imports_argparse(path):
 
 
 def _package_modules(figures):
-    found = {}
-    for folder, _, files in os.walk(PACKAGE_DIR):
-        for file_name in files:
-            if file_name.endswith(".py"):
-                path = os.path.join(folder, file_name)
-                found[figures.module_name(PACKAGE_DIR, path)] = path
-    return found
+    """{module name: path}, from the figures script's own listing of the package."""
+    return {name: path for name, (path, _) in figures.package_sources(PACKAGE_DIR).items()}
 
 
 def test_only_the_cli_package_imports_argparse(figures):
