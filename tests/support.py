@@ -12,3 +12,22 @@ def generated_inputs(seed, count, height, width):
     from fsaf_repro.checkpoint import generated_network_inputs
 
     return generated_network_inputs(torch.Generator().manual_seed(seed), count, height, width)
+
+
+# The package replaces a checkpoint, ONNX or om file atomically and never edits one in place, so a
+# copy of a run directory may share them by hard link (falling back to a real copy across file systems).
+_SHARED_SUFFIXES = (".pth", ".onnx", ".om")
+
+
+def link_or_copy(source, target):
+    """A `copy_function` for shutil.copytree: hard links for the big model files, copies otherwise."""
+    import os
+    import shutil
+
+    if source.endswith(_SHARED_SUFFIXES):
+        try:
+            os.link(source, target)
+            return target
+        except OSError:
+            pass
+    return shutil.copy2(source, target)

@@ -13,6 +13,7 @@ from fsaf_repro.errors import BackendUnavailable, CheckpointError, DataError
 from fsaf_repro.report import NOT_APPLICABLE_EMBEDDED
 from fsaf_repro.reproduce import FLAVOURS, resolve_inputs, run_reproduce
 from fsaf_repro.spec import accuracy_reference, parity_tolerances, performance_reference
+from tests.support import link_or_copy
 
 TINY = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
             perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={})
@@ -28,24 +29,9 @@ def tiny_run(tmp_path_factory):
     shutil.rmtree(str(base), ignore_errors=True)
 
 
-# The package replaces a checkpoint, ONNX or om file atomically and never edits one in place, so a
-# copy may share them by hard link (falling back to a real copy across file systems).
-_SHARED_SUFFIXES = (".pth", ".onnx", ".om")
-
-
-def _link_or_copy(source, target):
-    if source.endswith(_SHARED_SUFFIXES):
-        try:
-            os.link(source, target)
-            return target
-        except OSError:
-            pass
-    return shutil.copy2(source, target)
-
-
 def _copy(run_dir, tmp_path):
     target = str(tmp_path / "copy")
-    shutil.copytree(run_dir, target, copy_function=_link_or_copy)
+    shutil.copytree(run_dir, target, copy_function=link_or_copy)
     return target
 
 

@@ -25,6 +25,7 @@ from fsaf_repro.errors import DataError, FsafReproError
 from fsaf_repro.reproduce import run_reproduce
 from fsaf_repro.spec import load_recipe_spec, parity_tolerances, spec_override
 from fsaf_repro.stagebook import STAGE_VERSIONS, Stage, StageBook, stage_key
+from tests.support import link_or_copy
 
 TINY = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
             perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={}, backends="onnxruntime")
@@ -56,21 +57,7 @@ def affected(changed, present):
 
 
 # ------------------------------------------------------------------------------------------------
-# Baselines and copies
-
-
-_SHARED_SUFFIXES = (".pth", ".onnx", ".om")
-
-
-def _link_or_copy(source, target):
-    # the package replaces these files atomically, never in place, so a copy may share them
-    if source.endswith(_SHARED_SUFFIXES):
-        try:
-            os.link(source, target)
-            return target
-        except OSError:
-            pass
-    return shutil.copy2(source, target)
+# Baselines and copies (run directories copied with tests.support.link_or_copy)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +87,7 @@ def _copy_of(baselines, which, tmp_path):
     names them by path, and a case that changes one restores it."""
     target = tmp_path / which
     target.mkdir()
-    shutil.copytree(os.path.join(baselines[which], "run"), str(target / "run"), copy_function=_link_or_copy)
+    shutil.copytree(os.path.join(baselines[which], "run"), str(target / "run"), copy_function=link_or_copy)
     return str(target)
 
 
