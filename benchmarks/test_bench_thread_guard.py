@@ -95,7 +95,7 @@ def child_env(isa):
 
 def run_child(code, args, env, reports):
     out = subprocess.run([sys.executable, "-c", code] + [str(a) for a in args], cwd=ROOT, env=env, check=True,
-                         stdout=subprocess.PIPE, universal_newlines=True).stdout
+                         stdout=subprocess.PIPE, text=True).stdout
     reports.append(json.loads(out.strip().splitlines()[-1]))
 
 

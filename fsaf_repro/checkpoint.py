@@ -60,18 +60,18 @@ def _read_pickle(path, trusted):
                               "make-checkpoint` for seeded weights)".format(
                                   path, load_recipe_spec()["checkpoint"]["file_name"]))
     if not os.path.isfile(path):
-        raise CheckpointError("checkpoint path is not a file: {}".format(path))
+        raise CheckpointError(f"checkpoint path is not a file: {path}")
     if not os.access(path, os.R_OK):
-        raise CheckpointError("checkpoint is not readable (permissions): {}".format(path))
+        raise CheckpointError(f"checkpoint is not readable (permissions): {path}")
     if os.path.getsize(path) == 0:
-        raise CheckpointError("checkpoint is an empty file: {}".format(path))
+        raise CheckpointError(f"checkpoint is an empty file: {path}")
     container = checkpoint_container(path)
     if container is None:
         # torch.load would fail on it anyway; said here so that a damaged or foreign file is not
         # reported as a weights-only refusal that advises trusting it
-        raise CheckpointError("{} is not a PyTorch checkpoint: torch.save writes a zip archive (or, before "
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive (or, before "
                               "torch 1.6, a pickle starting with torch's magic number); check that the "
-                              "download is complete and is the .pth file".format(path))
+                              "download is complete and is the .pth file")
     # FSAF_TRUST_CHECKPOINT=1 is the environment's form of --trust-checkpoint, for runs (acceptance
     # tests, CI jobs) that load a file the user vouches for through several entry points.
     trusted = trusted or os.environ.get("FSAF_TRUST_CHECKPOINT") == "1"
@@ -80,18 +80,17 @@ def _read_pickle(path, trusted):
         kwargs["weights_only"] = not trusted
     elif not trusted and not _WARNED_NO_SAFE_LOAD:
         _WARNED_NO_SAFE_LOAD.append(True)
-        warnings.warn("torch {} has no weights-only unpickler: {} is loaded with the full pickle "
-                      "loader, which can run code; load only checkpoints you trust".format(
-                          torch.__version__, path), RuntimeWarning, stacklevel=3)
+        warnings.warn(f"torch {torch.__version__} has no weights-only unpickler: {path} is loaded with the full pickle "
+                      "loader, which can run code; load only checkpoints you trust", RuntimeWarning, stacklevel=3)
     try:
         return torch.load(path, **kwargs)
     except pickle.UnpicklingError as exc:
         if kwargs.get("weights_only"):
             raise CheckpointError(
-                "refused to load {}: the weights-only unpickler rejected it ({}). A checkpoint that "
+                f"refused to load {path}: the weights-only unpickler rejected it ({str(exc).splitlines()[0]}). A checkpoint that "
                 "needs arbitrary objects can run code when loaded; if you trust this file, pass "
-                "--trust-checkpoint (or set FSAF_TRUST_CHECKPOINT=1)".format(path, str(exc).splitlines()[0]))
-        raise CheckpointError("{} is not a PyTorch checkpoint (unpickling failed: {})".format(path, exc))
+                "--trust-checkpoint (or set FSAF_TRUST_CHECKPOINT=1)")
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (unpickling failed: {exc})")
     except Exception as exc:  # noqa: B902 - torch.load on foreign bytes raises many types; all mean "not a checkpoint"
         raise CheckpointError("{} is not a readable PyTorch checkpoint ({}: {})".format(
             path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""))
@@ -107,10 +106,10 @@ def extract_state_dict(obj, path="<checkpoint>"):
         raise CheckpointError(
             "{} holds no state dict: expected {{'state_dict': ..., 'meta': ...}} (mmdetection layout) or "
             "a dict of tensors, found {}".format(path, type(obj).__name__ if not isinstance(obj, dict)
-                                                else "a dict with keys {}".format(sorted(obj)[:8])))
+                                                else f"a dict with keys {sorted(obj)[:8]}"))
     non_tensors = sorted(k for k, v in state_dict.items() if not torch.is_tensor(v))
     if non_tensors:
-        raise CheckpointError("{}: state dict entries that are not tensors: {}".format(path, non_tensors[:10]))
+        raise CheckpointError(f"{path}: state dict entries that are not tensors: {non_tensors[:10]}")
     return state_dict
 
 
@@ -133,20 +132,18 @@ def validate_state_dict(state_dict, path="<checkpoint>"):
                  if k in state_dict and tuple(state_dict[k].shape) != layout[k]]
     if not (missing or unexpected or misshaped):
         return
-    lines = ["{} does not fit FSAF R50-FPN ({} missing, {} unexpected, {} mis-shaped keys):".format(
-        path, len(missing), len(unexpected), len(misshaped))]
+    lines = [f"{path} does not fit FSAF R50-FPN ({len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped keys):"]
     for key in missing:
-        lines.append("  missing: {}".format(key))
+        lines.append(f"  missing: {key}")
     for key in unexpected:
-        lines.append("  unexpected: {}".format(key))
+        lines.append(f"  unexpected: {key}")
     num_classes = model_constants()["num_classes"]
     for key, found, wanted in misshaped:
         hint = ""
         if key == "bbox_head.retina_cls.weight" and found[0] % num_classes == 0 and found[0] != num_classes:
-            hint = (" ({} outputs = {} anchors x {} classes: this looks like a RetinaNet checkpoint; "
-                    "FSAF has one anchor per location)".format(found[0], found[0] // num_classes, num_classes))
-        lines.append("  mis-shaped: {} checkpoint {} vs model {}{}".format(
-            key, list(found), list(wanted), hint))
+            hint = (f" ({found[0]} outputs = {found[0] // num_classes} anchors x {num_classes} classes: this looks like a RetinaNet checkpoint; "
+                    "FSAF has one anchor per location)")
+        lines.append(f"  mis-shaped: {key} checkpoint {list(found)} vs model {list(wanted)}{hint}")
     raise CheckpointError("\n".join(lines))
 
 

@@ -57,7 +57,7 @@ def cann_error_summary(text):
     errors, _ = read_cann_codes(text)
     if not errors:
         return None
-    return "; ".join(errors[:3]) + (" (+{} more)".format(len(errors) - 3) if len(errors) > 3 else "")
+    return "; ".join(errors[:3]) + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else "")
 
 
 # --- soc version -------------------------------------------------------------------------------------
@@ -86,8 +86,8 @@ def parse_npu_smi(text, source="npu-smi info"):
     header = next((i for i, line in enumerate(lines) if _NPU_SMI_HEADER.match(line)), None)
     if header is None:
         first = next((line for line in lines if line), "")
-        raise ToolError("{}: expected the npu-smi table with a header row `| NPU  Name | Health | ...`; "
-                        "its output begins {!r}".format(source, first))
+        raise ToolError(f"{source}: expected the npu-smi table with a header row `| NPU  Name | Health | ...`; "
+                        f"its output begins {first!r}")
     chips = []
     for previous, line in zip(lines[header:], lines[header + 1:]):
         if _NPU_SMI_PROCESS_HEADER.match(line):
@@ -98,8 +98,7 @@ def parse_npu_smi(text, source="npu-smi info"):
         if match is None:
             continue  # a rule closing the table, or a header row
         if not _CHIP_NAME.match(match.group("name")):
-            raise ToolError("{}: expected {} in the row {!r}; pass --soc-version (e.g. Ascend310P3)".format(
-                source, NPU_SMI_EXPECTED_CHIPS, line))
+            raise ToolError(f"{source}: expected {NPU_SMI_EXPECTED_CHIPS} in the row {line!r}; pass --soc-version (e.g. Ascend310P3)")
         chips.append((int(match.group("npu")), match.group("name"), match.group("health")))
     return chips
 
@@ -123,10 +122,10 @@ def detect_soc_version(npu_smi="npu-smi", log_path=None):
     finally:
         if log_path is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    chips = parse_npu_smi(output, "npu-smi info (log: {})".format(log))
+    chips = parse_npu_smi(output, f"npu-smi info (log: {log})")
     if not chips:
         raise ToolError("npu-smi info printed no chip row that names a 310/910 chip; pass --soc-version "
-                        "(e.g. Ascend310P3); output was:\n{}".format(output_tail(output)))
+                        f"(e.g. Ascend310P3); output was:\n{output_tail(output)}")
     names = sorted(set(c[1] for c in chips))
     if len(names) > 1:
         raise ToolError("npu-smi info lists several chip types ({}); pass --soc-version to choose one"
@@ -142,7 +141,7 @@ def input_shape_arg(input_name, batch_size, height, width, extra_inputs=()):
     network input (spec `input`)."""
     height = input_constants()["height"] if height is None else height
     width = input_constants()["width"] if width is None else width
-    parts = ["{}:{},3,{},{}".format(input_name, int(batch_size), int(height), int(width))]
+    parts = [f"{input_name}:{int(batch_size)},3,{int(height)},{int(width)}"]
     for name, dims in extra_inputs:
         parts.append("{}:{}".format(name, ",".join(str(int(d)) for d in [batch_size] + list(dims))))
     return ";".join(parts)
@@ -155,13 +154,13 @@ def atc_argv(onnx_path, output_prefix, batch_size, soc_version, input_name="inpu
     if precision_mode not in PRECISION_MODES:
         raise ToolError("unknown atc precision mode {!r}; choose one of {}".format(
             precision_mode, ", ".join(PRECISION_MODES)))
-    argv = [atc, "--framework=5", "--model={}".format(onnx_path), "--output={}".format(output_prefix),
+    argv = [atc, "--framework=5", f"--model={onnx_path}", f"--output={output_prefix}",
             "--input_format=NCHW",
-            "--input_shape={}".format(input_shape_arg(input_name, batch_size, height, width, extra_inputs)),
-            "--log={}".format(log_level), "--soc_version={}".format(soc_version)]
+            f"--input_shape={input_shape_arg(input_name, batch_size, height, width, extra_inputs)}",
+            f"--log={log_level}", f"--soc_version={soc_version}"]
     if out_nodes:
-        argv.append("--out_nodes={}".format(out_nodes))
-    argv.append("--precision_mode={}".format(precision_mode))
+        argv.append(f"--out_nodes={out_nodes}")
+    argv.append(f"--precision_mode={precision_mode}")
     argv.extend(extra_args)
     return argv
 
@@ -170,11 +169,11 @@ def aoe_argv(onnx_path, output_prefix, batch_size, input_name="input", height=No
              aoe="aoe", extra_args=(), extra_inputs=()):
     """The recipe's aoe operator-tuning command (section 7.1) as an argv list (job_type 2 = operators)."""
     if int(job_type) not in (1, 2):
-        raise ToolError("aoe --job_type must be 1 (subgraph tuning) or 2 (operator tuning), got {}"
-                        .format(job_type))
-    argv = [aoe, "--framework=5", "--model={}".format(onnx_path), "--job_type={}".format(int(job_type)),
-            "--output={}".format(output_prefix), "--input_format=NCHW",
-            "--input_shape={}".format(input_shape_arg(input_name, batch_size, height, width, extra_inputs))]
+        raise ToolError(f"aoe --job_type must be 1 (subgraph tuning) or 2 (operator tuning), got {job_type}"
+                        )
+    argv = [aoe, "--framework=5", f"--model={onnx_path}", f"--job_type={int(job_type)}",
+            f"--output={output_prefix}", "--input_format=NCHW",
+            f"--input_shape={input_shape_arg(input_name, batch_size, height, width, extra_inputs)}"]
     argv.extend(extra_args)
     return argv
 
@@ -190,10 +189,10 @@ def read_om_sidecar(om_path):
         with open(path) as handle:
             data = json.load(handle)
     except ValueError as exc:
-        raise ToolError("om sidecar {} is not valid JSON: {}".format(path, exc)) from exc
+        raise ToolError(f"om sidecar {path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or "batch_size" not in data:
-        raise ToolError("om sidecar {} has no batch_size; rebuild the om with `fsaf-repro convert`"
-                        .format(path))
+        raise ToolError(f"om sidecar {path} has no batch_size; rebuild the om with `fsaf-repro convert`"
+                        )
     if not _positive_int(data["batch_size"]):
         raise ToolError("om sidecar {}: batch_size must be a positive integer, got {!r}; rebuild the om with "
                         "`fsaf-repro convert`".format(path, data["batch_size"]))
@@ -201,8 +200,8 @@ def read_om_sidecar(om_path):
     if model_input is not None and not (isinstance(model_input, dict) and isinstance(model_input.get("shape"), list)
                                         and len(model_input["shape"]) == 4
                                         and all(_positive_int(d) for d in model_input["shape"])):
-        raise ToolError("om sidecar {}: 'input' must be an object with a 'shape' of 4 positive integers (N, C, H, "
-                        "W), got {!r}; rebuild the om with `fsaf-repro convert`".format(path, model_input))
+        raise ToolError(f"om sidecar {path}: 'input' must be an object with a 'shape' of 4 positive integers (N, C, H, "
+                        f"W), got {model_input!r}; rebuild the om with `fsaf-repro convert`")
     return data
 
 
@@ -239,9 +238,8 @@ def _check_onnx_batch(sidecar, onnx_path, batch_size):
     exported = sidecar.get("batch_size")
     if exported not in (None, "dynamic") and int(exported) != int(batch_size):
         raise ToolError(
-            "{} was exported with a static batch size of {} and cannot be converted for batch size {}; "
-            "export it with a dynamic batch (batch_size=None) or once per batch size".format(
-                onnx_path, exported, batch_size))
+            f"{onnx_path} was exported with a static batch size of {exported} and cannot be converted for batch size {batch_size}; "
+            "export it with a dynamic batch (batch_size=None) or once per batch size")
 
 
 def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_prefix=None,
@@ -254,11 +252,11 @@ def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_pr
     beside where the om would have been and the scratch directory is kept and named for inspection.
     """
     if tool not in ("atc", "aoe"):
-        raise ToolError("unknown conversion tool {!r}; use atc or aoe".format(tool))
+        raise ToolError(f"unknown conversion tool {tool!r}; use atc or aoe")
     onnx_path = os.path.abspath(str(onnx_path))
     if not os.path.isfile(onnx_path):
-        raise ToolError("ONNX model {} does not exist; export it first (`fsaf-repro export`)"
-                        .format(onnx_path))
+        raise ToolError(f"ONNX model {onnx_path} does not exist; export it first (`fsaf-repro export`)"
+                        )
     height = input_constants()["height"] if height is None else height
     width = input_constants()["width"] if width is None else width
     onnx_sidecar, input_name, height, width, extra_inputs = _model_input(onnx_path, input_name, height, width)
@@ -267,11 +265,11 @@ def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_pr
     if not os.path.isdir(out_dir):
         os.makedirs(out_dir)
     stem = os.path.splitext(os.path.basename(onnx_path))[0]
-    prefix = name_prefix or ("{}_bs{}".format(stem, batch_size) if tool == "atc"
-                             else "aoe_{}_bs{}".format(stem, batch_size))
+    prefix = name_prefix or (f"{stem}_bs{batch_size}" if tool == "atc"
+                             else f"aoe_{stem}_bs{batch_size}")
     final_om = os.path.join(out_dir, prefix + ".om")
-    log_path = os.path.join(out_dir, "{}.{}.log".format(prefix, tool))
-    scratch = tempfile.mkdtemp(prefix=".{}_{}_".format(tool, prefix), dir=out_dir)
+    log_path = os.path.join(out_dir, f"{prefix}.{tool}.log")
+    scratch = tempfile.mkdtemp(prefix=f".{tool}_{prefix}_", dir=out_dir)
     scratch_prefix = os.path.join(scratch, prefix)
     if tool == "atc":
         argv = atc_argv(onnx_path, scratch_prefix, batch_size, soc_version, input_name, height, width,
@@ -287,8 +285,7 @@ def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_pr
                           explain=cann_error_summary, artifacts=[scratch_prefix + ".om"], timeout=timeout,
                           tool_name=tool)
     except ToolError as exc:
-        raise ToolError("{} (batch size {}; scratch directory kept: {})".format(
-            exc, batch_size, scratch)) from None
+        raise ToolError(f"{exc} (batch size {batch_size}; scratch directory kept: {scratch})") from None
     os.replace(scratch_prefix + ".om", final_om)
     shutil.rmtree(scratch, ignore_errors=True)
     version_match = re.search(r"(?i)(?:ATC|AOE)\s+(?:version|start working now)[^\n]*", output)
@@ -337,7 +334,7 @@ def convert_batch_sizes(onnx_path, out_dir, batch_sizes=DEFAULT_BATCH_SIZES, soc
         except ToolError as exc:
             if not keep_going:
                 raise
-            failures.append("batch size {}: {}".format(bs, exc))
+            failures.append(f"batch size {bs}: {exc}")
     if failures:
         raise ToolError("{} of {} conversions failed (built: {}):\n{}".format(
             len(failures), len(batch_sizes), sorted(results) or "none", "\n".join(failures)))
@@ -348,7 +345,7 @@ def parse_batch_sizes(text):
     try:
         sizes = [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
-        raise ToolError("--batch-sizes must be comma-separated integers, got {!r}".format(text)) from None
+        raise ToolError(f"--batch-sizes must be comma-separated integers, got {text!r}") from None
     if not sizes or any(s < 1 for s in sizes):
-        raise ToolError("--batch-sizes must list positive integers, got {!r}".format(text))
+        raise ToolError(f"--batch-sizes must list positive integers, got {text!r}")
     return sizes

@@ -45,7 +45,7 @@ def _check_results(results, gt_image_ids, gt_category_ids, source, drop_degenera
     `drop_degenerate` left out. Returns (the detections to score, how many were dropped).
     """
     if not isinstance(results, list):
-        raise ResultsError("{}: results must be a list of detections".format(source))
+        raise ResultsError(f"{source}: results must be a list of detections")
     unknown_images, unknown_cats = set(), set()
     kept = []
     for number, det in enumerate(results):
@@ -53,23 +53,21 @@ def _check_results(results, gt_image_ids, gt_category_ids, source, drop_degenera
             bbox, score = det["bbox"], det["score"]
             image_id, category_id = det["image_id"], det["category_id"]
         except (KeyError, TypeError, IndexError):
-            raise ResultsError("{}: detection {} needs image_id, category_id, bbox [x, y, w, h] and score, "
-                               "got {!r}".format(source, number, det))
+            raise ResultsError(f"{source}: detection {number} needs image_id, category_id, bbox [x, y, w, h] and score, "
+                               f"got {det!r}")
         # numbers only: float() would also take "0.9" (which the scorers then rank as text) and a string
         # bbox "1234" (as four digits)
         if not isinstance(bbox, list) or not all(_is_real(v) for v in bbox) or not _is_real(score):
-            raise ResultsError("{}: detection {} needs a bbox of 4 numbers and a numeric score, got {!r}".format(
-                source, number, det))
+            raise ResultsError(f"{source}: detection {number} needs a bbox of 4 numbers and a numeric score, got {det!r}")
         bbox, score = [float(v) for v in bbox], float(score)
         if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or not math.isfinite(score):
-            raise ResultsError("{}: detection {} has a non-finite or malformed bbox/score: {!r}".format(
-                source, number, det))
+            raise ResultsError(f"{source}: detection {number} has a non-finite or malformed bbox/score: {det!r}")
         if bbox[2] <= 0 or bbox[3] <= 0:
             if not drop_degenerate:
                 raise ResultsError(
-                    "{}: detection {} (0-based) has a box of width {} and height {}: a box with no area cannot "
+                    f"{source}: detection {number} (0-based) has a box of width {bbox[2]} and height {bbox[3]}: a box with no area cannot "
                     "be scored; fix the results, or drop such rows with --drop-degenerate (they are counted "
-                    "in the metrics record): {!r}".format(source, number, bbox[2], bbox[3], det))
+                    f"in the metrics record): {det!r}")
             continue
         kept.append(det)
         if not isinstance(image_id, numbers.Integral) or image_id not in gt_image_ids:
@@ -77,11 +75,10 @@ def _check_results(results, gt_image_ids, gt_category_ids, source, drop_degenera
         if not isinstance(category_id, numbers.Integral) or category_id not in gt_category_ids:
             unknown_cats.add(repr(category_id))
     if unknown_images:
-        raise ResultsError("{}: {} image id(s) not in the annotation file, e.g. {}".format(
-            source, len(unknown_images), sorted(unknown_images)[:5]))
+        raise ResultsError(f"{source}: {len(unknown_images)} image id(s) not in the annotation file, e.g. {sorted(unknown_images)[:5]}")
     if unknown_cats:
-        raise ResultsError("{}: category id(s) {} not in the annotation file (wrong label -> category "
-                           "map?)".format(source, sorted(unknown_cats)[:10]))
+        raise ResultsError(f"{source}: category id(s) {sorted(unknown_cats)[:10]} not in the annotation file (wrong label -> category "
+                           "map?)")
     return kept, len(results) - len(kept)
 
 
@@ -127,7 +124,7 @@ def faster_coco_eval_availability():
         import faster_coco_eval  # noqa: F401
         from faster_coco_eval import COCO, COCOeval_faster  # noqa: F401
     except ImportError as exc:
-        return False, "faster-coco-eval is not installed (pip install 'fsaf-repro[fast-eval]'): {}".format(exc)
+        return False, f"faster-coco-eval is not installed (pip install 'fsaf-repro[fast-eval]'): {exc}"
     return True, ""
 
 
@@ -202,14 +199,13 @@ def evaluate_results(annotation_file, results, scorer="pycocotools", image_ids=N
         image_ids = sorted(set(image_ids))
         missing = [i for i in image_ids if i not in gt_image_ids]
         if missing:
-            raise ResultsError("image ids {} are not in {}".format(missing[:5], annotation_file))
+            raise ResultsError(f"image ids {missing[:5]} are not in {annotation_file}")
         covered = set(image_ids)
         outside = {det["image_id"] for det in results} - covered
         if outside:
-            raise ResultsError("{}: detections for {} image(s) outside the scored image ids, e.g. {}".format(
-                source, len(outside), sorted(outside)[:5]))
+            raise ResultsError(f"{source}: detections for {len(outside)} image(s) outside the scored image ids, e.g. {sorted(outside)[:5]}")
     if not image_ids:
-        raise ResultsError("no images to score in {}".format(annotation_file))
+        raise ResultsError(f"no images to score in {annotation_file}")
     max_dets = evaluation_spec()["max_dets"]
     accumulate = _accumulate_pycocotools if scorer == "pycocotools" else _accumulate_faster
     evaluator = accumulate(data, results, image_ids, max_dets)
@@ -241,7 +237,7 @@ def format_recipe_table(stats, stat_defs=None):
     """The 12 lines pycocotools prints, in the recipe's section 6.1 wording."""
     stat_defs = stat_defs or evaluation_spec()["stats"]
     if len(stats) != len(stat_defs):
-        raise ResultsError("expected {} stats, got {}".format(len(stat_defs), len(stats)))
+        raise ResultsError(f"expected {len(stat_defs)} stats, got {len(stats)}")
     lines = []
     for definition, value in zip(stat_defs, stats):
         ap = definition["kind"] == "AP"

@@ -130,7 +130,7 @@ class ExportableFSAF(torch.nn.Module):
     """Detector + in-graph post-processing of one flavour; optionally normalises uint8 input in-graph."""
 
     def __init__(self, detector, flavour, height, width, input_dtype="float32", static_batch=False):
-        super(ExportableFSAF, self).__init__()
+        super().__init__()
         if flavour not in FLAVOURS:
             raise ExportError("unknown flavour {!r}; choose one of {}".format(flavour, ", ".join(FLAVOURS)))
         if input_dtype not in INPUT_DTYPES:
@@ -232,17 +232,16 @@ def declare_output_shapes(path, outputs):
         dims = value.type.tensor_type.shape.dim
         wanted = declared.get(value.name)
         if wanted is None:
-            raise ExportError("exported graph has an undocumented output {!r}".format(value.name))
+            raise ExportError(f"exported graph has an undocumented output {value.name!r}")
         if len(dims) == 0:
             for _ in wanted:
                 dims.add()
         if len(dims) != len(wanted):
-            raise ExportError("exported output {} has rank {}, documented {}".format(value.name, len(dims), wanted))
+            raise ExportError(f"exported output {value.name} has rank {len(dims)}, documented {wanted}")
         for dim, size in zip(dims, wanted):
             if isinstance(size, int):
                 if dim.HasField("dim_value") and dim.dim_value != size:
-                    raise ExportError("exported output {} has shape {} where {} is documented".format(
-                        value.name, [d.dim_value for d in dims], wanted))
+                    raise ExportError(f"exported output {value.name} has shape {[d.dim_value for d in dims]} where {wanted} is documented")
                 if not dim.HasField("dim_value"):
                     dim.dim_value = size
                     changed = True
@@ -262,11 +261,11 @@ def check_exported_model(path, flavour):
         try:
             onnx.checker.check_model(model)
         except onnx.checker.ValidationError as exc:
-            raise ExportError("onnx.checker rejected the exported {} model: {}".format(flavour, exc))
+            raise ExportError(f"onnx.checker rejected the exported {flavour} model: {exc}")
     ops = {node.op_type for node in model.graph.node}
     wanted = {"onnx-nms": "NonMaxSuppression", "ascend-nms": "BatchMultiClassNMS"}.get(flavour)
     if wanted and wanted not in ops:
-        raise ExportError("exported {} graph lacks its {} node".format(flavour, wanted))
+        raise ExportError(f"exported {flavour} graph lacks its {wanted} node")
     if flavour == "raw" and ops & {"NonMaxSuppression", "BatchMultiClassNMS"}:
         raise ExportError("exported raw graph unexpectedly contains an NMS node")
     return model
@@ -287,10 +286,9 @@ def export_onnx(checkpoint_path, out_path, flavour="onnx-nms", height=None, widt
     width = int(width or inputs["width"])
     opset = int(opset or constants["opset"])
     if height < 32 or width < 32:
-        raise ExportError("input {}x{} is too small: FSAF needs at least 32x32 (5 stride-2 levels)".format(
-            height, width))
+        raise ExportError(f"input {height}x{width} is too small: FSAF needs at least 32x32 (5 stride-2 levels)")
     if batch_size is not None and int(batch_size) < 1:
-        raise ExportError("batch size must be >= 1 (or None for a dynamic batch), got {}".format(batch_size))
+        raise ExportError(f"batch size must be >= 1 (or None for a dynamic batch), got {batch_size}")
 
     started = time.time()
     detector = load_detector(checkpoint_path, trusted=trusted)
@@ -329,8 +327,7 @@ def export_onnx(checkpoint_path, out_path, flavour="onnx-nms", height=None, widt
                 # The custom Ascend node is not in the ONNX domain: current torch's post-export
                 # checker rejects it after writing the file; the recipe disables the checker too.
                 if not (checker_error and flavour == "ascend-nms" and os.path.getsize(tmp_path) > 0):
-                    raise ExportError("ONNX export ({}, {}x{}, batch {}) failed: {}: {}".format(
-                        flavour, height, width, batch_dim, type(exc).__name__, exc))
+                    raise ExportError(f"ONNX export ({flavour}, {height}x{width}, batch {batch_dim}) failed: {type(exc).__name__}: {exc}")
         declare_output_shapes(tmp_path, outputs)
         check_exported_model(tmp_path, flavour)
         if os.path.exists(out_path):
@@ -395,31 +392,30 @@ def read_sidecar(model_path):
         with open(path) as handle:
             sidecar = json.load(handle)
     except ValueError as exc:
-        raise ExportError("sidecar {} is not valid JSON: {}".format(path, exc))
+        raise ExportError(f"sidecar {path} is not valid JSON: {exc}")
     problem = _sidecar_problem(sidecar)
     if problem:
-        raise ExportError("sidecar {} is not an export sidecar: {}; export the model again with `fsaf-repro "
-                          "export`".format(path, problem))
+        raise ExportError(f"sidecar {path} is not an export sidecar: {problem}; export the model again with `fsaf-repro "
+                          "export`")
     return sidecar
 
 
 def _sidecar_problem(sidecar):
     """What makes a parsed sidecar unusable by its readers (input name and shape, extra inputs), or None."""
     if not isinstance(sidecar, dict):
-        return "it holds a {}, not an object".format(type(sidecar).__name__)
+        return f"it holds a {type(sidecar).__name__}, not an object"
     inputs = sidecar.get("inputs") if "inputs" in sidecar else []
     if not isinstance(inputs, list):
         return "'inputs' is not a list"
-    for key, entry in [("input", sidecar.get("input"))] + [("inputs[{}]".format(k), e) for k, e in enumerate(inputs)]:
+    for key, entry in [("input", sidecar.get("input"))] + [(f"inputs[{k}]", e) for k, e in enumerate(inputs)]:
         if entry is None and key == "input":
             continue
         # the main input's name defaults to "input"; every extra input needs its own
         if not isinstance(entry, dict) or not isinstance(entry.get("name", "input" if key == "input" else None), str):
-            return "{} must be an object with a string 'name'".format(key)
+            return f"{key} must be an object with a string 'name'"
         shape = entry.get("shape")
         # the batch dimension may be symbolic ("batch" for a dynamic batch); the others are sizes
         if not isinstance(shape, list) or not shape or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape[1:]):
-            return "{} 'shape' must be a list of positive integers after the batch dimension, got {!r}".format(
-                key, shape)
+            return f"{key} 'shape' must be a list of positive integers after the batch dimension, got {shape!r}"
     return None

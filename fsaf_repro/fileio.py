@@ -28,7 +28,7 @@ def _host_tag():
 
 def part_suffix():
     """`.part-<host>-<pid>` of this process."""
-    return "{}{}-{}".format(PART_MARK, _host_tag(), os.getpid())
+    return f"{PART_MARK}{_host_tag()}-{os.getpid()}"
 
 
 def file_sha256(path, chunk_size=1 << 20):
@@ -65,7 +65,7 @@ def new_temp_file(directory, prefix, suffix):
     would carry over to the published file.
     """
     while True:
-        path = os.path.join(directory, "{}{}{}".format(prefix, uuid.uuid4().hex[:16], suffix))
+        path = os.path.join(directory, f"{prefix}{uuid.uuid4().hex[:16]}{suffix}")
         try:
             descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
@@ -93,9 +93,9 @@ def read_json(path, error_cls, what):
         with open(str(path)) as handle:
             return json.load(handle)
     except FileNotFoundError:
-        raise error_cls("{} not found: {}".format(what, path))
+        raise error_cls(f"{what} not found: {path}")
     except ValueError as exc:
-        raise error_cls("{} {} is not valid JSON: {}".format(what, path, exc))
+        raise error_cls(f"{what} {path} is not valid JSON: {exc}")
 
 
 def atomic_write_json(path, payload, indent=2):
@@ -157,7 +157,7 @@ def _require_existing(path, what):
     if not os.path.exists(path):
         blocker = _blocking_file(path)
         raise PathError("{} not found: {}{}".format(
-            what, path, " ({} is a file, not a folder)".format(blocker) if blocker else ""))
+            what, path, f" ({blocker} is a file, not a folder)" if blocker else ""))
 
 
 def check_input_file(path, what="input file"):
@@ -165,13 +165,12 @@ def check_input_file(path, what="input file"):
     path = str(path)
     _require_existing(path, what)
     if os.path.isdir(path):
-        raise PathError("{} {} is a folder; give the file itself".format(what, path))
+        raise PathError(f"{what} {path} is a folder; give the file itself")
     try:
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise PathError("{} {} is not readable ({}); fix its permissions or give a readable copy".format(
-            what, path, _denied_reason(exc)))
+        raise PathError(f"{what} {path} is not readable ({_denied_reason(exc)}); fix its permissions or give a readable copy")
     return path
 
 
@@ -180,13 +179,13 @@ def check_input_dir(path, what="input folder"):
     path = str(path)
     _require_existing(path, what)
     if not os.path.isdir(path):
-        raise PathError("{} {} is a file; give the folder".format(what, path))
+        raise PathError(f"{what} {path} is a file; give the folder")
     try:
         os.listdir(path)
     except OSError as exc:
-        raise PathError("{} {} cannot be listed ({}); fix its permissions".format(what, path, _denied_reason(exc)))
+        raise PathError(f"{what} {path} cannot be listed ({_denied_reason(exc)}); fix its permissions")
     if not os.access(path, os.X_OK):
-        raise PathError("{} {} cannot be entered (permission denied); fix its permissions".format(what, path))
+        raise PathError(f"{what} {path} cannot be entered (permission denied); fix its permissions")
     return path
 
 
@@ -198,13 +197,12 @@ def check_input_path(path, what="input"):
 def _check_writable_place(path, what):
     blocker = _blocking_file(path)
     if blocker:
-        raise PathError("cannot write {} {}: {} is a file, not a folder; choose another path".format(
-            what, path, blocker))
+        raise PathError(f"cannot write {what} {path}: {blocker} is a file, not a folder; choose another path")
     folder = _nearest_existing(os.path.dirname(os.path.abspath(path)))
     reason = _probe_writable(folder)
     if reason:
-        raise PathError("cannot write {} {}: folder {} is not writable ({}); choose a writable location or "
-                        "fix the folder's permissions".format(what, path, folder, reason))
+        raise PathError(f"cannot write {what} {path}: folder {folder} is not writable ({reason}); choose a writable location or "
+                        "fix the folder's permissions")
 
 
 def check_output_file(path, what="output file"):
@@ -212,7 +210,7 @@ def check_output_file(path, what="output file"):
     PathError when it is a folder, lies under a regular file or its folder is not writable."""
     path = str(path)
     if os.path.isdir(path):
-        raise PathError("cannot write {} {}: it is a folder; give a file path".format(what, path))
+        raise PathError(f"cannot write {what} {path}: it is a folder; give a file path")
     _check_writable_place(path, what)
     return path
 
@@ -221,12 +219,12 @@ def check_output_dir(path, what="output folder"):
     """`path` when it is (or can be created as) a writable folder; PathError otherwise."""
     path = str(path)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise PathError("cannot write {} {}: it is a file, not a folder; choose another path".format(what, path))
+        raise PathError(f"cannot write {what} {path}: it is a file, not a folder; choose another path")
     if os.path.isdir(path):
         reason = _probe_writable(path)
         if reason:
-            raise PathError("cannot write {} {}: the folder is not writable ({}); choose a writable location "
-                            "or fix its permissions".format(what, path, reason))
+            raise PathError(f"cannot write {what} {path}: the folder is not writable ({reason}); choose a writable location "
+                            "or fix its permissions")
         return path
     _check_writable_place(path, what)
     return path

@@ -37,7 +37,7 @@ def lock_path_for(output):
 
 def _describe(record, lock_path):
     if not record:
-        return "another run (it has not recorded itself yet; lock {})".format(lock_path)
+        return f"another run (it has not recorded itself yet; lock {lock_path})"
     return "fsaf-repro {} (pid {} on host {}, started {}; lock {})".format(
         record.get("verb", "?"), record.get("pid", "?"), record.get("host", "?"), record.get("started", "?"),
         lock_path)
@@ -53,7 +53,7 @@ def read_lock_record(lock_path):
     return record if isinstance(record, dict) else {}
 
 
-class RunLock(object):
+class RunLock:
     """Exclusive lock of one output for one run; a context manager."""
 
     def __init__(self, output, verb):
@@ -71,17 +71,16 @@ class RunLock(object):
                     os.makedirs(folder)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise PathError("cannot create the lock file {} of {} ({}); the folder {} must be writable".format(
-                    self.path, self.output, exc.strerror or exc, folder))
+                raise PathError(f"cannot create the lock file {self.path} of {self.output} ({exc.strerror or exc}); the folder {folder} must be writable")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise RunLocked("{} is being written by {}; wait for that run to finish or give another "
-                                    "output".format(self.output, _describe(read_lock_record(self.path), self.path)))
-                raise PathError("cannot lock {} ({}); this file system does not support flock: use a local "
-                                "folder for {}".format(self.path, exc.strerror or exc, self.output))
+                    raise RunLocked(f"{self.output} is being written by {_describe(read_lock_record(self.path), self.path)}; wait for that run to finish or give another "
+                                    "output")
+                raise PathError(f"cannot lock {self.path} ({exc.strerror or exc}); this file system does not support flock: use a local "
+                                f"folder for {self.output}")
             try:
                 current = os.stat(self.path)
             except FileNotFoundError:

@@ -25,7 +25,7 @@ class Bottleneck(nn.Module):
     """ResNet bottleneck, 'pytorch' style: the stride sits on conv2 (the 3x3)."""
 
     def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super(Bottleneck, self).__init__()
+        super().__init__()
         width = planes
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -48,7 +48,7 @@ class ResNet50(nn.Module):
     """ResNet-50 returning C3, C4, C5 (the inputs of FPN with start_level=1)."""
 
     def __init__(self):
-        super(ResNet50, self).__init__()
+        super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -63,7 +63,7 @@ class ResNet50(nn.Module):
             layers = [Bottleneck(inplanes, planes, stride, downsample)]
             inplanes = planes * BOTTLENECK_EXPANSION
             layers.extend(Bottleneck(inplanes, planes) for _ in range(1, blocks))
-            setattr(self, "layer{}".format(index + 1), nn.Sequential(*layers))
+            setattr(self, f"layer{index + 1}", nn.Sequential(*layers))
 
     def forward(self, x):
         # Every path to the detector's convolutions passes here (full model, export traces, the
@@ -81,7 +81,7 @@ class ConvWithBias(nn.Module):
     """A conv with bias wrapped as `<name>.conv`, the key layout of mmcv's ConvModule without norm/act."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
-        super(ConvWithBias, self).__init__()
+        super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
 
     def forward(self, x):
@@ -92,7 +92,7 @@ class FPN(nn.Module):
     """FPN, 256 channels, start_level=1, add_extra_convs='on_input', 5 outputs, no norm, no activation."""
 
     def __init__(self, in_channels=(512, 1024, 2048), out_channels=256):
-        super(FPN, self).__init__()
+        super().__init__()
         self.lateral_convs = nn.ModuleList(ConvWithBias(c, out_channels, 1) for c in in_channels)
         fpn_convs = [ConvWithBias(out_channels, out_channels, 3, padding=1) for _ in in_channels]
         # P6 from C5 itself ('on_input'), P7 from P6 without a ReLU in between.
@@ -118,7 +118,7 @@ class FSAFHead(nn.Module):
     """RetinaHead with one anchor per location, shared over levels; box distances through a ReLU."""
 
     def __init__(self, num_classes=80, in_channels=256, stacked_convs=4):
-        super(FSAFHead, self).__init__()
+        super().__init__()
         self.num_classes = num_classes
         self.cls_convs = nn.ModuleList(
             ConvWithBias(in_channels, in_channels, 3, padding=1) for _ in range(stacked_convs))
@@ -153,7 +153,7 @@ class FSAFDetector(nn.Module):
     """backbone -> neck -> bbox_head; forward returns (cls_scores, bbox_preds), one tensor per level."""
 
     def __init__(self, num_classes=None):
-        super(FSAFDetector, self).__init__()
+        super().__init__()
         constants = model_constants()
         if num_classes is None:
             num_classes = constants["num_classes"]

@@ -68,8 +68,7 @@ def make_record(device, backend, precision, batch_size, fps, mode, source, laten
     # an emulation's figure carries its own labels and never an NPU device's (backends.fp16_emulation)
     device, precision = labels_for_record(backend, device, precision)
     if fps is not None and (not np.isfinite(fps) or fps <= 0):
-        raise ResultsError("{} {} batch {}: fps must be a positive number, got {!r} (source {})".format(
-            device, backend, batch_size, fps, source))
+        raise ResultsError(f"{device} {backend} batch {batch_size}: fps must be a positive number, got {fps!r} (source {source})")
     chips = int(chips)
     record = {
         "device": str(device), "backend": str(backend), "precision": str(precision),
@@ -117,7 +116,7 @@ def measure_pure_inference(backend, batch, loops=20, warmup=3, device="cpu", pre
                            backend_name=None, clock=time.perf_counter):
     """Run `backend.run(batch)` `warmup` times untimed, then `loops` times timed; one record."""
     if int(loops) < 1:
-        raise ResultsError("loops must be >= 1, got {}".format(loops))
+        raise ResultsError(f"loops must be >= 1, got {loops}")
     for _ in range(int(warmup)):
         backend.run(batch)
     latencies = []
@@ -130,7 +129,7 @@ def measure_pure_inference(backend, batch, loops=20, warmup=3, device="cpu", pre
     images = int(batch.shape[0]) * int(loops)
     return make_record(device, backend_name or getattr(backend, "name", "?"), precision, batch.shape[0],
                        images / total, "pure_inference",
-                       "measured: {} timed loops after {} warm-up runs".format(loops, warmup),
+                       f"measured: {loops} timed loops after {warmup} warm-up runs",
                        latencies_ms=latency_summary(latencies), images=images, seconds=total)
 
 
@@ -138,8 +137,8 @@ def dataset_records(images, wall_seconds, inference_seconds, batch_latencies_s, 
                     batch_size, source="measured: full dataset run"):
     """The two full-dataset records (e2e and inference) of one streaming run's timings."""
     if images <= 0 or wall_seconds <= 0 or inference_seconds <= 0:
-        raise ResultsError("a dataset run needs images > 0 and positive times (got {} images, {} s wall, "
-                           "{} s inference)".format(images, wall_seconds, inference_seconds))
+        raise ResultsError(f"a dataset run needs images > 0 and positive times (got {images} images, {wall_seconds} s wall, "
+                           f"{inference_seconds} s inference)")
     lat = latency_summary(batch_latencies_s) if len(batch_latencies_s) else None
     return [
         make_record(device, backend, precision, batch_size, images / wall_seconds, "e2e", source,
@@ -156,8 +155,7 @@ def best_batch(records):
         return None
     keys = set((r["device"], r["mode"], r["backend"], r["precision"]) for r in usable)
     if len(keys) > 1:
-        raise ResultsError("best batch over records of different device/mode/backend/precision: {}".format(
-            sorted(keys)))
+        raise ResultsError(f"best batch over records of different device/mode/backend/precision: {sorted(keys)}")
     return max(usable, key=lambda r: r["fps"])
 
 
@@ -172,9 +170,9 @@ def best_batch(records):
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _STAGE_LINE = re.compile(r"^\[(?P<stage>[A-Za-z][A-Za-z0-9 ]*)\]\s*(?P<body>.*)$")
-_FIELD_ITEM = re.compile(r"^(?P<key>[A-Za-z][A-Za-z ]*?)\s*:\s*(?P<value>{})$".format(_NUMBER))
-_PURE_LINE = re.compile(r"^(?:\[INFO\]\s*)?ave_throughputRate\s*[:=]\s*(?P<fps>{0})\s*samples/s\s*,"
-                        r"\s*ave_latency\s*[:=]\s*(?P<latency>{0})\s*ms$".format(_NUMBER))
+_FIELD_ITEM = re.compile(rf"^(?P<key>[A-Za-z][A-Za-z ]*?)\s*:\s*(?P<value>{_NUMBER})$")
+_PURE_LINE = re.compile(rf"^(?:\[INFO\]\s*)?ave_throughputRate\s*[:=]\s*(?P<fps>{_NUMBER})\s*samples/s\s*,"
+                        rf"\s*ave_latency\s*[:=]\s*(?P<latency>{_NUMBER})\s*ms$")
 # log lines of the tools' consoles: "[INFO] Dataset number: 19 finished cost 2.635ms", "[ERROR] ..."
 _LOG_LINE = re.compile(r"^\[(?:INFO|WARN|WARNING|ERROR|DEBUG|EVENT)\]", re.IGNORECASE)
 # "-----------------PureInfer Performance Summary------------------", "------------"
@@ -198,20 +196,20 @@ def _read_text(path_or_text, what):
     if "\n" in path_or_text:
         return path_or_text, None
     if os.path.isdir(path_or_text):
-        raise ResultsError("{} is a directory; give the {} file".format(path_or_text, what))
+        raise ResultsError(f"{path_or_text} is a directory; give the {what} file")
     if os.path.isfile(path_or_text):
         try:
             with open(path_or_text) as handle:
                 return handle.read(), path_or_text
-        except (IOError, OSError, UnicodeDecodeError) as exc:
-            raise ResultsError("{} cannot be read as {} ({})".format(path_or_text, what, exc)) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ResultsError(f"{path_or_text} cannot be read as {what} ({exc})") from None
     if path_or_text.strip() and not re.search(r"throughput", path_or_text, re.IGNORECASE):
-        raise ResultsError("{}: no such file (expected the {})".format(path_or_text, what))
+        raise ResultsError(f"{path_or_text}: no such file (expected the {what})")
     return path_or_text, None
 
 
 def _refuse_line(source, number, line, expected):
-    return ResultsError("{} line {}: expected {}; got: {!r}".format(source, number, expected, line))
+    return ResultsError(f"{source} line {number}: expected {expected}; got: {line!r}")
 
 
 def _stage_fields(source, number, line, stage, body):
@@ -220,8 +218,8 @@ def _stage_fields(source, number, line, stage, body):
     for item in body.split(","):
         match = _FIELD_ITEM.match(item.strip())
         if match is None:
-            raise _refuse_line(source, number, line, "`[{}]` followed by `key: number` pairs separated by "
-                                                     "commas".format(stage))
+            raise _refuse_line(source, number, line, f"`[{stage}]` followed by `key: number` pairs separated by "
+                                                     "commas")
         fields[match.group("key").strip()] = float(match.group("value"))
     return fields
 
@@ -252,11 +250,11 @@ def read_benchmark_output(text, source):
             spelled = match.group("stage").strip().lower()
             if spelled not in PERF_STAGE_SPELLINGS:
                 raise _refuse_line(source, number, line, "a perf stage among {}".format(
-                    ", ".join("[{}]".format(s) for s in sorted(PERF_STAGE_SPELLINGS))))
+                    ", ".join(f"[{s}]" for s in sorted(PERF_STAGE_SPELLINGS))))
             stage = PERF_STAGE_SPELLINGS[spelled]
             if stage in stages:
-                raise ResultsError("{}: lines {} and {} both give the `[{}]` stage (two runs in one text?); "
-                                   "give one run's perf file".format(source, stages[stage][0], number, stage))
+                raise ResultsError(f"{source}: lines {stages[stage][0]} and {number} both give the `[{stage}]` stage (two runs in one text?); "
+                                   "give one run's perf file")
             stages[stage] = (number, _stage_fields(source, number, line, match.group("stage"),
                                                    match.group("body")))
             continue
@@ -264,14 +262,13 @@ def read_benchmark_output(text, source):
             unknown = (number, line)
     if unknown is not None:
         if not stages and not pure:
-            raise ResultsError("{}: neither a perf file (`[e2e]`, `[inference]` lines) nor pure-inference output "
-                               "(`ave_throughputRate`); nothing to parse; line {} reads {!r}".format(
-                                   source, unknown[0], unknown[1]))
+            raise ResultsError(f"{source}: neither a perf file (`[e2e]`, `[inference]` lines) nor pure-inference output "
+                               f"(`ave_throughputRate`); nothing to parse; line {unknown[0]} reads {unknown[1]!r}")
         raise _refuse_line(source, unknown[0], unknown[1], BENCHMARK_LINE_FORMS)
     if not stages and not pure:
-        raise ResultsError("{}: no benchmark output in it (empty, or only log lines); expected a perf file "
+        raise ResultsError(f"{source}: no benchmark output in it (empty, or only log lines); expected a perf file "
                            "(`[e2e]`, `[inference]` lines) or pure-inference output (`ave_throughputRate`)"
-                           .format(source))
+                           )
     return stages, pure
 
 
@@ -293,12 +290,12 @@ def parse_benchmark_perf(path_or_text, device, batch_size=None, precision="fp16"
         batch_size = int(match.group(1)) if match else None
     stages, pure = read_benchmark_output(text, source)
     if batch_size is None:
-        raise ResultsError("{}: the batch size is not in the file name; give it".format(source))
+        raise ResultsError(f"{source}: the batch size is not in the file name; give it")
     chips = default_chips(device) if chips is None else int(chips)
     note = SCOPE_310_CARD if chips == ASCEND_310_CHIPS_PER_CARD else None
     if stages and pure:
-        raise ResultsError("{}: holds both perf stage lines (line {}) and a pure-inference summary (line {}); "
-                           "give one run's output".format(source, min(n for n, _ in stages.values()), pure[0][0]))
+        raise ResultsError(f"{source}: holds both perf stage lines (line {min(n for n, _ in stages.values())}) and a pure-inference summary (line {pure[0][0]}); "
+                           "give one run's output")
     if len(pure) > 1:
         raise ResultsError("{}: {} pure-inference summaries (lines {}); give one run's output".format(
             source, len(pure), ", ".join(str(p[0]) for p in pure)))
@@ -328,11 +325,10 @@ def parse_benchmark_perf(path_or_text, device, batch_size=None, precision="fp16"
 #   [INFO] throughput 1000*batchsize.mean(1)/NPU_compute_time.mean(0.661): 1512.859   (ais_bench)
 #   [INFO] throughput (1000*batchsize/NPU_compute_time): 2935.132                     (ais_infer)
 #   [INFO] NPU_compute_time (ms): min = 1.36, max = 1.36, mean = 1.36, median = 1.36, percentile(99%) = 1.36
-_AIS_THROUGHPUT = re.compile(r"^(?:\[INFO\]\s*)?throughput\b[^:]*:\s*(?P<value>{})$".format(_NUMBER))
+_AIS_THROUGHPUT = re.compile(rf"^(?:\[INFO\]\s*)?throughput\b[^:]*:\s*(?P<value>{_NUMBER})$")
 _AIS_STATS = re.compile(r"^(?:\[INFO\]\s*)?(?P<name>NPU_compute_time|H2D_latency|D2H_latency)\s*\(ms\)\s*:\s*"
                         r"(?P<body>.*)$")
-_AIS_STAT_ITEM = re.compile(r"^(?P<key>min|max|mean|median|percentile\(\d+%\))\s*=\s*(?P<value>{})$".format(
-    _NUMBER))
+_AIS_STAT_ITEM = re.compile(rf"^(?P<key>min|max|mean|median|percentile\(\d+%\))\s*=\s*(?P<value>{_NUMBER})$")
 
 
 def read_ais_bench_console(text, source):
@@ -388,10 +384,10 @@ def parse_ais_bench_summary(path, device, batch_size, precision="fp16", chips=No
                 try:
                     summary = json.loads(text)
                 except ValueError as exc:
-                    raise ResultsError("ais_bench summary {} is not valid JSON ({})".format(path, exc)) from None
+                    raise ResultsError(f"ais_bench summary {path} is not valid JSON ({exc})") from None
                 check_summary(summary, path)
             else:
-                summary = read_ais_bench_console(text, "ais_bench console log {}".format(path))
+                summary = read_ais_bench_console(text, f"ais_bench console log {path}")
     except (OutputFormatError, ToolError) as exc:
         raise ResultsError(str(exc)) from None
     chips = default_chips(device) if chips is None else int(chips)
@@ -403,7 +399,7 @@ def parse_ais_bench_summary(path, device, batch_size, precision="fp16", chips=No
             latencies[ours] = float(compute[theirs])
     measured = float(summary["throughput"])
     return make_record(device, backend, precision, batch_size, measured * chips, "inference",
-                       "ais_bench summary: {}".format(path), latencies_ms=latencies, chips=chips,
+                       f"ais_bench summary: {path}", latencies_ms=latencies, chips=chips,
                        fps_measured=measured,
                        note=("NPU_compute_time per batch; p90 not reported by ais_bench"
                              + ("; " + SCOPE_310_CARD if chips == ASCEND_310_CHIPS_PER_CARD else "")))
@@ -440,7 +436,7 @@ def _check_comparable(a, b):
     for key, what in (("device", "devices"), ("precision", "precisions"), ("backend", "backends"),
                       ("batch_size", "batch sizes")):
         if a[key] != b[key]:
-            caveats.append("different {}: {} vs {}".format(what, a[key], b[key]))
+            caveats.append(f"different {what}: {a[key]} vs {b[key]}")
     if a["chips"] != b["chips"]:
         caveats.append("different scopes: {} counted over {} chip(s), {} over {}".format(
             a["device"], a["chips"], b["device"], b["chips"]))
@@ -478,7 +474,7 @@ def compare_to_reference(measured, reference=None):
             comparison = compare_records(record, ref)
         except ResultsError as exc:
             rows.append({"measured": _brief(record), "reference": _brief(ref), "ratio": None,
-                         "caveats": ["not compared: {}".format(exc)]})
+                         "caveats": [f"not compared: {exc}"]})
             continue
         rows.append({"measured": _brief(record), "reference": _brief(ref), "ratio": comparison["ratio"],
                      "caveats": comparison["caveats"]})
@@ -493,7 +489,7 @@ def evaluate_gates(records, mode="inference", gates=None):
     """
     gates = performance_reference()["gates"] if gates is None else gates
     for index, record in enumerate(records):
-        check_record_labels(record, "gate input record {}".format(index))
+        check_record_labels(record, f"gate input record {index}")
     results = []
     for gate in gates:
         result = {"name": gate["name"], "min_ratio": gate["min_ratio"], "source": gate["source"],
@@ -507,8 +503,8 @@ def evaluate_gates(records, mode="inference", gates=None):
             for r in candidates:
                 groups.setdefault((r["backend"], r["precision"], r["source"].split(":")[0]), []).append(r)
             if len(groups) > 1:
-                result["caveats"].append("{} has records from {} backend/precision/source groups; using the "
-                                         "fastest".format(device, len(groups)))
+                result["caveats"].append(f"{device} has records from {len(groups)} backend/precision/source groups; using the "
+                                         "fastest")
             tops = [best_batch(group) for group in groups.values()]
             best[side] = max(tops, key=lambda r: r["fps"]) if tops else None
         if best["numerator"] is None or best["denominator"] is None:
@@ -533,26 +529,25 @@ def load_records(path):
     try:
         with open(path) as handle:
             data = json.load(handle)
-    except (IOError, OSError, ValueError) as exc:
-        raise ResultsError("perf records file {} is unreadable: {}".format(path, exc)) from exc
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"perf records file {path} is unreadable: {exc}") from exc
     records = data.get("records") if isinstance(data, dict) else data
     if not isinstance(records, list):
-        raise ResultsError("{} holds no list of records".format(path))
+        raise ResultsError(f"{path} holds no list of records")
     for i, record in enumerate(records):
         if not isinstance(record, dict):
-            raise ResultsError("{}: record {} is a {}, not a record object (written by `fsaf-repro perf --out`)"
-                               .format(path, i, type(record).__name__))
+            raise ResultsError(f"{path}: record {i} is a {type(record).__name__}, not a record object (written by `fsaf-repro perf --out`)"
+                               )
         missing = [k for k in RECORD_KEYS if k not in record]
         if missing:
             raise ResultsError("{}: record {} lacks {}".format(path, i, ", ".join(missing)))
         fps, batch_size = record["fps"], record["batch_size"]
         # a record the gates would divide by: a positive number (make_record writes no other)
         if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
-            raise ResultsError("{}: record {} has fps {!r}; fps must be a positive number".format(path, i, fps))
+            raise ResultsError(f"{path}: record {i} has fps {fps!r}; fps must be a positive number")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ResultsError("{}: record {} has batch_size {!r}; it must be a positive integer".format(
-                path, i, batch_size))
-        check_record_labels(record, "{}: record {}".format(path, i))
+            raise ResultsError(f"{path}: record {i} has batch_size {batch_size!r}; it must be a positive integer")
+        check_record_labels(record, f"{path}: record {i}")
         record.setdefault("chips", 1)
     return records
 
@@ -566,14 +561,14 @@ def format_records(records):
         "device", "backend", "precision", "batch", "fps", "p50 ms", "p90 ms", "p99 ms", "mode")]
     for r in records:
         lat = r.get("latencies_ms") or {}
-        ms = [("{:.2f}".format(lat[k]) if lat.get(k) is not None else "-") for k in ("p50", "p90", "p99")]
+        ms = [(f"{lat[k]:.2f}" if lat.get(k) is not None else "-") for k in ("p50", "p90", "p99")]
         lines.append("{:<10} {:<14} {:<13} {:>5} {:>10.3f} {:>9} {:>9} {:>9}  {}{}".format(
             r["device"], r["backend"][:14], r["precision"][:13], r["batch_size"], r["fps"],
             ms[0], ms[1], ms[2], r["mode"],
             " (x{} chips)".format(r["chips"]) if r.get("chips", 1) != 1 else ""))
     used = sorted(set(r["mode"] for r in records))
     lines.append("")
-    lines.extend("{}: {}".format(mode, MODE_DEFINITIONS[mode]) for mode in used)
+    lines.extend(f"{mode}: {MODE_DEFINITIONS[mode]}" for mode in used)
     if any(r.get("chips", 1) == ASCEND_310_CHIPS_PER_CARD for r in records):
         lines.append("x4 chips: " + SCOPE_310_CARD)
     return "\n".join(lines)

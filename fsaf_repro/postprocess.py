@@ -40,29 +40,28 @@ def _stem(stems, meta):
     try:
         return stems[meta.image_id]
     except KeyError:
-        raise OutputFormatError("image id {} ({}) has no output name: not in the annotation file the "
-                                "image set was read from".format(meta.image_id, meta.file_name))
+        raise OutputFormatError(f"image id {meta.image_id} ({meta.file_name}) has no output name: not in the annotation file the "
+                                "image set was read from")
 
 
 def _read_exact(path, dtype, count, what):
     """Read exactly `count` items of `dtype` from a raw .bin; OutputFormatError naming the file."""
     expected = count * np.dtype(dtype).itemsize
     if not os.path.isfile(path):
-        raise OutputFormatError("missing output file {} ({})".format(path, what))
+        raise OutputFormatError(f"missing output file {path} ({what})")
     size = os.path.getsize(path)
     if size != expected:
-        raise OutputFormatError("{} has {} bytes, expected {} ({}: {} x {})".format(
-            path, size, expected, what, count, np.dtype(dtype).name))
+        raise OutputFormatError(f"{path} has {size} bytes, expected {expected} ({what}: {count} x {np.dtype(dtype).name})")
     return np.fromfile(path, dtype=dtype)
 
 
 def _load_npy(path, dtype, shape_tail, what):
     if not os.path.isfile(path):
-        raise OutputFormatError("missing output file {} ({})".format(path, what))
+        raise OutputFormatError(f"missing output file {path} ({what})")
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise OutputFormatError("{} is not a readable .npy file: {}".format(path, exc))
+        raise OutputFormatError(f"{path} is not a readable .npy file: {exc}")
     if tuple(array.shape[-len(shape_tail):]) != tuple(shape_tail) or array.dtype != np.dtype(dtype):
         raise OutputFormatError("{} holds {} {}, expected {} [..., {}] ({})".format(
             path, array.dtype, list(array.shape), np.dtype(dtype).name,
@@ -80,9 +79,8 @@ def _check_finite(dets, path):
     damaged = np.flatnonzero((rows[:, 4] != 0) & ~np.isfinite(rows).all(axis=1))
     if damaged.size:
         row = int(damaged[0])
-        raise OutputFormatError("{}: detection row {} (0-based) holds a non-finite value {} ({} such rows): the "
-                                "output is damaged; rerun the inference".format(
-                                    path, row, rows[row].tolist(), damaged.size))
+        raise OutputFormatError(f"{path}: detection row {row} (0-based) holds a non-finite value {rows[row].tolist()} ({damaged.size} such rows): the "
+                                "output is damaged; rerun the inference")
     return dets
 
 
@@ -97,10 +95,10 @@ def read_benchmark_outputs(out_dir, metas, stems, label_dtype="int64"):
     for i, meta in enumerate(metas):
         stem = _stem(stems, meta)
         dets_path = os.path.join(out_dir, stem + "_1.bin")
-        dets[i] = _check_finite(_read_exact(dets_path, np.float32, max_dets * DETS_COLUMNS, "dets of image id {}"
-                                            .format(meta.image_id)).reshape(max_dets, DETS_COLUMNS), dets_path)
+        dets[i] = _check_finite(_read_exact(dets_path, np.float32, max_dets * DETS_COLUMNS, f"dets of image id {meta.image_id}"
+                                            ).reshape(max_dets, DETS_COLUMNS), dets_path)
         labels[i] = _read_exact(os.path.join(out_dir, stem + "_2.bin"), label_dtype, max_dets,
-                                "labels of image id {}".format(meta.image_id))
+                                f"labels of image id {meta.image_id}")
     return dets, labels
 
 
@@ -115,7 +113,7 @@ def read_ais_bench_outputs(out_dir, metas, stems, batch_size=1, outfmt="BIN", la
     max_dets = _max_dets()
     ext = {"BIN": ".bin", "NPY": ".npy"}.get(outfmt.upper())
     if ext is None:
-        raise OutputFormatError("ais_bench outfmt must be BIN or NPY, got {!r}".format(outfmt))
+        raise OutputFormatError(f"ais_bench outfmt must be BIN or NPY, got {outfmt!r}")
     batch_size = max(1, int(batch_size))
     dets_parts, label_parts = [], []
     for first in range(0, len(metas), batch_size):
@@ -134,7 +132,7 @@ def read_ais_bench_outputs(out_dir, metas, stems, batch_size=1, outfmt="BIN", la
                                            "labels of " + what).reshape(-1, max_dets)
         for array, path in ((group_dets, dets_path), (group_labels, labels_path)):
             if array.shape[0] not in (len(group), batch_size):
-                raise OutputFormatError("{} holds {} images, expected {}".format(path, array.shape[0], len(group)))
+                raise OutputFormatError(f"{path} holds {array.shape[0]} images, expected {len(group)}")
         dets_parts.append(_check_finite(group_dets[:len(group)], dets_path))
         label_parts.append(group_labels[:len(group)].astype(np.int64))
     return np.concatenate(dets_parts), np.concatenate(label_parts)
@@ -142,12 +140,11 @@ def read_ais_bench_outputs(out_dir, metas, stems, batch_size=1, outfmt="BIN", la
 
 def _read_group_bin(path, dtype, per_image, count, batch_size, what):
     if not os.path.isfile(path):
-        raise OutputFormatError("missing output file {} ({})".format(path, what))
+        raise OutputFormatError(f"missing output file {path} ({what})")
     unit = per_image * np.dtype(dtype).itemsize
     size = os.path.getsize(path)
     if size not in (count * unit, batch_size * unit):
-        raise OutputFormatError("{} has {} bytes, expected {} ({}: {} image(s) x {} {})".format(
-            path, size, count * unit, what, count, per_image, np.dtype(dtype).name))
+        raise OutputFormatError(f"{path} has {size} bytes, expected {count * unit} ({what}: {count} image(s) x {per_image} {np.dtype(dtype).name})")
     return np.fromfile(path, dtype=dtype)
 
 
@@ -158,7 +155,7 @@ def read_npy_outputs(dets_path, labels_path, num_images):
     labels = _load_npy(labels_path, np.int64, (max_dets,), "stacked labels")
     for array, path in ((dets, dets_path), (labels, labels_path)):
         if array.shape[0] != num_images:
-            raise OutputFormatError("{} holds {} images, expected {}".format(path, array.shape[0], num_images))
+            raise OutputFormatError(f"{path} holds {array.shape[0]} images, expected {num_images}")
     return _check_finite(dets, dets_path), labels
 
 
@@ -176,10 +173,10 @@ def read_ais_bench_summary(path):
         path = found[0]
     summary = read_json(path, OutputFormatError, "ais_bench summary")
     if not isinstance(summary, dict) or "throughput" not in summary:
-        raise OutputFormatError("ais_bench summary {} has no 'throughput'".format(path))
+        raise OutputFormatError(f"ais_bench summary {path} has no 'throughput'")
     for key in _SUMMARY_TIMINGS:
         if key in summary and not (isinstance(summary[key], dict) and "mean" in summary[key]):
-            raise OutputFormatError("ais_bench summary {}: '{}' needs min/max/mean/... fields".format(path, key))
+            raise OutputFormatError(f"ais_bench summary {path}: '{key}' needs min/max/mean/... fields")
     try:
         summary["throughput"] = float(summary["throughput"])
     except (TypeError, ValueError):
@@ -209,12 +206,11 @@ def detections_to_coco(dets, labels, metas, category_ids, score_threshold=None, 
     dets = np.asarray(dets)
     labels = np.asarray(labels)
     if dets.ndim != 3 or dets.shape[2] != DETS_COLUMNS:
-        raise OutputFormatError("dets must be [N, K, 5], got shape {}".format(list(dets.shape)))
+        raise OutputFormatError(f"dets must be [N, K, 5], got shape {list(dets.shape)}")
     if labels.shape != dets.shape[:2]:
-        raise OutputFormatError("labels shape {} does not match dets shape {}".format(
-            list(labels.shape), list(dets.shape)))
+        raise OutputFormatError(f"labels shape {list(labels.shape)} does not match dets shape {list(dets.shape)}")
     if len(metas) != dets.shape[0]:
-        raise OutputFormatError("{} images of outputs but {} image records".format(dets.shape[0], len(metas)))
+        raise OutputFormatError(f"{dets.shape[0]} images of outputs but {len(metas)} image records")
     num_classes = len(category_ids)
     results = []
     for i, meta in enumerate(metas):
@@ -225,8 +221,7 @@ def detections_to_coco(dets, labels, metas, category_ids, score_threshold=None, 
         kept_labels = labels[i][keep]
         bad = kept_labels[(kept_labels < 0) | (kept_labels >= num_classes)]
         if bad.size:
-            raise OutputFormatError("image id {} ({}): label {} outside 0..{}".format(
-                meta.image_id, meta.file_name, int(bad[0]), num_classes - 1))
+            raise OutputFormatError(f"image id {meta.image_id} ({meta.file_name}): label {int(bad[0])} outside 0..{num_classes - 1}")
         boxes = boxes_to_original(dets[i][keep, :4], meta.scale)
         if clip:
             boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, meta.orig_w)
@@ -248,7 +243,7 @@ def read_outputs(kind, outputs, metas, stems, batch_size=1, labels_path=None, ou
         if labels_path is None:
             raise OutputFormatError("npy outputs need both the dets and the labels .npy files")
         return read_npy_outputs(outputs, labels_path, len(metas))
-    raise OutputFormatError("unknown output kind {!r} (benchmark, ais_bench, npy)".format(kind))
+    raise OutputFormatError(f"unknown output kind {kind!r} (benchmark, ais_bench, npy)")
 
 
 def metas_from_manifest(path, image_set, record=None):
@@ -267,20 +262,17 @@ def metas_from_manifest(path, image_set, record=None):
         raise DataError("{}: not a preprocess manifest (needs annotation_sha256, height, width and images "
                         "with {} each): {}".format(path, ", ".join(ImageMeta._fields), exc))
     if sha != image_set.annotation_sha256:
-        raise DataError("{} was written for annotations with sha256 {}..., but {} has {}...: postprocess "
-                        "with the annotation file the .bin files came from".format(
-                            path, sha[:12], image_set.annotation_file, image_set.annotation_sha256[:12]))
+        raise DataError(f"{path} was written for annotations with sha256 {sha[:12]}..., but {image_set.annotation_file} has {image_set.annotation_sha256[:12]}...: postprocess "
+                        "with the annotation file the .bin files came from")
     if canvas != [image_set.height, image_set.width]:
-        raise DataError("{}: preprocessed at {}x{}, but postprocess is set to {}x{}".format(
-            path, canvas[0], canvas[1], image_set.height, image_set.width))
+        raise DataError(f"{path}: preprocessed at {canvas[0]}x{canvas[1]}, but postprocess is set to {image_set.height}x{image_set.width}")
     ids = [m.image_id for m in metas]
     if any(b <= a for a, b in zip(ids, ids[1:])):
-        raise DataError("{}: images are not in increasing id order (or an id repeats): not written by "
-                        "`fsaf-repro preprocess`".format(path))
+        raise DataError(f"{path}: images are not in increasing id order (or an id repeats): not written by "
+                        "`fsaf-repro preprocess`")
     known = set(image_set.image_ids)
     strangers = [m.image_id for m in metas if m.image_id not in known]
     if strangers:
-        raise DataError("{} lists image ids not among the {} images selected from {} (first: {}); is --limit "
-                        "the one preprocess used?".format(path, len(known), image_set.annotation_file,
-                                                          strangers[:3]))
+        raise DataError(f"{path} lists image ids not among the {len(known)} images selected from {image_set.annotation_file} (first: {strangers[:3]}); is --limit "
+                        "the one preprocess used?")
     return metas

@@ -29,10 +29,10 @@ def plots_availability():
         matplotlib.use("Agg")
         import matplotlib.pyplot  # noqa: F401
     except ImportError as exc:
-        return False, ("matplotlib is not installed ({}); install the `plots` extra "
-                       "(pip install 'fsaf-repro[plots]') to get the PNG plots".format(exc))
+        return False, (f"matplotlib is not installed ({exc}); install the `plots` extra "
+                       "(pip install 'fsaf-repro[plots]') to get the PNG plots")
     except Exception as exc:  # a broken matplotlib install (backend, fonts) must not stop the report
-        return False, "matplotlib failed to load ({}: {})".format(type(exc).__name__, exc)
+        return False, f"matplotlib failed to load ({type(exc).__name__}: {exc})"
     return True, ""
 
 
@@ -92,7 +92,7 @@ def accuracy_lines(context):
         "generated COCO-format set" if context.get("generated") else "val2017", first["num_images"],
         first["scorer"], first["annotation_sha256"][:16], context.get("score_threshold")))
     lines.append("")
-    header = ["#", "stat"] + ["{} (measured)".format(b) for b in backends] + [
+    header = ["#", "stat"] + [f"{b} (measured)" for b in backends] + [
         "PyTorch reference (recipe 6.2)", "om on 310 reference (recipe 6.1)"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] * len(header)) + "|")
@@ -139,8 +139,8 @@ def perf_lines(context):
     batch_rows = sorted(set(int(b) for b in perf["batch_sizes"]) | set(
         int(r["batch_size"]) for r in measured))
     ratio_defs = [(g["numerator"], g["denominator"]) for g in perf["gates"]]
-    header = ["batch"] + devices + ["{}/{}".format(n, d) for n, d in ratio_defs] + [
-        "{} (measured)".format(label) for label in sorted(columns)]
+    header = ["batch"] + devices + [f"{n}/{d}" for n, d in ratio_defs] + [
+        f"{label} (measured)" for label in sorted(columns)]
     lines = ["## Throughput (recipe section 7.1)", ""]
     lines.append("fps by batch size. Reference columns: {} ({}); empty cells in the recipe are out of device "
                  "memory. Measured columns: this run{}.".format(
@@ -154,7 +154,7 @@ def perf_lines(context):
         return "-" if value is None else "{:.{d}f}".format(value, d=digits)
 
     for bs in batch_rows:
-        cells = ["bs{}".format(bs)]
+        cells = [f"bs{bs}"]
         for device in devices:
             ref = ref_cells.get((device, bs))
             cells.append(fmt(ref["fps"]) if ref else ("OOM" if str(bs) in perf["table"][device] else "-"))
@@ -205,7 +205,7 @@ def perf_lines(context):
     else:
         lines.append("```")
         for mode in sorted(set(r["mode"] for r in measured)):
-            lines.append("[{} records]".format(mode))
+            lines.append(f"[{mode} records]")
             lines.append(format_gates(evaluate_gates(measured, mode=mode)))
         lines.append("```")
     lines.append("")
@@ -225,7 +225,7 @@ def perf_lines(context):
     lines.append("Modes:")
     lines.append("")
     for mode in sorted(set(["inference"] + [r["mode"] for r in measured])):
-        lines.append("- {}: {}".format(mode, MODE_DEFINITIONS[mode]))
+        lines.append(f"- {mode}: {MODE_DEFINITIONS[mode]}")
     return lines
 
 
@@ -238,7 +238,7 @@ def parity_lines(context):
     parity = context.get("parity")
     if not parity:
         reason = (context.get("skipped_steps") or {}).get("parity", "not run")
-        lines.append("Not run: {}.".format(reason))
+        lines.append(f"Not run: {reason}.")
         return lines
     tol = parity["tolerances"]
     lines.append("The same batch of {} images (ids {}) through each stage, padded outputs compared (rows paired "
@@ -257,7 +257,7 @@ def parity_lines(context):
         lines.append("| {} | {} | {} / {} | {:.3g} | {:.3g} | {:.1%} | {:.1%} | {} | {} |".format(
             pair["reference"], pair["other"], pair["detections_ref"], pair["detections_other"],
             pair["max_box_abs_diff"], pair["max_score_abs_diff"], pair["label_agreement"], pair["match_rate"],
-            "n/a (not run over the data set)" if delta is None else "{:+.4f}".format(delta),
+            "n/a (not run over the data set)" if delta is None else f"{delta:+.4f}",
             "yes ({})".format(pair["tolerance"]) if pair["within_tolerance"] else "NO ({})".format(pair["tolerance"])))
     om_rows = [p for p in parity["pairs"] if "(om" in p["other"]]
     if not om_rows:
@@ -287,17 +287,17 @@ def plot_fps(context, path):
     fig, ax = plt.subplots(figsize=(8, 5))
     for device in performance_reference()["devices"]:
         rows = sorted((r["batch_size"], r["fps"]) for r in reference_records() if r["device"] == device)
-        ax.plot([b for b, _ in rows], [f for _, f in rows], marker="o", label="{} (recipe)".format(device))
+        ax.plot([b for b, _ in rows], [f for _, f in rows], marker="o", label=f"{device} (recipe)")
     for label, cells in sorted(measured_columns(context.get("perf_records") or []).items()):
         rows = sorted((b, r["fps"]) for b, r in cells.items())
         ax.plot([b for b, _ in rows], [f for _, f in rows], marker="s", linestyle="--",
-                label="{} (measured)".format(label))
+                label=f"{label} (measured)")
     ax.set_xscale("log", base=2) if _has_base_kwarg() else ax.set_xscale("log", basex=2)
     ax.set_yscale("log")
     from matplotlib.ticker import FuncFormatter, NullFormatter
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: "{:g}".format(value)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: "{:g}".format(value)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.set_xlabel("batch size")
     ax.set_ylabel("fps (images/s)")
     ax.set_title("FSAF throughput by batch size")
@@ -361,7 +361,7 @@ def draw_detections(image_path, detections, ground_truth, out_path, max_drawn=DE
                     cv2.LINE_AA)
     if not cv2.imwrite(out_path, image):
         from .errors import DataError
-        raise DataError("OpenCV failed to write {}".format(out_path))
+        raise DataError(f"OpenCV failed to write {out_path}")
     return len(top)
 
 
@@ -427,7 +427,7 @@ def steps_lines(context):
     if context.get("convert"):
         conv = context["convert"]
         lines.append("| convert (atc) | done | {} om(s) for {}: {} |".format(
-            len(conv["oms"]), conv["soc_version"], ", ".join("`{}`".format(p) for _, p in sorted(
+            len(conv["oms"]), conv["soc_version"], ", ".join(f"`{p}`" for _, p in sorted(
                 conv["oms"].items(), key=lambda kv: int(kv[0])))))
     else:
         lines.append("| convert (atc) | skipped | {} |".format(skipped.get("convert", "not run")))
@@ -468,14 +468,14 @@ def render_report(context, plots=None, plots_skipped=None, detection_images=None
     if plots_skipped:
         lines.append("Plots skipped: {}.".format(plots_skipped.rstrip(".")))
     for title, rel in plots or []:
-        lines.append("![{}]({})".format(title, rel))
+        lines.append(f"![{title}]({rel})")
         lines.append("")
     lines.append("")
-    lines.append("### Detections drawn (ground truth green, top {} detections red)".format(DETECTIONS_DRAWN))
+    lines.append(f"### Detections drawn (ground truth green, top {DETECTIONS_DRAWN} detections red)")
     lines.append("")
     if detection_images:
         for title, rel in detection_images:
-            lines.append("![{}]({})".format(title, rel))
+            lines.append(f"![{title}]({rel})")
             lines.append("")
     else:
         lines.append("No image drawn (no backend produced results).")
@@ -517,11 +517,11 @@ def write_report(run_dir, context, image_set=None):
         with open(context["dataset"]["annotation_file"]) as handle:
             annotations = json.load(handle).get("annotations", [])
         for meta in image_set.metas[:DETECTION_IMAGES]:
-            path = os.path.join(plot_dir, "detections_{}.png".format(meta.image_id))
+            path = os.path.join(plot_dir, f"detections_{meta.image_id}.png")
             count = draw_detections(meta.path, [d for d in detections if d["image_id"] == meta.image_id],
                                     [a for a in annotations if a["image_id"] == meta.image_id], path)
-            drawn.append(("image {} ({}, {} detections drawn)".format(meta.image_id, backend, count),
-                          "plots/detections_{}.png".format(meta.image_id)))
+            drawn.append((f"image {meta.image_id} ({backend}, {count} detections drawn)",
+                          f"plots/detections_{meta.image_id}.png"))
             outputs.append(path)
     text = render_report(context, plots, plots_skipped, drawn)
     report_path = os.path.join(run_dir, REPORT_NAME)

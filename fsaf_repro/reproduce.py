@@ -82,18 +82,18 @@ def resolve_inputs(checkpoint=None, coco_root=None, environ=None):
     if checkpoint is not None:
         checkpoint = os.path.abspath(os.path.expanduser(str(checkpoint)))
         if not os.path.isfile(checkpoint):
-            raise CheckpointError("checkpoint not found: {} (given by --checkpoint or {}); pass the official "
+            raise CheckpointError(f"checkpoint not found: {checkpoint} (given by --checkpoint or {ENV_CHECKPOINT}); pass the official "
                                   "fsaf_r50_fpn_1x_coco-94ccc51f.pth, or give no checkpoint to run on seeded "
-                                  "weights".format(checkpoint, ENV_CHECKPOINT))
+                                  "weights")
     if coco_root is not None:
         coco_root = os.path.abspath(os.path.expanduser(str(coco_root)))
         if not os.path.isdir(coco_root):
-            raise DataError("COCO root not found: {} (given by --coco-root or {}); it must hold val2017/ and "
-                            "annotations/instances_val2017.json".format(coco_root, ENV_COCO_ROOT))
+            raise DataError(f"COCO root not found: {coco_root} (given by --coco-root or {ENV_COCO_ROOT}); it must hold val2017/ and "
+                            "annotations/instances_val2017.json")
         for rel in (os.path.join("annotations", "instances_val2017.json"), "val2017"):
             if not os.path.exists(os.path.join(coco_root, rel)):
-                raise DataError("COCO root {} has no {} (expected <root>/val2017/*.jpg and "
-                                "<root>/annotations/instances_val2017.json)".format(coco_root, rel))
+                raise DataError(f"COCO root {coco_root} has no {rel} (expected <root>/val2017/*.jpg and "
+                                "<root>/annotations/instances_val2017.json)")
     return checkpoint, coco_root
 
 
@@ -104,7 +104,7 @@ def _load_extra_perf(paths):
     for path in paths or ():
         loaded = load_records(path)
         for record in loaded:
-            record["source"] = record.get("source", "") + " (from {})".format(path)
+            record["source"] = record.get("source", "") + f" (from {path})"
         records.extend(loaded)
     return records
 
@@ -116,7 +116,7 @@ def parse_list(text, what):
         return list(text)
     items = [part.strip() for part in str(text).split(",") if part.strip()]
     if not items:
-        raise FsafReproError("{} is empty".format(what))
+        raise FsafReproError(f"{what} is empty")
     return items
 
 
@@ -127,9 +127,9 @@ def parse_sizes(text):
     try:
         sizes = [int(item) for item in items]
     except ValueError:
-        raise FsafReproError("--batch-sizes must be comma-separated integers, got {!r}".format(text)) from None
+        raise FsafReproError(f"--batch-sizes must be comma-separated integers, got {text!r}") from None
     if any(size < 1 for size in sizes):
-        raise FsafReproError("--batch-sizes must be positive, got {!r}".format(text))
+        raise FsafReproError(f"--batch-sizes must be positive, got {text!r}")
     return sorted(set(sizes))
 
 
@@ -193,9 +193,9 @@ def _export_check(path, sidecar, flavour):
     ops = sorted(set(node.op_type for node in model.graph.node))
     wanted = {"onnx-nms": "NonMaxSuppression", "ascend-nms": "BatchMultiClassNMS"}.get(flavour)
     if wanted and wanted not in ops:
-        raise FsafReproError("{}: the {} graph lacks its {} node".format(path, flavour, wanted))
+        raise FsafReproError(f"{path}: the {flavour} graph lacks its {wanted} node")
     if not wanted and set(ops) & {"NonMaxSuppression", "BatchMultiClassNMS"}:
-        raise FsafReproError("{}: the raw graph contains an NMS node".format(path))
+        raise FsafReproError(f"{path}: the raw graph contains an NMS node")
     return {"flavour": flavour, "inputs": graph_inputs, "outputs": graph_outputs, "ops": len(ops),
             "nms_node": [op for op in ops if op in ("NonMaxSuppression", "BatchMultiClassNMS")],
             "checker": "onnx.checker passed (at export)" if flavour != "ascend-nms"
@@ -301,7 +301,7 @@ class RunConfig:
     @property
     def checkpoint_path(self) -> str:
         if self.seeded:
-            return os.path.join(self.run_dir, "inputs", "fsaf_seeded_{}.pth".format(self.seed))
+            return os.path.join(self.run_dir, "inputs", f"fsaf_seeded_{self.seed}.pth")
         return self.checkpoint
 
     @property
@@ -405,7 +405,7 @@ def probe_host(config: RunConfig) -> HostProbes:
 # Late values (stagebook.Late): known once earlier stages have run
 
 
-class RunState(object):
+class RunState:
     """What a run knows as it goes: each stage's key and result, and the image set of the data stage.
 
     `book` is the run's StageBook (None when only keys are computed, see plan_keys)."""
@@ -513,8 +513,7 @@ def run_export(ctx):
         checks[flavour] = _export_check(path, sidecar, flavour)
         checks[flavour]["file"] = os.path.relpath(path, run_dir)
         checks[flavour]["export_seconds"] = sidecar["export_seconds"]
-        ctx.log("exported {} ({} flavour, {}x{}, dynamic batch): checked".format(
-            os.path.relpath(path, run_dir), flavour, canvas_h, canvas_w))
+        ctx.log(f"exported {os.path.relpath(path, run_dir)} ({flavour} flavour, {canvas_h}x{canvas_w}, dynamic batch): checked")
         outputs.extend([path, path + ".json"])
     return {"flavours": checks}, outputs
 
@@ -607,7 +606,7 @@ def run_evaluate(ctx):
     dropped = record.get("degenerate_dropped") or 0
     ctx.log("{}: AP@[.50:.95] = {:.3f} over {} images{}".format(
         ctx.params["backend"], record["stats"][0], record["num_images"],
-        "; {} zero-area box(es) dropped, not scored".format(dropped) if dropped else ""))
+        f"; {dropped} zero-area box(es) dropped, not scored" if dropped else ""))
     return {"ap": record["stats"][0]}, [path]
 
 
@@ -620,7 +619,7 @@ def run_perf(ctx):
     reduced = (height, width) != (ctx.spec["input"]["height"], ctx.spec["input"]["width"])
     records = []
     for bs in params["batch_sizes"]:
-        model = ctx.inputs["om_bs{}".format(bs)] if name in OM_BACKENDS else ctx.inputs["model"]
+        model = ctx.inputs[f"om_bs{bs}"] if name in OM_BACKENDS else ctx.inputs["model"]
         backend, _ = _load_backend(name, model, ctx.options["trusted"], perf_threads)
         # the count that really ran: torch 1.8.0 may keep a lower one (torch_threads)
         ran_threads = getattr(backend, "intra_op_threads", None) or perf_threads
@@ -631,7 +630,7 @@ def run_perf(ctx):
             backend.close()
         record["note"] = "input {}x{}{}{}".format(
             height, width, " (reduced: not the recipe's 800x1216)" if reduced else "",
-            "; {} intra-op thread(s)".format(ran_threads) if perf_threads and name not in OM_BACKENDS else "")
+            f"; {ran_threads} intra-op thread(s)" if perf_threads and name not in OM_BACKENDS else "")
         records.append(record)
         ctx.log("perf: {} bs{} {:.3f} fps (pure inference, {} loops)".format(name, bs, record["fps"],
                                                                            params["loops"]))
@@ -710,7 +709,7 @@ def _collected_perf_records(ctx):
         records.extend(ctx.params["stage_results"]["infer:" + name]["records"])
     for name in ctx.params["perf_backends"]:
         records.extend(load_records(ctx.inputs["perf:" + name]))
-    return records + _load_extra_perf([ctx.inputs["extra_perf:{}".format(i)]
+    return records + _load_extra_perf([ctx.inputs[f"extra_perf:{i}"]
                                        for i in range(len(ctx.params["extra_perf"]))])
 
 
@@ -802,7 +801,7 @@ def plan(config: RunConfig, probes: HostProbes) -> List[Stage]:
 
 
 def _onnx_paths(config):
-    return dict((f, config.path("onnx", "fsaf_{}.onnx".format(f))) for f in FLAVOURS)
+    return dict((f, config.path("onnx", f"fsaf_{f}.onnx")) for f in FLAVOURS)
 
 
 def _checkpoint_stage(config):
@@ -820,7 +819,7 @@ def _convert_entry(config, probes):
         return skipped_step("convert", "atc is not on PATH: install the CANN toolkit and `source "
                                        "/usr/local/Ascend/ascend-toolkit/set_env.sh` to build the .om files")
     if probes.soc_version is None:
-        return skipped_step("convert", "atc is on PATH but the soc version is unknown: {}".format(probes.soc_error))
+        return skipped_step("convert", f"atc is on PATH but the soc version is unknown: {probes.soc_error}")
     onnx = _onnx_paths(config)["ascend-nms"]
     # atc reads the ONNX sidecar too (input name and shape)
     return Stage("convert", run_convert, params={"batch_sizes": _om_sizes(config), "soc_version": probes.soc_version,
@@ -835,11 +834,10 @@ def _backend_models(config, probes, convert):
     models, skips = {}, {}
     for name in config.backends:
         if name in probes.unavailable:
-            skips[name] = "unavailable: {}".format(probes.unavailable[name])
+            skips[name] = f"unavailable: {probes.unavailable[name]}"
         elif name in OM_BACKENDS:
             if convert.skipped is not None:
-                skips[name] = "needs an om for batch size {}: convert was skipped ({})".format(
-                    config.infer_batch_size, convert.skipped)
+                skips[name] = f"needs an om for batch size {config.infer_batch_size}: convert was skipped ({convert.skipped})"
             else:
                 models[name] = Late(late_om, config.infer_batch_size)
         elif name in ONNX_BACKENDS:
@@ -869,8 +867,8 @@ def _record_labels(config, probes, name):
 
 def _dataset_stages(config, probes, name, model):
     """Inference over the data set, the score threshold and the evaluation of one backend."""
-    infer_path = config.path("infer", "{}_bs{}.json".format(name, config.infer_batch_size))
-    results_path = config.path("results_{}.json".format(name))
+    infer_path = config.path("infer", f"{name}_bs{config.infer_batch_size}.json")
+    results_path = config.path(f"results_{name}.json")
     image_set = Late(late_image_set)
     # the image set comes from the data stage; the images are keyed by their bytes
     infer = Stage("infer:" + name, run_infer,
@@ -886,7 +884,7 @@ def _dataset_stages(config, probes, name, model):
     evaluate = Stage("evaluate:" + name, run_evaluate,
                      params={"scorer": config.scorer, "image_ids_sha256": Late(late_image_ids_sha), "backend": name},
                      inputs={"results": results_path, "annotation": config.annotation_file},
-                     outputs={"metrics": config.path("metrics_{}.json".format(name))},
+                     outputs={"metrics": config.path(f"metrics_{name}.json")},
                      spec=("evaluation", "accuracy"), upstream=("results:" + name, "data"),
                      options={"image_set": image_set})
     return [infer, results, evaluate]
@@ -895,14 +893,14 @@ def _dataset_stages(config, probes, name, model):
 def _perf_stage(config, probes, name, model):
     """Pure-inference throughput of one backend at each batch size."""
     if name in OM_BACKENDS:
-        models = dict(("om_bs{}".format(bs), Late(late_om, bs)) for bs in config.batch_sizes)
+        models = dict((f"om_bs{bs}", Late(late_om, bs)) for bs in config.batch_sizes)
     else:
         models = {"model": model}
     return Stage("perf:" + name, run_perf,
                  params=dict(backend=name, batch_sizes=list(config.batch_sizes), loops=config.perf_loops,
                              warmup=config.perf_warmup, canvas=config.canvas, threads=config.perf_threads,
                              **_record_labels(config, probes, name)),
-                 inputs=models, outputs={"records": config.path("perf", "perf_{}.json".format(name))},
+                 inputs=models, outputs={"records": config.path("perf", f"perf_{name}.json")},
                  spec=("input", "model"), upstream=(_model_stage(config, name),), options={"trusted": config.trusted})
 
 
@@ -912,10 +910,10 @@ def _parity_sides(config, probes, models):
     if REFERENCE_BACKEND not in probes.unavailable:
         sides.append(("torch", REFERENCE_BACKEND, config.checkpoint_path))
     onnx = _onnx_paths(config)
-    sides.extend(("{} (onnx-nms)".format(name), name, onnx["onnx-nms"]) for name in models if name in ONNX_BACKENDS)
+    sides.extend((f"{name} (onnx-nms)", name, onnx["onnx-nms"]) for name in models if name in ONNX_BACKENDS)
     if "onnxruntime" in models:
         sides.append(("onnxruntime (raw + host NMS)", "onnxruntime", onnx["raw"]))
-    sides.extend([("{} (om, ascend-nms)".format(name), name, models[name])
+    sides.extend([(f"{name} (om, ascend-nms)", name, models[name])
                   for name in models if name in OM_BACKENDS][:1])
     return sides
 
@@ -956,7 +954,7 @@ def _report_stage(config, probes, stages, models):
     inputs.update(("metrics:" + s.name.partition(":")[2], s.outputs["metrics"]) for s in runs
                   if s.name.startswith("evaluate:"))
     inputs.update((s.name, s.outputs["records"]) for s in runs if s.name.startswith("perf:"))
-    inputs.update(("extra_perf:{}".format(i), path) for i, path in enumerate(config.extra_perf))
+    inputs.update((f"extra_perf:{i}", path) for i, path in enumerate(config.extra_perf))
     if parity.skipped is None:
         inputs["parity"] = parity.outputs["parity"]
     params = {"run_dir": config.run_dir, "embedded": config.embedded, "seeded": config.seeded,
@@ -1009,7 +1007,7 @@ def execute(stages: List[Stage], book: "StageBook", state: RunState) -> RunState
     reused or run by the book; a skipped entry is logged and recorded with its reason."""
     for stage in stages:
         if stage.skipped is not None:
-            state.status[stage.name] = "skipped: {}".format(stage.skipped)
+            state.status[stage.name] = f"skipped: {stage.skipped}"
             book.log("skipped: {} ({})".format(stage.name if stage.label == stage.name
                                                else "backend " + stage.label, stage.skipped))
             continue
@@ -1071,7 +1069,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     if not os.path.isdir(config.run_dir):
         os.makedirs(config.run_dir)
     log = RunLog(config.run_dir, echo=config.echo)
-    log("run directory {} (fsaf-repro {}, python {})".format(config.run_dir, __version__, sys.version.split()[0]))
+    log(f"run directory {config.run_dir} (fsaf-repro {__version__}, python {sys.version.split()[0]})")
     book = StageBook(config.run_dir, log)
     stages = plan(config, probe_host(config))
     state = execute(stages, book, RunState(config, book))
@@ -1085,8 +1083,7 @@ def _summary(config, stages, state, book, wall):
     stage_status = dict(book.status)
     ran = sorted(n for n, s in stage_status.items() if s == "ran")
     reused = sorted(n for n, s in stage_status.items() if s == "reused")
-    book.log("done in {:.1f} s: {} stage(s) ran, {} reused; report {}".format(wall, len(ran), len(reused),
-                                                                             report_path))
+    book.log(f"done in {wall:.1f} s: {len(ran)} stage(s) ran, {len(reused)} reused; report {report_path}")
     runs = dict((s.name, s) for s in stages if s.skipped is None)
     metrics = dict((name.partition(":")[2], read_json(stage.outputs["metrics"])["stats"])
                    for name, stage in runs.items() if name.startswith("evaluate:"))

@@ -43,5 +43,5 @@ def read_results_json(path):
     path = os.fspath(path)
     results = read_json(path, ResultsError, "results file")
     if not isinstance(results, list):
-        raise ResultsError("results file {} must hold a JSON list of detections".format(path))
+        raise ResultsError(f"results file {path} must hold a JSON list of detections")
     return results

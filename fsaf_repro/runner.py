@@ -62,7 +62,7 @@ def run_key_fields(image_set, backend_name, backend_options, model_path, batch_s
     model = None
     if model_path:
         if not os.path.isfile(str(model_path)):
-            raise BackendError("model file {} does not exist".format(model_path))
+            raise BackendError(f"model file {model_path} does not exist")
         model = {"path": os.path.abspath(str(model_path)), "sha256": file_sha256(str(model_path))}
     return {
         "format": JOURNAL_FORMAT,
@@ -84,7 +84,7 @@ def run_key_fields(image_set, backend_name, backend_options, model_path, batch_s
     }
 
 
-class Journal(object):
+class Journal:
     """Append-only JSON-lines record of finished batches; line 1 is the header with the run key.
 
     Each batch line covers the entries [first, next) of the image set. In memory the journal keeps,
@@ -121,16 +121,15 @@ class Journal(object):
         # Everything after the last newline is a line the previous run was killed while writing.
         complete, torn = lines[:-1], lines[-1]
         if not complete:
-            raise ResultsError("journal {} has no complete header line; delete it to start the run again"
-                               .format(self.path))
+            raise ResultsError(f"journal {self.path} has no complete header line; delete it to start the run again"
+                               )
         try:
             header = json.loads(complete[0].decode("utf-8"))
         except ValueError as exc:
-            raise ResultsError("journal {} has an unreadable header ({}); delete it to start again".format(
-                self.path, exc)) from exc
+            raise ResultsError(f"journal {self.path} has an unreadable header ({exc}); delete it to start again") from exc
         if not isinstance(header, dict):
-            raise ResultsError("journal {} line 1 is not a journal header (a JSON object with the run key); "
-                               "delete it to start again".format(self.path))
+            raise ResultsError(f"journal {self.path} line 1 is not a journal header (a JSON object with the run key); "
+                               "delete it to start again")
         old = header.get("fields") if isinstance(header.get("fields"), dict) else {}
         if old.get("format") != JOURNAL_FORMAT:
             raise JournalMismatch(
@@ -224,8 +223,7 @@ class Journal(object):
             for summary in self.entries:
                 handle.seek(summary["offset"])
                 entry = _parse_entry(handle.readline(), self.path, summary["line"], self.fields["num_images"])
-                for result in entry["results"]:
-                    yield result
+                yield from entry["results"]
 
     def close(self):
         if self._handle is not None:
@@ -255,18 +253,18 @@ def _parse_entry(raw, path, number, num_images):
     try:
         entry = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except ValueError as exc:
-        entry, problem = None, "not valid JSON: {}".format(exc)
+        entry, problem = None, f"not valid JSON: {exc}"
     else:
-        problem = ("not a batch record (an object with first < next <= {}, results, skipped and one image_sha256 "
-                   "per entry covered)".format(num_images))
+        problem = (f"not a batch record (an object with first < next <= {num_images}, results, skipped and one image_sha256 "
+                   "per entry covered)")
     if (isinstance(entry, dict) and _is_index(entry.get("first")) and _is_index(entry.get("next"))
             and entry["first"] < entry["next"] <= num_images and isinstance(entry.get("results"), list)
             and isinstance(entry.get("skipped"), list) and isinstance(entry.get("image_sha256"), list)
             and len(entry["image_sha256"]) == entry["next"] - entry["first"]
             and all(d is None or isinstance(d, str) for d in entry["image_sha256"])):
         return entry
-    raise ResultsError("journal {} line {} is damaged ({}); its other batches cannot be trusted either: delete "
-                       "the journal (or pass --restart) to run again".format(path, number, problem))
+    raise ResultsError(f"journal {path} line {number} is damaged ({problem}); its other batches cannot be trusted either: delete "
+                       "the journal (or pass --restart) to run again")
 
 
 def _summary_of(entry, offset, line, keep_digests=False):
@@ -304,8 +302,7 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
     if batch_size is None:
         batch_size = static or 1
     if static is not None and int(batch_size) != int(static):
-        raise BackendError("the model {} has a static batch size of {}; run with batch size {} (not {})".format(
-            backend.model_path, static, static, batch_size))
+        raise BackendError(f"the model {backend.model_path} has a static batch size of {static}; run with batch size {static} (not {batch_size})")
     batch_size = int(batch_size)
     fields = run_key_fields(image_set, backend_name or backend.name, backend_options or {}, model_path,
                             batch_size, input_dtype)
@@ -355,7 +352,7 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
         summary["records"] = dataset_records(
             done_images, wall_seconds, inference_seconds, session["latencies"], "host",
             backend_name or backend.name, "fp32" if input_dtype == "float32" else input_dtype, batch_size,
-            source="measured: fsaf-repro infer, {} images".format(done_images))
+            source=f"measured: fsaf-repro infer, {done_images} images")
     return summary
 
 
@@ -378,9 +375,9 @@ def _run_range(image_set, backend, journal, start, end, batch_size, static, inpu
             except ImageReadError as exc:
                 kept = sum(entry["next"] - entry["first"] for entry in journal.entries)
                 raise ImageReadError(
-                    "{}; the {} images of the finished batches are kept in {}: run the same command again to "
+                    f"{exc}; the {kept} images of the finished batches are kept in {journal.path}: run the same command again to "
                     "resume once the image is fixed, or add --skip-bad to skip and list unreadable images "
-                    "(the finished batches are kept either way)".format(exc, kept, journal.path)) from None
+                    "(the finished batches are kept either way)") from None
             count = len(metas)
             run_batch, image_hw = _pad(batch, metas, static, input_dtype, image_set)
             t0 = time.perf_counter()
@@ -432,7 +429,7 @@ def _pad(batch, metas, static, input_dtype, image_set):
     return padded, image_hw
 
 
-class _NoBar(object):
+class _NoBar:
     n = 0
 
     def update(self, k):

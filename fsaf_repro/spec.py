@@ -25,7 +25,7 @@ def _packaged_spec():
         try:
             _CACHE["recipe"] = json.loads(raw.decode("utf-8"))
         except ValueError as exc:
-            raise SpecError("fsaf_repro/spec/recipe.json is not valid JSON: {}".format(exc))
+            raise SpecError(f"fsaf_repro/spec/recipe.json is not valid JSON: {exc}")
     return _CACHE["recipe"]
 
 
@@ -61,8 +61,7 @@ def spec_override(recipe):
     """Within the block every reader sees `recipe` (a dict of the recipe.json layout) instead of the
     packaged spec: how a test asks what a run does under other tolerances or settings."""
     if not isinstance(recipe, dict):
-        raise SpecError("a spec override must be a dict of the recipe.json layout, got {}".format(
-            type(recipe).__name__))
+        raise SpecError(f"a spec override must be a dict of the recipe.json layout, got {type(recipe).__name__}")
     previous = _STATE["override"]
     _STATE["override"] = recipe
     try:

@@ -37,7 +37,7 @@ STAGE_VERSIONS = {"checkpoint": 1, "dataset": 1, "export": 1, "convert": 1, "dat
                   "results": 1, "evaluate": 2, "perf": 1, "parity": 1, "report": 1}
 
 
-class Stage(object):
+class Stage:
     """One stage's declaration: everything its outputs depend on, and the body that writes them.
 
     params: JSON values the body uses (ctx.params). inputs: label -> file path, or label -> {name: path}
@@ -70,8 +70,7 @@ class Stage(object):
         if skipped is None:
             base = name.partition(":")[0]
             if base not in STAGE_VERSIONS:
-                raise FsafReproError("reproduce stage {} has no implementation version in STAGE_VERSIONS".format(
-                    name))
+                raise FsafReproError(f"reproduce stage {name} has no implementation version in STAGE_VERSIONS")
             self.version = STAGE_VERSIONS[base]
 
 
@@ -80,7 +79,7 @@ def skipped_step(name, reason, label=None):
     return Stage(name, None, skipped=reason, label=label)
 
 
-class StageContext(object):
+class StageContext:
     """What a stage body is given: its declared params, inputs, outputs and spec sections, its options,
     the run's log and file digests (remembered for the run)."""
 
@@ -114,14 +113,13 @@ def stage_key(stage, recipe, upstream_keys, digest=file_sha256):
     sections = {}
     for section in stage.spec:
         if section not in recipe:
-            raise FsafReproError("reproduce stage {} declares the spec section {!r}, which the recipe spec "
-                                 "(fsaf_repro/spec/recipe.json) does not have".format(stage.name, section))
+            raise FsafReproError(f"reproduce stage {stage.name} declares the spec section {section!r}, which the recipe spec "
+                                 "(fsaf_repro/spec/recipe.json) does not have")
         sections[section] = section_digest(recipe[section])
     upstream = {}
     for name in stage.upstream:
         if name not in upstream_keys:
-            raise FsafReproError("reproduce stage {} consumes stage {}, which has not run in this run".format(
-                stage.name, name))
+            raise FsafReproError(f"reproduce stage {stage.name} consumes stage {name}, which has not run in this run")
         upstream[name] = upstream_keys[name]
     fields = {"params": stage.params, "inputs": inputs, "spec": sections, "upstream": upstream,
               "implementation": {"stage": stage.version, "package": __version__}}
@@ -132,8 +130,7 @@ def _input_digest(stage, label, path, digest):
     try:
         return digest(path)
     except OSError as exc:
-        raise DataError("{}: cannot be read ({}); it is input '{}' of the reproduce stage {}".format(
-            path, exc.strerror or exc, label, stage.name)) from None
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); it is input '{label}' of the reproduce stage {stage.name}") from None
 
 
 def _changed_parts(old, new):
@@ -168,7 +165,7 @@ _UNDECLARED = ("reproduce stage {} read the spec section(s) {} without declaring
                "cover them (fsaf_repro/reproduce.py: add them to the stage's spec sections)")
 
 
-class _Digests(object):
+class _Digests:
     """file_sha256 remembered per file identity (path, inode, size, mtime) for one run: a stage's
     inputs are often the same files as another's (images, models). An atomically replaced or edited
     file has a new identity, so it is hashed again."""
@@ -185,7 +182,7 @@ class _Digests(object):
         return self.known[identity]
 
 
-class StageBook(object):
+class StageBook:
     """`<run dir>/stages.json`: for each finished stage its key, the fields hashed into it, its
     result record and the sha256 of each output file (paths relative to the run directory).
 
@@ -210,16 +207,15 @@ class StageBook(object):
                 kept = "{}.unreadable-{}".format(self.path, time.strftime("%Y%m%dT%H%M%S"))
                 base, number = kept, 1
                 while os.path.exists(kept):  # damaged twice within a second: keep both
-                    kept = "{}-{}".format(base, number)
+                    kept = f"{base}-{number}"
                     number += 1
                 try:
                     os.replace(self.path, kept)
                 except OSError as rename_error:
-                    raise FsafReproError("{} is unreadable ({}) and could not be moved aside to {} ({}); move or "
-                                         "remove it to run every stage again".format(
-                                             self.path, exc, kept, rename_error.strerror or rename_error))
-                log("{} is unreadable ({}), kept as {}: every stage runs again (inference resumes from "
-                    "its own journal where its arguments match)".format(self.path, exc, kept))
+                    raise FsafReproError(f"{self.path} is unreadable ({exc}) and could not be moved aside to {kept} ({rename_error.strerror or rename_error}); move or "
+                                         "remove it to run every stage again")
+                log(f"{self.path} is unreadable ({exc}), kept as {kept}: every stage runs again (inference resumes from "
+                    "its own journal where its arguments match)")
                 self.entries = {}
 
     def _save(self):
@@ -246,14 +242,14 @@ class StageBook(object):
         if entry is not None and entry.get("key") == key and self._intact(entry):
             self.status[name] = "reused"
             self.keys[name] = key
-            self.log("reused: {} (key {})".format(name, key[:12]))
+            self.log(f"reused: {name} (key {key[:12]})")
             return entry["result"]
         if entry is not None:
             if entry.get("key") != key:
                 why = "changed: {}".format(", ".join(_changed_parts(entry.get("fields"), fields)) or "key")
             else:
                 why = "an output is missing or was modified"
-            self.log("re-running: {} ({})".format(name, why))
+            self.log(f"re-running: {name} ({why})")
             # forget the old record first: a failure now must not leave a stale 'finished' stage
             del self.entries[name]
             self._save()
@@ -273,7 +269,7 @@ class StageBook(object):
         self._save()
         self.status[name] = "ran"
         self.keys[name] = key
-        self.log("ran: {} (key {}, {:.1f} s)".format(name, key[:12], seconds))
+        self.log(f"ran: {name} (key {key[:12]}, {seconds:.1f} s)")
         return result
 
     def key(self, name):
@@ -285,7 +281,7 @@ class StageBook(object):
         return entry.get("seconds") if entry else None
 
 
-class RunLog(object):
+class RunLog:
     """Prints each line and appends it to `<run dir>/logs/reproduce.log`."""
 
     def __init__(self, run_dir, echo=True):
@@ -298,7 +294,7 @@ class RunLog(object):
     def __call__(self, message):
         self.lines.append(message)
         if self.echo:
-            sys.stdout.write("reproduce: {}\n".format(message))
+            sys.stdout.write(f"reproduce: {message}\n")
             sys.stdout.flush()
         with open(self.path, "a") as handle:
             handle.write("{} {}\n".format(datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
@@ -308,7 +304,7 @@ class RunLog(object):
 # Late values: known once earlier stages have run
 
 
-class Late(object):
+class Late:
     """A declared value resolved at execution: `fn(state, *args)`, fn a module-level function."""
 
     def __init__(self, fn, *args):
@@ -319,4 +315,4 @@ class Late(object):
         return self.fn(state, *self.args)
 
     def __repr__(self):
-        return "Late({}{})".format(self.fn.__name__, "".join(", {!r}".format(a) for a in self.args))
+        return "Late({}{})".format(self.fn.__name__, "".join(f", {a!r}" for a in self.args))

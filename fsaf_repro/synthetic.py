@@ -124,7 +124,7 @@ def _shape_mask(shape, box_w, box_h):
         points = np.array([[box_w // 2, 0], [box_w - 1, box_h - 1], [0, box_h - 1]], np.int32)
         cv2.fillPoly(mask, [points], 1)
     else:
-        raise DataError("unknown class shape {!r}".format(shape))
+        raise DataError(f"unknown class shape {shape!r}")
     return mask
 
 
@@ -199,7 +199,7 @@ def make_synthetic_coco(out_dir, num_images=8, seed=0, layouts=None, max_objects
     (fsaf_repro.train fits weights on it); same layouts, backgrounds and json layout.
     """
     if int(num_images) < 1:
-        raise DataError("num_images must be >= 1, got {}".format(num_images))
+        raise DataError(f"num_images must be >= 1, got {num_images}")
     if style not in GENERATOR_STYLES:
         raise DataError("unknown generator style {!r}; choose one of {}".format(style, ", ".join(GENERATOR_STYLES)))
     layouts = list(layouts or DEFAULT_LAYOUTS)
@@ -228,7 +228,7 @@ def make_synthetic_coco(out_dir, num_images=8, seed=0, layouts=None, max_objects
                 img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
             params = [int(cv2.IMWRITE_JPEG_QUALITY), 92] if file_name.endswith(".jpg") else []
             if not cv2.imwrite(path, img, params):
-                raise DataError("OpenCV failed to write {}".format(path))
+                raise DataError(f"OpenCV failed to write {path}")
         elif style == "classes":
             objects = _draw_class_objects(rng, np.zeros((height, width, 3), np.uint8), max_objects,
                                           class_style_labels())

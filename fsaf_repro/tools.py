@@ -20,7 +20,7 @@ def _signal_name(number):
     try:
         return signal.Signals(number).name
     except ValueError:
-        return "signal {}".format(number)
+        return f"signal {number}"
 
 
 def output_tail(text, lines=8):
@@ -45,7 +45,7 @@ def run_tool(argv, cwd, log_path, success_line=None, artifacts=(), timeout=None,
     name = tool_name or os.path.basename(argv[0])
     exe = argv[0] if os.sep in argv[0] else shutil.which(argv[0])
     if exe is None:
-        raise ToolError("{}: executable {!r} not found on PATH; {}".format(name, argv[0], setup_hint))
+        raise ToolError(f"{name}: executable {argv[0]!r} not found on PATH; {setup_hint}")
     log_dir = os.path.dirname(os.path.abspath(log_path))
     if not os.path.isdir(log_dir):
         os.makedirs(log_dir)
@@ -56,18 +56,17 @@ def run_tool(argv, cwd, log_path, success_line=None, artifacts=(), timeout=None,
         returncode = proc.returncode
     except subprocess.TimeoutExpired as exc:
         output = (exc.output or b"").decode("utf-8", "replace")
-        _write_log(log_path, argv, cwd, output, "killed after a timeout of {} s".format(timeout))
-        raise ToolError("{}: did not finish within {} s and was killed; log: {}".format(
-            name, timeout, log_path)) from None
+        _write_log(log_path, argv, cwd, output, f"killed after a timeout of {timeout} s")
+        raise ToolError(f"{name}: did not finish within {timeout} s and was killed; log: {log_path}") from None
     except OSError as exc:
-        raise ToolError("{}: could not start {!r}: {}; {}".format(name, exe, exc, setup_hint)) from exc
+        raise ToolError(f"{name}: could not start {exe!r}: {exc}; {setup_hint}") from exc
     if returncode < 0:
-        status = "died by {}".format(_signal_name(-returncode))
+        status = f"died by {_signal_name(-returncode)}"
     else:
-        status = "exit code {}".format(returncode)
+        status = f"exit code {returncode}"
     _write_log(log_path, argv, cwd, output, status)
     reason = explain(output) if explain else None
-    reason = ": {}".format(reason) if reason else ""
+    reason = f": {reason}" if reason else ""
     if returncode < 0:
         raise ToolError("{}: {} (a crash, not a reported error){}; last output:\n{}\nlog: {}".format(
             name, status, reason, output_tail(output) or "(no output)", log_path))
@@ -75,8 +74,8 @@ def run_tool(argv, cwd, log_path, success_line=None, artifacts=(), timeout=None,
         raise ToolError("{}: failed with {}{}; last output:\n{}\nlog: {}".format(
             name, status, reason, output_tail(output) or "(no output)", log_path))
     if failure_line and failure_line in output:
-        raise ToolError("{}: exited 0 but printed its failure line {!r}{}; treating the run as failed; "
-                        "log: {}".format(name, failure_line, reason, log_path))
+        raise ToolError(f"{name}: exited 0 but printed its failure line {failure_line!r}{reason}; treating the run as failed; "
+                        f"log: {log_path}")
     if success_line and success_line not in output:
         last = output_tail(output, 1)
         raise ToolError("{}: exited 0 but never printed its success line {!r} (its last line: {!r}); treating "
@@ -90,5 +89,5 @@ def run_tool(argv, cwd, log_path, success_line=None, artifacts=(), timeout=None,
 
 def _write_log(log_path, argv, cwd, output, status):
     with open(log_path, "w") as handle:
-        handle.write("# argv: {}\n# cwd: {}\n# outcome: {}\n".format(json.dumps(argv), cwd, status))
+        handle.write(f"# argv: {json.dumps(argv)}\n# cwd: {cwd}\n# outcome: {status}\n")
         handle.write(output)

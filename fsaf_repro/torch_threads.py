@@ -73,17 +73,17 @@ def set_intra_op_threads(count):
     import torch
     count = int(count)
     if count < 1:
-        raise ValueError("intra-op thread count must be >= 1, got {}".format(count))
+        raise ValueError(f"intra-op thread count must be >= 1, got {count}")
     ceiling = intra_op_threads_ceiling()
     if ceiling is not None and count > ceiling:
         key = (count, ceiling)
         if key not in _state["warned"]:
             _state["warned"].add(key)
             warnings.warn(
-                "torch {}: keeping {} intra-op thread(s) instead of the {} asked for: this torch corrupts "
+                f"torch {torch.__version__}: keeping {ceiling} intra-op thread(s) instead of the {count} asked for: this torch corrupts "
                 "memory when the thread count rises after a forward pass (oneDNN convolutions cached at "
                 "the lower count; torch >= 1.8.1 is not affected). Set the thread count once, before the "
-                "first forward, to use more.".format(torch.__version__, ceiling, count),
+                "first forward, to use more.",
                 ThreadCountClampedWarning, stacklevel=2)
         count = ceiling
     if torch.get_num_threads() != count:

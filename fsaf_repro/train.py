@@ -242,7 +242,7 @@ class _Conv(nn.Module):
     """A conv wrapped as `<name>.conv` (the checkpoint's ConvModule key layout)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
-        super(_Conv, self).__init__()
+        super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
 
     def forward(self, x):
@@ -253,7 +253,7 @@ class ThinNeckHead(nn.Module):
     """model.FPN + model.FSAFHead with `channels` channels instead of 256; the same parameter names."""
 
     def __init__(self, channels, num_classes, stacked_convs=4):
-        super(ThinNeckHead, self).__init__()
+        super().__init__()
         self.channels = channels
         self.lateral_convs = nn.ModuleList(_Conv(c, channels, 1) for c in BACKBONE_CHANNELS)
         fpn = [_Conv(channels, channels, 3, padding=1) for _ in BACKBONE_CHANNELS]
@@ -322,7 +322,7 @@ def embed_thin_state_dict(full_state_dict, thin):
     for key, value in thin.state_dict().items():
         full_key = _full_key(key)
         if full_key not in out:
-            raise FitError("thin network key {} has no place in the checkpoint layout".format(key))
+            raise FitError(f"thin network key {key} has no place in the checkpoint layout")
         target = torch.zeros_like(out[full_key])
         index = tuple(slice(0, size) for size in value.shape)
         target[index] = value.detach()
@@ -352,7 +352,7 @@ def read_image_boxes(annotation_file, image_set):
     return out
 
 
-class FeatureSet(object):
+class FeatureSet:
     """Backbone features (float16, to halve the memory), boxes and FSAF targets of a generated set."""
 
     def __init__(self, annotation_file, image_dir, backbone, height, width, batch_size=4, progress=False,
@@ -522,11 +522,11 @@ def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0,
     from .synthetic import make_synthetic_coco
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
-        raise FitError("unknown fit parameter(s) {}; known: {}".format(unknown, sorted(DEFAULTS)))
+        raise FitError(f"unknown fit parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
     params = dict(DEFAULTS, **overrides)
     for name in ("train_images", "steps", "batch_size", "channels", "height", "width"):
         if int(params[name]) < 1:
-            raise FitError("{} must be >= 1, got {}".format(name, params[name]))
+            raise FitError(f"{name} must be >= 1, got {params[name]}")
     if params["optimizer"] not in OPTIMIZERS:
         raise FitError("unknown optimizer {!r}; choose one of {}".format(params["optimizer"], ", ".join(OPTIMIZERS)))
     if int(params["channels"]) > model_constants()["fpn_channels"]:
@@ -534,7 +534,7 @@ def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0,
     if eval_seed is None:
         eval_seed = data_seed + 1
     if eval_images and int(eval_seed) == int(data_seed):
-        raise FitError("the held-out set must come from another seed than the training set ({})".format(data_seed))
+        raise FitError(f"the held-out set must come from another seed than the training set ({data_seed})")
     say = log or (lambda message: print(message, file=sys.stderr))
     if threads:
         threads = set_intra_op_threads(threads)
@@ -598,7 +598,7 @@ def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0,
             cls_loss, box_loss = fsaf_batch_loss(cls_scores, bbox_preds, gts, targets)
             loss = cls_loss + box_loss
             if not torch.isfinite(loss):
-                raise FitError("the loss became {} at step {} (lr {}): lower --lr".format(float(loss), step, lr))
+                raise FitError(f"the loss became {float(loss)} at step {step} (lr {lr}): lower --lr")
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(thin.parameters(), params["grad_clip"])
@@ -606,8 +606,8 @@ def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0,
             value = loss.item()
             running = value if running is None else 0.9 * running + 0.1 * value
             if bar is not None:
-                bar.set_postfix(loss="{:.3f}".format(running), cls="{:.3f}".format(float(cls_loss)),
-                                box="{:.3f}".format(float(box_loss)))
+                bar.set_postfix(loss=f"{running:.3f}", cls=f"{float(cls_loss):.3f}",
+                                box=f"{float(box_loss):.3f}")
                 bar.update(1)
             if eval_every and step % eval_every == 0 and step != steps:
                 evaluate(step, round(running, 4))

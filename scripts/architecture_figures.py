@@ -39,7 +39,7 @@ def imports_of(tree, name, is_package, modules):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = resolve(name, is_package, node.level, node.module)
-            targets = [base] + ["{}.{}".format(base, alias.name) for alias in node.names]
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue
         for target in targets:
@@ -110,7 +110,7 @@ def figures(package_dir):
         graph[name] = imports_of(tree, name, is_package, modules)
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                functions.append(("{}.{}".format(name, node.name), node.end_lineno - node.lineno + 1
+                functions.append((f"{name}.{node.name}", node.end_lineno - node.lineno + 1
                                   if hasattr(node, "end_lineno") else _span(node)))
                 nested_imports += sum(1 for inner in ast.walk(node)
                                       if isinstance(inner, (ast.Import, ast.ImportFrom)))
@@ -125,7 +125,7 @@ def figures(package_dir):
     return {
         "package": package_dir,
         "longest_function": {"name": longest[0], "lines": longest[1]},
-        "functions_over_{}_lines".format(LONG_FUNCTION_LINES): sum(1 for _, n in functions
+        f"functions_over_{LONG_FUNCTION_LINES}_lines": sum(1 for _, n in functions
                                                                    if n > LONG_FUNCTION_LINES),
         "import_cycles": len(cycles), "import_cycle_members": cycles,
         "largest_module": {"name": largest[0], "lines": largest[1]},

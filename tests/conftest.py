@@ -45,7 +45,7 @@ ACCEPTANCE_OPTIONS = (
 def pytest_addoption(parser):
     group = parser.getgroup("fsaf-acceptance", "fsaf-repro acceptance tests (each also read from its env var)")
     for option, env, text in ACCEPTANCE_OPTIONS:
-        group.addoption(option, default=None, help="{} [env {}]".format(text, env))
+        group.addoption(option, default=None, help=f"{text} [env {env}]")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def backend_availability(name):
     try:
         cls = get_backend_class(name)
     except ImportError as exc:  # the backend module itself failed to import
-        return Availability(False, "backend module failed to import: {}".format(exc))
+        return Availability(False, f"backend module failed to import: {exc}")
     return cls.availability()
 
 
@@ -53,7 +53,7 @@ def create_backend(name, **options):
     cls = get_backend_class(name)
     avail = cls.availability()
     if not avail.ok:
-        raise BackendUnavailable("backend {!r} unavailable: {}".format(name, avail.reason))
+        raise BackendUnavailable(f"backend {name!r} unavailable: {avail.reason}")
     return cls(**options)
 
 

@@ -30,11 +30,9 @@ class AclRuntimeBackend(Backend):
         try:
             interface = _import_interface()
         except ImportError as exc:
-            return Availability(False, "ais_bench's InferSession is not importable ({}); {}".format(
-                exc, INSTALL_HINT))
+            return Availability(False, f"ais_bench's InferSession is not importable ({exc}); {INSTALL_HINT}")
         except Exception as exc:  # the extension module can fail to load without the CANN libraries
-            return Availability(False, "importing ais_bench.infer.interface failed ({}: {}); {}".format(
-                type(exc).__name__, exc, INSTALL_HINT))
+            return Availability(False, f"importing ais_bench.infer.interface failed ({type(exc).__name__}: {exc}); {INSTALL_HINT}")
         if not hasattr(interface, "InferSession"):
             return Availability(False, "ais_bench.infer.interface has no InferSession; " + INSTALL_HINT)
         return Availability(True, "")
@@ -46,20 +44,19 @@ class AclRuntimeBackend(Backend):
         try:
             sidecar = read_om_sidecar(model_path)
         except ToolError as exc:
-            raise BackendError("aclruntime: {}".format(exc)) from exc
+            raise BackendError(f"aclruntime: {exc}") from exc
         try:
             self.session = _import_interface().InferSession(int(self.options.get("device_id", 0)), model_path)
         except Exception as exc:  # aclruntime raises RuntimeError or its own types
-            raise BackendError("aclruntime: could not load {}: {}: {}".format(
-                model_path, type(exc).__name__, exc)) from exc
+            raise BackendError(f"aclruntime: could not load {model_path}: {type(exc).__name__}: {exc}") from exc
         inputs = self.session.get_inputs()
         session_shape = list(getattr(inputs[0], "shape", []) or [])
         if sidecar is not None:
             self.batch_size = int(sidecar["batch_size"])
             self.out_nodes = sidecar.get("out_nodes") or ["dets", "labels"]
             if session_shape and int(session_shape[0]) != self.batch_size:
-                raise BackendError("aclruntime: {} sidecar says batch size {} but the om's input is {}"
-                                   .format(model_path, self.batch_size, session_shape))
+                raise BackendError(f"aclruntime: {model_path} sidecar says batch size {self.batch_size} but the om's input is {session_shape}"
+                                   )
         else:
             self.out_nodes = ["dets", "labels"]
             self.batch_size = int(session_shape[0]) if session_shape else None
@@ -74,11 +71,9 @@ class AclRuntimeBackend(Backend):
         try:
             outputs = self.session.infer(arrays)
         except Exception as exc:  # aclruntime's own error types
-            raise BackendError("aclruntime: inference of {} on a batch of {} failed: {}".format(
-                self.model_path, size, exc)) from exc
+            raise BackendError(f"aclruntime: inference of {self.model_path} on a batch of {size} failed: {exc}") from exc
         if len(outputs) < 2:
-            raise BackendError("aclruntime: {} returned {} outputs; expected dets and labels".format(
-                self.model_path, len(outputs)))
+            raise BackendError(f"aclruntime: {self.model_path} returned {len(outputs)} outputs; expected dets and labels")
         by_name = dict(zip(self.out_nodes, outputs))
         if "dets" not in by_name or "labels" not in by_name:
             by_name = {"dets": outputs[0], "labels": outputs[1]}

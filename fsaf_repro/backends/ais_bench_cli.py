@@ -47,16 +47,15 @@ def om_batch_size(model_path, options, backend_name):
     try:
         sidecar = read_om_sidecar(model_path)
     except ToolError as exc:
-        raise BackendError("{}: {}".format(backend_name, exc)) from exc
+        raise BackendError(f"{backend_name}: {exc}") from exc
     if sidecar is not None:
         if options.get("batch_size") not in (None, sidecar["batch_size"]):
             raise BackendError("{}: batch_size option {} contradicts {}.json (batch size {})".format(
                 backend_name, options["batch_size"], model_path, sidecar["batch_size"]))
         return int(sidecar["batch_size"]), sidecar
     if options.get("batch_size") is None:
-        raise BackendError("{}: {} has no conversion sidecar ({}.json); pass batch_size=N for the om's "
-                           "static batch size, or convert it with `fsaf-repro convert`".format(
-                               backend_name, model_path, model_path))
+        raise BackendError(f"{backend_name}: {model_path} has no conversion sidecar ({model_path}.json); pass batch_size=N for the om's "
+                           "static batch size, or convert it with `fsaf-repro convert`")
     return int(options["batch_size"]), None
 
 
@@ -66,7 +65,7 @@ def attach_om(backend, model_path):
     a new section of the tool log begins (`log_path` option, else `<workdir or om folder>/<om>.<backend>.log`)."""
     model_path = os.path.abspath(str(model_path))
     if not os.path.isfile(model_path):
-        raise BackendError("{}: om file {} does not exist".format(backend.name, model_path))
+        raise BackendError(f"{backend.name}: om file {model_path} does not exist")
     backend.model_path = model_path
     backend.batch_size, backend.sidecar = om_batch_size(model_path, backend.options, backend.name)
     backend.calls = 0
@@ -79,8 +78,8 @@ def begin_call(backend, batch, image_hw, scratch_prefix):
     Returns (batch size, scratch directory)."""
     size = backend.check_batch(batch)
     if image_hw is not None:
-        raise BackendError("{}: uint8 models with an image_hw input are not supported by this backend; "
-                           "use aclruntime".format(backend.name))
+        raise BackendError(f"{backend.name}: uint8 models with an image_hw input are not supported by this backend; "
+                           "use aclruntime")
     scratch = tempfile.mkdtemp(prefix=scratch_prefix, dir=backend.options.get("workdir"))
     backend.calls += 1
     return size, scratch
@@ -94,7 +93,7 @@ def _open_tool_log(backend, model_path):
     the om, may not be (a read-only model folder), and then the system temp folder is used, with a
     warning naming it.
     """
-    name = "{}.{}.log".format(os.path.basename(model_path), backend.name)
+    name = f"{os.path.basename(model_path)}.{backend.name}.log"
     given = backend.options.get("log_path") or (
         os.path.join(backend.options["workdir"], name) if backend.options.get("workdir") else None)
     header = "# {} on {}, loaded {}\n".format(backend.name, model_path, time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -107,11 +106,10 @@ def _open_tool_log(backend, model_path):
             with open(place, "a") as handle:
                 handle.write(header)
         except OSError as exc:
-            failures.append("{} ({})".format(place, exc.strerror or exc))
+            failures.append(f"{place} ({exc.strerror or exc})")
             continue
         if failures:
-            warnings.warn("{}: cannot write the tool log {}; writing it to {}".format(
-                backend.name, failures[0], place), RuntimeWarning, stacklevel=3)
+            warnings.warn(f"{backend.name}: cannot write the tool log {failures[0]}; writing it to {place}", RuntimeWarning, stacklevel=3)
         return place
     raise BackendError("{}: cannot write the tool log {}; pass log_path=FILE or workdir=DIR (backend options) "
                        "for a writable place".format(backend.name, "; ".join(failures)))
@@ -127,13 +125,12 @@ def keep_tool_log(backend, call_log_path):
         with open(call_log_path) as source:
             text = source.read()
     except OSError:
-        text = "(the tool wrote no log at {})\n".format(call_log_path)
+        text = f"(the tool wrote no log at {call_log_path})\n"
     try:
         with open(backend.tool_log_path, "a") as handle:
             handle.write("## call {}\n{}".format(backend.calls, text if text.endswith("\n") else text + "\n"))
     except OSError as exc:
-        warnings.warn("{}: could not append call {}'s log to {} ({}); it is in {}".format(
-            backend.name, backend.calls, backend.tool_log_path, exc.strerror or exc, call_log_path),
+        warnings.warn(f"{backend.name}: could not append call {backend.calls}'s log to {backend.tool_log_path} ({exc.strerror or exc}); it is in {call_log_path}",
             RuntimeWarning, stacklevel=2)
 
 
@@ -154,14 +151,14 @@ class AisBenchCliBackend(Backend):
         attach_om(self, model_path)
         command = self.options.get("command") or default_command()
         if not command:
-            raise BackendError("{}: no ais_bench command; {}".format(self.name, INSTALL_HINT))
+            raise BackendError(f"{self.name}: no ais_bench command; {INSTALL_HINT}")
         self.command = [command] if isinstance(command, str) else list(command)
         self.last_summary = None
         return self
 
     def run(self, batch, image_hw=None):
         size, scratch = begin_call(self, batch, image_hw, "ais_bench_")
-        stem = "batch_{:06d}".format(self.calls)
+        stem = f"batch_{self.calls:06d}"
         in_dir, out_dir = os.path.join(scratch, "input"), os.path.join(scratch, "output")
         os.makedirs(in_dir)
         os.makedirs(out_dir)
@@ -184,7 +181,7 @@ class AisBenchCliBackend(Backend):
             outputs = read_output_files(dets_path, labels_path, size, origin)
             self.last_summary = summary
         except (ToolError, OutputFormatError) as exc:
-            raise type(exc)("{} (scratch directory kept: {})".format(exc, scratch)) from None
+            raise type(exc)(f"{exc} (scratch directory kept: {scratch})") from None
         if not self.options.get("keep_scratch"):
             shutil.rmtree(scratch, ignore_errors=True)
         return outputs
@@ -213,7 +210,7 @@ def find_run_dir(output_root, log_path=None):
     if len(runs) != 1:
         raise ToolError("ais_bench: expected one output folder (e.g. 2022_12_01-10_20_30) in {}, found {}{}".format(
             output_root, "none" if not runs else "{} ({})".format(len(runs), ", ".join(runs)),
-            "; log: {}".format(log_path) if log_path else ""))
+            f"; log: {log_path}" if log_path else ""))
     return os.path.join(output_root, runs[0])
 
 
@@ -224,7 +221,7 @@ def run_summary(run_dir, log_path=None):
     if not found:
         raise ToolError("ais_bench: no summary for the output folder {}: expected {} (ais_bench) or {} "
                         "(ais_infer), the tool's record of a finished run{}".format(
-                            run_dir, candidates[0], candidates[1], "; log: {}".format(log_path) if log_path else ""))
+                            run_dir, candidates[0], candidates[1], f"; log: {log_path}" if log_path else ""))
     return found[0], read_summary(found[0], log_path)
 
 
@@ -245,12 +242,12 @@ def read_summary(summary_path, log_path=None):
     if not os.path.isfile(summary_path):
         raise ToolError("ais_bench: exited 0 and wrote its outputs but no summary {}, its record of a finished "
                         "run; treating the call as failed{}".format(
-                            summary_path, "; log: {}".format(log_path) if log_path else ""))
+                            summary_path, f"; log: {log_path}" if log_path else ""))
     try:
         with open(summary_path) as handle:
             summary = json.load(handle)
     except ValueError as exc:
-        raise OutputFormatError("ais_bench summary {} is not valid JSON ({})".format(summary_path, exc))
+        raise OutputFormatError(f"ais_bench summary {summary_path} is not valid JSON ({exc})")
     return check_summary(summary, summary_path)
 
 
@@ -263,12 +260,11 @@ def check_summary(summary, summary_path):
     `NPU_compute_time` (when present) an object of numbers. The tool writes throughput 0 when it timed
     no inference; that is refused, as is any value other than a number. Returns the summary."""
     if not isinstance(summary, dict):
-        raise OutputFormatError("ais_bench summary {} is not a JSON object (got {})".format(
-            summary_path, type(summary).__name__))
+        raise OutputFormatError(f"ais_bench summary {summary_path} is not a JSON object (got {type(summary).__name__})")
     throughput = summary.get("throughput")
     if not _number(throughput):
-        raise OutputFormatError("ais_bench summary {} has no numeric `throughput` (got {!r}); expected "
-                                "`\"throughput\": <images per second>`".format(summary_path, throughput))
+        raise OutputFormatError(f"ais_bench summary {summary_path} has no numeric `throughput` (got {throughput!r}); expected "
+                                "`\"throughput\": <images per second>`")
     if throughput <= 0:
         raise OutputFormatError("ais_bench summary {} has `throughput` {!r}: the tool timed no inference "
                                 "(NPU_compute_time {!r})".format(summary_path, throughput,
@@ -276,8 +272,8 @@ def check_summary(summary, summary_path):
     compute = summary.get("NPU_compute_time", {})
     bad = [key for key, value in compute.items() if not _number(value)] if isinstance(compute, dict) else None
     if bad is None or bad:
-        raise OutputFormatError("ais_bench summary {}: `NPU_compute_time` must map min/max/mean/median/"
-                                "percentile(99%) to numbers; got {!r}".format(summary_path, compute))
+        raise OutputFormatError(f"ais_bench summary {summary_path}: `NPU_compute_time` must map min/max/mean/median/"
+                                f"percentile(99%) to numbers; got {compute!r}")
     return summary
 
 
@@ -292,20 +288,18 @@ def output_files(summary, summary_path, input_path, run_dir, count):
     infos = summary.get("filesinfo")
     if not infos:
         stem = os.path.splitext(os.path.basename(input_path))[0]
-        return [os.path.join(run_dir, "{}_{}.bin".format(stem, i)) for i in range(count)]
+        return [os.path.join(run_dir, f"{stem}_{i}.bin") for i in range(count)]
     if not isinstance(infos, dict):
-        raise OutputFormatError("ais_bench summary {}: `filesinfo` must be an object of samples, got {!r}".format(
-            summary_path, infos))
+        raise OutputFormatError(f"ais_bench summary {summary_path}: `filesinfo` must be an object of samples, got {infos!r}")
     name = os.path.basename(input_path)
     for sample in infos.values():
         infiles = sample.get("infiles") if isinstance(sample, dict) else None
         if isinstance(infiles, list) and any(os.path.basename(str(f)) == name for f in infiles):
             outfiles = sample.get("outfiles")
             if not isinstance(outfiles, list) or len(outfiles) != count:
-                raise OutputFormatError("ais_bench summary {}: sample of {} lists outfiles {!r}; expected {} "
-                                        "(dets, labels)".format(summary_path, name, outfiles, count))
+                raise OutputFormatError(f"ais_bench summary {summary_path}: sample of {name} lists outfiles {outfiles!r}; expected {count} "
+                                        "(dets, labels)")
             # the tool writes every output into the run folder; its basename is taken so that a
             # relative path (relative to the tool's cwd) or a moved folder still resolves
             return [os.path.join(run_dir, os.path.basename(str(f))) for f in outfiles]
-    raise OutputFormatError("ais_bench summary {}: `filesinfo` has no sample whose infiles include {}".format(
-        summary_path, name))
+    raise OutputFormatError(f"ais_bench summary {summary_path}: `filesinfo` has no sample whose infiles include {name}")

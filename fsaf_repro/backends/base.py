@@ -40,12 +40,12 @@ def normalise_outputs(dets, labels, batch_size, origin):
         labels = labels.reshape(int(batch_size), n).astype(np.int64, copy=False)
     except ValueError:
         raise BackendError(
-            "{}: outputs have shapes dets {} and labels {}; expected dets [{}, {}, 5] and labels [{}, {}]"
-            .format(origin, tuple(dets.shape), tuple(labels.shape), batch_size, n, batch_size, n)) from None
+            f"{origin}: outputs have shapes dets {tuple(dets.shape)} and labels {tuple(labels.shape)}; expected dets [{batch_size}, {n}, 5] and labels [{batch_size}, {n}]"
+            ) from None
     return {"dets": dets, "labels": labels}
 
 
-class Backend(object):
+class Backend:
     """Contract: `availability()` -> `load(model_path)` -> `run(batch)` ... -> `close()`.
 
     Subclasses set `name` and implement `availability`, `load`, `run` and `close`. `batch_size` is
@@ -83,16 +83,14 @@ class Backend(object):
         shape = getattr(batch, "shape", None)
         if shape is None or len(shape) != 4:
             raise BackendError("{}: a batch must be an NCHW array, got {}".format(
-                self.name, "shape {}".format(tuple(shape)) if shape is not None else type(batch).__name__))
+                self.name, f"shape {tuple(shape)}" if shape is not None else type(batch).__name__))
         size = int(shape[0])
         if self.batch_size is not None and size != int(self.batch_size):
             raise BatchSizeMismatch(
-                "{}: model {} has a static batch size of {} but was given a batch of {}; pad the batch "
-                "to {} (the runner does this) or convert/export a model for batch size {}".format(
-                    self.name, self.model_path, self.batch_size, size, self.batch_size, size))
+                f"{self.name}: model {self.model_path} has a static batch size of {self.batch_size} but was given a batch of {size}; pad the batch "
+                f"to {self.batch_size} (the runner does this) or convert/export a model for batch size {size}")
         if self.input_dtype is not None and np.dtype(batch.dtype) != np.dtype(self.input_dtype):
-            raise BackendError("{}: model {} takes {} input but the batch is {}".format(
-                self.name, self.model_path, np.dtype(self.input_dtype).name, np.dtype(batch.dtype).name))
+            raise BackendError(f"{self.name}: model {self.model_path} takes {np.dtype(self.input_dtype).name} input but the batch is {np.dtype(batch.dtype).name}")
         return size
 
     def __enter__(self):
@@ -116,7 +114,7 @@ def read_output_files(dets_path, labels_path, batch_size, origin):
     for path, count, dtypes in ((dets_path, batch_size * n * 5, (np.float32, np.float16)),
                                 (labels_path, batch_size * n, (np.int64, np.int32))):
         if not os.path.isfile(path):
-            raise OutputFormatError("{}: expected output file {} is missing".format(origin, path))
+            raise OutputFormatError(f"{origin}: expected output file {path} is missing")
         size = os.path.getsize(path)
         dtype = next((d for d in dtypes if np.dtype(d).itemsize * count == size), None)
         if dtype is None:

@@ -33,20 +33,20 @@ def default_executable():
 
 
 def benchmark_argv(executable, om_path, batch_size, info_path, width, height, device_id=0):
-    return [executable, "-model_type=vision", "-om_path={}".format(om_path),
-            "-device_id={}".format(device_id),
-            "-batch_size={}".format(int(batch_size)), "-input_text_path={}".format(info_path),
-            "-input_width={}".format(int(width)), "-input_height={}".format(int(height)), "-useDvpp=false",
+    return [executable, "-model_type=vision", f"-om_path={om_path}",
+            f"-device_id={device_id}",
+            f"-batch_size={int(batch_size)}", f"-input_text_path={info_path}",
+            f"-input_width={int(width)}", f"-input_height={int(height)}", "-useDvpp=false",
             "-output_binary=true"]
 
 
 def perf_file_path(workdir, batch_size, device_id=0):
     return os.path.join(workdir, "result",
-                        "perf_vision_batchsize_{}_device_{}.txt".format(batch_size, device_id))
+                        f"perf_vision_batchsize_{batch_size}_device_{device_id}.txt")
 
 
 def output_dir(workdir, device_id=0):
-    return os.path.join(workdir, "result", "dumpOutput_device{}".format(device_id))
+    return os.path.join(workdir, "result", f"dumpOutput_device{device_id}")
 
 
 def resolved_info_copy(info_path, workdir, width, height):
@@ -63,18 +63,17 @@ def resolved_info_copy(info_path, workdir, width, height):
     entries = []
     for index, path, bin_w, bin_h in read_info_file(info_path):
         if (bin_w, bin_h) != (int(width), int(height)):
-            raise DataError("{}: entry {} ({}) is {}x{}, but this run is {}x{} (width x height)".format(
-                info_path, index, path, bin_w, bin_h, width, height))
+            raise DataError(f"{info_path}: entry {index} ({path}) is {bin_w}x{bin_h}, but this run is {width}x{height} (width x height)")
         absolute = os.path.abspath(path)
         problem = bin_file_problem(absolute, height, width)
         if problem == BIN_MISSING:
-            raise DataError("{}: entry {} lists {}, which does not exist (relative paths are taken from the "
-                            "current directory, {})".format(info_path, index, path, os.getcwd()))
+            raise DataError(f"{info_path}: entry {index} lists {path}, which does not exist (relative paths are taken from the "
+                            f"current directory, {os.getcwd()})")
         if problem:
-            raise DataError("{}: entry {} ({}) {}".format(info_path, index, path, problem))
+            raise DataError(f"{info_path}: entry {index} ({path}) {problem}")
         entries.append((index, absolute, bin_w, bin_h))
     if not entries:
-        raise DataError("{} lists no .bin files: nothing to run".format(info_path))
+        raise DataError(f"{info_path} lists no .bin files: nothing to run")
     copy = os.path.join(workdir, os.path.splitext(os.path.basename(info_path))[0] + ".resolved.info")
     atomic_write_text(copy, "".join("{} {} {} {}\n".format(*entry) for entry in entries))
     return copy, entries
@@ -123,7 +122,7 @@ class BenchmarkToolBackend(Backend):
     def availability(cls):
         executable = default_executable()
         if shutil.which(executable) is None:
-            return Availability(False, "{} is not on PATH; {}".format(executable, INSTALL_HINT))
+            return Availability(False, f"{executable} is not on PATH; {INSTALL_HINT}")
         return Availability(True, "")
 
     def load(self, model_path):
@@ -141,10 +140,10 @@ class BenchmarkToolBackend(Backend):
         stems = []
         with open(info_path, "w") as info:
             for n in range(size):
-                stem = "b{:06d}_{:03d}".format(self.calls, n)
+                stem = f"b{self.calls:06d}_{n:03d}"
                 path = os.path.join(bin_dir, stem + ".bin")
                 batch[n].tofile(path)
-                info.write("{} {} {} {}\n".format(n, path, width, height))
+                info.write(f"{n} {path} {width} {height}\n")
                 stems.append(stem)
         device_id = int(self.options.get("device_id", 0))
         try:
@@ -159,7 +158,7 @@ class BenchmarkToolBackend(Backend):
                                             os.path.join(result["outputs_dir"], stem + "_2.bin"), 1,
                                             "benchmark output of " + self.model_path) for stem in stems]
         except (ToolError, OutputFormatError, ResultsError, DataError) as exc:
-            raise type(exc)("{} (scratch directory kept: {})".format(exc, scratch)) from None
+            raise type(exc)(f"{exc} (scratch directory kept: {scratch})") from None
         self.last_perf = result["perf_records"]
         if not self.options.get("keep_scratch"):
             shutil.rmtree(scratch, ignore_errors=True)

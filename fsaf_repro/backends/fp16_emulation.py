@@ -68,9 +68,9 @@ def labels_for_record(backend, device, precision):
         return device, precision
     if str(device) not in CPU_DEVICE_LABELS:
         raise ResultsError(
-            "backend {} is an fp16 emulation on the CPU: its records are labelled device {!r}, not {!r} "
+            f"backend {backend} is an fp16 emulation on the CPU: its records are labelled device {RECORD_DEVICE!r}, not {device!r} "
             "(an emulated figure is not an NPU measurement); measure without --device or with --device cpu"
-            .format(backend, RECORD_DEVICE, device))
+            )
     return RECORD_DEVICE, RECORD_PRECISION
 
 
@@ -116,8 +116,8 @@ def fold_batch_norms(model):
             conv_name = None
         conv = modules.get(conv_name)
         if not isinstance(conv, torch.nn.Conv2d) or conv.out_channels != module.num_features:
-            raise BackendError("fp16 emulation: cannot fold BatchNorm {}: no convolution {} with {} output "
-                               "channels before it".format(name, conv_name, module.num_features))
+            raise BackendError(f"fp16 emulation: cannot fold BatchNorm {name}: no convolution {conv_name} with {module.num_features} output "
+                               "channels before it")
         with torch.no_grad():
             scale = module.weight / torch.sqrt(module.running_var + module.eps)
             bias = module.bias - module.running_mean * scale
@@ -131,7 +131,7 @@ def fold_batch_norms(model):
     return pairs
 
 
-class _OverflowLog(object):
+class _OverflowLog:
     """Names of the layers whose fp16 output overflowed (inf) since the last reset."""
 
     def __init__(self):
@@ -160,8 +160,7 @@ def emulate_fp16(model, rounding=True):
         if list(module.children()):
             continue
         if not isinstance(module, covered):
-            raise BackendError("fp16 emulation: layer {} ({}) has no fp16 emulation".format(
-                name, type(module).__name__))
+            raise BackendError(f"fp16 emulation: layer {name} ({type(module).__name__}) has no fp16 emulation")
     if not rounding:
         return overflow
     with torch.no_grad():
@@ -293,8 +292,8 @@ class Fp16EmulatedBackend(Backend):
         try:
             import torch  # noqa: F401
         except ImportError as exc:
-            return Availability(False, "PyTorch is not installed ({}); install torch (README): the fp16 "
-                                       "emulation runs the checkpoint in torch on the CPU".format(exc))
+            return Availability(False, f"PyTorch is not installed ({exc}); install torch (README): the fp16 "
+                                       "emulation runs the checkpoint in torch on the CPU")
         return Availability(True, "")
 
     def load(self, model_path):
@@ -302,8 +301,8 @@ class Fp16EmulatedBackend(Backend):
         from ..checkpoint import load_detector
         model_path = str(model_path)
         if model_path.lower().endswith((".onnx", ".om")):
-            raise BackendError("{}: {} is an exported model; the fp16 emulation runs the checkpoint (.pth) "
-                               "it was exported from".format(self.name, model_path))
+            raise BackendError(f"{self.name}: {model_path} is an exported model; the fp16 emulation runs the checkpoint (.pth) "
+                               "it was exported from")
         threads = self.options.get("threads")
         # the count in effect, for records: torch 1.8.0 may keep a lower one (torch_threads)
         self.intra_op_threads = set_intra_op_threads(int(threads)) if threads else torch.get_num_threads()
@@ -318,8 +317,8 @@ class Fp16EmulatedBackend(Backend):
     def run(self, batch, image_hw=None):
         import torch
         if np.dtype(batch.dtype) == np.uint8:
-            raise BackendError("{}: takes the normalised float32 input; uint8 input is for models exported "
-                               "with normalisation in the graph".format(self.name))
+            raise BackendError(f"{self.name}: takes the normalised float32 input; uint8 input is for models exported "
+                               "with normalisation in the graph")
         size = self.check_batch(batch)
         self.overflow.layers = []
         x = torch.from_numpy(np.ascontiguousarray(batch))

@@ -21,9 +21,9 @@ class NullBackend(Backend):
     name = "null"
 
     def __init__(self, batch_size=None, detections="empty", delay_s=0.0, **options):
-        super(NullBackend, self).__init__(**options)
+        super().__init__(**options)
         if detections not in ("empty", "echo"):
-            raise BackendError("null backend: detections must be 'empty' or 'echo', got {!r}".format(detections))
+            raise BackendError(f"null backend: detections must be 'empty' or 'echo', got {detections!r}")
         self.static_batch_size = int(batch_size) if batch_size is not None else None
         self.detections = detections
         self.delay_s = float(delay_s)

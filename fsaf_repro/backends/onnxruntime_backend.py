@@ -42,7 +42,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             ort = _import_ort()
         except ImportError as exc:
-            return Availability(False, "onnxruntime is not installed ({}); {}".format(exc, cls.install_hint))
+            return Availability(False, f"onnxruntime is not installed ({exc}); {cls.install_hint}")
         available = ort.get_available_providers()
         if cls.provider not in available:
             return Availability(False, "onnxruntime {} has no {} (available: {}); {}".format(
@@ -58,8 +58,7 @@ class OnnxRuntimeBackend(Backend):
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMISATION[level])
         mode = self.options.get("execution_mode", "sequential")
         if mode not in ("sequential", "parallel"):
-            raise BackendError("{}: execution_mode must be sequential or parallel, got {!r}".format(
-                self.name, mode))
+            raise BackendError(f"{self.name}: execution_mode must be sequential or parallel, got {mode!r}")
         so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if mode == "parallel"
                              else ort.ExecutionMode.ORT_SEQUENTIAL)
         if self.options.get("threads"):
@@ -85,11 +84,10 @@ class OnnxRuntimeBackend(Backend):
         try:
             sidecar = read_sidecar(model_path)
         except Exception as exc:  # a malformed sidecar is reported as a backend load error
-            raise BackendError("{}: {}".format(self.name, exc)) from exc
+            raise BackendError(f"{self.name}: {exc}") from exc
         if sidecar and sidecar.get("flavour") == "ascend-nms":
-            raise BackendError("{}: {} is the ascend-nms flavour, whose BatchMultiClassNMS node only atc "
-                               "understands; export the onnx-nms or raw flavour for ONNX Runtime".format(
-                                   self.name, model_path))
+            raise BackendError(f"{self.name}: {model_path} is the ascend-nms flavour, whose BatchMultiClassNMS node only atc "
+                               "understands; export the onnx-nms or raw flavour for ONNX Runtime")
         try:
             self.session = ort.InferenceSession(model_path, sess_options=self._session_options(ort),
                                                 providers=self._providers())
@@ -108,8 +106,7 @@ class OnnxRuntimeBackend(Backend):
         first = inputs[0]
         self.input_dtype = _ORT_TYPES.get(first.type)
         if self.input_dtype is None:
-            raise BackendError("{}: {} input {!r} has unsupported type {}".format(
-                self.name, model_path, first.name, first.type))
+            raise BackendError(f"{self.name}: {model_path} input {first.name!r} has unsupported type {first.type}")
         dim0 = first.shape[0] if first.shape else None
         self.batch_size = int(dim0) if isinstance(dim0, int) else None
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -129,16 +126,14 @@ class OnnxRuntimeBackend(Backend):
         feed = {self.input_names[0]: np.ascontiguousarray(batch)}
         if len(self.input_names) > 1:
             if image_hw is None:
-                raise BackendError("{}: {} also takes {!r} (the resized image height, width of each canvas: "
-                                   "a uint8-input model); pass image_hw".format(
-                                       self.name, self.model_path, self.input_names[1]))
+                raise BackendError(f"{self.name}: {self.model_path} also takes {self.input_names[1]!r} (the resized image height, width of each canvas: "
+                                   "a uint8-input model); pass image_hw")
             hw = np.asarray(image_hw, dtype=np.int32).reshape(size, 2)
             feed[self.input_names[1]] = np.ascontiguousarray(hw)
         try:
             first, second = self.session.run(self.fetch, feed)
         except Exception as exc:  # onnxruntime's own exception types
-            raise BackendError("{}: running {} on a batch of {} failed: {}".format(
-                self.name, self.model_path, size, exc)) from exc
+            raise BackendError(f"{self.name}: running {self.model_path} on a batch of {size} failed: {exc}") from exc
         if self.flavour == "raw":
             from ..decode import host_nms
             first, second = host_nms(first, second)

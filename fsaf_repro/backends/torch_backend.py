@@ -16,7 +16,7 @@ class TorchBackend(Backend):
         try:
             import torch  # noqa: F401
         except ImportError as exc:
-            return Availability(False, "PyTorch is not installed ({}); install torch (README)".format(exc))
+            return Availability(False, f"PyTorch is not installed ({exc}); install torch (README)")
         return Availability(True, "")
 
     def load(self, model_path):
@@ -24,8 +24,8 @@ class TorchBackend(Backend):
         from ..checkpoint import load_detector
         device = self.options.get("device", "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendError("torch backend: device {} requested but torch.cuda is not available"
-                               .format(device))
+            raise BackendError(f"torch backend: device {device} requested but torch.cuda is not available"
+                               )
         threads = self.options.get("threads")
         if threads:
             # the count in effect, for records: torch 1.8.0 may keep a lower one (torch_threads)

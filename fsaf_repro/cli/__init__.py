@@ -55,7 +55,7 @@ OS_ERROR_ADVICE = {
 
 
 def _os_error_line(exc):
-    path = exc.filename if exc.filename2 is None else "{} -> {}".format(exc.filename, exc.filename2)
+    path = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
     return "cannot use {}: {}; {}".format(path, exc.strerror or exc,
                                           OS_ERROR_ADVICE.get(exc.errno, "check the path and retry"))
 
@@ -77,12 +77,12 @@ def main(argv=None):
     try:
         return int(args.func(args) or 0)
     except FsafReproError as exc:
-        sys.stderr.write("fsaf-repro {}: error: {}\n".format(args.verb, exc))
+        sys.stderr.write(f"fsaf-repro {args.verb}: error: {exc}\n")
         return 1
     except OSError as exc:
         if exc.filename is None:
             raise  # not about a path: a fault of this program, whose traceback is wanted
-        sys.stderr.write("fsaf-repro {}: error: {}\n".format(args.verb, _os_error_line(exc)))
+        sys.stderr.write(f"fsaf-repro {args.verb}: error: {_os_error_line(exc)}\n")
         return 1
 
 

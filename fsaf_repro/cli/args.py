@@ -43,7 +43,7 @@ def parse_backend_options(pairs):
     options = {}
     for pair in pairs or ():
         if "=" not in pair:
-            raise DataError("--backend-option expects KEY=VALUE, got {!r}".format(pair))
+            raise DataError(f"--backend-option expects KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         try:
             options[key.strip()] = json.loads(value)

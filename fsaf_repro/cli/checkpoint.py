@@ -21,7 +21,7 @@ def _cli_make_checkpoint(args):
     if args.fit_generated:
         return _cli_fit_generated(args)
     write_seeded_checkpoint(args.output, args.seed)
-    print("wrote seeded checkpoint {} (sha256 {})".format(args.output, file_sha256(args.output)))
+    print(f"wrote seeded checkpoint {args.output} (sha256 {file_sha256(args.output)})")
     return 0
 
 

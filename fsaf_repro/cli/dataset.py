@@ -15,7 +15,7 @@ def _cli_make_dataset(args):
                         "write images into {}; give an empty or new --out folder".format(
                             existing, os.path.join(args.out, "val2017")))
     annotation_file, image_dir = make_synthetic_coco(args.out, num_images=args.num_images, seed=args.seed)
-    print("make-dataset: {} images in {}, annotations {}".format(args.num_images, image_dir, annotation_file))
+    print(f"make-dataset: {args.num_images} images in {image_dir}, annotations {annotation_file}")
     return 0
 
 

@@ -25,7 +25,7 @@ def _cli_evaluate(args):
         print(format_per_class_table(metrics["per_class"]))
     if args.metrics_out:
         write_results_json(args.metrics_out, metrics_record(metrics))
-        print("metrics written to {}".format(args.metrics_out))
+        print(f"metrics written to {args.metrics_out}")
     return 0
 
 

@@ -32,7 +32,7 @@ def register(subparsers):
 def _cli_export(args):
     checkpoint = args.checkpoint
     if checkpoint is None:
-        checkpoint = os.path.splitext(args.output)[0] + "-seeded{}.pth".format(args.seeded)
+        checkpoint = os.path.splitext(args.output)[0] + f"-seeded{args.seeded}.pth"
         write_seeded_checkpoint(checkpoint, args.seeded)
     sidecar = export_onnx(checkpoint, args.output, flavour=args.flavour, height=args.height,
                           width=args.width, batch_size=None if args.dynamic_batch else args.batch_size,

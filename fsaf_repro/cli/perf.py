@@ -73,7 +73,7 @@ def _cli_perf(args):
         sidecar = read_om_sidecar(args.model)
         batch_size = args.batch_size or (sidecar["batch_size"] if sidecar else None)
         if batch_size is None:
-            raise ResultsError("{} has no conversion sidecar: give --batch-size".format(args.model))
+            raise ResultsError(f"{args.model} has no conversion sidecar: give --batch-size")
         # the om's own input size (its conversion sidecar) unless given; the recipe's otherwise
         shape = (sidecar or {}).get("input", {}).get("shape") or [None, None] + [
             input_constants()["height"], input_constants()["width"]]
@@ -119,7 +119,7 @@ def _cli_perf(args):
     print(format_records(records))
     if args.out:
         write_records(args.out, records)
-        print("records written to {}".format(args.out))
+        print(f"records written to {args.out}")
     return 0
 
 
@@ -152,8 +152,8 @@ def _cli_gates(args):
         for gate in results:
             for side in ("numerator_device", "denominator_device"):
                 if gate[side] in filled:
-                    gate["caveats"].append("{} from the recipe's reference table (section 7.1), not measured "
-                                           "here".format(gate[side]))
+                    gate["caveats"].append(f"{gate[side]} from the recipe's reference table (section 7.1), not measured "
+                                           "here")
     print(format_gates(results))
     failed = [g for g in results if g["passed"] is False]
     unevaluated = [g for g in results if g["passed"] is None]

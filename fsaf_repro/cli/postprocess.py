@@ -29,7 +29,7 @@ def _cli_postprocess(args):
     results = detections_to_coco(dets, labels, metas, image_set.category_ids,
                                  score_threshold=args.score_threshold, clip=args.clip)
     write_results_json(args.results, results)
-    print("postprocess: {} detections for {} images -> {}".format(len(results), len(metas), args.results))
+    print(f"postprocess: {len(results)} detections for {len(metas)} images -> {args.results}")
     if args.evaluate:
         # the file just written, so that an error names it and its row
         metrics = evaluate_results(args.annotations, args.results, scorer=args.scorer,

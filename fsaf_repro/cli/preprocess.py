@@ -33,9 +33,8 @@ def _preprocess_locked(args):
                      exclude_ids=bad_ids, report=report)
     manifest = os.path.join(args.out, "preprocess_manifest.json")
     write_manifest(manifest, image_set, report)
-    print("preprocess: {} .bin files in {} ({} written, {} already complete); info files {} and {}; "
-          "manifest {}".format(len(report.bin_paths), args.out, report.written, report.reused,
-                               args.bin_info, args.jpg_info, manifest))
+    print(f"preprocess: {len(report.bin_paths)} .bin files in {args.out} ({report.written} written, {report.reused} already complete); info files {args.bin_info} and {args.jpg_info}; "
+          f"manifest {manifest}")
     listed = set(os.path.basename(p) for p in report.bin_paths)
     foreign = sorted(n for n in os.listdir(args.out) if n.lower().endswith(".bin") and n not in listed)
     if foreign:
@@ -43,9 +42,9 @@ def _preprocess_locked(args):
                          "info file lists only the selection, but ais_bench --input {} would read them all\n"
                          .format(args.out, len(foreign), ", ".join(foreign[:3]), args.out))
     if report.skipped:
-        sys.stderr.write("preprocess: skipped {} bad image(s):\n".format(len(report.skipped)))
+        sys.stderr.write(f"preprocess: skipped {len(report.skipped)} bad image(s):\n")
         for item in report.skipped:
-            sys.stderr.write("  {} (image id {}): {}\n".format(item.path, item.image_id, item.reason))
+            sys.stderr.write(f"  {item.path} (image id {item.image_id}): {item.reason}\n")
     return 0
 
 

@@ -16,10 +16,10 @@ def register(subparsers):
                     "arguments reuses finished stages.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", default=None, type=input_file("checkpoint"),
-                        help="mmdetection checkpoint (default: ${}; absent: seeded weights)".format(ENV_CHECKPOINT))
+                        help=f"mmdetection checkpoint (default: ${ENV_CHECKPOINT}; absent: seeded weights)")
     parser.add_argument("--coco-root", default=None, type=input_dir("COCO root"),
-                        help="COCO root with val2017/ and annotations/instances_val2017.json (default: ${}; "
-                             "absent: a generated set)".format(ENV_COCO_ROOT))
+                        help=f"COCO root with val2017/ and annotations/instances_val2017.json (default: ${ENV_COCO_ROOT}; "
+                             "absent: a generated set)")
     parser.add_argument("--run-dir", default=None, type=output_dir("run directory"),
                         help="run directory (default: runs/embedded-default, or runs/<checkpoint>_<coco root>)")
     parser.add_argument("--backends", default=None,
@@ -32,24 +32,22 @@ def register(subparsers):
     parser.add_argument("--infer-batch-size", type=int, default=None,
                         help="batch size of the dataset inference (default: the first batch size)")
     parser.add_argument("--height", type=int, default=None,
-                        help="network input height (default 800; {} for the embedded default)".format(
-                            EMBEDDED_INPUT_HW[0]))
+                        help=f"network input height (default 800; {EMBEDDED_INPUT_HW[0]} for the embedded default)")
     parser.add_argument("--width", type=int, default=None,
-                        help="network input width (default 1216; {} for the embedded default)".format(
-                            EMBEDDED_INPUT_HW[1]))
+                        help=f"network input width (default 1216; {EMBEDDED_INPUT_HW[1]} for the embedded default)")
     parser.add_argument("--num-images", type=int, default=None,
-                        help="generated images when no COCO root is given (default {})".format(EMBEDDED_NUM_IMAGES))
+                        help=f"generated images when no COCO root is given (default {EMBEDDED_NUM_IMAGES})")
     parser.add_argument("--limit", type=int, default=None,
                         help="only the first N images by id (a labelled partial run, never the recipe's claim)")
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="drop detections scoring below this before evaluation (default: the model's 0.05)")
     parser.add_argument("--scorer", default="pycocotools", choices=("pycocotools", "faster-coco-eval"))
     parser.add_argument("--perf-loops", type=int, default=None,
-                        help="timed pure-inference loops per batch size (default {})".format(DEFAULT_PERF_LOOPS))
+                        help=f"timed pure-inference loops per batch size (default {DEFAULT_PERF_LOOPS})")
     parser.add_argument("--perf-warmup", type=int, default=None,
-                        help="untimed warm-up runs (default {})".format(DEFAULT_PERF_WARMUP))
+                        help=f"untimed warm-up runs (default {DEFAULT_PERF_WARMUP})")
     parser.add_argument("--parity-images", type=int, default=None,
-                        help="images of the parity batch (default {})".format(DEFAULT_PARITY_IMAGES))
+                        help=f"images of the parity batch (default {DEFAULT_PARITY_IMAGES})")
     parser.add_argument("--soc-version", default=None, help="atc --soc_version (default: from `npu-smi info`)")
     parser.add_argument("--precision-mode", default="force_fp16", help="atc --precision_mode")
     parser.add_argument("--extra-perf", action="append", default=[], metavar="PERF_JSON",

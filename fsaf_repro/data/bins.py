@@ -41,7 +41,7 @@ def bin_file_problem(path, height, width):
         return BIN_MISSING
     size, expected = os.path.getsize(path), bin_bytes(height, width)
     if size != expected:
-        return "has {} bytes, expected {} (float32 3x{}x{})".format(size, expected, height, width)
+        return f"has {size} bytes, expected {expected} (float32 3x{height}x{width})"
     return None
 
 
@@ -82,7 +82,7 @@ def read_bin_record(bin_dir, height, width):
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise DataError("cannot read the .bin record {}: {}".format(path, exc))
+        raise DataError(f"cannot read the .bin record {path}: {exc}")
     entries = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -93,14 +93,14 @@ def read_bin_record(bin_dir, height, width):
             item = None
         if number == 1:
             if not (isinstance(item, dict) and item.get("format") == _BIN_RECORD_FORMAT):
-                warnings.warn("{} is not a .bin record of this version: its .bin files are redone".format(path),
+                warnings.warn(f"{path} is not a .bin record of this version: its .bin files are redone",
                               RuntimeWarning, stacklevel=2)
                 return {}
             if item.get("transform") != bin_transform_key(height, width):
                 return {}  # made with another canvas, normalisation or OpenCV: nothing in it is reusable
             continue
         if not (isinstance(item, dict) and isinstance(item.get("bin"), str)):
-            warnings.warn("{} line {} is damaged: skipped (its .bin is redone)".format(path, number),
+            warnings.warn(f"{path} line {number} is damaged: skipped (its .bin is redone)",
                           RuntimeWarning, stacklevel=2)
             continue
         if item.get("forget"):
@@ -110,7 +110,7 @@ def read_bin_record(bin_dir, height, width):
     return entries
 
 
-class _BinRecordWriter(object):
+class _BinRecordWriter:
     """Appends to a folder's .bin record; opening it rewrites the file with only `entries`."""
 
     def __init__(self, bin_dir, height, width, entries):
@@ -144,10 +144,10 @@ def _bin_entry(meta, used, image_data, bin_path):
 def _recorded_source_problem(entry, bin_path, image_data, height, width):
     """None when `entry` says the .bin at `bin_path` was made from `image_data`; else why not."""
     if not isinstance(entry, dict):
-        return "has no entry in {} for this transform".format(BIN_RECORD_NAME)
+        return f"has no entry in {BIN_RECORD_NAME} for this transform"
     decoded = entry.get("decoded")
     if not (isinstance(decoded, list) and len(decoded) == 2 and all(is_json_int(v) and v > 0 for v in decoded)):
-        return "has a malformed entry in {}".format(BIN_RECORD_NAME)
+        return f"has a malformed entry in {BIN_RECORD_NAME}"
     if (entry.get("image_bytes"), entry.get("image_sha256")) != (
             len(image_data), hashlib.sha256(image_data).hexdigest()):
         return "was made from other image bytes than the file holds now"
@@ -332,16 +332,15 @@ def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, excl
             if path not in checked:
                 problem = bin_file_problem(path, image_set.height, image_set.width)
                 if problem == BIN_MISSING:
-                    raise DataError("{} is missing: run `fsaf-repro preprocess` first".format(path))
+                    raise DataError(f"{path} is missing: run `fsaf-repro preprocess` first")
                 if problem:
-                    raise DataError("{} {}".format(path, problem))
+                    raise DataError(f"{path} {problem}")
                 if record is None:
                     record = read_bin_record(bin_dir, image_set.height, image_set.width)
                 problem = _recorded_source_problem(record.get(os.path.basename(path)), path,
                                                    read_image_bytes(meta.path), image_set.height, image_set.width)
                 if problem:
-                    raise DataError("{} {} (image {}, id {}): rerun `fsaf-repro preprocess` on {}".format(
-                        path, problem, meta.path, meta.image_id, bin_dir))
+                    raise DataError(f"{path} {problem} (image {meta.path}, id {meta.image_id}): rerun `fsaf-repro preprocess` on {bin_dir}")
             lines.append(_info_line(bin_info, index, path, image_set.width, image_set.height, meta))
         atomic_write_text(os.fspath(bin_info), "\n".join(lines) + "\n")
         written["bin"] = lines
@@ -356,9 +355,9 @@ def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, excl
 def _info_line(info_path, index, path, width, height, meta):
     # the tools split info lines at whitespace: a path holding any would be read as other fields
     if any(c.isspace() for c in path):
-        raise DataError("{}: cannot list {!r} (image id {}): info files separate their fields by white space; "
-                        "rename the file or folder".format(info_path, path, meta.image_id))
-    return "{} {} {} {}".format(index, path, width, height)
+        raise DataError(f"{info_path}: cannot list {path!r} (image id {meta.image_id}): info files separate their fields by white space; "
+                        "rename the file or folder")
+    return f"{index} {path} {width} {height}"
 
 
 def read_info_file(path):
@@ -366,7 +365,7 @@ def read_info_file(path):
     path = os.fspath(path)
     entries = []
     try:
-        with open(path, "r") as handle:
+        with open(path) as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
@@ -380,7 +379,7 @@ def read_info_file(path):
                     raise DataError("{} line {}: index, width and height must be integers: {!r}".format(
                         path, number, line.rstrip("\n")))
     except FileNotFoundError:
-        raise DataError("info file not found: {}".format(path))
+        raise DataError(f"info file not found: {path}")
     return entries
 
 

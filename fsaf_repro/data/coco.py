@@ -50,13 +50,13 @@ def _parse_annotation_json(annotation_file):
         with open(annotation_file, "rb") as handle:
             raw = handle.read()
     except FileNotFoundError:
-        raise AnnotationError("annotation file not found: {}".format(annotation_file))
+        raise AnnotationError(f"annotation file not found: {annotation_file}")
     except OSError as exc:
-        raise AnnotationError("cannot read annotation file {}: {}".format(annotation_file, exc))
+        raise AnnotationError(f"cannot read annotation file {annotation_file}: {exc}")
     try:
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise AnnotationError("annotation file {} is not valid JSON: {}".format(annotation_file, exc))
+        raise AnnotationError(f"annotation file {annotation_file} is not valid JSON: {exc}")
     return data, hashlib.sha256(raw).hexdigest()
 
 
@@ -109,16 +109,14 @@ def validate_annotations(data, source, need_annotations=False):
     bbox of 4 finite numbers and a finite area. Returns the images as AnnotationImage in id order.
     """
     if not isinstance(data, dict):
-        raise AnnotationError("annotation file {} must hold a JSON object, got {}".format(
-            source, type(data).__name__))
+        raise AnnotationError(f"annotation file {source} must hold a JSON object, got {type(data).__name__}")
     for key in ("images", "categories") + (("annotations",) if need_annotations else ()):
         if not isinstance(data.get(key), list):
-            raise AnnotationError("annotation file {} has no '{}' list".format(source, key))
+            raise AnnotationError(f"annotation file {source} has no '{key}' list")
     category_ids = set()
     for number, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or not is_json_int(cat.get("id")) or not isinstance(cat.get("name"), str):
-            raise AnnotationError("{}: categories[{}] needs an integer 'id' and a string 'name', got {!r}".format(
-                source, number, cat))
+            raise AnnotationError(f"{source}: categories[{number}] needs an integer 'id' and a string 'name', got {cat!r}")
         if cat["id"] in category_ids:
             raise AnnotationError("{}: category id {} appears twice (categories[{}])".format(
                 source, cat["id"], number))
@@ -127,24 +125,21 @@ def validate_annotations(data, source, need_annotations=False):
     ids, files = {}, {}
     for number, entry in enumerate(data["images"]):
         if not isinstance(entry, dict):
-            raise AnnotationError("{}: images[{}] must be an object, got {!r}".format(source, number, entry))
+            raise AnnotationError(f"{source}: images[{number}] must be an object, got {entry!r}")
         image_id, file_name = entry.get("id"), entry.get("file_name")
         width, height = _positive_int(entry.get("width")), _positive_int(entry.get("height"))
         if not is_json_int(image_id) or width is None or height is None:
-            raise AnnotationError("{}: images[{}] needs an integer 'id' and positive integer 'width' and "
-                                  "'height': {!r}".format(source, number, entry))
+            raise AnnotationError(f"{source}: images[{number}] needs an integer 'id' and positive integer 'width' and "
+                                  f"'height': {entry!r}")
         problem = file_name_problem(file_name)
         if problem:
-            raise AnnotationError("{}: images[{}] (image id {}): {}: {!r}".format(
-                source, number, image_id, problem, file_name))
+            raise AnnotationError(f"{source}: images[{number}] (image id {image_id}): {problem}: {file_name!r}")
         if image_id in ids:
-            raise AnnotationError("{}: image id {} appears twice (images[{}] and images[{}])".format(
-                source, image_id, ids[image_id], number))
+            raise AnnotationError(f"{source}: image id {image_id} appears twice (images[{ids[image_id]}] and images[{number}])")
         ids[image_id] = number
         key = os.path.normpath(file_name)
         if key in files:
-            raise AnnotationError("{}: file {!r} is listed twice (image ids {} and {})".format(
-                source, file_name, files[key], image_id))
+            raise AnnotationError(f"{source}: file {file_name!r} is listed twice (image ids {files[key]} and {image_id})")
         files[key] = image_id
         images.append(AnnotationImage(int(image_id), file_name, width, height))
     if need_annotations:
@@ -152,7 +147,7 @@ def validate_annotations(data, source, need_annotations=False):
         for number, ann in enumerate(data["annotations"]):
             fault = _annotation_fault(ann, ids, category_ids, ann_ids)
             if fault:
-                raise AnnotationError("{}: annotations[{}] {}: {!r}".format(source, number, fault, ann))
+                raise AnnotationError(f"{source}: annotations[{number}] {fault}: {ann!r}")
             ann_ids.add(ann["id"])
     images.sort(key=lambda image: image.image_id)
     return images
@@ -197,15 +192,13 @@ def output_stems(images, source):
     stems = {}
     for group in groups.values():
         for image, stem in group:
-            stems[image.image_id] = stem if len(group) == 1 else "{}__id{}".format(stem, image.image_id)
+            stems[image.image_id] = stem if len(group) == 1 else f"{stem}__id{image.image_id}"
     owner = {}
     for image in images:
         key = stems[image.image_id].casefold()
         if key in owner:
-            raise AnnotationError("{}: images {!r} (id {}) and {!r} (id {}) would write files of one name "
-                                  "({!r}); rename one of them".format(source, owner[key].file_name,
-                                                                     owner[key].image_id, image.file_name,
-                                                                     image.image_id, stems[image.image_id]))
+            raise AnnotationError(f"{source}: images {owner[key].file_name!r} (id {owner[key].image_id}) and {image.file_name!r} (id {image.image_id}) would write files of one name "
+                                  f"({stems[image.image_id]!r}); rename one of them")
         owner[key] = image
     return stems
 
@@ -221,7 +214,7 @@ def category_ids_from_categories(categories, source, strict_ids=True):
     by_name = {}
     for cat in categories:
         if not isinstance(cat, dict) or "name" not in cat or "id" not in cat:
-            raise AnnotationError("{}: every category needs 'id' and 'name', got {!r}".format(source, cat))
+            raise AnnotationError(f"{source}: every category needs 'id' and 'name', got {cat!r}")
         if cat["name"] in by_name:
             raise AnnotationError("{}: category name {!r} appears twice".format(source, cat["name"]))
         by_name[cat["name"]] = int(cat["id"])
@@ -234,7 +227,7 @@ def category_ids_from_categories(categories, source, strict_ids=True):
     ids = [by_name[name] for name in classes]
     if strict_ids:
         expected = coco_category_ids()
-        wrong = ["{} has id {} (COCO: {})".format(name, got, want)
+        wrong = [f"{name} has id {got} (COCO: {want})"
                  for name, got, want in zip(classes, ids, expected) if got != want]
         if wrong:
             raise AnnotationError("{}: category ids differ from COCO's: {}".format(
@@ -242,7 +235,7 @@ def category_ids_from_categories(categories, source, strict_ids=True):
     return ids
 
 
-class CocoImageSet(object):
+class CocoImageSet:
     """The images of a COCO annotation file, in image-id order, with the recipe's per-image metadata.
 
     `metas` holds each image as the annotation describes it: scale and resized size come from the
@@ -267,11 +260,10 @@ class CocoImageSet(object):
         self.total_images = len(images)
         if limit is not None:
             if int(limit) <= 0:
-                raise DataError("limit must be a positive number of images, got {}".format(limit))
+                raise DataError(f"limit must be a positive number of images, got {limit}")
             images = images[:int(limit)]
         if not images:
-            raise DataError("annotation file {} lists no images: nothing to process".format(
-                self.annotation_file))
+            raise DataError(f"annotation file {self.annotation_file} lists no images: nothing to process")
         self.metas = []
         for image_id, file_name, orig_w, orig_h in images:
             scale, new_w, new_h = scaled_size(orig_w, orig_h, self.height, self.width)
@@ -292,9 +284,8 @@ class CocoImageSet(object):
             resolved = os.path.realpath(meta.path)
             if os.path.commonpath([folder, resolved]) != folder:
                 raise AnnotationError(
-                    "{}: image id {}: {!r} resolves to {}, outside the image folder {} (a symlink pointing "
-                    "out of it); only images inside --images are read: copy the file in instead".format(
-                        self.annotation_file, meta.image_id, meta.file_name, resolved, self.image_dir))
+                    f"{self.annotation_file}: image id {meta.image_id}: {meta.file_name!r} resolves to {resolved}, outside the image folder {self.image_dir} (a symlink pointing "
+                    "out of it); only images inside --images are read: copy the file in instead")
 
     def output_stem(self, meta):
         """The stem of the files made for `meta`'s image (`output_stems`: unique per image)."""
@@ -339,17 +330,14 @@ class CocoImageSet(object):
         if (decoded_h, decoded_w) == (meta.orig_w, meta.orig_h) and decoded_h != decoded_w:
             scale, new_w, new_h = scaled_size(decoded_w, decoded_h, self.height, self.width)
             # a repeated read repeats the same message, which the default warnings filter shows once
-            warnings.warn("{}: decoded {}x{}, annotation {}x{}: an EXIF orientation tag rotates it; "
-                          "following the decoded image as OpenCV's read in the recipe does".format(
-                              meta.path, decoded_w, decoded_h, meta.orig_w, meta.orig_h), RuntimeWarning,
+            warnings.warn(f"{meta.path}: decoded {decoded_w}x{decoded_h}, annotation {meta.orig_w}x{meta.orig_h}: an EXIF orientation tag rotates it; "
+                          "following the decoded image as OpenCV's read in the recipe does", RuntimeWarning,
                           stacklevel=3)
             return meta._replace(orig_w=decoded_w, orig_h=decoded_h, scale=scale, new_w=new_w, new_h=new_h)
         if (decoded_h, decoded_w) != (meta.orig_h, meta.orig_w):
             raise ImageReadError(
-                "{}: decoded size {}x{} differs from the annotation's {}x{} (image id {} in {}; an EXIF "
-                "orientation tag rotates the decoded image)".format(
-                    meta.path, decoded_w, decoded_h, meta.orig_w, meta.orig_h, meta.image_id,
-                    self.annotation_file))
+                f"{meta.path}: decoded size {decoded_w}x{decoded_h} differs from the annotation's {meta.orig_w}x{meta.orig_h} (image id {meta.image_id} in {self.annotation_file}; an EXIF "
+                "orientation tag rotates the decoded image)")
         return meta
 
     def decoded_metas(self):

@@ -18,7 +18,7 @@ from .transform import input_array_dtype
 _END = object()
 
 
-class _Failure(object):
+class _Failure:
     def __init__(self, exc):
         self.exc = exc
 
@@ -100,7 +100,7 @@ def _produce(image_set, batch_size, workers, skip_bad, start, input_dtype, out_q
     _put(out_queue, stop, _END)
 
 
-class BatchStream(object):
+class BatchStream:
     """Iterator of (batch [b, 3, H, W], list of ImageMeta) in image-id order.
 
     A producer thread decodes with `workers` threads and keeps at most `prefetch` finished batches
@@ -115,14 +115,14 @@ class BatchStream(object):
     def __init__(self, image_set, batch_size, prefetch=2, workers=2, skip_bad=False, start=0,
                  input_dtype="float32", recycle_buffers=False, stop=None, hash_images=False):
         if int(batch_size) < 1:
-            raise DataError("batch_size must be >= 1, got {}".format(batch_size))
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
         if int(prefetch) < 1:
-            raise DataError("prefetch must be >= 1, got {}".format(prefetch))
+            raise DataError(f"prefetch must be >= 1, got {prefetch}")
         if not 0 <= int(start) <= len(image_set):
-            raise DataError("start must be between 0 and {}, got {}".format(len(image_set), start))
+            raise DataError(f"start must be between 0 and {len(image_set)}, got {start}")
         end = len(image_set) if stop is None else int(stop)
         if not int(start) <= end <= len(image_set):
-            raise DataError("stop must be between start ({}) and {}, got {}".format(start, len(image_set), stop))
+            raise DataError(f"stop must be between start ({start}) and {len(image_set)}, got {stop}")
         input_array_dtype(input_dtype)
         self.batch_size = int(batch_size)
         self.skipped = []

@@ -45,7 +45,7 @@ def probe_decoded_size(path):
             exif.load(raw_exif)
             orientation = exif.get(_EXIF_ORIENTATION_TAG)
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise ImageReadError("{}: cannot read the image header ({})".format(path, exc))
+        raise ImageReadError(f"{path}: cannot read the image header ({exc})")
     if image_format != "JPEG":
         decoded = read_bgr(path)
         return decoded.shape[1], decoded.shape[0]
@@ -76,29 +76,28 @@ def read_image_bytes(path):
         with open(path, "rb") as handle:
             return handle.read()
     except FileNotFoundError:
-        raise ImageReadError("image file not found: {}".format(path))
+        raise ImageReadError(f"image file not found: {path}")
     except OSError as exc:
-        raise ImageReadError("cannot read image file {}: {}".format(path, exc))
+        raise ImageReadError(f"cannot read image file {path}: {exc}")
 
 
 def decode_bgr(data, path):
     """`read_bgr` on bytes already read from `path` (named in errors); see `read_bgr`."""
     if not data:
-        raise ImageReadError("image file is empty (0 bytes): {}".format(path))
+        raise ImageReadError(f"image file is empty (0 bytes): {path}")
     if data.startswith(_JPEG_SOI):
         # Entropy-coded data stuffs 0xFF bytes, so after the last start-of-scan marker the only
         # FFD9 is the end-of-image marker: its absence means the file was cut short.
         if data.rfind(_JPEG_EOI) < data.rfind(_JPEG_SOS):
             raise ImageReadError(
-                "JPEG file is truncated (no end-of-image marker after its last scan, {} bytes): {}".format(
-                    len(data), path))
+                f"JPEG file is truncated (no end-of-image marker after its last scan, {len(data)} bytes): {path}")
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:
-        raise ImageReadError("OpenCV failed to decode {}: {}".format(path, exc))
+        raise ImageReadError(f"OpenCV failed to decode {path}: {exc}")
     if image is None:
         raise ImageReadError(
-            "OpenCV could not decode {} ({} bytes): not an image or a corrupt one".format(path, len(data)))
+            f"OpenCV could not decode {path} ({len(data)} bytes): not an image or a corrupt one")
     return image
 
 
@@ -116,7 +115,7 @@ def scaled_size(orig_w, orig_h, height=None, width=None):
     images more than ~1000 times wider than tall; those are kept at 1 pixel instead of crashing.
     """
     if orig_w <= 0 or orig_h <= 0:
-        raise DataError("image size must be positive, got {}x{}".format(orig_w, orig_h))
+        raise DataError(f"image size must be positive, got {orig_w}x{orig_h}")
     height, width = canvas_size(height, width)
     scale = min(float(width) / orig_w, float(height) / orig_h)
     new_w = min(width, max(1, int(math.floor(orig_w * scale))))
@@ -149,7 +148,7 @@ def _check_bgr(bgr):
     if not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3:
         raise DataError("expected a uint8 HxWx3 BGR image, got {}".format(
             getattr(bgr, "dtype", type(bgr).__name__) if not isinstance(bgr, np.ndarray)
-            else "{} {}".format(bgr.dtype, bgr.shape)))
+            else f"{bgr.dtype} {bgr.shape}"))
 
 
 def _resize(bgr, height, width):
@@ -211,10 +210,9 @@ def boxes_to_original(boxes, scale):
     """
     boxes = np.asarray(boxes)
     if boxes.ndim < 1 or boxes.shape[-1] < 4:
-        raise DataError("boxes must have at least 4 columns (x1, y1, x2, y2), got shape {}".format(
-            boxes.shape))
+        raise DataError(f"boxes must have at least 4 columns (x1, y1, x2, y2), got shape {boxes.shape}")
     if not scale > 0:
-        raise DataError("scale must be positive, got {!r}".format(scale))
+        raise DataError(f"scale must be positive, got {scale!r}")
     out = np.array(boxes, dtype=np.float32, copy=True)
     # a Python float keeps float32 arithmetic under both numpy 1.21 and numpy 2 casting rules
     out[..., :4] = out[..., :4] / float(scale)
@@ -227,5 +225,5 @@ INPUT_DTYPES = ("float32", "uint8")
 def input_array_dtype(input_dtype):
     """The numpy dtype of network inputs named `input_dtype`: float32 (normalised) or uint8 (raw RGB)."""
     if input_dtype not in INPUT_DTYPES:
-        raise DataError("input_dtype must be 'float32' or 'uint8', got {!r}".format(input_dtype))
+        raise DataError(f"input_dtype must be 'float32' or 'uint8', got {input_dtype!r}")
     return np.float32 if input_dtype == "float32" else np.uint8

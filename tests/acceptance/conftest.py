@@ -37,7 +37,7 @@ def provide(option, what=""):
     return "set {} (or pass {}){}".format(ENV_OF[option], option, " " + what if what else "")
 
 
-class AcceptanceSettings(object):
+class AcceptanceSettings:
     """The resolved settings: option value, else environment variable, else None."""
 
     def __init__(self, config):
@@ -125,7 +125,7 @@ def pytest_generate_tests(metafunc):
         # Claims about compiled/run models: the official weights when given, else generated ones.
         metafunc.parametrize("model_kind", ["official" if settings.checkpoint else "generated"])
     if "batch_size" in metafunc.fixturenames:
-        metafunc.parametrize("batch_size", settings.batch_sizes, ids=["bs{}".format(b) for b in settings.batch_sizes])
+        metafunc.parametrize("batch_size", settings.batch_sizes, ids=[f"bs{b}" for b in settings.batch_sizes])
 
 
 # --- settings, folders, checkpoints ---------------------------------------------------------------
@@ -169,7 +169,7 @@ def require(settings):
 def official_checkpoint_path(settings):
     name = load_recipe_spec()["checkpoint"]["file_name"]
     if not settings.checkpoint:
-        pytest.skip(provide("--checkpoint", "to the official {} (mmdetection model zoo, configs/fsaf)".format(name)))
+        pytest.skip(provide("--checkpoint", f"to the official {name} (mmdetection model zoo, configs/fsaf)"))
     if not os.path.isfile(settings.checkpoint):
         pytest.fail("{}={} is not a file: point it at {}".format(ENV_OF["--checkpoint"], settings.checkpoint, name))
     return os.path.abspath(settings.checkpoint)
@@ -208,7 +208,7 @@ def onnx_export(run_dir):
         if key not in made:
             directory = os.path.join(run_dir, "onnx")
             path = os.path.join(directory, "fsaf_{}_{}_{}x{}_{}.onnx".format(
-                kind, flavour, height, width, "bs{}".format(batch_size) if batch_size else "dynamic"))
+                kind, flavour, height, width, f"bs{batch_size}" if batch_size else "dynamic"))
             made[key] = (path, export_onnx(checkpoint, path, flavour=flavour, height=height, width=width,
                                            batch_size=batch_size))
         return made[key]
@@ -234,7 +234,7 @@ def om_for(settings, run_dir, onnx_export, checkpoint_of):
     def get(kind, batch_size, tool=None):
         tool = tool or om_tool_for(settings)
         if shutil.which(tool) is None:
-            pytest.skip("put CANN's {} on PATH (source {})".format(tool, CANN_SET_ENV))
+            pytest.skip(f"put CANN's {tool} on PATH (source {CANN_SET_ENV})")
         key = (kind, batch_size, tool)
         if key in made:
             return made[key]
@@ -251,7 +251,7 @@ def om_for(settings, run_dir, onnx_export, checkpoint_of):
         onnx_path, _ = onnx_export(checkpoint_of(kind), kind, "ascend-nms", inp["height"], inp["width"], None)
         out_dir = os.path.join(run_dir, "om")
         sidecar = convert_one(onnx_path, out_dir, batch_size, soc_version, tool=tool,
-                              name_prefix="fsaf_{}_{}_bs{}".format(kind, tool, batch_size))
+                              name_prefix=f"fsaf_{kind}_{tool}_bs{batch_size}")
         sidecar = dict(sidecar, path=os.path.join(out_dir, sidecar["om"]))
         made[key] = sidecar
         return sidecar
@@ -313,18 +313,17 @@ def verified_full_val2017(root):
     annotation_file, image_dir = val2017_paths(root)
     problems = []
     if not os.path.isfile(annotation_file):
-        problems.append("no annotation file {}".format(annotation_file))
+        problems.append(f"no annotation file {annotation_file}")
     if not os.path.isdir(image_dir):
-        problems.append("no image folder {}".format(image_dir))
+        problems.append(f"no image folder {image_dir}")
     if problems:
         return None, problems
     image_set = CocoImageSet(annotation_file, image_dir)
     if image_set.total_images != expected:
-        problems.append("{} lists {} images, val2017 has {}".format(annotation_file, image_set.total_images, expected))
+        problems.append(f"{annotation_file} lists {image_set.total_images} images, val2017 has {expected}")
     missing = [m.path for m in image_set.metas if not os.path.isfile(m.path)]
     if missing:
-        problems.append("{} of the listed images are not in {} (e.g. {})".format(
-            len(missing), image_dir, os.path.basename(missing[0])))
+        problems.append(f"{len(missing)} of the listed images are not in {image_dir} (e.g. {os.path.basename(missing[0])})")
     return image_set, problems
 
 
@@ -360,7 +359,7 @@ def device_records(summary_records, settings, backend_name, batch_size):
             device, backend_name, settings.precision(), batch_size, record["fps_measured"] * chips, record["mode"],
             record["source"], latencies_ms=record.get("latencies_ms"), chips=chips,
             fps_measured=record["fps_measured"], images=record.get("images"), seconds=record.get("seconds"),
-            note="FSAF_DEVICE={}".format(device)))
+            note=f"FSAF_DEVICE={device}"))
     return records
 
 
@@ -386,7 +385,7 @@ def dataset_run(settings, run_dir, configured_backend, model_for_backend):
             return done[key]
         backend_name = configured_backend()
         model = model_for_backend(kind, batch_size)
-        tag = "{}_{}_{}_bs{}".format(label, kind, backend_name, batch_size)
+        tag = f"{label}_{kind}_{backend_name}_bs{batch_size}"
         results_path = os.path.join(run_dir, "results", tag + ".json")
         if not os.path.isdir(os.path.dirname(results_path)):
             os.makedirs(os.path.dirname(results_path))
@@ -400,7 +399,7 @@ def dataset_run(settings, run_dir, configured_backend, model_for_backend):
         record.update(label=label, checkpoint=kind, backend=backend_name, batch_size=batch_size,
                       device=settings.device, model=model,
                       claim=("the recipe's accuracy claim (full val2017)" if label == "val2017"
-                             else "labelled {} run: not the recipe's claim".format(label)))
+                             else f"labelled {label} run: not the recipe's claim"))
         metrics_path = os.path.join(run_dir, "metrics", tag + ".json")
         write_results_json(metrics_path, record)
         records = device_records(summary["records"], settings, backend_name, batch_size)

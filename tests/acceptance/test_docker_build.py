@@ -38,8 +38,7 @@ def docker_client():
         client = docker.from_env(timeout=60)
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-        pytest.skip("no Docker engine answers ({}): start one, or point DOCKER_HOST at one".format(
-            str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+        pytest.skip(f"no Docker engine answers ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): start one, or point DOCKER_HOST at one")
     return client
 
 
@@ -47,9 +46,9 @@ def context_files():
     """The files of the working tree a build may see: what git tracks or would track."""
     try:
         out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True, timeout=60).stdout
+                             capture_output=True, check=True, timeout=60).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip("the build context is the git working tree, and git cannot list it here: {}".format(exc))
+        pytest.skip(f"the build context is the git working tree, and git cannot list it here: {exc}")
     names = sorted(set(n for n in out.decode("utf-8").split("\0") if n))
     return [n for n in names if os.path.isfile(os.path.join(ROOT, n))
             and not re.match(r"^docker/npu/.*\.run$", n)]
@@ -91,12 +90,11 @@ def test_cpu_image_builds_and_passes_the_unit_suite(tmp_path):
 def test_npu_image_builds_with_the_recipe_stack(tmp_path):
     installer = os.environ.get(INSTALLER_ENV)
     if not installer:
-        pytest.skip("set {} to the CANN toolkit installer Ascend-cann-toolkit_5.1.RC1_linux-<arch>.run "
-                    "to build the NPU image (no public CANN 5.1.RC1 image exists)".format(INSTALLER_ENV))
+        pytest.skip(f"set {INSTALLER_ENV} to the CANN toolkit installer Ascend-cann-toolkit_5.1.RC1_linux-<arch>.run "
+                    "to build the NPU image (no public CANN 5.1.RC1 image exists)")
     match = re.match(r"^Ascend-cann-toolkit_(.+)_linux-(x86_64|aarch64)\.run$", os.path.basename(installer))
     if not os.path.isfile(installer) or not match:
-        pytest.fail("{}={} is not an Ascend-cann-toolkit_<version>_linux-<arch>.run file".format(
-            INSTALLER_ENV, installer))
+        pytest.fail(f"{INSTALLER_ENV}={installer} is not an Ascend-cann-toolkit_<version>_linux-<arch>.run file")
     spec = load_recipe_spec()
     assert match.group(1) == spec["pins"]["cann"], "the recipe pins CANN " + spec["pins"]["cann"]
     docker_client()
@@ -115,7 +113,7 @@ def test_npu_image_builds_with_the_recipe_stack(tmp_path):
     env = dict(os.environ, DOCKER_BUILDKIT="1")
     build = subprocess.run(["docker", "build", "-f", "docker/npu/Dockerfile", "--build-arg",
                             "CANN_ARCH=" + match.group(2), "-t", NPU_TAG, str(context)],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            timeout=3 * 3600)
     assert build.returncode == 0, "docker/npu/Dockerfile does not build:\n" + build.stdout[-6000:]
     probe = ("import json, numpy, onnx, onnxruntime, PIL, torch, torchvision, aclruntime, ais_bench; "
@@ -123,8 +121,8 @@ def test_npu_image_builds_with_the_recipe_stack(tmp_path):
              "'onnx': onnx.__version__, 'onnxruntime': onnxruntime.__version__, 'numpy': numpy.__version__, "
              "'pillow': PIL.__version__}))")
     run = subprocess.run(["docker", "run", "--rm", NPU_TAG, "bash", "-c",
-                          "command -v atc && python -c \"{}\"".format(probe)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+                          f"command -v atc && python -c \"{probe}\""],
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     out = run.stdout.strip().splitlines()
     assert out[0].endswith("/atc"), "atc is not on PATH after the entry point sourced set_env.sh"

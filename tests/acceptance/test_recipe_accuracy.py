@@ -64,8 +64,7 @@ def test_smoke_map_on_first_val2017_images(settings, require, request):
     annotation_file, image_dir = val2017_paths(coco_root)
     image_set = CocoImageSet(annotation_file, image_dir, limit=settings.smoke_images)
     val2017 = load_recipe_spec()["acceptance"]["val2017"]
-    assert image_set.total_images == val2017["num_images"], "{} is not val2017's annotation file".format(
-        annotation_file)
+    assert image_set.total_images == val2017["num_images"], f"{annotation_file} is not val2017's annotation file"
     run = dataset_run(image_set, "official", settings.batch_sizes[0], "smoke")
     metrics = run["metrics"]
     assert metrics["label"] == "smoke" and run["perf_path"] is None
@@ -82,7 +81,7 @@ def test_a_partial_or_generated_set_cannot_pass_for_val2017(tmp_path):
     expected = load_recipe_spec()["acceptance"]["val2017"]["num_images"]
     image_set, problems = verified_full_val2017(root)
     assert image_set is not None and len(problems) == 2, problems
-    assert "lists 3 images, val2017 has {}".format(expected) in problems[0]
+    assert f"lists 3 images, val2017 has {expected}" in problems[0]
     assert "1 of the listed images are not in" in problems[1]
     assert verified_full_val2017(str(tmp_path / "absent"))[1]
 

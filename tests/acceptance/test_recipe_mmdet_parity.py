@@ -51,8 +51,7 @@ def install_command():
         return ("mmdetection runs on the recipe stack (Python {}, torch {}): run `bash scripts/bootstrap.sh recipe "
                 "&& bash {} .venv37`, then `.venv37/bin/python -m pytest {}`".format(
                     pins["python"], pins["torch"], INSTALL_SCRIPT, os.path.relpath(__file__, ROOT)))
-    return "run `bash {} {}` (mmcv-full with ops and mmdet at the pins of constraints/recipe-py37.txt)".format(
-        INSTALL_SCRIPT, venv)
+    return f"run `bash {INSTALL_SCRIPT} {venv}` (mmcv-full with ops and mmdet at the pins of constraints/recipe-py37.txt)"
 
 
 def checkpoint_path(entry, checkpoint_of):
@@ -60,7 +59,7 @@ def checkpoint_path(entry, checkpoint_of):
         return checkpoint_of(entry)
     path = os.path.join(ROOT, entry)
     if not os.path.isfile(path):
-        pytest.fail("{} (listed in CHECKPOINTS of {}) is not a file".format(path, os.path.basename(__file__)))
+        pytest.fail(f"{path} (listed in CHECKPOINTS of {os.path.basename(__file__)}) is not a file")
     return path
 
 
@@ -92,7 +91,7 @@ def test_same_head_outputs_and_detections_as_mmdetection(settings, run_dir, requ
         import mmdet
         from mmdet.apis import init_detector
     except ImportError as exc:  # no mmdet, or mmdet without a working mmcv-full (its compiled ops)
-        pytest.skip("mmdetection is not importable ({}): {}".format(exc, install_command()))
+        pytest.skip(f"mmdetection is not importable ({exc}): {install_command()}")
     # Fetched only now: without mmdetection the skip costs nothing (the seeded weights are calibrated).
     checkpoint = checkpoint_path(checkpoint_entry, request.getfixturevalue("checkpoint_of"))
     config = mmdet_config(settings, mmdet)
@@ -118,9 +117,8 @@ def test_same_head_outputs_and_detections_as_mmdetection(settings, run_dir, requ
     record.update(checkpoint=checkpoint_entry, checkpoint_path=checkpoint, config=config,
                   mmdet_version=mmdet.__version__, head_max_abs_diff=head_diff,
                   raw_head_abs_tol=parity_tolerances()["raw_head_abs_tol"], input_hw=[height, width])
-    write_json(os.path.join(run_dir, "parity", "mmdetection_{}.json".format(
-        os.path.splitext(os.path.basename(checkpoint_entry))[0])), record)
-    print("mmdetection parity {}: {}".format(checkpoint_entry, record))
+    write_json(os.path.join(run_dir, "parity", f"mmdetection_{os.path.splitext(os.path.basename(checkpoint_entry))[0]}.json"), record)
+    print(f"mmdetection parity {checkpoint_entry}: {record}")
     assert head_diff <= parity_tolerances()["raw_head_abs_tol"], record
     assert record["detections_ref"] > 0, "mmdetection detected nothing: the comparison would be vacuous"
     assert within_tolerances(record), record

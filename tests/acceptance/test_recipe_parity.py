@@ -69,7 +69,7 @@ def test_onnxruntime_matches_the_torch_path(settings, run_dir, onnx_export, chec
         outputs = backend.run(batch)
     record = compare_detections(reference["dets"], reference["labels"], outputs["dets"], outputs["labels"])
     record.update(checkpoint=checkpoint_kind, flavour=flavour, input_hw=[height, width], backend=name)
-    write_json(os.path.join(run_dir, "parity", "onnxruntime_{}_{}.json".format(checkpoint_kind, flavour)), record)
+    write_json(os.path.join(run_dir, "parity", f"onnxruntime_{checkpoint_kind}_{flavour}.json"), record)
     assert record["detections_ref"] > 0, "the torch path detected nothing: the comparison would be vacuous"
     tolerances = parity_tolerances()
     assert record["counts_equal"] and record["labels_equal"], record
@@ -108,7 +108,7 @@ def test_om_matches_the_torch_path(settings, run_dir, om_for, checkpoint_of, mod
             provide("--backend")))
     availability = backend_availability(settings.backend)
     if not availability.ok:
-        pytest.skip("backend {} unavailable: {}".format(settings.backend, availability.reason))
+        pytest.skip(f"backend {settings.backend} unavailable: {availability.reason}")
     om = om_for(model_kind, batch_size, "atc")
     inp = input_constants()
     distinct = min(batch_size, 4)
@@ -123,6 +123,6 @@ def test_om_matches_the_torch_path(settings, run_dir, om_for, checkpoint_of, mod
     record = compare_detections(reference["dets"], reference["labels"], outputs["dets"], outputs["labels"])
     record.update(checkpoint=model_kind, om=om["path"], batch_size=batch_size, backend=settings.backend,
                   fp16_found=found, fp16_total=total)
-    write_json(os.path.join(run_dir, "parity", "om_{}_bs{}.json".format(model_kind, batch_size)), record)
+    write_json(os.path.join(run_dir, "parity", f"om_{model_kind}_bs{batch_size}.json"), record)
     assert total > 0, "the torch path detected nothing: the comparison would be vacuous"
     assert found / float(total) >= parity_tolerances()["fp16_om_min_match_rate"], record

@@ -65,7 +65,7 @@ def test_this_host_meets_the_gates(settings, run_dir):
         origin = "the recipe's table ({})".format(perf["source"])
     gates = [g for g in perf["gates"] if device in (g["numerator"], g["denominator"])]
     results = evaluate_gates(measured + others, mode="inference", gates=gates)
-    write_json(os.path.join(run_dir, "gates_{}.json".format(device)),
+    write_json(os.path.join(run_dir, f"gates_{device}.json"),
                {"device": device, "other_side": origin, "best_measured": best_batch(
                    [r for r in measured if r["backend"] == measured[0]["backend"]]), "gates": results})
     for result in results:

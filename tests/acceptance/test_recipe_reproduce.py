@@ -42,7 +42,7 @@ def test_reproduce_runs_the_whole_pipeline_on_the_embedded_default(tmp_path, mon
     assert last["embedded"] is True and last["backends_run"] == ["torch", "onnxruntime"]
     assert set(last["stages"].values()) == {"ran"}
     for backend in last["backends_run"]:
-        metrics = read_json(os.path.join(work, "metrics_{}.json".format(backend)))
+        metrics = read_json(os.path.join(work, f"metrics_{backend}.json"))
         assert metrics["annotation_sha256"] == file_sha256(metrics["annotation_file"])
         assert metrics["num_images"] == 6 and metrics["stat_names"] == stat_names()
         assert metrics["num_detections"] > 0

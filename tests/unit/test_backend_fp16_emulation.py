@@ -236,8 +236,8 @@ def test_emulated_records_stay_out_of_the_npu_gates(tmp_path):
     assert RECORD_DEVICE not in gate_devices
     # the report puts it in a measured column of its own label and evaluates no gate with it
     text = "\n".join(report.perf_lines({"perf_records": emulated}))
-    assert "{} {} {} inference (measured)".format(RECORD_DEVICE, NAME, RECORD_PRECISION) in text
-    assert "Not evaluated: this run measured device(s) {} only".format(RECORD_DEVICE) in text
+    assert f"{RECORD_DEVICE} {NAME} {RECORD_PRECISION} inference (measured)" in text
+    assert f"Not evaluated: this run measured device(s) {RECORD_DEVICE} only" in text
     # a record relabelled as an NPU one (by hand or by a caller writing labels after the fact) is refused
     forged = dict(emulated[0], device="310P", precision="fp16")
     with pytest.raises(ResultsError, match="not an NPU measurement"):

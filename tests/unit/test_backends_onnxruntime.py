@@ -33,7 +33,7 @@ def assert_same_detections(a, b):
     for n in range(a["dets"].shape[0]):
         rows_a = np.nonzero(a["dets"][n, :, 4] > 0)[0]
         rows_b = list(np.nonzero(b["dets"][n, :, 4] > 0)[0])
-        assert len(rows_a) == len(rows_b), "image {}: {} vs {} detections".format(n, len(rows_a), len(rows_b))
+        assert len(rows_a) == len(rows_b), f"image {n}: {len(rows_a)} vs {len(rows_b)} detections"
         for i in rows_a:
             close = [j for j in rows_b
                      if b["labels"][n, j] == a["labels"][n, i]

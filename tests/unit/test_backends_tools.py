@@ -31,7 +31,7 @@ def make_om(tmp_path, batch_size):
         json.dump({"flavour": "ascend-nms", "batch_size": "dynamic",
                    "input": {"name": "input", "shape": [1, 3, H, W], "dtype": "float32"}}, handle)
     convert.convert_one(str(onnx), tmp_path / "om", batch_size, "Ascend310P3")
-    return str(tmp_path / "om" / "fsaf_bs{}.om".format(batch_size))
+    return str(tmp_path / "om" / f"fsaf_bs{batch_size}.om")
 
 
 def batch_of(values):
@@ -106,16 +106,16 @@ def test_benchmark_info_file_run(tools, tmp_path):
     bins.mkdir()
     with open(str(tmp_path / "fsaf.info"), "w") as info:
         for n, v in enumerate([7.0, 8.0, 9.0]):
-            batch_of([v])[0].tofile(str(bins / "00000{}.bin".format(n)))
-            info.write("{} {} {} {}\n".format(n, bins / "00000{}.bin".format(n), W, H))
+            batch_of([v])[0].tofile(str(bins / f"00000{n}.bin"))
+            info.write("{} {} {} {}\n".format(n, bins / f"00000{n}.bin", W, H))
     result = benchmark_tool.run_info_file(om, 1, str(tmp_path / "fsaf.info"), W, H, tmp_path / "work")
     assert sorted(os.listdir(result["outputs_dir"])) == sorted(
-        "00000{}_{}.bin".format(n, k) for n in range(3) for k in (1, 2))
+        f"00000{n}_{k}.bin" for n in range(3) for k in (1, 2))
     assert [r["mode"] for r in result["perf_records"]] == ["e2e", "inference"]
     # the tool reads a checked copy with absolute paths, in its own working directory
     assert result["info"] == str(tmp_path / "work" / "fsaf.resolved.info")
     assert "-input_text_path=" + result["info"] in open(result["log"]).readline()
-    assert [e[1] for e in read_info_file(result["info"])] == [str(bins / "00000{}.bin".format(n)) for n in range(3)]
+    assert [e[1] for e in read_info_file(result["info"])] == [str(bins / f"00000{n}.bin") for n in range(3)]
 
 
 def test_benchmark_info_file_is_checked_before_the_tool_starts(tools, tmp_path, monkeypatch):
@@ -124,14 +124,14 @@ def test_benchmark_info_file_is_checked_before_the_tool_starts(tools, tmp_path, 
     batch_of([1.0])[0].tofile(str(tmp_path / "bins" / "a.bin"))
     np.zeros(5, np.float32).tofile(str(tmp_path / "bins" / "short.bin"))
     monkeypatch.chdir(tmp_path)
-    cases = [("0 bins/a.bin {} {}\n".format(W, H), None),  # relative to the current directory: fine
-             ("0 bins/missing.bin {} {}\n".format(W, H), "entry 0 lists bins/missing.bin, which does not exist"),
-             ("0 bins/short.bin {} {}\n".format(W, H), "entry 0 .*short.bin. has 20 bytes"),
-             ("0 bins/a.bin {} {}\n".format(W + 1, H), "is 25x16, but this run is 24x16"),
+    cases = [(f"0 bins/a.bin {W} {H}\n", None),  # relative to the current directory: fine
+             (f"0 bins/missing.bin {W} {H}\n", "entry 0 lists bins/missing.bin, which does not exist"),
+             (f"0 bins/short.bin {W} {H}\n", "entry 0 .*short.bin. has 20 bytes"),
+             (f"0 bins/a.bin {W + 1} {H}\n", "is 25x16, but this run is 24x16"),
              ("", "lists no .bin files")]
     for number, (text, error) in enumerate(cases):
         (tmp_path / "f.info").write_text(text)
-        workdir = tmp_path / "work{}".format(number)
+        workdir = tmp_path / f"work{number}"
         if error is None:
             result = benchmark_tool.run_info_file(om, 1, "f.info", W, H, workdir)
             assert len(os.listdir(result["outputs_dir"])) == 2
@@ -175,7 +175,7 @@ def test_tool_log_is_kept_next_to_the_om_call_by_call(tools, tmp_path, name):
     backends.create_backend(name).load(om)
     with open(backend.tool_log_path) as handle:
         text = handle.read()
-    assert text.count("# {} on {}".format(name, om)) == 2 and "## call 2" in text
+    assert text.count(f"# {name} on {om}") == 2 and "## call 2" in text
 
 
 def test_tool_log_falls_back_to_the_temp_folder_when_the_om_folder_refuses_it(tools, tmp_path, monkeypatch):
@@ -333,7 +333,7 @@ def test_every_fixture_has_an_expectation_and_a_source():
     names = sorted(n for n in os.listdir(FIXTURES) if n not in ("expected.json", "SOURCES"))
     assert names == sorted(EXPECTED)
     sources = fixture_text("SOURCES")
-    assert [n for n in names if not re.search(r"^- (?:\S+ and )?{}".format(re.escape(n)), sources, re.M)] == []
+    assert [n for n in names if not re.search(rf"^- (?:\S+ and )?{re.escape(n)}", sources, re.M)] == []
 
 
 def _place_summary(tmp_path, name, layout):
@@ -423,7 +423,7 @@ def test_published_tool_output_is_read(tmp_path, name):
         assert (convert.ATC_SUCCESS in text) == expected["success"]
         assert (convert.ATC_FAILURE in text) == (not expected["success"])
     else:
-        raise AssertionError("unknown fixture kind {!r} in expected.json".format(kind))
+        raise AssertionError(f"unknown fixture kind {kind!r} in expected.json")
 
 
 def _mutated(name, old, new):

@@ -109,7 +109,7 @@ def world(generated, tmp_path, monkeypatch):
     return World(root, monkeypatch)
 
 
-class World(object):
+class World:
     """Helpers that break one thing in a case's copy of the generated set."""
 
     def __init__(self, root, monkeypatch):
@@ -317,7 +317,7 @@ def same_stem_in_two_folders(w):
     shutil.rmtree(BINS)
 
     def check(w):
-        names = ["x__id{}.bin".format(i) for i in moved]
+        names = [f"x__id{i}.bin" for i in moved]
         image_set = CocoImageSet(ANN, IMAGES, height=H, width=W)
         for k, name in enumerate(names):
             got = np.fromfile(os.path.join(BINS, name), np.float32).reshape(3, H, W)
@@ -409,7 +409,7 @@ def climbing_file_name_copied(w):
     shutil.copy(w.image_path(1), os.path.join(w.root, "coco", "outside.jpg"))
     image_id = w.images()[1]["id"]
     w.edit_annotations(climbing_file_name)
-    return {"argv": _preprocess_argv(), "names": [ANN, "../outside.jpg", "image id {}".format(image_id)],
+    return {"argv": _preprocess_argv(), "names": [ANN, "../outside.jpg", f"image id {image_id}"],
             "keep": _all_bins()}
 
 
@@ -1025,7 +1025,7 @@ KNOWN_FAULTS = {}
 
 
 def _case_id(case):
-    return "{}: {}".format(case.verb, case.name)
+    return f"{case.verb}: {case.name}"
 
 
 def _params():
@@ -1060,7 +1060,7 @@ def test_bad_input(case, world, capsys):
     status, out, err = _run(plan["argv"], capsys)
     assert "Traceback" not in out + err, err
     for path in keep:
-        assert os.path.exists(path), "{} (earlier work) is gone".format(path)
+        assert os.path.exists(path), f"{path} (earlier work) is gone"
     assert _snapshot(keep) == before, "earlier work was changed"
     if case.outcome == REFUSED:
         assert {p: file_sha256(p) for p in same} == same_before, "the .bin record was changed by a refused run"
@@ -1069,7 +1069,7 @@ def test_bad_input(case, world, capsys):
         plan["check"](world)
         return
     assert status == 1, (status, out, err)
-    prefix = "fsaf-repro {}: error: ".format(case.verb)
+    prefix = f"fsaf-repro {case.verb}: error: "
     assert prefix in err, err
     message = err[err.index(prefix):]
     for name in plan["names"]:

@@ -104,7 +104,7 @@ def test_a_figure_is_a_row_of_its_group_and_an_entry_of_extra_info():
 
 def run_pytest(args, cwd):
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider"] + args, cwd=cwd,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def collected(output):
@@ -123,7 +123,7 @@ def test_unit_and_acceptance_selections_never_run_a_benchmark():
     for expression in ("unit", "unit or acceptance", "acceptance"):
         result = run_pytest(["--collect-only", "-q", "-m", expression, "benchmarks"], ROOT)
         assert collected(result.stdout) == [], result.stdout
-        assert "{} deselected".format(len(collected(everything.stdout))) in result.stdout
+        assert f"{len(collected(everything.stdout))} deselected" in result.stdout
     # both folders named: tests/conftest.py's marker-by-folder hook sees the benchmarks and leaves them alone
     both = run_pytest(["--collect-only", "-q", "-m", "unit or acceptance", "tests/unit/test_tox.py", "benchmarks"],
                       ROOT)

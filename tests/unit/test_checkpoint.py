@@ -124,7 +124,7 @@ def test_unusable_files_give_an_error_naming_them(tmp_path, seeded_checkpoint, k
     elif kind == "empty":
         path.write_bytes(b"")
     elif kind == "text":
-        path.write_text(u"this is not a checkpoint\n")
+        path.write_text("this is not a checkpoint\n")
     elif kind == "not_a_checkpoint_pickle":
         torch.save([1, 2, 3], str(path))
     elif kind == "truncated":
@@ -142,7 +142,7 @@ def test_random_bytes_are_not_a_checkpoint_rather_than_an_untrusted_one(tmp_path
     with pytest.raises(CheckpointError) as info:
         ckpt.load_state_dict(str(path))
     message = str(info.value)
-    assert "{} is not a PyTorch checkpoint".format(path) in message
+    assert f"{path} is not a PyTorch checkpoint" in message
     assert "trust" not in message  # trusting a damaged file would not help
 
 
@@ -165,7 +165,7 @@ def test_random_bytes_through_the_cli_are_one_line(tmp_path, capsys):
     assert "--trust-checkpoint" not in err and not os.path.exists(str(tmp_path / "x.onnx"))
 
 
-class _CodeExecutingPayload(object):
+class _CodeExecutingPayload:
     def __init__(self, marker):
         self.marker = marker
 
@@ -174,8 +174,8 @@ class _CodeExecutingPayload(object):
 
 
 @pytest.mark.skipif(not ckpt.torch_has_weights_only_load(),
-                    reason="this torch ({}) has no weights-only unpickler; the loader warns instead "
-                           "(covered by test_old_torch_warns_once)".format(torch.__version__))
+                    reason=f"this torch ({torch.__version__}) has no weights-only unpickler; the loader warns instead "
+                           "(covered by test_old_torch_warns_once)")
 def test_code_executing_pickle_is_refused(tmp_path, seeded_checkpoint, monkeypatch):
     marker = tmp_path / "pwned"
     state_dict = _load_raw(seeded_checkpoint)["state_dict"]

@@ -82,13 +82,13 @@ def test_convert_batch_sizes_builds_oms_logs_and_sidecars(tools, onnx_model, tmp
     results = convert.convert_batch_sizes(onnx_model, out, [1, 4])
     assert sorted(results) == [1, 4]
     for bs in (1, 4):
-        om = out / "fsaf_bs{}.om".format(bs)
+        om = out / f"fsaf_bs{bs}.om"
         built = json.loads(om.read_text())  # the fake atc records what it was asked
-        assert built["input_shape"] == "images:{},3,320,480".format(bs)
+        assert built["input_shape"] == f"images:{bs},3,320,480"
         assert built["soc_version"] == "Ascend310P3"
         assert built["out_nodes"] == "dets;labels"
-        assert (out / "fsaf_bs{}.atc.log".format(bs)).read_text().count("ATC run success") == 1
-        sidecar = json.loads((out / "fsaf_bs{}.om.json".format(bs)).read_text())
+        assert (out / f"fsaf_bs{bs}.atc.log").read_text().count("ATC run success") == 1
+        sidecar = json.loads((out / f"fsaf_bs{bs}.om.json").read_text())
         assert sidecar["batch_size"] == bs
         assert sidecar["input"]["shape"] == [bs, 3, 320, 480]
         assert sidecar["out_nodes"] == ["dets", "labels"]

@@ -56,9 +56,9 @@ def test_rerun_skips_complete_files_and_redoes_short_ones(image_set, tmp_path):
     with open(first.bin_paths[2], "r+b") as handle:
         handle.truncate(1000)
     host = socket.gethostname().replace("-", "_")
-    stale = first.bin_paths[0] + ".part-{}-{}".format(host, _finished_pid())
-    live = first.bin_paths[1] + ".part-{}-{}".format(host, os.getppid())
-    elsewhere = first.bin_paths[3] + ".part-otherhost.example-{}".format(_finished_pid())
+    stale = first.bin_paths[0] + f".part-{host}-{_finished_pid()}"
+    live = first.bin_paths[1] + f".part-{host}-{os.getppid()}"
+    elsewhere = first.bin_paths[3] + f".part-otherhost.example-{_finished_pid()}"
     for path in (stale, live, elsewhere):
         with open(path, "wb") as handle:
             handle.write(b"x")
@@ -82,8 +82,8 @@ def test_part_file_staleness(tmp_path):
     assert not is_stale_part("/x/a.bin.part-abc")
     assert not is_stale_part(str(tmp_path / "a.bin") + part_suffix())  # this process's own
     dead = _finished_pid()
-    assert is_stale_part("/x/a.bin.part-{}".format(dead))  # no host: this host's, writer gone
-    other = tmp_path / "a.bin.part-build_7-{}".format(dead)
+    assert is_stale_part(f"/x/a.bin.part-{dead}")  # no host: this host's, writer gone
+    other = tmp_path / f"a.bin.part-build_7-{dead}"
     other.write_bytes(b"x")
     assert not is_stale_part(str(other))
     assert is_stale_part(str(other), now=time.time() + STALE_PART_SECONDS + 1)
@@ -107,7 +107,7 @@ def test_info_files_formats_and_order(image_set, tmp_path):
         stem = os.path.splitext(meta.file_name)[0]
         assert bin_lines[index] == "{} {} {} {}".format(index, os.path.join(bins, stem + ".bin"), CONST["width"],
                                                         CONST["height"])
-        assert jpg_lines[index] == "{} {} {} {}".format(index, meta.path, meta.orig_w, meta.orig_h)
+        assert jpg_lines[index] == f"{index} {meta.path} {meta.orig_w} {meta.orig_h}"
     assert [e[0] for e in read_info_file(bin_info)] == list(range(5))
     # a bad image left out keeps the indices consecutive
     write_info_files(image_set, bin_dir=bins, bin_info=bin_info, exclude_ids=[image_set.metas[1].image_id])

@@ -16,7 +16,7 @@ def image_set(tmp_path_factory):
                                              layouts=[(64, 48, "jpg"), (48, 64, "png"), (90, 30, "gray")]))
 
 
-class CountingSet(object):
+class CountingSet:
     """Wraps an image set and counts loads, to observe how far the producer runs ahead."""
 
     def __init__(self, inner):

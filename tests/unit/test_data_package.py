@@ -49,7 +49,7 @@ def test_every_module_of_the_package_is_in_the_table():
 @pytest.mark.parametrize("module", sorted(ALLOWED))
 def test_imports_flow_one_way(module):
     siblings, external = _imports(module)
-    assert siblings <= ALLOWED[module], "{} imports {}".format(module, sorted(siblings - ALLOWED[module]))
+    assert siblings <= ALLOWED[module], f"{module} imports {sorted(siblings - ALLOWED[module])}"
     assert "argparse" not in external
 
 

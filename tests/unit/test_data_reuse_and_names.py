@@ -172,7 +172,7 @@ def test_two_images_with_one_stem_get_two_names_used_by_every_reader(tmp_path):
     _with_images(annotation_file, into_folders)
     image_set = CocoImageSet(annotation_file, image_dir)
     names = [image_set.bin_name(m) for m in image_set.metas]
-    assert names[:2] == ["x__id{}.bin".format(moved[0]), "x__id{}.bin".format(moved[1])]
+    assert names[:2] == [f"x__id{moved[0]}.bin", f"x__id{moved[1]}.bin"]
     assert names[2] == os.path.splitext(image_set.metas[2].file_name)[0] + ".bin"  # the recipe's name stays
     out = str(tmp_path / "bins")
     report = write_bins(image_set, out, workers=1, progress=False)
@@ -227,7 +227,7 @@ def test_an_annotation_path_leaving_the_image_folder_is_refused_by_every_verb(tm
     def escape_path(images):
         images[1]["file_name"] = escape
     _with_images(annotation_file, escape_path)
-    with pytest.raises(AnnotationError, match="image id {}.*{}".format(target.image_id, escape)):
+    with pytest.raises(AnnotationError, match=f"image id {target.image_id}.*{escape}"):
         CocoImageSet(annotation_file, image_dir)
     capsys.readouterr()
     common = ["--annotations", annotation_file]
@@ -239,7 +239,7 @@ def test_an_annotation_path_leaving_the_image_folder_is_refused_by_every_verb(tm
                  ["evaluate"] + common + ["--results", results]):
         assert cli.main(argv) == 1
         err = capsys.readouterr().err
-        assert annotation_file in err and escape in err and "image id {}".format(target.image_id) in err
+        assert annotation_file in err and escape in err and f"image id {target.image_id}" in err
         assert "Traceback" not in err
     assert [_identity(p) for p in first.bin_paths] == before  # the earlier .bin files are untouched
     assert not os.path.exists(str(tmp_path / "b.info"))
@@ -253,8 +253,8 @@ def test_a_symlink_pointing_out_of_the_image_folder_is_refused(tmp_path):
     target = image_set.metas[2]
     shutil.move(target.path, os.path.join(elsewhere, target.file_name))
     os.symlink(os.path.join(elsewhere, target.file_name), target.path)
-    with pytest.raises(AnnotationError, match="image id {}: '{}' resolves to .*elsewhere.*outside the image folder"
-                       .format(target.image_id, target.file_name)):
+    with pytest.raises(AnnotationError, match=f"image id {target.image_id}: '{target.file_name}' resolves to .*elsewhere.*outside the image folder"
+                       ):
         CocoImageSet(annotation_file, image_dir)
     # a symlink that stays inside, and a symlinked image folder, are fine
     os.remove(target.path)

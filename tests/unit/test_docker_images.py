@@ -64,7 +64,7 @@ def read_pins(constraints_path):
                 continue
             match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)$", line)
             if not match:
-                raise AssertionError("{}:{}: not an exact pin: {!r}".format(constraints_path, number, line))
+                raise AssertionError(f"{constraints_path}:{number}: not an exact pin: {line!r}")
             pins[canonical(match.group(1))] = match.group(2)
     return pins
 
@@ -163,7 +163,7 @@ def pin_problems(parser, constraints_rel, constraints_path=None):
     problems = []
     in_image = constraints_in_image(parser, constraints_rel)
     if in_image is None:
-        return ["{} is never copied into the image".format(constraints_rel)]
+        return [f"{constraints_rel} is never copied into the image"]
     if parser.envs.get("PIP_CONSTRAINT") != in_image:
         problems.append("ENV PIP_CONSTRAINT is {!r}, not {}".format(
             parser.envs.get("PIP_CONSTRAINT"), in_image))
@@ -184,18 +184,16 @@ def pin_problems(parser, constraints_rel, constraints_path=None):
                 constraint_files = [os.path.normpath(os.path.join(workdir, substitute(v, variables)))
                                     for o, v in call["options"] if o in ("-c", "--constraint")]
                 if in_image not in constraint_files:
-                    problems.append("{} does not pass -c {}".format(where, constraints_rel))
+                    problems.append(f"{where} does not pass -c {constraints_rel}")
                 for target in call["targets"]:
                     if is_local_target(target):
                         continue
                     match = _REQUIREMENT.match(target)
                     name, spec = canonical(match.group(1)), match.group(3)
                     if name not in pins:
-                        problems.append("{} installs {!r}, which {} does not pin".format(
-                            where, target, constraints_rel))
+                        problems.append(f"{where} installs {target!r}, which {constraints_rel} does not pin")
                     elif spec and spec != "==" + pins[name]:
-                        problems.append("{} asks for {!r} but {} pins {}=={}".format(
-                            where, target, constraints_rel, name, pins[name]))
+                        problems.append(f"{where} asks for {target!r} but {constraints_rel} pins {name}=={pins[name]}")
     if not n_calls:
         problems.append("no pip install found: the checks above saw nothing")
     return problems
@@ -227,8 +225,7 @@ def test_recipe_constraints_match_the_recipe_pins():
         if name in skip:
             continue
         assert constraints.get(canonical(name)) == version, (
-            "constraints/recipe-py37.txt pins {}=={} but the recipe (spec pins) says {}".format(
-                name, constraints.get(canonical(name)), version))
+            f"constraints/recipe-py37.txt pins {name}=={constraints.get(canonical(name))} but the recipe (spec pins) says {version}")
         checked += 1
     assert checked >= 9
     protobuf = tuple(int(x) for x in constraints["protobuf"].split("."))
@@ -280,7 +277,7 @@ def test_a_drifted_or_unpinned_package_is_caught(image, tmp_path):
     pins = read_pins(path(constraints))
     in_image = constraints_in_image(parse_dockerfile(dockerfile), constraints)
     assert pins["numpy"] != "0.0.1"
-    extra = "RUN pip install -c {} numpy==0.0.1 left-pad".format(in_image)
+    extra = f"RUN pip install -c {in_image} numpy==0.0.1 left-pad"
     parser = mutated_parser(dockerfile, extra, tmp_path)
     problems = pin_problems(parser, constraints)
     assert any("numpy==0.0.1" in p and "pins numpy==" + pins["numpy"] in p for p in problems), problems
@@ -377,7 +374,7 @@ def test_npu_entrypoint_is_the_script_that_sources_cann():
 def test_cpu_image_is_python_3_11_with_cpu_torch_and_runs_the_unit_suite():
     parser = parse_dockerfile(IMAGES["cpu"][0])
     python = load_recipe_spec()["containers"]["cpu_python"]
-    assert re.match(r"^python:{}(-|$)".format(re.escape(python)), parser.baseimage), parser.baseimage
+    assert re.match(rf"^python:{re.escape(python)}(-|$)", parser.baseimage), parser.baseimage
     torch_calls = [c for r in run_instructions(parser) for c in pip_calls(r) if "torch" in c["targets"]]
     assert len(torch_calls) == 1
     assert ("--index-url", PYTORCH_CPU_INDEX) in torch_calls[0]["options"]
@@ -405,8 +402,7 @@ def hadolint_binary():
 
 def hadolint(*files):
     proc = subprocess.run([hadolint_binary(), "--no-color", "--format", "json"] + list(files),
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip(), "hadolint printed nothing: " + proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 
@@ -434,8 +430,7 @@ def test_hadolint_ignores_are_justified_and_still_needed(tmp_path):
                 j -= 1
             for code in codes.split(","):
                 assert any(code in r for r in reason), (
-                    "{} line {}: `hadolint ignore={}` has no comment above giving the reason".format(
-                        IMAGES[image][0], i + 1, code))
+                    f"{IMAGES[image][0]} line {i + 1}: `hadolint ignore={code}` has no comment above giving the reason")
         if not ignores:
             continue
         # Without the ignore comments hadolint must report the codes they silence: no stale ignores.
@@ -457,8 +452,8 @@ def run_entrypoint(tmp_path, args, set_env=True, driver=True):
         (tmp_path / "set_env.sh").write_text("export FSAF_CANN_LOADED=yes\nexport ASCEND_TOOLKIT_HOME=/x\n")
     if driver:
         (tmp_path / "driver" / "lib64").mkdir(parents=True)
-    return subprocess.run(["bash", path(ENTRYPOINT_SCRIPT)] + args, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    return subprocess.run(["bash", path(ENTRYPOINT_SCRIPT)] + args, env=env, capture_output=True,
+                          text=True, timeout=60)
 
 
 def test_entrypoint_sources_cann_then_runs_the_command(tmp_path):

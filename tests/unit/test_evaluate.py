@@ -212,5 +212,5 @@ def test_evaluate_checks_the_annotation_file_before_scoring(gt, tmp_path, capsys
     results.write_text(json.dumps(_gt_as_detections(gt[1])))
     assert cli.main(["evaluate", "--annotations", str(annotation_file), "--results", str(results)]) == 1
     err = capsys.readouterr().err
-    assert str(annotation_file) + ": " in err or "annotation file {}".format(annotation_file) in err
+    assert str(annotation_file) + ": " in err or f"annotation file {annotation_file}" in err
     assert message.format(id0=gt[1]["images"][0]["id"]) in err and "Traceback" not in err

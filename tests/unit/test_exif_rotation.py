@@ -77,8 +77,8 @@ def test_header_probe_of_a_png_agrees_with_opencv(tmp_path, orientation):
 def _with_xmp_orientation(jpeg_bytes, orientation):
     """The JPEG with an XMP APP1 segment (tiff:Orientation) right after SOI, and no EXIF."""
     xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-           '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{}"/>'
-           '</rdf:RDF></x:xmpmeta>').format(orientation).encode("ascii")
+           f'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{orientation}"/>'
+           '</rdf:RDF></x:xmpmeta>').encode("ascii")
     payload = b"http://ns.adobe.com/xap/1.0/\x00" + xmp
     segment = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
     return jpeg_bytes[:2] + segment + jpeg_bytes[2:]

@@ -136,7 +136,7 @@ def test_export_rejected_by_the_checker_leaves_no_file(tmp_path, seeded_checkpoi
 
 def test_bad_checkpoint_gives_an_error_naming_it_and_no_output(tmp_path):
     bogus = tmp_path / "fsaf_r50_fpn_1x_coco-94ccc51f.pth"
-    bogus.write_text(u"<html>download failed</html>")
+    bogus.write_text("<html>download failed</html>")
     out = tmp_path / "out" / "fsaf.onnx"
     with pytest.raises(CheckpointError) as info:
         export_mod.export_onnx(str(bogus), str(out), height=64, width=64)

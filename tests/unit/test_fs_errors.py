@@ -180,8 +180,8 @@ def _obey_permission_bits():
 def run_unprivileged(argvs):
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps(argvs), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps(argvs), capture_output=True,
+                          text=True, env=env, cwd=ROOT,
                           preexec_fn=_obey_permission_bits, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -193,7 +193,7 @@ def locked_down(tmp_path):
     read_only = tmp_path / "read_only"
     read_only.mkdir()
     unreadable_file = tmp_path / "unreadable.json"
-    unreadable_file.write_text(u"[]")
+    unreadable_file.write_text("[]")
     unreadable_dir = tmp_path / "unreadable_folder"
     unreadable_dir.mkdir()
     os.chmod(str(read_only), 0o555)
@@ -229,7 +229,7 @@ def test_unreadable_inputs_are_refused_by_every_reading_verb(paths, locked_down,
     report = run_unprivileged([build(given, bad) for _, bad, build in cases])
     for (name, bad, _), result in zip(cases, report):
         assert_clear_refusal(result["status"], result["err"], bad, "unreadable")
-        assert result["err"].startswith("fsaf-repro {}: error: ".format(name.split()[0])), name
+        assert result["err"].startswith(f"fsaf-repro {name.split()[0]}: error: "), name
     assert not os.path.exists(given["out"])
 
 

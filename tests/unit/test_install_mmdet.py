@@ -28,7 +28,7 @@ def test_versions_live_only_in_the_constraints_file_as_comment_lines():
     assert not {"mmcv-full", "mmdet"} & set(read_pins(CONSTRAINTS))
     script = open(SCRIPT).read()
     for version in pins.values():
-        assert version not in script, "the script must read {} from {}".format(version, CONSTRAINTS)
+        assert version not in script, f"the script must read {version} from {CONSTRAINTS}"
     # The runtime requirements it installs are real pins of the same file.
     for name in ("addict", "yapf", "terminaltables", "pyyaml", "torchvision"):
         assert name in read_pins(CONSTRAINTS), name
@@ -43,7 +43,7 @@ def stand_in_venv(tmp_path, stack, mmcv_version, mmdet_version):
         if version is None:
             continue
         (packages / name).mkdir(parents=True)
-        (packages / name / "__init__.py").write_text("__version__ = {!r}\n".format(version))
+        (packages / name / "__init__.py").write_text(f"__version__ = {version!r}\n")
     if mmcv_version is not None:
         (packages / "mmcv" / "_ext.py").write_text("")
     if mmdet_version is not None:
@@ -51,15 +51,15 @@ def stand_in_venv(tmp_path, stack, mmcv_version, mmdet_version):
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     python = venv / "bin" / "python"
-    python.write_text('#!/usr/bin/env bash\nif [ "$1" = "-c" ]; then echo {!r}; exit 0; fi\n'
-                      'PYTHONPATH={} exec {} -S "$@"\n'.format(stack, str(packages), sys.executable))
+    python.write_text(f'#!/usr/bin/env bash\nif [ "$1" = "-c" ]; then echo {stack!r}; exit 0; fi\n'
+                      f'PYTHONPATH={str(packages)} exec {sys.executable} -S "$@"\n')
     python.chmod(0o755)
     return str(venv)
 
 
 def check(venv):
     result = subprocess.run(["bash", SCRIPT, "--check", venv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            universal_newlines=True, timeout=60)
+                            text=True, timeout=60)
     return result.returncode, result.stdout
 
 
@@ -83,7 +83,7 @@ def test_check_fails_naming_what_is_wrong_and_the_command(tmp_path, mmcv_version
     code, out = check(venv)
     assert code == 1, out
     assert expected.format(mmcv=pins["mmcv-full"], mmdet=pins["mmdet"]) in out
-    assert "run scripts/install_mmdet.sh {}".format(venv) in out
+    assert f"run scripts/install_mmdet.sh {venv}" in out
 
 
 def test_refuses_an_environment_off_the_recipe_stack(tmp_path):

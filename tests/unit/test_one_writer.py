@@ -49,7 +49,7 @@ def _env():
 def infer_argv(dataset, out, delay_s):
     return [sys.executable, "-m", "fsaf_repro", "infer", "--annotations", dataset[0], "--images", dataset[1],
             "--height", str(H), "--width", str(W), "--backend", "null", "--backend-option", "detections=echo",
-            "--backend-option", "delay_s={}".format(delay_s), "--batch-size", "1", "--out", str(out),
+            "--backend-option", f"delay_s={delay_s}", "--batch-size", "1", "--out", str(out),
             "--no-progress"]
 
 
@@ -87,7 +87,7 @@ def test_two_infer_runs_on_one_output_one_proceeds_the_other_refuses_at_once(dat
     loser = next(p for p in procs if p.returncode == 1)
     message = outputs[loser.pid][1]
     assert "Traceback" not in message and message.count("\n") == 1, message
-    assert "pid {}".format(winner.pid) in message and socket.gethostname() in message
+    assert f"pid {winner.pid}" in message and socket.gethostname() in message
     assert lock_path_for(out) in message and str(out) in message
     # refused at once: long before the winner's run (NUM_IMAGES * DELAY_S seconds) ended
     assert finished[loser.pid] + NUM_IMAGES * DELAY_S / 2 < finished[winner.pid]
@@ -120,7 +120,7 @@ def test_a_live_holder_is_named_and_its_lock_survives_the_refusal(tmp_path):
         with pytest.raises(RunLocked) as info:
             RunLock(output, "infer").acquire()
         message = str(info.value)
-        assert "pid {} on host {}".format(holder.pid, socket.gethostname()) in message
+        assert f"pid {holder.pid} on host {socket.gethostname()}" in message
         assert "fsaf-repro holder" in message and lock_path_for(output) in message
         assert read_lock_record(lock_path_for(output))["pid"] == holder.pid
     finally:
@@ -155,7 +155,7 @@ def test_each_writing_verb_refuses_a_locked_output_before_any_work(dataset, tmp_
     finally:
         stop_holder(holder)
     err = capsys.readouterr().err
-    assert "pid {}".format(holder.pid) in err and socket.gethostname() in err and str(output) in err
+    assert f"pid {holder.pid}" in err and socket.gethostname() in err and str(output) in err
     assert err.count("\n") == 1
     assert not os.path.exists(str(output)) and not os.path.exists(str(output) + ".journal")
     assert not os.path.exists(str(tmp_path / "fsaf.info"))

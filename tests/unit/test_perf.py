@@ -142,7 +142,7 @@ def test_gates_on_measured_records_fail_and_report_missing_devices():
     assert "FAIL 310P_aoe_vs_310" in text and "NOT EVALUATED 310P_vs_T4" in text
 
 
-class CountingBackend(object):
+class CountingBackend:
     name = "counting"
 
     def __init__(self):
@@ -241,8 +241,8 @@ def test_cli_perf_runs_the_benchmark_tool_over_an_info_file(tmp_path, monkeypatc
     convert.convert_one(str(onnx), tmp_path / "om", 1, "Ascend310P3", height=16, width=24)
     with open(str(tmp_path / "fsaf.info"), "w") as info:
         for n in range(3):
-            np.zeros((3, 16, 24), np.float32).tofile(str(tmp_path / "{}.bin".format(n)))
-            info.write("{} {} 24 16\n".format(n, tmp_path / "{}.bin".format(n)))
+            np.zeros((3, 16, 24), np.float32).tofile(str(tmp_path / f"{n}.bin"))
+            info.write("{} {} 24 16\n".format(n, tmp_path / f"{n}.bin"))
     out = tmp_path / "records.json"
     assert cli_main(["perf", "--benchmark-info", str(tmp_path / "fsaf.info"), "--model",
                      str(tmp_path / "om" / "fsaf_bs1.om"), "--height", "16", "--width", "24", "--device", "310",

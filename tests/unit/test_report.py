@@ -70,7 +70,7 @@ def test_report_without_matplotlib_says_why_and_still_draws_detections(context, 
     drawn = made["record"]["detection_images"]
     assert len(drawn) == 3
     for rel in drawn:
-        assert "]({})".format(rel) in text
+        assert f"]({rel})" in text
         with open(os.path.join(ctx["run_dir"], rel), "rb") as handle:
             assert handle.read(8) == PNG_MAGIC
 
@@ -82,7 +82,7 @@ def test_report_with_matplotlib_links_its_plots(context):
     text = open(os.path.join(ctx["run_dir"], "report.md")).read()
     assert made["record"]["plots"] == ["plots/fps_by_batch.png", "plots/per_class_ap.png"]
     for rel in made["record"]["plots"]:
-        assert "]({})".format(rel) in text
+        assert f"]({rel})" in text
         with open(os.path.join(ctx["run_dir"], rel), "rb") as handle:
             assert handle.read(8) == PNG_MAGIC
     assert "Plots skipped" not in text
@@ -143,7 +143,7 @@ def test_fps_table_rows_follow_the_recipe_layout(context):
     assert cells[5:7] == ["{}/{}".format(g["numerator"], g["denominator"]) for g in perf["gates"]]
     assert cells[7] == "cpu torch fp32 pure_inference (measured)"
     rows = [line for line in lines if line.startswith("| bs")]
-    assert [r.split("|")[1].strip() for r in rows] == ["bs{}".format(b) for b in perf["batch_sizes"]]
+    assert [r.split("|")[1].strip() for r in rows] == [f"bs{b}" for b in perf["batch_sizes"]]
     bs1 = [c.strip() for c in rows[0].strip("|").split("|")]
     ref = dict(((r["device"], r["batch_size"]), r["fps"]) for r in reference_records())
     assert bs1[1] == "{:.4f}".format(ref[("310", 1)])

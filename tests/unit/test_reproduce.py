@@ -50,16 +50,16 @@ def test_embedded_default_writes_every_artifact(tiny_run):
     assert summary["embedded"] is True
     assert set(summary["stages"].values()) == {"ran"}
     for flavour in FLAVOURS:
-        onnx_path = os.path.join(run_dir, "onnx", "fsaf_{}.onnx".format(flavour))
+        onnx_path = os.path.join(run_dir, "onnx", f"fsaf_{flavour}.onnx")
         assert os.path.getsize(onnx_path) > 1000000
         with open(onnx_path + ".json") as handle:
             assert json.load(handle)["flavour"] == flavour
     assert summary["backends_run"] == ["torch", "onnxruntime"]
     for backend in summary["backends_run"]:
-        with open(os.path.join(run_dir, "results_{}.json".format(backend))) as handle:
+        with open(os.path.join(run_dir, f"results_{backend}.json")) as handle:
             results = json.load(handle)
         assert results and all(r["score"] >= 0.05 for r in results)
-        with open(os.path.join(run_dir, "metrics_{}.json".format(backend))) as handle:
+        with open(os.path.join(run_dir, f"metrics_{backend}.json")) as handle:
             metrics = json.load(handle)
         assert metrics["num_images"] == 6 and len(metrics["stats"]) == 12
         assert len(metrics["annotation_sha256"]) == 64
@@ -96,7 +96,7 @@ def test_report_states_seeded_weights_first_and_has_the_accuracy_table(tiny_run)
                                    acc["npu_stats"]["values"]):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == name
-        assert cells[-2:] == ["{:.3f}".format(ref), "{:.3f}".format(npu)]
+        assert cells[-2:] == [f"{ref:.3f}", f"{npu:.3f}"]
     assert "- torch: " + NOT_APPLICABLE_EMBEDDED in text
 
 
@@ -106,15 +106,15 @@ def test_report_has_the_recipe_fps_layout_with_gates_and_the_parity_table(tiny_r
     perf = performance_reference()
     header = next(line for line in text.splitlines() if line.startswith("| batch |"))
     for column in perf["devices"] + ["310P_aoe/310", "310P/T4", "cpu torch fp32 pure_inference (measured)"]:
-        assert "| {} |".format(column) in header or "| {} |".format(column) in header + " |"
+        assert f"| {column} |" in header or f"| {column} |" in header + " |"
     for bs in perf["batch_sizes"]:
-        assert "\n| bs{} |".format(bs) in text
+        assert f"\n| bs{bs} |" in text
     assert "\n| best batch |" in text
     best = dict((d, max(v for v in perf["table"][d].values() if v is not None)) for d in perf["devices"])
     ratio = best["310P_aoe"] / best["310"]
     assert "PASS 310P_aoe_vs_310: best 310P_aoe = {:.4f}".format(best["310P_aoe"]) in text
     min_ratio = dict((g["name"], g["min_ratio"]) for g in perf["gates"])["310P_aoe_vs_310"]
-    assert "ratio {:.4f} (>= {})".format(ratio, min_ratio) in text
+    assert f"ratio {ratio:.4f} (>= {min_ratio})" in text
     assert "Not evaluated: this run measured device(s) cpu only" in text
     assert "no reference cell for device cpu" in text
     assert "| torch | onnxruntime (onnx-nms) |" in text
@@ -214,7 +214,7 @@ def test_npu_path_with_fake_ascend_tools_converts_runs_the_om_and_labels_its_fig
     for name in ("convert", "infer:benchmark", "evaluate:benchmark", "perf:benchmark", "parity", "report"):
         assert stages[name] == "ran", name
     for bs in (1, 2):
-        om = os.path.join(run_dir, "om", "fsaf_ascend-nms_bs{}.om".format(bs))
+        om = os.path.join(run_dir, "om", f"fsaf_ascend-nms_bs{bs}.om")
         with open(om + ".json") as handle:
             sidecar = json.load(handle)
         assert sidecar["batch_size"] == bs and sidecar["soc_version"] == "Ascend310P3"
@@ -290,7 +290,7 @@ def test_records_measured_elsewhere_are_gated_beside_this_hosts(tiny_run, tmp_pa
         gate["name"], gate["numerator"], gate["denominator"]) in measured_gates
     with open(os.path.join(run_dir, "perf.json")) as handle:
         sources = [r["source"] for r in json.load(handle)["records"]]
-    assert sum(1 for s in sources if s.endswith("(from {})".format(extra))) == 2
+    assert sum(1 for s in sources if s.endswith(f"(from {extra})")) == 2
 
 
 def test_torch_left_out_of_backends_is_only_the_parity_reference(tiny_run, tmp_path):

@@ -98,7 +98,7 @@ def _rerun(root, baselines, which, **changes):
 
 
 def _assert_exactly(stages, ran):
-    assert set(ran) <= set(stages), "expected stages missing from the run: {}".format(sorted(set(ran) - set(stages)))
+    assert set(ran) <= set(stages), f"expected stages missing from the run: {sorted(set(ran) - set(stages))}"
     assert dict((n, s) for n, s in stages.items() if s == "ran") == dict((n, "ran") for n in ran), stages
     assert all(s in ("ran", "reused") for s in stages.values()), stages
 

@@ -56,7 +56,7 @@ def test_every_image_gets_its_own_result(dataset, tmp_path):
 def test_static_batch_pads_the_last_batch_and_discards_the_padding(dataset, tmp_path):
     infer(dataset, tmp_path / "dynamic.json", batch_size=1)
 
-    class Recording(object):
+    class Recording:
         name, model_path, batch_size = "recording", "<recording>", 4
 
         def __init__(self):
@@ -78,7 +78,7 @@ def test_static_batch_pads_the_last_batch_and_discards_the_padding(dataset, tmp_
 def test_uint8_runs_pass_each_image_size(dataset, tmp_path):
     seen = []
 
-    class Uint8(object):
+    class Uint8:
         name, model_path, batch_size = "uint8", "<uint8>", 4
 
         def run(self, batch, image_hw=None):
@@ -177,7 +177,7 @@ def test_a_journal_line_damaged_in_the_middle_is_named_and_kept(dataset, tmp_pat
     with pytest.raises(ResultsError) as info:
         infer(dataset, out, batch_size=4)
     message = str(info.value)
-    assert "journal {} line 3 is damaged".format(journal) in message and problem in message
+    assert f"journal {journal} line 3 is damaged" in message and problem in message
     assert "--restart" in message
     with open(journal, "rb") as handle:
         assert handle.read() == damaged  # nothing is thrown away behind the user's back
@@ -219,7 +219,7 @@ def test_killed_runs_resume_to_identical_results(dataset, tmp_path):
         expected = handle.read()
     rng = random.Random(20261125)
     for attempt in range(2):
-        out = tmp_path / "killed_{}.json".format(attempt)
+        out = tmp_path / f"killed_{attempt}.json"
         journal = str(out) + ".journal"
         # kill 1: at a random moment once batches are being journaled (mid-run, maybe mid-write)
         proc = _start(dataset, out, env, cwd)
@@ -238,8 +238,7 @@ def test_killed_runs_resume_to_identical_results(dataset, tmp_path):
         proc = _start(dataset, out, env, cwd)
         assert proc.wait(timeout=120) == 0
         with open(str(out), "rb") as handle:
-            assert handle.read() == expected, "attempt {} (first kill after {} batches)".format(
-                attempt, journaled)
+            assert handle.read() == expected, f"attempt {attempt} (first kill after {journaled} batches)"
 
 
 def test_backend_options_parse():

@@ -45,7 +45,7 @@ def fingerprint(image):
     return hashlib.sha256(image.tobytes()).hexdigest()
 
 
-class Recording(object):
+class Recording:
     """The echo backend, noting a fingerprint of every image it runs."""
 
     name, model_path, batch_size = "null", "<no model>", None

@@ -37,7 +37,7 @@ HAS_AVX2 = "avx2" in _cpu_flags()
 def _run_python(code):
     env = dict(os.environ, DNNL_MAX_CPU_ISA="AVX2", PYTHONPATH=ROOT, PYTHONWARNINGS="always")
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
 
 
 # A forward at one thread, then at two, in one process: the sequence that aborts torch 1.8.0.
@@ -71,7 +71,7 @@ GUARDED_RISE = """
 
 
 @pytest.mark.skipif(not AFFECTED, reason="needs torch 1.8.0 with oneDNN on x86 (the recipe stack): the fault "
-                                         "is that torch's; torch {} is not affected".format(torch.__version__))
+                                         f"is that torch's; torch {torch.__version__} is not affected")
 @pytest.mark.skipif(not HAS_AVX2, reason="needs a CPU with AVX2: the overflowing oneDNN kernel is jit_1x1:avx2")
 def test_unguarded_rise_aborts_on_the_recipe_stack():
     """The control: without the guard the sequence really corrupts memory here, so the next test means

@@ -58,20 +58,20 @@ def tox_problems(config):
     problems = []
     for env in ENVS:
         if not config.has_section("testenv:" + env):
-            problems.append("no [testenv:{}]".format(env))
+            problems.append(f"no [testenv:{env}]")
     if problems:
         return problems
     listed = [e.strip() for e in config.get("tox", "env_list").split(",")]
     for env in ("lint", "docker-lint", "unit", "recipe"):
         if env not in listed:
-            problems.append("{} is not in env_list".format(env))
+            problems.append(f"{env} is not in env_list")
     extras_known = pyproject_extras()
     for env in ENVS:
         expected = RECIPE if env == "recipe" else CURRENT
         python = spec["pins"]["python"] if env == "recipe" else spec["containers"]["cpu_python"]
         constraint = setenv(config, env).get("PIP_CONSTRAINT")
         if constraint != "{toxinidir}/" + expected:
-            problems.append("{}: PIP_CONSTRAINT is {!r}, not {{toxinidir}}/{}".format(env, constraint, expected))
+            problems.append(f"{env}: PIP_CONSTRAINT is {constraint!r}, not {{toxinidir}}/{expected}")
         if setting(config, env, "basepython") != "python" + python:
             problems.append("{}: basepython {!r}, not python{}".format(env, setting(config, env, "basepython"),
                                                                         python))
@@ -80,11 +80,11 @@ def tox_problems(config):
         if not skip_install:
             unknown = set(extras) - extras_known
             if unknown:
-                problems.append("{}: extras {} are not in pyproject.toml".format(env, sorted(unknown)))
+                problems.append(f"{env}: extras {sorted(unknown)} are not in pyproject.toml")
         pins = read_pins(os.path.join(ROOT, expected))
         for dep in lines(setting(config, env, "deps")):
             if canonical(dep) not in pins:
-                problems.append("{}: dep {!r} is not pinned in {}".format(env, dep, expected))
+                problems.append(f"{env}: dep {dep!r} is not pinned in {expected}")
     commands = {env: setting(config, env, "commands") for env in ENVS}
     if "pytest -m unit" not in commands["unit"] or "pytest -m unit" not in commands["recipe"]:
         problems.append("unit/recipe: do not run pytest -m unit")
@@ -104,7 +104,7 @@ def tox_problems(config):
         problems.append("docker-lint: no hadolint over both Dockerfiles")
     for test_file in re.findall(r"tests/\S+\.py", commands["docker-lint"]):
         if not os.path.exists(os.path.join(ROOT, test_file)):
-            problems.append("docker-lint: {} does not exist".format(test_file))
+            problems.append(f"docker-lint: {test_file} does not exist")
     return problems
 
 

@@ -86,19 +86,19 @@ def common_problems(workflow):
         for step in steps(job):
             ref = step.get("uses")
             if ref and not re.match(r"^[\w.-]+/[\w./-]+@(v\d+(\.\d+)*|[0-9a-f]{40})$", ref):
-                problems.append("{}: action {!r} is not pinned to a release tag or a commit".format(name, ref))
+                problems.append(f"{name}: action {ref!r} is not pinned to a release tag or a commit")
         for needed in ([job["needs"]] if isinstance(job.get("needs"), str) else job.get("needs", [])):
             if needed not in jobs:
-                problems.append("{}: needs unknown job {!r}".format(name, needed))
+                problems.append(f"{name}: needs unknown job {needed!r}")
         matrix = job.get("strategy", {}).get("matrix", {})
         text = repr(job)
         for key in set(re.findall(r"matrix\.([A-Za-z_][\w-]*)", text)):
             if key not in matrix:
-                problems.append("{}: uses matrix.{} that its matrix does not define".format(name, key))
+                problems.append(f"{name}: uses matrix.{key} that its matrix does not define")
         if "self-hosted" in labels(job) and not self_hosted_guard(job):
-            problems.append("{}: self-hosted job without the same-repository guard for pull requests".format(name))
+            problems.append(f"{name}: self-hosted job without the same-repository guard for pull requests")
         if "timeout-minutes" not in job:
-            problems.append("{}: no timeout-minutes".format(name))
+            problems.append(f"{name}: no timeout-minutes")
     return problems
 
 
@@ -106,10 +106,10 @@ def bash_syntax_problems(workflow):
     problems = []
     for name, job in workflow.get("jobs", {}).items():
         for index, script in enumerate(scripts(job)):
-            proc = subprocess.run(["bash", "-n"], input=without_expressions(script), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+            proc = subprocess.run(["bash", "-n"], input=without_expressions(script), capture_output=True,
+                                  text=True, timeout=30)
             if proc.returncode:
-                problems.append("{} run #{}: {}".format(name, index, proc.stderr.strip()))
+                problems.append(f"{name} run #{index}: {proc.stderr.strip()}")
     return problems
 
 
@@ -121,17 +121,17 @@ def ci_problems(workflow):
     on = triggers(workflow)
     for event in ("push", "pull_request"):
         if event not in on:
-            problems.append("ci does not run on {}".format(event))
+            problems.append(f"ci does not run on {event}")
     for event in ("push", "pull_request"):
         if isinstance(on.get(event), dict) and (on[event].get("branches") or on[event].get("paths")):
-            problems.append("ci narrows {} to some branches or paths: it must run on every one".format(event))
+            problems.append(f"ci narrows {event} to some branches or paths: it must run on every one")
     jobs = workflow.get("jobs", {})
     missing = [name for name in ("lint", "py37-compat", "unit", "unit-recipe") if name not in jobs]
     if missing:
-        return problems + ["ci has no {} job".format(name) for name in missing]
+        return problems + [f"ci has no {name} job" for name in missing]
     for name, job in jobs.items():
         if not all(label.startswith("ubuntu-") for label in labels(job)):
-            problems.append("{}: not on a GitHub-hosted Ubuntu runner".format(name))
+            problems.append(f"{name}: not on a GitHub-hosted Ubuntu runner")
     lint = joined(jobs["lint"])
     if "ruff check fsaf_repro" not in lint:
         problems.append("lint: no ruff over fsaf_repro")
@@ -145,7 +145,7 @@ def ci_problems(workflow):
     for name in ("lint", "py37-compat", "unit"):
         versions = [str(s.get("with", {}).get("python-version")) for s in uses(jobs[name], "actions/setup-python")]
         if versions != [python]:
-            problems.append("{}: Python {} instead of {}".format(name, versions, python))
+            problems.append(f"{name}: Python {versions} instead of {python}")
     if "pytest -m unit" not in joined(jobs["unit"]) or "bootstrap.sh current" not in joined(jobs["unit"]):
         problems.append("unit: does not bootstrap the current stack and run pytest -m unit")
     recipe = jobs["unit-recipe"]
@@ -167,13 +167,13 @@ def npu_problems(workflow):
     on = triggers(workflow)
     for event in ("push", "pull_request", "workflow_dispatch"):
         if event not in on:
-            problems.append("acceptance-npu does not run on {}".format(event))
+            problems.append(f"acceptance-npu does not run on {event}")
     jobs = workflow.get("jobs", {})
     job, gates = jobs.get("acceptance"), jobs.get("gates")
     if job is None or gates is None:
         return problems + ["acceptance-npu needs the jobs `acceptance` and `gates`"]
     if labels(job) != NPU_LABELS:
-        problems.append("acceptance: runs-on {} instead of the documented {}".format(labels(job), NPU_LABELS))
+        problems.append(f"acceptance: runs-on {labels(job)} instead of the documented {NPU_LABELS}")
     if matrix_batch_sizes(job) != spec["performance"]["batch_sizes"]:
         problems.append("acceptance: batch-size matrix {} is not the recipe's {}".format(
             matrix_batch_sizes(job), spec["performance"]["batch_sizes"]))
@@ -186,11 +186,11 @@ def npu_problems(workflow):
     run = runs[0]
     for device in containers["npu_devices"]:
         wanted = device.format(id="${NPU_DEVICE_ID}")
-        if '--device="{}"'.format(wanted) not in run and "--device={}".format(wanted) not in run:
-            problems.append("acceptance: device {} is not passed to the container".format(wanted))
+        if f'--device="{wanted}"' not in run and f"--device={wanted}" not in run:
+            problems.append(f"acceptance: device {wanted} is not passed to the container")
     for mount in containers["npu_host_mounts"]:
-        if "-v {0}:{0}".format(mount) not in run:
-            problems.append("acceptance: host path {} is not mounted".format(mount))
+        if f"-v {mount}:{mount}" not in run:
+            problems.append(f"acceptance: host path {mount} is not mounted")
     if '"${NPU_IMAGE}"' not in run:
         problems.append("acceptance: the container is not the NPU image")
     if 'FSAF_BATCH_SIZES="${{ matrix.batch_size }}"' not in run:
@@ -220,12 +220,12 @@ def gpu_problems(workflow):
     on = triggers(workflow)
     for event in ("push", "pull_request"):
         if event not in on:
-            problems.append("acceptance-gpu does not run on {}".format(event))
+            problems.append(f"acceptance-gpu does not run on {event}")
     job = workflow.get("jobs", {}).get("acceptance")
     if job is None:
         return problems + ["acceptance-gpu has no acceptance job"]
     if labels(job) != GPU_LABELS:
-        problems.append("acceptance: runs-on {} instead of the documented {}".format(labels(job), GPU_LABELS))
+        problems.append(f"acceptance: runs-on {labels(job)} instead of the documented {GPU_LABELS}")
     if matrix_batch_sizes(job) != spec["performance"]["batch_sizes"]:
         problems.append("acceptance: batch-size matrix is not the recipe's")
     text = joined(job)
@@ -268,14 +268,14 @@ def test_workflows_are_the_three_documented_ones():
 def test_runner_labels_are_documented():
     readme = open(os.path.join(ROOT, "docker", "README.md")).read()
     for label in set(NPU_LABELS + GPU_LABELS):
-        assert "`{}`".format(label) in readme, label
+        assert f"`{label}`" in readme, label
 
 
 def test_workflows_match_the_github_schema():
     pytest.importorskip("check_jsonschema", reason="check-jsonschema is not installed (the `lint` extra)")
     files = [os.path.join(WORKFLOWS, name) for name in sorted(CHECKS)]
     proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows"]
-                          + files, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                          + files, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout
 
@@ -288,7 +288,7 @@ def test_schema_check_rejects_a_broken_workflow(tmp_path):
     path = tmp_path / "broken.yml"
     path.write_text(yaml.safe_dump(broken))
     proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
-                           str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                           str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=120)
     assert proc.returncode == 1 and "runs-on" in proc.stdout
 

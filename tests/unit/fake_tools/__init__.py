@@ -28,7 +28,7 @@ def install_fake_tools(bin_dir, monkeypatch, tools=TOOLS):
             lines = lines[1:]
         target = os.path.join(bin_dir, name)
         with open(target, "w") as handle:
-            handle.write("#!{}\n".format(sys.executable))
+            handle.write(f"#!{sys.executable}\n")
             handle.writelines(lines)
         os.chmod(target, os.stat(target).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     monkeypatch.setenv("PATH", bin_dir + os.pathsep + os.environ.get("PATH", ""))
