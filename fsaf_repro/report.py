@@ -13,6 +13,7 @@ images with their detections drawn need only OpenCV.
 import json
 import os
 import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .spec import accuracy_reference, coco_category_ids, coco_class_names, load_recipe_spec, performance_reference
 
@@ -22,7 +23,7 @@ DETECTIONS_DRAWN = 10
 NOT_APPLICABLE_EMBEDDED = "not applicable (seeded weights / generated data)"
 
 
-def plots_availability():
+def plots_availability() -> Tuple[bool, str]:
     """(True, "") when matplotlib can draw here, else (False, the reason)."""
     try:
         import matplotlib
@@ -40,17 +41,17 @@ def plots_availability():
 # Accuracy
 
 
-def full_dataset_images():
+def full_dataset_images() -> int:
     """The number of images of the recipe's evaluation set, read from spec accuracy.dataset."""
-    match = re.search(r"(\d+) images", accuracy_reference()["dataset"])
+    dataset = accuracy_reference()["dataset"]
+    match = re.search(r"(\d+) images", dataset)
     if not match:
         from .errors import SpecError
-        raise SpecError("spec accuracy.dataset does not state its number of images: {!r}".format(
-            accuracy_reference()["dataset"]))
+        raise SpecError(f"spec accuracy.dataset does not state its number of images: {dataset!r}")
     return int(match.group(1))
 
 
-def accuracy_verdict(ap, context):
+def accuracy_verdict(ap: float, context: Dict[str, Any]) -> str:
     """The recipe's verdict (mAP >= min_map and within max_drop of the PyTorch value) where it applies."""
     acc = accuracy_reference()
     if context.get("seeded") and context.get("generated"):
@@ -68,17 +69,20 @@ def accuracy_verdict(ap, context):
         smoke = acc.get("smoke") or {}
         if dataset["num_images"] == smoke.get("num_images"):
             smoke_min = smoke["min_map"]["value"]
-            return "smoke run of {} images: {} (mAP {:.3f} vs smoke minimum {}); not the recipe's claim".format(
-                dataset["num_images"], "PASS" if ap >= smoke_min else "FAIL", ap, smoke_min)
-        return "not applicable (partial run: {} of {} images; the claim needs all {})".format(
-            dataset["num_images"], dataset["total_images"], full)
-    passed = ap >= min_map and round(ref - ap, 6) <= drop
-    return "{} (mAP {:.3f} {} {}; drop vs PyTorch {:.3f}: {:.3f} {} {})".format(
-        "PASS" if passed else "FAIL", ap, ">=" if ap >= min_map else "<", min_map, ref, ref - ap,
-        "<=" if round(ref - ap, 6) <= drop else ">", drop)
+            outcome = "PASS" if ap >= smoke_min else "FAIL"
+            return (f"smoke run of {dataset['num_images']} images: {outcome} (mAP {ap:.3f} vs smoke minimum "
+                    f"{smoke_min}); not the recipe's claim")
+        return (f"not applicable (partial run: {dataset['num_images']} of {dataset['total_images']} images; "
+                f"the claim needs all {full})")
+    within_drop = round(ref - ap, 6) <= drop
+    outcome = "PASS" if ap >= min_map and within_drop else "FAIL"
+    map_sign = ">=" if ap >= min_map else "<"
+    drop_sign = "<=" if within_drop else ">"
+    return (f"{outcome} (mAP {ap:.3f} {map_sign} {min_map}; "
+            f"drop vs PyTorch {ref:.3f}: {ref - ap:.3f} {drop_sign} {drop})")
 
 
-def accuracy_lines(context):
+def accuracy_lines(context: Dict[str, Any]) -> List[str]:
     acc = accuracy_reference()
     names = acc["stat_names"]
     metrics = context.get("metrics") or {}
@@ -88,25 +92,25 @@ def accuracy_lines(context):
         lines.append("No backend produced results: no accuracy table.")
         return lines
     first = metrics[backends[0]]
-    lines.append("COCO bbox, {} ({} images, {} scorer, annotations sha256 `{}`), score threshold {}.".format(
-        "generated COCO-format set" if context.get("generated") else "val2017", first["num_images"],
-        first["scorer"], first["annotation_sha256"][:16], context.get("score_threshold")))
+    data_set = "generated COCO-format set" if context.get("generated") else "val2017"
+    lines.append(f"COCO bbox, {data_set} ({first['num_images']} images, {first['scorer']} scorer, annotations "
+                 f"sha256 `{first['annotation_sha256'][:16]}`), score threshold {context.get('score_threshold')}.")
     lines.append("")
     header = ["#", "stat"] + [f"{b} (measured)" for b in backends] + [
         "PyTorch reference (recipe 6.2)", "om on 310 reference (recipe 6.1)"]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join(["---"] * len(header)) + "|")
+    lines.append(_table_row(header))
+    lines.append(_table_rule(len(header)))
     for i, name in enumerate(names):
-        cells = [str(i + 1), name] + ["{:.3f}".format(metrics[b]["stats"][i]) for b in backends]
-        cells += ["{:.3f}".format(acc["pytorch_stats"]["values"][i]), "{:.3f}".format(acc["npu_stats"]["values"][i])]
-        lines.append("| " + " | ".join(cells) + " |")
+        values = [metrics[b]["stats"][i] for b in backends]
+        values += [acc["pytorch_stats"]["values"][i], acc["npu_stats"]["values"][i]]
+        lines.append(_table_row([str(i + 1), name] + [f"{value:.3f}" for value in values]))
     lines.append("")
-    lines.append("Verdict (mAP >= {} and within {} of PyTorch {}; {}, {}):".format(
-        acc["min_map"]["value"], acc["max_drop_vs_pytorch"]["value"], acc["pytorch_map"]["value"],
-        acc["min_map"]["source"], acc["max_drop_vs_pytorch"]["source"]))
+    min_map, max_drop = acc["min_map"], acc["max_drop_vs_pytorch"]
+    lines.append(f"Verdict (mAP >= {min_map['value']} and within {max_drop['value']} of PyTorch "
+                 f"{acc['pytorch_map']['value']}; {min_map['source']}, {max_drop['source']}):")
     lines.append("")
     for b in backends:
-        lines.append("- {}: {}".format(b, accuracy_verdict(metrics[b]["stats"][0], context)))
+        lines.append(f"- {b}: {accuracy_verdict(metrics[b]['stats'][0], context)}")
     return lines
 
 
@@ -115,10 +119,10 @@ def accuracy_lines(context):
 
 
 def _column_label(record):
-    return "{} {} {} {}".format(record["device"], record["backend"], record["precision"], record["mode"])
+    return f"{record['device']} {record['backend']} {record['precision']} {record['mode']}"
 
 
-def measured_columns(records):
+def measured_columns(records: Sequence[Dict[str, Any]]) -> Dict[str, Dict[int, Dict[str, Any]]]:
     """Measured records grouped per (device, backend, precision, mode, chips): {label: {batch: record}}."""
     columns = {}
     for record in records:
@@ -127,104 +131,146 @@ def measured_columns(records):
     return columns
 
 
-def perf_lines(context):
-    from .perf import (MODE_DEFINITIONS, best_batch, compare_records, compare_to_reference, evaluate_gates,
-                       format_gates, reference_records)
+def perf_lines(context: Dict[str, Any]) -> List[str]:
+    """The throughput section: the 7.1 table with the measured columns beside it, the gates on the
+    recipe's table and on the measured records, and each measured record against its reference cell."""
     perf = performance_reference()
-    reference = reference_records()
-    ref_cells = dict(((r["device"], r["batch_size"]), r) for r in reference)
-    devices = list(perf["devices"])
     measured = list(context.get("perf_records") or [])
-    columns = measured_columns(measured)
-    batch_rows = sorted(set(int(b) for b in perf["batch_sizes"]) | set(
-        int(r["batch_size"]) for r in measured))
-    ratio_defs = [(g["numerator"], g["denominator"]) for g in perf["gates"]]
-    header = ["batch"] + devices + [f"{n}/{d}" for n, d in ratio_defs] + [
-        f"{label} (measured)" for label in sorted(columns)]
+    canvas = context.get("canvas")
+    at_input = f" at input {canvas[0]}x{canvas[1]}" if canvas else ""
     lines = ["## Throughput (recipe section 7.1)", ""]
-    lines.append("fps by batch size. Reference columns: {} ({}); empty cells in the recipe are out of device "
-                 "memory. Measured columns: this run{}.".format(
-                     perf["source"], perf["unit"],
-                     "" if not context.get("canvas") else " at input {}x{}".format(*context["canvas"])))
+    lines.append(f"fps by batch size. Reference columns: {perf['source']} ({perf['unit']}); empty cells in the "
+                 f"recipe are out of device memory. Measured columns: this run{at_input}.")
     lines.append("")
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join(["---"] * len(header)) + "|")
-
-    def fmt(value, digits=4):
-        return "-" if value is None else "{:.{d}f}".format(value, d=digits)
-
-    for bs in batch_rows:
-        cells = [f"bs{bs}"]
-        for device in devices:
-            ref = ref_cells.get((device, bs))
-            cells.append(fmt(ref["fps"]) if ref else ("OOM" if str(bs) in perf["table"][device] else "-"))
-        for num, den in ratio_defs:
-            a, b = ref_cells.get((num, bs)), ref_cells.get((den, bs))
-            cells.append(fmt(compare_records(a, b)["ratio"]) if a and b else "-")
-        for label in sorted(columns):
-            record = columns[label].get(bs)
-            cells.append(fmt(record["fps"], 3) if record else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    best_cells = ["best batch"]
-    bests = {}
-    for device in devices:
-        bests[device] = best_batch([r for r in reference if r["device"] == device])
-        best_cells.append("{} (bs{})".format(fmt(bests[device]["fps"]), bests[device]["batch_size"])
-                          if bests[device] else "-")
-    for num, den in ratio_defs:
-        if bests.get(num) and bests.get(den):
-            best_cells.append(fmt(compare_records(bests[num], bests[den])["ratio"]))
-        else:
-            best_cells.append("-")
-    for label in sorted(columns):
-        top = best_batch(list(columns[label].values()))
-        best_cells.append("{} (bs{})".format(fmt(top["fps"], 3), top["batch_size"]) if top else "-")
-    lines.append("| " + " | ".join(best_cells) + " |")
+    lines += _ThroughputTable(perf, measured).lines()
     lines.append("")
     lines.append("The ratio columns are computed from the per-batch reference rows. The recipe prints a "
-                 "`310P/T4` column whose values equal 310P_aoe/T4. {}".format(perf["published_best_batch_note"]))
+                 f"`310P/T4` column whose values equal 310P_aoe/T4. {perf['published_best_batch_note']}")
     lines.append("")
-    lines.append("### Gates on the recipe's table")
-    lines.append("")
-    lines.append("```")
-    lines.append(format_gates(evaluate_gates(reference, mode="inference")))
-    lines.append("```")
-    lines.append("")
-    lines.append("### Gates on the measured records")
-    lines.append("")
-    gate_devices = set()
-    for g in perf["gates"]:
-        gate_devices.update([g["numerator"], g["denominator"]])
-    measured_devices = sorted(set(r["device"] for r in measured))
+    lines += _reference_gate_lines()
+    lines += _measured_gate_lines(perf, measured)
+    lines += _against_reference_lines(measured)
+    lines += _mode_lines(measured)
+    return lines
+
+
+def _fps(value, digits=4):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _fps_at_batch(record, digits=4):
+    """'fps (bsN)' of a best-batch record, '-' for none."""
+    return f"{_fps(record['fps'], digits)} (bs{record['batch_size']})" if record else "-"
+
+
+def _table_row(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def _table_rule(width):
+    return "|" + "|".join(["---"] * width) + "|"
+
+
+class _ThroughputTable:
+    """The recipe's 7.1 table: a row per batch size and a best-batch row; a column per reference
+    device, per gate ratio and per measured (device, backend, precision, mode) group."""
+
+    def __init__(self, perf, measured):
+        from .perf import reference_records
+        self.perf = perf
+        self.reference = reference_records()
+        self.ref_cells = {(r["device"], r["batch_size"]): r for r in self.reference}
+        self.devices = list(perf["devices"])
+        self.ratio_defs = [(g["numerator"], g["denominator"]) for g in perf["gates"]]
+        self.columns = measured_columns(measured)
+        self.labels = sorted(self.columns)
+        self.batch_sizes = sorted({int(b) for b in perf["batch_sizes"]} | {int(r["batch_size"]) for r in measured})
+
+    def lines(self):
+        header = (["batch"] + self.devices + [f"{n}/{d}" for n, d in self.ratio_defs]
+                  + [f"{label} (measured)" for label in self.labels])
+        rows = [self._batch_row(bs) for bs in self.batch_sizes] + [self._best_row()]
+        return [_table_row(header), _table_rule(len(header))] + [_table_row(cells) for cells in rows]
+
+    def _reference_cell(self, device, bs):
+        ref = self.ref_cells.get((device, bs))
+        if ref:
+            return _fps(ref["fps"])
+        return "OOM" if str(bs) in self.perf["table"][device] else "-"
+
+    def _batch_row(self, bs):
+        from .perf import compare_records
+        cells = [f"bs{bs}"] + [self._reference_cell(device, bs) for device in self.devices]
+        for num, den in self.ratio_defs:
+            a, b = self.ref_cells.get((num, bs)), self.ref_cells.get((den, bs))
+            cells.append(_fps(compare_records(a, b)["ratio"]) if a and b else "-")
+        for label in self.labels:
+            record = self.columns[label].get(bs)
+            cells.append(_fps(record["fps"], 3) if record else "-")
+        return cells
+
+    def _best_row(self):
+        from .perf import best_batch, compare_records
+        bests = {device: best_batch([r for r in self.reference if r["device"] == device]) for device in self.devices}
+        cells = ["best batch"] + [_fps_at_batch(bests[device]) for device in self.devices]
+        for num, den in self.ratio_defs:
+            if bests.get(num) and bests.get(den):
+                cells.append(_fps(compare_records(bests[num], bests[den])["ratio"]))
+            else:
+                cells.append("-")
+        cells += [_fps_at_batch(best_batch(list(self.columns[label].values())), 3) for label in self.labels]
+        return cells
+
+
+def _reference_gate_lines():
+    from .perf import evaluate_gates, format_gates, reference_records
+    gates = format_gates(evaluate_gates(reference_records(), mode="inference"))
+    return ["### Gates on the recipe's table", "", "```", gates, "```", ""]
+
+
+def _measured_gate_lines(perf, measured):
+    from .perf import evaluate_gates, format_gates
+    lines = ["### Gates on the measured records", ""]
+    gate_devices = {device for g in perf["gates"] for device in (g["numerator"], g["denominator"])}
+    measured_devices = sorted({r["device"] for r in measured})
     if not measured:
         lines.append("No throughput was measured in this run.")
     elif not gate_devices & set(measured_devices):
-        lines.append("Not evaluated: this run measured device(s) {} only; the gates compare {} (give records "
-                     "measured on those devices with --extra-perf, or run on an NPU host).".format(
-                         ", ".join(measured_devices), ", ".join(sorted(gate_devices))))
+        lines.append(f"Not evaluated: this run measured device(s) {', '.join(measured_devices)} only; the gates "
+                     f"compare {', '.join(sorted(gate_devices))} (give records measured on those devices with "
+                     "--extra-perf, or run on an NPU host).")
     else:
         lines.append("```")
-        for mode in sorted(set(r["mode"] for r in measured)):
+        for mode in sorted({r["mode"] for r in measured}):
             lines.append(f"[{mode} records]")
             lines.append(format_gates(evaluate_gates(measured, mode=mode)))
         lines.append("```")
     lines.append("")
-    lines.append("### Measured records against the reference cells")
+    return lines
+
+
+def _against_reference_lines(measured):
+    from .perf import compare_to_reference
+    lines = ["### Measured records against the reference cells", ""]
+    if not measured:
+        return lines
+    lines.append("| measured | batch | fps | reference fps | ratio | caveats |")
+    lines.append("|---|---|---|---|---|---|")
+    for row in compare_to_reference(measured):
+        record = row["measured"]
+        reference_fps = _fps(row["reference"]["fps"]) if row["reference"] else "-"
+        ratio = _fps(row["ratio"], 3) if row["ratio"] is not None else "not ratioed"
+        caveats = "; ".join(row["caveats"]) or "-"
+        lines.append(f"| {_column_label(record)} | {record['batch_size']} | {record['fps']:.3f} | {reference_fps} "
+                     f"| {ratio} | {caveats} |")
     lines.append("")
-    if measured:
-        lines.append("| measured | batch | fps | reference fps | ratio | caveats |")
-        lines.append("|---|---|---|---|---|---|")
-        for row in compare_to_reference(measured):
-            m = row["measured"]
-            lines.append("| {} | {} | {:.3f} | {} | {} | {} |".format(
-                _column_label(m), m["batch_size"], m["fps"],
-                fmt(row["reference"]["fps"]) if row["reference"] else "-",
-                fmt(row["ratio"], 3) if row["ratio"] is not None else "not ratioed",
-                "; ".join(row["caveats"]) or "-"))
-        lines.append("")
-    lines.append("Modes:")
-    lines.append("")
-    for mode in sorted(set(["inference"] + [r["mode"] for r in measured])):
+    return lines
+
+
+def _mode_lines(measured):
+    from .perf import MODE_DEFINITIONS
+    lines = ["Modes:", ""]
+    for mode in sorted({"inference"} | {r["mode"] for r in measured}):
         lines.append(f"- {mode}: {MODE_DEFINITIONS[mode]}")
     return lines
 
@@ -233,7 +279,7 @@ def perf_lines(context):
 # Parity
 
 
-def parity_lines(context):
+def parity_lines(context: Dict[str, Any]) -> List[str]:
     lines = ["## Stage parity (torch vs ONNX Runtime vs om)", ""]
     parity = context.get("parity")
     if not parity:
@@ -241,30 +287,33 @@ def parity_lines(context):
         lines.append(f"Not run: {reason}.")
         return lines
     tol = parity["tolerances"]
-    lines.append("The same batch of {} images (ids {}) through each stage, padded outputs compared (rows paired "
-                 "by label and closeness; score-0 rows are padding). Tolerances (spec `parity`): fp32 boxes "
-                 "{} px, scores {}; fp16 om boxes {} px, scores {}, match rate >= {}.".format(
-                     len(parity["image_ids"]), ", ".join(str(i) for i in parity["image_ids"]),
-                     tol["box_abs_tol_px"], tol["score_abs_tol"], tol["fp16_om_box_abs_tol_px"],
-                     tol["fp16_om_score_abs_tol"], tol["fp16_om_min_match_rate"]))
+    image_ids = ", ".join(str(i) for i in parity["image_ids"])
+    lines.append(f"The same batch of {len(parity['image_ids'])} images (ids {image_ids}) through each stage, padded "
+                 "outputs compared (rows paired by label and closeness; score-0 rows are padding). Tolerances "
+                 f"(spec `parity`): fp32 boxes {tol['box_abs_tol_px']} px, scores {tol['score_abs_tol']}; fp16 om "
+                 f"boxes {tol['fp16_om_box_abs_tol_px']} px, scores {tol['fp16_om_score_abs_tol']}, match rate >= "
+                 f"{tol['fp16_om_min_match_rate']}.")
     lines.append("")
     lines.append("| reference | compared | detections (ref / other) | max abs diff dets boxes (px) | "
-                 "max abs diff dets scores | labels agreement | match rate IoU >= {} | mAP delta | within "
-                 "tolerance |".format(tol["match_iou"]))
+                 f"max abs diff dets scores | labels agreement | match rate IoU >= {tol['match_iou']} | mAP delta | "
+                 "within tolerance |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
-    for pair in parity["pairs"]:
-        delta = pair.get("map_delta")
-        lines.append("| {} | {} | {} / {} | {:.3g} | {:.3g} | {:.1%} | {:.1%} | {} | {} |".format(
-            pair["reference"], pair["other"], pair["detections_ref"], pair["detections_other"],
-            pair["max_box_abs_diff"], pair["max_score_abs_diff"], pair["label_agreement"], pair["match_rate"],
-            "n/a (not run over the data set)" if delta is None else f"{delta:+.4f}",
-            "yes ({})".format(pair["tolerance"]) if pair["within_tolerance"] else "NO ({})".format(pair["tolerance"])))
+    lines += [_parity_row(pair) for pair in parity["pairs"]]
     om_rows = [p for p in parity["pairs"] if "(om" in p["other"]]
     if not om_rows:
+        reason = (context.get("skipped_steps") or {}).get("convert", "no om backend ran")
         lines.append("")
-        lines.append("No om row: {}.".format((context.get("skipped_steps") or {}).get(
-            "convert", "no om backend ran")))
+        lines.append(f"No om row: {reason}.")
     return lines
+
+
+def _parity_row(pair):
+    delta = pair.get("map_delta")
+    map_delta = "n/a (not run over the data set)" if delta is None else f"{delta:+.4f}"
+    within = f"{'yes' if pair['within_tolerance'] else 'NO'} ({pair['tolerance']})"
+    return (f"| {pair['reference']} | {pair['other']} | {pair['detections_ref']} / {pair['detections_other']} "
+            f"| {pair['max_box_abs_diff']:.3g} | {pair['max_score_abs_diff']:.3g} | {pair['label_agreement']:.1%} "
+            f"| {pair['match_rate']:.1%} | {map_delta} | {within} |")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,7 +327,7 @@ def _save_figure(fig, path):
         fig.savefig(path, dpi=100)
 
 
-def plot_fps(context, path):
+def plot_fps(context: Dict[str, Any], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -314,7 +363,7 @@ def _has_base_kwarg():
     return (int(parts[0]), int(parts[1])) >= (3, 3)
 
 
-def plot_per_class(context, path):
+def plot_per_class(context: Dict[str, Any], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -339,7 +388,8 @@ def plot_per_class(context, path):
     plt.close(fig)
 
 
-def draw_detections(image_path, detections, ground_truth, out_path, max_drawn=DETECTIONS_DRAWN):
+def draw_detections(image_path: str, detections: Sequence[Dict[str, Any]], ground_truth: Sequence[Dict[str, Any]],
+                    out_path: str, max_drawn: int = DETECTIONS_DRAWN) -> int:
     """The original image with ground truth (green) and the top detections (red, 'name score') drawn."""
     import cv2
 
@@ -356,7 +406,7 @@ def draw_detections(image_path, detections, ground_truth, out_path, max_drawn=DE
         x, y, w, h = det["bbox"]
         p1, p2 = (int(round(x)), int(round(y))), (int(round(x + w)), int(round(y + h)))
         cv2.rectangle(image, p1, p2, (0, 0, 230), thickness)
-        text = "{} {:.2f}".format(names.get(det["category_id"], str(det["category_id"])), det["score"])
+        text = f"{names.get(det['category_id'], str(det['category_id']))} {det['score']:.2f}"
         cv2.putText(image, text, (p1[0], max(10, p1[1] - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 230), 1,
                     cv2.LINE_AA)
     if not cv2.imwrite(out_path, image):
@@ -369,91 +419,105 @@ def draw_detections(image_path, detections, ground_truth, out_path, max_drawn=DE
 # The report
 
 
-def header_lines(context):
-    ckpt = context["checkpoint"]
-    data = context["dataset"]
-    h, w = context["canvas"]
+def header_lines(context: Dict[str, Any]) -> List[str]:
     lines = ["# FSAF R50-FPN reproduction report", ""]
-    if context.get("embedded"):
-        lines.append("**Embedded default run: the weights are seeded (random, calibrated), not trained, and the "
-                     "images are generated, not COCO val2017. Its mAP is NOT the recipe's claim** (recipe: "
-                     "{} PyTorch, {} om on 310). It shows every step working on this host, at a reduced input "
-                     "size of {}x{} (the recipe's is {}x{}) on {} generated images.".format(
-                         accuracy_reference()["pytorch_map"]["value"], accuracy_reference()["om_310_map"]["value"],
-                         h, w, load_recipe_spec()["input"]["height"], load_recipe_spec()["input"]["width"],
-                         data["num_images"]))
-    else:
-        if context.get("seeded"):
-            lines.append("**The weights are seeded, not trained: the mAP below is NOT the recipe's claim.**")
-        if context.get("generated"):
-            lines.append("**The images are generated, not COCO val2017: the mAP below is NOT the recipe's claim.**")
+    lines += _not_the_claim_lines(context)
     lines.append("")
-    lines.append("What was run: checkpoint `{}`{} (sha256 `{}`); {} images from {} (annotations sha256 `{}`{}); "
-                 "input {}x{}; backends run: {}; batch sizes {} (dataset inference at batch size {}).".format(
-                     os.path.basename(ckpt["path"]), " (seeded weights in the official layout)" if ckpt["seeded"]
-                     else "", ckpt["sha256"][:16], data["num_images"],
-                     "the generated set" if data["generated"] else "`{}`".format(data["image_dir"]),
-                     data["annotation_sha256"][:16],
-                     "" if data["num_images"] == data["total_images"] else ", first {} of {} by id".format(
-                         data["num_images"], data["total_images"]),
-                     h, w, ", ".join(b["name"] for b in context["backends"] if b["status"] == "ran") or "none",
-                     ", ".join(str(b) for b in context["batch_sizes"]), context["infer_batch_size"]))
+    lines.append(_what_was_run(context))
     if context.get("threads"):
+        perf_threads = context.get("perf_threads") or "their default number of"
         lines.append("")
-        lines.append("CPU runtimes (torch, ONNX Runtime) ran with {} intra-op thread(s) over the data set (a core "
-                     "left to the image loader) and {} in the pure-inference timing.".format(
-                         context["threads"], context.get("perf_threads") or "their default number of"))
+        lines.append(f"CPU runtimes (torch, ONNX Runtime) ran with {context['threads']} intra-op thread(s) over the "
+                     f"data set (a core left to the image loader) and {perf_threads} in the pure-inference timing.")
+    ckpt = context["checkpoint"]
     if not ckpt["seeded"]:
-        prefix = load_recipe_spec()["checkpoint"]["sha256_prefix"]
-        if not ckpt["sha256"].startswith(prefix):
+        official = load_recipe_spec()["checkpoint"]
+        if not ckpt["sha256"].startswith(official["sha256_prefix"]):
             lines.append("")
-            lines.append("Note: the checkpoint's sha256 does not start with {} (the official {}).".format(
-                prefix, load_recipe_spec()["checkpoint"]["file_name"]))
+            lines.append(f"Note: the checkpoint's sha256 does not start with {official['sha256_prefix']} "
+                         f"(the official {official['file_name']}).")
     lines.append("")
     return lines
 
 
-def steps_lines(context):
+def _not_the_claim_lines(context):
+    """The warning that a run on seeded weights or generated data does not measure the recipe's claim."""
+    if context.get("embedded"):
+        acc = accuracy_reference()
+        recipe_input = load_recipe_spec()["input"]
+        h, w = context["canvas"]
+        return ["**Embedded default run: the weights are seeded (random, calibrated), not trained, and the "
+                "images are generated, not COCO val2017. Its mAP is NOT the recipe's claim** (recipe: "
+                f"{acc['pytorch_map']['value']} PyTorch, {acc['om_310_map']['value']} om on 310). It shows every "
+                f"step working on this host, at a reduced input size of {h}x{w} (the recipe's is "
+                f"{recipe_input['height']}x{recipe_input['width']}) on {context['dataset']['num_images']} "
+                "generated images."]
+    lines = []
+    if context.get("seeded"):
+        lines.append("**The weights are seeded, not trained: the mAP below is NOT the recipe's claim.**")
+    if context.get("generated"):
+        lines.append("**The images are generated, not COCO val2017: the mAP below is NOT the recipe's claim.**")
+    return lines
+
+
+def _what_was_run(context):
+    ckpt = context["checkpoint"]
+    data = context["dataset"]
+    h, w = context["canvas"]
+    seeded = " (seeded weights in the official layout)" if ckpt["seeded"] else ""
+    source = "the generated set" if data["generated"] else f"`{data['image_dir']}`"
+    subset = ("" if data["num_images"] == data["total_images"]
+              else f", first {data['num_images']} of {data['total_images']} by id")
+    ran = ", ".join(b["name"] for b in context["backends"] if b["status"] == "ran") or "none"
+    batch_sizes = ", ".join(str(b) for b in context["batch_sizes"])
+    return (f"What was run: checkpoint `{os.path.basename(ckpt['path'])}`{seeded} (sha256 `{ckpt['sha256'][:16]}`); "
+            f"{data['num_images']} images from {source} (annotations sha256 `{data['annotation_sha256'][:16]}`"
+            f"{subset}); input {h}x{w}; backends run: {ran}; batch sizes {batch_sizes} (dataset inference at "
+            f"batch size {context['infer_batch_size']}).")
+
+
+def steps_lines(context: Dict[str, Any]) -> List[str]:
     lines = ["## Steps", ""]
     lines.append("| step | status | detail |")
     lines.append("|---|---|---|")
     export = (context.get("export") or {}).get("flavours", {})
     for flavour in sorted(export):
         item = export[flavour]
-        lines.append("| export {} | done | `{}`; outputs {}; {} |".format(
-            flavour, item["file"], ", ".join("{} {}".format(o["name"], o["shape"]) for o in item["outputs"]),
-            item["checker"]))
+        outputs = ", ".join(f"{o['name']} {o['shape']}" for o in item["outputs"])
+        lines.append(f"| export {flavour} | done | `{item['file']}`; outputs {outputs}; {item['checker']} |")
     skipped = context.get("skipped_steps") or {}
     if context.get("convert"):
         conv = context["convert"]
-        lines.append("| convert (atc) | done | {} om(s) for {}: {} |".format(
-            len(conv["oms"]), conv["soc_version"], ", ".join(f"`{p}`" for _, p in sorted(
-                conv["oms"].items(), key=lambda kv: int(kv[0])))))
+        oms = ", ".join(f"`{p}`" for _, p in sorted(conv["oms"].items(), key=lambda kv: int(kv[0])))
+        lines.append(f"| convert (atc) | done | {len(conv['oms'])} om(s) for {conv['soc_version']}: {oms} |")
     else:
-        lines.append("| convert (atc) | skipped | {} |".format(skipped.get("convert", "not run")))
+        lines.append(f"| convert (atc) | skipped | {skipped.get('convert', 'not run')} |")
+    results = context.get("results") or {}
     for backend in context["backends"]:
         if backend["status"] == "ran":
-            lines.append("| inference {} | done | model `{}`, device {}, {}; results `{}` |".format(
-                backend["name"], backend["model"], backend["device"], backend["precision"],
-                (context.get("results") or {}).get(backend["name"], "-")))
+            result_file = results.get(backend["name"], "-")
+            lines.append(f"| inference {backend['name']} | done | model `{backend['model']}`, device "
+                         f"{backend['device']}, {backend['precision']}; results `{result_file}` |")
         else:
-            lines.append("| inference {} | skipped | {} |".format(backend["name"], backend["reason"]))
+            lines.append(f"| inference {backend['name']} | skipped | {backend['reason']} |")
     lines.append("")
     return lines
 
 
-def stages_lines(context):
+def stages_lines(context: Dict[str, Any]) -> List[str]:
     lines = ["## Stages (reused on a re-run while their key is unchanged)", ""]
     lines.append("| stage | key | seconds when it ran |")
     lines.append("|---|---|---|")
     for stage in context.get("stages") or []:
-        lines.append("| {} | `{}` | {} |".format(stage["name"], (stage["key"] or "")[:12],
-                                               "-" if stage["seconds"] is None else "{:.1f}".format(stage["seconds"])))
+        seconds = "-" if stage["seconds"] is None else f"{stage['seconds']:.1f}"
+        lines.append(f"| {stage['name']} | `{(stage['key'] or '')[:12]}` | {seconds} |")
     lines.append("")
     return lines
 
 
-def render_report(context, plots=None, plots_skipped=None, detection_images=None):
+def render_report(context: Dict[str, Any], plots: Optional[Sequence[Tuple[str, str]]] = None,
+                  plots_skipped: Optional[str] = None,
+                  detection_images: Optional[Sequence[Tuple[str, str]]] = None) -> str:
     """The text of report.md (deterministic for a given context)."""
     lines = header_lines(context)
     lines += steps_lines(context)
@@ -466,7 +530,7 @@ def render_report(context, plots=None, plots_skipped=None, detection_images=None
     lines.append("## Plots")
     lines.append("")
     if plots_skipped:
-        lines.append("Plots skipped: {}.".format(plots_skipped.rstrip(".")))
+        lines.append(f"Plots skipped: {plots_skipped.rstrip('.')}.")
     for title, rel in plots or []:
         lines.append(f"![{title}]({rel})")
         lines.append("")
@@ -487,7 +551,7 @@ def render_report(context, plots=None, plots_skipped=None, detection_images=None
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dir, context, image_set=None):
+def write_report(run_dir: str, context: Dict[str, Any], image_set: Any = None) -> Dict[str, Any]:
     """Write report.md, the plots and the drawn detections; returns {"record", "outputs"}."""
     outputs = []
     plots = []
