@@ -29,8 +29,8 @@ import time
 
 import numpy as np
 
+from .backends import Backend, find_backend_class
 from .backends.ais_bench_cli import check_summary, summary_of_output
-from .backends.fp16_emulation import check_record_labels, labels_for_record
 from .errors import OutputFormatError, ResultsError, ToolError
 from .fileio import atomic_write_json
 from .spec import input_constants, performance_reference
@@ -59,16 +59,31 @@ def default_chips(device):
     return ASCEND_310_CHIPS_PER_CARD if _is_310_card(device) else 1
 
 
+def _backend_facts(name):
+    """The registered class of backend `name` (its record facts), without importing any runtime; the
+    contract's defaults (labels kept as given) for a name this package does not register (a tool's or a
+    published figure's)."""
+    return find_backend_class(str(name)) or Backend
+
+
+def _check_record_labels(record, origin):
+    """Refuse a record whose labels its backend's class does not allow (e.g. an fp16 emulation labelled
+    as an NPU measurement)."""
+    _backend_facts(record.get("backend")).check_record(record, origin)
+
+
 def make_record(device, backend, precision, batch_size, fps, mode, source, latencies_ms=None, chips=1,
                 fps_measured=None, note=None, images=None, seconds=None):
     """Build and check one result record (ResultsError on a malformed value)."""
     if mode not in MODE_DEFINITIONS:
         raise ResultsError("unknown throughput mode {!r}; one of {}".format(
             mode, ", ".join(MODE_DEFINITIONS)))
-    # an emulation's figure carries its own labels and never an NPU device's (backends.fp16_emulation)
-    device, precision = labels_for_record(backend, device, precision)
+    # the backend's class decides the labels its records carry: an emulation's figure carries its own
+    # and never an NPU device's (backends.fp16_emulation); a backend not registered here keeps them
+    device, precision = _backend_facts(backend).record_labels(device, precision)
     if fps is not None and (not np.isfinite(fps) or fps <= 0):
-        raise ResultsError(f"{device} {backend} batch {batch_size}: fps must be a positive number, got {fps!r} (source {source})")
+        raise ResultsError(f"{device} {backend} batch {batch_size}: fps must be a positive number, got {fps!r} "
+                           f"(source {source})")
     chips = int(chips)
     record = {
         "device": str(device), "backend": str(backend), "precision": str(precision),
@@ -137,8 +152,8 @@ def dataset_records(images, wall_seconds, inference_seconds, batch_latencies_s, 
                     batch_size, source="measured: full dataset run"):
     """The two full-dataset records (e2e and inference) of one streaming run's timings."""
     if images <= 0 or wall_seconds <= 0 or inference_seconds <= 0:
-        raise ResultsError(f"a dataset run needs images > 0 and positive times (got {images} images, {wall_seconds} s wall, "
-                           f"{inference_seconds} s inference)")
+        raise ResultsError(f"a dataset run needs images > 0 and positive times (got {images} images, "
+                           f"{wall_seconds} s wall, {inference_seconds} s inference)")
     lat = latency_summary(batch_latencies_s) if len(batch_latencies_s) else None
     return [
         make_record(device, backend, precision, batch_size, images / wall_seconds, "e2e", source,
@@ -253,8 +268,8 @@ def read_benchmark_output(text, source):
                     ", ".join(f"[{s}]" for s in sorted(PERF_STAGE_SPELLINGS))))
             stage = PERF_STAGE_SPELLINGS[spelled]
             if stage in stages:
-                raise ResultsError(f"{source}: lines {stages[stage][0]} and {number} both give the `[{stage}]` stage (two runs in one text?); "
-                                   "give one run's perf file")
+                raise ResultsError(f"{source}: lines {stages[stage][0]} and {number} both give the `[{stage}]` "
+                                   "stage (two runs in one text?); give one run's perf file")
             stages[stage] = (number, _stage_fields(source, number, line, match.group("stage"),
                                                    match.group("body")))
             continue
@@ -262,8 +277,9 @@ def read_benchmark_output(text, source):
             unknown = (number, line)
     if unknown is not None:
         if not stages and not pure:
-            raise ResultsError(f"{source}: neither a perf file (`[e2e]`, `[inference]` lines) nor pure-inference output "
-                               f"(`ave_throughputRate`); nothing to parse; line {unknown[0]} reads {unknown[1]!r}")
+            raise ResultsError(f"{source}: neither a perf file (`[e2e]`, `[inference]` lines) nor pure-inference "
+                               f"output (`ave_throughputRate`); nothing to parse; line {unknown[0]} reads "
+                               f"{unknown[1]!r}")
         raise _refuse_line(source, unknown[0], unknown[1], BENCHMARK_LINE_FORMS)
     if not stages and not pure:
         raise ResultsError(f"{source}: no benchmark output in it (empty, or only log lines); expected a perf file "
@@ -294,8 +310,8 @@ def parse_benchmark_perf(path_or_text, device, batch_size=None, precision="fp16"
     chips = default_chips(device) if chips is None else int(chips)
     note = SCOPE_310_CARD if chips == ASCEND_310_CHIPS_PER_CARD else None
     if stages and pure:
-        raise ResultsError(f"{source}: holds both perf stage lines (line {min(n for n, _ in stages.values())}) and a pure-inference summary (line {pure[0][0]}); "
-                           "give one run's output")
+        raise ResultsError(f"{source}: holds both perf stage lines (line {min(n for n, _ in stages.values())}) "
+                           f"and a pure-inference summary (line {pure[0][0]}); give one run's output")
     if len(pure) > 1:
         raise ResultsError("{}: {} pure-inference summaries (lines {}); give one run's output".format(
             source, len(pure), ", ".join(str(p[0]) for p in pure)))
@@ -489,7 +505,7 @@ def evaluate_gates(records, mode="inference", gates=None):
     """
     gates = performance_reference()["gates"] if gates is None else gates
     for index, record in enumerate(records):
-        check_record_labels(record, f"gate input record {index}")
+        _check_record_labels(record, f"gate input record {index}")
     results = []
     for gate in gates:
         result = {"name": gate["name"], "min_ratio": gate["min_ratio"], "source": gate["source"],
@@ -503,8 +519,8 @@ def evaluate_gates(records, mode="inference", gates=None):
             for r in candidates:
                 groups.setdefault((r["backend"], r["precision"], r["source"].split(":")[0]), []).append(r)
             if len(groups) > 1:
-                result["caveats"].append(f"{device} has records from {len(groups)} backend/precision/source groups; using the "
-                                         "fastest")
+                result["caveats"].append(f"{device} has records from {len(groups)} backend/precision/source "
+                                         "groups; using the fastest")
             tops = [best_batch(group) for group in groups.values()]
             best[side] = max(tops, key=lambda r: r["fps"]) if tops else None
         if best["numerator"] is None or best["denominator"] is None:
@@ -536,8 +552,8 @@ def load_records(path):
         raise ResultsError(f"{path} holds no list of records")
     for i, record in enumerate(records):
         if not isinstance(record, dict):
-            raise ResultsError(f"{path}: record {i} is a {type(record).__name__}, not a record object (written by `fsaf-repro perf --out`)"
-                               )
+            raise ResultsError(f"{path}: record {i} is a {type(record).__name__}, not a record object (written by "
+                               "`fsaf-repro perf --out`)")
         missing = [k for k in RECORD_KEYS if k not in record]
         if missing:
             raise ResultsError("{}: record {} lacks {}".format(path, i, ", ".join(missing)))
@@ -547,7 +563,7 @@ def load_records(path):
             raise ResultsError(f"{path}: record {i} has fps {fps!r}; fps must be a positive number")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ResultsError(f"{path}: record {i} has batch_size {batch_size!r}; it must be a positive integer")
-        check_record_labels(record, f"{path}: record {i}")
+        _check_record_labels(record, f"{path}: record {i}")
         record.setdefault("chips", 1)
     return records
 

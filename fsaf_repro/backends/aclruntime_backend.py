@@ -8,7 +8,7 @@ import importlib
 
 import numpy as np
 
-from .base import Availability, Backend, normalise_outputs
+from .base import Availability, OmBackend, normalise_outputs
 from ..errors import BackendError, ToolError
 
 INSTALL_HINT = ("install the aclruntime and ais_bench wheels (Ascend/tools repository, "
@@ -20,7 +20,7 @@ def _import_interface():
     return importlib.import_module("ais_bench.infer.interface")
 
 
-class AclRuntimeBackend(Backend):
+class AclRuntimeBackend(OmBackend):
     """Options: device_id (default 0)."""
 
     name = "aclruntime"
@@ -32,7 +32,8 @@ class AclRuntimeBackend(Backend):
         except ImportError as exc:
             return Availability(False, f"ais_bench's InferSession is not importable ({exc}); {INSTALL_HINT}")
         except Exception as exc:  # the extension module can fail to load without the CANN libraries
-            return Availability(False, f"importing ais_bench.infer.interface failed ({type(exc).__name__}: {exc}); {INSTALL_HINT}")
+            return Availability(False, f"importing ais_bench.infer.interface failed ({type(exc).__name__}: {exc}); "
+                                       f"{INSTALL_HINT}")
         if not hasattr(interface, "InferSession"):
             return Availability(False, "ais_bench.infer.interface has no InferSession; " + INSTALL_HINT)
         return Availability(True, "")
@@ -55,8 +56,8 @@ class AclRuntimeBackend(Backend):
             self.batch_size = int(sidecar["batch_size"])
             self.out_nodes = sidecar.get("out_nodes") or ["dets", "labels"]
             if session_shape and int(session_shape[0]) != self.batch_size:
-                raise BackendError(f"aclruntime: {model_path} sidecar says batch size {self.batch_size} but the om's input is {session_shape}"
-                                   )
+                raise BackendError(f"aclruntime: {model_path} sidecar says batch size {self.batch_size} but the om's "
+                                   f"input is {session_shape}")
         else:
             self.out_nodes = ["dets", "labels"]
             self.batch_size = int(session_shape[0]) if session_shape else None
@@ -71,9 +72,11 @@ class AclRuntimeBackend(Backend):
         try:
             outputs = self.session.infer(arrays)
         except Exception as exc:  # aclruntime's own error types
-            raise BackendError(f"aclruntime: inference of {self.model_path} on a batch of {size} failed: {exc}") from exc
+            raise BackendError(f"aclruntime: inference of {self.model_path} on a batch of {size} failed: "
+                               f"{exc}") from exc
         if len(outputs) < 2:
-            raise BackendError(f"aclruntime: {self.model_path} returned {len(outputs)} outputs; expected dets and labels")
+            raise BackendError(f"aclruntime: {self.model_path} returned {len(outputs)} outputs; expected dets and "
+                               "labels")
         by_name = dict(zip(self.out_nodes, outputs))
         if "dets" not in by_name or "labels" not in by_name:
             by_name = {"dets": outputs[0], "labels": outputs[1]}

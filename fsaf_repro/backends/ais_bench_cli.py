@@ -17,11 +17,9 @@ import math
 import os
 import shutil
 import sys
-import tempfile
-import time
-import warnings
 
-from .base import Availability, Backend, read_output_files
+from .base import Availability, read_output_files
+from .om_tool import OmToolBackend
 from ..errors import BackendError, OutputFormatError, ToolError
 from ..tools import run_tool
 
@@ -41,100 +39,7 @@ def default_command():
     return None
 
 
-def om_batch_size(model_path, options, backend_name):
-    """The om's static batch size: from its conversion sidecar, else the `batch_size` option."""
-    from ..convert import read_om_sidecar
-    try:
-        sidecar = read_om_sidecar(model_path)
-    except ToolError as exc:
-        raise BackendError(f"{backend_name}: {exc}") from exc
-    if sidecar is not None:
-        if options.get("batch_size") not in (None, sidecar["batch_size"]):
-            raise BackendError("{}: batch_size option {} contradicts {}.json (batch size {})".format(
-                backend_name, options["batch_size"], model_path, sidecar["batch_size"]))
-        return int(sidecar["batch_size"]), sidecar
-    if options.get("batch_size") is None:
-        raise BackendError(f"{backend_name}: {model_path} has no conversion sidecar ({model_path}.json); pass batch_size=N for the om's "
-                           "static batch size, or convert it with `fsaf-repro convert`")
-    return int(options["batch_size"]), None
-
-
-def attach_om(backend, model_path):
-    """Shared load step of the om-file CLI backends: the om must exist; its static batch size comes
-    from the conversion sidecar (or the `batch_size` option); the per-run call counter restarts and
-    a new section of the tool log begins (`log_path` option, else `<workdir or om folder>/<om>.<backend>.log`)."""
-    model_path = os.path.abspath(str(model_path))
-    if not os.path.isfile(model_path):
-        raise BackendError(f"{backend.name}: om file {model_path} does not exist")
-    backend.model_path = model_path
-    backend.batch_size, backend.sidecar = om_batch_size(model_path, backend.options, backend.name)
-    backend.calls = 0
-    backend.tool_log_path = _open_tool_log(backend, model_path)
-
-
-def begin_call(backend, batch, image_hw, scratch_prefix):
-    """Shared start of an om CLI backend's `run`: the batch checked against the om's static size,
-    uint8 models refused, a scratch directory made (under the `workdir` option) and the call counted.
-    Returns (batch size, scratch directory)."""
-    size = backend.check_batch(batch)
-    if image_hw is not None:
-        raise BackendError(f"{backend.name}: uint8 models with an image_hw input are not supported by this backend; "
-                           "use aclruntime")
-    scratch = tempfile.mkdtemp(prefix=scratch_prefix, dir=backend.options.get("workdir"))
-    backend.calls += 1
-    return size, scratch
-
-
-def _open_tool_log(backend, model_path):
-    """Start this run's section of the tool log; returns its path.
-
-    The log is appended to, a section per load, so that runs on the same om keep each other's
-    logs. A log path the user gave (log_path, workdir) must be writable; the default place, beside
-    the om, may not be (a read-only model folder), and then the system temp folder is used, with a
-    warning naming it.
-    """
-    name = f"{os.path.basename(model_path)}.{backend.name}.log"
-    given = backend.options.get("log_path") or (
-        os.path.join(backend.options["workdir"], name) if backend.options.get("workdir") else None)
-    header = "# {} on {}, loaded {}\n".format(backend.name, model_path, time.strftime("%Y-%m-%dT%H:%M:%S"))
-    places = [given] if given else [os.path.join(os.path.dirname(model_path), name),
-                                    os.path.join(tempfile.gettempdir(), name)]
-    failures = []
-    for place in places:
-        place = os.path.abspath(str(place))
-        try:
-            with open(place, "a") as handle:
-                handle.write(header)
-        except OSError as exc:
-            failures.append(f"{place} ({exc.strerror or exc})")
-            continue
-        if failures:
-            warnings.warn(f"{backend.name}: cannot write the tool log {failures[0]}; writing it to {place}", RuntimeWarning, stacklevel=3)
-        return place
-    raise BackendError("{}: cannot write the tool log {}; pass log_path=FILE or workdir=DIR (backend options) "
-                       "for a writable place".format(backend.name, "; ".join(failures)))
-
-
-def keep_tool_log(backend, call_log_path):
-    """Append one call's tool log (in a scratch directory about to be removed) to the backend's log.
-
-    Called also while a tool error is on its way up: a failure to write here only warns, so that
-    the tool's own error is the one reported.
-    """
-    try:
-        with open(call_log_path) as source:
-            text = source.read()
-    except OSError:
-        text = f"(the tool wrote no log at {call_log_path})\n"
-    try:
-        with open(backend.tool_log_path, "a") as handle:
-            handle.write("## call {}\n{}".format(backend.calls, text if text.endswith("\n") else text + "\n"))
-    except OSError as exc:
-        warnings.warn(f"{backend.name}: could not append call {backend.calls}'s log to {backend.tool_log_path} ({exc.strerror or exc}); it is in {call_log_path}",
-            RuntimeWarning, stacklevel=2)
-
-
-class AisBenchCliBackend(Backend):
+class AisBenchCliBackend(OmToolBackend):
     """Options: command (argv prefix), device_id, workdir (scratch parent and tool log folder), log_path
     (the tool log), timeout, keep_scratch, batch_size (for an om without sidecar)."""
 
@@ -148,7 +53,7 @@ class AisBenchCliBackend(Backend):
         return Availability(True, "")
 
     def load(self, model_path):
-        attach_om(self, model_path)
+        self.attach_om(model_path)
         command = self.options.get("command") or default_command()
         if not command:
             raise BackendError(f"{self.name}: no ais_bench command; {INSTALL_HINT}")
@@ -157,7 +62,7 @@ class AisBenchCliBackend(Backend):
         return self
 
     def run(self, batch, image_hw=None):
-        size, scratch = begin_call(self, batch, image_hw, "ais_bench_")
+        size, scratch = self.begin_call(batch, image_hw, "ais_bench_")
         stem = f"batch_{self.calls:06d}"
         in_dir, out_dir = os.path.join(scratch, "input"), os.path.join(scratch, "output")
         os.makedirs(in_dir)
@@ -174,7 +79,7 @@ class AisBenchCliBackend(Backend):
                 run_tool(argv, cwd=scratch, log_path=log_path, timeout=self.options.get("timeout"),
                          tool_name="ais_bench", setup_hint=INSTALL_HINT)
             finally:
-                keep_tool_log(self, log_path)
+                self.keep_tool_log(log_path)
             run_dir = find_run_dir(out_dir, log_path)
             summary_path, summary = run_summary(run_dir, log_path)
             dets_path, labels_path = output_files(summary, summary_path, input_path, run_dir, 2)
@@ -263,8 +168,8 @@ def check_summary(summary, summary_path):
         raise OutputFormatError(f"ais_bench summary {summary_path} is not a JSON object (got {type(summary).__name__})")
     throughput = summary.get("throughput")
     if not _number(throughput):
-        raise OutputFormatError(f"ais_bench summary {summary_path} has no numeric `throughput` (got {throughput!r}); expected "
-                                "`\"throughput\": <images per second>`")
+        raise OutputFormatError(f"ais_bench summary {summary_path} has no numeric `throughput` (got {throughput!r}); "
+                                "expected `\"throughput\": <images per second>`")
     if throughput <= 0:
         raise OutputFormatError("ais_bench summary {} has `throughput` {!r}: the tool timed no inference "
                                 "(NPU_compute_time {!r})".format(summary_path, throughput,
@@ -290,15 +195,16 @@ def output_files(summary, summary_path, input_path, run_dir, count):
         stem = os.path.splitext(os.path.basename(input_path))[0]
         return [os.path.join(run_dir, f"{stem}_{i}.bin") for i in range(count)]
     if not isinstance(infos, dict):
-        raise OutputFormatError(f"ais_bench summary {summary_path}: `filesinfo` must be an object of samples, got {infos!r}")
+        raise OutputFormatError(f"ais_bench summary {summary_path}: `filesinfo` must be an object of samples, "
+                                f"got {infos!r}")
     name = os.path.basename(input_path)
     for sample in infos.values():
         infiles = sample.get("infiles") if isinstance(sample, dict) else None
         if isinstance(infiles, list) and any(os.path.basename(str(f)) == name for f in infiles):
             outfiles = sample.get("outfiles")
             if not isinstance(outfiles, list) or len(outfiles) != count:
-                raise OutputFormatError(f"ais_bench summary {summary_path}: sample of {name} lists outfiles {outfiles!r}; expected {count} "
-                                        "(dets, labels)")
+                raise OutputFormatError(f"ais_bench summary {summary_path}: sample of {name} lists outfiles "
+                                        f"{outfiles!r}; expected {count} (dets, labels)")
             # the tool writes every output into the run folder; its basename is taken so that a
             # relative path (relative to the tool's cwd) or a moved folder still resolves
             return [os.path.join(run_dir, os.path.basename(str(f))) for f in outfiles]

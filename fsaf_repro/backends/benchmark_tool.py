@@ -16,8 +16,8 @@ import os
 import platform
 import shutil
 
-from .base import Availability, Backend, read_output_files
-from .ais_bench_cli import attach_om, begin_call, keep_tool_log
+from .base import Availability, read_output_files
+from .om_tool import OmToolBackend
 from ..errors import DataError, OutputFormatError, ResultsError, ToolError
 from ..fileio import atomic_write_text
 from ..perf import parse_benchmark_perf
@@ -63,12 +63,13 @@ def resolved_info_copy(info_path, workdir, width, height):
     entries = []
     for index, path, bin_w, bin_h in read_info_file(info_path):
         if (bin_w, bin_h) != (int(width), int(height)):
-            raise DataError(f"{info_path}: entry {index} ({path}) is {bin_w}x{bin_h}, but this run is {width}x{height} (width x height)")
+            raise DataError(f"{info_path}: entry {index} ({path}) is {bin_w}x{bin_h}, but this run is "
+                            f"{width}x{height} (width x height)")
         absolute = os.path.abspath(path)
         problem = bin_file_problem(absolute, height, width)
         if problem == BIN_MISSING:
-            raise DataError(f"{info_path}: entry {index} lists {path}, which does not exist (relative paths are taken from the "
-                            f"current directory, {os.getcwd()})")
+            raise DataError(f"{info_path}: entry {index} lists {path}, which does not exist (relative paths are "
+                            f"taken from the current directory, {os.getcwd()})")
         if problem:
             raise DataError(f"{info_path}: entry {index} ({path}) {problem}")
         entries.append((index, absolute, bin_w, bin_h))
@@ -111,7 +112,7 @@ def run_info_file(om_path, batch_size, info_path, width, height, workdir, device
             "info": tool_info}
 
 
-class BenchmarkToolBackend(Backend):
+class BenchmarkToolBackend(OmToolBackend):
     """Options: executable, device_id, workdir (scratch parent and tool log folder), log_path (the tool
     log), timeout, batch_size (om without sidecar), device_label / precision (labels of the perf
     records), keep_scratch."""
@@ -126,13 +127,13 @@ class BenchmarkToolBackend(Backend):
         return Availability(True, "")
 
     def load(self, model_path):
-        attach_om(self, model_path)
+        self.attach_om(model_path)
         self.executable = self.options.get("executable") or default_executable()
         self.last_perf = None
         return self
 
     def run(self, batch, image_hw=None):
-        size, scratch = begin_call(self, batch, image_hw, "benchmark_")
+        size, scratch = self.begin_call(batch, image_hw, "benchmark_")
         height, width = int(batch.shape[2]), int(batch.shape[3])
         bin_dir = os.path.join(scratch, "bins")
         os.makedirs(bin_dir)
@@ -153,7 +154,7 @@ class BenchmarkToolBackend(Backend):
                                        self.options.get("device_label", "310P"),
                                        self.options.get("precision", "fp16"))
             finally:
-                keep_tool_log(self, os.path.join(scratch, "benchmark.log"))
+                self.keep_tool_log(os.path.join(scratch, "benchmark.log"))
             per_sample = [read_output_files(os.path.join(result["outputs_dir"], stem + "_1.bin"),
                                             os.path.join(result["outputs_dir"], stem + "_2.bin"), 1,
                                             "benchmark output of " + self.model_path) for stem in stems]

@@ -8,6 +8,7 @@ from .onnxruntime_backend import OnnxRuntimeBackend
 
 class OnnxRuntimeCannBackend(OnnxRuntimeBackend):
     name = "onnxruntime-cann"
+    device_kind = "npu"  # records labelled by the soc (310P, 310), like the om backends'
     provider = "CANNExecutionProvider"
     install_hint = ("install onnxruntime-cann (PyPI, instead of onnxruntime) on a host with an Ascend NPU, "
                     "the CANN toolkit and `source /usr/local/Ascend/ascend-toolkit/set_env.sh`")

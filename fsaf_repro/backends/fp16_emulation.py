@@ -2,9 +2,10 @@
 
 It is an EMULATION ON THE CPU, not an NPU measurement. Its records say so: device
 "cpu (fp16 emulation, not an NPU)", precision "fp16-emulated (cpu)" (`RECORD_DEVICE`,
-`RECORD_PRECISION`); `labels_for_record` / `check_record_labels` keep it out of the NPU columns and
-gates of fsaf_repro.perf. What it is for: seeing, before an NPU is at hand, how far fp16 inference
-moves the detections of a checkpoint from the fp32 torch path (docs/fp16-emulation.md).
+`RECORD_PRECISION`); the class's `record_labels` / `check_record` (asked by fsaf_repro.perf for every
+record of this backend) keep it out of the NPU columns and gates. What it is for: seeing, before an
+NPU is at hand, how far fp16 inference moves the detections of a checkpoint from the fp32 torch path
+(docs/fp16-emulation.md).
 
 What it emulates, on the loaded checkpoint (the model file is the .pth, as for the `torch` backend):
 - BatchNorm folded into the preceding convolution, as atc's conv+BN fusion does: with
@@ -42,7 +43,7 @@ What it cannot emulate (the figures are a stand-in, not a prediction of the om's
 """
 import numpy as np
 
-from .base import Availability, Backend, normalise_outputs
+from .base import MODEL_CHECKPOINT, Availability, Backend, normalise_outputs
 from ..errors import BackendError, ResultsError
 from ..torch_threads import set_intra_op_threads
 
@@ -51,39 +52,6 @@ RECORD_DEVICE = "cpu (fp16 emulation, not an NPU)"
 RECORD_PRECISION = "fp16-emulated (cpu)"
 # Device labels a caller may pass for a CPU measurement; the record gets RECORD_DEVICE instead.
 CPU_DEVICE_LABELS = ("cpu", "host", RECORD_DEVICE)
-EMULATION_BACKENDS = (BACKEND_NAME,)
-
-
-# ----------------------------------------------------------------------------------------------
-# Record labels: an emulated figure never passes for an NPU one.
-
-def labels_for_record(backend, device, precision):
-    """(device, precision) a result record of `backend` must carry.
-
-    Other backends keep theirs. An emulation backend's record is labelled RECORD_DEVICE and
-    RECORD_PRECISION; a device label other than a CPU one (310P, 310, ...) is refused, since the
-    figure was measured on this CPU.
-    """
-    if str(backend) not in EMULATION_BACKENDS:
-        return device, precision
-    if str(device) not in CPU_DEVICE_LABELS:
-        raise ResultsError(
-            f"backend {backend} is an fp16 emulation on the CPU: its records are labelled device {RECORD_DEVICE!r}, not {device!r} "
-            "(an emulated figure is not an NPU measurement); measure without --device or with --device cpu"
-            )
-    return RECORD_DEVICE, RECORD_PRECISION
-
-
-def check_record_labels(record, origin):
-    """Refuse a record of an emulation backend that does not carry the emulation's labels."""
-    backend = record.get("backend")
-    if str(backend) in EMULATION_BACKENDS and (record.get("device") != RECORD_DEVICE
-                                               or record.get("precision") != RECORD_PRECISION):
-        raise ResultsError(
-            "{}: a record of backend {} is labelled device {!r}, precision {!r}; an fp16 emulation on the "
-            "CPU must be labelled device {!r}, precision {!r} (it is not an NPU measurement)".format(
-                origin, backend, record.get("device"), record.get("precision"), RECORD_DEVICE,
-                RECORD_PRECISION))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,8 +84,8 @@ def fold_batch_norms(model):
             conv_name = None
         conv = modules.get(conv_name)
         if not isinstance(conv, torch.nn.Conv2d) or conv.out_channels != module.num_features:
-            raise BackendError(f"fp16 emulation: cannot fold BatchNorm {name}: no convolution {conv_name} with {module.num_features} output "
-                               "channels before it")
+            raise BackendError(f"fp16 emulation: cannot fold BatchNorm {name}: no convolution {conv_name} with "
+                               f"{module.num_features} output channels before it")
         with torch.no_grad():
             scale = module.weight / torch.sqrt(module.running_var + module.eps)
             bias = module.bias - module.running_mean * scale
@@ -284,8 +252,39 @@ class Fp16EmulatedBackend(Backend):
     """Options: threads (torch intra-op threads), trusted (checkpoint loading). Model: the checkpoint."""
 
     name = BACKEND_NAME
-    record_device = RECORD_DEVICE
-    record_precision = RECORD_PRECISION
+    model_kind = MODEL_CHECKPOINT
+    takes_threads = True
+
+    # Record labels: an emulated figure never passes for an NPU one.
+
+    @classmethod
+    def device_label(cls, soc_version=None):
+        return RECORD_DEVICE
+
+    @classmethod
+    def precision(cls, om_precision="force_fp16"):
+        return RECORD_PRECISION
+
+    @classmethod
+    def record_labels(cls, device, precision):
+        """RECORD_DEVICE and RECORD_PRECISION, whatever the caller passed; a device label other than a
+        CPU one (310P, 310, ...) is refused, since the figure was measured on this CPU."""
+        if str(device) not in CPU_DEVICE_LABELS:
+            raise ResultsError(
+                f"backend {cls.name} is an fp16 emulation on the CPU: its records are labelled device "
+                f"{RECORD_DEVICE!r}, not {device!r} (an emulated figure is not an NPU measurement); measure "
+                "without --device or with --device cpu")
+        return RECORD_DEVICE, RECORD_PRECISION
+
+    @classmethod
+    def check_record(cls, record, origin):
+        """Refuse a record of this backend that does not carry the emulation's labels."""
+        if record.get("device") != RECORD_DEVICE or record.get("precision") != RECORD_PRECISION:
+            raise ResultsError(
+                "{}: a record of backend {} is labelled device {!r}, precision {!r}; an fp16 emulation on the "
+                "CPU must be labelled device {!r}, precision {!r} (it is not an NPU measurement)".format(
+                    origin, record.get("backend"), record.get("device"), record.get("precision"),
+                    RECORD_DEVICE, RECORD_PRECISION))
 
     @classmethod
     def availability(cls):
@@ -301,8 +300,8 @@ class Fp16EmulatedBackend(Backend):
         from ..checkpoint import load_detector
         model_path = str(model_path)
         if model_path.lower().endswith((".onnx", ".om")):
-            raise BackendError(f"{self.name}: {model_path} is an exported model; the fp16 emulation runs the checkpoint (.pth) "
-                               "it was exported from")
+            raise BackendError(f"{self.name}: {model_path} is an exported model; the fp16 emulation runs the "
+                               "checkpoint (.pth) it was exported from")
         threads = self.options.get("threads")
         # the count in effect, for records: torch 1.8.0 may keep a lower one (torch_threads)
         self.intra_op_threads = set_intra_op_threads(int(threads)) if threads else torch.get_num_threads()

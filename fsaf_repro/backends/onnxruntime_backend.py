@@ -11,7 +11,7 @@ Options (all backends here):
 
 The model's outputs decide the post-processing: `dets`/`labels` (onnx-nms flavour) are returned as
 they are; `boxes`/`scores` (raw flavour) go through the host NMS (fsaf_repro.decode.host_nms). A model
-with a fixed batch dimension has a static batch size; the runner pads the last batch to it.
+with a fixed batch dimension has a static batch size; `run_padded` pads the last batch to it.
 """
 import importlib
 
@@ -34,6 +34,8 @@ class OnnxRuntimeBackend(Backend):
     """ONNX Runtime on the CPU execution provider."""
 
     name = "onnxruntime"
+    model_kind = "onnx-nms"  # reads the raw flavour too (host NMS); reproduce gives it onnx-nms
+    takes_threads = True
     provider = "CPUExecutionProvider"
     install_hint = "pip install onnxruntime (the project's `ort` extra)"
 
@@ -86,8 +88,8 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # a malformed sidecar is reported as a backend load error
             raise BackendError(f"{self.name}: {exc}") from exc
         if sidecar and sidecar.get("flavour") == "ascend-nms":
-            raise BackendError(f"{self.name}: {model_path} is the ascend-nms flavour, whose BatchMultiClassNMS node only atc "
-                               "understands; export the onnx-nms or raw flavour for ONNX Runtime")
+            raise BackendError(f"{self.name}: {model_path} is the ascend-nms flavour, whose BatchMultiClassNMS node "
+                               "only atc understands; export the onnx-nms or raw flavour for ONNX Runtime")
         try:
             self.session = ort.InferenceSession(model_path, sess_options=self._session_options(ort),
                                                 providers=self._providers())
@@ -126,8 +128,8 @@ class OnnxRuntimeBackend(Backend):
         feed = {self.input_names[0]: np.ascontiguousarray(batch)}
         if len(self.input_names) > 1:
             if image_hw is None:
-                raise BackendError(f"{self.name}: {self.model_path} also takes {self.input_names[1]!r} (the resized image height, width of each canvas: "
-                                   "a uint8-input model); pass image_hw")
+                raise BackendError(f"{self.name}: {self.model_path} also takes {self.input_names[1]!r} (the resized "
+                                   "image height, width of each canvas: a uint8-input model); pass image_hw")
             hw = np.asarray(image_hw, dtype=np.int32).reshape(size, 2)
             feed[self.input_names[1]] = np.ascontiguousarray(hw)
         try:
@@ -145,12 +147,14 @@ class OnnxRuntimeBackend(Backend):
 
 class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
     name = "onnxruntime-cuda"
+    device_kind = "gpu"
     provider = "CUDAExecutionProvider"
     install_hint = "install onnxruntime-gpu (instead of onnxruntime) on a host with an NVIDIA GPU and CUDA"
 
 
 class OnnxRuntimeTensorrtBackend(OnnxRuntimeBackend):
     name = "onnxruntime-tensorrt"
+    device_kind = "gpu"
     provider = "TensorrtExecutionProvider"
     install_hint = ("install onnxruntime-gpu built with TensorRT and the TensorRT libraries on a host with "
                     "an NVIDIA GPU")

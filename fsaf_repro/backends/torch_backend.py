@@ -1,7 +1,7 @@
 """The `torch` backend: the reference path (eager PyTorch detector + fsaf_repro.decode.detect)."""
 import numpy as np
 
-from .base import Availability, Backend, normalise_outputs
+from .base import MODEL_CHECKPOINT, Availability, Backend, normalise_outputs
 from ..errors import BackendError
 from ..torch_threads import set_intra_op_threads
 
@@ -10,6 +10,8 @@ class TorchBackend(Backend):
     """Options: threads (torch intra-op threads), device ("cpu" or "cuda"), trusted (checkpoint loading)."""
 
     name = "torch"
+    model_kind = MODEL_CHECKPOINT
+    takes_threads = True
 
     @classmethod
     def availability(cls):
@@ -24,8 +26,7 @@ class TorchBackend(Backend):
         from ..checkpoint import load_detector
         device = self.options.get("device", "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendError(f"torch backend: device {device} requested but torch.cuda is not available"
-                               )
+            raise BackendError(f"torch backend: device {device} requested but torch.cuda is not available")
         threads = self.options.get("threads")
         if threads:
             # the count in effect, for records: torch 1.8.0 may keep a lower one (torch_threads)
