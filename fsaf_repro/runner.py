@@ -22,9 +22,10 @@ dropped; a line damaged in the middle is an error naming the line. A journal of 
 or of the earlier format without image digests (nothing in it can be checked), is refused naming
 the journal and --restart.
 
-Static-batch backends get the last partial batch padded with zero images; the padding's outputs are
-discarded. Unreadable images stop the run with the file named (finished batches stay in the journal),
-or, with skip_bad, are skipped and listed in the summary and `<results>.skipped.json`.
+Each batch goes through the backend's `run_padded` (fsaf_repro.backends.base): a static-batch model
+gets the last partial batch padded with zero images and the padding's outputs discarded. Unreadable
+images stop the run with the file named (finished batches stay in the journal), or, with skip_bad,
+are skipped and listed in the summary and `<results>.skipped.json`.
 """
 import bisect
 import hashlib
@@ -126,7 +127,8 @@ class Journal:
         try:
             header = json.loads(complete[0].decode("utf-8"))
         except ValueError as exc:
-            raise ResultsError(f"journal {self.path} has an unreadable header ({exc}); delete it to start again") from exc
+            raise ResultsError(f"journal {self.path} has an unreadable header ({exc}); delete it to start "
+                               "again") from exc
         if not isinstance(header, dict):
             raise ResultsError(f"journal {self.path} line 1 is not a journal header (a JSON object with the run key); "
                                "delete it to start again")
@@ -255,16 +257,16 @@ def _parse_entry(raw, path, number, num_images):
     except ValueError as exc:
         entry, problem = None, f"not valid JSON: {exc}"
     else:
-        problem = (f"not a batch record (an object with first < next <= {num_images}, results, skipped and one image_sha256 "
-                   "per entry covered)")
+        problem = (f"not a batch record (an object with first < next <= {num_images}, results, skipped and one "
+                   "image_sha256 per entry covered)")
     if (isinstance(entry, dict) and _is_index(entry.get("first")) and _is_index(entry.get("next"))
             and entry["first"] < entry["next"] <= num_images and isinstance(entry.get("results"), list)
             and isinstance(entry.get("skipped"), list) and isinstance(entry.get("image_sha256"), list)
             and len(entry["image_sha256"]) == entry["next"] - entry["first"]
             and all(d is None or isinstance(d, str) for d in entry["image_sha256"])):
         return entry
-    raise ResultsError(f"journal {path} line {number} is damaged ({problem}); its other batches cannot be trusted either: delete "
-                       "the journal (or pass --restart) to run again")
+    raise ResultsError(f"journal {path} line {number} is damaged ({problem}); its other batches cannot be trusted "
+                       "either: delete the journal (or pass --restart) to run again")
 
 
 def _summary_of(entry, offset, line, keep_digests=False):
@@ -302,7 +304,8 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
     if batch_size is None:
         batch_size = static or 1
     if static is not None and int(batch_size) != int(static):
-        raise BackendError(f"the model {backend.model_path} has a static batch size of {static}; run with batch size {static} (not {batch_size})")
+        raise BackendError(f"the model {backend.model_path} has a static batch size of {static}; run with batch "
+                           f"size {static} (not {batch_size})")
     batch_size = int(batch_size)
     fields = run_key_fields(image_set, backend_name or backend.name, backend_options or {}, model_path,
                             batch_size, input_dtype)
@@ -323,8 +326,8 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
         reused = total - sum(end - start for start, end in gaps)
         bar = _progress(total, reused, progress)
         for start, end in gaps:
-            _run_range(image_set, backend, journal, start, end, batch_size, static, input_dtype, skip_bad,
-                       prefetch, workers, bar, session)
+            _run_range(image_set, backend, journal, start, end, batch_size, input_dtype, skip_bad, prefetch,
+                       workers, bar, session)
         skipped = []
         for entry in journal.entries:
             skipped.extend(entry["skipped"])
@@ -356,8 +359,8 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
     return summary
 
 
-def _run_range(image_set, backend, journal, start, end, batch_size, static, input_dtype, skip_bad, prefetch,
-               workers, bar, session):
+def _run_range(image_set, backend, journal, start, end, batch_size, input_dtype, skip_bad, prefetch, workers,
+               bar, session):
     """Run entries [start, end) batch by batch, journaling each batch with the digests of its images."""
     index_of = dict((meta.image_id, i) for i, meta in enumerate(image_set.metas[start:end], start))
     # Recycled buffers: memory is a fixed pool whatever the run's length; each batch is finished
@@ -375,17 +378,19 @@ def _run_range(image_set, backend, journal, start, end, batch_size, static, inpu
             except ImageReadError as exc:
                 kept = sum(entry["next"] - entry["first"] for entry in journal.entries)
                 raise ImageReadError(
-                    f"{exc}; the {kept} images of the finished batches are kept in {journal.path}: run the same command again to "
-                    "resume once the image is fixed, or add --skip-bad to skip and list unreadable images "
+                    f"{exc}; the {kept} images of the finished batches are kept in {journal.path}: run the same "
+                    "command again to resume once the image is fixed, or add --skip-bad to skip and list unreadable "
+                    "images "
                     "(the finished batches are kept either way)") from None
             count = len(metas)
-            run_batch, image_hw = _pad(batch, metas, static, input_dtype, image_set)
+            # a uint8 model also takes each image's resized height, width
+            image_hw = (np.array([[m.new_h, m.new_w] for m in metas], dtype=np.int32)
+                        if input_dtype == "uint8" else None)
             t0 = time.perf_counter()
-            outputs = backend.run(run_batch, image_hw=image_hw) if image_hw is not None else backend.run(run_batch)
+            outputs = backend.run_padded(batch, image_hw=image_hw)  # pads to a static batch size
             elapsed = time.perf_counter() - t0
             session["inference_seconds"] += elapsed
             session["latencies"].append(elapsed)
-            outputs = {"dets": outputs["dets"][:count], "labels": outputs["labels"][:count]}
             last = index_of[metas[-1].image_id]
             new_skips = [s for s in stream.skipped[journaled_skips:] if s.index < last]
             journaled_skips += len(new_skips)
@@ -396,7 +401,7 @@ def _run_range(image_set, backend, journal, start, end, batch_size, static, inpu
             session["images"] += count
             # drop this batch before waiting for the next one: holding it would add one batch to the
             # peak memory (queue + producer + consumer) whenever the loader is ahead
-            del batch, run_batch, outputs
+            del batch, outputs
         if first < end:  # the range ends with images that were all skipped
             leftover = stream.skipped[journaled_skips:]
             journal.append(_batch_line(first, end, [], stream, leftover, []))
@@ -411,22 +416,6 @@ def _batch_line(first, end, metas, stream, skipped, results):
     return {"first": first, "next": end, "image_ids": [int(m.image_id) for m in metas],
             "image_sha256": [stream.image_sha256.pop(i, None) for i in range(first, end)],
             "results": results, "skipped": [_skipped_dict(s) for s in skipped]}
-
-
-def _pad(batch, metas, static, input_dtype, image_set):
-    """The batch padded with zero images up to the static batch size, and image_hw for uint8 models."""
-    count = len(metas)
-    image_hw = None
-    if input_dtype == "uint8":
-        image_hw = np.array([[m.new_h, m.new_w] for m in metas], dtype=np.int32)
-    if static is None or count == static:
-        return batch, image_hw
-    padded = np.zeros((static,) + tuple(batch.shape[1:]), dtype=batch.dtype)
-    padded[:count] = batch
-    if image_hw is not None:
-        image_hw = np.concatenate([image_hw, np.tile([[image_set.height, image_set.width]],
-                                                     (static - count, 1)).astype(np.int32)])
-    return padded, image_hw
 
 
 class _NoBar:

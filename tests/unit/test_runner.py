@@ -56,10 +56,12 @@ def test_every_image_gets_its_own_result(dataset, tmp_path):
 def test_static_batch_pads_the_last_batch_and_discards_the_padding(dataset, tmp_path):
     infer(dataset, tmp_path / "dynamic.json", batch_size=1)
 
-    class Recording:
-        name, model_path, batch_size = "recording", "<recording>", 4
+    class Recording(backends.Backend):
+        name = "recording"
 
         def __init__(self):
+            super().__init__()
+            self.model_path, self.batch_size = "<recording>", 4
             self.inner = echo(batch_size=4)
             self.sizes = []
 
@@ -78,8 +80,12 @@ def test_static_batch_pads_the_last_batch_and_discards_the_padding(dataset, tmp_
 def test_uint8_runs_pass_each_image_size(dataset, tmp_path):
     seen = []
 
-    class Uint8:
-        name, model_path, batch_size = "uint8", "<uint8>", 4
+    class Uint8(backends.Backend):
+        name = "uint8"
+
+        def __init__(self):
+            super().__init__()
+            self.model_path, self.batch_size = "<uint8>", 4
 
         def run(self, batch, image_hw=None):
             assert batch.dtype == np.uint8

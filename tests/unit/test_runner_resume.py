@@ -45,12 +45,14 @@ def fingerprint(image):
     return hashlib.sha256(image.tobytes()).hexdigest()
 
 
-class Recording:
+class Recording(backends.Backend):
     """The echo backend, noting a fingerprint of every image it runs."""
 
-    name, model_path, batch_size = "null", "<no model>", None
+    name = "null"
 
     def __init__(self):
+        super().__init__()
+        self.model_path = "<no model>"
         self.inner = backends.create_backend("null", detections="echo").load()
         self.seen = []
 
