@@ -17,6 +17,8 @@ import json
 import os
 import time
 import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -90,8 +92,9 @@ class AscendBatchMultiClassNMS(torch.autograd.Function):
                     outputs=4)
 
 
-def onnx_nms_top_k(boxes, scores, max_output_boxes_per_class, iou_threshold, score_threshold, max_per_img,
-                   static_batch=False):
+def onnx_nms_top_k(boxes: torch.Tensor, scores: torch.Tensor, max_output_boxes_per_class: int, iou_threshold: float,
+                   score_threshold: float, max_per_img: int,
+                   static_batch: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-class ONNX NMS, then the top `max_per_img` kept (box, class) pairs, zero-padded."""
     batch = int(boxes.shape[0]) if static_batch else boxes.shape[0]
     num_boxes = int(boxes.shape[1])
@@ -118,7 +121,8 @@ def onnx_nms_top_k(boxes, scores, max_output_boxes_per_class, iou_threshold, sco
     return dets, labels
 
 
-def ascend_nms(boxes, scores, score_threshold, iou_threshold, max_size_per_class, max_total_size):
+def ascend_nms(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: float, iou_threshold: float,
+               max_size_per_class: int, max_total_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
     nmsed_boxes, nmsed_scores, nmsed_classes, _ = AscendBatchMultiClassNMS.apply(
         boxes.half().unsqueeze(2), scores.half(), score_threshold, iou_threshold,
         max_size_per_class, max_total_size)
@@ -132,10 +136,9 @@ class ExportableFSAF(torch.nn.Module):
     def __init__(self, detector, flavour, height, width, input_dtype="float32", static_batch=False):
         super().__init__()
         if flavour not in FLAVOURS:
-            raise ExportError("unknown flavour {!r}; choose one of {}".format(flavour, ", ".join(FLAVOURS)))
+            raise ExportError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
         if input_dtype not in INPUT_DTYPES:
-            raise ExportError("unknown input dtype {!r}; choose one of {}".format(
-                input_dtype, ", ".join(INPUT_DTYPES)))
+            raise ExportError(f"unknown input dtype {input_dtype!r}; choose one of {', '.join(INPUT_DTYPES)}")
         self.detector = detector
         self.flavour = flavour
         self.input_hw = (int(height), int(width))
@@ -171,7 +174,7 @@ class ExportableFSAF(torch.nn.Module):
                           constants["ascend_max_size_per_class"], constants["ascend_max_total_size"])
 
 
-def output_spec(flavour, batch_dim, num_candidates):
+def output_spec(flavour: str, batch_dim: Union[int, str], num_candidates: int) -> List[Dict[str, Any]]:
     constants = model_constants()
     if flavour == "raw":
         return [{"name": "boxes", "shape": [batch_dim, num_candidates, 4], "dtype": "float32"},
@@ -181,7 +184,7 @@ def output_spec(flavour, batch_dim, num_candidates):
             {"name": "labels", "shape": [batch_dim, constants["max_per_img"]], "dtype": "int64"}]
 
 
-def num_candidates(height, width):
+def num_candidates(height: int, width: int) -> int:
     """N of the raw flavour: sum over levels of min(nms_pre, H_l * W_l) for the conv-arithmetic sizes."""
     constants = model_constants()
     total = 0
@@ -218,7 +221,7 @@ def _torch_export(module, args, path, input_names, output_names, dynamic_axes, o
         torch.onnx.export(module, args, path, **kwargs)
 
 
-def declare_output_shapes(path, outputs):
+def declare_output_shapes(path: str, outputs: List[Dict[str, Any]]) -> None:
     """Write the documented output shapes into the graph (older exporters leave them symbolic).
 
     Only dims the exporter left unknown or symbolic are set; a conflicting known dim is an error.
@@ -226,7 +229,7 @@ def declare_output_shapes(path, outputs):
     import onnx
 
     model = onnx.load(path)
-    declared = dict((o["name"], o["shape"]) for o in outputs)
+    declared = {o["name"]: o["shape"] for o in outputs}
     changed = False
     for value in model.graph.output:
         dims = value.type.tensor_type.shape.dim
@@ -241,7 +244,8 @@ def declare_output_shapes(path, outputs):
         for dim, size in zip(dims, wanted):
             if isinstance(size, int):
                 if dim.HasField("dim_value") and dim.dim_value != size:
-                    raise ExportError(f"exported output {value.name} has shape {[d.dim_value for d in dims]} where {wanted} is documented")
+                    found = [d.dim_value for d in dims]
+                    raise ExportError(f"exported output {value.name} has shape {found} where {wanted} is documented")
                 if not dim.HasField("dim_value"):
                     dim.dim_value = size
                     changed = True
@@ -252,7 +256,7 @@ def declare_output_shapes(path, outputs):
         onnx.save(model, path)
 
 
-def check_exported_model(path, flavour):
+def check_exported_model(path: str, flavour: str) -> Any:
     """Structural checks of an exported file; `onnx.checker` for the standard flavours."""
     import onnx
 
@@ -271,65 +275,104 @@ def check_exported_model(path, flavour):
     return model
 
 
-def export_onnx(checkpoint_path, out_path, flavour="onnx-nms", height=None, width=None, batch_size=1,
-                opset=None, input_dtype="float32", trusted=False):
+@dataclass
+class ExportPlan:
+    """What one export makes: the graph's flavour, input canvas and dtype, batch size (None: dynamic)
+    and opset, resolved from the arguments and the spec's defaults."""
+    flavour: str
+    height: int
+    width: int
+    batch_size: Optional[int]
+    opset: int
+    input_dtype: str
+
+    @property
+    def batch_dim(self) -> Union[int, str]:
+        """The batch dimension as the graph and the sidecar state it: a size or "batch"."""
+        return self.batch_size if self.batch_size is not None else "batch"
+
+    @property
+    def input_names(self) -> List[str]:
+        return ["input", "image_hw"] if self.input_dtype == "uint8" else ["input"]
+
+    def outputs(self) -> List[Dict[str, Any]]:
+        return output_spec(self.flavour, self.batch_dim, num_candidates(self.height, self.width))
+
+    def dynamic_axes(self) -> Optional[Dict[str, Dict[int, str]]]:
+        if self.batch_size is not None:
+            return None
+        return {name: {0: "batch"} for name in self.input_names + [o["name"] for o in self.outputs()]}
+
+    def trace_inputs(self) -> Tuple[torch.Tensor, ...]:
+        """Deterministic example inputs for the tracer (a batch of 1 for a dynamic batch)."""
+        batch = self.batch_size if self.batch_size is not None else 1
+        generator = torch.Generator().manual_seed(0)
+        if self.input_dtype == "uint8":
+            image = torch.randint(0, 256, (batch, 3, self.height, self.width), generator=generator,
+                                  dtype=torch.uint8)
+            return image, torch.tensor([[self.height, self.width]] * batch, dtype=torch.int32)
+        return (torch.randn((batch, 3, self.height, self.width), generator=generator),)
+
+
+def plan_export(flavour: str = "onnx-nms", height: Optional[int] = None, width: Optional[int] = None,
+                batch_size: Optional[int] = 1, opset: Optional[int] = None,
+                input_dtype: str = "float32") -> ExportPlan:
+    """Check the export arguments and fill in the spec's defaults (input size, opset)."""
+    if flavour not in FLAVOURS:
+        raise ExportError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
+    inputs = input_constants()
+    height = int(height or inputs["height"])
+    width = int(width or inputs["width"])
+    if height < 32 or width < 32:
+        raise ExportError(f"input {height}x{width} is too small: FSAF needs at least 32x32 (5 stride-2 levels)")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ExportError(f"batch size must be >= 1 (or None for a dynamic batch), got {batch_size}")
+    return ExportPlan(flavour=flavour, height=height, width=width,
+                      batch_size=int(batch_size) if batch_size is not None else None,
+                      opset=int(opset or model_constants()["opset"]), input_dtype=input_dtype)
+
+
+def export_onnx(checkpoint_path: str, out_path: str, flavour: str = "onnx-nms", height: Optional[int] = None,
+                width: Optional[int] = None, batch_size: Optional[int] = 1, opset: Optional[int] = None,
+                input_dtype: str = "float32", trusted: bool = False) -> Dict[str, Any]:
     """Export the checkpoint to `out_path` (+ `<out_path>.json` sidecar); returns the sidecar dict.
 
     `batch_size` None exports a dynamic batch dimension. The file appears only once it is complete
     and checked: a failed export leaves no partial .onnx behind.
     """
-    if flavour not in FLAVOURS:
-        raise ExportError("unknown flavour {!r}; choose one of {}".format(flavour, ", ".join(FLAVOURS)))
-    constants = model_constants()
-    inputs = input_constants()
-    height = int(height or inputs["height"])
-    width = int(width or inputs["width"])
-    opset = int(opset or constants["opset"])
-    if height < 32 or width < 32:
-        raise ExportError(f"input {height}x{width} is too small: FSAF needs at least 32x32 (5 stride-2 levels)")
-    if batch_size is not None and int(batch_size) < 1:
-        raise ExportError(f"batch size must be >= 1 (or None for a dynamic batch), got {batch_size}")
-
+    plan = plan_export(flavour, height, width, batch_size, opset, input_dtype)
     started = time.time()
     detector = load_detector(checkpoint_path, trusted=trusted)
-    module = ExportableFSAF(detector, flavour, height, width, input_dtype,
-                            static_batch=batch_size is not None).eval()
-    trace_batch = int(batch_size) if batch_size is not None else 1
-    generator = torch.Generator().manual_seed(0)
-    if input_dtype == "uint8":
-        image = torch.randint(0, 256, (trace_batch, 3, height, width), generator=generator, dtype=torch.uint8)
-        image_hw = torch.tensor([[height, width]] * trace_batch, dtype=torch.int32)
-        args = (image, image_hw)
-        input_names = ["input", "image_hw"]
-    else:
-        args = (torch.randn((trace_batch, 3, height, width), generator=generator),)
-        input_names = ["input"]
-    batch_dim = int(batch_size) if batch_size is not None else "batch"
-    n_candidates = num_candidates(height, width)
-    outputs = output_spec(flavour, batch_dim, n_candidates)
-    output_names = [o["name"] for o in outputs]
-    dynamic_axes = None
-    if batch_size is None:
-        dynamic_axes = dict((name, {0: "batch"}) for name in input_names + output_names)
-
+    module = ExportableFSAF(detector, plan.flavour, plan.height, plan.width, plan.input_dtype,
+                            static_batch=plan.batch_size is not None).eval()
     out_path = os.path.abspath(out_path)
+    _export_checked(module, plan, out_path)
+    sidecar = export_sidecar(plan, checkpoint_path, out_path)
+    sidecar["export_seconds"] = round(time.time() - started, 3)
+    sidecar.update(torch_version=torch.__version__, onnx_version=_onnx_version(),
+                   exporter="torch.onnx TorchScript exporter")
+    atomic_write_json(out_path + ".json", sidecar)
+    return sidecar
+
+
+def _onnx_version():
+    import onnx
+    return onnx.__version__
+
+
+def _export_checked(module, plan, out_path):
+    """Trace `module` to a temporary file beside `out_path`, declare and check its outputs, then move
+    it into place: `out_path` holds a complete, checked model or is left as it was."""
     directory = os.path.dirname(out_path)
     if not os.path.isdir(directory):
         os.makedirs(directory)
     tmp_path = new_temp_file(directory, ".export-", ".onnx")
+    outputs = plan.outputs()
     try:
         with torch.no_grad():
-            try:
-                _torch_export(module, args, tmp_path, input_names, output_names, dynamic_axes, opset,
-                              custom_ops=flavour == "ascend-nms")
-            except Exception as exc:  # noqa: B902 - exporter errors have many types; re-raised typed
-                checker_error = type(exc).__name__ == "CheckerError"
-                # The custom Ascend node is not in the ONNX domain: current torch's post-export
-                # checker rejects it after writing the file; the recipe disables the checker too.
-                if not (checker_error and flavour == "ascend-nms" and os.path.getsize(tmp_path) > 0):
-                    raise ExportError(f"ONNX export ({flavour}, {height}x{width}, batch {batch_dim}) failed: {type(exc).__name__}: {exc}")
+            _trace_to(module, plan, tmp_path, [o["name"] for o in outputs])
         declare_output_shapes(tmp_path, outputs)
-        check_exported_model(tmp_path, flavour)
+        check_exported_model(tmp_path, plan.flavour)
         if os.path.exists(out_path):
             os.remove(out_path)
         os.replace(tmp_path, out_path)
@@ -337,53 +380,68 @@ def export_onnx(checkpoint_path, out_path, flavour="onnx-nms", height=None, widt
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
 
-    import onnx
 
-    input_spec = [{"name": "input", "shape": [batch_dim, 3, height, width], "dtype": input_dtype}]
-    if input_dtype == "uint8":
-        input_spec.append({"name": "image_hw", "shape": [batch_dim, 2], "dtype": "int32",
+def _trace_to(module, plan, path, output_names):
+    try:
+        _torch_export(module, plan.trace_inputs(), path, plan.input_names, output_names, plan.dynamic_axes(),
+                      plan.opset, custom_ops=plan.flavour == "ascend-nms")
+    except Exception as exc:  # noqa: B902 - exporter errors have many types; re-raised typed
+        checker_error = type(exc).__name__ == "CheckerError"
+        # The custom Ascend node is not in the ONNX domain: current torch's post-export
+        # checker rejects it after writing the file; the recipe disables the checker too.
+        if not (checker_error and plan.flavour == "ascend-nms" and os.path.getsize(path) > 0):
+            raise ExportError(f"ONNX export ({plan.flavour}, {plan.height}x{plan.width}, batch {plan.batch_dim}) "
+                              f"failed: {type(exc).__name__}: {exc}")
+
+
+_NMS_WHERE = {"onnx-nms": "graph (ONNX NonMaxSuppression)",
+              "ascend-nms": "graph (BatchMultiClassNMS, fp16 on the NPU)",
+              "raw": "host (fsaf_repro.decode.multiclass_nms)"}
+
+
+def export_sidecar(plan: ExportPlan, checkpoint_path: str, out_path: str) -> Dict[str, Any]:
+    """The sidecar of an exported file, up to its timing and tool versions (which export_onnx adds)."""
+    constants = model_constants()
+    inputs = input_constants()
+    input_spec = [{"name": "input", "shape": [plan.batch_dim, 3, plan.height, plan.width],
+                   "dtype": plan.input_dtype}]
+    if plan.input_dtype == "uint8":
+        input_spec.append({"name": "image_hw", "shape": [plan.batch_dim, 2], "dtype": "int32",
                            "meaning": "resized image height, width inside the zero-padded canvas"})
-    sidecar = {
+    max_per_class = {"onnx-nms": constants["onnx_max_output_boxes_per_class"],
+                     "ascend-nms": constants["ascend_max_size_per_class"]}.get(plan.flavour)
+    checkpoint_sha256 = file_sha256(checkpoint_path)
+    return {
         "file": os.path.basename(out_path),
-        "flavour": flavour,
+        "flavour": plan.flavour,
         "inputs": input_spec,
         "input": input_spec[0],
-        "outputs": outputs,
-        "batch_size": int(batch_size) if batch_size is not None else "dynamic",
-        "opset": opset,
+        "outputs": plan.outputs(),
+        "batch_size": plan.batch_size if plan.batch_size is not None else "dynamic",
+        "opset": plan.opset,
         "normalisation": {
             "mean_rgb": inputs["mean_rgb"], "std_rgb": inputs["std_rgb"], "channel_order": "RGB",
-            "in_graph": input_dtype == "uint8",
+            "in_graph": plan.input_dtype == "uint8",
             "padding": "zero after normalising, right and bottom",
         },
         "nms": {
-            "where": {"onnx-nms": "graph (ONNX NonMaxSuppression)",
-                      "ascend-nms": "graph (BatchMultiClassNMS, fp16 on the NPU)",
-                      "raw": "host (fsaf_repro.decode.multiclass_nms)"}[flavour],
+            "where": _NMS_WHERE[plan.flavour],
             "nms_pre": constants["nms_pre"],
             "score_threshold": constants["score_threshold"],
             "iou_threshold": constants["iou_threshold"],
             "max_per_img": constants["max_per_img"],
-            "max_output_boxes_per_class": (constants["onnx_max_output_boxes_per_class"] if flavour == "onnx-nms"
-                                           else constants["ascend_max_size_per_class"]
-                                           if flavour == "ascend-nms" else None),
+            "max_output_boxes_per_class": max_per_class,
             "clip": "network input shape",
         },
-        "num_candidates": n_candidates if flavour == "raw" else None,
-        "checkpoint": {"path": os.path.abspath(checkpoint_path), "sha256": file_sha256(checkpoint_path)},
-        "checkpoint_sha256": file_sha256(checkpoint_path),
+        "num_candidates": num_candidates(plan.height, plan.width) if plan.flavour == "raw" else None,
+        "checkpoint": {"path": os.path.abspath(checkpoint_path), "sha256": checkpoint_sha256},
+        "checkpoint_sha256": checkpoint_sha256,
         "onnx_sha256": file_sha256(out_path),
         "file_size": os.path.getsize(out_path),
-        "export_seconds": round(time.time() - started, 3),
-        "torch_version": torch.__version__,
-        "onnx_version": onnx.__version__,
-        "exporter": "torch.onnx TorchScript exporter",
     }
-    atomic_write_json(out_path + ".json", sidecar)
-    return sidecar
 
 
-def read_sidecar(model_path):
+def read_sidecar(model_path: str) -> Optional[Dict[str, Any]]:
     """The JSON sidecar written beside an exported model (None when absent)."""
     path = model_path + ".json"
     if not os.path.exists(path):
@@ -395,8 +453,8 @@ def read_sidecar(model_path):
         raise ExportError(f"sidecar {path} is not valid JSON: {exc}")
     problem = _sidecar_problem(sidecar)
     if problem:
-        raise ExportError(f"sidecar {path} is not an export sidecar: {problem}; export the model again with `fsaf-repro "
-                          "export`")
+        raise ExportError(f"sidecar {path} is not an export sidecar: {problem}; export the model again with "
+                          "`fsaf-repro export`")
     return sidecar
 
 
@@ -411,7 +469,8 @@ def _sidecar_problem(sidecar):
         if entry is None and key == "input":
             continue
         # the main input's name defaults to "input"; every extra input needs its own
-        if not isinstance(entry, dict) or not isinstance(entry.get("name", "input" if key == "input" else None), str):
+        default_name = "input" if key == "input" else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("name", default_name), str):
             return f"{key} must be an object with a string 'name'"
         shape = entry.get("shape")
         # the batch dimension may be symbolic ("batch" for a dynamic batch); the others are sizes
