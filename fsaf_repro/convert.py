@@ -17,6 +17,8 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ExportError, ToolError
 from .fileio import atomic_write_json, file_sha256
@@ -38,7 +40,7 @@ _CANN_CODE_LINE = re.compile(r"^(?P<code>[EW][0-9A-Z]\d{4}):\s*(?P<message>.*)$"
 AOE_SUCCESS = "Aoe process finished"
 
 
-def read_cann_codes(text):
+def read_cann_codes(text: str) -> Tuple[List[str], List[str]]:
     """The CANN error and warning code lines of a tool's output: ([error lines], [warning lines]).
 
     An error line is `E<5 characters>: message` (E10001, EZ3003, EC0010, E40000), a warning line
@@ -52,7 +54,7 @@ def read_cann_codes(text):
     return errors, warnings_
 
 
-def cann_error_summary(text):
+def cann_error_summary(text: str) -> Optional[str]:
     """The first error-code lines of a CANN tool's output, joined for a one-line message (or None)."""
     errors, _ = read_cann_codes(text)
     if not errors:
@@ -75,7 +77,7 @@ _CHIP_NAME = re.compile(r"^(?:Ascend)?(?:310|910)[0-9A-Za-z]*$")
 NPU_SMI_EXPECTED_CHIPS = "a 310, 310P, 310B or 910 chip name such as 310, 310P3, 310B1 or 910B3"
 
 
-def parse_npu_smi(text, source="npu-smi info"):
+def parse_npu_smi(text: str, source: str = "npu-smi info") -> List[Tuple[int, str, str]]:
     """The chips of an `npu-smi info` table, as a list of (npu_id, chip name, health).
 
     ToolError when the text is not the table (no `| NPU Name | Health |` header; the first line is
@@ -98,17 +100,18 @@ def parse_npu_smi(text, source="npu-smi info"):
         if match is None:
             continue  # a rule closing the table, or a header row
         if not _CHIP_NAME.match(match.group("name")):
-            raise ToolError(f"{source}: expected {NPU_SMI_EXPECTED_CHIPS} in the row {line!r}; pass --soc-version (e.g. Ascend310P3)")
+            raise ToolError(f"{source}: expected {NPU_SMI_EXPECTED_CHIPS} in the row {line!r}; "
+                            "pass --soc-version (e.g. Ascend310P3)")
         chips.append((int(match.group("npu")), match.group("name"), match.group("health")))
     return chips
 
 
-def soc_version_from_chip(chip):
+def soc_version_from_chip(chip: str) -> str:
     """`310P3` -> `Ascend310P3` (the --soc_version spelling)."""
     return chip if chip.startswith("Ascend") else "Ascend" + chip
 
 
-def detect_soc_version(npu_smi="npu-smi", log_path=None):
+def detect_soc_version(npu_smi: str = "npu-smi", log_path: Optional[str] = None) -> str:
     """Read the soc version from `npu-smi info`; ToolError when absent, ambiguous or unparseable.
 
     The tool's output is kept at `log_path` (default: a file in a fresh temporary directory).
@@ -126,16 +129,17 @@ def detect_soc_version(npu_smi="npu-smi", log_path=None):
     if not chips:
         raise ToolError("npu-smi info printed no chip row that names a 310/910 chip; pass --soc-version "
                         f"(e.g. Ascend310P3); output was:\n{output_tail(output)}")
-    names = sorted(set(c[1] for c in chips))
+    names = sorted({c[1] for c in chips})
     if len(names) > 1:
-        raise ToolError("npu-smi info lists several chip types ({}); pass --soc-version to choose one"
-                        .format(", ".join(names)))
+        raise ToolError(f"npu-smi info lists several chip types ({', '.join(names)}); pass --soc-version to "
+                        "choose one")
     return soc_version_from_chip(names[0])
 
 
 # --- argv builders -----------------------------------------------------------------------------------
 
-def input_shape_arg(input_name, batch_size, height, width, extra_inputs=()):
+def input_shape_arg(input_name: str, batch_size: int, height: Optional[int], width: Optional[int],
+                    extra_inputs: Sequence[Tuple[str, Sequence[int]]] = ()) -> str:
     """atc's --input_shape: `input:B,3,H,W`, plus `;name:B,d1,...` for each extra (name, dims) input
     (the uint8-input export also takes `image_hw` [B, 2]). Height and width default to the recipe's
     network input (spec `input`)."""
@@ -143,17 +147,19 @@ def input_shape_arg(input_name, batch_size, height, width, extra_inputs=()):
     width = input_constants()["width"] if width is None else width
     parts = [f"{input_name}:{int(batch_size)},3,{int(height)},{int(width)}"]
     for name, dims in extra_inputs:
-        parts.append("{}:{}".format(name, ",".join(str(int(d)) for d in [batch_size] + list(dims))))
+        sizes = ",".join(str(int(d)) for d in [batch_size] + list(dims))
+        parts.append(f"{name}:{sizes}")
     return ";".join(parts)
 
 
-def atc_argv(onnx_path, output_prefix, batch_size, soc_version, input_name="input", height=None, width=None,
-             out_nodes=DEFAULT_OUT_NODES, precision_mode="force_fp16", log_level="error", atc="atc",
-             extra_args=(), extra_inputs=()):
+def atc_argv(onnx_path: str, output_prefix: str, batch_size: int, soc_version: Optional[str],
+             input_name: str = "input", height: Optional[int] = None, width: Optional[int] = None,
+             out_nodes: Optional[str] = DEFAULT_OUT_NODES, precision_mode: str = "force_fp16",
+             log_level: str = "error", atc: str = "atc", extra_args: Sequence[str] = (),
+             extra_inputs: Sequence[Tuple[str, Sequence[int]]] = ()) -> List[str]:
     """The recipe's atc command (section 3.2) as an argv list."""
     if precision_mode not in PRECISION_MODES:
-        raise ToolError("unknown atc precision mode {!r}; choose one of {}".format(
-            precision_mode, ", ".join(PRECISION_MODES)))
+        raise ToolError(f"unknown atc precision mode {precision_mode!r}; choose one of {', '.join(PRECISION_MODES)}")
     argv = [atc, "--framework=5", f"--model={onnx_path}", f"--output={output_prefix}",
             "--input_format=NCHW",
             f"--input_shape={input_shape_arg(input_name, batch_size, height, width, extra_inputs)}",
@@ -165,12 +171,12 @@ def atc_argv(onnx_path, output_prefix, batch_size, soc_version, input_name="inpu
     return argv
 
 
-def aoe_argv(onnx_path, output_prefix, batch_size, input_name="input", height=None, width=None, job_type=2,
-             aoe="aoe", extra_args=(), extra_inputs=()):
+def aoe_argv(onnx_path: str, output_prefix: str, batch_size: int, input_name: str = "input",
+             height: Optional[int] = None, width: Optional[int] = None, job_type: int = 2, aoe: str = "aoe",
+             extra_args: Sequence[str] = (), extra_inputs: Sequence[Tuple[str, Sequence[int]]] = ()) -> List[str]:
     """The recipe's aoe operator-tuning command (section 7.1) as an argv list (job_type 2 = operators)."""
     if int(job_type) not in (1, 2):
-        raise ToolError(f"aoe --job_type must be 1 (subgraph tuning) or 2 (operator tuning), got {job_type}"
-                        )
+        raise ToolError(f"aoe --job_type must be 1 (subgraph tuning) or 2 (operator tuning), got {job_type}")
     argv = [aoe, "--framework=5", f"--model={onnx_path}", f"--job_type={int(job_type)}",
             f"--output={output_prefix}", "--input_format=NCHW",
             f"--input_shape={input_shape_arg(input_name, batch_size, height, width, extra_inputs)}"]
@@ -180,7 +186,7 @@ def aoe_argv(onnx_path, output_prefix, batch_size, input_name="input", height=No
 
 # --- sidecars ----------------------------------------------------------------------------------------
 
-def read_om_sidecar(om_path):
+def read_om_sidecar(om_path: str) -> Optional[Dict[str, Any]]:
     """The conversion sidecar `<om>.json`, or None if absent (an om built outside this package)."""
     path = str(om_path) + ".json"
     if not os.path.exists(path):
@@ -191,18 +197,22 @@ def read_om_sidecar(om_path):
     except ValueError as exc:
         raise ToolError(f"om sidecar {path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or "batch_size" not in data:
-        raise ToolError(f"om sidecar {path} has no batch_size; rebuild the om with `fsaf-repro convert`"
-                        )
+        raise ToolError(f"om sidecar {path} has no batch_size; rebuild the om with `fsaf-repro convert`")
     if not _positive_int(data["batch_size"]):
-        raise ToolError("om sidecar {}: batch_size must be a positive integer, got {!r}; rebuild the om with "
-                        "`fsaf-repro convert`".format(path, data["batch_size"]))
+        raise ToolError(f"om sidecar {path}: batch_size must be a positive integer, got {data['batch_size']!r}; "
+                        "rebuild the om with `fsaf-repro convert`")
     model_input = data.get("input")
-    if model_input is not None and not (isinstance(model_input, dict) and isinstance(model_input.get("shape"), list)
-                                        and len(model_input["shape"]) == 4
-                                        and all(_positive_int(d) for d in model_input["shape"])):
-        raise ToolError(f"om sidecar {path}: 'input' must be an object with a 'shape' of 4 positive integers (N, C, H, "
-                        f"W), got {model_input!r}; rebuild the om with `fsaf-repro convert`")
+    if model_input is not None and not _is_nchw_input(model_input):
+        raise ToolError(f"om sidecar {path}: 'input' must be an object with a 'shape' of 4 positive integers "
+                        f"(N, C, H, W), got {model_input!r}; rebuild the om with `fsaf-repro convert`")
     return data
+
+
+def _is_nchw_input(model_input):
+    if not isinstance(model_input, dict):
+        return False
+    shape = model_input.get("shape")
+    return isinstance(shape, list) and len(shape) == 4 and all(_positive_int(d) for d in shape)
 
 
 def _positive_int(value):
@@ -211,25 +221,35 @@ def _positive_int(value):
 
 # --- conversion jobs ---------------------------------------------------------------------------------
 
+@dataclass
+class ModelInput:
+    """The network input an om is built for: its name and canvas, and the extra inputs as
+    (name, dims after the batch) pairs, e.g. ("image_hw", [2]) for the uint8-input export."""
+    name: str
+    height: int
+    width: int
+    extra_inputs: List[Tuple[str, List[int]]] = field(default_factory=list)
+
+
 def _model_input(onnx_path, input_name, height, width):
-    """Input name, spatial size and extra inputs from the export sidecar when present, else the given
-    values. Extra inputs are (name, dims without the batch) pairs, e.g. ("image_hw", [2])."""
+    """(export sidecar or None, ModelInput): the input from the export sidecar when present, else the
+    given values."""
     from .export import read_sidecar  # the exporter owns its sidecar's format
 
     try:
         sidecar = read_sidecar(str(onnx_path))
     except ExportError as exc:
         raise ToolError(str(exc))
-    extra_inputs = []
+    model = ModelInput(input_name, height, width)
     if sidecar and isinstance(sidecar.get("input"), dict):
         spec_input = sidecar["input"]
         shape = spec_input.get("shape") or []
         if len(shape) == 4:
-            height, width = int(shape[2]), int(shape[3])
-        input_name = spec_input.get("name", input_name)
+            model.height, model.width = int(shape[2]), int(shape[3])
+        model.name = spec_input.get("name", input_name)
         for extra in (sidecar.get("inputs") or [])[1:]:
-            extra_inputs.append((extra["name"], [int(d) for d in extra["shape"][1:]]))
-    return sidecar, input_name, height, width, extra_inputs
+            model.extra_inputs.append((extra["name"], [int(d) for d in extra["shape"][1:]]))
+    return sidecar, model
 
 
 def _check_onnx_batch(sidecar, onnx_path, batch_size):
@@ -238,14 +258,51 @@ def _check_onnx_batch(sidecar, onnx_path, batch_size):
     exported = sidecar.get("batch_size")
     if exported not in (None, "dynamic") and int(exported) != int(batch_size):
         raise ToolError(
-            f"{onnx_path} was exported with a static batch size of {exported} and cannot be converted for batch size {batch_size}; "
-            "export it with a dynamic batch (batch_size=None) or once per batch size")
+            f"{onnx_path} was exported with a static batch size of {exported} and cannot be converted for batch "
+            f"size {batch_size}; export it with a dynamic batch (batch_size=None) or once per batch size")
 
 
-def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_prefix=None,
-                precision_mode="force_fp16", out_nodes=DEFAULT_OUT_NODES, input_name="input",
-                height=None, width=None, log_level="error", job_type=2, executable=None, timeout=None,
-                extra_args=()):
+@dataclass
+class ConversionJob:
+    """One atc or aoe run for one batch size, with the tool's options."""
+    tool: str
+    batch_size: int
+    soc_version: Optional[str]
+    precision_mode: str = "force_fp16"
+    out_nodes: Optional[str] = DEFAULT_OUT_NODES
+    log_level: str = "error"
+    job_type: int = 2
+    executable: Optional[str] = None
+    timeout: Optional[float] = None
+    extra_args: Sequence[str] = ()
+
+    def argv(self, onnx_path: str, output_prefix: str, model: ModelInput) -> List[str]:
+        if self.tool == "atc":
+            return atc_argv(onnx_path, output_prefix, self.batch_size, self.soc_version, model.name, model.height,
+                            model.width, out_nodes=self.out_nodes, precision_mode=self.precision_mode,
+                            log_level=self.log_level, atc=self.executable or "atc", extra_args=self.extra_args,
+                            extra_inputs=model.extra_inputs)
+        return aoe_argv(onnx_path, output_prefix, self.batch_size, model.name, model.height, model.width,
+                        job_type=self.job_type, aoe=self.executable or "aoe", extra_args=self.extra_args,
+                        extra_inputs=model.extra_inputs)
+
+    def run(self, argv: List[str], scratch: str, log_path: str, artifact: str) -> str:
+        """The tool's output; ToolError unless it exited 0, printed its success line and wrote `artifact`."""
+        success, failure = (ATC_SUCCESS, ATC_FAILURE) if self.tool == "atc" else (AOE_SUCCESS, None)
+        try:
+            return run_tool(argv, cwd=scratch, log_path=log_path, success_line=success, failure_line=failure,
+                            explain=cann_error_summary, artifacts=[artifact], timeout=self.timeout,
+                            tool_name=self.tool)
+        except ToolError as exc:
+            raise ToolError(f"{exc} (batch size {self.batch_size}; scratch directory kept: {scratch})") from None
+
+
+def convert_one(onnx_path: str, out_dir: str, batch_size: int, soc_version: Optional[str], tool: str = "atc",
+                name_prefix: Optional[str] = None, precision_mode: str = "force_fp16",
+                out_nodes: Optional[str] = DEFAULT_OUT_NODES, input_name: str = "input",
+                height: Optional[int] = None, width: Optional[int] = None, log_level: str = "error",
+                job_type: int = 2, executable: Optional[str] = None, timeout: Optional[float] = None,
+                extra_args: Sequence[str] = ()) -> Dict[str, Any]:
     """Convert `onnx_path` for one batch size with atc (tool="atc") or aoe (tool="aoe").
 
     Returns the sidecar dict (also written at `<om>.json`). On failure raises ToolError; the log is kept
@@ -255,52 +312,49 @@ def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_pr
         raise ToolError(f"unknown conversion tool {tool!r}; use atc or aoe")
     onnx_path = os.path.abspath(str(onnx_path))
     if not os.path.isfile(onnx_path):
-        raise ToolError(f"ONNX model {onnx_path} does not exist; export it first (`fsaf-repro export`)"
-                        )
+        raise ToolError(f"ONNX model {onnx_path} does not exist; export it first (`fsaf-repro export`)")
     height = input_constants()["height"] if height is None else height
     width = input_constants()["width"] if width is None else width
-    onnx_sidecar, input_name, height, width, extra_inputs = _model_input(onnx_path, input_name, height, width)
+    onnx_sidecar, model = _model_input(onnx_path, input_name, height, width)
     _check_onnx_batch(onnx_sidecar, onnx_path, batch_size)
+    job = ConversionJob(tool, batch_size, soc_version, precision_mode, out_nodes, log_level, job_type, executable,
+                        timeout, extra_args)
     out_dir = os.path.abspath(str(out_dir))
     if not os.path.isdir(out_dir):
         os.makedirs(out_dir)
     stem = os.path.splitext(os.path.basename(onnx_path))[0]
-    prefix = name_prefix or (f"{stem}_bs{batch_size}" if tool == "atc"
-                             else f"aoe_{stem}_bs{batch_size}")
+    prefix = name_prefix or (f"{stem}_bs{batch_size}" if tool == "atc" else f"aoe_{stem}_bs{batch_size}")
     final_om = os.path.join(out_dir, prefix + ".om")
     log_path = os.path.join(out_dir, f"{prefix}.{tool}.log")
     scratch = tempfile.mkdtemp(prefix=f".{tool}_{prefix}_", dir=out_dir)
     scratch_prefix = os.path.join(scratch, prefix)
-    if tool == "atc":
-        argv = atc_argv(onnx_path, scratch_prefix, batch_size, soc_version, input_name, height, width,
-                        out_nodes=out_nodes, precision_mode=precision_mode, log_level=log_level,
-                        atc=executable or "atc", extra_args=extra_args, extra_inputs=extra_inputs)
-        success, failure = ATC_SUCCESS, ATC_FAILURE
-    else:
-        argv = aoe_argv(onnx_path, scratch_prefix, batch_size, input_name, height, width, job_type=job_type,
-                        aoe=executable or "aoe", extra_args=extra_args, extra_inputs=extra_inputs)
-        success, failure = AOE_SUCCESS, None
-    try:
-        output = run_tool(argv, cwd=scratch, log_path=log_path, success_line=success, failure_line=failure,
-                          explain=cann_error_summary, artifacts=[scratch_prefix + ".om"], timeout=timeout,
-                          tool_name=tool)
-    except ToolError as exc:
-        raise ToolError(f"{exc} (batch size {batch_size}; scratch directory kept: {scratch})") from None
+    argv = job.argv(onnx_path, scratch_prefix, model)
+    output = job.run(argv, scratch, log_path, scratch_prefix + ".om")
     os.replace(scratch_prefix + ".om", final_om)
     shutil.rmtree(scratch, ignore_errors=True)
+    sidecar = om_sidecar(job, argv, model, onnx_path, onnx_sidecar, final_om, log_path, output)
+    atomic_write_json(final_om + ".json", sidecar)
+    return sidecar
+
+
+def om_sidecar(job: ConversionJob, argv: List[str], model: ModelInput, onnx_path: str,
+               onnx_sidecar: Optional[Dict[str, Any]], final_om: str, log_path: str, output: str) -> Dict[str, Any]:
+    """The sidecar `<om>.json`: how the om at `final_om` was built, from what, and what the tool said."""
+    batch_size = int(job.batch_size)
+    atc = job.tool == "atc"
     version_match = re.search(r"(?i)(?:ATC|AOE)\s+(?:version|start working now)[^\n]*", output)
-    sidecar = {
+    return {
         "om": os.path.basename(final_om),
-        "tool": tool,
+        "tool": job.tool,
         "argv": argv,
-        "job_type": int(job_type) if tool == "aoe" else None,
-        "batch_size": int(batch_size),
-        "soc_version": soc_version,
-        "input": {"name": input_name, "shape": [int(batch_size), 3, int(height), int(width)],
+        "job_type": None if atc else int(job.job_type),
+        "batch_size": batch_size,
+        "soc_version": job.soc_version,
+        "input": {"name": model.name, "shape": [batch_size, 3, int(model.height), int(model.width)],
                   "format": "NCHW"},
-        "extra_inputs": [{"name": n, "shape": [int(batch_size)] + d} for n, d in extra_inputs],
-        "out_nodes": out_nodes.split(";") if (out_nodes and tool == "atc") else None,
-        "precision_mode": precision_mode if tool == "atc" else "aoe default",
+        "extra_inputs": [{"name": n, "shape": [batch_size] + d} for n, d in model.extra_inputs],
+        "out_nodes": job.out_nodes.split(";") if (job.out_nodes and atc) else None,
+        "precision_mode": job.precision_mode if atc else "aoe default",
         "onnx": onnx_path,
         "onnx_sha256": file_sha256(onnx_path),
         "onnx_sidecar": onnx_sidecar,
@@ -310,12 +364,11 @@ def convert_one(onnx_path, out_dir, batch_size, soc_version, tool="atc", name_pr
         "om_sha256": file_sha256(final_om),
         "created_utc": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
     }
-    atomic_write_json(final_om + ".json", sidecar)
-    return sidecar
 
 
-def convert_batch_sizes(onnx_path, out_dir, batch_sizes=DEFAULT_BATCH_SIZES, soc_version=None, aoe=False,
-                        npu_smi="npu-smi", keep_going=True, **kwargs):
+def convert_batch_sizes(onnx_path: str, out_dir: str, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+                        soc_version: Optional[str] = None, aoe: bool = False, npu_smi: str = "npu-smi",
+                        keep_going: bool = True, **kwargs: Any) -> Dict[int, Dict[str, Any]]:
     """Convert for every batch size; returns {batch_size: sidecar}.
 
     The soc version is read from `npu-smi info` when not given (atc only: aoe reads the device itself).
@@ -336,12 +389,13 @@ def convert_batch_sizes(onnx_path, out_dir, batch_sizes=DEFAULT_BATCH_SIZES, soc
                 raise
             failures.append(f"batch size {bs}: {exc}")
     if failures:
-        raise ToolError("{} of {} conversions failed (built: {}):\n{}".format(
-            len(failures), len(batch_sizes), sorted(results) or "none", "\n".join(failures)))
+        built = sorted(results) or "none"
+        details = "\n".join(failures)
+        raise ToolError(f"{len(failures)} of {len(batch_sizes)} conversions failed (built: {built}):\n{details}")
     return results
 
 
-def parse_batch_sizes(text):
+def parse_batch_sizes(text: str) -> List[int]:
     try:
         sizes = [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
