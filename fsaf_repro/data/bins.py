@@ -6,12 +6,14 @@ transform; `write_info_files` writes the tools' info files (get_info.py), `write
 record of a run. Files are written through a temporary name and renamed, so an interrupted run
 leaves no truncated `.bin`.
 """
+import contextlib
 import hashlib
 import json
 import os
 import sys
 import warnings
 from collections import namedtuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -19,7 +21,7 @@ import numpy as np
 from ..errors import DataError, ImageReadError
 from ..fileio import PART_MARK, atomic_write_array, atomic_write_text, is_stale_part
 from ..spec import input_constants
-from .coco import SkippedImage, is_json_int, rotated_image_ids
+from .coco import CocoImageSet, SkippedImage, is_json_int, rotated_image_ids
 from .transform import decode_bgr, letterbox_to_canvas, read_image_bytes
 
 # A preprocessing run: the .bin files listed (image-id order), how many were written and how many kept,
@@ -28,14 +30,14 @@ from .transform import decode_bgr, letterbox_to_canvas, read_image_bytes
 PreprocessReport = namedtuple("PreprocessReport", "bin_paths written reused skipped metas")
 
 
-def bin_bytes(height, width):
+def bin_bytes(height: int, width: int) -> int:
     return 3 * int(height) * int(width) * 4
 
 
 BIN_MISSING = "missing"
 
 
-def bin_file_problem(path, height, width):
+def bin_file_problem(path: str, height: int, width: int) -> Optional[str]:
     """None when `path` is a complete float32 3 x height x width .bin; else BIN_MISSING or its size fault."""
     if not os.path.isfile(path):
         return BIN_MISSING
@@ -59,7 +61,7 @@ _BIN_RECORD_FORMAT = 1
 _TRANSFORM_REVISION = 1
 
 
-def bin_transform_key(height, width):
+def bin_transform_key(height: int, width: int) -> Dict[str, Any]:
     """Everything a .bin's bytes depend on besides its image: the transform's parameters (canvas,
     mean/std, dtype, layout) and implementation (this code's revision, OpenCV's resize)."""
     const = input_constants()
@@ -69,7 +71,7 @@ def bin_transform_key(height, width):
             "opencv": cv2.__version__}
 
 
-def read_bin_record(bin_dir, height, width):
+def read_bin_record(bin_dir: str, height: int, width: int) -> Dict[str, Dict[str, Any]]:
     """{bin name: entry} of the folder's record, only if it was made with this transform; else {}.
 
     A damaged line (a kill mid-append) is skipped with a warning naming the file and line: its .bin
@@ -214,7 +216,8 @@ def _remove_stale_parts(out_dir):
                 pass  # removed meanwhile by another run's cleanup
 
 
-def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, chunksize=2):
+def write_bins(image_set: CocoImageSet, out_dir: str, workers: Optional[int] = None, skip_bad: bool = False,
+               progress: bool = True, chunksize: int = 2) -> PreprocessReport:
     """Write one `<stem>.bin` per image (float32 CHW, facts section 2) into `out_dir`, in parallel.
 
     A `.bin` is kept only when the folder's record (BIN_RECORD_NAME) says it was made from the
@@ -231,44 +234,60 @@ def write_bins(image_set, out_dir, workers=None, skip_bad=False, progress=True, 
         os.makedirs(out_dir)
     _remove_stale_parts(out_dir)
     workers = max(1, min(len(image_set), int(workers or os.cpu_count() or 1)))
-    results = {}
     record = read_bin_record(out_dir, image_set.height, image_set.width)
     recorder = _BinRecordWriter(out_dir, image_set.height, image_set.width, record)
     bar = _progress_bar(len(image_set), "preprocess", progress)
     caller_threads = cv2.getNumThreads()
     try:
-        if workers == 1:
-            _init_worker(image_set, out_dir, record)
-            iterator = (_preprocess_one(i) for i in range(len(image_set)))
-            pool = None
-        else:
-            import multiprocessing
-            # spawn, not fork: a child forked after OpenCV started its thread pool can deadlock in
-            # cv2.resize
-            context = multiprocessing.get_context("spawn")
-            pool = context.Pool(workers, initializer=_init_worker, initargs=(image_set, out_dir, dict(record)))
-            iterator = pool.imap(_preprocess_one, range(len(image_set)), chunksize)
-        try:
-            for index, status, message, used, entry in iterator:
-                if status == "bad" and not skip_bad:
-                    raise ImageReadError(message + " (use --skip-bad to continue past bad images)")
-                results[index] = (status, message, used)
-                name = image_set.bin_name(image_set.metas[index])
-                if status == "written":
-                    recorder.add(name, entry)
-                elif status == "bad" and name in record:
-                    recorder.forget(name)  # a skipped image's old .bin is moved aside below
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+        with _worker_results(image_set, out_dir, record, workers, chunksize) as outcomes:
+            results = _record_outcomes(outcomes, image_set, record, recorder, bar, skip_bad)
     finally:
         recorder.close()
         cv2.setNumThreads(caller_threads)  # the in-process path set it to 1
         if bar is not None:
             bar.close()
+    return _preprocess_report(image_set, out_dir, results)
+
+
+@contextlib.contextmanager
+def _worker_results(image_set, out_dir, record, workers, chunksize):
+    """The `_preprocess_one` outcome of every entry, in order: computed in this process for one
+    worker, else by a pool of spawned processes, which is stopped on leaving the block."""
+    if workers == 1:
+        _init_worker(image_set, out_dir, record)
+        yield (_preprocess_one(i) for i in range(len(image_set)))
+        return
+    import multiprocessing
+    # spawn, not fork: a child forked after OpenCV started its thread pool can deadlock in
+    # cv2.resize
+    context = multiprocessing.get_context("spawn")
+    pool = context.Pool(workers, initializer=_init_worker, initargs=(image_set, out_dir, dict(record)))
+    try:
+        yield pool.imap(_preprocess_one, range(len(image_set)), chunksize)
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _record_outcomes(outcomes, image_set, record, recorder, bar, skip_bad):
+    """{index: (status, message, meta used)} of the outcomes, each written .bin recorded as it lands;
+    ImageReadError at the first bad image unless `skip_bad`."""
+    results = {}
+    for index, status, message, used, entry in outcomes:
+        if status == "bad" and not skip_bad:
+            raise ImageReadError(message + " (use --skip-bad to continue past bad images)")
+        results[index] = (status, message, used)
+        name = image_set.bin_name(image_set.metas[index])
+        if status == "written":
+            recorder.add(name, entry)
+        elif status == "bad" and name in record:
+            recorder.forget(name)  # a skipped image's old .bin is moved aside below
+        if bar is not None:
+            bar.update(1)
+    return results
+
+
+def _preprocess_report(image_set, out_dir, results):
     bin_paths, skipped, used_metas = [], [], []
     written = reused = 0
     for index, meta in enumerate(image_set.metas):
@@ -295,8 +314,10 @@ def _progress_bar(total, desc, enabled):
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr)
 
 
-def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, exclude_ids=(), report=None,
-                     metas=None):
+def write_info_files(image_set: CocoImageSet, bin_dir: Optional[str] = None, bin_info: Optional[str] = None,
+                     jpg_info: Optional[str] = None, exclude_ids: Sequence[int] = (),
+                     report: Optional[PreprocessReport] = None,
+                     metas: Optional[Sequence[Any]] = None) -> Dict[str, List[str]]:
     """Write the tools' info files (facts section 2) in image-id order; returns the lines written.
 
     bin:  `<index> <bin_dir>/<stem>.bin <model width> <model height>`: each .bin must exist, full
@@ -324,24 +345,8 @@ def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, excl
     if bin_info is not None:
         if bin_dir is None:
             raise DataError("a bin info file needs the .bin directory")
-        lines = []
         checked = set(report.bin_paths) if report is not None else set()
-        record = None
-        for index, meta in enumerate(metas):
-            path = os.path.join(os.fspath(bin_dir), image_set.bin_name(meta))
-            if path not in checked:
-                problem = bin_file_problem(path, image_set.height, image_set.width)
-                if problem == BIN_MISSING:
-                    raise DataError(f"{path} is missing: run `fsaf-repro preprocess` first")
-                if problem:
-                    raise DataError(f"{path} {problem}")
-                if record is None:
-                    record = read_bin_record(bin_dir, image_set.height, image_set.width)
-                problem = _recorded_source_problem(record.get(os.path.basename(path)), path,
-                                                   read_image_bytes(meta.path), image_set.height, image_set.width)
-                if problem:
-                    raise DataError(f"{path} {problem} (image {meta.path}, id {meta.image_id}): rerun `fsaf-repro preprocess` on {bin_dir}")
-            lines.append(_info_line(bin_info, index, path, image_set.width, image_set.height, meta))
+        lines = _bin_info_lines(image_set, os.fspath(bin_dir), bin_info, metas, checked)
         atomic_write_text(os.fspath(bin_info), "\n".join(lines) + "\n")
         written["bin"] = lines
     if jpg_info is not None:
@@ -352,15 +357,39 @@ def write_info_files(image_set, bin_dir=None, bin_info=None, jpg_info=None, excl
     return written
 
 
+def _bin_info_lines(image_set, bin_dir, bin_info, metas, checked):
+    """The bin info file's lines; every .bin not in `checked` is verified first (present, full size,
+    made from the image's current bytes with this transform)."""
+    lines = []
+    record = None
+    for index, meta in enumerate(metas):
+        path = os.path.join(bin_dir, image_set.bin_name(meta))
+        if path not in checked:
+            problem = bin_file_problem(path, image_set.height, image_set.width)
+            if problem == BIN_MISSING:
+                raise DataError(f"{path} is missing: run `fsaf-repro preprocess` first")
+            if problem:
+                raise DataError(f"{path} {problem}")
+            if record is None:
+                record = read_bin_record(bin_dir, image_set.height, image_set.width)
+            problem = _recorded_source_problem(record.get(os.path.basename(path)), path,
+                                               read_image_bytes(meta.path), image_set.height, image_set.width)
+            if problem:
+                raise DataError(f"{path} {problem} (image {meta.path}, id {meta.image_id}): rerun "
+                                f"`fsaf-repro preprocess` on {bin_dir}")
+        lines.append(_info_line(bin_info, index, path, image_set.width, image_set.height, meta))
+    return lines
+
+
 def _info_line(info_path, index, path, width, height, meta):
     # the tools split info lines at whitespace: a path holding any would be read as other fields
     if any(c.isspace() for c in path):
-        raise DataError(f"{info_path}: cannot list {path!r} (image id {meta.image_id}): info files separate their fields by white space; "
-                        "rename the file or folder")
+        raise DataError(f"{info_path}: cannot list {path!r} (image id {meta.image_id}): info files separate their "
+                        "fields by white space; rename the file or folder")
     return f"{index} {path} {width} {height}"
 
 
-def read_info_file(path):
+def read_info_file(path: str) -> List[Tuple[int, str, int, int]]:
     """Parse an info file into a list of (index, path, width, height); DataError naming the file and line."""
     path = os.fspath(path)
     entries = []
@@ -370,20 +399,19 @@ def read_info_file(path):
                 if not line.strip():
                     continue
                 parts = line.split()
+                text = line.rstrip("\n")
                 if len(parts) != 4:
-                    raise DataError("{} line {}: expected '<index> <path> <width> <height>', got {!r}".format(
-                        path, number, line.rstrip("\n")))
+                    raise DataError(f"{path} line {number}: expected '<index> <path> <width> <height>', got {text!r}")
                 try:
                     entries.append((int(parts[0]), parts[1], int(parts[2]), int(parts[3])))
                 except ValueError:
-                    raise DataError("{} line {}: index, width and height must be integers: {!r}".format(
-                        path, number, line.rstrip("\n")))
+                    raise DataError(f"{path} line {number}: index, width and height must be integers: {text!r}")
     except FileNotFoundError:
         raise DataError(f"info file not found: {path}")
     return entries
 
 
-def write_manifest(path, image_set, report):
+def write_manifest(path: str, image_set: CocoImageSet, report: PreprocessReport) -> Dict[str, Any]:
     """A json record of a preprocessing run: what was read, from which annotation file, what failed."""
     record = {
         "annotation_file": image_set.annotation_file,
