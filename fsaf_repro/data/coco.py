@@ -12,6 +12,7 @@ import numbers
 import os
 import warnings
 from collections import namedtuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,7 +25,7 @@ ImageMeta = namedtuple("ImageMeta", "image_id file_name path orig_w orig_h scale
 SkippedImage = namedtuple("SkippedImage", "index image_id path reason")
 
 
-def load_annotation_json(annotation_file):
+def load_annotation_json(annotation_file: str) -> Tuple[Dict[str, Any], str]:
     """(parsed dict, sha256 hex) of a COCO annotation file, checked by `validate_annotations`;
     AnnotationError naming it on failure."""
     data, sha = _parse_annotation_json(annotation_file)
@@ -37,7 +38,7 @@ AnnotationImage = namedtuple("AnnotationImage", "image_id file_name width height
 Annotations = namedtuple("Annotations", "path data sha256 images")
 
 
-def read_annotation_file(annotation_file, need_annotations=False):
+def read_annotation_file(annotation_file: str, need_annotations: bool = False) -> Annotations:
     """Annotations of a COCO file, read once and checked by `validate_annotations`."""
     data, sha = _parse_annotation_json(annotation_file)
     images = validate_annotations(data, os.fspath(annotation_file), need_annotations=need_annotations)
@@ -60,7 +61,7 @@ def _parse_annotation_json(annotation_file):
     return data, hashlib.sha256(raw).hexdigest()
 
 
-def is_json_int(value):
+def is_json_int(value: Any) -> bool:
     """A JSON integer: an int, not a bool (json reads true as True, an int subclass)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -76,7 +77,7 @@ def _positive_int(value):
     return None
 
 
-def file_name_problem(file_name):
+def file_name_problem(file_name: Any) -> Optional[str]:
     """Why an annotation `file_name` cannot name an image inside the image folder, or None.
 
     Judged on the text alone (so verbs that never open images refuse the same files): an absolute
@@ -97,7 +98,7 @@ def file_name_problem(file_name):
     return None
 
 
-def validate_annotations(data, source, need_annotations=False):
+def validate_annotations(data: Any, source: str, need_annotations: bool = False) -> List[AnnotationImage]:
     """The one check of a COCO annotation file's content, shared by every verb that reads one.
 
     `source` (the file) is named in every message, with the offending list entry. Checked: a JSON
@@ -113,35 +114,8 @@ def validate_annotations(data, source, need_annotations=False):
     for key in ("images", "categories") + (("annotations",) if need_annotations else ()):
         if not isinstance(data.get(key), list):
             raise AnnotationError(f"annotation file {source} has no '{key}' list")
-    category_ids = set()
-    for number, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or not is_json_int(cat.get("id")) or not isinstance(cat.get("name"), str):
-            raise AnnotationError(f"{source}: categories[{number}] needs an integer 'id' and a string 'name', got {cat!r}")
-        if cat["id"] in category_ids:
-            raise AnnotationError("{}: category id {} appears twice (categories[{}])".format(
-                source, cat["id"], number))
-        category_ids.add(cat["id"])
-    images = []
-    ids, files = {}, {}
-    for number, entry in enumerate(data["images"]):
-        if not isinstance(entry, dict):
-            raise AnnotationError(f"{source}: images[{number}] must be an object, got {entry!r}")
-        image_id, file_name = entry.get("id"), entry.get("file_name")
-        width, height = _positive_int(entry.get("width")), _positive_int(entry.get("height"))
-        if not is_json_int(image_id) or width is None or height is None:
-            raise AnnotationError(f"{source}: images[{number}] needs an integer 'id' and positive integer 'width' and "
-                                  f"'height': {entry!r}")
-        problem = file_name_problem(file_name)
-        if problem:
-            raise AnnotationError(f"{source}: images[{number}] (image id {image_id}): {problem}: {file_name!r}")
-        if image_id in ids:
-            raise AnnotationError(f"{source}: image id {image_id} appears twice (images[{ids[image_id]}] and images[{number}])")
-        ids[image_id] = number
-        key = os.path.normpath(file_name)
-        if key in files:
-            raise AnnotationError(f"{source}: file {file_name!r} is listed twice (image ids {files[key]} and {image_id})")
-        files[key] = image_id
-        images.append(AnnotationImage(int(image_id), file_name, width, height))
+    category_ids = _checked_category_ids(data["categories"], source)
+    images, ids = _checked_images(data["images"], source)
     if need_annotations:
         ann_ids = set()
         for number, ann in enumerate(data["annotations"]):
@@ -153,17 +127,59 @@ def validate_annotations(data, source, need_annotations=False):
     return images
 
 
+def _checked_category_ids(categories, source):
+    """The category ids, each an integer listed once with a string name."""
+    category_ids = set()
+    for number, cat in enumerate(categories):
+        if not isinstance(cat, dict) or not is_json_int(cat.get("id")) or not isinstance(cat.get("name"), str):
+            raise AnnotationError(f"{source}: categories[{number}] needs an integer 'id' and a string 'name', "
+                                  f"got {cat!r}")
+        if cat["id"] in category_ids:
+            raise AnnotationError(f"{source}: category id {cat['id']} appears twice (categories[{number}])")
+        category_ids.add(cat["id"])
+    return category_ids
+
+
+def _checked_images(entries, source):
+    """([AnnotationImage] in file order, {image id: index in 'images'}), every entry checked."""
+    images = []
+    ids, files = {}, {}
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise AnnotationError(f"{source}: images[{number}] must be an object, got {entry!r}")
+        image_id, file_name = entry.get("id"), entry.get("file_name")
+        width, height = _positive_int(entry.get("width")), _positive_int(entry.get("height"))
+        if not is_json_int(image_id) or width is None or height is None:
+            raise AnnotationError(f"{source}: images[{number}] needs an integer 'id' and positive integer 'width' and "
+                                  f"'height': {entry!r}")
+        problem = file_name_problem(file_name)
+        if problem:
+            raise AnnotationError(f"{source}: images[{number}] (image id {image_id}): {problem}: {file_name!r}")
+        if image_id in ids:
+            raise AnnotationError(f"{source}: image id {image_id} appears twice (images[{ids[image_id]}] and "
+                                  f"images[{number}])")
+        ids[image_id] = number
+        key = os.path.normpath(file_name)
+        if key in files:
+            raise AnnotationError(f"{source}: file {file_name!r} is listed twice (image ids {files[key]} and "
+                                  f"{image_id})")
+        files[key] = image_id
+        images.append(AnnotationImage(int(image_id), file_name, width, height))
+    return images, ids
+
+
 def _annotation_fault(ann, image_ids, category_ids, seen_ids):
     if not isinstance(ann, dict):
         return "must be an object"
     if not is_json_int(ann.get("id")):
         return "needs an integer 'id'"
     if ann["id"] in seen_ids:
-        return "repeats annotation id {}".format(ann["id"])
-    if ann.get("image_id") not in image_ids or not is_json_int(ann.get("image_id")):
-        return "has image_id {!r}, which 'images' does not list".format(ann.get("image_id"))
-    if ann.get("category_id") not in category_ids or not is_json_int(ann.get("category_id")):
-        return "has category_id {!r}, which 'categories' does not list".format(ann.get("category_id"))
+        return f"repeats annotation id {ann['id']}"
+    image_id, category_id = ann.get("image_id"), ann.get("category_id")
+    if image_id not in image_ids or not is_json_int(image_id):
+        return f"has image_id {image_id!r}, which 'images' does not list"
+    if category_id not in category_ids or not is_json_int(category_id):
+        return f"has category_id {category_id!r}, which 'categories' does not list"
     bbox = ann.get("bbox")
     if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
         return "needs a 'bbox' of 4 finite numbers"
@@ -172,7 +188,7 @@ def _annotation_fault(ann, image_ids, category_ids, seen_ids):
     return None
 
 
-def output_stems(images, source):
+def output_stems(images: Sequence[AnnotationImage], source: str) -> Dict[int, str]:
     """image id -> the stem that names every file made for that image: `<stem>.bin`, and the tools'
     outputs `<stem>_1.bin` / `<stem>_0.bin`, which they name after the input file.
 
@@ -197,13 +213,15 @@ def output_stems(images, source):
     for image in images:
         key = stems[image.image_id].casefold()
         if key in owner:
-            raise AnnotationError(f"{source}: images {owner[key].file_name!r} (id {owner[key].image_id}) and {image.file_name!r} (id {image.image_id}) would write files of one name "
+            other = owner[key]
+            raise AnnotationError(f"{source}: images {other.file_name!r} (id {other.image_id}) and "
+                                  f"{image.file_name!r} (id {image.image_id}) would write files of one name "
                                   f"({stems[image.image_id]!r}); rename one of them")
         owner[key] = image
     return stems
 
 
-def category_ids_from_categories(categories, source, strict_ids=True):
+def category_ids_from_categories(categories: Sequence[Any], source: str, strict_ids: bool = True) -> List[int]:
     """label k -> category id, by matching the file's category names with the 80 model classes.
 
     A name missing from the file, an extra or duplicated name is an AnnotationError. With
@@ -216,22 +234,22 @@ def category_ids_from_categories(categories, source, strict_ids=True):
         if not isinstance(cat, dict) or "name" not in cat or "id" not in cat:
             raise AnnotationError(f"{source}: every category needs 'id' and 'name', got {cat!r}")
         if cat["name"] in by_name:
-            raise AnnotationError("{}: category name {!r} appears twice".format(source, cat["name"]))
+            raise AnnotationError(f"{source}: category name {cat['name']!r} appears twice")
         by_name[cat["name"]] = int(cat["id"])
     missing = [name for name in classes if name not in by_name]
     extra = sorted(name for name in by_name if name not in set(classes))
     if missing or extra:
         raise AnnotationError(
-            "{}: categories do not match the model's {} COCO classes (missing: {}; unexpected: {})".format(
-                source, len(classes), ", ".join(missing) or "none", ", ".join(extra) or "none"))
+            f"{source}: categories do not match the model's {len(classes)} COCO classes "
+            f"(missing: {', '.join(missing) or 'none'}; unexpected: {', '.join(extra) or 'none'})")
     ids = [by_name[name] for name in classes]
     if strict_ids:
         expected = coco_category_ids()
         wrong = [f"{name} has id {got} (COCO: {want})"
                  for name, got, want in zip(classes, ids, expected) if got != want]
         if wrong:
-            raise AnnotationError("{}: category ids differ from COCO's: {}".format(
-                source, "; ".join(wrong[:5]) + (" ..." if len(wrong) > 5 else "")))
+            more = " ..." if len(wrong) > 5 else ""
+            raise AnnotationError(f"{source}: category ids differ from COCO's: {'; '.join(wrong[:5])}{more}")
     return ids
 
 
@@ -246,7 +264,8 @@ class CocoImageSet:
     does not depend on which images were read before.
     """
 
-    def __init__(self, annotation_file, image_dir, limit=None, height=None, width=None, strict_ids=True):
+    def __init__(self, annotation_file: str, image_dir: str, limit: Optional[int] = None,
+                 height: Optional[int] = None, width: Optional[int] = None, strict_ids: bool = True):
         self.annotation_file = os.fspath(annotation_file)
         self.image_dir = os.fspath(image_dir)
         self.height, self.width = canvas_size(height, width)
@@ -284,24 +303,25 @@ class CocoImageSet:
             resolved = os.path.realpath(meta.path)
             if os.path.commonpath([folder, resolved]) != folder:
                 raise AnnotationError(
-                    f"{self.annotation_file}: image id {meta.image_id}: {meta.file_name!r} resolves to {resolved}, outside the image folder {self.image_dir} (a symlink pointing "
-                    "out of it); only images inside --images are read: copy the file in instead")
+                    f"{self.annotation_file}: image id {meta.image_id}: {meta.file_name!r} resolves to {resolved}, "
+                    f"outside the image folder {self.image_dir} (a symlink pointing out of it); only images inside "
+                    "--images are read: copy the file in instead")
 
-    def output_stem(self, meta):
+    def output_stem(self, meta: ImageMeta) -> str:
         """The stem of the files made for `meta`'s image (`output_stems`: unique per image)."""
         return self.output_stems[meta.image_id]
 
-    def bin_name(self, meta):
+    def bin_name(self, meta: ImageMeta) -> str:
         return self.output_stem(meta) + ".bin"
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.metas)
 
     @property
-    def image_ids(self):
+    def image_ids(self) -> List[int]:
         return [meta.image_id for meta in self.metas]
 
-    def read(self, index, sha256_into=None):
+    def read(self, index: int, sha256_into: Optional[Dict[int, str]] = None) -> Tuple[np.ndarray, ImageMeta]:
         """Decoded BGR image of entry `index`, checked against the annotation's size.
 
         Returns (bgr, ImageMeta as decoded): see `meta_for_decoded` for an EXIF-rotated image.
@@ -317,7 +337,7 @@ class CocoImageSet:
         bgr = decode_bgr(data, path)
         return bgr, self.meta_for_decoded(index, bgr.shape[1], bgr.shape[0])
 
-    def meta_for_decoded(self, index, decoded_w, decoded_h):
+    def meta_for_decoded(self, index: int, decoded_w: int, decoded_h: int) -> ImageMeta:
         """The ImageMeta entry `index` is transformed with once decoded to `decoded_w` x `decoded_h`.
 
         An image whose decoded size is the annotation's transposed carries an EXIF orientation tag:
@@ -330,17 +350,18 @@ class CocoImageSet:
         if (decoded_h, decoded_w) == (meta.orig_w, meta.orig_h) and decoded_h != decoded_w:
             scale, new_w, new_h = scaled_size(decoded_w, decoded_h, self.height, self.width)
             # a repeated read repeats the same message, which the default warnings filter shows once
-            warnings.warn(f"{meta.path}: decoded {decoded_w}x{decoded_h}, annotation {meta.orig_w}x{meta.orig_h}: an EXIF orientation tag rotates it; "
-                          "following the decoded image as OpenCV's read in the recipe does", RuntimeWarning,
-                          stacklevel=3)
+            warnings.warn(f"{meta.path}: decoded {decoded_w}x{decoded_h}, annotation {meta.orig_w}x{meta.orig_h}: "
+                          "an EXIF orientation tag rotates it; following the decoded image as OpenCV's read in the "
+                          "recipe does", RuntimeWarning, stacklevel=3)
             return meta._replace(orig_w=decoded_w, orig_h=decoded_h, scale=scale, new_w=new_w, new_h=new_h)
         if (decoded_h, decoded_w) != (meta.orig_h, meta.orig_w):
             raise ImageReadError(
-                f"{meta.path}: decoded size {decoded_w}x{decoded_h} differs from the annotation's {meta.orig_w}x{meta.orig_h} (image id {meta.image_id} in {self.annotation_file}; an EXIF "
+                f"{meta.path}: decoded size {decoded_w}x{decoded_h} differs from the annotation's "
+                f"{meta.orig_w}x{meta.orig_h} (image id {meta.image_id} in {self.annotation_file}; an EXIF "
                 "orientation tag rotates the decoded image)")
         return meta
 
-    def decoded_metas(self):
+    def decoded_metas(self) -> List[ImageMeta]:
         """Every entry's ImageMeta as `read` would transform it, from file headers (no pixel decoding).
 
         Postprocessing outputs of .bin files written elsewhere, or writing the jpg info file, needs
@@ -348,9 +369,11 @@ class CocoImageSet:
         A list aligned with `metas`; ImageReadError names an unreadable image or a size that matches
         neither the annotation nor its transpose.
         """
-        return [self.meta_for_decoded(index, *probe_decoded_size(meta.path)) for index, meta in enumerate(self.metas)]
+        return [self.meta_for_decoded(index, *probe_decoded_size(meta.path))
+                for index, meta in enumerate(self.metas)]
 
-    def load_into(self, index, out, input_dtype="float32", sha256_into=None):
+    def load_into(self, index: int, out: np.ndarray, input_dtype: str = "float32",
+                  sha256_into: Optional[Dict[int, str]] = None) -> ImageMeta:
         """Transform entry `index` into `out` (a [3, height, width] array); returns its ImageMeta as decoded."""
         bgr, meta = self.read(index, sha256_into)
         if input_dtype == "uint8":
@@ -359,15 +382,14 @@ class CocoImageSet:
             letterbox_to_canvas(bgr, self.height, self.width, out=out)
         return meta
 
-    def load(self, index, input_dtype="float32"):
+    def load(self, index: int, input_dtype: str = "float32") -> Tuple[np.ndarray, ImageMeta]:
         """(CHW array, ImageMeta as decoded) of entry `index`: float32 normalised, or uint8 RGB."""
         out = np.empty((3, self.height, self.width), dtype=input_array_dtype(input_dtype))
         meta = self.load_into(index, out, input_dtype)
         return out, meta
 
 
-def rotated_image_ids(image_set, metas):
+def rotated_image_ids(image_set: CocoImageSet, metas: Sequence[ImageMeta]) -> List[int]:
     """Image ids of `metas` (ImageMeta as transformed) whose decoded size is not the annotation's."""
-    annotated = {meta.image_id: meta for meta in image_set.metas}
-    return sorted(meta.image_id for meta in metas
-                  if (meta.orig_w, meta.orig_h) != (annotated[meta.image_id].orig_w, annotated[meta.image_id].orig_h))
+    annotated = {meta.image_id: (meta.orig_w, meta.orig_h) for meta in image_set.metas}
+    return sorted(meta.image_id for meta in metas if (meta.orig_w, meta.orig_h) != annotated[meta.image_id])

@@ -8,11 +8,12 @@ import queue
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 import numpy as np
 
 from ..errors import DataError, ImageReadError
-from .coco import SkippedImage
+from .coco import CocoImageSet, SkippedImage
 from .transform import input_array_dtype
 
 _END = object()
@@ -112,8 +113,9 @@ class BatchStream:
     file's bytes (those decoded, or found undecodable), filled as the workers read them.
     """
 
-    def __init__(self, image_set, batch_size, prefetch=2, workers=2, skip_bad=False, start=0,
-                 input_dtype="float32", recycle_buffers=False, stop=None, hash_images=False):
+    def __init__(self, image_set: CocoImageSet, batch_size: int, prefetch: int = 2, workers: int = 2,
+                 skip_bad: bool = False, start: int = 0, input_dtype: str = "float32", recycle_buffers: bool = False,
+                 stop: Optional[int] = None, hash_images: bool = False):
         if int(batch_size) < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         if int(prefetch) < 1:
@@ -190,8 +192,9 @@ class BatchStream:
         return False
 
 
-def iter_batches(image_set, batch_size, prefetch=2, workers=2, skip_bad=False, start=0, input_dtype="float32",
-                 recycle_buffers=False, stop=None, hash_images=False):
+def iter_batches(image_set: CocoImageSet, batch_size: int, prefetch: int = 2, workers: int = 2, skip_bad: bool = False,
+                 start: int = 0, input_dtype: str = "float32", recycle_buffers: bool = False,
+                 stop: Optional[int] = None, hash_images: bool = False) -> "BatchStream":
     """Stream batches straight from the images (no .bin on disk); see BatchStream.
 
     With `recycle_buffers` a fixed pool of prefetch + 2 batch arrays is reused, so memory does not

@@ -8,6 +8,7 @@ never a silently wrong array.
 """
 import math
 import os
+from typing import Any, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -26,7 +27,7 @@ _EXIF_ORIENTATION_TAG = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
-def probe_decoded_size(path):
+def probe_decoded_size(path: str) -> Tuple[int, int]:
     """(width, height) of the image `read_bgr(path)` returns, without decoding a JPEG's pixels.
 
     For a JPEG (all of val2017) the header gives the stored size and its EXIF APP1 segment the
@@ -54,7 +55,7 @@ def probe_decoded_size(path):
     return width, height
 
 
-def read_bgr(path):
+def read_bgr(path: str) -> np.ndarray:
     """Decode `path` as `cv2.imread(path, cv2.IMREAD_COLOR)` does: uint8 HxWx3 BGR.
 
     That read turns grayscale into three equal channels, drops an alpha channel, scales 16-bit
@@ -70,7 +71,7 @@ def read_bgr(path):
     return decode_bgr(read_image_bytes(path), path)
 
 
-def read_image_bytes(path):
+def read_image_bytes(path: str) -> bytes:
     """The bytes of an image file; ImageReadError naming it when it cannot be read."""
     try:
         with open(path, "rb") as handle:
@@ -81,7 +82,7 @@ def read_image_bytes(path):
         raise ImageReadError(f"cannot read image file {path}: {exc}")
 
 
-def decode_bgr(data, path):
+def decode_bgr(data: bytes, path: str) -> np.ndarray:
     """`read_bgr` on bytes already read from `path` (named in errors); see `read_bgr`."""
     if not data:
         raise ImageReadError(f"image file is empty (0 bytes): {path}")
@@ -101,14 +102,15 @@ def decode_bgr(data, path):
     return image
 
 
-def canvas_size(height, width):
+def canvas_size(height: Optional[int], width: Optional[int]) -> Tuple[int, int]:
     """(height, width) of the network input: the given values, the spec's where None."""
     const = input_constants()
     return (const["height"] if height is None else int(height),
             const["width"] if width is None else int(width))
 
 
-def scaled_size(orig_w, orig_h, height=None, width=None):
+def scaled_size(orig_w: int, orig_h: int, height: Optional[int] = None,
+                width: Optional[int] = None) -> Tuple[float, int, int]:
     """The recipe's keep-ratio scale: (scale, new_w, new_h) with floor-rounded new size.
 
     `scale = min(width / orig_w, height / orig_h)` (it may upscale). The floor can only reach 0 for
@@ -126,7 +128,7 @@ def scaled_size(orig_w, orig_h, height=None, width=None):
 _LUT_CACHE = {}
 
 
-def normalisation_lut():
+def normalisation_lut() -> np.ndarray:
     """float32 [3, 256]: row c holds (v - mean[c]) / std[c] for v = 0..255, RGB channel order.
 
     Computed with the very float32 operations of the formula, so a table look-up gives bit-identical
@@ -146,9 +148,9 @@ def normalisation_lut():
 
 def _check_bgr(bgr):
     if not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3:
-        raise DataError("expected a uint8 HxWx3 BGR image, got {}".format(
-            getattr(bgr, "dtype", type(bgr).__name__) if not isinstance(bgr, np.ndarray)
-            else f"{bgr.dtype} {bgr.shape}"))
+        found = (f"{bgr.dtype} {bgr.shape}" if isinstance(bgr, np.ndarray)
+                 else getattr(bgr, "dtype", type(bgr).__name__))
+        raise DataError(f"expected a uint8 HxWx3 BGR image, got {found}")
 
 
 def _resize(bgr, height, width):
@@ -163,7 +165,8 @@ def _zero_padding(out, new_h, new_w):
     out[:, :new_h, new_w:] = 0
 
 
-def letterbox_to_canvas(bgr, height=None, width=None, out=None):
+def letterbox_to_canvas(bgr: np.ndarray, height: Optional[int] = None, width: Optional[int] = None,
+                        out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, float, int, int]:
     """The recipe's transform: BGR uint8 HWC -> (float32 [3, height, width], scale, new_h, new_w).
 
     `out`, when given, is a float32 [3, height, width] array filled in place (a batch slot).
@@ -185,7 +188,8 @@ def letterbox_to_canvas(bgr, height=None, width=None, out=None):
     return out, scale, new_h, new_w
 
 
-def letterbox_to_canvas_uint8(bgr, height=None, width=None, out=None):
+def letterbox_to_canvas_uint8(bgr: np.ndarray, height: Optional[int] = None, width: Optional[int] = None,
+                              out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, float, int, int]:
     """The recipe's resize and padding without normalisation: uint8 [3, height, width] RGB, zero padded.
 
     For models that normalise inside the graph; padding is 0 in raw pixel values here (the float
@@ -202,7 +206,7 @@ def letterbox_to_canvas_uint8(bgr, height=None, width=None, out=None):
     return out, scale, new_h, new_w
 
 
-def boxes_to_original(boxes, scale):
+def boxes_to_original(boxes: Any, scale: float) -> np.ndarray:
     """Undo the transform for boxes: network-input pixels -> original-image pixels.
 
     The image sits at the top-left of the canvas, so there is no offset: only the first four columns
@@ -222,7 +226,7 @@ def boxes_to_original(boxes, scale):
 INPUT_DTYPES = ("float32", "uint8")
 
 
-def input_array_dtype(input_dtype):
+def input_array_dtype(input_dtype: str) -> type:
     """The numpy dtype of network inputs named `input_dtype`: float32 (normalised) or uint8 (raw RGB)."""
     if input_dtype not in INPUT_DTYPES:
         raise DataError(f"input_dtype must be 'float32' or 'uint8', got {input_dtype!r}")
