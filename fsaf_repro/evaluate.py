@@ -18,6 +18,7 @@ import json
 import math
 import numbers
 import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -29,11 +30,11 @@ from .spec import accuracy_reference, load_recipe_spec
 SCORERS = ("pycocotools", "faster-coco-eval")
 
 
-def evaluation_spec():
+def evaluation_spec() -> Dict[str, Any]:
     return load_recipe_spec()["evaluation"]
 
 
-def stat_names():
+def stat_names() -> List[str]:
     return list(accuracy_reference()["stat_names"])
 
 
@@ -49,25 +50,13 @@ def _check_results(results, gt_image_ids, gt_category_ids, source, drop_degenera
     unknown_images, unknown_cats = set(), set()
     kept = []
     for number, det in enumerate(results):
-        try:
-            bbox, score = det["bbox"], det["score"]
-            image_id, category_id = det["image_id"], det["category_id"]
-        except (KeyError, TypeError, IndexError):
-            raise ResultsError(f"{source}: detection {number} needs image_id, category_id, bbox [x, y, w, h] and score, "
-                               f"got {det!r}")
-        # numbers only: float() would also take "0.9" (which the scorers then rank as text) and a string
-        # bbox "1234" (as four digits)
-        if not isinstance(bbox, list) or not all(_is_real(v) for v in bbox) or not _is_real(score):
-            raise ResultsError(f"{source}: detection {number} needs a bbox of 4 numbers and a numeric score, got {det!r}")
-        bbox, score = [float(v) for v in bbox], float(score)
-        if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or not math.isfinite(score):
-            raise ResultsError(f"{source}: detection {number} has a non-finite or malformed bbox/score: {det!r}")
+        bbox, image_id, category_id = _checked_detection(det, number, source)
         if bbox[2] <= 0 or bbox[3] <= 0:
             if not drop_degenerate:
                 raise ResultsError(
-                    f"{source}: detection {number} (0-based) has a box of width {bbox[2]} and height {bbox[3]}: a box with no area cannot "
-                    "be scored; fix the results, or drop such rows with --drop-degenerate (they are counted "
-                    f"in the metrics record): {det!r}")
+                    f"{source}: detection {number} (0-based) has a box of width {bbox[2]} and height {bbox[3]}: "
+                    "a box with no area cannot be scored; fix the results, or drop such rows with --drop-degenerate "
+                    f"(they are counted in the metrics record): {det!r}")
             continue
         kept.append(det)
         if not isinstance(image_id, numbers.Integral) or image_id not in gt_image_ids:
@@ -75,11 +64,32 @@ def _check_results(results, gt_image_ids, gt_category_ids, source, drop_degenera
         if not isinstance(category_id, numbers.Integral) or category_id not in gt_category_ids:
             unknown_cats.add(repr(category_id))
     if unknown_images:
-        raise ResultsError(f"{source}: {len(unknown_images)} image id(s) not in the annotation file, e.g. {sorted(unknown_images)[:5]}")
+        raise ResultsError(f"{source}: {len(unknown_images)} image id(s) not in the annotation file, "
+                           f"e.g. {sorted(unknown_images)[:5]}")
     if unknown_cats:
-        raise ResultsError(f"{source}: category id(s) {sorted(unknown_cats)[:10]} not in the annotation file (wrong label -> category "
-                           "map?)")
+        raise ResultsError(f"{source}: category id(s) {sorted(unknown_cats)[:10]} not in the annotation file "
+                           "(wrong label -> category map?)")
     return kept, len(results) - len(kept)
+
+
+def _checked_detection(det, number, source):
+    """(bbox as 4 finite floats, image_id, category_id) of detection `number`, after checking that it
+    has every field, a bbox of 4 finite numbers and a finite numeric score."""
+    try:
+        bbox, score = det["bbox"], det["score"]
+        image_id, category_id = det["image_id"], det["category_id"]
+    except (KeyError, TypeError, IndexError):
+        raise ResultsError(f"{source}: detection {number} needs image_id, category_id, bbox [x, y, w, h] and "
+                           f"score, got {det!r}")
+    # numbers only: float() would also take "0.9" (which the scorers then rank as text) and a string
+    # bbox "1234" (as four digits)
+    if not isinstance(bbox, list) or not all(_is_real(v) for v in bbox) or not _is_real(score):
+        raise ResultsError(f"{source}: detection {number} needs a bbox of 4 numbers and a numeric score, "
+                           f"got {det!r}")
+    bbox, score = [float(v) for v in bbox], float(score)
+    if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or not math.isfinite(score):
+        raise ResultsError(f"{source}: detection {number} has a non-finite or malformed bbox/score: {det!r}")
+    return bbox, image_id, category_id
 
 
 def _is_real(value):
@@ -118,7 +128,7 @@ def _accumulate_pycocotools(dataset, results, image_ids, max_dets):
     return _accumulate(COCO, COCOeval, dataset, results, image_ids, max_dets)
 
 
-def faster_coco_eval_availability():
+def faster_coco_eval_availability() -> Tuple[bool, str]:
     """(ok, reason): whether the optional faster-coco-eval scorer can run here."""
     try:
         import faster_coco_eval  # noqa: F401
@@ -138,7 +148,8 @@ def _accumulate_faster(dataset, results, image_ids, max_dets):
     return _accumulate(COCO, COCOeval_faster, dataset, results, image_ids, max_dets)
 
 
-def summarize(precision, recall, params, stat_defs=None):
+def summarize(precision: np.ndarray, recall: np.ndarray, params: Any,
+              stat_defs: Optional[Sequence[Dict[str, Any]]] = None) -> List[float]:
     """The 12 stats from accumulated arrays, exactly as pycocotools' summarize() computes them.
 
     precision [T, R, K, A, M], recall [T, K, A, M]; a stat with no ground truth in its range is -1.
@@ -160,7 +171,7 @@ def summarize(precision, recall, params, stat_defs=None):
     return stats
 
 
-def per_class_ap(precision, category_ids, names):
+def per_class_ap(precision: np.ndarray, category_ids: Sequence[int], names: Sequence[str]) -> List[Dict[str, Any]]:
     """AP@[.5:.95] per category (area all, largest maxDets), None where the class has no ground truth."""
     table = []
     for k, (cid, name) in enumerate(zip(category_ids, names)):
@@ -170,7 +181,8 @@ def per_class_ap(precision, category_ids, names):
     return table
 
 
-def evaluate_results(annotation_file, results, scorer="pycocotools", image_ids=None, drop_degenerate=False):
+def evaluate_results(annotation_file: str, results: Union[str, List[Dict[str, Any]]], scorer: str = "pycocotools",
+                     image_ids: Optional[Sequence[int]] = None, drop_degenerate: bool = False) -> Dict[str, Any]:
     """Score COCO bbox results (a list, or the path of a results json) against `annotation_file`.
 
     image_ids: the images the run covered (default: every image of the file). A detection whose box
@@ -180,7 +192,7 @@ def evaluate_results(annotation_file, results, scorer="pycocotools", image_ids=N
     "degenerate_dropped", "scorer", "max_dets".
     """
     if scorer not in SCORERS:
-        raise ResultsError("unknown scorer {!r}; choose one of {}".format(scorer, ", ".join(SCORERS)))
+        raise ResultsError(f"unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}")
     annotation_file = os.fspath(annotation_file)
     # the ground truth first: a fault in it must not be blamed on the results
     annotations = read_annotation_file(annotation_file, need_annotations=True)
@@ -193,19 +205,7 @@ def evaluate_results(annotation_file, results, scorer="pycocotools", image_ids=N
     categories = sorted(data["categories"], key=lambda cat: cat["id"])
     results, dropped = _check_results(results, gt_image_ids, {cat["id"] for cat in categories}, source,
                                       drop_degenerate=drop_degenerate)
-    if image_ids is None:
-        image_ids = sorted(gt_image_ids)
-    else:
-        image_ids = sorted(set(image_ids))
-        missing = [i for i in image_ids if i not in gt_image_ids]
-        if missing:
-            raise ResultsError(f"image ids {missing[:5]} are not in {annotation_file}")
-        covered = set(image_ids)
-        outside = {det["image_id"] for det in results} - covered
-        if outside:
-            raise ResultsError(f"{source}: detections for {len(outside)} image(s) outside the scored image ids, e.g. {sorted(outside)[:5]}")
-    if not image_ids:
-        raise ResultsError(f"no images to score in {annotation_file}")
+    image_ids = _scored_image_ids(image_ids, gt_image_ids, results, annotation_file, source)
     max_dets = evaluation_spec()["max_dets"]
     accumulate = _accumulate_pycocotools if scorer == "pycocotools" else _accumulate_faster
     evaluator = accumulate(data, results, image_ids, max_dets)
@@ -228,40 +228,62 @@ def evaluate_results(annotation_file, results, scorer="pycocotools", image_ids=N
     }
 
 
-def metrics_record(metrics):
+def _scored_image_ids(image_ids, gt_image_ids, results, annotation_file, source):
+    """The ids to score, sorted: `image_ids` (all of the file's when None), each in the file, and no
+    detection outside them."""
+    if image_ids is None:
+        image_ids = sorted(gt_image_ids)
+    else:
+        image_ids = sorted(set(image_ids))
+        missing = [i for i in image_ids if i not in gt_image_ids]
+        if missing:
+            raise ResultsError(f"image ids {missing[:5]} are not in {annotation_file}")
+        outside = {det["image_id"] for det in results} - set(image_ids)
+        if outside:
+            raise ResultsError(f"{source}: detections for {len(outside)} image(s) outside the scored image ids, "
+                               f"e.g. {sorted(outside)[:5]}")
+    if not image_ids:
+        raise ResultsError(f"no images to score in {annotation_file}")
+    return image_ids
+
+
+def metrics_record(metrics: Dict[str, Any]) -> Dict[str, Any]:
     """The json-safe part of `evaluate_results`' answer (drops the raw arrays)."""
     return {key: value for key, value in metrics.items() if not key.startswith("_")}
 
 
-def format_recipe_table(stats, stat_defs=None):
+def format_recipe_table(stats: Sequence[float], stat_defs: Optional[Sequence[Dict[str, Any]]] = None) -> str:
     """The 12 lines pycocotools prints, in the recipe's section 6.1 wording."""
     stat_defs = stat_defs or evaluation_spec()["stats"]
     if len(stats) != len(stat_defs):
         raise ResultsError(f"expected {len(stat_defs)} stats, got {len(stats)}")
     lines = []
     for definition, value in zip(stat_defs, stats):
-        ap = definition["kind"] == "AP"
-        iou = "0.50:0.95" if definition["iou"] is None else "{:0.2f}".format(definition["iou"])
-        lines.append(" {:<18} {} @[ IoU={:<9} | area={:>6s} | maxDets={:>3d} ] = {:0.3f}".format(
-            "Average Precision" if ap else "Average Recall", "(AP)" if ap else "(AR)", iou,
-            definition["area"], definition["max_dets"], value))
+        title, kind = ("Average Precision", "(AP)") if definition["kind"] == "AP" else ("Average Recall", "(AR)")
+        iou = "0.50:0.95" if definition["iou"] is None else f"{definition['iou']:0.2f}"
+        area, max_dets = definition["area"], definition["max_dets"]
+        lines.append(f" {title:<18} {kind} @[ IoU={iou:<9} | area={area:>6s} | maxDets={max_dets:>3d} ] = {value:0.3f}")
     return "\n".join(lines)
 
 
-def format_per_class_table(per_class, columns=3):
+# one (category, AP) cell of the per-class table: the header's and every row's
+_PER_CLASS_CELL = "{:<{w}} | {:>5}"
+
+
+def format_per_class_table(per_class: Sequence[Dict[str, Any]], columns: int = 3) -> str:
     """Per-class AP in a text table, `columns` (category, AP) pairs per row, as mmdetection prints it."""
-    cells = [(row["name"], "nan" if row["ap"] is None else "{:0.3f}".format(row["ap"])) for row in per_class]
+    cells = [(row["name"], "nan" if row["ap"] is None else f"{row['ap']:0.3f}") for row in per_class]
     name_width = max([len("category")] + [len(name) for name, _ in cells])
-    header = " | ".join("{:<{w}} | {:>5}".format("category", "AP", w=name_width) for _ in range(columns))
+    header = " | ".join(_PER_CLASS_CELL.format("category", "AP", w=name_width) for _ in range(columns))
     rule = "-" * len(header)
     lines = [rule, header, rule]
     for start in range(0, len(cells), columns):
         row = cells[start:start + columns]
-        lines.append(" | ".join("{:<{w}} | {:>5}".format(name, ap, w=name_width) for name, ap in row))
+        lines.append(" | ".join(_PER_CLASS_CELL.format(name, ap, w=name_width) for name, ap in row))
     lines.append(rule)
     return "\n".join(lines)
 
 
-def load_metrics(path):
+def load_metrics(path: str) -> Dict[str, Any]:
     with open(path) as handle:
         return json.load(handle)
