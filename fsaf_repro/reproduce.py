@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from . import __version__
+from .backends.base import MODEL_CHECKPOINT, MODEL_OM, ONNX_MODEL_KINDS
 from .errors import CheckpointError, DataError, FsafReproError, JournalMismatch, ToolError
 from .fileio import atomic_write_json, file_sha256
 from .locking import run_lock
@@ -56,9 +57,8 @@ DEFAULT_PERF_WARMUP = 1
 DEFAULT_PARITY_IMAGES = 3
 
 # Backends tried by default (those available on this host run, the others are listed as skipped).
+# What each takes and how its records are labelled are facts of its class (fsaf_repro.backends.base).
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "aclruntime", "onnxruntime-cann")
-ONNX_BACKENDS = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "onnxruntime-cann")
-OM_BACKENDS = ("aclruntime", "ais_bench", "benchmark")
 FLAVOURS = ("onnx-nms", "raw", "ascend-nms")
 REFERENCE_BACKEND = "torch"
 ENV_CHECKPOINT = "FSAF_CHECKPOINT"
@@ -82,14 +82,14 @@ def resolve_inputs(checkpoint=None, coco_root=None, environ=None):
     if checkpoint is not None:
         checkpoint = os.path.abspath(os.path.expanduser(str(checkpoint)))
         if not os.path.isfile(checkpoint):
-            raise CheckpointError(f"checkpoint not found: {checkpoint} (given by --checkpoint or {ENV_CHECKPOINT}); pass the official "
-                                  "fsaf_r50_fpn_1x_coco-94ccc51f.pth, or give no checkpoint to run on seeded "
-                                  "weights")
+            raise CheckpointError(f"checkpoint not found: {checkpoint} (given by --checkpoint or {ENV_CHECKPOINT}); "
+                                  "pass the official fsaf_r50_fpn_1x_coco-94ccc51f.pth, or give no checkpoint to run "
+                                  "on seeded weights")
     if coco_root is not None:
         coco_root = os.path.abspath(os.path.expanduser(str(coco_root)))
         if not os.path.isdir(coco_root):
-            raise DataError(f"COCO root not found: {coco_root} (given by --coco-root or {ENV_COCO_ROOT}); it must hold val2017/ and "
-                            "annotations/instances_val2017.json")
+            raise DataError(f"COCO root not found: {coco_root} (given by --coco-root or {ENV_COCO_ROOT}); it must "
+                            "hold val2017/ and annotations/instances_val2017.json")
         for rel in (os.path.join("annotations", "instances_val2017.json"), "val2017"):
             if not os.path.exists(os.path.join(coco_root, rel)):
                 raise DataError(f"COCO root {coco_root} has no {rel} (expected <root>/val2017/*.jpg and "
@@ -144,24 +144,12 @@ def default_threads(cpu_count=None):
     return max(1, int(count) - 1)
 
 
-def device_label(backend, soc_version=None):
-    """The perf records' device label of a backend's measurements on this host."""
-    if backend in OM_BACKENDS or backend == "onnxruntime-cann":
-        soc = (soc_version or "npu").replace("Ascend", "")
-        if soc.startswith("310P"):
-            return "310P"
-        if soc.startswith("310"):
-            return "310"
-        return soc
-    if backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
-        return "gpu"
-    return "cpu"
-
-
-def backend_precision(backend, om_precision="force_fp16"):
-    if backend in OM_BACKENDS:
-        return "fp16" if om_precision == "force_fp16" else om_precision
-    return "fp32"
+def backend_class(name):
+    """The class of backend `name`, asked for its facts (model_kind, takes_threads, device_label,
+    precision); the contract's defaults when its module fails to import (then probe_host reports the
+    backend unavailable)."""
+    from .backends import Backend, find_backend_class
+    return find_backend_class(name) or Backend
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,30 +193,13 @@ def _export_check(path, sidecar, flavour):
 
 def _load_backend(name, model_path, trusted=False, threads=None):
     from .backends import create_backend
-    options = {"trusted": trusted} if name == REFERENCE_BACKEND and trusted else {}
-    if threads and (name == REFERENCE_BACKEND or name in ONNX_BACKENDS):
+    cls = backend_class(name)
+    options = {"trusted": trusted} if cls.model_kind == MODEL_CHECKPOINT and trusted else {}
+    if threads and cls.takes_threads:
         options["threads"] = int(threads)
     backend = create_backend(name, **options)
     backend.load(model_path)
     return backend, options
-
-
-def run_padded(backend, batch):
-    """Outputs of `batch` through a backend, split or zero-padded to a static batch size if it has one."""
-    import numpy as np
-    static = backend.batch_size
-    if static is None or static == batch.shape[0]:
-        return backend.run(batch)
-    dets, labels = [], []
-    for start in range(0, batch.shape[0], static):
-        part = batch[start:start + static]
-        count = part.shape[0]
-        if count < static:
-            part = np.concatenate([part, np.zeros((static - count,) + part.shape[1:], part.dtype)])
-        out = backend.run(part)
-        dets.append(out["dets"][:count])
-        labels.append(out["labels"][:count])
-    return {"dets": np.concatenate(dets), "labels": np.concatenate(labels)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,7 +317,7 @@ def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     backend_names = parse_list(backends, "--backends") or list(DEFAULT_BACKENDS)
     sizes = parse_sizes(batch_sizes)
     if sizes is None:
-        npu_backends = [b for b in backend_names if b in OM_BACKENDS or b == "onnxruntime-cann"]
+        npu_backends = [b for b in backend_names if backend_class(b).device_kind == "npu"]
         if embedded:
             sizes = list(EMBEDDED_BATCH_SIZES)
         elif npu_backends and (_npu_present(backend_names) if npu_present is None else npu_present):
@@ -354,7 +325,10 @@ def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None,
         else:
             sizes = list(DEFAULT_CPU_BATCH_SIZES)
     for name in backend_names:
-        get_backend_class(name)  # an unknown name is an error (naming the known ones), before any work
+        try:
+            get_backend_class(name)  # an unknown name is an error (naming the known ones), before any work
+        except ImportError:
+            pass  # a backend module that fails to import: probe_host reports it unavailable
     return RunConfig(
         run_dir=os.path.abspath(run_dir or default_run_dir(embedded, checkpoint, coco_root)),
         checkpoint=checkpoint, coco_root=coco_root, backends=tuple(backend_names), batch_sizes=tuple(sizes),
@@ -513,7 +487,8 @@ def run_export(ctx):
         checks[flavour] = _export_check(path, sidecar, flavour)
         checks[flavour]["file"] = os.path.relpath(path, run_dir)
         checks[flavour]["export_seconds"] = sidecar["export_seconds"]
-        ctx.log(f"exported {os.path.relpath(path, run_dir)} ({flavour} flavour, {canvas_h}x{canvas_w}, dynamic batch): checked")
+        ctx.log(f"exported {os.path.relpath(path, run_dir)} ({flavour} flavour, {canvas_h}x{canvas_w}, dynamic "
+                "batch): checked")
         outputs.extend([path, path + ".json"])
     return {"flavours": checks}, outputs
 
@@ -618,8 +593,10 @@ def run_perf(ctx):
     name, perf_threads, (height, width) = params["backend"], params["threads"], params["canvas"]
     reduced = (height, width) != (ctx.spec["input"]["height"], ctx.spec["input"]["width"])
     records = []
+    cls = backend_class(name)
     for bs in params["batch_sizes"]:
-        model = ctx.inputs[f"om_bs{bs}"] if name in OM_BACKENDS else ctx.inputs["model"]
+        # an om has a static batch size: one om per batch size
+        model = ctx.inputs[f"om_bs{bs}"] if cls.model_kind == MODEL_OM else ctx.inputs["model"]
         backend, _ = _load_backend(name, model, ctx.options["trusted"], perf_threads)
         # the count that really ran: torch 1.8.0 may keep a lower one (torch_threads)
         ran_threads = getattr(backend, "intra_op_threads", None) or perf_threads
@@ -630,7 +607,7 @@ def run_perf(ctx):
             backend.close()
         record["note"] = "input {}x{}{}{}".format(
             height, width, " (reduced: not the recipe's 800x1216)" if reduced else "",
-            f"; {ran_threads} intra-op thread(s)" if perf_threads and name not in OM_BACKENDS else "")
+            f"; {ran_threads} intra-op thread(s)" if perf_threads and cls.takes_threads else "")
         records.append(record)
         ctx.log("perf: {} bs{} {:.3f} fps (pure inference, {} loops)".format(name, bs, record["fps"],
                                                                            params["loops"]))
@@ -646,7 +623,7 @@ def run_parity(ctx):
     for label, name in ctx.params["sides"]:
         backend, _ = _load_backend(name, ctx.inputs["model:" + label], ctx.options["trusted"], ctx.params["threads"])
         try:
-            outputs[label] = run_padded(backend, batch)
+            outputs[label] = backend.run_padded(batch)
         finally:
             backend.close()
     tol = ctx.spec["parity"]
@@ -833,36 +810,39 @@ def _backend_models(config, probes, convert):
     """({backend: model path or Late} of the backends that run over the data set, {backend: why not})."""
     models, skips = {}, {}
     for name in config.backends:
+        kind = backend_class(name).model_kind
         if name in probes.unavailable:
             skips[name] = f"unavailable: {probes.unavailable[name]}"
-        elif name in OM_BACKENDS:
+        elif kind == MODEL_OM:
             if convert.skipped is not None:
-                skips[name] = f"needs an om for batch size {config.infer_batch_size}: convert was skipped ({convert.skipped})"
+                skips[name] = (f"needs an om for batch size {config.infer_batch_size}: convert was skipped "
+                               f"({convert.skipped})")
             else:
                 models[name] = Late(late_om, config.infer_batch_size)
-        elif name in ONNX_BACKENDS:
-            models[name] = _onnx_paths(config)["onnx-nms"]
-        elif name == REFERENCE_BACKEND:
+        elif kind in ONNX_MODEL_KINDS:
+            models[name] = _onnx_paths(config)[kind]
+        elif kind == MODEL_CHECKPOINT:
             models[name] = config.checkpoint_path
-        elif name == "null":
-            models[name] = None
+        elif kind is None:
+            models[name] = None  # a backend without a model file (null)
         else:
-            skips[name] = "not driven by reproduce"
+            skips[name] = f"not driven by reproduce (it takes a {kind} model, which reproduce does not make)"
     return models, skips
 
 
 def _model_stage(config, name):
     """The stage of this run that wrote backend `name`'s model file, if any."""
-    if name in OM_BACKENDS:
+    kind = backend_class(name).model_kind
+    if kind == MODEL_OM:
         return "convert"
-    if name in ONNX_BACKENDS:
+    if kind in ONNX_MODEL_KINDS:
         return "export"
-    return _checkpoint_stage(config) if name == REFERENCE_BACKEND else None
+    return _checkpoint_stage(config) if kind == MODEL_CHECKPOINT else None
 
 
 def _record_labels(config, probes, name):
-    return {"device": device_label(name, probes.soc_version),
-            "precision": backend_precision(name, config.precision_mode)}
+    cls = backend_class(name)
+    return {"device": cls.device_label(probes.soc_version), "precision": cls.precision(config.precision_mode)}
 
 
 def _dataset_stages(config, probes, name, model):
@@ -892,7 +872,7 @@ def _dataset_stages(config, probes, name, model):
 
 def _perf_stage(config, probes, name, model):
     """Pure-inference throughput of one backend at each batch size."""
-    if name in OM_BACKENDS:
+    if backend_class(name).model_kind == MODEL_OM:
         models = dict((f"om_bs{bs}", Late(late_om, bs)) for bs in config.batch_sizes)
     else:
         models = {"model": model}
@@ -910,11 +890,12 @@ def _parity_sides(config, probes, models):
     if REFERENCE_BACKEND not in probes.unavailable:
         sides.append(("torch", REFERENCE_BACKEND, config.checkpoint_path))
     onnx = _onnx_paths(config)
-    sides.extend((f"{name} (onnx-nms)", name, onnx["onnx-nms"]) for name in models if name in ONNX_BACKENDS)
+    sides.extend((f"{name} (onnx-nms)", name, onnx["onnx-nms"]) for name in models
+                 if backend_class(name).model_kind == "onnx-nms")
     if "onnxruntime" in models:
         sides.append(("onnxruntime (raw + host NMS)", "onnxruntime", onnx["raw"]))
     sides.extend([(f"{name} (om, ascend-nms)", name, models[name])
-                  for name in models if name in OM_BACKENDS][:1])
+                  for name in models if backend_class(name).model_kind == MODEL_OM][:1])
     return sides
 
 
@@ -1108,4 +1089,4 @@ def _stage_rank(name):
 
 def _npu_present(backend_names):
     from .backends import backend_availability
-    return any(backend_availability(b).ok for b in backend_names if b in OM_BACKENDS or b == "onnxruntime-cann")
+    return any(backend_availability(b).ok for b in backend_names if backend_class(b).device_kind == "npu")
