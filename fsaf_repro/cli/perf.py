@@ -152,8 +152,8 @@ def _cli_gates(args):
         for gate in results:
             for side in ("numerator_device", "denominator_device"):
                 if gate[side] in filled:
-                    gate["caveats"].append(f"{gate[side]} from the recipe's reference table (section 7.1), not measured "
-                                           "here")
+                    gate["caveats"].append(f"{gate[side]} from the recipe's reference table (section 7.1), not "
+                                           "measured here")
     print(format_gates(results))
     failed = [g for g in results if g["passed"] is False]
     unevaluated = [g for g in results if g["passed"] is None]

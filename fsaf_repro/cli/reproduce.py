@@ -18,8 +18,8 @@ def register(subparsers):
     parser.add_argument("--checkpoint", default=None, type=input_file("checkpoint"),
                         help=f"mmdetection checkpoint (default: ${ENV_CHECKPOINT}; absent: seeded weights)")
     parser.add_argument("--coco-root", default=None, type=input_dir("COCO root"),
-                        help=f"COCO root with val2017/ and annotations/instances_val2017.json (default: ${ENV_COCO_ROOT}; "
-                             "absent: a generated set)")
+                        help=f"COCO root with val2017/ and annotations/instances_val2017.json (default: "
+                             f"${ENV_COCO_ROOT}; absent: a generated set)")
     parser.add_argument("--run-dir", default=None, type=output_dir("run directory"),
                         help="run directory (default: runs/embedded-default, or runs/<checkpoint>_<coco root>)")
     parser.add_argument("--backends", default=None,
