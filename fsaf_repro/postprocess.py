@@ -19,13 +19,15 @@ from the image headers when the image folder is given, else from the annotation 
 """
 import glob
 import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .data import ImageMeta, boxes_to_original
+from .data import CocoImageSet, ImageMeta, boxes_to_original
 from .errors import DataError, OutputFormatError
 from .fileio import read_json
-from .results_json import read_results_json, write_results_json  # noqa: F401  (re-exported: callers import them from here)
+# re-exported: callers import them from here
+from .results_json import read_results_json, write_results_json  # noqa: F401
 from .spec import model_constants
 
 DETS_COLUMNS = 5
@@ -40,8 +42,8 @@ def _stem(stems, meta):
     try:
         return stems[meta.image_id]
     except KeyError:
-        raise OutputFormatError(f"image id {meta.image_id} ({meta.file_name}) has no output name: not in the annotation file the "
-                                "image set was read from")
+        raise OutputFormatError(f"image id {meta.image_id} ({meta.file_name}) has no output name: not in the "
+                                "annotation file the image set was read from")
 
 
 def _read_exact(path, dtype, count, what):
@@ -51,7 +53,8 @@ def _read_exact(path, dtype, count, what):
         raise OutputFormatError(f"missing output file {path} ({what})")
     size = os.path.getsize(path)
     if size != expected:
-        raise OutputFormatError(f"{path} has {size} bytes, expected {expected} ({what}: {count} x {np.dtype(dtype).name})")
+        raise OutputFormatError(f"{path} has {size} bytes, expected {expected} "
+                                f"({what}: {count} x {np.dtype(dtype).name})")
     return np.fromfile(path, dtype=dtype)
 
 
@@ -63,9 +66,9 @@ def _load_npy(path, dtype, shape_tail, what):
     except (ValueError, OSError) as exc:
         raise OutputFormatError(f"{path} is not a readable .npy file: {exc}")
     if tuple(array.shape[-len(shape_tail):]) != tuple(shape_tail) or array.dtype != np.dtype(dtype):
-        raise OutputFormatError("{} holds {} {}, expected {} [..., {}] ({})".format(
-            path, array.dtype, list(array.shape), np.dtype(dtype).name,
-            ", ".join(str(s) for s in shape_tail), what))
+        tail = ", ".join(str(s) for s in shape_tail)
+        raise OutputFormatError(f"{path} holds {array.dtype} {list(array.shape)}, expected {np.dtype(dtype).name} "
+                                f"[..., {tail}] ({what})")
     return array.reshape((-1,) + tuple(shape_tail))
 
 
@@ -79,12 +82,14 @@ def _check_finite(dets, path):
     damaged = np.flatnonzero((rows[:, 4] != 0) & ~np.isfinite(rows).all(axis=1))
     if damaged.size:
         row = int(damaged[0])
-        raise OutputFormatError(f"{path}: detection row {row} (0-based) holds a non-finite value {rows[row].tolist()} ({damaged.size} such rows): the "
-                                "output is damaged; rerun the inference")
+        raise OutputFormatError(f"{path}: detection row {row} (0-based) holds a non-finite value "
+                                f"{rows[row].tolist()} ({damaged.size} such rows): the output is damaged; "
+                                "rerun the inference")
     return dets
 
 
-def read_benchmark_outputs(out_dir, metas, stems, label_dtype="int64"):
+def read_benchmark_outputs(out_dir: str, metas: Sequence[ImageMeta], stems: Dict[int, str],
+                           label_dtype: str = "int64") -> Tuple[np.ndarray, np.ndarray]:
     """(dets float32 [N, 100, 5], labels [N, 100]) from a benchmark tool dumpOutput directory.
 
     stems: image id -> output stem (`CocoImageSet.output_stems`).
@@ -95,14 +100,15 @@ def read_benchmark_outputs(out_dir, metas, stems, label_dtype="int64"):
     for i, meta in enumerate(metas):
         stem = _stem(stems, meta)
         dets_path = os.path.join(out_dir, stem + "_1.bin")
-        dets[i] = _check_finite(_read_exact(dets_path, np.float32, max_dets * DETS_COLUMNS, f"dets of image id {meta.image_id}"
-                                            ).reshape(max_dets, DETS_COLUMNS), dets_path)
+        image_dets = _read_exact(dets_path, np.float32, max_dets * DETS_COLUMNS, f"dets of image id {meta.image_id}")
+        dets[i] = _check_finite(image_dets.reshape(max_dets, DETS_COLUMNS), dets_path)
         labels[i] = _read_exact(os.path.join(out_dir, stem + "_2.bin"), label_dtype, max_dets,
                                 f"labels of image id {meta.image_id}")
     return dets, labels
 
 
-def read_ais_bench_outputs(out_dir, metas, stems, batch_size=1, outfmt="BIN", label_dtype="int64"):
+def read_ais_bench_outputs(out_dir: str, metas: Sequence[ImageMeta], stems: Dict[int, str], batch_size: int = 1,
+                           outfmt: str = "BIN", label_dtype: str = "int64") -> Tuple[np.ndarray, np.ndarray]:
     """(dets, labels) from an ais_bench output directory (`<stem>_0`, `<stem>_1`, BIN or NPY).
 
     stems: image id -> output stem (`CocoImageSet.output_stems`).
@@ -119,7 +125,7 @@ def read_ais_bench_outputs(out_dir, metas, stems, batch_size=1, outfmt="BIN", la
     for first in range(0, len(metas), batch_size):
         group = metas[first:first + batch_size]
         stem = _stem(stems, group[0])
-        what = "image ids {}".format(", ".join(str(m.image_id) for m in group))
+        what = "image ids " + ", ".join(str(m.image_id) for m in group)
         dets_path = os.path.join(out_dir, stem + "_0" + ext)
         labels_path = os.path.join(out_dir, stem + "_1" + ext)
         if ext == ".npy":
@@ -144,11 +150,12 @@ def _read_group_bin(path, dtype, per_image, count, batch_size, what):
     unit = per_image * np.dtype(dtype).itemsize
     size = os.path.getsize(path)
     if size not in (count * unit, batch_size * unit):
-        raise OutputFormatError(f"{path} has {size} bytes, expected {count * unit} ({what}: {count} image(s) x {per_image} {np.dtype(dtype).name})")
+        raise OutputFormatError(f"{path} has {size} bytes, expected {count * unit} "
+                                f"({what}: {count} image(s) x {per_image} {np.dtype(dtype).name})")
     return np.fromfile(path, dtype=dtype)
 
 
-def read_npy_outputs(dets_path, labels_path, num_images):
+def read_npy_outputs(dets_path: str, labels_path: str, num_images: int) -> Tuple[np.ndarray, np.ndarray]:
     """(dets, labels) from two stacked .npy arrays in image-id order."""
     max_dets = _max_dets()
     dets = _load_npy(dets_path, np.float32, (max_dets, DETS_COLUMNS), "stacked dets")
@@ -162,14 +169,13 @@ def read_npy_outputs(dets_path, labels_path, num_images):
 _SUMMARY_TIMINGS = ("NPU_compute_time", "H2D_latency", "D2H_latency")
 
 
-def read_ais_bench_summary(path):
+def read_ais_bench_summary(path: str) -> Dict[str, Any]:
     """Parse an ais_bench `*_summary.json` (a file, or the directory holding exactly one)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         found = sorted(glob.glob(os.path.join(path, "*_summary.json")))
         if len(found) != 1:
-            raise OutputFormatError("expected one *_summary.json in {}, found {}".format(
-                path, len(found) if found else "none"))
+            raise OutputFormatError(f"expected one *_summary.json in {path}, found {len(found) if found else 'none'}")
         path = found[0]
     summary = read_json(path, OutputFormatError, "ais_bench summary")
     if not isinstance(summary, dict) or "throughput" not in summary:
@@ -180,13 +186,13 @@ def read_ais_bench_summary(path):
     try:
         summary["throughput"] = float(summary["throughput"])
     except (TypeError, ValueError):
-        raise OutputFormatError("ais_bench summary {}: throughput {!r} is not a number".format(
-            path, summary["throughput"]))
+        raise OutputFormatError(f"ais_bench summary {path}: throughput {summary['throughput']!r} is not a number")
     summary["_path"] = path
     return summary
 
 
-def detections_to_coco(dets, labels, metas, category_ids, score_threshold=None, clip=False):
+def detections_to_coco(dets: Any, labels: Any, metas: Sequence[ImageMeta], category_ids: Sequence[int],
+                       score_threshold: Optional[float] = None, clip: bool = False) -> List[Dict[str, Any]]:
     """COCO results (list of dicts) from network outputs in network-input pixels.
 
     dets float32 [N, K, 5] (x1, y1, x2, y2, score), labels [N, K], metas: N ImageMeta in the same
@@ -211,29 +217,35 @@ def detections_to_coco(dets, labels, metas, category_ids, score_threshold=None, 
         raise OutputFormatError(f"labels shape {list(labels.shape)} does not match dets shape {list(dets.shape)}")
     if len(metas) != dets.shape[0]:
         raise OutputFormatError(f"{dets.shape[0]} images of outputs but {len(metas)} image records")
-    num_classes = len(category_ids)
     results = []
     for i, meta in enumerate(metas):
-        scores = dets[i, :, 4]
-        keep = (scores > 0) & (scores >= score_threshold)
-        if not keep.any():
-            continue
-        kept_labels = labels[i][keep]
-        bad = kept_labels[(kept_labels < 0) | (kept_labels >= num_classes)]
-        if bad.size:
-            raise OutputFormatError(f"image id {meta.image_id} ({meta.file_name}): label {int(bad[0])} outside 0..{num_classes - 1}")
-        boxes = boxes_to_original(dets[i][keep, :4], meta.scale)
-        if clip:
-            boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, meta.orig_w)
-            boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, meta.orig_h)
-        for box, label, score in zip(boxes.tolist(), kept_labels.tolist(), scores[keep].tolist()):
-            x1, y1, x2, y2 = box
-            results.append({"image_id": int(meta.image_id), "category_id": int(category_ids[label]),
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+        results += _image_results(dets[i], labels[i], meta, category_ids, score_threshold, clip)
     return results
 
 
-def read_outputs(kind, outputs, metas, stems, batch_size=1, labels_path=None, outfmt="BIN"):
+def _image_results(dets, labels, meta, category_ids, score_threshold, clip):
+    """The COCO results of one image's rows (dets [K, 5], labels [K])."""
+    scores = dets[:, 4]
+    keep = (scores > 0) & (scores >= score_threshold)
+    if not keep.any():
+        return []
+    kept_labels = labels[keep]
+    num_classes = len(category_ids)
+    bad = kept_labels[(kept_labels < 0) | (kept_labels >= num_classes)]
+    if bad.size:
+        raise OutputFormatError(f"image id {meta.image_id} ({meta.file_name}): label {int(bad[0])} "
+                                f"outside 0..{num_classes - 1}")
+    boxes = boxes_to_original(dets[keep, :4], meta.scale)
+    if clip:
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, meta.orig_w)
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, meta.orig_h)
+    return [{"image_id": int(meta.image_id), "category_id": int(category_ids[label]),
+             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+            for (x1, y1, x2, y2), label, score in zip(boxes.tolist(), kept_labels.tolist(), scores[keep].tolist())]
+
+
+def read_outputs(kind: str, outputs: str, metas: Sequence[ImageMeta], stems: Dict[int, str], batch_size: int = 1,
+                 labels_path: Optional[str] = None, outfmt: str = "BIN") -> Tuple[np.ndarray, np.ndarray]:
     """Dispatch to the reader for `kind` in ('benchmark', 'ais_bench', 'npy'); stems: image id -> output stem."""
     if kind == "benchmark":
         return read_benchmark_outputs(outputs, metas, stems)
@@ -246,7 +258,7 @@ def read_outputs(kind, outputs, metas, stems, batch_size=1, labels_path=None, ou
     raise OutputFormatError(f"unknown output kind {kind!r} (benchmark, ais_bench, npy)")
 
 
-def metas_from_manifest(path, image_set, record=None):
+def metas_from_manifest(path: str, image_set: CocoImageSet, record: Optional[Dict[str, Any]] = None) -> List[ImageMeta]:
     """The ImageMetas a preprocessing run used (`preprocess_manifest.json`), checked against `image_set`.
 
     The manifest must come from the same annotation file (sha256) and canvas, and list a subset of
@@ -259,13 +271,15 @@ def metas_from_manifest(path, image_set, record=None):
         sha, canvas = record["annotation_sha256"], [int(record["height"]), int(record["width"])]
         metas = [ImageMeta(**entry) for entry in record["images"]]
     except (KeyError, TypeError, ValueError) as exc:
-        raise DataError("{}: not a preprocess manifest (needs annotation_sha256, height, width and images "
-                        "with {} each): {}".format(path, ", ".join(ImageMeta._fields), exc))
+        raise DataError(f"{path}: not a preprocess manifest (needs annotation_sha256, height, width and images "
+                        f"with {', '.join(ImageMeta._fields)} each): {exc}")
     if sha != image_set.annotation_sha256:
-        raise DataError(f"{path} was written for annotations with sha256 {sha[:12]}..., but {image_set.annotation_file} has {image_set.annotation_sha256[:12]}...: postprocess "
+        raise DataError(f"{path} was written for annotations with sha256 {sha[:12]}..., but "
+                        f"{image_set.annotation_file} has {image_set.annotation_sha256[:12]}...: postprocess "
                         "with the annotation file the .bin files came from")
     if canvas != [image_set.height, image_set.width]:
-        raise DataError(f"{path}: preprocessed at {canvas[0]}x{canvas[1]}, but postprocess is set to {image_set.height}x{image_set.width}")
+        raise DataError(f"{path}: preprocessed at {canvas[0]}x{canvas[1]}, but postprocess is set to "
+                        f"{image_set.height}x{image_set.width}")
     ids = [m.image_id for m in metas]
     if any(b <= a for a, b in zip(ids, ids[1:])):
         raise DataError(f"{path}: images are not in increasing id order (or an id repeats): not written by "
@@ -273,6 +287,6 @@ def metas_from_manifest(path, image_set, record=None):
     known = set(image_set.image_ids)
     strangers = [m.image_id for m in metas if m.image_id not in known]
     if strangers:
-        raise DataError(f"{path} lists image ids not among the {len(known)} images selected from {image_set.annotation_file} (first: {strangers[:3]}); is --limit "
-                        "the one preprocess used?")
+        raise DataError(f"{path} lists image ids not among the {len(known)} images selected from "
+                        f"{image_set.annotation_file} (first: {strangers[:3]}); is --limit the one preprocess used?")
     return metas
