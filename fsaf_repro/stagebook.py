@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .errors import DataError, FsafReproError
@@ -21,11 +22,11 @@ from .spec import section_digest
 STAGES_FILE = "stages.json"
 
 
-def canonical_json(obj):
+def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def read_json(path):
+def read_json(path: str) -> Any:
     with open(path) as handle:
         return json.load(handle)
 
@@ -54,8 +55,11 @@ class Stage:
     is the name it is reported under (the backend's name for a backend that cannot run).
     """
 
-    def __init__(self, name, body, params=None, inputs=None, spec=(), upstream=(), options=None, outputs=None,
-                 skipped=None, label=None):
+    def __init__(self, name: str, body: Optional[Callable[["StageContext"], Tuple[Dict[str, Any], List[str]]]],
+                 params: Optional[Dict[str, Any]] = None, inputs: Optional[Dict[str, Any]] = None,
+                 spec: Sequence[str] = (), upstream: Iterable[Optional[str]] = (),
+                 options: Optional[Dict[str, Any]] = None, outputs: Optional[Dict[str, str]] = None,
+                 skipped: Optional[str] = None, label: Optional[str] = None):
         self.name = name
         self.body = body
         self.params = dict(params or {})
@@ -74,7 +78,7 @@ class Stage:
             self.version = STAGE_VERSIONS[base]
 
 
-def skipped_step(name, reason, label=None):
+def skipped_step(name: str, reason: str, label: Optional[str] = None) -> Stage:
     """A plan entry for a step this host cannot run, with the reason."""
     return Stage(name, None, skipped=reason, label=label)
 
@@ -83,11 +87,12 @@ class StageContext:
     """What a stage body is given: its declared params, inputs, outputs and spec sections, its options,
     the run's log and file digests (remembered for the run)."""
 
-    def __init__(self, stage, recipe, log=None, digest=file_sha256):
+    def __init__(self, stage: Stage, recipe: Dict[str, Any], log: Optional[Callable[[str], None]] = None,
+                 digest: Callable[[str], str] = file_sha256):
         self.params = dict(stage.params)
         self.inputs = dict(stage.inputs)
         self.outputs = dict(stage.outputs)
-        self.spec = dict((section, recipe[section]) for section in stage.spec)
+        self.spec = {section: recipe[section] for section in stage.spec}
         self.options = dict(stage.options)
         self.log = log or (lambda message: None)
         self.digest = digest
@@ -97,7 +102,8 @@ def _digest_text(obj):
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
-def stage_key(stage, recipe, upstream_keys, digest=file_sha256):
+def stage_key(stage: Stage, recipe: Dict[str, Any], upstream_keys: Dict[str, str],
+              digest: Callable[[str], str] = file_sha256) -> Tuple[str, Dict[str, Any]]:
     """(key, fields) of a declared stage: the sha256 of its declaration, with each input file by the
     sha256 of its content, each spec section by the sha256 of its value in `recipe`, each upstream
     stage by its key in `upstream_keys`. Nothing outside the declaration goes in."""
@@ -106,20 +112,21 @@ def stage_key(stage, recipe, upstream_keys, digest=file_sha256):
         if value is None:
             inputs[label] = None
         elif isinstance(value, dict):
-            inputs[label] = _digest_text(dict((name, _input_digest(stage, label, path, digest))
-                                              for name, path in value.items()))
+            inputs[label] = _digest_text({name: _input_digest(stage, label, path, digest)
+                                          for name, path in value.items()})
         else:
             inputs[label] = _input_digest(stage, label, value, digest)
     sections = {}
     for section in stage.spec:
         if section not in recipe:
-            raise FsafReproError(f"reproduce stage {stage.name} declares the spec section {section!r}, which the recipe spec "
-                                 "(fsaf_repro/spec/recipe.json) does not have")
+            raise FsafReproError(f"reproduce stage {stage.name} declares the spec section {section!r}, which the "
+                                 "recipe spec (fsaf_repro/spec/recipe.json) does not have")
         sections[section] = section_digest(recipe[section])
     upstream = {}
     for name in stage.upstream:
         if name not in upstream_keys:
-            raise FsafReproError(f"reproduce stage {stage.name} consumes stage {name}, which has not run in this run")
+            raise FsafReproError(f"reproduce stage {stage.name} consumes stage {name}, which has not run in this "
+                                 "run")
         upstream[name] = upstream_keys[name]
     fields = {"params": stage.params, "inputs": inputs, "spec": sections, "upstream": upstream,
               "implementation": {"stage": stage.version, "package": __version__}}
@@ -130,7 +137,11 @@ def _input_digest(stage, label, path, digest):
     try:
         return digest(path)
     except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); it is input '{label}' of the reproduce stage {stage.name}") from None
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); it is input '{label}' of the reproduce "
+                        f"stage {stage.name}") from None
+
+
+_KIND_NAMES = {"inputs": "input", "params": "param", "spec": "spec section"}
 
 
 def _changed_parts(old, new):
@@ -142,14 +153,13 @@ def _changed_parts(old, new):
         before, after = old.get(kind) or {}, new[kind]
         for name in sorted(set(before) | set(after)):
             if before.get(name) != after.get(name):
-                parts.append("{} {}".format({"inputs": "input", "params": "param", "spec": "spec section"}.get(
-                    kind, kind), name))
+                parts.append(f"{_KIND_NAMES.get(kind, kind)} {name}")
     if old.get("implementation") != new["implementation"]:
         parts.append("implementation version")
     return parts
 
 
-def under_spec_sections(stage_name, sections, make):
+def under_spec_sections(stage_name: str, sections: Sequence[str], make: Callable[[], Any]) -> Any:
     """`make()`, refused when it read a spec section outside `sections`: for a value that is built
     beside a stage and consumed by the stages after it (which key the stage, not the value)."""
     from .spec import recording_section_reads
@@ -161,6 +171,7 @@ def under_spec_sections(stage_name, sections, make):
     return value
 
 
+# a constant template: both the stage runner and under_spec_sections fill it in
 _UNDECLARED = ("reproduce stage {} read the spec section(s) {} without declaring them, so its key does not "
                "cover them (fsaf_repro/reproduce.py: add them to the stage's spec sections)")
 
@@ -188,7 +199,7 @@ class StageBook:
 
     `recipe` is the spec the keys are derived from (default: the loaded one, see fsaf_repro.spec)."""
 
-    def __init__(self, run_dir, log, recipe=None):
+    def __init__(self, run_dir: str, log: Callable[[str], None], recipe: Optional[Dict[str, Any]] = None):
         from .spec import load_recipe_spec
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, STAGES_FILE)
@@ -202,21 +213,25 @@ class StageBook:
             try:
                 self.entries = read_json(self.path).get("stages", {})
             except (ValueError, AttributeError) as exc:
-                # It is written atomically, so only outside damage gets here. Keep the damaged file
-                # for inspection rather than overwrite it with the first stage's record.
-                kept = "{}.unreadable-{}".format(self.path, time.strftime("%Y%m%dT%H%M%S"))
-                base, number = kept, 1
-                while os.path.exists(kept):  # damaged twice within a second: keep both
-                    kept = f"{base}-{number}"
-                    number += 1
-                try:
-                    os.replace(self.path, kept)
-                except OSError as rename_error:
-                    raise FsafReproError(f"{self.path} is unreadable ({exc}) and could not be moved aside to {kept} ({rename_error.strerror or rename_error}); move or "
-                                         "remove it to run every stage again")
-                log(f"{self.path} is unreadable ({exc}), kept as {kept}: every stage runs again (inference resumes from "
-                    "its own journal where its arguments match)")
+                self._move_aside(exc)
                 self.entries = {}
+
+    def _move_aside(self, exc):
+        """Move an unreadable stages.json aside. It is written atomically, so only outside damage gets
+        here: the damaged file is kept for inspection rather than overwritten with the first stage's record."""
+        kept = f"{self.path}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"
+        base, number = kept, 1
+        while os.path.exists(kept):  # damaged twice within a second: keep both
+            kept = f"{base}-{number}"
+            number += 1
+        try:
+            os.replace(self.path, kept)
+        except OSError as rename_error:
+            raise FsafReproError(f"{self.path} is unreadable ({exc}) and could not be moved aside to {kept} "
+                                 f"({rename_error.strerror or rename_error}); move or remove it to run every stage "
+                                 "again")
+        self.log(f"{self.path} is unreadable ({exc}), kept as {kept}: every stage runs again (inference resumes "
+                 "from its own journal where its arguments match)")
 
     def _save(self):
         atomic_write_json(self.path, {"format": 2, "stages": self.entries})
@@ -228,7 +243,7 @@ class StageBook:
                 return False
         return True
 
-    def run(self, stage):
+    def run(self, stage: Stage) -> Dict[str, Any]:
         """Reuse `stage` (a Stage) when its key and outputs are unchanged, else run its body.
 
         The body returns (result dict, list of output paths); both are recorded. Returns the result.
@@ -246,7 +261,8 @@ class StageBook:
             return entry["result"]
         if entry is not None:
             if entry.get("key") != key:
-                why = "changed: {}".format(", ".join(_changed_parts(entry.get("fields"), fields)) or "key")
+                changed = ", ".join(_changed_parts(entry.get("fields"), fields)) or "key"
+                why = f"changed: {changed}"
             else:
                 why = "an output is missing or was modified"
             self.log(f"re-running: {name} ({why})")
@@ -272,11 +288,11 @@ class StageBook:
         self.log(f"ran: {name} (key {key[:12]}, {seconds:.1f} s)")
         return result
 
-    def key(self, name):
+    def key(self, name: str) -> Optional[str]:
         entry = self.entries.get(name)
         return entry["key"] if entry else None
 
-    def seconds(self, name):
+    def seconds(self, name: str) -> Optional[float]:
         entry = self.entries.get(name)
         return entry.get("seconds") if entry else None
 
@@ -284,21 +300,21 @@ class StageBook:
 class RunLog:
     """Prints each line and appends it to `<run dir>/logs/reproduce.log`."""
 
-    def __init__(self, run_dir, echo=True):
+    def __init__(self, run_dir: str, echo: bool = True):
         self.path = os.path.join(run_dir, "logs", "reproduce.log")
         if not os.path.isdir(os.path.dirname(self.path)):
             os.makedirs(os.path.dirname(self.path))
         self.echo = echo
         self.lines = []
 
-    def __call__(self, message):
+    def __call__(self, message: str) -> None:
         self.lines.append(message)
         if self.echo:
             sys.stdout.write(f"reproduce: {message}\n")
             sys.stdout.flush()
+        stamp = datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z"
         with open(self.path, "a") as handle:
-            handle.write("{} {}\n".format(datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
-                                          message))
+            handle.write(f"{stamp} {message}\n")
 
 
 # Late values: known once earlier stages have run
@@ -315,4 +331,5 @@ class Late:
         return self.fn(state, *self.args)
 
     def __repr__(self):
-        return "Late({}{})".format(self.fn.__name__, "".join(f", {a!r}" for a in self.args))
+        args = "".join(f", {a!r}" for a in self.args)
+        return f"Late({self.fn.__name__}{args})"
