@@ -12,8 +12,12 @@ import os
 import socket
 import time
 import uuid
+from typing import Any, Optional, Type, Union
 
 from .errors import PathError
+
+# a path as the functions here take it: a string or an os.PathLike (pathlib.Path)
+PathLike = Union[str, os.PathLike]
 
 PART_MARK = ".part-"
 # A part file of another host's writer (a shared folder: its pid means nothing here) is stale once
@@ -26,12 +30,12 @@ def _host_tag():
     return socket.gethostname().replace("-", "_")
 
 
-def part_suffix():
+def part_suffix() -> str:
     """`.part-<host>-<pid>` of this process."""
     return f"{PART_MARK}{_host_tag()}-{os.getpid()}"
 
 
-def file_sha256(path, chunk_size=1 << 20):
+def file_sha256(path: PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file's content, read in chunks."""
     digest = hashlib.sha256()
     with open(str(path), "rb") as handle:
@@ -57,7 +61,7 @@ def _atomic(path, write):
     return path
 
 
-def new_temp_file(directory, prefix, suffix):
+def new_temp_file(directory: str, prefix: str, suffix: str) -> str:
     """Create an empty, uniquely named file in `directory` and return its path, for writers that need
     a path (an exporter) before the rename over the target.
 
@@ -74,20 +78,20 @@ def new_temp_file(directory, prefix, suffix):
         return path
 
 
-def atomic_write_bytes(path, payload):
+def atomic_write_bytes(path: PathLike, payload: bytes) -> str:
     return _atomic(path, lambda handle: handle.write(payload))
 
 
-def atomic_write_array(path, array):
+def atomic_write_array(path: PathLike, array: Any) -> str:
     """Raw bytes of a C-contiguous array, written without an intermediate bytes copy."""
     return _atomic(path, array.tofile)
 
 
-def atomic_write_text(path, text):
+def atomic_write_text(path: PathLike, text: str) -> str:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_json(path, error_cls, what):
+def read_json(path: PathLike, error_cls: Type[Exception], what: str) -> Any:
     """Parsed JSON of `path`; `error_cls` naming the file (as `what`) when absent or malformed."""
     try:
         with open(str(path)) as handle:
@@ -98,7 +102,7 @@ def read_json(path, error_cls, what):
         raise error_cls(f"{what} {path} is not valid JSON: {exc}")
 
 
-def atomic_write_json(path, payload, indent=2):
+def atomic_write_json(path: PathLike, payload: Any, indent: Optional[int] = 2) -> str:
     """`payload` as JSON with sorted keys and a final newline."""
     return atomic_write_text(path, json.dumps(payload, indent=indent, sort_keys=True) + "\n")
 
@@ -156,11 +160,11 @@ def _require_existing(path, what):
     """PathError naming a missing input, and the file in its way when a parent is not a folder."""
     if not os.path.exists(path):
         blocker = _blocking_file(path)
-        raise PathError("{} not found: {}{}".format(
-            what, path, f" ({blocker} is a file, not a folder)" if blocker else ""))
+        in_the_way = f" ({blocker} is a file, not a folder)" if blocker else ""
+        raise PathError(f"{what} not found: {path}{in_the_way}")
 
 
-def check_input_file(path, what="input file"):
+def check_input_file(path: PathLike, what: str = "input file") -> str:
     """`path` when it is a readable regular file; PathError naming it otherwise."""
     path = str(path)
     _require_existing(path, what)
@@ -170,11 +174,12 @@ def check_input_file(path, what="input file"):
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise PathError(f"{what} {path} is not readable ({_denied_reason(exc)}); fix its permissions or give a readable copy")
+        raise PathError(f"{what} {path} is not readable ({_denied_reason(exc)}); fix its permissions or give a "
+                        "readable copy")
     return path
 
 
-def check_input_dir(path, what="input folder"):
+def check_input_dir(path: PathLike, what: str = "input folder") -> str:
     """`path` when it is a folder whose entries can be listed and opened; PathError otherwise."""
     path = str(path)
     _require_existing(path, what)
@@ -189,7 +194,7 @@ def check_input_dir(path, what="input folder"):
     return path
 
 
-def check_input_path(path, what="input"):
+def check_input_path(path: PathLike, what: str = "input") -> str:
     """`path` when it is a readable file or a listable folder (for options that take either)."""
     return check_input_dir(path, what) if os.path.isdir(str(path)) else check_input_file(path, what)
 
@@ -201,11 +206,11 @@ def _check_writable_place(path, what):
     folder = _nearest_existing(os.path.dirname(os.path.abspath(path)))
     reason = _probe_writable(folder)
     if reason:
-        raise PathError(f"cannot write {what} {path}: folder {folder} is not writable ({reason}); choose a writable location or "
-                        "fix the folder's permissions")
+        raise PathError(f"cannot write {what} {path}: folder {folder} is not writable ({reason}); choose a writable "
+                        "location or fix the folder's permissions")
 
 
-def check_output_file(path, what="output file"):
+def check_output_file(path: PathLike, what: str = "output file") -> str:
     """`path` when a file can be written there (missing folders above it are created by the writer);
     PathError when it is a folder, lies under a regular file or its folder is not writable."""
     path = str(path)
@@ -215,7 +220,7 @@ def check_output_file(path, what="output file"):
     return path
 
 
-def check_output_dir(path, what="output folder"):
+def check_output_dir(path: PathLike, what: str = "output folder") -> str:
     """`path` when it is (or can be created as) a writable folder; PathError otherwise."""
     path = str(path)
     if os.path.exists(path) and not os.path.isdir(path):
@@ -223,8 +228,8 @@ def check_output_dir(path, what="output folder"):
     if os.path.isdir(path):
         reason = _probe_writable(path)
         if reason:
-            raise PathError(f"cannot write {what} {path}: the folder is not writable ({reason}); choose a writable location "
-                            "or fix its permissions")
+            raise PathError(f"cannot write {what} {path}: the folder is not writable ({reason}); choose a writable "
+                            "location or fix its permissions")
         return path
     _check_writable_place(path, what)
     return path
@@ -238,7 +243,7 @@ def _pid_running(pid):
     return True
 
 
-def is_stale_part(path, now=None, grace_seconds=STALE_PART_SECONDS):
+def is_stale_part(path: PathLike, now: Optional[float] = None, grace_seconds: float = STALE_PART_SECONDS) -> bool:
     """True for a part file left by a writer that is gone.
 
     `<target>.part-<host>-<pid>`: written here, stale when that pid is not running or (the pid

@@ -38,9 +38,8 @@ def lock_path_for(output):
 def _describe(record, lock_path):
     if not record:
         return f"another run (it has not recorded itself yet; lock {lock_path})"
-    return "fsaf-repro {} (pid {} on host {}, started {}; lock {})".format(
-        record.get("verb", "?"), record.get("pid", "?"), record.get("host", "?"), record.get("started", "?"),
-        lock_path)
+    verb, pid, host, started = (record.get(key, "?") for key in ("verb", "pid", "host", "started"))
+    return f"fsaf-repro {verb} (pid {pid} on host {host}, started {started}; lock {lock_path})"
 
 
 def read_lock_record(lock_path):
@@ -71,16 +70,18 @@ class RunLock:
                     os.makedirs(folder)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise PathError(f"cannot create the lock file {self.path} of {self.output} ({exc.strerror or exc}); the folder {folder} must be writable")
+                raise PathError(f"cannot create the lock file {self.path} of {self.output} ({exc.strerror or exc}); "
+                                f"the folder {folder} must be writable")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise RunLocked(f"{self.output} is being written by {_describe(read_lock_record(self.path), self.path)}; wait for that run to finish or give another "
-                                    "output")
-                raise PathError(f"cannot lock {self.path} ({exc.strerror or exc}); this file system does not support flock: use a local "
-                                f"folder for {self.output}")
+                    holder = _describe(read_lock_record(self.path), self.path)
+                    raise RunLocked(f"{self.output} is being written by {holder}; wait for that run to finish or give "
+                                    "another output")
+                raise PathError(f"cannot lock {self.path} ({exc.strerror or exc}); this file system does not support "
+                                f"flock: use a local folder for {self.output}")
             try:
                 current = os.stat(self.path)
             except FileNotFoundError:

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from .errors import ToolError
 
@@ -23,14 +24,16 @@ def _signal_name(number):
         return f"signal {number}"
 
 
-def output_tail(text, lines=8):
+def output_tail(text: str, lines: int = 8) -> str:
     """The last `lines` non-blank lines of a tool's output, for an error message."""
     kept = [line for line in text.splitlines() if line.strip()]
     return "\n".join(kept[-lines:])
 
 
-def run_tool(argv, cwd, log_path, success_line=None, artifacts=(), timeout=None, env=None, tool_name=None,
-             setup_hint=SETUP_HINT, failure_line=None, explain=None):
+def run_tool(argv: Sequence[Any], cwd: Optional[str], log_path: str, success_line: Optional[str] = None,
+             artifacts: Sequence[str] = (), timeout: Optional[float] = None, env: Optional[Dict[str, str]] = None,
+             tool_name: Optional[str] = None, setup_hint: str = SETUP_HINT, failure_line: Optional[str] = None,
+             explain: Optional[Callable[[str], Optional[str]]] = None) -> str:
     """Run an external tool and judge it by exit code, success line and artifacts.
 
     argv: list of strings (argv[0] is looked up on PATH unless it contains a slash).
@@ -52,39 +55,50 @@ def run_tool(argv, cwd, log_path, success_line=None, artifacts=(), timeout=None,
     try:
         proc = subprocess.run([exe] + argv[1:], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               timeout=timeout, env=env)
-        output = proc.stdout.decode("utf-8", "replace")
-        returncode = proc.returncode
     except subprocess.TimeoutExpired as exc:
         output = (exc.output or b"").decode("utf-8", "replace")
         _write_log(log_path, argv, cwd, output, f"killed after a timeout of {timeout} s")
         raise ToolError(f"{name}: did not finish within {timeout} s and was killed; log: {log_path}") from None
     except OSError as exc:
         raise ToolError(f"{name}: could not start {exe!r}: {exc}; {setup_hint}") from exc
-    if returncode < 0:
-        status = f"died by {_signal_name(-returncode)}"
-    else:
-        status = f"exit code {returncode}"
+    output = proc.stdout.decode("utf-8", "replace")
+    _judge(name, proc.returncode, output, argv, cwd, log_path, explain)
+    _check_claimed_success(name, output, log_path, success_line, failure_line, explain, artifacts)
+    return output
+
+
+def _judge(name, returncode, output, argv, cwd, log_path, explain):
+    """Log the run with its outcome; ToolError for a crash (death by a signal) or a non-zero exit."""
+    status = f"died by {_signal_name(-returncode)}" if returncode < 0 else f"exit code {returncode}"
     _write_log(log_path, argv, cwd, output, status)
-    reason = explain(output) if explain else None
-    reason = f": {reason}" if reason else ""
+    if returncode == 0:
+        return
+    reason = _reason(output, explain)
+    tail = output_tail(output) or "(no output)"
     if returncode < 0:
-        raise ToolError("{}: {} (a crash, not a reported error){}; last output:\n{}\nlog: {}".format(
-            name, status, reason, output_tail(output) or "(no output)", log_path))
-    if returncode != 0:
-        raise ToolError("{}: failed with {}{}; last output:\n{}\nlog: {}".format(
-            name, status, reason, output_tail(output) or "(no output)", log_path))
-    if failure_line and failure_line in output:
-        raise ToolError(f"{name}: exited 0 but printed its failure line {failure_line!r}{reason}; treating the run as failed; "
+        raise ToolError(f"{name}: {status} (a crash, not a reported error){reason}; last output:\n{tail}\n"
                         f"log: {log_path}")
+    raise ToolError(f"{name}: failed with {status}{reason}; last output:\n{tail}\nlog: {log_path}")
+
+
+def _reason(output, explain):
+    """': <the tool's reason>' from `explain`, or ''."""
+    reason = explain(output) if explain else None
+    return f": {reason}" if reason else ""
+
+
+def _check_claimed_success(name, output, log_path, success_line, failure_line, explain, artifacts):
+    """ToolError for an exit code 0 that the output or the missing artifacts contradict."""
+    if failure_line and failure_line in output:
+        raise ToolError(f"{name}: exited 0 but printed its failure line {failure_line!r}{_reason(output, explain)}; "
+                        f"treating the run as failed; log: {log_path}")
     if success_line and success_line not in output:
-        last = output_tail(output, 1)
-        raise ToolError("{}: exited 0 but never printed its success line {!r} (its last line: {!r}); treating "
-                        "the run as failed; log: {}".format(name, success_line, last or "(no output)", log_path))
+        last = output_tail(output, 1) or "(no output)"
+        raise ToolError(f"{name}: exited 0 but never printed its success line {success_line!r} (its last line: "
+                        f"{last!r}); treating the run as failed; log: {log_path}")
     missing = [p for p in artifacts if not os.path.exists(p)]
     if missing:
-        raise ToolError("{}: reported success but did not produce {}; log: {}".format(
-            name, ", ".join(missing), log_path))
-    return output
+        raise ToolError(f"{name}: reported success but did not produce {', '.join(missing)}; log: {log_path}")
 
 
 def _write_log(log_path, argv, cwd, output, status):

@@ -80,9 +80,9 @@ def set_intra_op_threads(count):
         if key not in _state["warned"]:
             _state["warned"].add(key)
             warnings.warn(
-                f"torch {torch.__version__}: keeping {ceiling} intra-op thread(s) instead of the {count} asked for: this torch corrupts "
-                "memory when the thread count rises after a forward pass (oneDNN convolutions cached at "
-                "the lower count; torch >= 1.8.1 is not affected). Set the thread count once, before the "
+                f"torch {torch.__version__}: keeping {ceiling} intra-op thread(s) instead of the {count} asked for: "
+                "this torch corrupts memory when the thread count rises after a forward pass (oneDNN convolutions "
+                "cached at the lower count; torch >= 1.8.1 is not affected). Set the thread count once, before the "
                 "first forward, to use more.",
                 ThreadCountClampedWarning, stacklevel=2)
         count = ceiling
