@@ -56,8 +56,8 @@ OS_ERROR_ADVICE = {
 
 def _os_error_line(exc):
     path = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
-    return "cannot use {}: {}; {}".format(path, exc.strerror or exc,
-                                          OS_ERROR_ADVICE.get(exc.errno, "check the path and retry"))
+    advice = OS_ERROR_ADVICE.get(exc.errno, "check the path and retry")
+    return f"cannot use {path}: {exc.strerror or exc}; {advice}"
 
 
 def main(argv=None):
@@ -69,7 +69,8 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except FsafReproError as exc:
         verb = next((a for a in argv if not a.startswith("-")), None)
-        sys.stderr.write("{}: error: {}\n".format("fsaf-repro " + verb if verb else "fsaf-repro", exc))
+        program = "fsaf-repro " + verb if verb else "fsaf-repro"
+        sys.stderr.write(f"{program}: error: {exc}\n")
         return 1
     if not getattr(args, "func", None):
         parser.print_help()

@@ -44,6 +44,6 @@ def _cli_convert(args):
     results = convert_batch_sizes(args.onnx, args.out_dir, sizes, soc_version=args.soc_version, aoe=args.aoe,
                                   npu_smi=args.npu_smi, keep_going=not args.stop_on_error, **kwargs)
     for bs in sorted(results):
-        print("batch size {}: {} ({})".format(bs, os.path.join(args.out_dir, results[bs]["om"]),
-                                              results[bs]["soc_version"] or "aoe"))
+        om = os.path.join(args.out_dir, results[bs]["om"])
+        print(f"batch size {bs}: {om} ({results[bs]['soc_version'] or 'aoe'})")
     return 0

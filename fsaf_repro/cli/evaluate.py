@@ -15,11 +15,11 @@ def _cli_evaluate(args):
         image_ids = [image.image_id for image in images][:args.limit]
     metrics = evaluate_results(args.annotations, args.results, scorer=args.scorer, image_ids=image_ids,
                                drop_degenerate=args.drop_degenerate)
-    print("Evaluate annotation type *bbox* ({}; {} images, {} detections; annotations sha256 {})".format(
-        metrics["scorer"], metrics["num_images"], metrics["num_detections"], metrics["annotation_sha256"]))
+    print(f"Evaluate annotation type *bbox* ({metrics['scorer']}; {metrics['num_images']} images, "
+          f"{metrics['num_detections']} detections; annotations sha256 {metrics['annotation_sha256']})")
     if metrics["degenerate_dropped"]:
-        print("dropped {} detection(s) with a box of width or height <= 0 (--drop-degenerate)".format(
-            metrics["degenerate_dropped"]))
+        print(f"dropped {metrics['degenerate_dropped']} detection(s) with a box of width or height <= 0 "
+              "(--drop-degenerate)")
     print(format_recipe_table(metrics["stats"]))
     if not args.no_per_class:
         print(format_per_class_table(metrics["per_class"]))

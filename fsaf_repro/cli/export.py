@@ -37,7 +37,7 @@ def _cli_export(args):
     sidecar = export_onnx(checkpoint, args.output, flavour=args.flavour, height=args.height,
                           width=args.width, batch_size=None if args.dynamic_batch else args.batch_size,
                           opset=args.opset, input_dtype=args.input_dtype, trusted=args.trust_checkpoint)
-    print("exported {} ({} flavour, input {} {}, {:.1f} MB, {:.1f} s)".format(
-        args.output, sidecar["flavour"], sidecar["input"]["dtype"], sidecar["input"]["shape"],
-        sidecar["file_size"] / 1e6, sidecar["export_seconds"]))
+    model_input = sidecar["input"]
+    print(f"exported {args.output} ({sidecar['flavour']} flavour, input {model_input['dtype']} {model_input['shape']}, "
+          f"{sidecar['file_size'] / 1e6:.1f} MB, {sidecar['export_seconds']:.1f} s)")
     return 0

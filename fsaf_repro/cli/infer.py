@@ -58,12 +58,12 @@ def _cli_infer_locked(args):
                                 workers=args.workers, skip_bad=args.skip_bad, progress=not args.no_progress,
                                 input_dtype=args.input_dtype, backend_name=args.backend, backend_options=options,
                                 model_path=args.model, keep_journal=args.keep_journal, restart=args.restart)
-    print("{} detections for {} images written to {}{}".format(
-        summary["detections"], summary["images"], summary["results"],
-        " ({} images reused from the journal, {} run now)".format(
-            summary["reused_images"], summary["images_this_session"]) if summary["reused_images"] else ""))
+    resumed = (f" ({summary['reused_images']} images reused from the journal, {summary['images_this_session']} run now)"
+               if summary["reused_images"] else "")
+    print(f"{summary['detections']} detections for {summary['images']} images written to {summary['results']}"
+          f"{resumed}")
     for item in summary["skipped"]:
-        print("skipped: {} (image id {}): {}".format(item["path"], item["image_id"], item["reason"]))
+        print(f"skipped: {item['path']} (image id {item['image_id']}): {item['reason']}")
     if summary["records"]:
         print(format_records(summary["records"]))
         if args.perf_out:

@@ -82,8 +82,7 @@ def _cli_perf(args):
                                executable=args.benchmark_executable, device_label=args.device,
                                precision=args.precision or "fp16")
         records = result["perf_records"]
-        print("outputs: {} (perf file {}, log {})".format(result["outputs_dir"], result["perf_file"],
-                                                        result["log"]))
+        print(f"outputs: {result['outputs_dir']} (perf file {result['perf_file']}, log {result['log']})")
     elif args.from_benchmark or args.from_ais_bench:
         precision = args.precision or "fp16"
         if args.from_benchmark:
@@ -115,7 +114,7 @@ def _cli_perf(args):
                 records.append(measure_pure_inference(backend, batch, args.loops, args.warmup, args.device,
                                                       args.precision or "fp32", args.backend))
         best = best_batch(records)
-        print("best batch: {} ({:.3f} fps)".format(best["batch_size"], best["fps"]))
+        print(f"best batch: {best['batch_size']} ({best['fps']:.3f} fps)")
     print(format_records(records))
     if args.out:
         write_records(args.out, records)
@@ -137,16 +136,14 @@ def _cli_gates(args):
         print("measured vs reference:")
         for row in compare_to_reference(measured):
             m = row["measured"]
-            print("  {} {} bs{} {}: {:.3f} fps{}".format(
-                m["device"], m["backend"], m["batch_size"], m["mode"], m["fps"],
-                "" if row["ratio"] is None else " = {:.3f} x reference {:.3f}".format(
-                    row["ratio"], row["reference"]["fps"])))
+            ratio = "" if row["ratio"] is None else f" = {row['ratio']:.3f} x reference {row['reference']['fps']:.3f}"
+            print(f"  {m['device']} {m['backend']} bs{m['batch_size']} {m['mode']}: {m['fps']:.3f} fps{ratio}")
             for caveat in row["caveats"]:
                 print("    caveat: " + caveat)
         filled = []
         if args.with_reference:
-            measured_devices = set(r["device"] for r in measured if r["mode"] == args.mode)
-            filled = sorted(set(r["device"] for r in reference) - measured_devices)
+            measured_devices = {r["device"] for r in measured if r["mode"] == args.mode}
+            filled = sorted({r["device"] for r in reference} - measured_devices)
             measured = measured + [r for r in reference if r["device"] in filled]
         results = evaluate_gates(measured, mode=args.mode)
         for gate in results:
@@ -158,7 +155,7 @@ def _cli_gates(args):
     failed = [g for g in results if g["passed"] is False]
     unevaluated = [g for g in results if g["passed"] is None]
     if unevaluated and args.strict:
-        print("strict: {} gate(s) not evaluated: {}".format(
-            len(unevaluated), ", ".join(g["name"] for g in unevaluated)))
+        names = ", ".join(g["name"] for g in unevaluated)
+        print(f"strict: {len(unevaluated)} gate(s) not evaluated: {names}")
         return 1
     return 1 if failed and not args.no_fail else 0

@@ -35,8 +35,8 @@ def _cli_postprocess(args):
         metrics = evaluate_results(args.annotations, args.results, scorer=args.scorer,
                                    image_ids=[m.image_id for m in metas], drop_degenerate=args.drop_degenerate)
         if metrics["degenerate_dropped"]:
-            print("dropped {} detection(s) with a box of width or height <= 0 (--drop-degenerate)".format(
-                metrics["degenerate_dropped"]))
+            print(f"dropped {metrics['degenerate_dropped']} detection(s) with a box of width or height <= 0 "
+                  "(--drop-degenerate)")
         print(format_recipe_table(metrics["stats"]))
         print(format_per_class_table(metrics["per_class"]))
     return 0

@@ -33,14 +33,14 @@ def _preprocess_locked(args):
                      exclude_ids=bad_ids, report=report)
     manifest = os.path.join(args.out, "preprocess_manifest.json")
     write_manifest(manifest, image_set, report)
-    print(f"preprocess: {len(report.bin_paths)} .bin files in {args.out} ({report.written} written, {report.reused} already complete); info files {args.bin_info} and {args.jpg_info}; "
-          f"manifest {manifest}")
-    listed = set(os.path.basename(p) for p in report.bin_paths)
+    print(f"preprocess: {len(report.bin_paths)} .bin files in {args.out} ({report.written} written, "
+          f"{report.reused} already complete); info files {args.bin_info} and {args.jpg_info}; manifest {manifest}")
+    listed = {os.path.basename(p) for p in report.bin_paths}
     foreign = sorted(n for n in os.listdir(args.out) if n.lower().endswith(".bin") and n not in listed)
     if foreign:
-        sys.stderr.write("preprocess: warning: {} holds {} .bin file(s) not in this selection (first: {}); the "
-                         "info file lists only the selection, but ais_bench --input {} would read them all\n"
-                         .format(args.out, len(foreign), ", ".join(foreign[:3]), args.out))
+        sys.stderr.write(f"preprocess: warning: {args.out} holds {len(foreign)} .bin file(s) not in this selection "
+                         f"(first: {', '.join(foreign[:3])}); the info file lists only the selection, but ais_bench "
+                         f"--input {args.out} would read them all\n")
     if report.skipped:
         sys.stderr.write(f"preprocess: skipped {len(report.skipped)} bad image(s):\n")
         for item in report.skipped:
@@ -55,9 +55,8 @@ def _cmd_info(args):
     metas = image_set.decoded_metas() if args.jpg_info else None
     written = write_info_files(image_set, bin_dir=args.bin_dir, bin_info=args.bin_info if args.bin_dir else None,
                                jpg_info=args.jpg_info, metas=metas)
-    print("info: {} lines in {}".format(
-        len(image_set), " and ".join(p for p in (args.bin_info if "bin" in written else None,
-                                                 args.jpg_info) if p)))
+    files = " and ".join(p for p in (args.bin_info if "bin" in written else None, args.jpg_info) if p)
+    print(f"info: {len(image_set)} lines in {files}")
     return 0
 
 
