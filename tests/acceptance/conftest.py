@@ -323,7 +323,8 @@ def verified_full_val2017(root):
         problems.append(f"{annotation_file} lists {image_set.total_images} images, val2017 has {expected}")
     missing = [m.path for m in image_set.metas if not os.path.isfile(m.path)]
     if missing:
-        problems.append(f"{len(missing)} of the listed images are not in {image_dir} (e.g. {os.path.basename(missing[0])})")
+        problems.append(f"{len(missing)} of the listed images are not in {image_dir} "
+                        f"(e.g. {os.path.basename(missing[0])})")
     return image_set, problems
 
 

@@ -38,7 +38,8 @@ def docker_client():
         client = docker.from_env(timeout=60)
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-        pytest.skip(f"no Docker engine answers ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): start one, or point DOCKER_HOST at one")
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        pytest.skip(f"no Docker engine answers ({why}): start one, or point DOCKER_HOST at one")
     return client
 
 

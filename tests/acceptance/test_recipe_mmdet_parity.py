@@ -48,10 +48,12 @@ def install_command():
         venv = sys.prefix
     if not on_recipe_stack or venv is None:
         # mmcv-full 1.3.10 builds and mmdet 2.15.1 runs on the recipe's stack only.
-        return ("mmdetection runs on the recipe stack (Python {}, torch {}): run `bash scripts/bootstrap.sh recipe "
-                "&& bash {} .venv37`, then `.venv37/bin/python -m pytest {}`".format(
-                    pins["python"], pins["torch"], INSTALL_SCRIPT, os.path.relpath(__file__, ROOT)))
-    return f"run `bash {INSTALL_SCRIPT} {venv}` (mmcv-full with ops and mmdet at the pins of constraints/recipe-py37.txt)"
+        this_test = os.path.relpath(__file__, ROOT)
+        return (f"mmdetection runs on the recipe stack (Python {pins['python']}, torch {pins['torch']}): run "
+                f"`bash scripts/bootstrap.sh recipe && bash {INSTALL_SCRIPT} .venv37`, then "
+                f"`.venv37/bin/python -m pytest {this_test}`")
+    return (f"run `bash {INSTALL_SCRIPT} {venv}` (mmcv-full with ops and mmdet at the pins of "
+            "constraints/recipe-py37.txt)")
 
 
 def checkpoint_path(entry, checkpoint_of):
@@ -117,7 +119,8 @@ def test_same_head_outputs_and_detections_as_mmdetection(settings, run_dir, requ
     record.update(checkpoint=checkpoint_entry, checkpoint_path=checkpoint, config=config,
                   mmdet_version=mmdet.__version__, head_max_abs_diff=head_diff,
                   raw_head_abs_tol=parity_tolerances()["raw_head_abs_tol"], input_hw=[height, width])
-    write_json(os.path.join(run_dir, "parity", f"mmdetection_{os.path.splitext(os.path.basename(checkpoint_entry))[0]}.json"), record)
+    checkpoint_stem = os.path.splitext(os.path.basename(checkpoint_entry))[0]
+    write_json(os.path.join(run_dir, "parity", f"mmdetection_{checkpoint_stem}.json"), record)
     print(f"mmdetection parity {checkpoint_entry}: {record}")
     assert head_diff <= parity_tolerances()["raw_head_abs_tol"], record
     assert record["detections_ref"] > 0, "mmdetection detected nothing: the comparison would be vacuous"

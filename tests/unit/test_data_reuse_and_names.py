@@ -253,8 +253,8 @@ def test_a_symlink_pointing_out_of_the_image_folder_is_refused(tmp_path):
     target = image_set.metas[2]
     shutil.move(target.path, os.path.join(elsewhere, target.file_name))
     os.symlink(os.path.join(elsewhere, target.file_name), target.path)
-    with pytest.raises(AnnotationError, match=f"image id {target.image_id}: '{target.file_name}' resolves to .*elsewhere.*outside the image folder"
-                       ):
+    with pytest.raises(AnnotationError, match=f"image id {target.image_id}: '{target.file_name}' resolves to "
+                                              ".*elsewhere.*outside the image folder"):
         CocoImageSet(annotation_file, image_dir)
     # a symlink that stays inside, and a symlinked image folder, are fine
     os.remove(target.path)

@@ -225,7 +225,8 @@ def test_recipe_constraints_match_the_recipe_pins():
         if name in skip:
             continue
         assert constraints.get(canonical(name)) == version, (
-            f"constraints/recipe-py37.txt pins {name}=={constraints.get(canonical(name))} but the recipe (spec pins) says {version}")
+            f"constraints/recipe-py37.txt pins {name}=={constraints.get(canonical(name))} but the recipe (spec pins) "
+            f"says {version}")
         checked += 1
     assert checked >= 9
     protobuf = tuple(int(x) for x in constraints["protobuf"].split("."))
