@@ -10,13 +10,15 @@ score, first `max_per_img` kept.
 (`fsaf_repro.export`) embed exactly this code; `multiclass_nms` is the host NMS shared by the torch
 path and the `raw` ONNX flavour.
 """
+from typing import Any, List, Optional, Sequence, Tuple
+
 import numpy as np
 import torch
 
 from .spec import model_constants
 
 
-def level_anchors(feat_h, feat_w, stride, dtype=torch.float32):
+def level_anchors(feat_h: int, feat_w: int, stride: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Anchors [H*W, 4] of one level, row-major: at (i, j) `[j*s - s/2, i*s - s/2, j*s + s/2, i*s + s/2]`."""
     half = stride / 2.0
     shift_x = torch.arange(0, feat_w, dtype=dtype) * stride
@@ -26,7 +28,8 @@ def level_anchors(feat_h, feat_w, stride, dtype=torch.float32):
     return torch.stack([xx - half, yy - half, xx + half, yy + half], dim=-1)
 
 
-def tblr_decode(anchors, distances, max_hw, normalizer=None):
+def tblr_decode(anchors: torch.Tensor, distances: torch.Tensor, max_hw: Tuple[int, int],
+                normalizer: Optional[float] = None) -> torch.Tensor:
     """Boxes from (top, bottom, left, right) distances, normalised by 4 and by the anchor's w/h.
 
     `anchors` [..., 4] and `distances` [..., 4]; boxes clipped to x in [0, W], y in [0, H] of
@@ -51,7 +54,9 @@ def tblr_decode(anchors, distances, max_hw, normalizer=None):
     return torch.stack([x1, y1, x2, y2], dim=-1)
 
 
-def select_candidates(cls_scores, bbox_preds, clip_hw, strides=None, nms_pre=None, static_batch=False):
+def select_candidates(cls_scores: Sequence[torch.Tensor], bbox_preds: Sequence[torch.Tensor], clip_hw: Tuple[int, int],
+                      strides: Optional[Sequence[int]] = None, nms_pre: Optional[int] = None,
+                      static_batch: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-level top-k and box decoding: (boxes [B, N, 4], scores [B, N, C]) before NMS.
 
     N is the sum over levels of min(nms_pre, H*W). Levels with at most `nms_pre` locations keep
@@ -111,7 +116,9 @@ def _greedy_nms_order(boxes, scores, iou_threshold, max_keep):
     return np.asarray(keep, dtype=np.int64)
 
 
-def multiclass_nms(boxes, scores, score_threshold=None, iou_threshold=None, max_num=None):
+def multiclass_nms(boxes: Any, scores: Any, score_threshold: Optional[float] = None,
+                   iou_threshold: Optional[float] = None,
+                   max_num: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Class-wise NMS of one image: boxes [N, 4], scores [N, C] -> (dets [K, 5], labels [K]), K <= max_num.
 
     Every (box, class) pair with score > score_threshold is a candidate. Classes are separated by
@@ -139,7 +146,8 @@ def multiclass_nms(boxes, scores, score_threshold=None, iou_threshold=None, max_
     return dets, labels[keep].astype(np.int64)
 
 
-def pad_detections(dets, labels, max_num=None):
+def pad_detections(dets: np.ndarray, labels: np.ndarray,
+                   max_num: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Zero-pad one image's detections to the exported graphs' fixed [max_num, 5] / [max_num] layout."""
     if max_num is None:
         max_num = model_constants()["max_per_img"]
@@ -151,7 +159,8 @@ def pad_detections(dets, labels, max_num=None):
     return padded_dets, padded_labels
 
 
-def host_nms(boxes, scores, box_scale=None, **nms_options):
+def host_nms(boxes: Any, scores: Any, box_scale: Optional[Sequence[float]] = None,
+             **nms_options: Any) -> Tuple[np.ndarray, np.ndarray]:
     """NMS of a batch on the host: boxes [B, N, 4], scores [B, N, C] (numpy or torch) -> padded
     (dets float32 [B, 100, 5], labels int64 [B, 100]), the layout of the exported graphs' outputs.
 
@@ -172,14 +181,16 @@ def host_nms(boxes, scores, box_scale=None, **nms_options):
     return np.stack(out_dets), np.stack(out_labels)
 
 
-def detect(cls_scores, bbox_preds, clip_hw, box_scale=None, **nms_options):
+def detect(cls_scores: Sequence[torch.Tensor], bbox_preds: Sequence[torch.Tensor], clip_hw: Tuple[int, int],
+           box_scale: Optional[Sequence[float]] = None, **nms_options: Any) -> Tuple[np.ndarray, np.ndarray]:
     """The torch reference path: raw head outputs -> padded (dets [B, 100, 5], labels [B, 100]) numpy."""
     with torch.no_grad():
         boxes, scores = select_candidates(cls_scores, bbox_preds, clip_hw)
     return host_nms(boxes, scores, box_scale=box_scale, **nms_options)
 
 
-def count_candidates(cls_scores, bbox_preds, clip_hw, score_threshold=None):
+def count_candidates(cls_scores: Sequence[torch.Tensor], bbox_preds: Sequence[torch.Tensor], clip_hw: Tuple[int, int],
+                     score_threshold: Optional[float] = None) -> List[int]:
     """Number of (box, class) pairs above the score threshold per image (how busy NMS is)."""
     if score_threshold is None:
         score_threshold = model_constants()["score_threshold"]

@@ -168,6 +168,6 @@ class FSAFDetector(nn.Module):
         return self.bbox_head(self.extract_feat(img))
 
 
-def build_detector():
+def build_detector() -> FSAFDetector:
     """A fresh FSAFDetector in eval mode (BN uses running statistics, as at test time)."""
     return FSAFDetector().eval()

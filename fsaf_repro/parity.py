@@ -4,17 +4,19 @@ Both sides are the padded network outputs of one batch: dets [B, 100, 5] and lab
 score 0 being padding. Detections are paired in rank order (both sides sort by score); a pair matches
 when its labels agree and its boxes overlap with IoU >= `match_iou`.
 """
+from typing import Any, Dict, Optional
+
 import numpy as np
 
 from .spec import parity_tolerances
 
 
-def valid_rows(dets):
+def valid_rows(dets: np.ndarray) -> np.ndarray:
     """Indices of the non-padding rows (score > 0) of one image's dets [100, 5]."""
     return np.nonzero(dets[:, 4] > 0)[0]
 
 
-def box_iou_pairs(boxes_a, boxes_b):
+def box_iou_pairs(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """IoU of row i of `boxes_a` with row i of `boxes_b` (both [K, 4])."""
     inter_w = np.clip(np.minimum(boxes_a[:, 2], boxes_b[:, 2]) - np.maximum(boxes_a[:, 0], boxes_b[:, 0]), 0, None)
     inter_h = np.clip(np.minimum(boxes_a[:, 3], boxes_b[:, 3]) - np.maximum(boxes_a[:, 1], boxes_b[:, 1]), 0, None)
@@ -50,7 +52,8 @@ def _pair_rows(ref, ref_labels, other, other_labels):
     return pairs
 
 
-def compare_detections(ref_dets, ref_labels, dets, labels, match_iou=None):
+def compare_detections(ref_dets: np.ndarray, ref_labels: np.ndarray, dets: np.ndarray, labels: np.ndarray,
+                       match_iou: Optional[float] = None) -> Dict[str, Any]:
     """Per-batch comparison record of two stages' padded outputs.
 
     Returns counts per image, whether counts and labels agree, the largest box and score
@@ -100,7 +103,8 @@ def compare_detections(ref_dets, ref_labels, dets, labels, match_iou=None):
     }
 
 
-def within_tolerances(record, box_tol=None, score_tol=None):
+def within_tolerances(record: Dict[str, Any], box_tol: Optional[float] = None,
+                      score_tol: Optional[float] = None) -> bool:
     """True when a comparison record shows the same detections within the parity tolerances."""
     tolerances = parity_tolerances()
     if box_tol is None:

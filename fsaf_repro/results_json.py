@@ -5,17 +5,18 @@ evaluate and reproduce read it) and none of them should import another to get at
 """
 import json
 import os
+from typing import Any, Dict, Iterable, List
 
 from .errors import ResultsError
 from .fileio import atomic_write_text, part_suffix, read_json
 
 
-def write_results_json(path, results):
+def write_results_json(path: str, results: List[Dict[str, Any]]) -> str:
     """Write COCO results atomically (temporary file + rename): no half-written json on failure."""
     return atomic_write_text(os.fspath(path), json.dumps(results))
 
 
-def write_results_streaming(path, results):
+def write_results_streaming(path: str, results: Iterable[Dict[str, Any]]) -> int:
     """Write an iterable of COCO results as a JSON list without holding them all in memory.
 
     The bytes are those of `json.dump(list(results), f)` (write_results_json's format); written to a
@@ -38,7 +39,7 @@ def write_results_streaming(path, results):
     return count
 
 
-def read_results_json(path):
+def read_results_json(path: str) -> List[Dict[str, Any]]:
     """Load a COCO results json (a list of detections); ResultsError naming the file when malformed."""
     path = os.fspath(path)
     results = read_json(path, ResultsError, "results file")

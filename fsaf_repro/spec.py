@@ -8,6 +8,7 @@ import hashlib
 import json
 import pkgutil
 from collections.abc import Mapping
+from typing import Any, Dict, Iterator, List, Set
 
 from .errors import SpecError
 
@@ -47,7 +48,7 @@ class _RecordingSpec(Mapping):
         return len(self._recipe)
 
 
-def load_recipe_spec():
+def load_recipe_spec() -> Mapping:
     """Return the parsed `spec/recipe.json` (cached; callers must not mutate it), or the spec that
     `spec_override` put in its place."""
     recipe = _STATE["override"] if _STATE["override"] is not None else _packaged_spec()
@@ -57,7 +58,7 @@ def load_recipe_spec():
 
 
 @contextlib.contextmanager
-def spec_override(recipe):
+def spec_override(recipe: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
     """Within the block every reader sees `recipe` (a dict of the recipe.json layout) instead of the
     packaged spec: how a test asks what a run does under other tolerances or settings."""
     if not isinstance(recipe, dict):
@@ -71,7 +72,7 @@ def spec_override(recipe):
 
 
 @contextlib.contextmanager
-def recording_section_reads():
+def recording_section_reads() -> Iterator[Set[str]]:
     """Yields a set that collects the names of the spec sections read within the block (from any
     thread). A reproduce stage runs its body inside one to prove its key covers what it read."""
     previous = _STATE["reads"]
@@ -85,39 +86,39 @@ def recording_section_reads():
             previous.update(reads)  # an enclosing recorder sees the reads of the inner block too
 
 
-def section_digest(value):
+def section_digest(value: Any) -> str:
     """sha256 of a spec section's value as canonical JSON: how a reuse key records what a step read."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def model_constants():
+def model_constants() -> Dict[str, Any]:
     return load_recipe_spec()["model"]
 
 
-def input_constants():
+def input_constants() -> Dict[str, Any]:
     return load_recipe_spec()["input"]
 
 
-def coco_class_names():
+def coco_class_names() -> List[str]:
     return list(load_recipe_spec()["coco_classes"])
 
 
-def coco_category_ids():
+def coco_category_ids() -> List[int]:
     return list(load_recipe_spec()["coco_category_ids"])
 
 
-def parity_tolerances():
+def parity_tolerances() -> Dict[str, Any]:
     return load_recipe_spec()["parity"]
 
 
-def accuracy_reference():
+def accuracy_reference() -> Dict[str, Any]:
     return load_recipe_spec()["accuracy"]
 
 
-def performance_reference():
+def performance_reference() -> Dict[str, Any]:
     return load_recipe_spec()["performance"]
 
 
-def pins():
+def pins() -> Dict[str, Any]:
     return load_recipe_spec()["pins"]
