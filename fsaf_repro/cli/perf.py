@@ -67,59 +67,71 @@ def register(subparsers):
 
 def _cli_perf(args):
     if args.benchmark_info:
-        # the recipe's full-dataset run: the benchmark tool over a whole info file, then its perf file
-        if not args.model:
-            raise ResultsError("--benchmark-info needs --model (the .om)")
-        sidecar = read_om_sidecar(args.model)
-        batch_size = args.batch_size or (sidecar["batch_size"] if sidecar else None)
-        if batch_size is None:
-            raise ResultsError(f"{args.model} has no conversion sidecar: give --batch-size")
-        # the om's own input size (its conversion sidecar) unless given; the recipe's otherwise
-        shape = (sidecar or {}).get("input", {}).get("shape") or [None, None] + [
-            input_constants()["height"], input_constants()["width"]]
-        result = run_info_file(args.model, batch_size, args.benchmark_info, args.width or shape[3],
-                               args.height or shape[2], args.workdir, device_id=args.device_id,
-                               executable=args.benchmark_executable, device_label=args.device,
-                               precision=args.precision or "fp16")
-        records = result["perf_records"]
-        print(f"outputs: {result['outputs_dir']} (perf file {result['perf_file']}, log {result['log']})")
+        records = _run_benchmark_info(args)
     elif args.from_benchmark or args.from_ais_bench:
-        precision = args.precision or "fp16"
-        if args.from_benchmark:
-            records = parse_benchmark_perf(args.from_benchmark, args.device, args.batch_size, precision,
-                                           chips=args.chips)
-        else:
-            if args.batch_size is None:
-                raise ResultsError("--from-ais-bench needs --batch-size (the summary does not record it)")
-            records = [parse_ais_bench_summary(args.from_ais_bench, args.device, args.batch_size, precision,
-                                               chips=args.chips)]
+        records = _records_from_tool_output(args)
     else:
-        if not args.backend:
-            raise ResultsError("give --backend and --model to measure, or --from-benchmark/--from-ais-bench")
-        try:
-            sizes = parse_batch_sizes(args.batch_sizes)
-        except ToolError as exc:
-            raise ResultsError(str(exc)) from None
-        try:
-            options = parse_backend_options(args.backend_option)
-        except FsafReproError as exc:
-            raise ResultsError(str(exc)) from None
-        if args.threads is not None:
-            options["threads"] = args.threads
-        records = []
-        for bs in sizes:
-            with create_backend(args.backend, **options) as backend:
-                backend.load(args.model)
-                batch = fixed_input(bs, args.height, args.width, args.input_dtype)
-                records.append(measure_pure_inference(backend, batch, args.loops, args.warmup, args.device,
-                                                      args.precision or "fp32", args.backend))
-        best = best_batch(records)
-        print(f"best batch: {best['batch_size']} ({best['fps']:.3f} fps)")
+        records = _measure(args)
     print(format_records(records))
     if args.out:
         write_records(args.out, records)
         print(f"records written to {args.out}")
     return 0
+
+
+def _run_benchmark_info(args):
+    """The recipe's full-dataset run: the benchmark tool over a whole info file, then its perf file."""
+    if not args.model:
+        raise ResultsError("--benchmark-info needs --model (the .om)")
+    sidecar = read_om_sidecar(args.model)
+    batch_size = args.batch_size or (sidecar["batch_size"] if sidecar else None)
+    if batch_size is None:
+        raise ResultsError(f"{args.model} has no conversion sidecar: give --batch-size")
+    # the om's own input size (its conversion sidecar) unless given; the recipe's otherwise
+    shape = (sidecar or {}).get("input", {}).get("shape") or [None, None] + [
+        input_constants()["height"], input_constants()["width"]]
+    result = run_info_file(args.model, batch_size, args.benchmark_info, args.width or shape[3],
+                           args.height or shape[2], args.workdir, device_id=args.device_id,
+                           executable=args.benchmark_executable, device_label=args.device,
+                           precision=args.precision or "fp16")
+    print(f"outputs: {result['outputs_dir']} (perf file {result['perf_file']}, log {result['log']})")
+    return result["perf_records"]
+
+
+def _records_from_tool_output(args):
+    """Records read from a benchmark perf file or an ais_bench summary written elsewhere."""
+    precision = args.precision or "fp16"
+    if args.from_benchmark:
+        return parse_benchmark_perf(args.from_benchmark, args.device, args.batch_size, precision, chips=args.chips)
+    if args.batch_size is None:
+        raise ResultsError("--from-ais-bench needs --batch-size (the summary does not record it)")
+    return [parse_ais_bench_summary(args.from_ais_bench, args.device, args.batch_size, precision, chips=args.chips)]
+
+
+def _measure(args):
+    """Pure-inference records of --backend on --model, one per batch size."""
+    if not args.backend:
+        raise ResultsError("give --backend and --model to measure, or --from-benchmark/--from-ais-bench")
+    try:
+        sizes = parse_batch_sizes(args.batch_sizes)
+    except ToolError as exc:
+        raise ResultsError(str(exc)) from None
+    try:
+        options = parse_backend_options(args.backend_option)
+    except FsafReproError as exc:
+        raise ResultsError(str(exc)) from None
+    if args.threads is not None:
+        options["threads"] = args.threads
+    records = []
+    for bs in sizes:
+        with create_backend(args.backend, **options) as backend:
+            backend.load(args.model)
+            batch = fixed_input(bs, args.height, args.width, args.input_dtype)
+            records.append(measure_pure_inference(backend, batch, args.loops, args.warmup, args.device,
+                                                  args.precision or "fp32", args.backend))
+    best = best_batch(records)
+    print(f"best batch: {best['batch_size']} ({best['fps']:.3f} fps)")
+    return records
 
 
 def _cli_gates(args):

@@ -61,12 +61,9 @@ def _produce(image_set, batch_size, workers, skip_bad, start, input_dtype, out_q
             batch, metas = None, []
             while index < total and not stop.is_set():
                 if batch is None:
-                    if free_buffers is None:
-                        batch = np.empty(shape, dtype=dtype)
-                    else:
-                        batch = _take_buffer(free_buffers, stop)
-                        if batch is None:
-                            return
+                    batch = _new_batch(free_buffers, shape, dtype, stop)
+                    if batch is None:
+                        return
                     metas = []
                 want = min(batch_size - len(metas), total - index)
                 indices = list(range(index, index + want))
@@ -74,20 +71,7 @@ def _produce(image_set, batch_size, workers, skip_bad, start, input_dtype, out_q
                 slots = list(range(len(metas), len(metas) + want))
                 futures = [pool.submit(image_set.load_into, i, batch[s], input_dtype, **load_options)
                            for i, s in zip(indices, slots)]
-                fill = len(metas)
-                for i, slot, future in zip(indices, slots, futures):
-                    try:
-                        meta = future.result()
-                    except ImageReadError as exc:
-                        if not skip_bad:
-                            raise
-                        meta_i = image_set.metas[i]
-                        skipped.append(SkippedImage(i, meta_i.image_id, meta_i.path, str(exc)))
-                        continue
-                    if slot != fill:  # close the gap a skipped image left
-                        batch[fill] = batch[slot]
-                    metas.append(meta)
-                    fill += 1
+                _collect_loaded(futures, indices, slots, batch, metas, image_set, skip_bad, skipped)
                 if len(metas) == batch_size:
                     if not _put(out_queue, stop, (batch, metas)):
                         return
@@ -99,6 +83,32 @@ def _produce(image_set, batch_size, workers, skip_bad, start, input_dtype, out_q
         _put(out_queue, stop, _Failure(exc))
         return
     _put(out_queue, stop, _END)
+
+
+def _new_batch(free_buffers, shape, dtype, stop):
+    """A batch array: a recycled buffer from `free_buffers` (None once the stream stops) or a new one."""
+    if free_buffers is None:
+        return np.empty(shape, dtype=dtype)
+    return _take_buffer(free_buffers, stop)
+
+
+def _collect_loaded(futures, indices, slots, batch, metas, image_set, skip_bad, skipped):
+    """Append the ImageMeta of each loaded image to `metas`, moving each image down over the slot a
+    skipped image left; a bad image is raised, or with `skip_bad` listed in `skipped`."""
+    fill = len(metas)
+    for i, slot, future in zip(indices, slots, futures):
+        try:
+            meta = future.result()
+        except ImageReadError as exc:
+            if not skip_bad:
+                raise
+            meta_i = image_set.metas[i]
+            skipped.append(SkippedImage(i, meta_i.image_id, meta_i.path, str(exc)))
+            continue
+        if slot != fill:  # close the gap a skipped image left
+            batch[fill] = batch[slot]
+        metas.append(meta)
+        fill += 1
 
 
 class BatchStream:
