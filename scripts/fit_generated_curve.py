@@ -33,14 +33,15 @@ def plot(summary, path):
     axis.plot(steps, [entry["ap50"] for entry in points], "s-", label="AP50")
     axis.axhline(0.30, color="C0", linestyle=":", label="goal AP 0.30")
     axis.axhline(0.50, color="C1", linestyle=":", label="goal AP50 0.50")
-    axis.set_xlabel("steps (batch {})".format(summary["params"]["batch_size"]))
-    axis.set_ylabel("held-out AP ({} images)".format(summary.get("eval_images", "?")))
+    params = summary["params"]
+    axis.set_xlabel(f"steps (batch {params['batch_size']})")
+    axis.set_ylabel(f"held-out AP ({summary.get('eval_images', '?')} images)")
     axis.set_ylim(0, 0.6)
     for entry in points:
-        axis.annotate("{:.0f}s".format(entry["wall_s"]), (entry["step"], entry["ap50"]), fontsize=7,
+        axis.annotate(f"{entry['wall_s']:.0f}s", (entry["step"], entry["ap50"]), fontsize=7,
                       textcoords="offset points", xytext=(0, 5))
-    axis.set_title("fit_generated at {}x{} ({} threads, shared host: wall times pessimistic)".format(
-        summary["params"]["height"], summary["params"]["width"], summary.get("threads")), fontsize=9)
+    axis.set_title(f"fit_generated at {params['height']}x{params['width']} ({summary.get('threads')} threads, "
+                   "shared host: wall times pessimistic)", fontsize=9)
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
