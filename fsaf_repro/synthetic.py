@@ -188,6 +188,64 @@ def coco_categories():
             for cid, name in zip(coco_category_ids(), coco_class_names())]
 
 
+def _check_generator_args(num_images, style):
+    if int(num_images) < 1:
+        raise DataError(f"num_images must be >= 1, got {num_images}")
+    if style not in GENERATOR_STYLES:
+        raise DataError("unknown generator style {!r}; choose one of {}".format(style, ", ".join(GENERATOR_STYLES)))
+
+
+def _make_dirs(*paths):
+    for path in paths:
+        if not os.path.isdir(path):
+            os.makedirs(path)
+
+
+def _objects_for(rng, img, max_objects, style):
+    """Draw the objects of `style` on `img` (in place); their (label, bbox, area) list."""
+    if style == "classes":
+        return _draw_class_objects(rng, img, max_objects, class_style_labels())
+    return _draw_objects(rng, img, max_objects, len(coco_category_ids()))
+
+
+def _write_image(path, img, kind):
+    """Write `img` (BGR) as `kind`'s file: a JPEG at quality 92, grayscale for "gray", or a PNG."""
+    if kind == "gray":
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    params = [int(cv2.IMWRITE_JPEG_QUALITY), 92] if path.endswith(".jpg") else []
+    if not cv2.imwrite(path, img, params):
+        raise DataError(f"OpenCV failed to write {path}")
+
+
+def _generate_image(rng, image_dir, image_id, layout, max_objects, style, write_images):
+    """One image: its json entry and its objects; the image file too when `write_images`."""
+    width, height, kind = layout
+    file_name = "{:012d}.{}".format(image_id, "png" if kind == "png" else "jpg")
+    if write_images:
+        img = _background(rng, height, width)
+        objects = _objects_for(rng, img, max_objects, style)
+        _write_image(os.path.join(image_dir, file_name), img, kind)
+    else:
+        objects = _objects_for(rng, np.zeros((height, width, 3), np.uint8), max_objects, style)
+    return {"id": image_id, "file_name": file_name, "width": width, "height": height}, objects
+
+
+def _annotation(ann_id, image_id, category_id, bbox, area):
+    x, y, w, h = bbox
+    return {
+        "id": ann_id, "image_id": image_id, "category_id": category_id,
+        "bbox": bbox, "area": area, "iscrowd": 0,
+        "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+    }
+
+
+def _dump_json_atomically(dataset, path):
+    tmp = path + ".part"
+    with open(tmp, "w") as handle:
+        json.dump(dataset, handle)
+    os.replace(tmp, path)
+
+
 def make_synthetic_coco(out_dir, num_images=8, seed=0, layouts=None, max_objects=4, write_images=True,
                         annotation_name="instances_val2017.json", image_dir_name="val2017", style="default"):
     """Generate a dataset under `out_dir`; returns (annotation_file, image_dir).
@@ -198,51 +256,23 @@ def make_synthetic_coco(out_dir, num_images=8, seed=0, layouts=None, max_objects
     the image). `style="classes"`: the learnable task of CLASS_STYLES, whose class shows in the image
     (fsaf_repro.train fits weights on it); same layouts, backgrounds and json layout.
     """
-    if int(num_images) < 1:
-        raise DataError(f"num_images must be >= 1, got {num_images}")
-    if style not in GENERATOR_STYLES:
-        raise DataError("unknown generator style {!r}; choose one of {}".format(style, ", ".join(GENERATOR_STYLES)))
+    _check_generator_args(num_images, style)
     layouts = list(layouts or DEFAULT_LAYOUTS)
     rng = np.random.RandomState(seed)
     out_dir = os.fspath(out_dir)
     image_dir = os.path.join(out_dir, image_dir_name)
     ann_dir = os.path.join(out_dir, "annotations")
-    for path in (image_dir, ann_dir):
-        if not os.path.isdir(path):
-            os.makedirs(path)
+    _make_dirs(image_dir, ann_dir)
     category_ids = coco_category_ids()
     images, annotations = [], []
     image_id = 0
     for number in range(int(num_images)):
         image_id += int(rng.randint(1, 40))  # gaps, like val2017's ids
-        width, height, kind = layouts[number % len(layouts)]
-        file_name = "{:012d}.{}".format(image_id, "png" if kind == "png" else "jpg")
-        if write_images:
-            img = _background(rng, height, width)
-            if style == "classes":
-                objects = _draw_class_objects(rng, img, max_objects, class_style_labels())
-            else:
-                objects = _draw_objects(rng, img, max_objects, len(category_ids))
-            path = os.path.join(image_dir, file_name)
-            if kind == "gray":
-                img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-            params = [int(cv2.IMWRITE_JPEG_QUALITY), 92] if file_name.endswith(".jpg") else []
-            if not cv2.imwrite(path, img, params):
-                raise DataError(f"OpenCV failed to write {path}")
-        elif style == "classes":
-            objects = _draw_class_objects(rng, np.zeros((height, width, 3), np.uint8), max_objects,
-                                          class_style_labels())
-        else:
-            objects = _draw_objects(rng, np.zeros((height, width, 3), np.uint8), max_objects,
-                                    len(category_ids))
-        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        image, objects = _generate_image(rng, image_dir, image_id, layouts[number % len(layouts)], max_objects,
+                                         style, write_images)
+        images.append(image)
         for label, bbox, area in objects:
-            x, y, w, h = bbox
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": category_ids[label],
-                "bbox": bbox, "area": area, "iscrowd": 0,
-                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
-            })
+            annotations.append(_annotation(len(annotations) + 1, image_id, category_ids[label], bbox, area))
     order = list(range(len(images)))
     random.Random(seed).shuffle(order)  # json order != id order: readers must sort
     dataset = {
@@ -254,10 +284,7 @@ def make_synthetic_coco(out_dir, num_images=8, seed=0, layouts=None, max_objects
         "categories": coco_categories(),
     }
     annotation_file = os.path.join(ann_dir, annotation_name)
-    tmp = annotation_file + ".part"
-    with open(tmp, "w") as handle:
-        json.dump(dataset, handle)
-    os.replace(tmp, annotation_file)
+    _dump_json_atomically(dataset, annotation_file)
     return annotation_file, image_dir
 
 
