@@ -291,6 +291,50 @@ def infer_dataset(image_set, backend, results_path, **options):
         return _infer_dataset(image_set, backend, results_path, **options)
 
 
+def _checked_batch_size(backend, batch_size):
+    """The batch size to run with: the model's static one when it has one (a different request is an
+    error), else `batch_size` (default 1)."""
+    static = backend.batch_size
+    if batch_size is None:
+        batch_size = static or 1
+    if static is not None and int(batch_size) != int(static):
+        raise BackendError(f"the model {backend.model_path} has a static batch size of {static}; run with batch "
+                           f"size {static} (not {batch_size})")
+    return int(batch_size)
+
+
+def _open_journal(results_path, fields, restart):
+    """The journal beside `results_path` (its folder made if missing), emptied first when `restart`."""
+    journal_path = str(results_path) + ".journal"
+    results_dir = os.path.dirname(os.path.abspath(str(results_path)))
+    if not os.path.isdir(results_dir):
+        os.makedirs(results_dir)
+    if restart and os.path.exists(journal_path):
+        os.remove(journal_path)
+    return Journal(journal_path, fields).open()
+
+
+def _write_skipped(results_path, skipped):
+    """`<results>.skipped.json` lists the skipped images; without any, no such file is left."""
+    skipped_path = str(results_path) + ".skipped.json"
+    if skipped:
+        with open(skipped_path, "w") as handle:
+            json.dump(skipped, handle, indent=1)
+    elif os.path.exists(skipped_path):
+        os.remove(skipped_path)
+
+
+def _session_records(session, wall_seconds, backend_label, input_dtype, batch_size):
+    """The fsaf_repro.perf dataset records of this session's images; none when it ran no inference."""
+    done_images, inference_seconds = session["images"], session["inference_seconds"]
+    if not (done_images and inference_seconds > 0):
+        return []
+    return dataset_records(
+        done_images, wall_seconds, inference_seconds, session["latencies"], "host", backend_label,
+        "fp32" if input_dtype == "float32" else input_dtype, batch_size,
+        source=f"measured: fsaf-repro infer, {done_images} images")
+
+
 def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2, workers=2, skip_bad=False,
                    progress=True, input_dtype="float32", backend_name=None, backend_options=None,
                    model_path=None, keep_journal=False, restart=False):
@@ -300,22 +344,10 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
     skipped images, the timings and the two fsaf_repro.perf dataset records (e2e and inference fps)
     of this session.
     """
-    static = backend.batch_size
-    if batch_size is None:
-        batch_size = static or 1
-    if static is not None and int(batch_size) != int(static):
-        raise BackendError(f"the model {backend.model_path} has a static batch size of {static}; run with batch "
-                           f"size {static} (not {batch_size})")
-    batch_size = int(batch_size)
-    fields = run_key_fields(image_set, backend_name or backend.name, backend_options or {}, model_path,
-                            batch_size, input_dtype)
-    journal_path = str(results_path) + ".journal"
-    results_dir = os.path.dirname(os.path.abspath(str(results_path)))
-    if not os.path.isdir(results_dir):
-        os.makedirs(results_dir)
-    if restart and os.path.exists(journal_path):
-        os.remove(journal_path)
-    journal = Journal(journal_path, fields).open()
+    batch_size = _checked_batch_size(backend, batch_size)
+    backend_label = backend_name or backend.name
+    fields = run_key_fields(image_set, backend_label, backend_options or {}, model_path, batch_size, input_dtype)
+    journal = _open_journal(results_path, fields, restart)
     total = len(image_set)
     session = {"images": 0, "inference_seconds": 0.0, "latencies": []}
     wall_start = time.perf_counter()
@@ -328,35 +360,21 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
         for start, end in gaps:
             _run_range(image_set, backend, journal, start, end, batch_size, input_dtype, skip_bad, prefetch,
                        workers, bar, session)
-        skipped = []
-        for entry in journal.entries:
-            skipped.extend(entry["skipped"])
+        skipped = [item for entry in journal.entries for item in entry["skipped"]]
         detections = write_results_streaming(str(results_path), journal.iter_results())
         wall_seconds = time.perf_counter() - wall_start
     finally:
         if bar is not None:
             bar.close()
         journal.close()
-    skipped_path = str(results_path) + ".skipped.json"
-    if skipped:
-        with open(skipped_path, "w") as handle:
-            json.dump(skipped, handle, indent=1)
-    elif os.path.exists(skipped_path):
-        os.remove(skipped_path)
+    _write_skipped(results_path, skipped)
     if not keep_journal:
-        os.remove(journal_path)
-    done_images, inference_seconds = session["images"], session["inference_seconds"]
-    summary = {"results": str(results_path), "images": total - len(skipped), "images_this_session": done_images,
-               "resumed_from": gaps[0][0] if gaps else total, "reused_images": reused,
-               "redone_batches": redone_batches, "skipped": skipped, "detections": detections,
-               "batch_size": batch_size, "wall_seconds": wall_seconds, "inference_seconds": inference_seconds,
-               "records": []}
-    if done_images and inference_seconds > 0:
-        summary["records"] = dataset_records(
-            done_images, wall_seconds, inference_seconds, session["latencies"], "host",
-            backend_name or backend.name, "fp32" if input_dtype == "float32" else input_dtype, batch_size,
-            source=f"measured: fsaf-repro infer, {done_images} images")
-    return summary
+        os.remove(journal.path)
+    return {"results": str(results_path), "images": total - len(skipped), "images_this_session": session["images"],
+            "resumed_from": gaps[0][0] if gaps else total, "reused_images": reused,
+            "redone_batches": redone_batches, "skipped": skipped, "detections": detections,
+            "batch_size": batch_size, "wall_seconds": wall_seconds, "inference_seconds": session["inference_seconds"],
+            "records": _session_records(session, wall_seconds, backend_label, input_dtype, batch_size)}
 
 
 def _run_range(image_set, backend, journal, start, end, batch_size, input_dtype, skip_bad, prefetch, workers,
