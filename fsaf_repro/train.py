@@ -53,6 +53,9 @@ NEGATIVE = -1
 IGNORED = -2
 
 BACKBONE_CHANNELS = (512, 1024, 2048)
+# The fit's implementation version: part of reproduce's checkpoint-stage key, so a change to the training rule,
+# the generator's classes style or the defaults below refits instead of reusing weights fitted the old way.
+FIT_VERSION = 1
 
 
 class FitError(FsafReproError):
@@ -488,6 +491,9 @@ DEFAULTS = {
     "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 10.0,
     "warmup_steps": 50,
     "max_objects": 6,
+    # channel dropout on the cached backbone features during the fit (a regulariser: the head otherwise
+    # memorises a few hundred images; benchmarks/results/fit_generated*.json); 0 at inference, always
+    "feature_dropout": 0.0,
 }
 
 
@@ -509,13 +515,14 @@ def fit_meta(seed, data_seed, params, history):
 
 
 def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0, threads=None, progress=True,
-                  eval_every=0, workdir=None, log=None, **overrides):
+                  eval_every=0, workdir=None, log=None, log_every=0, **overrides):
     """Fit neck and head on a generated set and write a checkpoint in the official layout to `output`.
 
     seed: the seeded weights (backbone) and the trained layers' init and batch order; data_seed: the
     training set's generator seed (evaluate on another). eval_images > 0 generates a held-out set with
     eval_seed (default data_seed + 1) and scores the thin network on it every `eval_every` steps (and at
-    the end). Deterministic for a seed and thread count. Returns a summary dict (history of loss, AP).
+    the end). `log_every` > 0 also says the running loss every so many steps (for logs without the
+    progress bar). Deterministic for a seed and thread count. Returns a summary dict (history of loss, AP).
     """
     from .checkpoint import save_checkpoint, seeded_state_dict
     from .model import build_detector
@@ -594,6 +601,8 @@ def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             feats, gts, targets = train.batch(indices)
+            if params["feature_dropout"]:
+                feats = drop_channels(feats, float(params["feature_dropout"]), generator)
             cls_scores, bbox_preds = thin(*feats)
             cls_loss, box_loss = fsaf_batch_loss(cls_scores, bbox_preds, gts, targets)
             loss = cls_loss + box_loss
@@ -611,6 +620,9 @@ def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0,
                 bar.update(1)
             if eval_every and step % eval_every == 0 and step != steps:
                 evaluate(step, round(running, 4))
+            elif log_every and step % log_every == 0:
+                say(f"fit step {step}/{steps}: loss {running:.3f} (class {float(cls_loss):.3f}, "
+                    f"box {float(box_loss):.3f}), {time.time() - started:.0f} s")
         if bar is not None:
             bar.close()
         train_s = time.time() - train_started
@@ -621,10 +633,22 @@ def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0,
         return {"output": output, "params": params, "seed": seed, "data_seed": data_seed, "eval_seed": eval_seed,
                 "history": history, "features_s": round(features_s, 2), "train_s": round(train_s, 2),
                 "steps_per_s": round(steps / max(train_s, 1e-9), 3), "wall_s": round(time.time() - started, 2),
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(), "final_loss": None if running is None else round(running, 4)}
     finally:
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def drop_channels(features, rate, generator):
+    """Channel dropout (whole feature maps zeroed with probability `rate`, the rest scaled by 1 / (1 - rate)),
+    drawn from the fit's own generator so that the fit stays deterministic for a seed."""
+    if not 0.0 <= rate < 1.0:
+        raise FitError(f"feature_dropout must be in [0, 1), got {rate}")
+    out = []
+    for feat in features:
+        keep = (torch.rand(feat.shape[0], feat.shape[1], 1, 1, generator=generator) >= rate).to(feat.dtype)
+        out.append(feat * keep / (1.0 - rate))
+    return out
 
 
 OPTIMIZERS = ("adam", "sgd")

@@ -38,7 +38,7 @@ def _add_fit_arguments(parser):
     for name in ("train_images", "steps", "batch_size", "channels", "height", "width", "warmup_steps",
                  "max_objects"):
         group.add_argument("--" + name.replace("_", "-"), type=int, default=DEFAULTS[name], dest="fit_" + name)
-    for name in ("lr",):
+    for name in ("lr", "feature_dropout"):
         group.add_argument("--" + name, type=float, default=DEFAULTS[name], dest="fit_" + name)
     group.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS["optimizer"], dest="fit_optimizer")
 

@@ -285,3 +285,28 @@ def test_short_fit_beats_the_seeded_weights_on_a_held_out_set(tmp_path):
     # that 40 steps do not beat yet; the class loss falls to a third
     assert fitted_cls + fitted_box < 0.75 * (seeded_cls + seeded_box)
     assert fitted_cls < 0.5 * seeded_cls
+
+
+def test_channel_dropout_is_drawn_from_the_fits_generator():
+    from fsaf_repro.train import drop_channels
+    features = [torch.ones(2, 8, 3, 4), torch.ones(2, 16, 2, 2)]
+    first = drop_channels(features, 0.5, torch.Generator().manual_seed(3))
+    again = drop_channels(features, 0.5, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    for out in first:
+        per_channel = out[:, :, 0, 0]
+        # whole maps: each channel is either zeroed or scaled by 1 / (1 - rate), everywhere in the map
+        assert set(per_channel.unique().tolist()) <= {0.0, 2.0}
+        assert torch.equal(out, per_channel[:, :, None, None].expand_as(out))
+    assert 0 < float((first[1] == 0).float().mean()) < 1
+    assert all(torch.equal(a, b) for a, b in zip(drop_channels(features, 0.0, torch.Generator()), features))
+    with pytest.raises(FitError, match="feature_dropout"):
+        drop_channels(features, 1.0, torch.Generator())
+
+
+def test_fit_with_channel_dropout_is_deterministic(tmp_path):
+    first, second = str(tmp_path / "a.pth"), str(tmp_path / "b.pth")
+    for path in (first, second):
+        fit_generated(path, seed=2, data_seed=5, threads=1, progress=False, feature_dropout=0.3, **TINY)
+    a, b = load_state_dict(first, trusted=True), load_state_dict(second, trusted=True)
+    assert all(torch.equal(a[key], b[key]) for key in a)
