@@ -262,19 +262,29 @@ def read_benchmark_output(text, source):
             continue
         match = _STAGE_LINE.match(line)
         if match:
-            spelled = match.group("stage").strip().lower()
-            if spelled not in PERF_STAGE_SPELLINGS:
-                raise _refuse_line(source, number, line, "a perf stage among {}".format(
-                    ", ".join(f"[{s}]" for s in sorted(PERF_STAGE_SPELLINGS))))
-            stage = PERF_STAGE_SPELLINGS[spelled]
-            if stage in stages:
-                raise ResultsError(f"{source}: lines {stages[stage][0]} and {number} both give the `[{stage}]` "
-                                   "stage (two runs in one text?); give one run's perf file")
-            stages[stage] = (number, _stage_fields(source, number, line, match.group("stage"),
-                                                   match.group("body")))
+            _add_stage(stages, source, number, line, match)
             continue
         if unknown is None:
             unknown = (number, line)
+    _check_benchmark_read(stages, pure, unknown, source)
+    return stages, pure
+
+
+def _add_stage(stages, source, number, line, match):
+    """Record the perf line `match` (of _STAGE_LINE) in `stages` under its unified stage name."""
+    spelled = match.group("stage").strip().lower()
+    if spelled not in PERF_STAGE_SPELLINGS:
+        raise _refuse_line(source, number, line, "a perf stage among {}".format(
+            ", ".join(f"[{s}]" for s in sorted(PERF_STAGE_SPELLINGS))))
+    stage = PERF_STAGE_SPELLINGS[spelled]
+    if stage in stages:
+        raise ResultsError(f"{source}: lines {stages[stage][0]} and {number} both give the `[{stage}]` "
+                           "stage (two runs in one text?); give one run's perf file")
+    stages[stage] = (number, _stage_fields(source, number, line, match.group("stage"), match.group("body")))
+
+
+def _check_benchmark_read(stages, pure, unknown, source):
+    """Refuse a text with an unknown line (`unknown`: the first, (number, line)) or with no output at all."""
     if unknown is not None:
         if not stages and not pure:
             raise ResultsError(f"{source}: neither a perf file (`[e2e]`, `[inference]` lines) nor pure-inference "
@@ -285,7 +295,6 @@ def read_benchmark_output(text, source):
         raise ResultsError(f"{source}: no benchmark output in it (empty, or only log lines); expected a perf file "
                            "(`[e2e]`, `[inference]` lines) or pure-inference output (`ave_throughputRate`)"
                            )
-    return stages, pure
 
 
 def parse_benchmark_perf(path_or_text, device, batch_size=None, precision="fp16", chips=None,
