@@ -120,23 +120,42 @@ def emulate_fp16(model, rounding=True):
     checking that folding alone keeps the fp32 results). A module whose computation these hooks do
     not cover (anything but Conv2d, ReLU, MaxPool2d, Identity and containers) is refused.
     """
-    import torch
     fold_batch_norms(model)
     overflow = _OverflowLog()
+    _refuse_uncovered_layers(model)
+    if not rounding:
+        return overflow
+    _round_conv_parameters(model)
+    _add_rounding_hooks(model, overflow)
+    return overflow
+
+
+def _refuse_uncovered_layers(model):
+    """BackendError for the first leaf module that is none of the layers the rounding hooks cover."""
+    import torch
     covered = (torch.nn.Conv2d, torch.nn.ReLU, torch.nn.MaxPool2d, torch.nn.Identity)
     for name, module in model.named_modules():
         if list(module.children()):
             continue
         if not isinstance(module, covered):
             raise BackendError(f"fp16 emulation: layer {name} ({type(module).__name__}) has no fp16 emulation")
-    if not rounding:
-        return overflow
+
+
+def _round_conv_parameters(model):
+    """Every convolution's weight and bias rounded to fp16, in place."""
+    import torch
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.Conv2d):
                 module.weight.copy_(round_fp16(module.weight))
                 if module.bias is not None:
                     module.bias.copy_(round_fp16(module.bias))
+
+
+def _add_rounding_hooks(model, overflow):
+    """Hooks rounding each convolution's input and each convolution, ReLU and max-pool output to fp16;
+    an output that overflows is noted in `overflow` under its layer's name."""
+    import torch
 
     def round_input(module, inputs):
         return tuple(round_fp16(x) for x in inputs)
@@ -153,7 +172,6 @@ def emulate_fp16(model, rounding=True):
             module.register_forward_pre_hook(round_input)
         if isinstance(module, (torch.nn.Conv2d, torch.nn.ReLU, torch.nn.MaxPool2d)):
             module.register_forward_hook(round_output_of(name))
-    return overflow
 
 
 def _fp16_fpn_forward(neck, rounding):
