@@ -526,7 +526,39 @@ def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0,
     """
     from .checkpoint import save_checkpoint, seeded_state_dict
     from .model import build_detector
-    from .synthetic import make_synthetic_coco
+    params = fit_parameters(overrides)
+    eval_seed = data_seed + 1 if eval_seed is None else eval_seed
+    if eval_images and int(eval_seed) == int(data_seed):
+        raise FitError(f"the held-out set must come from another seed than the training set ({data_seed})")
+    if threads:
+        threads = set_intra_op_threads(threads)
+    started = time.time()
+    full_state = seeded_state_dict(seed)
+    detector = build_detector()
+    detector.load_state_dict(full_state)
+    own_workdir = workdir is None
+    workdir = tempfile.mkdtemp(prefix="fsaf_fit_") if own_workdir else workdir
+    try:
+        sets = _generated_feature_sets(workdir, params, detector.backbone.eval(), data_seed, eval_seed,
+                                       eval_images, progress)
+        fit = _Fit(params, sets, seed, started, log or (lambda message: print(message, file=sys.stderr)))
+        features_s = time.time() - started
+        train_s = fit.run(progress, eval_every, log_every)
+        save_checkpoint(embed_thin_state_dict(full_state, fit.thin), output,
+                        fit_meta(seed, data_seed, params, fit.history))
+        steps = int(params["steps"])
+        return {"output": output, "params": params, "seed": seed, "data_seed": data_seed, "eval_seed": eval_seed,
+                "history": fit.history, "features_s": round(features_s, 2), "train_s": round(train_s, 2),
+                "steps_per_s": round(steps / max(train_s, 1e-9), 3), "wall_s": round(time.time() - started, 2),
+                "threads": torch.get_num_threads(),
+                "final_loss": None if fit.running is None else round(fit.running, 4)}
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def fit_parameters(overrides):
+    """DEFAULTS with `overrides`, checked: unknown names and out-of-range values are a FitError."""
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise FitError(f"unknown fit parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
@@ -535,108 +567,109 @@ def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0,
         if int(params[name]) < 1:
             raise FitError(f"{name} must be >= 1, got {params[name]}")
     if params["optimizer"] not in OPTIMIZERS:
-        raise FitError("unknown optimizer {!r}; choose one of {}".format(params["optimizer"], ", ".join(OPTIMIZERS)))
+        raise FitError(f"unknown optimizer {params['optimizer']!r}; choose one of {', '.join(OPTIMIZERS)}")
     if int(params["channels"]) > model_constants()["fpn_channels"]:
-        raise FitError("channels must be <= {}, got {}".format(model_constants()["fpn_channels"], params["channels"]))
-    if eval_seed is None:
-        eval_seed = data_seed + 1
-    if eval_images and int(eval_seed) == int(data_seed):
-        raise FitError(f"the held-out set must come from another seed than the training set ({data_seed})")
-    say = log or (lambda message: print(message, file=sys.stderr))
-    if threads:
-        threads = set_intra_op_threads(threads)
-    height, width = int(params["height"]), int(params["width"])
-    started = time.time()
-    full_state = seeded_state_dict(seed)
-    detector = build_detector()
-    detector.load_state_dict(full_state)
-    backbone = detector.backbone.eval()
-    own_workdir = workdir is None
-    workdir = tempfile.mkdtemp(prefix="fsaf_fit_") if own_workdir else workdir
-    try:
-        ann, images = make_synthetic_coco(os.path.join(workdir, "train"), num_images=int(params["train_images"]),
-                                          seed=data_seed, max_objects=int(params["max_objects"]), style="classes")
-        train = FeatureSet(ann, images, backbone, height, width, progress=progress, desc="train features")
-        held_out = None
-        if eval_images:
-            eval_ann, eval_dir = make_synthetic_coco(os.path.join(workdir, "eval"), num_images=int(eval_images),
-                                                     seed=eval_seed, max_objects=int(params["max_objects"]),
-                                                     style="classes")
-            held_out = FeatureSet(eval_ann, eval_dir, backbone, height, width, progress=progress,
-                                  desc="held-out features")
-        generator = torch.Generator().manual_seed(int(seed))
-        thin = ThinNeckHead(int(params["channels"]), model_constants()["num_classes"])
-        thin.init_weights(generator)
-        strides = model_constants()["strides"]
-        train.prepare_targets(level_shapes_for(thin, [s[0][None] for s in train.features]), strides,
-                              model_constants()["num_classes"])
-        if not any(len(labels) for _, labels in train.gts):
+        raise FitError(f"channels must be <= {model_constants()['fpn_channels']}, got {params['channels']}")
+    return params
+
+
+def _generated_feature_sets(workdir, params, backbone, data_seed, eval_seed, eval_images, progress):
+    """(training FeatureSet, held-out FeatureSet or None, held-out annotation file or None) of generated sets
+    (the classes style) under `workdir`, with the backbone's features at the fit's input size."""
+    from .synthetic import make_synthetic_coco
+    height, width, max_objects = int(params["height"]), int(params["width"]), int(params["max_objects"])
+    ann, images = make_synthetic_coco(os.path.join(workdir, "train"), num_images=int(params["train_images"]),
+                                      seed=data_seed, max_objects=max_objects, style="classes")
+    train = FeatureSet(ann, images, backbone, height, width, progress=progress, desc="train features")
+    if not eval_images:
+        return train, None, None
+    eval_ann, eval_dir = make_synthetic_coco(os.path.join(workdir, "eval"), num_images=int(eval_images),
+                                             seed=eval_seed, max_objects=max_objects, style="classes")
+    held_out = FeatureSet(eval_ann, eval_dir, backbone, height, width, progress=progress, desc="held-out features")
+    return train, held_out, eval_ann
+
+
+class _Fit:
+    """One fit's state: the thin network, its optimizer, batch order and history. The generator draws, in
+    order, the thin network's init, then per step the batch order (when it runs out) and the dropout."""
+
+    def __init__(self, params, sets, seed, started, say):
+        self.params = params
+        self.train, self.held_out, self.eval_ann = sets
+        self.started = started
+        self.say = say
+        self.generator = torch.Generator().manual_seed(int(seed))
+        num_classes = model_constants()["num_classes"]
+        self.thin = ThinNeckHead(int(params["channels"]), num_classes)
+        self.thin.init_weights(self.generator)
+        self.train.prepare_targets(level_shapes_for(self.thin, [s[0][None] for s in self.train.features]),
+                                   model_constants()["strides"], num_classes)
+        if not any(len(labels) for _, labels in self.train.gts):
             raise FitError("the generated training set has no objects")
-        features_s = time.time() - started
-        history = []
+        self.optimizer = _optimizer(self.thin, params)
+        self.order = []
+        self.running = None
+        self.history = []
 
-        def evaluate(step, loss):
-            entry = {"step": step, "wall_s": round(time.time() - started, 2), "loss": loss}
-            if held_out is not None:
-                thin.eval()
-                entry["ap"], entry["ap50"] = score(eval_ann, detections_on(held_out, thin))
-                thin.train()
-                say("step {}: AP {:.3f} AP50 {:.3f} ({:.0f} s)".format(step, entry["ap"], entry["ap50"],
-                                                                      entry["wall_s"]))
-            history.append(entry)
-
-        optimizer = _optimizer(thin, params)
-        steps, batch_size = int(params["steps"]), int(params["batch_size"])
-        order = []
+    def run(self, progress, eval_every, log_every):
+        """All the steps (evaluating and logging as asked); returns the training seconds."""
+        steps = int(self.params["steps"])
         bar = _bar(steps, "fit", progress, "step")
-        running = None
         train_started = time.time()
-        if eval_every and held_out is not None:
-            evaluate(0, None)
+        if eval_every and self.held_out is not None:
+            self.evaluate(0)
         for step in range(1, steps + 1):
-            if len(order) < batch_size:
-                order.extend(torch.randperm(len(train), generator=generator).tolist())
-            indices, order = order[:batch_size], order[batch_size:]
-            lr = _learning_rate(params, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            feats, gts, targets = train.batch(indices)
-            if params["feature_dropout"]:
-                feats = drop_channels(feats, float(params["feature_dropout"]), generator)
-            cls_scores, bbox_preds = thin(*feats)
-            cls_loss, box_loss = fsaf_batch_loss(cls_scores, bbox_preds, gts, targets)
-            loss = cls_loss + box_loss
-            if not torch.isfinite(loss):
-                raise FitError(f"the loss became {float(loss)} at step {step} (lr {lr}): lower --lr")
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(thin.parameters(), params["grad_clip"])
-            optimizer.step()
-            value = loss.item()
-            running = value if running is None else 0.9 * running + 0.1 * value
+            cls_loss, box_loss = self.step(step)
             if bar is not None:
-                bar.set_postfix(loss=f"{running:.3f}", cls=f"{float(cls_loss):.3f}",
-                                box=f"{float(box_loss):.3f}")
+                bar.set_postfix(loss=f"{self.running:.3f}", cls=f"{cls_loss:.3f}", box=f"{box_loss:.3f}")
                 bar.update(1)
             if eval_every and step % eval_every == 0 and step != steps:
-                evaluate(step, round(running, 4))
+                self.evaluate(step)
             elif log_every and step % log_every == 0:
-                say(f"fit step {step}/{steps}: loss {running:.3f} (class {float(cls_loss):.3f}, "
-                    f"box {float(box_loss):.3f}), {time.time() - started:.0f} s")
+                self.say(f"fit step {step}/{steps}: loss {self.running:.3f} (class {cls_loss:.3f}, "
+                         f"box {box_loss:.3f}), {time.time() - self.started:.0f} s")
         if bar is not None:
             bar.close()
         train_s = time.time() - train_started
-        evaluate(steps, None if running is None else round(running, 4))
-        thin.eval()
-        state = embed_thin_state_dict(full_state, thin)
-        save_checkpoint(state, output, fit_meta(seed, data_seed, params, history))
-        return {"output": output, "params": params, "seed": seed, "data_seed": data_seed, "eval_seed": eval_seed,
-                "history": history, "features_s": round(features_s, 2), "train_s": round(train_s, 2),
-                "steps_per_s": round(steps / max(train_s, 1e-9), 3), "wall_s": round(time.time() - started, 2),
-                "threads": torch.get_num_threads(), "final_loss": None if running is None else round(running, 4)}
-    finally:
-        if own_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+        self.evaluate(steps)
+        self.thin.eval()
+        return train_s
+
+    def step(self, step):
+        """One optimizer step on the next batch; returns its (class loss, box loss)."""
+        params, batch_size = self.params, int(self.params["batch_size"])
+        if len(self.order) < batch_size:
+            self.order.extend(torch.randperm(len(self.train), generator=self.generator).tolist())
+        indices, self.order = self.order[:batch_size], self.order[batch_size:]
+        lr = _learning_rate(params, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        feats, gts, targets = self.train.batch(indices)
+        if params["feature_dropout"]:
+            feats = drop_channels(feats, float(params["feature_dropout"]), self.generator)
+        cls_scores, bbox_preds = self.thin(*feats)
+        cls_loss, box_loss = fsaf_batch_loss(cls_scores, bbox_preds, gts, targets)
+        loss = cls_loss + box_loss
+        if not torch.isfinite(loss):
+            raise FitError(f"the loss became {float(loss)} at step {step} (lr {lr}): lower --lr")
+        self.optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.thin.parameters(), params["grad_clip"])
+        self.optimizer.step()
+        value = loss.item()
+        self.running = value if self.running is None else 0.9 * self.running + 0.1 * value
+        return float(cls_loss.detach()), float(box_loss.detach())
+
+    def evaluate(self, step):
+        """A history entry for `step`: time, running loss and, with a held-out set, its AP and AP50."""
+        entry = {"step": step, "wall_s": round(time.time() - self.started, 2),
+                 "loss": None if self.running is None else round(self.running, 4)}
+        if self.held_out is not None:
+            self.thin.eval()
+            entry["ap"], entry["ap50"] = score(self.eval_ann, detections_on(self.held_out, self.thin))
+            self.thin.train()
+            self.say(f"step {step}: AP {entry['ap']:.3f} AP50 {entry['ap50']:.3f} ({entry['wall_s']:.0f} s)")
+        self.history.append(entry)
 
 
 def drop_channels(features, rate, generator):
