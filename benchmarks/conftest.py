@@ -27,6 +27,9 @@ OPTIONS = (
      "checkpoint (official layout) for test_bench_fp16_emulation; default: seeded weights (seed 0)"),
     ("--bench-trust-checkpoint", "FSAF_BENCH_TRUST_CHECKPOINT", False,
      "load --bench-checkpoint with the full unpickler (trusted files only)"),
+    ("--bench-images", "FSAF_BENCH_IMAGES", None,
+     "a COCO-format root (val2017/, annotations/instances_val2017.json) whose images test_bench_fp16_emulation "
+     "runs on, e.g. a run's inputs/coco (for fitted weights); default: generated network inputs"),
 )
 TRUE_WORDS = ("1", "true", "yes", "on")
 

@@ -19,7 +19,9 @@ closest box and score; fsaf_repro.parity) and writes into the fp16-emulated benc
 - layers whose fp16 output overflowed to inf.
 
 Any checkpoint in the official layout works (trained weights when they exist): --bench-checkpoint
-(FSAF_BENCH_CHECKPOINT); seeded weights (seed 0) otherwise.
+(FSAF_BENCH_CHECKPOINT); seeded weights (seed 0) otherwise. --bench-images (FSAF_BENCH_IMAGES) runs on a
+COCO-format set's images instead of generated network inputs: the fitted weights of `reproduce` on the
+run's own generated set (<run dir>/inputs/coco), where they detect.
 """
 import os
 
@@ -45,18 +47,37 @@ def checkpoint(bench_options, seeded_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def batches(bench_scale):
+def batches(bench_scale, bench_options):
     import torch
 
     from fsaf_repro.checkpoint import generated_network_inputs
 
     size = SIZES[bench_scale]
+    if bench_options["--bench-images"]:
+        return image_batches(bench_options["--bench-images"], size)
     generator = torch.Generator().manual_seed(IMAGE_SEED)
     made, done = [], 0
     while done < size["images"]:
         count = min(size["batch_size"], size["images"] - done)
         made.append(generated_network_inputs(generator, count, size["height"], size["width"]).numpy())
         done += count
+    return made
+
+
+def image_batches(root, size):
+    """Every image of a COCO-format root, through the recipe's transform at the size's canvas, in batches.
+    Fitted weights detect on images like those they were fitted for (the classes style), not on noise."""
+    import numpy as np
+
+    from fsaf_repro.data import CocoImageSet
+
+    image_set = CocoImageSet(os.path.join(root, "annotations", "instances_val2017.json"),
+                             os.path.join(root, "val2017"), height=size["height"], width=size["width"])
+    size["images"] = len(image_set)  # the extra_info and the shape check count what ran
+    made = []
+    for start in range(0, len(image_set), size["batch_size"]):
+        indices = range(start, min(len(image_set), start + size["batch_size"]))
+        made.append(np.stack([image_set.load(i)[0] for i in indices]))
     return made
 
 

@@ -20,6 +20,9 @@ from .spec import accuracy_reference, coco_category_ids, coco_class_names, load_
 REPORT_NAME = "report.md"
 DETECTION_IMAGES = 3
 DETECTIONS_DRAWN = 10
+# Drawn: detections scoring at least this (a confident detector's boxes, not its 100 low-score candidates);
+# when none does (seeded weights), the top DETECTIONS_DRAWN whatever their score.
+DRAW_MIN_SCORE = 0.3
 NOT_APPLICABLE_EMBEDDED = "not applicable (seeded weights / generated data)"
 
 
@@ -390,7 +393,8 @@ def plot_per_class(context: Dict[str, Any], path: str) -> None:
 
 def draw_detections(image_path: str, detections: Sequence[Dict[str, Any]], ground_truth: Sequence[Dict[str, Any]],
                     out_path: str, max_drawn: int = DETECTIONS_DRAWN) -> int:
-    """The original image with ground truth (green) and the top detections (red, 'name score') drawn."""
+    """The original image with ground truth (green) and the top detections (red, 'name score') drawn: those
+    scoring >= DRAW_MIN_SCORE (at most `max_drawn`), or the top `max_drawn` when none does."""
     import cv2
 
     from .data import read_bgr
@@ -402,6 +406,8 @@ def draw_detections(image_path: str, detections: Sequence[Dict[str, Any]], groun
         cv2.rectangle(image, (int(round(x)), int(round(y))), (int(round(x + w)), int(round(y + h))),
                       (0, 200, 0), thickness)
     top = sorted(detections, key=lambda d: -d["score"])[:max_drawn]
+    confident = [det for det in top if det["score"] >= DRAW_MIN_SCORE]
+    top = confident or top
     for det in top:
         x, y, w, h = det["bbox"]
         p1, p2 = (int(round(x)), int(round(y))), (int(round(x + w)), int(round(y + h)))
@@ -442,6 +448,8 @@ def header_lines(context: Dict[str, Any]) -> List[str]:
 
 def _not_the_claim_lines(context):
     """The warning that a run on seeded weights or generated data does not measure the recipe's claim."""
+    if context.get("embedded") and context.get("fit"):
+        return _fitted_lines(context)
     if context.get("embedded"):
         acc = accuracy_reference()
         recipe_input = load_recipe_spec()["input"]
@@ -458,6 +466,23 @@ def _not_the_claim_lines(context):
     if context.get("generated"):
         lines.append("**The images are generated, not COCO val2017: the mAP below is NOT the recipe's claim.**")
     return lines
+
+
+def _fitted_lines(context):
+    """The first lines of a run whose weights reproduce fitted on generated shapes (fsaf_repro.train)."""
+    acc = accuracy_reference()
+    recipe_input = load_recipe_spec()["input"]
+    fit = context["fit"]
+    h, w = context["canvas"]
+    params = fit["params"]
+    return [f"**Embedded default run: trained on generated shapes for {params['steps']} steps, not COCO; not the "
+            "recipe's claim.** The weights were fitted here with FSAF's training rule (neck and head in a "
+            f"{params['channels']}-channel subspace, on the seeded backbone's features of {params['train_images']} "
+            f"generated images, seed {fit['data_seed']}, {fit['wall_s']:.0f} s on {fit['threads']} thread(s)); the "
+            f"{context['dataset']['num_images']} evaluated images are generated with another seed, not COCO val2017, "
+            f"at a reduced input size of {h}x{w} (the recipe's is {recipe_input['height']}x{recipe_input['width']}). "
+            f"The recipe's claim is {acc['pytorch_map']['value']} PyTorch, {acc['om_310_map']['value']} om on 310, "
+            "on COCO with the official checkpoint."]
 
 
 def _what_was_run(context):
@@ -535,7 +560,8 @@ def render_report(context: Dict[str, Any], plots: Optional[Sequence[Tuple[str, s
         lines.append(f"![{title}]({rel})")
         lines.append("")
     lines.append("")
-    lines.append(f"### Detections drawn (ground truth green, top {DETECTIONS_DRAWN} detections red)")
+    lines.append(f"### Detections drawn (ground truth green; detections red: those scoring >= {DRAW_MIN_SCORE}, "
+                 f"at most {DETECTIONS_DRAWN}, or the top {DETECTIONS_DRAWN} when none does)")
     lines.append("")
     if detection_images:
         for title, rel in detection_images:

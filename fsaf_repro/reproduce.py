@@ -47,10 +47,15 @@ from .stagebook import (Late, RunLog, Stage, StageBook, canonical_json, read_jso
 from .torch_threads import set_intra_op_threads
 
 # The embedded default: small enough for about a minute on a 2-core CPU (project choice, issue 5).
-EMBEDDED_NUM_IMAGES = 12
+EMBEDDED_NUM_IMAGES = 32  # the held-out set of the fitted weights: ~110 objects
 EMBEDDED_INPUT_HW = (256, 384)
 EMBEDDED_BATCH_SIZES = (1, 2)
 EMBEDDED_SEED = 0
+# Without a checkpoint, the weights are fitted on generated shapes (fsaf_repro.train, issue 11) for this many
+# steps; 0 (--fit-steps 0) keeps the seeded weights. The fit's training set has its own seed, never the
+# evaluated set's.
+DEFAULT_FIT_STEPS = 800
+FIT_DATA_SEED_OFFSET = 1000
 DEFAULT_CPU_BATCH_SIZES = (1, 4)
 DEFAULT_PERF_LOOPS = 2
 DEFAULT_PERF_WARMUP = 1
@@ -59,6 +64,8 @@ DEFAULT_PARITY_IMAGES = 3
 # Backends tried by default (those available on this host run, the others are listed as skipped).
 # What each takes and how its records are labelled are facts of its class (fsaf_repro.backends.base).
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "aclruntime", "onnxruntime-cann")
+# ...and on the embedded default, the om's CPU stand-in (fp16 emulated; hours at the recipe's size and count)
+EMBEDDED_EXTRA_BACKENDS = ("fp16-emulated",)
 FLAVOURS = ("onnx-nms", "raw", "ascend-nms")
 REFERENCE_BACKEND = "torch"
 ENV_CHECKPOINT = "FSAF_CHECKPOINT"
@@ -247,6 +254,12 @@ class RunConfig:
     trust_checkpoint: bool
     progress: bool
     echo: bool
+    fit_steps: int = 0
+
+    @property
+    def fitted(self) -> bool:
+        # the run makes its weights by fitting them on generated shapes (not the seeded weights)
+        return self.seeded and self.fit_steps > 0
 
     @property
     def seeded(self) -> bool:
@@ -271,6 +284,8 @@ class RunConfig:
 
     @property
     def checkpoint_path(self) -> str:
+        if self.fitted:
+            return os.path.join(self.run_dir, "inputs", f"fsaf_fit_generated_{self.seed}.pth")
         if self.seeded:
             return os.path.join(self.run_dir, "inputs", f"fsaf_seeded_{self.seed}.pth")
         return self.checkpoint
@@ -296,7 +311,7 @@ def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                    score_threshold=None, scorer="pycocotools", perf_loops=None, perf_warmup=None,
                    parity_images=None, seed=EMBEDDED_SEED, soc_version=None, precision_mode="force_fp16",
                    extra_perf=(), threads=None, perf_threads=None, trusted=False, progress=False, echo=True,
-                   environ=None, npu_present=None) -> RunConfig:
+                   environ=None, npu_present=None, fit_steps=None) -> RunConfig:
     """The RunConfig of run_reproduce's arguments (None: the embedded default or the recipe's value).
 
     Inputs read only late in the run are checked here, before minutes of export and inference: the
@@ -314,7 +329,8 @@ def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     default_hw = EMBEDDED_INPUT_HW if embedded else (input_constants()["height"], input_constants()["width"])
     # Backends run over the data set. torch is also the parity reference: left out of --backends it still
     # runs the parity batch (a few images), not the data set (hours on a CPU at the recipe's size).
-    backend_names = parse_list(backends, "--backends") or list(DEFAULT_BACKENDS)
+    backend_names = parse_list(backends, "--backends") or (
+        list(DEFAULT_BACKENDS) + (list(EMBEDDED_EXTRA_BACKENDS) if embedded else []))
     sizes = parse_sizes(batch_sizes)
     if sizes is None:
         npu_backends = [b for b in backend_names if backend_class(b).device_kind == "npu"]
@@ -342,7 +358,19 @@ def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None,
         threads=default_threads() if threads is None else (int(threads) or None),
         # pure-inference timing has no loader beside it: the whole host, as the recipe's tools use the device
         perf_threads=(os.cpu_count() or 1) if perf_threads is None else (int(perf_threads) or None),
-        trust_checkpoint=bool(trusted), progress=bool(progress), echo=bool(echo))
+        trust_checkpoint=bool(trusted), progress=bool(progress), echo=bool(echo),
+        fit_steps=_fit_steps(fit_steps, checkpoint))
+
+
+def _fit_steps(fit_steps, checkpoint):
+    """Steps of the fit that makes the weights when no checkpoint is given (0: seeded weights, no fit)."""
+    if checkpoint is not None:
+        return 0  # a given checkpoint is used as it is
+    if fit_steps is None:
+        return DEFAULT_FIT_STEPS
+    if int(fit_steps) < 0:
+        raise FsafReproError(f"--fit-steps must be >= 0 (0: seeded weights), got {fit_steps}")
+    return int(fit_steps)
 
 
 @dataclass(frozen=True)
@@ -466,10 +494,25 @@ def run_checkpoint(ctx):
     return {"path": path, "seeded": True, "seed": ctx.params["seed"]}, [path]
 
 
+def run_fit(ctx):
+    """Weights fitted on generated shapes (fsaf_repro.train.fit_generated) in the official layout."""
+    from .train import fit_generated
+    p = ctx.params
+    ctx.log(f"fit: {p['fit']['steps']} steps on {p['fit']['train_images']} generated images (seed {p['data_seed']}), "
+            f"{p['threads']} thread(s); the weights are trained on generated shapes, not COCO")
+    summary = fit_generated(ctx.outputs["checkpoint"], seed=p["seed"], data_seed=p["data_seed"], threads=p["threads"],
+                            progress=ctx.options["progress"], log=ctx.log, log_every=max(1, p["fit"]["steps"] // 8),
+                            **p["fit"])
+    record = {"path": ctx.outputs["checkpoint"], "seeded": True, "seed": p["seed"], "fitted": True,
+              "fit": {k: summary[k] for k in ("params", "data_seed", "features_s", "train_s", "steps_per_s",
+                                              "wall_s", "threads", "final_loss")}}
+    return record, [ctx.outputs["checkpoint"]]
+
+
 def run_dataset(ctx):
     from .synthetic import make_synthetic_coco
     ann, img_dir = make_synthetic_coco(ctx.outputs["root"], num_images=ctx.params["num_images"],
-                                       seed=ctx.params["seed"])
+                                       seed=ctx.params["seed"], style=ctx.params["style"])
     files = [os.path.join(img_dir, name) for name in sorted(os.listdir(img_dir))]
     return {"annotation_file": ann, "image_dir": img_dir, "generated": True}, [ann] + files
 
@@ -627,7 +670,11 @@ def run_parity(ctx):
         finally:
             backend.close()
     tol = ctx.spec["parity"]
-    pairs = [_parity_pair(outputs, ref, other, tol) for ref, other in _parity_pairs_wanted(ctx.params["sides"])]
+    # an fp16 side (the om, or its CPU stand-in) is judged by the spec's fp16 tolerances, an fp32 one by the fp32 ones
+    precision = dict((label, backend_class(name).precision(ctx.params["om_precision"]))
+                     for label, name in ctx.params["sides"])
+    pairs = [_parity_pair(outputs, ref, other, tol, precision[other])
+             for ref, other in _parity_pairs_wanted(ctx.params["sides"])]
     payload = {"image_ids": ctx.params["image_ids"], "canvas": ctx.params["canvas"], "tolerances": tol,
                "pairs": pairs}
     atomic_write_json(ctx.outputs["parity"], payload)
@@ -646,18 +693,19 @@ def _parity_pairs_wanted(sides):
     return wanted
 
 
-def _parity_pair(outputs, ref, other, tol):
+def _parity_pair(outputs, ref, other, tol, precision):
     from .parity import compare_detections, within_tolerances
     record = compare_detections(outputs[ref]["dets"], outputs[ref]["labels"], outputs[other]["dets"],
                                 outputs[other]["labels"], tol["match_iou"])
-    fp16 = "(om" in other
+    fp16 = "fp16" in precision
     if fp16:
         ok = (record["match_rate"] >= tol["fp16_om_min_match_rate"]
               and record["max_box_abs_diff"] <= tol["fp16_om_box_abs_tol_px"]
               and record["max_score_abs_diff"] <= tol["fp16_om_score_abs_tol"])
     else:
         ok = within_tolerances(record)
-    record.update(reference=ref, other=other, within_tolerance=bool(ok), tolerance="fp16 om" if fp16 else "fp32")
+    record.update(reference=ref, other=other, within_tolerance=bool(ok), tolerance="fp16 om" if fp16 else "fp32",
+                  precision=precision)
     return record
 
 
@@ -706,6 +754,8 @@ def _report_context(ctx, perf_records):
         "perf_threads": p["perf_threads"], "perf_loops": p["perf_loops"], "perf_warmup": p["perf_warmup"],
         "backends": p["backends"], "skipped_steps": p["skipped_steps"],
         "export": p["stage_results"].get("export"), "convert": p["stage_results"].get("convert"),
+        # the fit that made the weights (None: seeded or given weights): the report's first lines name it
+        "fit": (p["stage_results"].get("checkpoint") or {}).get("fit"),
         "soc_version": p["soc_version"], "metrics": metrics,
         "results": dict((name, os.path.relpath(ctx.inputs["results:" + name], run_dir)) for name in order),
         "perf_records": perf_records,
@@ -742,12 +792,16 @@ def plan(config: RunConfig, probes: HostProbes) -> List[Stage]:
     their reason. Adding a stage: a body `run_<name>(ctx)` above and its entry here (and a version in
     STAGE_VERSIONS)."""
     stages = []
-    if config.seeded:
+    if config.fitted:
+        stages.append(_fit_stage(config))
+    elif config.seeded:
         stages.append(Stage("checkpoint", run_checkpoint, params={"seed": config.seed},
                             outputs={"checkpoint": config.checkpoint_path},
                             spec=("model", "input", "coco_classes")))
     if config.generated:
-        stages.append(Stage("dataset", run_dataset, params={"num_images": config.num_images, "seed": config.seed},
+        # fitted weights know the classes style's looks; seeded weights see the default style's shapes
+        stages.append(Stage("dataset", run_dataset, params={"num_images": config.num_images, "seed": config.seed,
+                                                            "style": "classes" if config.fitted else "default"},
                             outputs={"root": config.data_root}, spec=("coco_classes", "coco_category_ids")))
     stages.append(Stage("export", run_export, params={"canvas": config.canvas, "flavours": list(FLAVOURS),
                                                       "batch": "dynamic"},
@@ -775,6 +829,19 @@ def plan(config: RunConfig, probes: HostProbes) -> List[Stage]:
     stages.append(_parity_entry(config, probes, models))
     stages.append(_report_stage(config, probes, stages, models))
     return stages
+
+
+def _fit_stage(config):
+    """The checkpoint stage of a run that fits its weights: keyed by the fit's parameters, seeds, thread
+    count (the fit is deterministic for a seed and thread count) and fsaf_repro.train's FIT_VERSION."""
+    from .train import DEFAULTS, FIT_VERSION
+    fit = dict(DEFAULTS, steps=config.fit_steps, height=config.height, width=config.width)
+    return Stage("checkpoint", run_fit,
+                 params={"seed": config.seed, "data_seed": config.seed + FIT_DATA_SEED_OFFSET, "fit": fit,
+                         "threads": os.cpu_count() or 1, "fit_version": FIT_VERSION},
+                 outputs={"checkpoint": config.checkpoint_path},
+                 spec=("model", "input", "coco_classes", "coco_category_ids"),
+                 options={"progress": config.progress or sys.stderr.isatty()})
 
 
 def _onnx_paths(config):
@@ -896,6 +963,9 @@ def _parity_sides(config, probes, models):
         sides.append(("onnxruntime (raw + host NMS)", "onnxruntime", onnx["raw"]))
     sides.extend([(f"{name} (om, ascend-nms)", name, models[name])
                   for name in models if backend_class(name).model_kind == MODEL_OM][:1])
+    # other checkpoint backends (the fp16 stand-in): the checkpoint, labelled as what runs it
+    sides.extend((f"{name} (checkpoint)", name, config.checkpoint_path)
+                 for name in models if name != REFERENCE_BACKEND and backend_class(name).model_kind == MODEL_CHECKPOINT)
     return sides
 
 
@@ -908,7 +978,7 @@ def _parity_entry(config, probes, models):
     inputs["images"] = Late(_parity_image_files, config.parity_images)
     return Stage("parity", run_parity,
                  params={"sides": [[label, name] for label, name, _ in sides], "image_ids": image_ids,
-                         "canvas": config.canvas, "threads": config.threads},
+                         "canvas": config.canvas, "threads": config.threads, "om_precision": config.precision_mode},
                  inputs=inputs, outputs={"parity": config.path("parity.json")}, spec=("parity", "model", "input"),
                  upstream=("data",) + tuple(_model_stage(config, name) for _, name, _ in sides),
                  options={"trusted": config.trusted, "image_set": Late(late_image_set)})
@@ -947,7 +1017,7 @@ def _report_stage(config, probes, stages, models):
               "skipped_steps": dict((k, v) for k, v in skipped.items() if k in ("convert", "parity")),
               "extra_perf": list(config.extra_perf),
               "dataset_backends": list(models), "perf_backends": [n for n in models if n != "null"],
-              "stage_results": Late(late_results, ["export", "convert"] + ["infer:" + n for n in models]),
+              "stage_results": Late(late_results, ["checkpoint", "export", "convert"] + ["infer:" + n for n in models]),
               "parity_backends": dict((label, name) for label, name, _ in _parity_sides(config, probes, models)),
               "stages": Late(late_stage_table), "plots": report_module.plots_availability()[0]}
     # Every stage of this run feeds the report (its context lists their keys and records).
@@ -1039,7 +1109,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                    score_threshold=None, scorer="pycocotools", perf_loops=None, perf_warmup=None,
                    parity_images=None, seed=EMBEDDED_SEED, soc_version=None, precision_mode="force_fp16",
                    extra_perf=(), threads=None, perf_threads=None, trusted=False, progress=False, echo=True,
-                   environ=None):
+                   environ=None, fit_steps=None):
     """Configure, plan, execute (see `run_reproduce` and the module docstring)."""
     wall_start = time.time()
     options = dict(locals())  # this function's arguments: resolve_config takes the same names

@@ -1,17 +1,19 @@
 """The `reproduce` verb: every step this host can run, one run directory with report.md."""
 import argparse
 
-from ..reproduce import (DEFAULT_BACKENDS, DEFAULT_CPU_BATCH_SIZES, DEFAULT_PARITY_IMAGES, DEFAULT_PERF_LOOPS,
-                         DEFAULT_PERF_WARMUP, EMBEDDED_BATCH_SIZES, EMBEDDED_INPUT_HW, EMBEDDED_NUM_IMAGES,
-                         EMBEDDED_SEED, ENV_CHECKPOINT, ENV_COCO_ROOT, run_reproduce)
+from ..reproduce import (DEFAULT_BACKENDS, DEFAULT_CPU_BATCH_SIZES, DEFAULT_FIT_STEPS, DEFAULT_PARITY_IMAGES,
+                         DEFAULT_PERF_LOOPS, DEFAULT_PERF_WARMUP, EMBEDDED_BATCH_SIZES, EMBEDDED_INPUT_HW,
+                         EMBEDDED_NUM_IMAGES, EMBEDDED_SEED, ENV_CHECKPOINT, ENV_COCO_ROOT, run_reproduce)
 from .args import input_dir, input_file, output_dir
 
 
 def register(subparsers):
     parser = subparsers.add_parser(
         "reproduce", help="run every step this host can run and write one run directory with report.md",
-        description="With no argument: the embedded default (seeded weights in the official checkpoint layout, "
-                    "a generated mini COCO set, reduced input size) - the whole pipeline in a minute or two. "
+        description="With no argument: the embedded default (weights fitted on generated shapes - not COCO - in "
+                    "the official checkpoint layout, a held-out generated mini COCO set, reduced input size): the "
+                    "whole pipeline in about 6 minutes on 2 cores, most of it the fit (--fit-steps 0: seeded "
+                    "weights, about a minute). "
                     "With --checkpoint and --coco-root: the recipe's run on this host. Re-running with the same "
                     "arguments reuses finished stages.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -54,6 +56,12 @@ def register(subparsers):
                         type=input_file("perf records file"),
                         help="perf records measured elsewhere (fsaf-repro perf --out), shown and gated beside "
                              "this host's; repeatable")
+    _add_host_and_weight_options(parser)
+    parser.set_defaults(func=_cli_reproduce)
+
+
+def _add_host_and_weight_options(parser):
+    """Threads, the seed, the fit and the checkpoint's trust: how this host runs and where the weights come from."""
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads of the CPU backends (torch, ONNX Runtime) in the data set run and the "
                              "parity batch; default: all cores but one (the image loader's); 0: the runtimes' own")
@@ -61,10 +69,13 @@ def register(subparsers):
                         help="intra-op threads of the CPU backends in the pure-inference timing; default: all "
                              "cores; 0: the runtimes' own")
     parser.add_argument("--seed", type=int, default=EMBEDDED_SEED, help="seed of generated weights and data")
+    parser.add_argument("--fit-steps", type=int, default=None,
+                        help=f"without --checkpoint: fit the weights on generated shapes for this many steps "
+                             f"(default {DEFAULT_FIT_STEPS}, a few minutes on 2 cores; reused afterwards); 0: seeded "
+                             "weights, no fit")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="load the checkpoint with the full unpickler (only for files you trust)")
     parser.add_argument("--progress", action="store_true", help="progress bars during inference")
-    parser.set_defaults(func=_cli_reproduce)
 
 
 def _cli_reproduce(args):
@@ -76,7 +87,7 @@ def _cli_reproduce(args):
         parity_images=args.parity_images, seed=args.seed, soc_version=args.soc_version,
         precision_mode=args.precision_mode, extra_perf=args.extra_perf, threads=args.threads,
         perf_threads=args.perf_threads,
-        trusted=args.trust_checkpoint,
+        trusted=args.trust_checkpoint, fit_steps=args.fit_steps,
         progress=args.progress)
     print("report: {}".format(summary["report"]))
     return 0

@@ -19,7 +19,8 @@ from fsaf_repro.spec import load_recipe_spec, parity_tolerances
 from tests.acceptance.conftest import ENV_OF
 
 TINY_ARGS = ["--height", "128", "--width", "192", "--num-images", "6", "--batch-sizes", "1,2",
-             "--parity-images", "2", "--perf-loops", "1", "--perf-warmup", "0", "--backends", "torch,onnxruntime"]
+             "--parity-images", "2", "--perf-loops", "1", "--perf-warmup", "0", "--backends", "torch,onnxruntime",
+             "--fit-steps", "0"]
 REPORT_HEAD_LINES = 5
 
 

@@ -21,7 +21,7 @@ DEVICE = "dummy-device"
 PRECISION = "dummy-precision"
 BOX = [8.0, 6.0, 40.0, 30.0, 0.9]  # x1, y1, x2, y2, score in network-input pixels
 TINY = dict(height=64, width=96, num_images=3, batch_sizes="2", parity_images=1, perf_loops=1, perf_warmup=0,
-            threads=1, perf_threads=1, echo=False, environ={}, backends=NAME)
+            threads=1, perf_threads=1, echo=False, environ={}, backends=NAME, fit_steps=0)
 
 
 class DummyBackend(backends.Backend):

@@ -855,8 +855,8 @@ def _stop_at_long_work(w):
 
 
 def _reproduce_argv(*extra):
-    return ["reproduce", "--run-dir", "run", "--backends", "null", "--batch-sizes", "1", "--height", str(H),
-            "--width", str(W)] + list(extra)
+    return ["reproduce", "--run-dir", "run", "--backends", "null", "--batch-sizes", "1", "--fit-steps", "0",
+            "--height", str(H), "--width", str(W)] + list(extra)
 
 
 def reproduce_random_bytes_checkpoint(w):

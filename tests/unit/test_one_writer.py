@@ -145,7 +145,7 @@ def test_each_writing_verb_refuses_a_locked_output_before_any_work(dataset, tmp_
         "preprocess": ["preprocess", "--annotations", dataset[0], "--images", dataset[1], "--height", str(H),
                        "--width", str(W), "--no-progress", "--workers", "1", "--out", str(output),
                        "--bin-info", str(tmp_path / "fsaf.info"), "--jpg-info", str(tmp_path / "fsaf_jpeg.info")],
-        "reproduce": ["reproduce", "--run-dir", str(output), "--backends", "null"],
+        "reproduce": ["reproduce", "--run-dir", str(output), "--backends", "null", "--fit-steps", "0"],
         "infer": ["infer", "--annotations", dataset[0], "--images", dataset[1], "--height", str(H),
                   "--width", str(W), "--backend", "null", "--no-progress", "--out", str(output)],
     }[verb]

@@ -11,12 +11,14 @@ import pytest
 
 from fsaf_repro.errors import BackendUnavailable, CheckpointError, DataError
 from fsaf_repro.report import NOT_APPLICABLE_EMBEDDED
-from fsaf_repro.reproduce import FLAVOURS, resolve_inputs, run_reproduce
+from fsaf_repro.reproduce import DEFAULT_BACKENDS, FLAVOURS, resolve_inputs, run_reproduce
 from fsaf_repro.spec import accuracy_reference, parity_tolerances, performance_reference
 from tests.support import link_or_copy
 
+# The embedded default's backends but its fp16 stand-in (test_reproduce_plan covers that one), on seeded weights
 TINY = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
-            perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={})
+            perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={}, fit_steps=0,
+            backends=",".join(DEFAULT_BACKENDS))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ from fsaf_repro.stagebook import STAGE_VERSIONS, Stage, StageBook, stage_key
 from tests.support import link_or_copy
 
 TINY = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
-            perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={}, backends="onnxruntime")
+            perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={}, backends="onnxruntime",
+            fit_steps=0)
 
 # What each stage's outputs feed, directly (the pipeline's design, module docstring of reproduce).
 FEEDS = {

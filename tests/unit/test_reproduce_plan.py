@@ -160,3 +160,64 @@ def test_every_stage_declares_a_version_outputs_and_a_module_level_body(given, t
         assert stage.body.__qualname__ == stage.body.__name__, stage.name
         assert inspect.getmodule(stage.body).__name__ == "fsaf_repro.reproduce"
         assert len(inspect.getsource(stage.body).splitlines()) <= 60, stage.name
+
+
+# The fit (issue 11): without a checkpoint the run fits its weights on generated shapes; its key carries
+# the fit's steps and thread count, and only what reads the weights (or the generated set) reruns.
+
+
+def _embedded(tmp_path, **changes):
+    options = dict(run_dir=str(tmp_path / "run"), backends=",".join(BACKENDS), batch_sizes="1,2", height=128,
+                   width=192, threads=1, perf_threads=1, environ={}, npu_present=False)
+    options.update(changes)
+    return resolve_config(**options)
+
+
+def test_the_embedded_default_fits_its_weights_and_evaluates_the_classes_style(tmp_path):
+    config = _embedded(tmp_path)
+    assert config.fitted and config.fit_steps > 0
+    stages = dict((s.name, s) for s in plan(config, CPU_HOST))
+    fit = stages["checkpoint"]
+    assert fit.body.__name__ == "run_fit"
+    assert fit.params["fit"]["steps"] == config.fit_steps
+    assert (fit.params["fit"]["height"], fit.params["fit"]["width"]) == (128, 192)
+    # the fit trains on another seed than the set it is evaluated on
+    assert fit.params["data_seed"] != stages["dataset"].params["seed"]
+    assert stages["dataset"].params["style"] == "classes"
+    seeded = dict((s.name, s) for s in plan(_embedded(tmp_path, fit_steps=0), CPU_HOST))
+    assert seeded["checkpoint"].body.__name__ == "run_checkpoint" and seeded["dataset"].params["style"] == "default"
+
+
+def test_a_given_checkpoint_is_never_fitted(given):
+    config = _config(given, fit_steps=50)
+    assert config.fit_steps == 0 and not config.fitted
+    assert "checkpoint" not in _keys(config)
+
+
+def test_more_fit_steps_rerun_the_fit_and_what_reads_the_weights_not_the_dataset(tmp_path):
+    from fsaf_repro.synthetic import make_synthetic_coco
+    config = _embedded(tmp_path, fit_steps=10)
+    make_synthetic_coco(config.data_root, num_images=3, seed=config.seed, style="classes")  # what the data stage reads
+    before = _keys(config)
+    after = _keys(_embedded(tmp_path, fit_steps=20))
+    rerun = _rerun_by(before, after)
+    assert "checkpoint" in rerun and "export" in rerun and "infer:torch" in rerun and "report" in rerun
+    assert "dataset" not in rerun and "data" not in rerun
+
+
+def test_negative_fit_steps_are_refused(tmp_path):
+    from fsaf_repro.errors import FsafReproError
+    with pytest.raises(FsafReproError, match="--fit-steps"):
+        _embedded(tmp_path, fit_steps=-1)
+
+
+def test_the_embedded_default_also_runs_the_fp16_stand_in_and_a_real_run_does_not(tmp_path, given):
+    from fsaf_repro.reproduce import DEFAULT_BACKENDS, EMBEDDED_EXTRA_BACKENDS
+    embedded = resolve_config(run_dir=str(tmp_path / "run"), environ={}, npu_present=False)
+    assert embedded.backends == DEFAULT_BACKENDS + EMBEDDED_EXTRA_BACKENDS
+    assert "fp16-emulated" in embedded.backends
+    real = resolve_config(environ={}, npu_present=False, **given)
+    assert real.backends == DEFAULT_BACKENDS
+    # its parity side is judged by the fp16 tolerances (the precision its class declares)
+    sides = dict((s.name, s) for s in plan(embedded, CPU_HOST))["parity"].params["sides"]
+    assert ["fp16-emulated (checkpoint)", "fp16-emulated"] in sides
