@@ -113,3 +113,32 @@ def within_tolerances(record: Dict[str, Any], box_tol: Optional[float] = None,
         score_tol = tolerances["score_abs_tol"]
     return (record["counts_equal"] and record["labels_equal"]
             and record["max_box_abs_diff"] <= box_tol and record["max_score_abs_diff"] <= score_tol)
+
+
+def fp16_agreement(ref_dets: np.ndarray, ref_labels: np.ndarray, dets: np.ndarray, labels: np.ndarray,
+                   box_tol: Optional[float] = None, score_tol: Optional[float] = None) -> Dict[str, Any]:
+    """How many reference detections an fp16 side reproduces: those with an unused same-label detection
+    within both `box_tol` px (largest corner difference) and `score_tol` (default: the spec's fp16_om_*).
+
+    The rule for an fp16 side (the om, its CPU stand-in), where the largest difference over all rows
+    means nothing: a detection near the score threshold or the top-100 cut-off may be kept on one side
+    only, and is then paired with another object. Returns {"found", "total", "rate", "box_tol", "score_tol"}.
+    """
+    tolerances = parity_tolerances()
+    box_tol = tolerances["fp16_om_box_abs_tol_px"] if box_tol is None else box_tol
+    score_tol = tolerances["fp16_om_score_abs_tol"] if score_tol is None else score_tol
+    found = total = 0
+    for image in range(np.asarray(ref_dets).shape[0]):
+        free = list(valid_rows(dets[image]))
+        for i in valid_rows(ref_dets[image]):
+            total += 1
+            for j in free:
+                if (labels[image][j] == ref_labels[image][i]
+                        and np.abs(np.asarray(dets[image][j][:4], np.float64)
+                                   - np.asarray(ref_dets[image][i][:4], np.float64)).max() <= box_tol
+                        and abs(float(dets[image][j][4]) - float(ref_dets[image][i][4])) <= score_tol):
+                    found += 1
+                    free.remove(j)
+                    break
+    return {"found": found, "total": total, "rate": (found / float(total)) if total else 1.0,
+            "box_tol": box_tol, "score_tol": score_tol}

@@ -24,6 +24,7 @@ DETECTIONS_DRAWN = 10
 # when none does (seeded weights), the top DETECTIONS_DRAWN whatever their score.
 DRAW_MIN_SCORE = 0.3
 NOT_APPLICABLE_EMBEDDED = "not applicable (seeded weights / generated data)"
+NOT_APPLICABLE_FITTED = "not applicable (weights fitted on generated shapes / generated data, not COCO)"
 
 
 def plots_availability() -> Tuple[bool, str]:
@@ -57,6 +58,8 @@ def full_dataset_images() -> int:
 def accuracy_verdict(ap: float, context: Dict[str, Any]) -> str:
     """The recipe's verdict (mAP >= min_map and within max_drop of the PyTorch value) where it applies."""
     acc = accuracy_reference()
+    if context.get("fit"):
+        return NOT_APPLICABLE_FITTED
     if context.get("seeded") and context.get("generated"):
         return NOT_APPLICABLE_EMBEDDED
     if context.get("seeded"):
@@ -293,9 +296,11 @@ def parity_lines(context: Dict[str, Any]) -> List[str]:
     image_ids = ", ".join(str(i) for i in parity["image_ids"])
     lines.append(f"The same batch of {len(parity['image_ids'])} images (ids {image_ids}) through each stage, padded "
                  "outputs compared (rows paired by label and closeness; score-0 rows are padding). Tolerances "
-                 f"(spec `parity`): fp32 boxes {tol['box_abs_tol_px']} px, scores {tol['score_abs_tol']}; fp16 om "
-                 f"boxes {tol['fp16_om_box_abs_tol_px']} px, scores {tol['fp16_om_score_abs_tol']}, match rate >= "
-                 f"{tol['fp16_om_min_match_rate']}.")
+                 f"(spec `parity`): fp32 boxes {tol['box_abs_tol_px']} px, scores {tol['score_abs_tol']} (every "
+                 f"row); fp16 (om, or its CPU stand-in) at least {tol['fp16_om_min_match_rate']:.0%} of the "
+                 f"reference's detections found with the same label within {tol['fp16_om_box_abs_tol_px']} px and "
+                 f"{tol['fp16_om_score_abs_tol']} (the largest difference over all rows is shown, not judged: a "
+                 "detection at the score threshold may be kept on one side only).")
     lines.append("")
     lines.append("| reference | compared | detections (ref / other) | max abs diff dets boxes (px) | "
                  f"max abs diff dets scores | labels agreement | match rate IoU >= {tol['match_iou']} | mAP delta | "
@@ -489,7 +494,8 @@ def _what_was_run(context):
     ckpt = context["checkpoint"]
     data = context["dataset"]
     h, w = context["canvas"]
-    seeded = " (seeded weights in the official layout)" if ckpt["seeded"] else ""
+    seeded = (" (fitted on generated shapes, in the official layout)" if context.get("fit")
+              else " (seeded weights in the official layout)" if ckpt["seeded"] else "")
     source = "the generated set" if data["generated"] else f"`{data['image_dir']}`"
     subset = ("" if data["num_images"] == data["total_images"]
               else f", first {data['num_images']} of {data['total_images']} by id")

@@ -54,7 +54,7 @@ EMBEDDED_SEED = 0
 # Without a checkpoint, the weights are fitted on generated shapes (fsaf_repro.train, issue 11) for this many
 # steps; 0 (--fit-steps 0) keeps the seeded weights. The fit's training set has its own seed, never the
 # evaluated set's.
-DEFAULT_FIT_STEPS = 800
+DEFAULT_FIT_STEPS = 1000  # = fsaf_repro.train.DEFAULTS['steps'] (test_reproduce_plan)
 FIT_DATA_SEED_OFFSET = 1000
 DEFAULT_CPU_BATCH_SIZES = (1, 4)
 DEFAULT_PERF_LOOPS = 2
@@ -694,14 +694,17 @@ def _parity_pairs_wanted(sides):
 
 
 def _parity_pair(outputs, ref, other, tol, precision):
-    from .parity import compare_detections, within_tolerances
-    record = compare_detections(outputs[ref]["dets"], outputs[ref]["labels"], outputs[other]["dets"],
-                                outputs[other]["labels"], tol["match_iou"])
+    from .parity import compare_detections, fp16_agreement, within_tolerances
+    a, b = outputs[ref], outputs[other]
+    record = compare_detections(a["dets"], a["labels"], b["dets"], b["labels"], tol["match_iou"])
     fp16 = "fp16" in precision
     if fp16:
-        ok = (record["match_rate"] >= tol["fp16_om_min_match_rate"]
-              and record["max_box_abs_diff"] <= tol["fp16_om_box_abs_tol_px"]
-              and record["max_score_abs_diff"] <= tol["fp16_om_score_abs_tol"])
+        # the om acceptance test's rule (test_recipe_parity): enough of the reference's detections found
+        # within the fp16 box and score tolerances; the max over all rows is kept in the record, not judged
+        agreement = fp16_agreement(a["dets"], a["labels"], b["dets"], b["labels"], tol["fp16_om_box_abs_tol_px"],
+                                   tol["fp16_om_score_abs_tol"])
+        record["fp16_agreement"] = agreement
+        ok = agreement["total"] > 0 and agreement["rate"] >= tol["fp16_om_min_match_rate"]
     else:
         ok = within_tolerances(record)
     record.update(reference=ref, other=other, within_tolerance=bool(ok), tolerance="fp16 om" if fp16 else "fp32",
@@ -1125,6 +1128,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     stages = plan(config, probe_host(config))
     state = execute(stages, book, RunState(config, book))
     log("checkpoint {} (sha256 {}{})".format(config.checkpoint_path, book.digest(config.checkpoint_path)[:16],
+                                             ", fitted on generated shapes" if config.fitted else
                                              ", seeded weights" if config.seeded else ""))
     return _summary(config, stages, state, book, time.time() - wall_start)
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fsaf_repro.backends import backend_availability, create_backend
-from fsaf_repro.parity import compare_detections, within_tolerances
+from fsaf_repro.parity import compare_detections, fp16_agreement, within_tolerances
 from fsaf_repro.spec import input_constants, parity_tolerances
 
 from tests.acceptance.conftest import OM_BACKENDS, ORT_BACKEND_OF_PROVIDER, provide, val2017_paths, write_json
@@ -78,28 +78,6 @@ def test_onnxruntime_matches_the_torch_path(settings, run_dir, onnx_export, chec
     assert within_tolerances(record)
 
 
-def fp16_agreement(reference, outputs, count):
-    """Fraction of the reference's detections that have a same-label om detection within the fp16 box and
-    score tolerances (each om detection used once)."""
-    tolerances = parity_tolerances()
-    found = total = 0
-    for n in range(count):
-        ref_rows = np.nonzero(reference["dets"][n, :, 4] > 0)[0]
-        free = list(np.nonzero(outputs["dets"][n, :, 4] > 0)[0])
-        for i in ref_rows:
-            total += 1
-            for j in free:
-                if (outputs["labels"][n, j] == reference["labels"][n, i]
-                        and np.abs(outputs["dets"][n, j, :4] - reference["dets"][n, i, :4]).max()
-                        <= tolerances["fp16_om_box_abs_tol_px"]
-                        and abs(outputs["dets"][n, j, 4] - reference["dets"][n, i, 4])
-                        <= tolerances["fp16_om_score_abs_tol"]):
-                    found += 1
-                    free.remove(j)
-                    break
-    return found, total
-
-
 def test_om_matches_the_torch_path(settings, run_dir, om_for, checkpoint_of, model_kind, batch_size):
     """At least fp16_om_min_match_rate of the torch path's detections are found in the om's output with the
     same label, within fp16_om_box_abs_tol_px and fp16_om_score_abs_tol."""
@@ -119,7 +97,8 @@ def test_om_matches_the_torch_path(settings, run_dir, om_for, checkpoint_of, mod
         backend.load(om["path"])
         outputs = backend.run(batch)
     outputs = {k: v[:distinct] for k, v in outputs.items()}
-    found, total = fp16_agreement(reference, outputs, distinct)
+    agreement = fp16_agreement(reference["dets"], reference["labels"], outputs["dets"], outputs["labels"])
+    found, total = agreement["found"], agreement["total"]
     record = compare_detections(reference["dets"], reference["labels"], outputs["dets"], outputs["labels"])
     record.update(checkpoint=model_kind, om=om["path"], batch_size=batch_size, backend=settings.backend,
                   fp16_found=found, fp16_total=total)

@@ -15,7 +15,7 @@ from fsaf_repro.backends.fp16_emulation import (
 from fsaf_repro.checkpoint import load_detector
 from fsaf_repro.decode import select_candidates
 from fsaf_repro.errors import BackendError, ResultsError
-from fsaf_repro.parity import compare_detections
+from fsaf_repro.parity import compare_detections, fp16_agreement
 from fsaf_repro.spec import parity_tolerances
 from tests.support import UNIT_INPUT_HW, generated_inputs
 
@@ -155,28 +155,11 @@ def test_fp16_decode_rounds_each_step(seeded_checkpoint):
     assert 0 < score_diff <= float(np.spacing(np.float16(0.5)))
 
 
-def fp16_agreement(reference, other, box_tol, score_tol):
-    """(found, total): reference detections with an unused same-label detection of `other` within both
-    tolerances, the rule of the acceptance test of an om (tests/acceptance/test_recipe_parity.py)."""
-    found = total = 0
-    for n in range(reference["dets"].shape[0]):
-        free = list(np.nonzero(other["dets"][n, :, 4] > 0)[0])
-        for i in np.nonzero(reference["dets"][n, :, 4] > 0)[0]:
-            total += 1
-            for j in free:
-                if (other["labels"][n, j] == reference["labels"][n, i]
-                        and np.abs(other["dets"][n, j, :4] - reference["dets"][n, i, :4]).max() <= box_tol
-                        and abs(other["dets"][n, j, 4] - reference["dets"][n, i, 4]) <= score_tol):
-                    found += 1
-                    free.remove(j)
-                    break
-    return found, total
-
-
 def test_detections_agree_with_the_fp32_torch_path_within_the_fp16_om_tolerances(outputs):
     fp32, fp16, overflowed = outputs
     tol = parity_tolerances()
-    found, total = fp16_agreement(fp32, fp16, tol["fp16_om_box_abs_tol_px"], tol["fp16_om_score_abs_tol"])
+    agreement = fp16_agreement(fp32["dets"], fp32["labels"], fp16["dets"], fp16["labels"])
+    found, total = agreement["found"], agreement["total"]
     assert total > 0, "the torch path detected nothing: the comparison would be vacuous"
     assert found / float(total) >= tol["fp16_om_min_match_rate"], (found, total)
     record = compare_detections(fp32["dets"], fp32["labels"], fp16["dets"], fp16["labels"], tol["match_iou"])

@@ -103,3 +103,24 @@ def test_uint8_input_graph_matches_the_float_path(export_cache, seeded_detector)
     dets, labels = _ort_detections(path, "onnx-nms", {"input": np.stack(canvases),
                                                       "image_hw": np.array(sizes, dtype=np.int32)})
     _assert_same_detections(ref_dets, ref_labels, dets, labels)
+
+
+def test_fp16_agreement_counts_reference_detections_found_within_both_tolerances():
+    from fsaf_repro.parity import fp16_agreement
+    ref = np.zeros((1, 100, 5), np.float32)
+    ref[0, 0] = [10, 10, 50, 50, 0.9]
+    ref[0, 1] = [60, 60, 90, 90, 0.5]
+    ref[0, 2] = [5, 5, 15, 15, 0.06]   # near the threshold: the other side dropped it
+    ref_labels = np.zeros((1, 100), np.int64)
+    other = np.zeros((1, 100, 5), np.float32)
+    other[0, 0] = [11.5, 10, 50, 50, 0.903]   # within 2 px and 0.005
+    other[0, 1] = [60, 63, 90, 90, 0.5]       # 3 px off
+    other[0, 2] = [100, 100, 120, 120, 0.07]  # kept on this side only: far from everything
+    labels = np.zeros((1, 100), np.int64)
+    got = fp16_agreement(ref, ref_labels, other, labels, box_tol=2.0, score_tol=0.005)
+    assert (got["found"], got["total"]) == (1, 3)
+    assert got["rate"] == pytest.approx(1 / 3.0)
+    labels[0, 0] = 5  # a different label is never a match
+    assert fp16_agreement(ref, ref_labels, other, labels, box_tol=2.0, score_tol=0.005)["found"] == 0
+    assert fp16_agreement(ref, ref_labels, other, np.zeros((1, 100), np.int64), box_tol=3.0,
+                          score_tol=0.005)["found"] == 2

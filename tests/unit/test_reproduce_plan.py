@@ -221,3 +221,9 @@ def test_the_embedded_default_also_runs_the_fp16_stand_in_and_a_real_run_does_no
     # its parity side is judged by the fp16 tolerances (the precision its class declares)
     sides = dict((s.name, s) for s in plan(embedded, CPU_HOST))["parity"].params["sides"]
     assert ["fp16-emulated (checkpoint)", "fp16-emulated"] in sides
+
+
+def test_reproduce_fits_as_long_as_make_checkpoint_does_by_default():
+    from fsaf_repro.reproduce import DEFAULT_FIT_STEPS
+    from fsaf_repro.train import DEFAULTS
+    assert DEFAULT_FIT_STEPS == DEFAULTS["steps"]
