@@ -12,7 +12,7 @@ def register(subparsers):
         "reproduce", help="run every step this host can run and write one run directory with report.md",
         description="With no argument: the embedded default (weights fitted on generated shapes - not COCO - in "
                     "the official checkpoint layout, a held-out generated mini COCO set, reduced input size): the "
-                    "whole pipeline in about 6 minutes on 2 cores, most of it the fit (--fit-steps 0: seeded "
+                    "whole pipeline in about 4 minutes on 2 cores, most of it the fit (--fit-steps 0: seeded "
                     "weights, about a minute). "
                     "With --checkpoint and --coco-root: the recipe's run on this host. Re-running with the same "
                     "arguments reuses finished stages.",

@@ -14,6 +14,7 @@ values (floors, margins, the 1-point rule) live in spec/recipe.json under `gener
 """
 import json
 import os
+import shutil
 
 import pytest
 
@@ -34,15 +35,21 @@ def expected():
 
 
 @pytest.fixture(scope="module")
-def fitted_run(settings, tmp_path_factory):
+def fitted_run(run_dir, tmp_path_factory):
     """The embedded default's run with fitted weights: run directory and summary. FSAF_CHECKPOINT and
-    FSAF_COCO_ROOT are hidden (environ={}): this run is the generated analogue, never the recipe's run."""
+    FSAF_COCO_ROOT are hidden (environ={}): this run is the generated analogue, never the recipe's run. It
+    runs in a temporary folder (its perf records must never reach a gate); report.md and its plots are
+    copied to <run dir>/reproduce-fitted/ for a person to look at."""
     from fsaf_repro.reproduce import run_reproduce
-    base = settings.run_dir or str(tmp_path_factory.mktemp("generated"))
-    run_dir = os.path.join(base, "reproduce-fitted")
-    summary = run_reproduce(run_dir=run_dir, backends=",".join(BACKENDS), perf_loops=1, perf_warmup=0,
+    work = os.path.join(str(tmp_path_factory.mktemp("generated")), "reproduce-fitted")
+    summary = run_reproduce(run_dir=work, backends=",".join(BACKENDS), perf_loops=1, perf_warmup=0,
                             echo=False, environ={})
-    return run_dir, summary
+    kept = os.path.join(run_dir, "reproduce-fitted")
+    if os.path.isdir(kept):
+        shutil.rmtree(kept)
+    shutil.copytree(os.path.join(work, "plots"), os.path.join(kept, "plots"))
+    shutil.copy2(os.path.join(work, "report.md"), kept)
+    return work, summary
 
 
 def metrics_of(run_dir, backend):
