@@ -181,14 +181,17 @@ def official_checkpoint(settings):
 
 
 @pytest.fixture(scope="session")
-def checkpoint_of(settings, seeded_checkpoint):
-    """checkpoint_of(kind) -> path: "official" (skips without FSAF_CHECKPOINT) or "generated" (seeded weights
-    in the official layout, the root conftest's seeded_checkpoint)."""
+def checkpoint_of(settings, seeded_checkpoint, request):
+    """checkpoint_of(kind) -> path: "official" (skips without FSAF_CHECKPOINT), "generated" (seeded weights
+    in the official layout, the root conftest's seeded_checkpoint) or "fitted" (a short fit on generated
+    shapes, the root conftest's fitted_checkpoint, made only when asked for)."""
     def get(kind):
         if kind == "official":
             return official_checkpoint_path(settings)
         if kind == "generated":
             return seeded_checkpoint
+        if kind == "fitted":
+            return request.getfixturevalue("fitted_checkpoint")
         raise ValueError(kind)
     return get
 

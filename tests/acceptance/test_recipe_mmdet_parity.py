@@ -31,10 +31,11 @@ CONFIG = os.path.join("fsaf", "fsaf_r50_fpn_1x_coco.py")
 INSTALL_SCRIPT = os.path.join("scripts", "install_mmdet.sh")
 
 # The checkpoints compared, one test case each: "generated" (seeded weights in the official layout; runs
-# on any host, and is what .ci/run checks), "official" (FSAF_CHECKPOINT; skips without it), or the path
-# of a .pth file in the official layout, relative to the repository root (trained weights, for one), as
-# one more entry here. .ci/run runs every case but "official".
-CHECKPOINTS = ("generated", "official")
+# on any host), "fitted" (weights trained on generated shapes by a short fit: confident scores, trained
+# neck and head; runs on any host), "official" (FSAF_CHECKPOINT; skips without it), or the path of a
+# .pth file in the official layout, relative to the repository root, as one more entry here. .ci/run
+# runs every case but "official".
+CHECKPOINTS = ("generated", "fitted", "official")
 
 
 def install_command():
@@ -57,7 +58,7 @@ def install_command():
 
 
 def checkpoint_path(entry, checkpoint_of):
-    if entry in ("generated", "official"):
+    if entry in ("generated", "fitted", "official"):
         return checkpoint_of(entry)
     path = os.path.join(ROOT, entry)
     if not os.path.isfile(path):
