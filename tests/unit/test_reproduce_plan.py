@@ -158,7 +158,7 @@ def test_every_stage_declares_a_version_outputs_and_a_module_level_body(given, t
         assert stage.outputs, stage.name
         # module level: importable by name, no closure over the run's locals
         assert stage.body.__qualname__ == stage.body.__name__, stage.name
-        assert inspect.getmodule(stage.body).__name__ == "fsaf_repro.reproduce"
+        assert inspect.getmodule(stage.body).__name__ == "fsaf_repro.stages"
         assert len(inspect.getsource(stage.body).splitlines()) <= 60, stage.name
 
 
