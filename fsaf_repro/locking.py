@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import sys
+import time
 import threading
 
 from .errors import PathError, RunLocked
@@ -52,6 +53,18 @@ def read_lock_record(lock_path):
     return record if isinstance(record, dict) else {}
 
 
+def _holder_record(lock_path, tries=20, pause_s=0.05):
+    """The holder's record, waiting up to tries x pause_s for it: a run that has just taken the flock writes its
+    record right after, and a run started at the same moment would otherwise see an empty file."""
+    record = read_lock_record(lock_path)
+    for _ in range(tries):
+        if record:
+            break
+        time.sleep(pause_s)
+        record = read_lock_record(lock_path)
+    return record
+
+
 class RunLock:
     """Exclusive lock of one output for one run; a context manager."""
 
@@ -66,8 +79,8 @@ class RunLock:
         folder = os.path.dirname(self.path)
         while True:
             try:
-                if not os.path.isdir(folder):
-                    os.makedirs(folder)
+                # exist_ok: two runs starting on one new output both create its folder; the second must not fail
+                os.makedirs(folder, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
                 raise PathError(f"cannot create the lock file {self.path} of {self.output} ({exc.strerror or exc}); "
@@ -77,7 +90,7 @@ class RunLock:
             except OSError as exc:
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    holder = _describe(read_lock_record(self.path), self.path)
+                    holder = _describe(_holder_record(self.path), self.path)
                     raise RunLocked(f"{self.output} is being written by {holder}; wait for that run to finish or give "
                                     "another output")
                 raise PathError(f"cannot lock {self.path} ({exc.strerror or exc}); this file system does not support "
