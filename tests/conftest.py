@@ -6,6 +6,22 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# ------------------------------------------------------------------------------------------------
+# Tiers (README, "Test tiers"). `pytest -m unit` is every unit test; `--fast` leaves out the tests
+# marked `slow`, which is the fast tier a contributor runs on every change. A test is `slow` when it
+# asks for one of these fixtures (the marker follows from what the test needs, so it cannot be
+# forgotten) or carries the marker itself (a test that exports at 800x1216 or trains by its own means).
+HEAVY_FIXTURES = {
+    "tiny_run": "a whole `reproduce` run (built once per session)",
+    "tiny_run_copy": "a copy of the session's `reproduce` run, re-run",
+    "fitted_checkpoint": "a fit on generated shapes",
+}
+# A test of the fast tier that takes longer than this is listed at the end of a --fast session, so
+# that the test that slows the tier is seen on the change that adds it (a listing, not a failure:
+# timings vary with the host).
+FAST_TEST_BUDGET_S = 5.0
+
+
 def pytest_collection_modifyitems(config, items):
     # Every test under tests/unit is `unit`, under tests/acceptance `acceptance`: the marker follows
     # the directory, so a test cannot be forgotten by `pytest -m unit`. This hook sees every item of
@@ -18,6 +34,37 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.unit)
         elif relative[0] == "acceptance":
             item.add_marker(pytest.mark.acceptance)
+        if HEAVY_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    if config.getoption("--fast"):
+        kept = [item for item in items if item.get_closest_marker("slow") is None]
+        deselected = [item for item in items if item.get_closest_marker("slow") is not None]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = kept
+
+
+_FAST_TIER_DURATIONS = []
+
+
+def pytest_runtest_logreport(report):
+    # setup counts too: a session fixture's cost lands on the first test that asks for it
+    if report.when in ("setup", "call"):
+        _FAST_TIER_DURATIONS.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not config.getoption("--fast"):
+        return
+    totals = {}
+    for nodeid, seconds in _FAST_TIER_DURATIONS:
+        totals[nodeid] = totals.get(nodeid, 0.0) + seconds
+    over = sorted(((s, n) for n, s in totals.items() if s > FAST_TEST_BUDGET_S), reverse=True)
+    if over:
+        terminalreporter.section(f"fast tier: tests over {FAST_TEST_BUDGET_S:.0f} s "
+                                 "(mark them slow or make them cheaper)")
+        for seconds, nodeid in over:
+            terminalreporter.write_line(f"{seconds:7.1f} s  {nodeid}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -43,6 +90,9 @@ ACCEPTANCE_OPTIONS = (
 
 
 def pytest_addoption(parser):
+    parser.addoption("--fast", action="store_true", default=False,
+                     help="the fast tier: leave out the tests marked slow (a whole reproduce run, a fit, an "
+                          "export at 800x1216); see README, 'Test tiers'")
     group = parser.getgroup("fsaf-acceptance", "fsaf-repro acceptance tests (each also read from its env var)")
     for option, env, text in ACCEPTANCE_OPTIONS:
         group.addoption(option, default=None, help=f"{text} [env {env}]")
@@ -75,6 +125,66 @@ def fitted_checkpoint(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("checkpoint") / "fsaf_fit_generated_short.pth")
     fit_generated(path, seed=0, data_seed=1000, progress=False, **SHORT_FIT)
     return path
+
+
+# ------------------------------------------------------------------------------------------------
+# The session's one real `reproduce` run: the embedded default at a tiny size (seeded weights, 6
+# generated images at 128x192, the default backends), built once and shared by every test that needs a
+# real run: reproduce's artifacts and report, the end-to-end reuse and tamper checks, the backend
+# plugin, the acceptance run. A test that re-runs or changes it works on a copy (tiny_run_copy); the
+# shared run is checked unchanged when the session ends.
+
+
+def tiny_run_options(**changes):
+    """run_reproduce's keyword arguments for the session's tiny run, with `changes` applied."""
+    from fsaf_repro.reproduce import DEFAULT_BACKENDS
+
+    options = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
+                   perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={}, fit_steps=0,
+                   backends=",".join(DEFAULT_BACKENDS))
+    options.update(changes)
+    return options
+
+
+def _tree_state(root):
+    state = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            status = os.stat(path)
+            state[os.path.relpath(path, root)] = (status.st_size, status.st_mtime_ns)
+    return state
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """(run directory, summary) of the session's tiny embedded-default run. Read it; never change it."""
+    import shutil
+
+    from fsaf_repro.reproduce import run_reproduce
+
+    base = tmp_path_factory.mktemp("tiny_run")
+    run_dir = str(base / "run")
+    summary = run_reproduce(run_dir=run_dir, **tiny_run_options())
+    before = _tree_state(run_dir)
+    yield run_dir, summary
+    changed = sorted(set(before.items()) ^ set(_tree_state(run_dir).items()))
+    # The run holds a checkpoint and three ONNX models (about 560 MB): gone with the session.
+    shutil.rmtree(str(base), ignore_errors=True)
+    assert not changed, f"a test changed the session's shared tiny run (use tiny_run_copy): {changed[:3]}"
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path):
+    """A copy of the session's tiny run for a test that re-runs or changes it: the big model files are
+    hard links (the package replaces them atomically, never in place), the rest are copies."""
+    import shutil
+
+    from tests.support import link_or_copy
+
+    target = str(tmp_path / "run_copy")
+    shutil.copytree(tiny_run[0], target, copy_function=link_or_copy)
+    return target
 
 
 @pytest.fixture(scope="session")

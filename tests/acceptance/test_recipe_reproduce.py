@@ -1,11 +1,13 @@
 """The newcomer's command: `fsaf-repro reproduce` runs the whole pipeline on any host and writes one run
 directory with report.md.
 
-GENERATED: run here on the embedded default (seeded weights in the official layout, generated COCO data)
-at a reduced size so the suite stays short; FSAF_CHECKPOINT / FSAF_COCO_ROOT are hidden from it, because
-the recipe's own numbers are the other acceptance tests' business. Its report must say in its first lines
-that the weights are seeded and the mAP is not the recipe's claim. The run happens in a temporary folder
-(its perf records must not reach a gate); report.md is copied to <run dir>/reproduce-embedded/.
+GENERATED: the session's tiny embedded-default run (tests/conftest.py `tiny_run`: seeded weights in the
+official layout, generated COCO data, at a reduced size so the suite stays short, with FSAF_CHECKPOINT /
+FSAF_COCO_ROOT hidden from it: the recipe's own numbers are the other acceptance tests' business). Its
+report must say in its first lines that the weights are seeded and the mAP is not the recipe's claim.
+The command itself is then run on a copy with the same settings: it must exit 0 and reuse every stage but
+the report (which names the run's folder). The run lives in a temporary folder (its perf records must
+not reach a gate); report.md is copied to <run dir>/reproduce-embedded/.
 """
 import json
 import os
@@ -17,11 +19,20 @@ from fsaf_repro.evaluate import stat_names
 from fsaf_repro.spec import load_recipe_spec, parity_tolerances
 
 from tests.acceptance.conftest import ENV_OF
+from tests.conftest import tiny_run_options
 
-TINY_ARGS = ["--height", "128", "--width", "192", "--num-images", "6", "--batch-sizes", "1,2",
-             "--parity-images", "2", "--perf-loops", "1", "--perf-warmup", "0", "--backends", "torch,onnxruntime",
-             "--fit-steps", "0"]
 REPORT_HEAD_LINES = 5
+# run_reproduce's options that are not command-line settings
+NOT_ON_THE_COMMAND_LINE = ("echo", "environ")
+
+
+def command_line(options):
+    """The `fsaf-repro reproduce` arguments that give run_reproduce(**options)."""
+    argv = []
+    for name, value in sorted(options.items()):
+        if name not in NOT_ON_THE_COMMAND_LINE:
+            argv += ["--" + name.replace("_", "-"), str(value)]
+    return argv
 
 
 def read_json(path):
@@ -29,23 +40,20 @@ def read_json(path):
         return json.load(handle)
 
 
-def test_reproduce_runs_the_whole_pipeline_on_the_embedded_default(tmp_path, monkeypatch, run_dir):
-    for option in ("--checkpoint", "--coco-root"):
-        monkeypatch.delenv(ENV_OF[option], raising=False)
-    work = str(tmp_path / "reproduce")
-    assert cli_main(["reproduce", "--run-dir", work] + TINY_ARGS) == 0
-
+def test_reproduce_runs_the_whole_pipeline_on_the_embedded_default(tiny_run, tiny_run_copy, monkeypatch, run_dir):
+    work, summary = tiny_run
+    assert set(summary["stages"].values()) == {"ran"}
     with open(os.path.join(work, "report.md")) as handle:
         head = "".join(handle.readline() for _ in range(REPORT_HEAD_LINES))
     assert "seeded" in head and "not the recipe's claim" in head.lower(), head
 
     last = read_json(os.path.join(work, "logs", "last_run.json"))
-    assert last["embedded"] is True and last["backends_run"] == ["torch", "onnxruntime"]
-    assert set(last["stages"].values()) == {"ran"}
+    assert last["embedded"] is True and {"torch", "onnxruntime"} <= set(last["backends_run"])
+    assert last["stages"] == summary["stages"]
     for backend in last["backends_run"]:
         metrics = read_json(os.path.join(work, f"metrics_{backend}.json"))
         assert metrics["annotation_sha256"] == file_sha256(metrics["annotation_file"])
-        assert metrics["num_images"] == 6 and metrics["stat_names"] == stat_names()
+        assert metrics["num_images"] == tiny_run_options()["num_images"] and metrics["stat_names"] == stat_names()
         assert metrics["num_detections"] > 0
 
     parity = read_json(os.path.join(work, "parity.json"))
@@ -64,3 +72,11 @@ def test_reproduce_runs_the_whole_pipeline_on_the_embedded_default(tmp_path, mon
     if not os.path.isdir(kept):
         os.makedirs(kept)
     shutil.copy2(os.path.join(work, "report.md"), kept)
+
+    # the command itself, with the same settings, on a copy of the run
+    for option in ("--checkpoint", "--coco-root"):
+        monkeypatch.delenv(ENV_OF[option], raising=False)
+    assert cli_main(["reproduce", "--run-dir", tiny_run_copy] + command_line(tiny_run_options())) == 0
+    again = read_json(os.path.join(tiny_run_copy, "logs", "last_run.json"))["stages"]
+    assert set(again) == set(summary["stages"])
+    assert [name for name, status in again.items() if status == "ran"] == ["report"], again

@@ -15,13 +15,16 @@ from fsaf_repro import backends
 from fsaf_repro.backends.base import MODEL_CHECKPOINT, empty_outputs
 from fsaf_repro.errors import BackendError
 from fsaf_repro.reproduce import run_reproduce
+from tests.conftest import tiny_run_options
 
 NAME = "dummy-plugin"
 DEVICE = "dummy-device"
 PRECISION = "dummy-precision"
 BOX = [8.0, 6.0, 40.0, 30.0, 0.9]  # x1, y1, x2, y2, score in network-input pixels
-TINY = dict(height=64, width=96, num_images=3, batch_sizes="2", parity_images=1, perf_loops=1, perf_warmup=0,
-            threads=1, perf_threads=1, echo=False, environ={}, backends=NAME, fit_steps=0)
+# On a copy of the session's tiny run (its checkpoint, export and generated set are reused), limited to 5
+# images so that the last batch of the dummy's static batch 2 comes padded.
+TINY = tiny_run_options(backends=NAME, batch_sizes="2", limit=5)
+NUM_IMAGES = TINY["limit"]
 
 
 class DummyBackend(backends.Backend):
@@ -69,8 +72,8 @@ def _read(*parts):
         return json.load(handle)
 
 
-def test_a_registered_backend_runs_through_reproduce(dummy_backend, tmp_path):
-    run_dir = str(tmp_path / "run")
+def test_a_registered_backend_runs_through_reproduce(dummy_backend, tiny_run_copy):
+    run_dir = tiny_run_copy
     summary = run_reproduce(run_dir=run_dir, **TINY)
     assert summary["backends_run"] == [NAME]
     for stage in ("infer:", "results:", "evaluate:", "perf:"):
@@ -86,7 +89,7 @@ def test_a_registered_backend_runs_through_reproduce(dummy_backend, tmp_path):
     assert all(r["score"] == pytest.approx(BOX[4]) for r in results)
     # evaluate entry
     metrics = _read(run_dir, f"metrics_{NAME}.json")
-    assert metrics["num_images"] == 3 and len(metrics["stats"]) == 12
+    assert metrics["num_images"] == NUM_IMAGES and len(metrics["stats"]) == 12
     assert summary["metrics"][NAME] == metrics["stats"]
     # perf records with its own labels: data-set (e2e, inference) and pure inference
     records = [r for r in _read(run_dir, "perf.json")["records"] if r["backend"] == NAME]

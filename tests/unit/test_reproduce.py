@@ -1,7 +1,9 @@
 """`fsaf-repro reproduce` on a tiny embedded default: artifacts, report, stage reuse, input errors.
 
-One embedded-default run (seeded weights, 6 generated images, 128x192 input) is made per module;
-tests that change an input work on a copy of its run directory, so each sees the same starting point.
+The run is the session's one tiny embedded-default run (tests/conftest.py `tiny_run`: seeded weights,
+6 generated images, 128x192 input, the default backends); tests that re-run or change it work on a copy
+(`tiny_run_copy`), so each sees the same starting point. Which stages a change re-runs is checked on the
+plan alone (test_reproduce_plan.py, test_reproduce_keys.py); here the run's own outputs are checked.
 """
 import json
 import os
@@ -11,30 +13,11 @@ import pytest
 
 from fsaf_repro.errors import BackendUnavailable, CheckpointError, DataError
 from fsaf_repro.report import NOT_APPLICABLE_EMBEDDED
-from fsaf_repro.reproduce import DEFAULT_BACKENDS, FLAVOURS, resolve_inputs, run_reproduce
+from fsaf_repro.reproduce import FLAVOURS, resolve_inputs, run_reproduce
 from fsaf_repro.spec import accuracy_reference, parity_tolerances, performance_reference
-from tests.support import link_or_copy
+from tests.conftest import tiny_run_options
 
-# The embedded default's backends but its fp16 stand-in (test_reproduce_plan covers that one), on seeded weights
-TINY = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
-            perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={}, fit_steps=0,
-            backends=",".join(DEFAULT_BACKENDS))
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("reproduce")
-    run_dir = str(base / "run")
-    summary = run_reproduce(run_dir=run_dir, **TINY)
-    yield run_dir, summary
-    # The run holds a checkpoint and three ONNX models (about 560 MB): gone with the module.
-    shutil.rmtree(str(base), ignore_errors=True)
-
-
-def _copy(run_dir, tmp_path):
-    target = str(tmp_path / "copy")
-    shutil.copytree(run_dir, target, copy_function=link_or_copy)
-    return target
+TINY = tiny_run_options()
 
 
 def _read(path):
@@ -124,12 +107,15 @@ def test_report_has_the_recipe_fps_layout_with_gates_and_the_parity_table(tiny_r
     assert "match rate IoU >= {}".format(parity_tolerances()["match_iou"]) in text
 
 
-def test_second_run_with_the_same_arguments_reuses_every_stage(tiny_run, tmp_path):
-    run_dir, first = tiny_run
+def test_second_run_with_the_same_arguments_reuses_every_stage(tiny_run, tiny_run_copy):
+    # the end-to-end reuse check (the keys' rules are checked on the plan: test_reproduce_keys.py)
+    run_dir, first = tiny_run_copy, tiny_run[1]
     results_before = _read(os.path.join(run_dir, "results_torch.json"))
+    moved = run_reproduce(run_dir=run_dir, **TINY)  # a copy: only the report names the run's folder
+    assert set(moved["stages"]) == set(first["stages"])
+    assert [n for n, s in moved["stages"].items() if s == "ran"] == ["report"]
     report_before = _read(os.path.join(run_dir, "report.md"))
     again = run_reproduce(run_dir=run_dir, **TINY)
-    assert set(again["stages"]) == set(first["stages"])
     assert set(again["stages"].values()) == {"reused"}
     with open(os.path.join(run_dir, "logs", "reproduce.log")) as handle:
         log = handle.read()
@@ -138,8 +124,8 @@ def test_second_run_with_the_same_arguments_reuses_every_stage(tiny_run, tmp_pat
     assert _read(os.path.join(run_dir, "report.md")) == report_before
 
 
-def test_a_higher_score_threshold_reruns_only_the_stages_after_inference(tiny_run, tmp_path):
-    run_dir = _copy(tiny_run[0], tmp_path)
+def test_a_higher_score_threshold_reruns_only_the_stages_after_inference(tiny_run_copy):
+    run_dir = tiny_run_copy
     options = dict(TINY, score_threshold=0.3)
     summary = run_reproduce(run_dir=run_dir, **options)
     stages = summary["stages"]
@@ -155,8 +141,8 @@ def test_a_higher_score_threshold_reruns_only_the_stages_after_inference(tiny_ru
     assert len(results) < len(unfiltered)
 
 
-def test_other_batch_sizes_rerun_the_throughput_stages(tiny_run, tmp_path):
-    run_dir = _copy(tiny_run[0], tmp_path)
+def test_other_batch_sizes_rerun_the_throughput_stages(tiny_run_copy):
+    run_dir = tiny_run_copy
     summary = run_reproduce(run_dir=run_dir, **dict(TINY, batch_sizes="1"))
     assert summary["stages"]["export"] == "reused"
     assert summary["stages"]["infer:onnxruntime"] == "reused"
@@ -166,8 +152,8 @@ def test_other_batch_sizes_rerun_the_throughput_stages(tiny_run, tmp_path):
     assert sorted(set(r["batch_size"] for r in records if r["mode"] == "pure_inference")) == [1]
 
 
-def test_a_modified_output_is_detected_and_its_stage_reruns(tiny_run, tmp_path):
-    run_dir = _copy(tiny_run[0], tmp_path)
+def test_a_modified_output_is_detected_and_its_stage_reruns(tiny_run_copy):
+    run_dir = tiny_run_copy
     path = os.path.join(run_dir, "metrics_onnxruntime.json")
     with open(path, "a") as handle:
         handle.write(" ")
@@ -203,13 +189,13 @@ def test_unknown_backend_is_refused_before_any_work(tmp_path):
     assert not os.path.exists(str(tmp_path / "run"))
 
 
-def test_npu_path_with_fake_ascend_tools_converts_runs_the_om_and_labels_its_figures(tiny_run, tmp_path,
+def test_npu_path_with_fake_ascend_tools_converts_runs_the_om_and_labels_its_figures(tiny_run_copy, tmp_path,
                                                                                       monkeypatch):
     # atc, npu-smi and the benchmark tool are hermetic fakes (tests/unit/fake_tools): the om path runs
     # end to end; the fake tool's detections are not the model's, so its parity row must fail.
     from tests.unit.fake_tools import install_fake_tools
     install_fake_tools(tmp_path / "bin", monkeypatch, tools=("atc", "npu-smi", "benchmark.x86_64"))
-    run_dir = _copy(tiny_run[0], tmp_path)
+    run_dir = tiny_run_copy
     summary = run_reproduce(run_dir=run_dir, **dict(TINY, backends="torch,onnxruntime,benchmark"))
     stages = summary["stages"]
     assert stages["export"] == "reused" and stages["infer:torch"] == "reused"
@@ -239,24 +225,8 @@ def test_npu_path_with_fake_ascend_tools_converts_runs_the_om_and_labels_its_fig
     assert "NO (fp16 om)" in text
 
 
-def test_a_damaged_stage_book_is_kept_aside_and_the_run_redone(tiny_run, tmp_path):
-    run_dir = _copy(tiny_run[0], tmp_path)
-    path = os.path.join(run_dir, "stages.json")
-    with open(path, "r+b") as handle:
-        handle.truncate(100)  # damage from outside (our own writes are atomic)
-    damaged = _read(path)
-    summary = run_reproduce(run_dir=run_dir, **TINY)
-    assert summary["stages"]["export"] == "ran" and summary["stages"]["report"] == "ran"
-    kept = [n for n in os.listdir(run_dir) if n.startswith("stages.json.unreadable-")]
-    assert len(kept) == 1 and _read(os.path.join(run_dir, kept[0])) == damaged
-    with open(path) as handle:
-        assert json.load(handle)["stages"]  # a readable book again
-    with open(os.path.join(run_dir, "logs", "reproduce.log")) as handle:
-        assert "is unreadable" in handle.read()
-
-
-def test_a_stale_inference_journal_of_other_arguments_is_discarded(tiny_run, tmp_path):
-    run_dir = _copy(tiny_run[0], tmp_path)
+def test_a_stale_inference_journal_of_other_arguments_is_discarded(tiny_run_copy):
+    run_dir = tiny_run_copy
     results_before = _read(os.path.join(run_dir, "infer", "onnxruntime_bs1.json"))
     with open(os.path.join(run_dir, "stages.json")) as handle:
         book = json.load(handle)
@@ -275,7 +245,7 @@ def test_a_stale_inference_journal_of_other_arguments_is_discarded(tiny_run, tmp
         assert "discarding the journal of an interrupted run with other arguments" in handle.read()
 
 
-def test_records_measured_elsewhere_are_gated_beside_this_hosts(tiny_run, tmp_path):
+def test_records_measured_elsewhere_are_gated_beside_this_hosts(tiny_run_copy, tmp_path):
     from fsaf_repro.perf import make_record, write_records
     gate = performance_reference()["gates"][0]
     extra = str(tmp_path / "npu_perf.json")
@@ -283,7 +253,7 @@ def test_records_measured_elsewhere_are_gated_beside_this_hosts(tiny_run, tmp_pa
         make_record(gate["numerator"], "benchmark", "fp16", 4, 70.0, "inference", "benchmark tool: npu.txt"),
         make_record(gate["denominator"], "benchmark", "fp16", 8, 50.0, "inference", "benchmark tool: npu.txt",
                     chips=4)])
-    run_dir = _copy(tiny_run[0], tmp_path)
+    run_dir = tiny_run_copy
     summary = run_reproduce(run_dir=run_dir, **dict(TINY, extra_perf=[extra]))
     assert [n for n, s in summary["stages"].items() if s == "ran"] == ["report"]
     text = _report(run_dir)
@@ -295,8 +265,8 @@ def test_records_measured_elsewhere_are_gated_beside_this_hosts(tiny_run, tmp_pa
     assert sum(1 for s in sources if s.endswith(f"(from {extra})")) == 2
 
 
-def test_torch_left_out_of_backends_is_only_the_parity_reference(tiny_run, tmp_path):
-    run_dir = _copy(tiny_run[0], tmp_path)
+def test_torch_left_out_of_backends_is_only_the_parity_reference(tiny_run_copy):
+    run_dir = tiny_run_copy
     summary = run_reproduce(run_dir=run_dir, **dict(TINY, backends="onnxruntime"))
     assert summary["backends_run"] == ["onnxruntime"]
     assert "infer:torch" not in summary["stages"] and "perf:torch" not in summary["stages"]

@@ -1,19 +1,25 @@
-"""Each reproduce stage's reuse key covers what the stage reads (issue 9).
+"""Each reproduce stage's reuse key covers what the stage reads (issue 9), checked on the plan (issue 17).
 
 Change one input of one stage - a parameter, an input file's content (same size), a spec section it
-reads, its implementation version - and exactly that stage and the stages downstream of it run again;
-every other stage is reused. Which stage consumes which is written below from the pipeline's design
-(not read from the code's declarations), so a declaration that leaves something out fails here.
+reads, its implementation version - and exactly that stage and the stages downstream of it get a new
+key; every other stage keeps its key, so the stage book reuses it. Which stage consumes which is
+written below from the pipeline's design (not read from the code's declarations), so a declaration that
+leaves something out fails here.
 
-Two tiny runs are made per module, at the sizes of test_reproduce.py, with ONNX Runtime as the one
-data-set backend (torch still runs the parity batch as the reference):
+The keys are computed from the plan alone (`plan_keys`), with input files from outside the run digested
+by their bytes, in milliseconds; that the stage book re-runs a stage whose key moved, and only that one,
+is checked on its own below ("the mechanism itself"). The end-to-end checks on a real run (reuse of an
+unchanged rerun, a modified output detected) use the session's tiny run (tests/conftest.py `tiny_run`).
+
+Two configurations, at the tiny run's sizes, with ONNX Runtime as the one data-set backend (torch still
+runs the parity batch as the reference):
 - "embedded": seeded checkpoint and generated set, so the checkpoint and dataset stages exist;
-- "given": a seeded checkpoint and a generated COCO folder passed as --checkpoint / --coco-root, files
+- "given": a checkpoint file and a generated COCO folder passed as --checkpoint / --coco-root, files
   from outside the run whose bytes can change under it.
-Each case works on a copy of one of them.
 """
 import contextlib
 import copy
+import hashlib
 import json
 import os
 import re
@@ -21,15 +27,17 @@ import shutil
 
 import pytest
 
+from fsaf_repro.data import file_sha256
 from fsaf_repro.errors import DataError, FsafReproError
-from fsaf_repro.reproduce import run_reproduce
+from fsaf_repro.reproduce import HostProbes, RunState, plan, plan_keys, resolve_config, run_reproduce
 from fsaf_repro.spec import load_recipe_spec, parity_tolerances, spec_override
 from fsaf_repro.stagebook import STAGE_VERSIONS, Stage, StageBook, stage_key
-from tests.support import link_or_copy
+from tests.conftest import tiny_run_options
 
-TINY = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
-            perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={}, backends="onnxruntime",
-            fit_steps=0)
+PLAN_OPTIONS = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
+                    perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={}, fit_steps=0,
+                    backends="onnxruntime", npu_present=False)
+CPU_HOST = HostProbes(atc=None, unavailable={})
 
 # What each stage's outputs feed, directly (the pipeline's design, module docstring of reproduce).
 FEEDS = {
@@ -58,50 +66,66 @@ def affected(changed, present):
 
 
 # ------------------------------------------------------------------------------------------------
-# Baselines and copies (run directories copied with tests.support.link_or_copy)
+# Keys of a plan
+
+
+def _digest(path):
+    """A file's bytes when it exists; a file the run itself makes (a model, an om) does not exist before
+    the run and is keyed through its producing stage's key, so its path stands in for it here."""
+    if os.path.isfile(str(path)):
+        return file_sha256(path)
+    return hashlib.sha256(("made by the run: " + str(path)).encode("utf-8")).hexdigest()
+
+
+def _keys(config, probes=CPU_HOST, results=None):
+    state = RunState(config)
+    state.results.update(results or {})
+    return plan_keys(plan(config, probes), state, digest=_digest)
+
+
+def _moved(before, after):
+    assert set(before) == set(after)
+    return set(name for name in before if before[name] != after[name])
 
 
 @pytest.fixture(scope="module")
-def baselines(tmp_path_factory):
-    from fsaf_repro.checkpoint import write_seeded_checkpoint
+def inputs(tmp_path_factory):
+    """The files each configuration reads before its first stage: the embedded run's generated set (what
+    its dataset stage writes), the given run's checkpoint and COCO folder."""
     from fsaf_repro.synthetic import make_synthetic_coco
-    base = tmp_path_factory.mktemp("reproduce_keys")
-    embedded = base / "embedded"
-    embedded.mkdir()
-    first = run_reproduce(run_dir=str(embedded / "run"), **TINY)
-    given = base / "given"
+    root = tmp_path_factory.mktemp("keys")
+    embedded = resolve_config(run_dir=str(root / "embedded" / "run"), **PLAN_OPTIONS)
+    make_synthetic_coco(embedded.data_root, num_images=PLAN_OPTIONS["num_images"], seed=embedded.seed)
+    given = root / "given"
     given.mkdir()
-    write_seeded_checkpoint(str(given / "weights.pth"), seed=0)
-    make_synthetic_coco(str(given / "coco"), num_images=TINY["num_images"], seed=0)
-    second = run_reproduce(run_dir=str(given / "run"), **_given_paths(str(given)))
-    assert set(first["stages"].values()) == {"ran"} and set(second["stages"].values()) == {"ran"}
-    yield {"embedded": str(embedded), "given": str(given)}
-    shutil.rmtree(str(base), ignore_errors=True)  # checkpoints and ONNX files: hundreds of MB
+    (given / "weights.pth").write_bytes(os.urandom(4096))  # digested, never loaded, by a plan
+    make_synthetic_coco(str(given / "coco"), num_images=PLAN_OPTIONS["num_images"], seed=0)
+    return {"embedded": str(root / "embedded"), "given": str(given)}
 
 
-def _given_paths(root):
-    return dict(TINY, checkpoint=os.path.join(root, "weights.pth"), coco_root=os.path.join(root, "coco"))
+@contextlib.contextmanager
+def _dataset_as_written_under_this_spec(inputs):
+    """The embedded run's generated set as its dataset stage would write it under the spec in force (the
+    category ids are the spec's), for the block; the module's set back afterwards."""
+    from fsaf_repro.synthetic import make_synthetic_coco
+    data_root = _config(inputs, "embedded").data_root
+    aside = data_root + ".aside"
+    os.rename(data_root, aside)
+    try:
+        make_synthetic_coco(data_root, num_images=PLAN_OPTIONS["num_images"], seed=_config(inputs, "embedded").seed)
+        yield
+    finally:
+        shutil.rmtree(data_root, ignore_errors=True)
+        os.rename(aside, data_root)
 
 
-def _copy_of(baselines, which, tmp_path):
-    """A copy of a baseline's run directory. The given run's input files stay where they are: the run
-    names them by path, and a case that changes one restores it."""
-    target = tmp_path / which
-    target.mkdir()
-    shutil.copytree(os.path.join(baselines[which], "run"), str(target / "run"), copy_function=link_or_copy)
-    return str(target)
-
-
-def _rerun(root, baselines, which, **changes):
-    options = _given_paths(baselines["given"]) if which == "given" else dict(TINY)
+def _config(inputs, which, **changes):
+    options = dict(PLAN_OPTIONS, run_dir=os.path.join(inputs[which], "run"))
+    if which == "given":
+        options.update(checkpoint=os.path.join(inputs["given"], "weights.pth"),
+                       coco_root=os.path.join(inputs["given"], "coco"))
     options.update(changes)
-    return run_reproduce(run_dir=os.path.join(root, "run"), **options)["stages"]
-
-
-def _assert_exactly(stages, ran):
-    assert set(ran) <= set(stages), f"expected stages missing from the run: {sorted(set(ran) - set(stages))}"
-    assert dict((n, s) for n, s in stages.items() if s == "ran") == dict((n, "ran") for n in ran), stages
-    assert all(s in ("ran", "reused") for s in stages.values()), stages
+    return resolve_config(**options)
 
 
 def _spec_with(path, value):
@@ -117,7 +141,6 @@ def _spec_with(path, value):
 
 # ------------------------------------------------------------------------------------------------
 # Changes to the stages of the embedded run
-
 
 EMBEDDED_STAGES = ("checkpoint", "dataset", "export", "data", "infer:onnxruntime", "results:onnxruntime",
                    "evaluate:onnxruntime", "perf:onnxruntime", "parity", "report")
@@ -165,46 +188,44 @@ EMBEDDED_CASES = [
 
 
 @pytest.mark.parametrize("case", EMBEDDED_CASES, ids=[c[0] for c in EMBEDDED_CASES])
-def test_a_changed_input_reruns_its_stage_and_those_downstream(baselines, tmp_path, monkeypatch, case):
+def test_a_changed_input_moves_the_keys_of_its_stage_and_those_downstream(inputs, monkeypatch, case):
     _, changed, change = case
-    root = _copy_of(baselines, "embedded", tmp_path)
+    before = _keys(_config(inputs, "embedded"))
+    assert set(before) == set(EMBEDDED_STAGES)
     if change[0] == "param":
-        stages = _rerun(root, baselines, "embedded", **change[1])
+        after = _keys(_config(inputs, "embedded", **change[1]))
     elif change[0] == "spec":
-        with spec_override(_spec_with(change[1], change[2])):
-            stages = _rerun(root, baselines, "embedded")
+        with spec_override(_spec_with(change[1], change[2])), _dataset_as_written_under_this_spec(inputs):
+            after = _keys(_config(inputs, "embedded"))
     else:
         base = change[1].partition(":")[0]
         monkeypatch.setitem(STAGE_VERSIONS, base, STAGE_VERSIONS[base] + 1)
-        stages = _rerun(root, baselines, "embedded")
-    assert set(stages) == set(EMBEDDED_STAGES)
-    _assert_exactly(stages, affected(changed, EMBEDDED_STAGES))
+        after = _keys(_config(inputs, "embedded"))
+    assert _moved(before, after) == affected(changed, EMBEDDED_STAGES)
 
 
-def test_the_changed_spec_values_reach_the_outputs(baselines, tmp_path):
-    # the evaluation settings and tolerances the keys cover are the ones the stages used
-    root = _copy_of(baselines, "embedded", tmp_path)
+def test_the_same_inputs_give_the_same_keys(inputs):
+    # (the cases above are not vacuous: an unchanged plan keeps every key, on either configuration)
+    for which in ("embedded", "given"):
+        assert _keys(_config(inputs, which)) == _keys(_config(inputs, which)), which
+
+
+def test_the_changed_spec_values_reach_the_outputs(tiny_run_copy):
+    # end to end: the evaluation settings and tolerances the keys cover are the ones the stages used
+    root = tiny_run_copy
     evaluation = _max_dets_200()
     recipe = _spec_with(("evaluation",), evaluation)
     recipe["parity"]["match_iou"] = 0.98
     with spec_override(recipe):
-        _rerun(root, baselines, "embedded")
-    with open(os.path.join(root, "run", "metrics_onnxruntime.json")) as handle:
+        run_reproduce(run_dir=root, **tiny_run_options())
+    with open(os.path.join(root, "metrics_onnxruntime.json")) as handle:
         assert json.load(handle)["max_dets"] == evaluation["max_dets"]
-    with open(os.path.join(root, "run", "parity.json")) as handle:
+    with open(os.path.join(root, "parity.json")) as handle:
         assert json.load(handle)["tolerances"]["match_iou"] == 0.98
-    with open(os.path.join(root, "run", "logs", "reproduce.log")) as handle:
+    with open(os.path.join(root, "logs", "reproduce.log")) as handle:
         log = handle.read()
     assert "re-running: parity (changed: spec section parity)" in log
     assert "re-running: evaluate:onnxruntime (changed: spec section evaluation)" in log
-
-
-def test_an_unchanged_rerun_reuses_every_stage(baselines, tmp_path):
-    # (the cases above are not vacuous: a copy reuses all but the report, which names the run's paths)
-    for which in ("embedded", "given"):
-        root = _copy_of(baselines, which, tmp_path)
-        _assert_exactly(_rerun(root, baselines, which), ["report"])
-        assert set(_rerun(root, baselines, which).values()) == {"reused"}, which
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,12 +233,14 @@ def test_an_unchanged_rerun_reuses_every_stage(baselines, tmp_path):
 
 
 def _replace_checkpoint(root):
-    """Other seeded weights in the same layout: the same size, other bytes."""
+    """Other bytes of the same size (a plan digests the checkpoint, it does not load it)."""
     def rewrite(path):
-        from fsaf_repro.checkpoint import write_seeded_checkpoint
-        write_seeded_checkpoint(path, seed=1)
+        with open(path, "rb") as handle:
+            data = bytearray(handle.read())
+        data[len(data) // 2] ^= 0xFF
+        with open(path, "wb") as handle:
+            handle.write(bytes(data))
     return os.path.join(root, "weights.pth"), rewrite
-
 
 def _edit_annotation(root):
     """One object's area, one digit: a different file of the same size that is still valid COCO."""
@@ -289,43 +312,36 @@ GIVEN_CASES = [
 
 
 @pytest.mark.parametrize("case", GIVEN_CASES, ids=[c[0] for c in GIVEN_CASES])
-def test_an_input_file_changed_in_place_reruns_its_readers(baselines, tmp_path, case):
+def test_an_input_file_changed_in_place_moves_the_keys_of_its_readers(inputs, case):
     _, change, readers = case
-    root = _copy_of(baselines, "given", tmp_path)
-    with open(os.path.join(root, "run", "stages.json")) as handle:
-        before = json.load(handle)["stages"]
-    with _changed_in_place(*change(baselines["given"])):
-        stages = _rerun(root, baselines, "given")
-    assert set(stages) == set(GIVEN_STAGES)
-    _assert_exactly(stages, affected(readers, GIVEN_STAGES))
-    with open(os.path.join(root, "run", "stages.json")) as handle:
-        after = json.load(handle)["stages"]
-    for name, label in readers.items():  # the changed file's digest is in each reader's key
-        assert after[name]["fields"]["inputs"][label] != before[name]["fields"]["inputs"][label], name
+    config = _config(inputs, "given")
+    before = _keys(config)
+    assert set(before) == set(GIVEN_STAGES)
+    with _changed_in_place(*change(inputs["given"])):
+        after = _keys(config)
+    assert _moved(before, after) == affected(readers, GIVEN_STAGES)
+    assert _keys(config) == before  # the file restored, the keys are back: keyed by bytes, not by time
 
 
 # ------------------------------------------------------------------------------------------------
-# The om path (atc, npu-smi and the benchmark tool are the hermetic fakes of tests/unit/fake_tools)
+# The om path: a host with atc and a soc version plans convert; its parameter and version move its key
 
 
-def test_the_convert_stage_reruns_on_its_parameter_and_version(baselines, tmp_path, monkeypatch):
-    from tests.unit.fake_tools import install_fake_tools
-    install_fake_tools(tmp_path / "bin", monkeypatch, tools=("atc", "npu-smi", "benchmark.x86_64"))
-    root = _copy_of(baselines, "embedded", tmp_path)
-    om_options = dict(backends="onnxruntime,benchmark")
+def test_the_convert_key_moves_on_its_parameter_and_version(inputs, monkeypatch):
+    host = HostProbes(atc="/opt/atc", unavailable={}, soc_version="Ascend310P3")
     present = EMBEDDED_STAGES + ("convert", "infer:benchmark", "results:benchmark", "evaluate:benchmark",
                                  "perf:benchmark")
-    first = _rerun(root, baselines, "embedded", **om_options)
-    assert set(first) == set(present)
-    _assert_exactly(first, affected(["convert"], present))  # new stages; parity gains its om side
-    assert set(_rerun(root, baselines, "embedded", **om_options).values()) == {"reused"}
-    stages = _rerun(root, baselines, "embedded", precision_mode="allow_fp32_to_fp16", **om_options)
-    _assert_exactly(stages, affected(["convert"], present))
-    with open(os.path.join(root, "run", "om", "fsaf_ascend-nms_bs1.om.json")) as handle:
-        assert json.load(handle)["precision_mode"] == "allow_fp32_to_fp16"
+    oms = {"convert": {"oms": dict((str(bs), f"om/fsaf_ascend-nms_bs{bs}.om") for bs in (1, 2))}}
+
+    def keys(**changes):
+        return _keys(_config(inputs, "embedded", backends="onnxruntime,benchmark", **changes), host, oms)
+
+    before = keys()
+    assert set(before) == set(present)
+    assert keys() == before
+    assert _moved(before, keys(precision_mode="allow_fp32_to_fp16")) == affected(["convert"], present)
     monkeypatch.setitem(STAGE_VERSIONS, "convert", STAGE_VERSIONS["convert"] + 1)
-    stages = _rerun(root, baselines, "embedded", precision_mode="allow_fp32_to_fp16", **om_options)
-    _assert_exactly(stages, affected(["convert"], present))
+    assert _moved(before, keys()) == affected(["convert"], present)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -443,3 +459,31 @@ def test_a_rerun_names_what_changed(tmp_path):
     StageBook(str(tmp_path), log).run(Stage("results:x", body, params={"n": 2}))
     assert lines[1].startswith("reused: results:x (key ")
     assert lines[2] == "re-running: results:x (changed: param n)"
+
+
+def test_a_damaged_stage_book_is_kept_aside_and_its_stages_run_again(tmp_path):
+    lines, log = _lines()
+    out = str(tmp_path / "out.txt")
+    runs = []
+
+    def body(ctx):
+        runs.append(1)
+        _write(out, b"done")
+        return {}, [out]
+
+    StageBook(str(tmp_path), log).run(Stage("results:x", body, params={"n": 1}))
+    path = os.path.join(str(tmp_path), "stages.json")
+    with open(path, "r+b") as handle:
+        handle.truncate(20)  # damage from outside (the book's own writes are atomic)
+    with open(path, "rb") as handle:
+        damaged = handle.read()
+    book = StageBook(str(tmp_path), log)
+    book.run(Stage("results:x", body, params={"n": 1}))
+    assert len(runs) == 2 and book.status["results:x"] == "ran"
+    kept = [n for n in os.listdir(str(tmp_path)) if n.startswith("stages.json.unreadable-")]
+    assert len(kept) == 1
+    with open(os.path.join(str(tmp_path), kept[0]), "rb") as handle:
+        assert handle.read() == damaged
+    with open(path) as handle:
+        assert "results:x" in json.load(handle)["stages"]  # a readable book again
+    assert any("is unreadable" in line for line in lines)
