@@ -10,7 +10,6 @@ plots; the run's stages and artifacts.
 Plots need matplotlib (the `plots` extra); without it they are skipped and the report says why. The
 images with their detections drawn need only OpenCV.
 """
-import json
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -608,10 +607,11 @@ def write_report(run_dir: str, context: Dict[str, Any], image_set: Any = None) -
     results = context.get("results") or {}
     if results and image_set is not None:
         backend = sorted(results, key=lambda n: (n != "torch", n))[0]
-        with open(os.path.join(run_dir, results[backend])) as handle:
-            detections = json.load(handle)
-        with open(context["dataset"]["annotation_file"]) as handle:
-            annotations = json.load(handle).get("annotations", [])
+        from .data import read_annotation_file
+        from .results_json import read_results_json
+        detections = read_results_json(os.path.join(run_dir, results[backend]))
+        annotations = read_annotation_file(context["dataset"]["annotation_file"], need_annotations=True
+                                           ).data["annotations"]
         for meta in image_set.metas[:DETECTION_IMAGES]:
             path = os.path.join(plot_dir, f"detections_{meta.image_id}.png")
             count = draw_detections(meta.path, [d for d in detections if d["image_id"] == meta.image_id],

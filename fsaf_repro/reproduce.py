@@ -43,7 +43,7 @@ from .backends.base import MODEL_CHECKPOINT, MODEL_OM, ONNX_MODEL_KINDS
 from .errors import CheckpointError, DataError, FsafReproError, ToolError
 from .fileio import atomic_write_json, file_sha256
 from .locking import run_lock
-from .stagebook import (Late, RunLog, Stage, StageBook, canonical_json, read_json,
+from .stagebook import (Late, RunLog, Stage, StageBook, canonical_json,
                         skipped_step, stage_key, under_spec_sections)
 from .stages import (GENERATED_IMAGE_DIR, _load_extra_perf, backend_class, run_checkpoint, run_convert, run_data,
                      run_dataset, run_evaluate, run_export, run_fit, run_infer, run_parity, run_perf, run_report,
@@ -773,8 +773,9 @@ def _summary(config, stages, state, book, wall):
     ran = sorted(n for n, s in stage_status.items() if s == "ran")
     reused = sorted(n for n, s in stage_status.items() if s == "reused")
     book.log(f"done in {wall:.1f} s: {len(ran)} stage(s) ran, {len(reused)} reused; report {report_path}")
+    from .evaluate import load_metrics
     runs = dict((s.name, s) for s in stages if s.skipped is None)
-    metrics = dict((name.partition(":")[2], read_json(stage.outputs["metrics"])["stats"])
+    metrics = dict((name.partition(":")[2], load_metrics(stage.outputs["metrics"])["stats"])
                    for name, stage in runs.items() if name.startswith("evaluate:"))
     summary = {"run_dir": config.run_dir, "report": report_path, "stages": stage_status,
                "skipped": dict((s.label, s.skipped) for s in stages if s.skipped is not None),

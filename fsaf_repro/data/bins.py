@@ -9,6 +9,7 @@ leaves no truncated `.bin`.
 import contextlib
 import hashlib
 import json
+import math
 import os
 import sys
 import warnings
@@ -20,9 +21,10 @@ import numpy as np
 
 from ..errors import DataError, ImageReadError
 from ..fileio import PART_MARK, atomic_write_array, atomic_write_text, is_stale_part
+from ..jsonio import SchemaFault, array, integer, load_json, obj, parse_json, real_number, text_value
 from ..spec import input_constants
 from .coco import CocoImageSet, SkippedImage, is_json_int, rotated_image_ids
-from .transform import decode_bgr, letterbox_to_canvas, read_image_bytes
+from .transform import decode_bgr, letterbox_to_canvas, read_image_bytes, scaled_size
 
 # A preprocessing run: the .bin files listed (image-id order), how many were written and how many kept,
 # the images skipped (SkippedImage), and `metas`: the ImageMeta each listed .bin was transformed with
@@ -90,9 +92,9 @@ def read_bin_record(bin_dir: str, height: int, width: int) -> Dict[str, Dict[str
         if not line.strip():
             continue
         try:
-            item = json.loads(line.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            item = None
+            item = parse_json(line, DataError, f"{path} line {number}")
+        except DataError:
+            item = None  # a line cut by a kill: handled below as damaged (its .bin is redone)
         if number == 1:
             if not (isinstance(item, dict) and item.get("format") == _BIN_RECORD_FORMAT):
                 warnings.warn(f"{path} is not a .bin record of this version: its .bin files are redone",
@@ -430,3 +432,34 @@ def write_manifest(path: str, image_set: CocoImageSet, report: PreprocessReport)
     }
     atomic_write_text(os.fspath(path), json.dumps(record, indent=1) + "\n")
     return record
+
+
+# preprocess_manifest.json as write_manifest writes it, as far as postprocess reads it: the annotation
+# file's sha256, the canvas and, per image, the ImageMeta its .bin was transformed with.
+_MANIFEST_IMAGE = obj({"image_id": integer(), "file_name": text_value(), "path": text_value(),
+                       "orig_w": integer(minimum=1), "orig_h": integer(minimum=1),
+                       "scale": real_number(positive=True), "new_w": integer(minimum=1),
+                       "new_h": integer(minimum=1)})
+_MANIFEST_SHAPE = obj({"annotation_sha256": text_value(non_empty=True), "height": integer(minimum=1),
+                       "width": integer(minimum=1), "images": array(_MANIFEST_IMAGE)})
+
+
+def _manifest_schema(value, where):
+    """The manifest's shape, then its semantics: each image's scale and resized size are the ones its own
+    size and the canvas give (a contradicting scale would silently rescale that image's boxes)."""
+    record = _MANIFEST_SHAPE(value, where)
+    for number, image in enumerate(record["images"]):
+        scale, new_w, new_h = scaled_size(image["orig_w"], image["orig_h"], record["height"], record["width"])
+        same_size = (image["new_w"], image["new_h"]) == (new_w, new_h)
+        if not (same_size and math.isclose(image["scale"], scale, rel_tol=1e-9)):
+            raise SchemaFault(f"images[{number}]", "scale {!r} and resized size {}x{} contradict its size {}x{} on the "
+                              "{}x{} canvas (expected scale {!r}, {}x{}); rerun `fsaf-repro preprocess`".format(
+                                  image["scale"], image["new_w"], image["new_h"], image["orig_w"], image["orig_h"],
+                                  record["width"], record["height"], scale, new_w, new_h))
+    return record
+
+
+def read_manifest(path: str) -> Dict[str, Any]:
+    """A preprocess manifest, checked for shape and for scales consistent with its sizes; DataError naming
+    the file and the image otherwise."""
+    return load_json(os.fspath(path), DataError, "preprocess manifest", _manifest_schema)

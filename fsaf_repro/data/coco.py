@@ -6,7 +6,6 @@ Images are taken from the annotation file in image-id order (not the first 5000 
 returns, as the recipe's scripts do); an image path must stay inside the image folder.
 """
 import hashlib
-import json
 import math
 import numbers
 import os
@@ -17,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import AnnotationError, DataError, ImageReadError
+from ..jsonio import parse_json
 from ..spec import coco_category_ids, coco_class_names
 from .transform import (canvas_size, decode_bgr, input_array_dtype, letterbox_to_canvas, letterbox_to_canvas_uint8,
                         probe_decoded_size, read_image_bytes, scaled_size)
@@ -54,10 +54,8 @@ def _parse_annotation_json(annotation_file):
         raise AnnotationError(f"annotation file not found: {annotation_file}")
     except OSError as exc:
         raise AnnotationError(f"cannot read annotation file {annotation_file}: {exc}")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"annotation file {annotation_file} is not valid JSON: {exc}")
+    # the one loader (depth limit, typed errors); the content is checked by validate_annotations
+    data = parse_json(raw, AnnotationError, f"annotation file {annotation_file}")
     return data, hashlib.sha256(raw).hexdigest()
 
 
