@@ -124,7 +124,9 @@ def accuracy_lines(context: Dict[str, Any]) -> List[str]:
 
 
 def _column_label(record):
-    return f"{record['device']} {record['backend']} {record['precision']} {record['mode']}"
+    # a partial figure (a resumed run timed only its last session) gets a column of its own, labelled so
+    partial = f" PARTIAL {record.get('images')}/{record.get('images_total')} images" if record.get("partial") else ""
+    return f"{record['device']} {record['backend']} {record['precision']} {record['mode']}{partial}"
 
 
 def measured_columns(records: Sequence[Dict[str, Any]]) -> Dict[str, Dict[int, Dict[str, Any]]]:

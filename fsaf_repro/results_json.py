@@ -57,7 +57,7 @@ def detection_problem(det: Any) -> Optional[str]:
     if not isinstance(det, dict) or not all(key in det for key in ("image_id", "category_id", "bbox", "score")):
         return "needs image_id, category_id, bbox [x, y, w, h] and score"
     if not (_is_int(det["image_id"]) and _is_int(det["category_id"])):
-        return "needs integer image_id and category_id (not booleans, not text)"
+        return "needs an integer image id and category id (image_id, category_id; not booleans, not text)"
     bbox = det["bbox"]
     if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_finite(v) for v in bbox):
         return "needs a bbox of 4 finite numbers [x, y, w, h]"
