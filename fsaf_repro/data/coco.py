@@ -174,9 +174,10 @@ def _annotation_fault(ann, image_ids, category_ids, seen_ids):
     if ann["id"] in seen_ids:
         return f"repeats annotation id {ann['id']}"
     image_id, category_id = ann.get("image_id"), ann.get("category_id")
-    if image_id not in image_ids or not is_json_int(image_id):
+    # the type first: a list or an object cannot be looked up in a set (TypeError), and true would match id 1
+    if not is_json_int(image_id) or image_id not in image_ids:
         return f"has image_id {image_id!r}, which 'images' does not list"
-    if category_id not in category_ids or not is_json_int(category_id):
+    if not is_json_int(category_id) or category_id not in category_ids:
         return f"has category_id {category_id!r}, which 'categories' does not list"
     bbox = ann.get("bbox")
     if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
