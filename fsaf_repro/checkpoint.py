@@ -155,10 +155,26 @@ def validate_state_dict(state_dict: Dict[str, torch.Tensor], path: str = "<check
     raise CheckpointError("\n".join(lines))
 
 
+def check_finite_weights(state_dict: Dict[str, torch.Tensor], path: str = "<checkpoint>") -> None:
+    """CheckpointError naming the first tensor (in key order) holding a NaN or an infinity.
+
+    Such weights run without error and give no detections or NaN boxes, which would be scored and
+    reported as a measured model; they are refused at load instead. Integer tensors (BatchNorm's
+    num_batches_tracked) are always finite."""
+    for key in sorted(state_dict):
+        tensor = state_dict[key]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{path}: weight {key} holds {bad} non-finite value(s) (NaN or inf) of "
+                                  f"{tensor.numel()}: the checkpoint is damaged or diverged in training; use "
+                                  "another checkpoint")
+
+
 def load_state_dict(path: str, trusted: bool = False) -> Dict[str, torch.Tensor]:
-    """Read and validate the state dict of the checkpoint at `path`."""
+    """Read and validate the state dict of the checkpoint at `path`: its layout, and finite weights."""
     state_dict = extract_state_dict(_read_pickle(path, trusted), path)
     validate_state_dict(state_dict, path)
+    check_finite_weights(state_dict, path)
     return state_dict
 
 

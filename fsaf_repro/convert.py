@@ -12,7 +12,6 @@ One static om per batch size (the recipe's 1, 4, 8, 16, 32, 64 by default). Ever
 Every tool runs through fsaf_repro.tools.run_tool, as the tool-driven backends' tools do.
 """
 import datetime
-import json
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ExportError, ToolError
 from .fileio import atomic_write_json, file_sha256
+from .jsonio import load_json
 from .spec import input_constants
 from .tools import output_tail, run_tool
 
@@ -191,11 +191,7 @@ def read_om_sidecar(om_path: str) -> Optional[Dict[str, Any]]:
     path = str(om_path) + ".json"
     if not os.path.exists(path):
         return None
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-    except ValueError as exc:
-        raise ToolError(f"om sidecar {path} is not valid JSON: {exc}") from exc
+    data = load_json(path, ToolError, "om sidecar")
     if not isinstance(data, dict) or "batch_size" not in data:
         raise ToolError(f"om sidecar {path} has no batch_size; rebuild the om with `fsaf-repro convert`")
     if not _positive_int(data["batch_size"]):

@@ -14,8 +14,6 @@ that very content, not the path to read again.
 import contextlib
 import copy
 import io
-import json
-import math
 import numbers
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -24,7 +22,9 @@ import numpy as np
 
 from .data import read_annotation_file
 from .errors import ResultsError
-from .results_json import read_results_json
+from .fileio import read_json
+from .jsonio import array, integer, nullable, obj, real_number, short_repr, text_value
+from .results_json import detection_problem, read_results_json
 from .spec import accuracy_reference, load_recipe_spec
 
 SCORERS = ("pycocotools", "faster-coco-eval")
@@ -73,27 +73,12 @@ def _check_results(results, gt_image_ids, gt_category_ids, source, drop_degenera
 
 
 def _checked_detection(det, number, source):
-    """(bbox as 4 finite floats, image_id, category_id) of detection `number`, after checking that it
-    has every field, a bbox of 4 finite numbers and a finite numeric score."""
-    try:
-        bbox, score = det["bbox"], det["score"]
-        image_id, category_id = det["image_id"], det["category_id"]
-    except (KeyError, TypeError, IndexError):
-        raise ResultsError(f"{source}: detection {number} needs image_id, category_id, bbox [x, y, w, h] and "
-                           f"score, got {det!r}")
-    # numbers only: float() would also take "0.9" (which the scorers then rank as text) and a string
-    # bbox "1234" (as four digits)
-    if not isinstance(bbox, list) or not all(_is_real(v) for v in bbox) or not _is_real(score):
-        raise ResultsError(f"{source}: detection {number} needs a bbox of 4 numbers and a numeric score, "
-                           f"got {det!r}")
-    bbox, score = [float(v) for v in bbox], float(score)
-    if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or not math.isfinite(score):
-        raise ResultsError(f"{source}: detection {number} has a non-finite or malformed bbox/score: {det!r}")
-    return bbox, image_id, category_id
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """(bbox as 4 floats, image_id, category_id) of detection `number`, checked by the results format's
+    one rule (fsaf_repro.results_json.detection_problem)."""
+    problem = detection_problem(det)
+    if problem:
+        raise ResultsError(f"{source}: detection {number} (0-based) {problem}, got {short_repr(det)}")
+    return [float(v) for v in det["bbox"]], det["image_id"], det["category_id"]
 
 
 def _empty_results_coco(coco_cls, gt):
@@ -284,6 +269,13 @@ def format_per_class_table(per_class: Sequence[Dict[str, Any]], columns: int = 3
     return "\n".join(lines)
 
 
+# A metrics record as `evaluate --metrics-out` and reproduce's evaluate stage write it (metrics_record);
+# its readers use the stats (the report also the per-class rows).
+METRICS = obj({"stats": array(real_number(), min_length=1)},
+              {"per_class": array(obj({"name": text_value(), "ap": nullable(real_number())})),
+               "num_images": integer(minimum=0), "num_detections": integer(minimum=0)})
+
+
 def load_metrics(path: str) -> Dict[str, Any]:
-    with open(path) as handle:
-        return json.load(handle)
+    """A metrics record, checked by METRICS; ResultsError naming the file and field otherwise."""
+    return read_json(path, ResultsError, "metrics file", METRICS)

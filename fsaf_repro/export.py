@@ -13,7 +13,6 @@ pixels; padded rows have score 0) and `labels` [B, 100] int64. Every .onnx gets 
 that one, current torch keeps it behind `dynamo=False`.
 """
 import inspect
-import json
 import os
 import time
 import warnings
@@ -27,6 +26,7 @@ from .checkpoint import load_detector
 from .decode import _greedy_nms_order, multiclass_nms, pad_detections, select_candidates
 from .errors import ExportError
 from .fileio import atomic_write_json, file_sha256, new_temp_file
+from .jsonio import load_json
 from .spec import input_constants, model_constants
 
 FLAVOURS = ("onnx-nms", "ascend-nms", "raw")
@@ -446,11 +446,7 @@ def read_sidecar(model_path: str) -> Optional[Dict[str, Any]]:
     path = model_path + ".json"
     if not os.path.exists(path):
         return None
-    try:
-        with open(path) as handle:
-            sidecar = json.load(handle)
-    except ValueError as exc:
-        raise ExportError(f"sidecar {path} is not valid JSON: {exc}")
+    sidecar = load_json(path, ExportError, "sidecar")
     problem = _sidecar_problem(sidecar)
     if problem:
         raise ExportError(f"sidecar {path} is not an export sidecar: {problem}; export the model again with "

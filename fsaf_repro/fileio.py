@@ -91,15 +91,11 @@ def atomic_write_text(path: PathLike, text: str) -> str:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_json(path: PathLike, error_cls: Type[Exception], what: str) -> Any:
-    """Parsed JSON of `path`; `error_cls` naming the file (as `what`) when absent or malformed."""
-    try:
-        with open(str(path)) as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise error_cls(f"{what} not found: {path}")
-    except ValueError as exc:
-        raise error_cls(f"{what} {path} is not valid JSON: {exc}")
+def read_json(path: PathLike, error_cls: Type[Exception], what: str, schema: Optional[Any] = None) -> Any:
+    """Parsed JSON of `path` through the one loader (fsaf_repro.jsonio: depth limit, `schema`);
+    `error_cls` naming the file (as `what`) when absent, malformed or of the wrong shape."""
+    from .jsonio import load_json
+    return load_json(path, error_cls, what, schema)
 
 
 def atomic_write_json(path: PathLike, payload: Any, indent: Optional[int] = 2) -> str:

@@ -6,7 +6,8 @@ and start time there. A second run on the same output refuses at once, naming th
 the lock file, instead of interleaving its writes with the first (two writers tear a journal).
 
 The kernel drops a flock when its process dies, however it dies, so a lock file left by a killed
-run is simply taken over (its stale record is rewritten). The holder removes the file before it
+run is simply taken over (its stale record is rewritten). The lock is keyed on the output's resolved
+path (symlinks followed), so every spelling of one output meets the same lock. The holder removes the file before it
 lets go, and a taker checks that the file it locked is still the one at the path, so a run that
 opened the file just before the holder removed it cannot hold a lock nobody else sees.
 
@@ -24,6 +25,7 @@ import time
 import threading
 
 from .errors import PathError, RunLocked
+from .jsonio import mapping, parse_json
 
 LOCK_SUFFIX = ".lock"
 
@@ -32,8 +34,10 @@ _held_guard = threading.Lock()
 
 
 def lock_path_for(output):
-    """`<output>.lock`: beside the output file or folder, so that it does not mix with the output's files."""
-    return os.path.abspath(str(output)).rstrip(os.sep) + LOCK_SUFFIX
+    """`<output>.lock` beside the output file or folder (so that it does not mix with the output's files),
+    on the output's resolved path: two runs reaching one output through different paths (a symlink to it
+    or to a folder above it) take one lock, instead of each locking its own spelling and interleaving."""
+    return os.path.realpath(str(output)).rstrip(os.sep) + LOCK_SUFFIX
 
 
 def _describe(record, lock_path):
@@ -46,11 +50,12 @@ def _describe(record, lock_path):
 def read_lock_record(lock_path):
     """The record a lock file holds ({} when empty or unreadable: a holder that is just starting)."""
     try:
-        with open(lock_path) as handle:
-            record = json.loads(handle.read() or "{}")
-    except (OSError, ValueError):
+        with open(lock_path, "rb") as handle:
+            raw = handle.read()
+        # a lock record only describes its holder in a refusal: one that cannot be read is described as unknown
+        return parse_json(raw or b"{}", RunLocked, f"lock record {lock_path}", mapping())
+    except (OSError, RunLocked):
         return {}
-    return record if isinstance(record, dict) else {}
 
 
 def _holder_record(lock_path, tries=20, pause_s=0.05):

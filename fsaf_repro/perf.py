@@ -20,9 +20,6 @@ Comparisons (`compare_records`, `evaluate_gates`) refuse records of different mo
 factors of the same device, and attach a caveat to every other difference (device, precision,
 backend, batch size, source) instead of producing a bare ratio.
 """
-import json
-import math
-import numbers
 import os
 import re
 import time
@@ -33,6 +30,8 @@ from .backends import Backend, find_backend_class
 from .backends.ais_bench_cli import check_summary, summary_of_output
 from .errors import OutputFormatError, ResultsError, ToolError
 from .fileio import atomic_write_json
+from .jsonio import (boolean, integer, load_json, mapping, nullable, obj, one_of, parse_json, real_number, text_value,
+                     validate)
 from .spec import input_constants, performance_reference
 
 MODE_DEFINITIONS = {
@@ -73,8 +72,11 @@ def _check_record_labels(record, origin):
 
 
 def make_record(device, backend, precision, batch_size, fps, mode, source, latencies_ms=None, chips=1,
-                fps_measured=None, note=None, images=None, seconds=None):
-    """Build and check one result record (ResultsError on a malformed value)."""
+                fps_measured=None, note=None, images=None, seconds=None, images_total=None):
+    """Build and check one result record (ResultsError on a malformed value).
+
+    `images_total`: the data set's size when the figure covers only `images` of it (a resumed run
+    timed only the images it ran): the record is then marked partial, and no gate uses it."""
     if mode not in MODE_DEFINITIONS:
         raise ResultsError("unknown throughput mode {!r}; one of {}".format(
             mode, ", ".join(MODE_DEFINITIONS)))
@@ -100,7 +102,18 @@ def make_record(device, backend, precision, batch_size, fps, mode, source, laten
         record["images"] = int(images)
     if seconds is not None:
         record["seconds"] = float(seconds)
+    if images_total is not None and images is not None and int(images) < int(images_total):
+        record.update(partial=True, images_total=int(images_total),
+                      definition=f"{MODE_DEFINITIONS[mode]}; PARTIAL: timed over {int(images)} of the "
+                                 f"{int(images_total)} images (the others ran in an earlier, interrupted session)")
     return record
+
+
+def partial_coverage(record):
+    """'k of n images' for a partial record (see make_record), None for a whole-dataset one."""
+    if not record.get("partial"):
+        return None
+    return f"{record.get('images')} of {record.get('images_total')} images"
 
 
 def latency_summary(latencies_s):
@@ -149,17 +162,18 @@ def measure_pure_inference(backend, batch, loops=20, warmup=3, device="cpu", pre
 
 
 def dataset_records(images, wall_seconds, inference_seconds, batch_latencies_s, device, backend, precision,
-                    batch_size, source="measured: full dataset run"):
-    """The two full-dataset records (e2e and inference) of one streaming run's timings."""
+                    batch_size, source="measured: full dataset run", images_total=None):
+    """The two full-dataset records (e2e and inference) of one streaming run's timings; partial (see
+    make_record) when the run timed `images` of `images_total`."""
     if images <= 0 or wall_seconds <= 0 or inference_seconds <= 0:
         raise ResultsError(f"a dataset run needs images > 0 and positive times (got {images} images, "
                            f"{wall_seconds} s wall, {inference_seconds} s inference)")
     lat = latency_summary(batch_latencies_s) if len(batch_latencies_s) else None
     return [
         make_record(device, backend, precision, batch_size, images / wall_seconds, "e2e", source,
-                    images=images, seconds=wall_seconds),
+                    images=images, seconds=wall_seconds, images_total=images_total),
         make_record(device, backend, precision, batch_size, images / inference_seconds, "inference", source,
-                    latencies_ms=lat, images=images, seconds=inference_seconds),
+                    latencies_ms=lat, images=images, seconds=inference_seconds, images_total=images_total),
     ]
 
 
@@ -406,10 +420,7 @@ def parse_ais_bench_summary(path, device, batch_size, precision="fp16", chips=No
         else:
             text, _ = _read_text(path, "ais_bench summary json or console log")
             if text.lstrip().startswith("{"):
-                try:
-                    summary = json.loads(text)
-                except ValueError as exc:
-                    raise ResultsError(f"ais_bench summary {path} is not valid JSON ({exc})") from None
+                summary = parse_json(text, ResultsError, f"ais_bench summary {path}")
                 check_summary(summary, path)
             else:
                 summary = read_ais_bench_console(text, f"ais_bench console log {path}")
@@ -506,6 +517,24 @@ def compare_to_reference(measured, reference=None):
     return rows
 
 
+def _best_of_device(records, partial, device, mode, caveats):
+    """The fastest `mode` record of `device` among the whole-dataset `records` (None without one); the
+    device's `partial` records are left out with a caveat saying so."""
+    left_out = [r for r in partial if r["device"] == device and r["mode"] == mode]
+    if left_out:
+        caveats.append(f"{len(left_out)} partial {mode} record(s) of {device} not used (covering "
+                       f"{partial_coverage(left_out[0])}): a resumed run times only its last session; rerun "
+                       "with --restart for a figure a gate can use")
+    groups = {}
+    for r in records:
+        if r["device"] == device and r["mode"] == mode:
+            groups.setdefault((r["backend"], r["precision"], r["source"].split(":")[0]), []).append(r)
+    if len(groups) > 1:
+        caveats.append(f"{device} has records from {len(groups)} backend/precision/source groups; using the fastest")
+    tops = [best_batch(group) for group in groups.values()]
+    return max(tops, key=lambda r: r["fps"]) if tops else None
+
+
 def evaluate_gates(records, mode="inference", gates=None):
     """The recipe's gates on the best batch of each device among `records` (default mode: inference).
 
@@ -515,23 +544,16 @@ def evaluate_gates(records, mode="inference", gates=None):
     gates = performance_reference()["gates"] if gates is None else gates
     for index, record in enumerate(records):
         _check_record_labels(record, f"gate input record {index}")
+    # a partial figure (a resumed run's sessions) does not measure the full-dataset definition: no gate uses it
+    partial = [r for r in records if r.get("partial")]
+    records = [r for r in records if not r.get("partial")]
     results = []
     for gate in gates:
         result = {"name": gate["name"], "min_ratio": gate["min_ratio"], "source": gate["source"],
                   "numerator_device": gate["numerator"], "denominator_device": gate["denominator"],
                   "ratio": None, "passed": None, "caveats": []}
-        best = {}
-        for side in ("numerator", "denominator"):
-            device = gate[side]
-            candidates = [r for r in records if r["device"] == device and r["mode"] == mode]
-            groups = {}
-            for r in candidates:
-                groups.setdefault((r["backend"], r["precision"], r["source"].split(":")[0]), []).append(r)
-            if len(groups) > 1:
-                result["caveats"].append(f"{device} has records from {len(groups)} backend/precision/source "
-                                         "groups; using the fastest")
-            tops = [best_batch(group) for group in groups.values()]
-            best[side] = max(tops, key=lambda r: r["fps"]) if tops else None
+        best = dict((side, _best_of_device(records, partial, gate[side], mode, result["caveats"]))
+                    for side in ("numerator", "denominator"))
         if best["numerator"] is None or best["denominator"] is None:
             missing = [gate[s] for s in ("numerator", "denominator") if best[s] is None]
             result["caveats"].append("not evaluated: no {} record for {}".format(mode, ", ".join(missing)))
@@ -549,32 +571,36 @@ def evaluate_gates(records, mode="inference", gates=None):
 
 # --- output ------------------------------------------------------------------------------------------
 
+# A result record as make_record writes it, as far as its readers (gates, comparisons, tables, the
+# report) use it: text where text belongs (a number there crashed `gates`), a positive finite fps, a
+# positive integer batch size (never a boolean) and the partial marks of a resumed run's figure.
+PERF_RECORD = obj(
+    {"device": text_value(non_empty=True), "backend": text_value(non_empty=True),
+     "precision": text_value(non_empty=True),
+     "batch_size": integer(minimum=1), "fps": real_number(positive=True),
+     "latencies_ms": nullable(mapping(nullable(real_number(minimum=0)))), "mode": one_of(*MODE_DEFINITIONS),
+     "source": text_value()},
+    {"chips": integer(minimum=1), "fps_measured": nullable(real_number(positive=True)), "scope": text_value(),
+     "definition": text_value(), "note": nullable(text_value()), "images": integer(minimum=1),
+     "seconds": real_number(positive=True), "partial": boolean, "images_total": integer(minimum=1)})
+
+
 def load_records(path):
-    """Records from a JSON file written by `perf` (a {"records": [...]} object or a bare list)."""
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise ResultsError(f"perf records file {path} is unreadable: {exc}") from exc
+    """Records from a JSON file written by `perf` (a {"records": [...]} object or a bare list), each
+    checked by PERF_RECORD; ResultsError naming the file, the record and the field otherwise."""
+    path = str(path)
+    data = load_json(path, ResultsError, "perf records file")
     records = data.get("records") if isinstance(data, dict) else data
     if not isinstance(records, list):
-        raise ResultsError(f"{path} holds no list of records")
+        raise ResultsError(f"perf records file {path} holds no list of records (a {{\"records\": [...]}} object or "
+                           "a list, as `fsaf-repro perf --out` writes)")
+    checked = []
     for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise ResultsError(f"{path}: record {i} is a {type(record).__name__}, not a record object (written by "
-                               "`fsaf-repro perf --out`)")
-        missing = [k for k in RECORD_KEYS if k not in record]
-        if missing:
-            raise ResultsError("{}: record {} lacks {}".format(path, i, ", ".join(missing)))
-        fps, batch_size = record["fps"], record["batch_size"]
-        # a record the gates would divide by: a positive number (make_record writes no other)
-        if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
-            raise ResultsError(f"{path}: record {i} has fps {fps!r}; fps must be a positive number")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ResultsError(f"{path}: record {i} has batch_size {batch_size!r}; it must be a positive integer")
+        record = validate(record, PERF_RECORD, ResultsError, f"perf records file {path}: record {i}")
         _check_record_labels(record, f"{path}: record {i}")
         record.setdefault("chips", 1)
-    return records
+        checked.append(record)
+    return checked
 
 
 def write_records(path, records):
@@ -587,10 +613,11 @@ def format_records(records):
     for r in records:
         lat = r.get("latencies_ms") or {}
         ms = [(f"{lat[k]:.2f}" if lat.get(k) is not None else "-") for k in ("p50", "p90", "p99")]
-        lines.append("{:<10} {:<14} {:<13} {:>5} {:>10.3f} {:>9} {:>9} {:>9}  {}{}".format(
+        lines.append("{:<10} {:<14} {:<13} {:>5} {:>10.3f} {:>9} {:>9} {:>9}  {}{}{}".format(
             r["device"], r["backend"][:14], r["precision"][:13], r["batch_size"], r["fps"],
             ms[0], ms[1], ms[2], r["mode"],
-            " (x{} chips)".format(r["chips"]) if r.get("chips", 1) != 1 else ""))
+            " (x{} chips)".format(r["chips"]) if r.get("chips", 1) != 1 else "",
+            f" PARTIAL ({partial_coverage(r)})" if r.get("partial") else ""))
     used = sorted(set(r["mode"] for r in records))
     lines.append("")
     lines.extend(f"{mode}: {MODE_DEFINITIONS[mode]}" for mode in used)

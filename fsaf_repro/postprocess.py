@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .data import CocoImageSet, ImageMeta, boxes_to_original
+from .data import CocoImageSet, ImageMeta, boxes_to_original, read_manifest
 from .errors import DataError, OutputFormatError
 from .fileio import read_json
 # re-exported: callers import them from here
@@ -266,13 +266,9 @@ def metas_from_manifest(path: str, image_set: CocoImageSet, record: Optional[Dic
     `record`: the manifest's content when the caller has already read `path`.
     """
     if record is None:
-        record = read_json(path, DataError, "preprocess manifest")
-    try:
-        sha, canvas = record["annotation_sha256"], [int(record["height"]), int(record["width"])]
-        metas = [ImageMeta(**entry) for entry in record["images"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{path}: not a preprocess manifest (needs annotation_sha256, height, width and images "
-                        f"with {', '.join(ImageMeta._fields)} each): {exc}")
+        record = read_manifest(path)  # shape and scales checked
+    sha, canvas = record["annotation_sha256"], [record["height"], record["width"]]
+    metas = [ImageMeta(**dict((field, entry[field]) for field in ImageMeta._fields)) for entry in record["images"]]
     if sha != image_set.annotation_sha256:
         raise DataError(f"{path} was written for annotations with sha256 {sha[:12]}..., but "
                         f"{image_set.annotation_file} has {image_set.annotation_sha256[:12]}...: postprocess "

@@ -10,7 +10,6 @@ plots; the run's stages and artifacts.
 Plots need matplotlib (the `plots` extra); without it they are skipped and the report says why. The
 images with their detections drawn need only OpenCV.
 """
-import json
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -125,7 +124,9 @@ def accuracy_lines(context: Dict[str, Any]) -> List[str]:
 
 
 def _column_label(record):
-    return f"{record['device']} {record['backend']} {record['precision']} {record['mode']}"
+    # a partial figure (a resumed run timed only its last session) gets a column of its own, labelled so
+    partial = f" PARTIAL {record.get('images')}/{record.get('images_total')} images" if record.get("partial") else ""
+    return f"{record['device']} {record['backend']} {record['precision']} {record['mode']}{partial}"
 
 
 def measured_columns(records: Sequence[Dict[str, Any]]) -> Dict[str, Dict[int, Dict[str, Any]]]:
@@ -608,10 +609,11 @@ def write_report(run_dir: str, context: Dict[str, Any], image_set: Any = None) -
     results = context.get("results") or {}
     if results and image_set is not None:
         backend = sorted(results, key=lambda n: (n != "torch", n))[0]
-        with open(os.path.join(run_dir, results[backend])) as handle:
-            detections = json.load(handle)
-        with open(context["dataset"]["annotation_file"]) as handle:
-            annotations = json.load(handle).get("annotations", [])
+        from .data import read_annotation_file
+        from .results_json import read_results_json
+        detections = read_results_json(os.path.join(run_dir, results[backend]))
+        annotations = read_annotation_file(context["dataset"]["annotation_file"], need_annotations=True
+                                           ).data["annotations"]
         for meta in image_set.metas[:DETECTION_IMAGES]:
             path = os.path.join(plot_dir, f"detections_{meta.image_id}.png")
             count = draw_detections(meta.path, [d for d in detections if d["image_id"] == meta.image_id],

@@ -40,10 +40,10 @@ from typing import Dict, List, Optional, Tuple
 
 from . import __version__
 from .backends.base import MODEL_CHECKPOINT, MODEL_OM, ONNX_MODEL_KINDS
-from .errors import CheckpointError, DataError, FsafReproError, ToolError
+from .errors import CheckpointError, DataError, FsafReproError, PathError, ToolError
 from .fileio import atomic_write_json, file_sha256
 from .locking import run_lock
-from .stagebook import (Late, RunLog, Stage, StageBook, canonical_json, read_json,
+from .stagebook import (Late, RunLog, Stage, StageBook, canonical_json,
                         skipped_step, stage_key, under_spec_sections)
 from .stages import (GENERATED_IMAGE_DIR, _load_extra_perf, backend_class, run_checkpoint, run_convert, run_data,
                      run_dataset, run_evaluate, run_export, run_fit, run_infer, run_parity, run_perf, run_report,
@@ -258,8 +258,10 @@ def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None,
     if coco_root is not None:
         from .data import read_annotation_file
         read_annotation_file(os.path.join(coco_root, "annotations", "instances_val2017.json"))
-    _load_extra_perf(extra_perf)
     embedded = checkpoint is None and coco_root is None
+    run_dir = os.path.abspath(run_dir or default_run_dir(embedded, checkpoint, coco_root))
+    _refuse_run_outputs_as_extra_perf(extra_perf, run_dir)
+    _load_extra_perf(extra_perf)
     default_hw = EMBEDDED_INPUT_HW if embedded else (input_constants()["height"], input_constants()["width"])
     # Backends run over the data set. torch is also the parity reference: left out of --backends it still
     # runs the parity batch (a few images), not the data set (hours on a CPU at the recipe's size).
@@ -280,7 +282,7 @@ def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None,
         except ImportError:
             pass  # a backend module that fails to import: probe_host reports it unavailable
     return RunConfig(
-        run_dir=os.path.abspath(run_dir or default_run_dir(embedded, checkpoint, coco_root)),
+        run_dir=run_dir,
         checkpoint=checkpoint, coco_root=coco_root, backends=tuple(backend_names), batch_sizes=tuple(sizes),
         infer_batch_size=int(infer_batch_size or sizes[0]), height=int(height or default_hw[0]),
         width=int(width or default_hw[1]), num_images=int(num_images or EMBEDDED_NUM_IMAGES), limit=limit,
@@ -294,6 +296,18 @@ def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None,
         perf_threads=(os.cpu_count() or 1) if perf_threads is None else (int(perf_threads) or None),
         trust_checkpoint=bool(trusted), progress=bool(progress), echo=bool(echo),
         fit_steps=_fit_steps(fit_steps, checkpoint))
+
+
+def _refuse_run_outputs_as_extra_perf(extra_perf, run_dir):
+    """An --extra-perf file inside the run directory is this run's own output (its perf.json, a stage's
+    records): read back as extra records it would add another copy of them on every rerun."""
+    run_real = os.path.realpath(run_dir)
+    for path in extra_perf or ():
+        real = os.path.realpath(str(path))
+        if os.path.commonpath([real, run_real]) == run_real:
+            raise PathError(f"--extra-perf {path} lies inside the run directory {run_dir}: it is an output of this "
+                            "run, and reading it back would add this run's records again on every rerun; give "
+                            "records measured elsewhere (copy them out of the run directory first)")
 
 
 def _fit_steps(fit_steps, checkpoint):
@@ -773,8 +787,9 @@ def _summary(config, stages, state, book, wall):
     ran = sorted(n for n, s in stage_status.items() if s == "ran")
     reused = sorted(n for n, s in stage_status.items() if s == "reused")
     book.log(f"done in {wall:.1f} s: {len(ran)} stage(s) ran, {len(reused)} reused; report {report_path}")
+    from .evaluate import load_metrics
     runs = dict((s.name, s) for s in stages if s.skipped is None)
-    metrics = dict((name.partition(":")[2], read_json(stage.outputs["metrics"])["stats"])
+    metrics = dict((name.partition(":")[2], load_metrics(stage.outputs["metrics"])["stats"])
                    for name, stage in runs.items() if name.startswith("evaluate:"))
     summary = {"run_dir": config.run_dir, "report": report_path, "stages": stage_status,
                "skipped": dict((s.label, s.skipped) for s in stages if s.skipped is not None),

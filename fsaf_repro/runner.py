@@ -43,7 +43,8 @@ from .fileio import file_sha256
 from .locking import run_lock
 from .perf import dataset_records
 from .postprocess import detections_to_coco
-from .results_json import write_results_streaming
+from .jsonio import any_value, array, check, integer, nullable, obj, parse_json, text_value, validate
+from .results_json import detection_problem, write_results_streaming
 from .spec import load_recipe_spec, section_digest
 
 # 2: batch lines name the entries they cover and the sha256 of each image read there. Format-1
@@ -125,13 +126,14 @@ class Journal:
             raise ResultsError(f"journal {self.path} has no complete header line; delete it to start the run again"
                                )
         try:
-            header = json.loads(complete[0].decode("utf-8"))
-        except ValueError as exc:
+            header = parse_json(complete[0], ResultsError, "header")
+        except ResultsError as exc:
             raise ResultsError(f"journal {self.path} has an unreadable header ({exc}); delete it to start "
-                               "again") from exc
+                               "again") from None
         if not isinstance(header, dict):
             raise ResultsError(f"journal {self.path} line 1 is not a journal header (a JSON object with the run key); "
                                "delete it to start again")
+        # a header of an earlier format (no fields object) is refused below by its format, naming --restart
         old = header.get("fields") if isinstance(header.get("fields"), dict) else {}
         if old.get("format") != JOURNAL_FORMAT:
             raise JournalMismatch(
@@ -245,25 +247,27 @@ def _detections_to_coco(outputs, metas, category_ids):
     return detections_to_coco(outputs["dets"], outputs["labels"], metas, category_ids)
 
 
-def _is_index(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+# A journal's batch line as Journal writes it; the results of a batch are checked by the
+# results format's own rule, since they are copied into the results json as they stand.
+JOURNAL_BATCH = obj({"first": integer(minimum=0), "next": integer(minimum=0),
+                     "results": array(check(any_value, detection_problem)),
+                     "skipped": array(obj({"index": integer(minimum=0), "image_id": integer(),
+                                           "path": text_value(), "reason": text_value()})),
+                     "image_sha256": array(nullable(text_value()))})
 
 
 def _parse_entry(raw, path, number, num_images):
     """One batch line of a journal, checked: a damaged line (two writers, a disk error) is an error
     naming the file and the line, never a raw decoder error or a silently shorter result."""
     try:
-        entry = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-    except ValueError as exc:
-        entry, problem = None, f"not valid JSON: {exc}"
+        entry = validate(parse_json(raw, ResultsError, "the line"), JOURNAL_BATCH, ResultsError, "not a batch record")
+    except ResultsError as exc:
+        entry, problem = None, str(exc)
     else:
-        problem = (f"not a batch record (an object with first < next <= {num_images}, results, skipped and one "
-                   "image_sha256 per entry covered)")
-    if (isinstance(entry, dict) and _is_index(entry.get("first")) and _is_index(entry.get("next"))
-            and entry["first"] < entry["next"] <= num_images and isinstance(entry.get("results"), list)
-            and isinstance(entry.get("skipped"), list) and isinstance(entry.get("image_sha256"), list)
-            and len(entry["image_sha256"]) == entry["next"] - entry["first"]
-            and all(d is None or isinstance(d, str) for d in entry["image_sha256"])):
+        problem = (f"not a batch record (an object with first < next <= {num_images} and one image_sha256 per "
+                   "entry covered)")
+    if entry is not None and entry["first"] < entry["next"] <= num_images \
+            and len(entry["image_sha256"]) == entry["next"] - entry["first"]:
         return entry
     raise ResultsError(f"journal {path} line {number} is damaged ({problem}); its other batches cannot be trusted "
                        "either: delete the journal (or pass --restart) to run again")
@@ -324,15 +328,19 @@ def _write_skipped(results_path, skipped):
         os.remove(skipped_path)
 
 
-def _session_records(session, wall_seconds, backend_label, input_dtype, batch_size):
-    """The fsaf_repro.perf dataset records of this session's images; none when it ran no inference."""
+def _session_records(session, wall_seconds, backend_label, input_dtype, batch_size, images_total):
+    """The fsaf_repro.perf dataset records of this session's images; none when it ran no inference.
+
+    A resumed session ran only some of the `images_total` images (the rest were timed, if at all, by
+    an earlier session that was killed): its records say so (partial), rather than passing a
+    figure over part of the data set for one over all of it."""
     done_images, inference_seconds = session["images"], session["inference_seconds"]
     if not (done_images and inference_seconds > 0):
         return []
     return dataset_records(
         done_images, wall_seconds, inference_seconds, session["latencies"], "host", backend_label,
         "fp32" if input_dtype == "float32" else input_dtype, batch_size,
-        source=f"measured: fsaf-repro infer, {done_images} images")
+        source=f"measured: fsaf-repro infer, {done_images} images", images_total=images_total)
 
 
 def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2, workers=2, skip_bad=False,
@@ -374,7 +382,8 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
             "resumed_from": gaps[0][0] if gaps else total, "reused_images": reused,
             "redone_batches": redone_batches, "skipped": skipped, "detections": detections,
             "batch_size": batch_size, "wall_seconds": wall_seconds, "inference_seconds": session["inference_seconds"],
-            "records": _session_records(session, wall_seconds, backend_label, input_dtype, batch_size)}
+            "records": _session_records(session, wall_seconds, backend_label, input_dtype, batch_size,
+                                        total - len(skipped))}
 
 
 def _run_range(image_set, backend, journal, start, end, batch_size, input_dtype, skip_bad, prefetch, workers,

@@ -23,10 +23,8 @@ def _packaged_spec():
         raw = pkgutil.get_data("fsaf_repro", "spec/recipe.json")
         if raw is None:
             raise SpecError("fsaf_repro/spec/recipe.json is missing from the installed package")
-        try:
-            _CACHE["recipe"] = json.loads(raw.decode("utf-8"))
-        except ValueError as exc:
-            raise SpecError(f"fsaf_repro/spec/recipe.json is not valid JSON: {exc}")
+        from .jsonio import mapping, parse_json
+        _CACHE["recipe"] = parse_json(raw, SpecError, "packaged spec fsaf_repro/spec/recipe.json", mapping())
     return _CACHE["recipe"]
 
 

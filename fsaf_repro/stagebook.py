@@ -15,8 +15,9 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import __version__
-from .errors import DataError, FsafReproError
+from .errors import DataError, FsafReproError, ResultsError
 from .fileio import atomic_write_json, file_sha256
+from .jsonio import integer, load_json, mapping, nullable, obj, real_number, text_value
 from .spec import section_digest
 
 STAGES_FILE = "stages.json"
@@ -26,9 +27,11 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def read_json(path: str) -> Any:
-    with open(path) as handle:
-        return json.load(handle)
+# stages.json as StageBook writes it (format 2): per stage its key, keyed fields, result record,
+# output digests and seconds. A file of another shape is damaged like an unparsable one: moved aside.
+STAGE_ENTRY = obj({"key": text_value(), "result": mapping(), "outputs": mapping(text_value())},
+                  {"fields": mapping(), "seconds": nullable(real_number(minimum=0))})
+STAGE_BOOK = obj({"stages": mapping(STAGE_ENTRY)}, {"format": integer()})
 
 
 # Implementation version of each stage (by the part of its name before ':'). Bump a stage's number
@@ -211,8 +214,8 @@ class StageBook:
         self.keys = {}  # key of each stage run or reused in this run: what a later stage's upstream sees
         if os.path.exists(self.path):
             try:
-                self.entries = read_json(self.path).get("stages", {})
-            except (ValueError, AttributeError) as exc:
+                self.entries = load_json(self.path, ResultsError, "stage book", STAGE_BOOK)["stages"]
+            except ResultsError as exc:
                 self._move_aside(exc)
                 self.entries = {}
 
@@ -220,10 +223,10 @@ class StageBook:
         """Move an unreadable stages.json aside. It is written atomically, so only outside damage gets
         here: the damaged file is kept for inspection rather than overwritten with the first stage's record."""
         kept = f"{self.path}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"
-        base, number = kept, 1
+        base, copies = kept, 1
         while os.path.exists(kept):  # damaged twice within a second: keep both
-            kept = f"{base}-{number}"
-            number += 1
+            kept = f"{base}-{copies}"
+            copies += 1
         try:
             os.replace(self.path, kept)
         except OSError as rename_error:

@@ -7,9 +7,12 @@ its entry in reproduce.plan and its version in fsaf_repro.stagebook.STAGE_VERSIO
 import os
 
 from .backends.base import MODEL_CHECKPOINT, MODEL_OM
-from .errors import FsafReproError, JournalMismatch
+from .errors import FsafReproError, JournalMismatch, ResultsError
 from .fileio import atomic_write_json
-from .stagebook import read_json
+from .jsonio import array, load_json, mapping, obj, text_value
+
+# parity.json as run_parity writes it, as far as the report stage reads it: each pair names its backends
+PARITY_PAIRS = obj({"pairs": array(obj({"reference": text_value(), "other": text_value()}))})
 
 # the data stage's image_dir param for a generated set: keyed by content, not by where the run is
 GENERATED_IMAGE_DIR = "<generated>"
@@ -323,7 +326,8 @@ def run_report(ctx):
     context = _report_context(ctx, perf_records)
     atomic_write_json(ctx.outputs["context"], context)
     # the report is written from its input file as written, as a reused report was
-    made = report_module.write_report(ctx.options["run_dir"], read_json(ctx.outputs["context"]),
+    made = report_module.write_report(ctx.options["run_dir"],
+                                      load_json(ctx.outputs["context"], ResultsError, "report inputs", mapping()),
                                       image_set=ctx.options["image_set"])
     if made["record"].get("plots_skipped"):
         ctx.log("plots skipped: {}".format(made["record"]["plots_skipped"]))
@@ -346,7 +350,8 @@ def _collected_perf_records(ctx):
 def _report_context(ctx, perf_records):
     p, image_set, run_dir = ctx.params, ctx.options["image_set"], ctx.options["run_dir"]
     order = p["dataset_backends"]
-    metrics = dict((name, read_json(ctx.inputs["metrics:" + name])) for name in order)
+    from .evaluate import load_metrics
+    metrics = dict((name, load_metrics(ctx.inputs["metrics:" + name])) for name in order)
     return {
         "run_dir": run_dir, "embedded": p["embedded"], "seeded": p["seeded"], "generated": p["generated"],
         "checkpoint": {"path": ctx.inputs["checkpoint"], "sha256": ctx.digest(ctx.inputs["checkpoint"]),
@@ -374,7 +379,7 @@ def _parity_with_map_deltas(parity_path, backend_of, metrics):
     the parity stage wrote it)."""
     if parity_path is None:
         return None
-    parity = read_json(parity_path)
+    parity = load_json(parity_path, ResultsError, "parity record", PARITY_PAIRS)
     for pair in parity["pairs"]:
         ref_b, other_b = backend_of.get(pair["reference"]), backend_of.get(pair["other"])
         if "raw" in pair["other"] or ref_b not in metrics or other_b not in metrics:

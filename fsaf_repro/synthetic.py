@@ -294,8 +294,8 @@ def make_synthetic_results(annotation_file, per_image=100, seed=0, jitter=0.1):
     Each image gets exactly `per_image` results: its ground-truth boxes moved by up to `jitter` of
     their size (with a high score), the rest random boxes of random classes (lower scores).
     """
-    with open(annotation_file) as handle:
-        data = json.load(handle)
+    from .data import read_annotation_file
+    data = read_annotation_file(annotation_file, need_annotations=True).data
     rng = np.random.RandomState(seed)
     by_image = {}
     for ann in data["annotations"]:
@@ -330,10 +330,11 @@ def make_synthetic_results(annotation_file, per_image=100, seed=0, jitter=0.1):
 
 def generated_here(annotation_file):
     """True when `annotation_file` is one this module wrote (its info.description says so)."""
+    from .errors import FsafReproError
+    from .jsonio import load_json
     try:
-        with open(annotation_file, "rb") as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-    except (OSError, ValueError):
-        return False
+        data = load_json(annotation_file, DataError, "annotation file")
+    except FsafReproError:
+        return False  # not readable as JSON, so not a file this module wrote; its verb's own read names the fault
     info = data.get("info") if isinstance(data, dict) else None
     return isinstance(info, dict) and info.get("description") == GENERATED_DESCRIPTION

@@ -22,7 +22,6 @@ which `embed_thin_state_dict` writes into the official layout with zeros elsewhe
 detector computes exactly the thin network's outputs (the zero channels stay zero through the FPN sums
 and the ReLUs). The head's 3x3 convolutions over 256 channels are ~16x the cost at 64 channels.
 """
-import json
 import math
 import os
 import shutil
@@ -339,8 +338,9 @@ def embed_thin_state_dict(full_state_dict, thin):
 
 def read_image_boxes(annotation_file, image_set):
     """Per entry of `image_set`: (boxes [G, 4] x1y1x2y2 in network-input pixels, labels [G] 0..79)."""
-    with open(annotation_file) as handle:
-        data = json.load(handle)
+    from .data import read_annotation_file
+    # the one check of an annotation file (ids, finite boxes, known categories), not a raw json.load
+    data = read_annotation_file(annotation_file, need_annotations=True).data
     label_of = {cid: k for k, cid in enumerate(image_set.category_ids)}
     by_image = {}
     for ann in data["annotations"]:

@@ -12,7 +12,6 @@ is removed after a success and kept (and named in the error) after a failure; ev
 is appended to the backend's log file (`tool_log_path`), next to the om unless told otherwise.
 """
 import importlib.util
-import json
 import math
 import os
 import shutil
@@ -21,6 +20,7 @@ import sys
 from .base import Availability, read_output_files
 from .om_tool import OmToolBackend
 from ..errors import BackendError, OutputFormatError, ToolError
+from ..jsonio import load_json
 from ..tools import run_tool
 
 INSTALL_HINT = ("install the ais_bench and aclruntime wheels (Ascend/tools repository, "
@@ -148,12 +148,7 @@ def read_summary(summary_path, log_path=None):
         raise ToolError("ais_bench: exited 0 and wrote its outputs but no summary {}, its record of a finished "
                         "run; treating the call as failed{}".format(
                             summary_path, f"; log: {log_path}" if log_path else ""))
-    try:
-        with open(summary_path) as handle:
-            summary = json.load(handle)
-    except ValueError as exc:
-        raise OutputFormatError(f"ais_bench summary {summary_path} is not valid JSON ({exc})")
-    return check_summary(summary, summary_path)
+    return check_summary(load_json(summary_path, OutputFormatError, "ais_bench summary"), summary_path)
 
 
 def _number(value):

@@ -80,6 +80,16 @@ def resolved_info_copy(info_path, workdir, width, height):
     return copy, entries
 
 
+def remove_stale_outputs(perf_path, outputs_dir):
+    """Remove a previous run's perf file and output folder from a reused workdir before the tool runs:
+    the tool writes them under fixed names, so a run that writes none would otherwise be read as the
+    previous run's figures and outputs."""
+    if os.path.lexists(perf_path):
+        os.remove(perf_path)
+    if os.path.isdir(outputs_dir):
+        shutil.rmtree(outputs_dir)
+
+
 def run_info_file(om_path, batch_size, info_path, width, height, workdir, device_id=0, executable=None,
                   timeout=None, device_label="310P", precision="fp16"):
     """The recipe's offline run over a whole info file, in `workdir` (where the tool writes result/).
@@ -95,6 +105,7 @@ def run_info_file(om_path, batch_size, info_path, width, height, workdir, device
     perf_path = perf_file_path(workdir, batch_size, device_id)
     log_path = os.path.join(workdir, "benchmark.log")
     tool_info, entries = resolved_info_copy(info_path, workdir, width, height)
+    remove_stale_outputs(perf_path, output_dir(workdir, device_id))
     argv = benchmark_argv(executable, os.path.abspath(str(om_path)), batch_size, tool_info, width, height,
                           device_id)
     run_tool(argv, cwd=workdir, log_path=log_path, artifacts=[perf_path], timeout=timeout,

@@ -4,9 +4,9 @@ The path types run fsaf_repro.fileio's checks while the arguments are parsed, so
 refused (PathError, printed as one line by `main`) before any work: a run does not load a model or
 process a data set only to fail on its first or last write.
 """
-import json
 
 from ..errors import DataError
+from ..jsonio import MAX_DEPTH, nesting_depth, parse_json
 from ..fileio import check_input_dir, check_input_file, check_input_path, check_output_dir, check_output_file
 
 
@@ -46,7 +46,9 @@ def parse_backend_options(pairs):
             raise DataError(f"--backend-option expects KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         try:
-            options[key.strip()] = json.loads(value)
-        except ValueError:
+            options[key.strip()] = parse_json(value, DataError, f"--backend-option {key.strip()}")
+        except DataError:
+            if nesting_depth(value.encode("utf-8", "surrogatepass")) > MAX_DEPTH:
+                raise  # not a value any backend takes, as JSON or as text
             options[key.strip()] = value
     return options

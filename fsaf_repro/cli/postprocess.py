@@ -1,10 +1,8 @@
 """The `postprocess` verb (recipe step 6): network outputs -> COCO results json, optionally scored."""
 import argparse
 
-from ..data import CocoImageSet
-from ..errors import DataError
+from ..data import CocoImageSet, read_manifest
 from ..evaluate import evaluate_results, format_per_class_table, format_recipe_table
-from ..fileio import read_json
 from ..postprocess import detections_to_coco, metas_from_manifest, read_outputs
 from ..results_json import write_results_json
 from ..spec import model_constants
@@ -12,7 +10,7 @@ from .args import input_dir, input_file, input_path, output_file
 
 
 def _cli_postprocess(args):
-    record = read_json(args.manifest, DataError, "preprocess manifest") if args.manifest else None
+    record = read_manifest(args.manifest) if args.manifest else None
     height, width = args.height, args.width
     if isinstance(record, dict):
         # the canvas the .bin files were written at, unless given (a contradiction is then an error)

@@ -27,7 +27,7 @@ def _preprocess_locked(args):
     image_set = CocoImageSet(args.annotations, args.images, limit=args.limit, height=args.height,
                              width=args.width)
     report = write_bins(image_set, args.out, workers=args.workers, skip_bad=args.skip_bad,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, verify=args.verify)
     bad_ids = [s.image_id for s in report.skipped]
     write_info_files(image_set, bin_dir=args.out, bin_info=args.bin_info, jpg_info=args.jpg_info,
                      exclude_ids=bad_ids, report=report)
@@ -75,6 +75,9 @@ def register(subparsers):
     pre.add_argument("--skip-bad", action="store_true",
                      help="continue past unreadable images and list them (default: stop at the first)")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pre.add_argument("--verify", action="store_true",
+                     help="reuse a .bin only if its content's sha256 is the one recorded when it was written (default: "
+                          "size and mtime; see docs/preprocess-reuse.md)")
     pre.set_defaults(func=_cmd_preprocess)
 
     info = subparsers.add_parser(

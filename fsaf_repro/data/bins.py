@@ -9,6 +9,7 @@ leaves no truncated `.bin`.
 import contextlib
 import hashlib
 import json
+import math
 import os
 import sys
 import warnings
@@ -19,10 +20,11 @@ import cv2
 import numpy as np
 
 from ..errors import DataError, ImageReadError
-from ..fileio import PART_MARK, atomic_write_array, atomic_write_text, is_stale_part
+from ..fileio import PART_MARK, atomic_write_array, atomic_write_text, file_sha256, is_stale_part
+from ..jsonio import SchemaFault, array, integer, load_json, obj, parse_json, real_number, text_value
 from ..spec import input_constants
 from .coco import CocoImageSet, SkippedImage, is_json_int, rotated_image_ids
-from .transform import decode_bgr, letterbox_to_canvas, read_image_bytes
+from .transform import decode_bgr, letterbox_to_canvas, read_image_bytes, scaled_size
 
 # A preprocessing run: the .bin files listed (image-id order), how many were written and how many kept,
 # the images skipped (SkippedImage), and `metas`: the ImageMeta each listed .bin was transformed with
@@ -50,8 +52,12 @@ def bin_file_problem(path: str, height: int, width: int) -> Optional[str]:
 # The record of what each .bin of a folder was made from. A .bin is reused only when its entry
 # matches: the source image's bytes (size and sha256; hashing a JPEG costs a small fraction of
 # decoding it) and the transform (`bin_transform_key`), and the .bin itself is still the file that
-# was written then (size and mtime_ns: anything that rewrites it changes them). A byte size alone
+# was written then: by default its size and mtime_ns (anything that rewrites it through the file
+# system changes them; a .bin is 11.7 MB at 800x1216, and hashing every one on each rerun would cost
+# about what redoing it does), or with `verify` also the sha256 of its content, recorded when it was
+# written (an in-place edit that restores the mtime, or disk damage, is then caught). A byte size alone
 # would keep the old pixels of a replaced image while the manifest takes the new image's scale.
+# docs/preprocess-reuse.md states this promise.
 # JSON lines: a header with the transform, then one line per .bin written (the last line of a name
 # wins; {"bin": name, "forget": true} drops it). Appended as each .bin lands, so a killed run loses
 # at most the entries in flight (those .bin files are redone, never trusted unrecorded).
@@ -90,9 +96,9 @@ def read_bin_record(bin_dir: str, height: int, width: int) -> Dict[str, Dict[str
         if not line.strip():
             continue
         try:
-            item = json.loads(line.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            item = None
+            item = parse_json(line, DataError, f"{path} line {number}")
+        except DataError:
+            item = None  # a line cut by a kill: handled below as damaged (its .bin is redone)
         if number == 1:
             if not (isinstance(item, dict) and item.get("format") == _BIN_RECORD_FORMAT):
                 warnings.warn(f"{path} is not a .bin record of this version: its .bin files are redone",
@@ -136,15 +142,16 @@ class _BinRecordWriter:
         self._handle.close()
 
 
-def _bin_entry(meta, used, image_data, bin_path):
+def _bin_entry(meta, used, image_data, bin_path, bin_sha256):
     stat = os.stat(bin_path)
     return {"image_id": meta.image_id, "file_name": meta.file_name, "image_bytes": len(image_data),
             "image_sha256": hashlib.sha256(image_data).hexdigest(), "decoded": [used.orig_w, used.orig_h],
-            "bin_bytes": stat.st_size, "bin_mtime_ns": stat.st_mtime_ns}
+            "bin_bytes": stat.st_size, "bin_mtime_ns": stat.st_mtime_ns, "bin_sha256": bin_sha256}
 
 
-def _recorded_source_problem(entry, bin_path, image_data, height, width):
-    """None when `entry` says the .bin at `bin_path` was made from `image_data`; else why not."""
+def _recorded_source_problem(entry, bin_path, image_data, height, width, verify=False):
+    """None when `entry` says the .bin at `bin_path` was made from `image_data` (and, with `verify`, its
+    content still has the recorded sha256); else why not."""
     if not isinstance(entry, dict):
         return f"has no entry in {BIN_RECORD_NAME} for this transform"
     decoded = entry.get("decoded")
@@ -160,18 +167,22 @@ def _recorded_source_problem(entry, bin_path, image_data, height, width):
     if (entry.get("bin_bytes"), entry.get("bin_mtime_ns")) != (stat.st_size, stat.st_mtime_ns) \
             or stat.st_size != bin_bytes(height, width):
         return "was changed after preprocess wrote it"
+    if verify and entry.get("bin_sha256") != file_sha256(bin_path):
+        return ("has other content than preprocess wrote (sha256 differs, or none was recorded by an earlier "
+                "version)")
     return None
 
 
 _WORKER_STATE = {}
 
 
-def _init_worker(image_set, out_dir, record):
+def _init_worker(image_set, out_dir, record, verify=False):
     # one process per core already; OpenCV's own thread pool would only oversubscribe the cores
     cv2.setNumThreads(1)
     _WORKER_STATE["set"] = image_set
     _WORKER_STATE["out_dir"] = out_dir
     _WORKER_STATE["record"] = record
+    _WORKER_STATE["verify"] = verify
     _WORKER_STATE["buffer"] = None
 
 
@@ -190,7 +201,8 @@ def _preprocess_one(index):
     try:
         data = read_image_bytes(meta.path)
         entry = _WORKER_STATE["record"].get(os.path.basename(path))
-        if _recorded_source_problem(entry, path, data, image_set.height, image_set.width) is None:
+        if _recorded_source_problem(entry, path, data, image_set.height, image_set.width,
+                                    _WORKER_STATE["verify"]) is None:
             # same bytes, same transform, untouched .bin: kept without decoding; the recorded decoded
             # size is still checked against this annotation file
             return index, "reused", "", image_set.meta_for_decoded(index, *entry["decoded"]), entry
@@ -202,7 +214,8 @@ def _preprocess_one(index):
     except ImageReadError as exc:
         return index, "bad", str(exc), None, None
     atomic_write_array(path, _WORKER_STATE["buffer"])
-    return index, "written", "", used, _bin_entry(meta, used, data, path)
+    content_sha256 = hashlib.sha256(memoryview(_WORKER_STATE["buffer"]).cast("B")).hexdigest()
+    return index, "written", "", used, _bin_entry(meta, used, data, path, content_sha256)
 
 
 def _remove_stale_parts(out_dir):
@@ -217,11 +230,12 @@ def _remove_stale_parts(out_dir):
 
 
 def write_bins(image_set: CocoImageSet, out_dir: str, workers: Optional[int] = None, skip_bad: bool = False,
-               progress: bool = True, chunksize: int = 2) -> PreprocessReport:
+               progress: bool = True, chunksize: int = 2, verify: bool = False) -> PreprocessReport:
     """Write one `<stem>.bin` per image (float32 CHW, facts section 2) into `out_dir`, in parallel.
 
     A `.bin` is kept only when the folder's record (BIN_RECORD_NAME) says it was made from the
-    image's current bytes with this transform and it is unchanged since; any other is redone. Every
+    image's current bytes with this transform and it is unchanged since (size and mtime; with `verify`
+    also its content's sha256); any other is redone. Every
     file is written under a temporary name and renamed, so an interrupted run leaves no truncated
     `.bin`, and its record entry is appended as it lands, so a killed or stopped run keeps its
     finished work. A bad image raises ImageReadError
@@ -239,7 +253,7 @@ def write_bins(image_set: CocoImageSet, out_dir: str, workers: Optional[int] = N
     bar = _progress_bar(len(image_set), "preprocess", progress)
     caller_threads = cv2.getNumThreads()
     try:
-        with _worker_results(image_set, out_dir, record, workers, chunksize) as outcomes:
+        with _worker_results(image_set, out_dir, record, workers, chunksize, verify) as outcomes:
             results = _record_outcomes(outcomes, image_set, record, recorder, bar, skip_bad)
     finally:
         recorder.close()
@@ -250,18 +264,18 @@ def write_bins(image_set: CocoImageSet, out_dir: str, workers: Optional[int] = N
 
 
 @contextlib.contextmanager
-def _worker_results(image_set, out_dir, record, workers, chunksize):
+def _worker_results(image_set, out_dir, record, workers, chunksize, verify):
     """The `_preprocess_one` outcome of every entry, in order: computed in this process for one
     worker, else by a pool of spawned processes, which is stopped on leaving the block."""
     if workers == 1:
-        _init_worker(image_set, out_dir, record)
+        _init_worker(image_set, out_dir, record, verify)
         yield (_preprocess_one(i) for i in range(len(image_set)))
         return
     import multiprocessing
     # spawn, not fork: a child forked after OpenCV started its thread pool can deadlock in
     # cv2.resize
     context = multiprocessing.get_context("spawn")
-    pool = context.Pool(workers, initializer=_init_worker, initargs=(image_set, out_dir, dict(record)))
+    pool = context.Pool(workers, initializer=_init_worker, initargs=(image_set, out_dir, dict(record), verify))
     try:
         yield pool.imap(_preprocess_one, range(len(image_set)), chunksize)
     finally:
@@ -430,3 +444,34 @@ def write_manifest(path: str, image_set: CocoImageSet, report: PreprocessReport)
     }
     atomic_write_text(os.fspath(path), json.dumps(record, indent=1) + "\n")
     return record
+
+
+# preprocess_manifest.json as write_manifest writes it, as far as postprocess reads it: the annotation
+# file's sha256, the canvas and, per image, the ImageMeta its .bin was transformed with.
+_MANIFEST_IMAGE = obj({"image_id": integer(), "file_name": text_value(), "path": text_value(),
+                       "orig_w": integer(minimum=1), "orig_h": integer(minimum=1),
+                       "scale": real_number(positive=True), "new_w": integer(minimum=1),
+                       "new_h": integer(minimum=1)})
+_MANIFEST_SHAPE = obj({"annotation_sha256": text_value(non_empty=True), "height": integer(minimum=1),
+                       "width": integer(minimum=1), "images": array(_MANIFEST_IMAGE)})
+
+
+def _manifest_schema(value, where):
+    """The manifest's shape, then its semantics: each image's scale and resized size are the ones its own
+    size and the canvas give (a contradicting scale would silently rescale that image's boxes)."""
+    record = _MANIFEST_SHAPE(value, where)
+    for number, image in enumerate(record["images"]):
+        scale, new_w, new_h = scaled_size(image["orig_w"], image["orig_h"], record["height"], record["width"])
+        same_size = (image["new_w"], image["new_h"]) == (new_w, new_h)
+        if not (same_size and math.isclose(image["scale"], scale, rel_tol=1e-9)):
+            raise SchemaFault(f"images[{number}]", "scale {!r} and resized size {}x{} contradict its size {}x{} on the "
+                              "{}x{} canvas (expected scale {!r}, {}x{}); rerun `fsaf-repro preprocess`".format(
+                                  image["scale"], image["new_w"], image["new_h"], image["orig_w"], image["orig_h"],
+                                  record["width"], record["height"], scale, new_w, new_h))
+    return record
+
+
+def read_manifest(path: str) -> Dict[str, Any]:
+    """A preprocess manifest, checked for shape and for scales consistent with its sizes; DataError naming
+    the file and the image otherwise."""
+    return load_json(os.fspath(path), DataError, "preprocess manifest", _manifest_schema)

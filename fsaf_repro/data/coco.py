@@ -6,7 +6,6 @@ Images are taken from the annotation file in image-id order (not the first 5000 
 returns, as the recipe's scripts do); an image path must stay inside the image folder.
 """
 import hashlib
-import json
 import math
 import numbers
 import os
@@ -17,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import AnnotationError, DataError, ImageReadError
+from ..jsonio import parse_json
 from ..spec import coco_category_ids, coco_class_names
 from .transform import (canvas_size, decode_bgr, input_array_dtype, letterbox_to_canvas, letterbox_to_canvas_uint8,
                         probe_decoded_size, read_image_bytes, scaled_size)
@@ -54,10 +54,8 @@ def _parse_annotation_json(annotation_file):
         raise AnnotationError(f"annotation file not found: {annotation_file}")
     except OSError as exc:
         raise AnnotationError(f"cannot read annotation file {annotation_file}: {exc}")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"annotation file {annotation_file} is not valid JSON: {exc}")
+    # the one loader (depth limit, typed errors); the content is checked by validate_annotations
+    data = parse_json(raw, AnnotationError, f"annotation file {annotation_file}")
     return data, hashlib.sha256(raw).hexdigest()
 
 
@@ -176,9 +174,10 @@ def _annotation_fault(ann, image_ids, category_ids, seen_ids):
     if ann["id"] in seen_ids:
         return f"repeats annotation id {ann['id']}"
     image_id, category_id = ann.get("image_id"), ann.get("category_id")
-    if image_id not in image_ids or not is_json_int(image_id):
+    # the type first: a list or an object cannot be looked up in a set (TypeError), and true would match id 1
+    if not is_json_int(image_id) or image_id not in image_ids:
         return f"has image_id {image_id!r}, which 'images' does not list"
-    if category_id not in category_ids or not is_json_int(category_id):
+    if not is_json_int(category_id) or category_id not in category_ids:
         return f"has category_id {category_id!r}, which 'categories' does not list"
     bbox = ann.get("bbox")
     if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
