@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from ..errors import DataError, ImageReadError
-from ..fileio import PART_MARK, atomic_write_array, atomic_write_text, is_stale_part
+from ..fileio import PART_MARK, atomic_write_array, atomic_write_text, is_stale_part, naming_os_errors
 from ..spec import input_constants
 from .coco import CocoImageSet, SkippedImage, is_json_int, rotated_image_ids
 from .transform import decode_bgr, letterbox_to_canvas, read_image_bytes
@@ -129,8 +129,9 @@ class _BinRecordWriter:
         self._write({"bin": name, "forget": True})
 
     def _write(self, item):
-        self._handle.write(json.dumps(item, sort_keys=True) + "\n")
-        self._handle.flush()
+        with naming_os_errors(self.path):
+            self._handle.write(json.dumps(item, sort_keys=True) + "\n")
+            self._handle.flush()
 
     def close(self):
         self._handle.close()
