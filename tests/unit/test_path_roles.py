@@ -3,6 +3,7 @@ before any work, for every verb; the roles come from each verb's argument declar
 import argparse
 import hashlib
 import os
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -155,8 +156,9 @@ ALIASES = ("same", "symlink", "hardlink", "inside", "symlinked-folder")
 
 
 def _alias(kind, data, index):
-    """An output path that reaches the annotation file (or the image folder) another way."""
-    tmp = data["tmp"]
+    """An output path that reaches the annotation file (or the image folder) another way (links made in a
+    new folder: hypothesis runs its examples on one tmp_path)."""
+    tmp = tempfile.mkdtemp(dir=data["tmp"], prefix="alias_")
     if kind == "same":
         return data["ann"], "--annotations"
     if kind == "symlink":
