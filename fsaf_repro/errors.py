@@ -66,3 +66,16 @@ class PathError(FsafReproError):
 
 class RunLocked(FsafReproError):
     """Another run is writing the same output (it holds the output's lock file)."""
+
+
+class OptionError(FsafReproError):
+    """An option's value is of the wrong type or outside its declared range (fsaf_repro.options), or an
+    option name is unknown."""
+
+
+class PathRoleError(PathError):
+    """An output path is, or lies inside, one of the same command's inputs (fsaf_repro.pathroles)."""
+
+
+class BackendOptionError(BackendError, OptionError):
+    """A backend was given an option it does not declare, or a value outside the option's kind."""

@@ -25,7 +25,7 @@ import torch
 from .checkpoint import load_detector
 from .decode import _greedy_nms_order, multiclass_nms, pad_detections, select_candidates
 from .errors import ExportError
-from .fileio import atomic_write_json, file_sha256, new_temp_file
+from .fileio import atomic_write_json, file_sha256, new_temp_file, remove_stale_scratch
 from .jsonio import load_json
 from .spec import input_constants, model_constants
 
@@ -360,13 +360,19 @@ def _onnx_version():
     return onnx.__version__
 
 
+EXPORT_SCRATCH_PREFIX = ".export-"
+
+
 def _export_checked(module, plan, out_path):
     """Trace `module` to a temporary file beside `out_path`, declare and check its outputs, then move
     it into place: `out_path` holds a complete, checked model or is left as it was."""
     directory = os.path.dirname(out_path)
     if not os.path.isdir(directory):
         os.makedirs(directory)
-    tmp_path = new_temp_file(directory, ".export-", ".onnx")
+    # the finally below removes this export's file on any exception (Ctrl-C included); a killed
+    # export's file (no finally ran) is removed by the next export into the folder
+    remove_stale_scratch(directory, EXPORT_SCRATCH_PREFIX)
+    tmp_path = new_temp_file(directory, EXPORT_SCRATCH_PREFIX, ".onnx")
     outputs = plan.outputs()
     try:
         with torch.no_grad():

@@ -5,14 +5,16 @@ once complete, so a crash or a kill never leaves a truncated file under the real
 redoes the file instead of trusting it). Stale `.part-` files are recognisable by that mark, and
 their writer by the host and pid in it (see `is_stale_part`).
 """
+import contextlib
 import errno
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
-from typing import Any, Optional, Type, Union
+from typing import Any, List, Optional, Type, Union
 
 from .errors import PathError
 
@@ -44,32 +46,64 @@ def file_sha256(path: PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def naming_os_errors(path: PathLike):
+    """Re-raise an OSError that names no file (a write() or flush() failing with ENOSPC, EIO, EDQUOT:
+    the OS gives only the error number) as the same error naming `path`, the file being written, so
+    that the command line can say which output failed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
 def _atomic(path, write):
     path = str(path)
     directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        os.makedirs(directory)
     tmp = path + part_suffix()
     try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with naming_os_errors(path):
+            if not os.path.isdir(directory):
+                os.makedirs(directory)
+            with open(tmp, "wb") as handle:
+                write(handle)
+            os.replace(tmp, path)
+    except OSError as exc:
+        _remove_if_present(tmp)
+        if exc.filename == tmp:  # name the file being written, not its part file
+            raise OSError(exc.errno, exc.strerror, path) from exc
+        raise
+    except BaseException:  # KeyboardInterrupt included: no part file is left behind
+        _remove_if_present(tmp)
         raise
     return path
 
 
+def _remove_if_present(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def scratch_stem(prefix: str) -> str:
+    """`<prefix><host>-<pid>-<random>`: a scratch name that says which writer owns it, so that a later
+    run can tell a leftover of a writer that is gone (killed: no finally ran) from a live one's."""
+    return f"{prefix}{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
 def new_temp_file(directory: str, prefix: str, suffix: str) -> str:
     """Create an empty, uniquely named file in `directory` and return its path, for writers that need
-    a path (an exporter) before the rename over the target.
+    a path (an exporter) before the rename over the target. Its name says its writer (scratch_stem);
+    remove_stale_scratch(directory, prefix) removes those of writers that are gone.
 
     Its mode is the usual one (0666 less the umask), unlike tempfile.mkstemp's 0600, which the rename
     would carry over to the published file.
     """
     while True:
-        path = os.path.join(directory, f"{prefix}{uuid.uuid4().hex[:16]}{suffix}")
+        path = os.path.join(directory, scratch_stem(prefix) + suffix)
         try:
             descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
@@ -254,6 +288,12 @@ def is_stale_part(path: PathLike, now: Optional[float] = None, grace_seconds: fl
         return False
     writer = name.rsplit(PART_MARK, 1)[1]
     host, _, pid_text = writer.rpartition("-")
+    return _writer_gone(path, host, pid_text, now, grace_seconds)
+
+
+def _writer_gone(path, host, pid_text, now, grace_seconds):
+    """True when the writer (host, pid) of `path` is gone: this host's and not running, or another
+    host's and `path` untouched for `grace_seconds`. This process's own files are never stale."""
     if not pid_text.isdigit():
         return False
     local = host in ("", _host_tag())
@@ -266,3 +306,37 @@ def is_stale_part(path: PathLike, now: Optional[float] = None, grace_seconds: fl
     except OSError:
         return False  # gone already
     return age > grace_seconds
+
+
+# Scratch of a writer on another host (a shared folder) is left alone this long: an export's
+# temporary file stays empty until the exporter writes it at the end, which takes minutes at 800x1216.
+STALE_SCRATCH_SECONDS = 24 * 3600.0
+
+
+def remove_stale_scratch(directory: str, prefix: str, grace_seconds: float = STALE_SCRATCH_SECONDS) -> List[str]:
+    """Remove the scratch files and folders named `<prefix><host>-<pid>-...` (scratch_stem) in
+    `directory` whose writer is gone, and that this user owns; returns their paths. A run calls it
+    before making its own scratch there, so a killed run's leftovers go with the next run."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed  # nothing to clean where nothing can be listed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        host, _, rest = name[len(prefix):].partition("-")
+        pid_text = rest.partition("-")[0]
+        path = os.path.join(directory, name)
+        try:
+            owned = os.lstat(path).st_uid == os.getuid() if hasattr(os, "getuid") else True
+        except OSError:
+            continue
+        if not (owned and _writer_gone(path, host, pid_text, None, grace_seconds)):
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            _remove_if_present(path)
+        removed.append(path)
+    return removed

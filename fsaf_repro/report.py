@@ -14,6 +14,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .fileio import atomic_write_text
 from .spec import accuracy_reference, coco_category_ids, coco_class_names, load_recipe_spec, performance_reference
 
 REPORT_NAME = "report.md"
@@ -623,10 +624,7 @@ def write_report(run_dir: str, context: Dict[str, Any], image_set: Any = None) -
             outputs.append(path)
     text = render_report(context, plots, plots_skipped, drawn)
     report_path = os.path.join(run_dir, REPORT_NAME)
-    tmp = report_path + ".part"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, report_path)
+    atomic_write_text(report_path, text)
     outputs.append(report_path)
     return {"record": {"plots": [rel for _, rel in plots], "plots_skipped": plots_skipped,
                        "detection_images": [rel for _, rel in drawn]}, "outputs": outputs}

@@ -40,11 +40,15 @@ from typing import Dict, List, Optional, Tuple
 
 from . import __version__
 from .backends.base import MODEL_CHECKPOINT, MODEL_OM, ONNX_MODEL_KINDS
+from .convert import PRECISION_MODES
 from .errors import CheckpointError, DataError, FsafReproError, PathError, ToolError
+from .evaluate import SCORERS
 from .fileio import atomic_write_json, file_sha256
 from .locking import run_lock
-from .stagebook import (Late, RunLog, Stage, StageBook, canonical_json,
-                        skipped_step, stage_key, under_spec_sections)
+from .options import (BATCH_SIZE, BATCH_SIZES, BOOLEAN, COUNT, IMAGE_SIDE, NON_NEGATIVE_INT, PROBABILITY, SEED, TEXT,
+                      THREADS_OR_RUNTIME, Choice, OfType, check_batch_memory, check_options)
+from .pathroles import INPUT, OUTPUT, RolePath, check_path_roles
+from .stagebook import (Late, RunLog, Stage, StageBook, canonical_json, skipped_step, stage_key, under_spec_sections)
 from .stages import (GENERATED_IMAGE_DIR, _load_extra_perf, backend_class, run_checkpoint, run_convert, run_data,
                      run_dataset, run_evaluate, run_export, run_fit, run_infer, run_parity, run_perf, run_report,
                      run_results)
@@ -74,6 +78,24 @@ FLAVOURS = ("onnx-nms", "raw", "ascend-nms")
 REFERENCE_BACKEND = "torch"
 ENV_CHECKPOINT = "FSAF_CHECKPOINT"
 ENV_COCO_ROOT = "FSAF_COCO_ROOT"
+
+
+# The declared kind of each option of resolve_config / run_reproduce (fsaf_repro.options); the command
+# line's `reproduce` verb uses the same declarations as its argparse types. None is "the default" for
+# every option; 0 is a value only where its kind says what it means (threads: the runtimes' own count,
+# fit_steps: the seeded weights, no fit). The paths are checked by resolve_inputs and pathroles.
+OPTION_KINDS = {
+    "backends": OfType((str, list, tuple), "comma-separated backend names"), "batch_sizes": BATCH_SIZES,
+    "infer_batch_size": BATCH_SIZE, "height": IMAGE_SIDE, "width": IMAGE_SIDE, "num_images": COUNT, "limit": COUNT,
+    "score_threshold": PROBABILITY, "scorer": Choice(SCORERS), "perf_loops": COUNT, "perf_warmup": NON_NEGATIVE_INT,
+    "parity_images": COUNT, "seed": SEED, "soc_version": TEXT, "precision_mode": Choice(PRECISION_MODES),
+    "extra_perf": OfType((list, tuple), "a list of perf record files"), "threads": THREADS_OR_RUNTIME,
+    "perf_threads": THREADS_OR_RUNTIME, "trusted": BOOLEAN, "progress": BOOLEAN, "echo": BOOLEAN,
+    "fit_steps": NON_NEGATIVE_INT, "npu_present": BOOLEAN,
+    "environ": OfType(dict, "a mapping of environment variables"),
+}
+# the paths resolve_config takes, checked as paths (not by a kind)
+PATH_OPTIONS = ("run_dir", "checkpoint", "coco_root")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,10 +270,22 @@ def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                    environ=None, npu_present=None, fit_steps=None) -> RunConfig:
     """The RunConfig of run_reproduce's arguments (None: the embedded default or the recipe's value).
 
-    Inputs read only late in the run are checked here, before minutes of export and inference: the
-    paths, the COCO annotation file, the extra perf records, the backend names. `npu_present` (for the
-    default batch sizes) is probed when not given.
+    Every option is checked against its declared kind (OPTION_KINDS) first. Inputs read only late in
+    the run are checked here, before minutes of export and inference: the paths, the COCO annotation
+    file, the extra perf records, the backend names, and the memory of the batch sizes at the input size.
+    `npu_present` (for the default batch sizes) is probed when not given.
     """
+    options = dict(locals())
+    paths = {name: options.pop(name) for name in PATH_OPTIONS}
+    checked = check_options(OPTION_KINDS, options, "reproduce", spell=lambda name: "--" + name.replace("_", "-"))
+    return _resolve_checked(**paths, **checked)
+
+
+def _resolve_checked(run_dir, checkpoint, coco_root, backends, batch_sizes, infer_batch_size, height, width,
+                     num_images, limit, score_threshold, scorer, perf_loops, perf_warmup, parity_images, seed,
+                     soc_version, precision_mode, extra_perf, threads, perf_threads, trusted, progress, echo,
+                     environ, npu_present, fit_steps) -> RunConfig:
+    """resolve_config's body, on options already checked against their kinds."""
     from .backends import get_backend_class
     from .spec import input_constants, model_constants, performance_reference
     checkpoint, coco_root = resolve_inputs(checkpoint, coco_root, environ)
@@ -281,21 +315,38 @@ def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None,
             get_backend_class(name)  # an unknown name is an error (naming the known ones), before any work
         except ImportError:
             pass  # a backend module that fails to import: probe_host reports it unavailable
-    return RunConfig(
+    config = RunConfig(
         run_dir=run_dir,
         checkpoint=checkpoint, coco_root=coco_root, backends=tuple(backend_names), batch_sizes=tuple(sizes),
-        infer_batch_size=int(infer_batch_size or sizes[0]), height=int(height or default_hw[0]),
-        width=int(width or default_hw[1]), num_images=int(num_images or EMBEDDED_NUM_IMAGES), limit=limit,
-        score_threshold=float(model_constants()["score_threshold"] if score_threshold is None else score_threshold),
-        scorer=scorer, perf_loops=int(perf_loops or DEFAULT_PERF_LOOPS),
-        perf_warmup=int(DEFAULT_PERF_WARMUP if perf_warmup is None else perf_warmup),
-        parity_images=int(parity_images or DEFAULT_PARITY_IMAGES), seed=seed, soc_version=soc_version,
+        infer_batch_size=_default(infer_batch_size, sizes[0]), height=_default(height, default_hw[0]),
+        width=_default(width, default_hw[1]), num_images=_default(num_images, EMBEDDED_NUM_IMAGES), limit=limit,
+        score_threshold=_default(score_threshold, float(model_constants()["score_threshold"])),
+        scorer=scorer, perf_loops=_default(perf_loops, DEFAULT_PERF_LOOPS),
+        perf_warmup=_default(perf_warmup, DEFAULT_PERF_WARMUP),
+        parity_images=_default(parity_images, DEFAULT_PARITY_IMAGES), seed=seed, soc_version=soc_version,
         precision_mode=precision_mode, extra_perf=tuple(extra_perf or ()),
-        threads=default_threads() if threads is None else (int(threads) or None),
+        threads=default_threads() if threads is None else (threads or None),
         # pure-inference timing has no loader beside it: the whole host, as the recipe's tools use the device
-        perf_threads=(os.cpu_count() or 1) if perf_threads is None else (int(perf_threads) or None),
+        perf_threads=(os.cpu_count() or 1) if perf_threads is None else (perf_threads or None),
         trust_checkpoint=bool(trusted), progress=bool(progress), echo=bool(echo),
         fit_steps=_fit_steps(fit_steps, checkpoint))
+    _check_batch_memory(config, infer_batch_size)
+    return config
+
+
+def _default(value, default):
+    """`value`, or `default` when it is None (and only then: 0 is a value, refused by its kind or meant)."""
+    return default if value is None else value
+
+
+def _check_batch_memory(config, infer_batch_size):
+    """Each batch size's memory at the run's input size; a given data set batch above the images run."""
+    # a generated set's image count is known here; a COCO root's is its annotation file's
+    images = (config.limit or config.num_images) if config.generated else config.limit
+    check_batch_memory(config.infer_batch_size, config.height, config.width, "--infer-batch-size",
+                       batches_in_flight=4, images=images if infer_batch_size is not None else None)
+    for size in config.batch_sizes:
+        check_batch_memory(size, config.height, config.width, "--batch-sizes")
 
 
 def _refuse_run_outputs_as_extra_perf(extra_perf, run_dir):
@@ -314,11 +365,7 @@ def _fit_steps(fit_steps, checkpoint):
     """Steps of the fit that makes the weights when no checkpoint is given (0: seeded weights, no fit)."""
     if checkpoint is not None:
         return 0  # a given checkpoint is used as it is
-    if fit_steps is None:
-        return DEFAULT_FIT_STEPS
-    if int(fit_steps) < 0:
-        raise FsafReproError(f"--fit-steps must be >= 0 (0: seeded weights), got {fit_steps}")
-    return int(fit_steps)
+    return DEFAULT_FIT_STEPS if fit_steps is None else fit_steps  # >= 0 by its kind
 
 
 @dataclass(frozen=True)
@@ -746,6 +793,12 @@ def run_reproduce(*args, **kwargs):
     checkpoint, coco_root = resolve_inputs(given["checkpoint"], given["coco_root"], given["environ"])
     given["run_dir"] = os.path.abspath(given["run_dir"] or default_run_dir(
         checkpoint is None and coco_root is None, checkpoint, coco_root))
+    # the run directory must not be an input, nor lie inside the COCO root (given or from the environment)
+    check_path_roles([RolePath("--run-dir", OUTPUT, given["run_dir"])] + [
+        RolePath(option, INPUT, path) for option, path in (
+            (f"--checkpoint (or ${ENV_CHECKPOINT})", checkpoint), (f"--coco-root (or ${ENV_COCO_ROOT})", coco_root))
+        if path is not None] + [RolePath("--extra-perf", INPUT, str(path)) for path in given["extra_perf"] or ()],
+        "reproduce")
     # one writer per run directory: a second run on it refuses at once (fsaf_repro.locking)
     with run_lock(given["run_dir"], "reproduce"):
         torch_threads = torch.get_num_threads()

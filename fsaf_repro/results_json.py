@@ -10,7 +10,7 @@ import os
 from typing import Any, Dict, Iterable, List, Optional
 
 from .errors import ResultsError
-from .fileio import atomic_write_text, part_suffix, read_json
+from .fileio import atomic_write_text, naming_os_errors, part_suffix, read_json
 from .jsonio import short_repr
 
 
@@ -29,13 +29,14 @@ def write_results_streaming(path: str, results: Iterable[Dict[str, Any]]) -> int
     tmp = path + part_suffix()
     count = 0
     try:
-        with open(tmp, "w") as handle:
+        with naming_os_errors(path), open(tmp, "w") as handle:
             handle.write("[")
             for result in results:
                 handle.write((", " if count else "") + json.dumps(result))
                 count += 1
             handle.write("]")
-        os.replace(tmp, path)
+        with naming_os_errors(path):
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

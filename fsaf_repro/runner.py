@@ -39,7 +39,7 @@ import numpy as np
 from . import __version__
 from .data import iter_batches
 from .errors import BackendError, ImageReadError, JournalMismatch, ResultsError
-from .fileio import file_sha256
+from .fileio import atomic_write_text, file_sha256, naming_os_errors
 from .locking import run_lock
 from .perf import dataset_records
 from .postprocess import detections_to_coco
@@ -209,9 +209,10 @@ class Journal:
     def _write_line(self, obj):
         line = (_canonical(obj) + "\n").encode("utf-8")
         offset = self._size
-        self._handle.write(line)
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        with naming_os_errors(self.path):
+            self._handle.write(line)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
         self._size += len(line)
         self._lines += 1
         return offset
@@ -322,8 +323,7 @@ def _write_skipped(results_path, skipped):
     """`<results>.skipped.json` lists the skipped images; without any, no such file is left."""
     skipped_path = str(results_path) + ".skipped.json"
     if skipped:
-        with open(skipped_path, "w") as handle:
-            json.dump(skipped, handle, indent=1)
+        atomic_write_text(skipped_path, json.dumps(skipped, indent=1))
     elif os.path.exists(skipped_path):
         os.remove(skipped_path)
 

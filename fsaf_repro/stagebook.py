@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 from . import __version__
 from .errors import DataError, FsafReproError, ResultsError
-from .fileio import atomic_write_json, file_sha256
+from .fileio import atomic_write_json, file_sha256, naming_os_errors
 from .jsonio import integer, load_json, mapping, nullable, obj, real_number, text_value
 from .spec import section_digest
 
@@ -316,7 +316,7 @@ class RunLog:
             sys.stdout.write(f"reproduce: {message}\n")
             sys.stdout.flush()
         stamp = datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z"
-        with open(self.path, "a") as handle:
+        with naming_os_errors(self.path), open(self.path, "a") as handle:
             handle.write(f"{stamp} {message}\n")
 
 

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError
+from .fileio import atomic_write_text
 from .spec import coco_category_ids, coco_class_names
 
 # (width, height, format) cycled over the images; format "gray" is a single-channel JPEG.
@@ -240,10 +241,7 @@ def _annotation(ann_id, image_id, category_id, bbox, area):
 
 
 def _dump_json_atomically(dataset, path):
-    tmp = path + ".part"
-    with open(tmp, "w") as handle:
-        json.dump(dataset, handle)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(dataset))
 
 
 def make_synthetic_coco(out_dir, num_images=8, seed=0, layouts=None, max_objects=4, write_images=True,

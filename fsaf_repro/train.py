@@ -34,7 +34,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import FsafReproError
+from .errors import FsafReproError, OptionError
+from .fileio import remove_stale_scratch, scratch_stem
+from .options import (BATCH_SIZE, COUNT, IMAGE_SIDE, NON_NEGATIVE_INT, POSITIVE_INT, Choice, Integer, Real,
+                      check_options)
 from .spec import model_constants
 from .torch_threads import set_intra_op_threads
 
@@ -501,6 +504,19 @@ DEFAULTS = {
 }
 
 
+OPTIMIZERS = ("adam", "sgd")
+
+# Each fit parameter's declared kind (fsaf_repro.options): make-checkpoint's options and fit_parameters
+# check the same declaration.
+PARAMETER_KINDS = {
+    "height": IMAGE_SIDE, "width": IMAGE_SIDE, "train_images": COUNT, "steps": COUNT, "batch_size": BATCH_SIZE,
+    "channels": Integer(1, lambda: model_constants()["fpn_channels"], what="a channel count"),
+    "optimizer": Choice(OPTIMIZERS), "lr": Real(0.0, low_open=True), "momentum": Real(0.0, 1.0, high_open=True),
+    "weight_decay": Real(0.0), "grad_clip": Real(0.0, low_open=True), "warmup_steps": NON_NEGATIVE_INT,
+    "max_objects": POSITIVE_INT, "feature_dropout": Real(0.0, 1.0, high_open=True),
+}
+
+
 def fit_meta(seed, data_seed, params, history):
     from .spec import load_recipe_spec
     return {
@@ -516,6 +532,9 @@ def fit_meta(seed, data_seed, params, history):
                  "weights (not trained), neck and head trained in a {}-channel subspace; its detections "
                  "mean something on generated images only".format(params["channels"])),
     }
+
+
+FIT_SCRATCH_PREFIX = "fsaf_fit_"
 
 
 def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0, threads=None, progress=True,
@@ -541,7 +560,11 @@ def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0,
     detector = build_detector()
     detector.load_state_dict(full_state)
     own_workdir = workdir is None
-    workdir = tempfile.mkdtemp(prefix="fsaf_fit_") if own_workdir else workdir
+    if own_workdir:
+        # removed by the finally below on any exception (Ctrl-C included); a killed fit's folder (no
+        # finally ran) is removed by the next fit
+        remove_stale_scratch(tempfile.gettempdir(), FIT_SCRATCH_PREFIX)
+        workdir = tempfile.mkdtemp(prefix=scratch_stem(FIT_SCRATCH_PREFIX))
     try:
         sets = _generated_feature_sets(workdir, params, detector.backbone.eval(), data_seed, eval_seed,
                                        eval_images, progress)
@@ -567,14 +590,10 @@ def fit_parameters(overrides):
     if unknown:
         raise FitError(f"unknown fit parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
     params = dict(DEFAULTS, **overrides)
-    for name in ("train_images", "steps", "batch_size", "channels", "height", "width"):
-        if int(params[name]) < 1:
-            raise FitError(f"{name} must be >= 1, got {params[name]}")
-    if params["optimizer"] not in OPTIMIZERS:
-        raise FitError(f"unknown optimizer {params['optimizer']!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if int(params["channels"]) > model_constants()["fpn_channels"]:
-        raise FitError(f"channels must be <= {model_constants()['fpn_channels']}, got {params['channels']}")
-    return params
+    try:
+        return dict(params, **check_options(PARAMETER_KINDS, params, "fit"))
+    except OptionError as exc:
+        raise FitError(str(exc)) from None
 
 
 def _generated_feature_sets(workdir, params, backbone, data_seed, eval_seed, eval_images, progress):
@@ -687,8 +706,6 @@ def drop_channels(features, rate, generator):
         out.append(feat * keep / (1.0 - rate))
     return out
 
-
-OPTIMIZERS = ("adam", "sgd")
 
 
 def _optimizer(thin, params):

@@ -77,8 +77,11 @@ def backend_availability(name: str) -> Availability:
 
 
 def create_backend(name: str, **options) -> Backend:
-    """Instantiate backend `name`; raises BackendUnavailable with the reason if it cannot run here."""
+    """Instantiate backend `name`; raises BackendUnavailable with the reason if it cannot run here, and
+    BackendOptionError for an option the backend does not declare (a misspelt name is not ignored) or a
+    value outside the option's declared kind (Backend.declared_options)."""
     cls = get_backend_class(name)
+    options = cls.check_options(options)
     avail = cls.availability()
     if not avail.ok:
         raise BackendUnavailable(f"backend {name!r} unavailable: {avail.reason}")

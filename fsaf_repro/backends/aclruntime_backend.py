@@ -10,6 +10,7 @@ import numpy as np
 
 from .base import Availability, OmBackend, normalise_outputs
 from ..errors import BackendError, ToolError
+from ..options import NON_NEGATIVE_INT
 
 INSTALL_HINT = ("install the aclruntime and ais_bench wheels (Ascend/tools repository, "
                 "ais-bench_workload/tool/ais_bench) on a host with an Ascend NPU and "
@@ -24,6 +25,7 @@ class AclRuntimeBackend(OmBackend):
     """Options: device_id (default 0)."""
 
     name = "aclruntime"
+    option_kinds = {"device_id": NON_NEGATIVE_INT}
 
     @classmethod
     def availability(cls):

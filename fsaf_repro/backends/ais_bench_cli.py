@@ -21,6 +21,7 @@ from .base import Availability, read_output_files
 from .om_tool import OmToolBackend
 from ..errors import BackendError, OutputFormatError, ToolError
 from ..jsonio import load_json
+from ..options import OfType
 from ..tools import run_tool
 
 INSTALL_HINT = ("install the ais_bench and aclruntime wheels (Ascend/tools repository, "
@@ -44,6 +45,8 @@ class AisBenchCliBackend(OmToolBackend):
     (the tool log), timeout, keep_scratch, batch_size (for an om without sidecar)."""
 
     name = "ais_bench"
+    option_kinds = dict(OmToolBackend.option_kinds,
+                        command=OfType((str, list, tuple), "a command: text or a list of arguments"))
 
     @classmethod
     def availability(cls):

@@ -17,7 +17,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..errors import BackendError, BatchSizeMismatch
+from ..errors import BackendError, BackendOptionError, BatchSizeMismatch, OptionError
+from ..options import BOOLEAN, THREADS, check_options
 
 # Whether a backend can run on this host, and why not. Defined here rather than in the package's
 # __init__ (which re-exports it) so that the contract imports nothing from the registry above it.
@@ -91,6 +92,9 @@ class Backend:
     model_kind = None  # type: Optional[str]
     takes_threads = False
     device_kind = "cpu"  # "cpu", "gpu" or "npu"
+    # The options this backend takes besides those its facts imply (declared_options), each with its
+    # declared kind (fsaf_repro.options): create_backend refuses any other name and any value out of range.
+    option_kinds = {}  # type: Dict[str, Any]
 
     def __init__(self, **options: Any) -> None:
         self.options = dict(options)
@@ -103,6 +107,28 @@ class Backend:
     @classmethod
     def availability(cls) -> Availability:
         return Availability(True, "")
+
+    @classmethod
+    def declared_options(cls) -> Dict[str, Any]:
+        """Option name -> kind: `threads` for a backend that takes threads, `trusted` for one that loads a
+        checkpoint, and the class's own `option_kinds`."""
+        kinds = {}  # type: Dict[str, Any]
+        if cls.takes_threads:
+            kinds["threads"] = THREADS
+        if cls.model_kind == MODEL_CHECKPOINT:
+            kinds["trusted"] = BOOLEAN
+        kinds.update(cls.option_kinds)
+        return kinds
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> Dict[str, Any]:
+        """`options` checked against declared_options (BackendOptionError naming the option otherwise)."""
+        try:
+            return check_options(cls.declared_options(), dict(options), f"backend {cls.name}")
+        except OptionError as exc:
+            message = str(exc)
+            prefix = "" if message.startswith("backend ") else f"backend {cls.name}: "
+            raise BackendOptionError(prefix + message) from None
 
     @classmethod
     def device_label(cls, soc_version: Optional[str] = None) -> str:

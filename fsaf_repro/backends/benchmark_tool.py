@@ -20,6 +20,7 @@ from .base import Availability, read_output_files
 from .om_tool import OmToolBackend
 from ..errors import DataError, OutputFormatError, ResultsError, ToolError
 from ..fileio import atomic_write_text
+from ..options import TEXT
 from ..perf import parse_benchmark_perf
 from ..tools import run_tool
 
@@ -129,6 +130,7 @@ class BenchmarkToolBackend(OmToolBackend):
     records), keep_scratch."""
 
     name = "benchmark"
+    option_kinds = dict(OmToolBackend.option_kinds, executable=TEXT, device_label=TEXT, precision=TEXT)
 
     @classmethod
     def availability(cls):

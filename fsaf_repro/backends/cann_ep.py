@@ -4,12 +4,14 @@ Runs the onnx-nms or raw flavour on an Ascend NPU through ONNX Runtime instead o
 provider_options are passed to the CANN provider (e.g. {"device_id": 0, "npu_mem_limit": ...}).
 """
 from .onnxruntime_backend import OnnxRuntimeBackend
+from ..options import NON_NEGATIVE_INT
 
 
 class OnnxRuntimeCannBackend(OnnxRuntimeBackend):
     name = "onnxruntime-cann"
     device_kind = "npu"  # records labelled by the soc (310P, 310), like the om backends'
     provider = "CANNExecutionProvider"
+    option_kinds = dict(OnnxRuntimeBackend.option_kinds, device_id=NON_NEGATIVE_INT)
     install_hint = ("install onnxruntime-cann (PyPI, instead of onnxruntime) on a host with an Ascend NPU, "
                     "the CANN toolkit and `source /usr/local/Ascend/ascend-toolkit/set_env.sh`")
 

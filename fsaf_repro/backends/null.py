@@ -12,6 +12,7 @@ import numpy as np
 
 from .base import Backend, empty_outputs
 from ..errors import BackendError
+from ..options import BATCH_SIZE, Choice, Real
 from ..spec import model_constants
 
 
@@ -19,6 +20,7 @@ class NullBackend(Backend):
     """Options: batch_size (emulate a static-batch model), detections ("empty" | "echo"), delay_s."""
 
     name = "null"
+    option_kinds = {"batch_size": BATCH_SIZE, "detections": Choice(("empty", "echo")), "delay_s": Real(0.0)}
 
     def __init__(self, batch_size=None, detections="empty", delay_s=0.0, **options):
         super().__init__(**options)

@@ -19,6 +19,7 @@ import numpy as np
 
 from .base import OmBackend
 from ..errors import BackendError, ToolError
+from ..options import BATCH_SIZE, BOOLEAN, NON_NEGATIVE_INT, TEXT, TIMEOUT
 
 
 def om_batch_size(model_path: str, options: Dict[str, Any], backend_name: str) -> Tuple[int, Optional[dict]]:
@@ -46,6 +47,9 @@ class OmToolBackend(OmBackend):
     Options shared by the tools: workdir (scratch parent and tool log folder), log_path (the tool
     log), timeout, keep_scratch, batch_size (for an om without sidecar), device_id.
     """
+
+    option_kinds = {"workdir": TEXT, "log_path": TEXT, "timeout": TIMEOUT, "keep_scratch": BOOLEAN,
+                    "batch_size": BATCH_SIZE, "device_id": NON_NEGATIVE_INT}
 
     def attach_om(self, model_path: str) -> None:
         """The shared load step: check the om, take its static batch size, start the tool log."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from .base import Availability, Backend, normalise_outputs
 from ..errors import BackendError
+from ..options import BOOLEAN, THREADS, Choice, OfType
 
 GRAPH_OPTIMISATION = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                       "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -38,6 +39,9 @@ class OnnxRuntimeBackend(Backend):
     takes_threads = True
     provider = "CPUExecutionProvider"
     install_hint = "pip install onnxruntime (the project's `ort` extra)"
+    option_kinds = {"inter_op_threads": THREADS, "graph_optimization": Choice(GRAPH_OPTIMISATION),
+                    "execution_mode": Choice(("sequential", "parallel")),
+                    "provider_options": OfType(dict, "a mapping of provider options"), "allow_spinning": BOOLEAN}
 
     @classmethod
     def availability(cls):

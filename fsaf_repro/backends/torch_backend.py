@@ -3,6 +3,7 @@ import numpy as np
 
 from .base import MODEL_CHECKPOINT, Availability, Backend, normalise_outputs
 from ..errors import BackendError
+from ..options import TEXT
 from ..torch_threads import set_intra_op_threads
 
 
@@ -12,6 +13,7 @@ class TorchBackend(Backend):
     name = "torch"
     model_kind = MODEL_CHECKPOINT
     takes_threads = True
+    option_kinds = {"device": TEXT}  # "cpu", "cuda", "cuda:1"
 
     @classmethod
     def availability(cls):

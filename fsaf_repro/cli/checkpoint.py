@@ -2,8 +2,9 @@
 on a generated set with FSAF's training rule."""
 from ..checkpoint import write_seeded_checkpoint
 from ..fileio import file_sha256
-from ..train import DEFAULTS, OPTIMIZERS, fit_generated
-from .args import output_file
+from ..options import NON_NEGATIVE_INT, SEED, THREADS
+from ..train import DEFAULTS, PARAMETER_KINDS, fit_generated
+from .args import output_file, typed
 
 
 def register(subparsers):
@@ -12,7 +13,7 @@ def register(subparsers):
         help="write seeded FSAF weights in the official checkpoint layout (a stand-in for "
              "fsaf_r50_fpn_1x_coco-94ccc51f.pth where it is absent)")
     parser.add_argument("output", type=output_file("checkpoint file"), help="path of the .pth file to write")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=typed(SEED), default=0, help="seed of the weights (default 0)")
     _add_fit_arguments(parser)
     parser.set_defaults(func=_cli_make_checkpoint)
 
@@ -30,17 +31,18 @@ def _add_fit_arguments(parser):
     group.add_argument("--fit-generated", action="store_true",
                        help="fit neck and head with FSAF's training rule on a generated set (style 'classes') "
                             "instead of writing untrained seeded weights")
-    group.add_argument("--data-seed", type=int, default=1000, help="seed of the generated training set")
-    group.add_argument("--eval-images", type=int, default=0,
-                       help="score on a held-out generated set of this many images (seed --data-seed + 1)")
-    group.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    group.add_argument("--data-seed", type=typed(SEED), default=1000, help="seed of the generated training set")
+    group.add_argument("--eval-images", type=typed(NON_NEGATIVE_INT), default=0,
+                       help="score on a held-out generated set of this many images (seed --data-seed + 1); "
+                            "0 (the default): no held-out scoring")
+    group.add_argument("--threads", type=typed(THREADS), default=None, help="torch intra-op threads (default: torch's)")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # the fit's own declarations (fsaf_repro.train.PARAMETER_KINDS): the same kinds fit_parameters checks
     for name in ("train_images", "steps", "batch_size", "channels", "height", "width", "warmup_steps",
-                 "max_objects"):
-        group.add_argument("--" + name.replace("_", "-"), type=int, default=DEFAULTS[name], dest="fit_" + name)
-    for name in ("lr", "feature_dropout"):
-        group.add_argument("--" + name, type=float, default=DEFAULTS[name], dest="fit_" + name)
-    group.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS["optimizer"], dest="fit_optimizer")
+                 "max_objects", "lr", "feature_dropout", "optimizer"):
+        kind = PARAMETER_KINDS[name]
+        group.add_argument("--" + name.replace("_", "-"), type=typed(kind), default=DEFAULTS[name], dest="fit_" + name,
+                           help=f"{kind.describe} (default {DEFAULTS[name]})")
 
 
 def _cli_fit_generated(args):

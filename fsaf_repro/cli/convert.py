@@ -1,9 +1,9 @@
 """The `convert` verb (recipe step 3.2): ONNX -> one .om per batch size with atc (or aoe tuning)."""
 import os
 
-from ..convert import (DEFAULT_BATCH_SIZES, DEFAULT_OUT_NODES, PRECISION_MODES, convert_batch_sizes,
-                       parse_batch_sizes)
-from .args import input_file, output_dir
+from ..convert import DEFAULT_BATCH_SIZES, DEFAULT_OUT_NODES, PRECISION_MODES, convert_batch_sizes
+from ..options import BATCH_SIZES, TEXT, TIMEOUT
+from .args import input_file, output_dir, typed
 
 
 def register(subparsers):
@@ -17,27 +17,29 @@ def register(subparsers):
                         help="exported ONNX model (its sidecar <onnx>.json supplies the input shape)")
     parser.add_argument("--out-dir", default="om", type=output_dir("om folder"),
                         help="where the .om files, logs and sidecars go (default: om)")
-    parser.add_argument("--batch-sizes", default=",".join(str(b) for b in DEFAULT_BATCH_SIZES),
+    parser.add_argument("--batch-sizes", default=",".join(str(b) for b in DEFAULT_BATCH_SIZES), type=typed(BATCH_SIZES),
                         help="comma-separated batch sizes (default: the recipe's 1,4,8,16,32,64)")
-    parser.add_argument("--soc-version", default=None,
+    parser.add_argument("--soc-version", default=None, type=typed(TEXT),
                         help="e.g. Ascend310P3; default: read from `npu-smi info`")
     parser.add_argument("--precision-mode", default="force_fp16", choices=PRECISION_MODES)
-    parser.add_argument("--out-nodes", default=DEFAULT_OUT_NODES,
+    parser.add_argument("--out-nodes", default=DEFAULT_OUT_NODES, type=typed(TEXT),
                         help="atc --out_nodes (default: dets;labels)")
     parser.add_argument("--aoe", action="store_true",
                         help="run aoe operator tuning (job type 2) instead of atc")
     parser.add_argument("--job-type", type=int, default=2, choices=(1, 2), help="aoe job type (default 2)")
-    parser.add_argument("--log-level", default="error", help="atc --log level (default: error)")
-    parser.add_argument("--atc", default=None, help="atc executable (default: atc on PATH)")
-    parser.add_argument("--aoe-bin", default=None, help="aoe executable (default: aoe on PATH)")
-    parser.add_argument("--npu-smi", default="npu-smi", help="npu-smi executable (default: npu-smi on PATH)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per conversion")
+    parser.add_argument("--log-level", default="error", type=typed(TEXT), help="atc --log level (default: error)")
+    parser.add_argument("--atc", default=None, type=typed(TEXT), help="atc executable (default: atc on PATH)")
+    parser.add_argument("--aoe-bin", default=None, type=typed(TEXT), help="aoe executable (default: aoe on PATH)")
+    parser.add_argument("--npu-smi", default="npu-smi", type=typed(TEXT),
+                        help="npu-smi executable (default: npu-smi on PATH)")
+    parser.add_argument("--timeout", type=typed(TIMEOUT), default=None,
+                        help="seconds allowed per conversion, finite and > 0 (default: no limit)")
     parser.add_argument("--stop-on-error", action="store_true", help="stop at the first failing batch size")
     parser.set_defaults(func=_cli_convert)
 
 
 def _cli_convert(args):
-    sizes = parse_batch_sizes(args.batch_sizes)
+    sizes = args.batch_sizes  # a sorted list of positive ints (BATCH_SIZES)
     kwargs = dict(precision_mode=args.precision_mode, out_nodes=args.out_nodes, log_level=args.log_level,
                   job_type=args.job_type, timeout=args.timeout,
                   executable=args.aoe_bin if args.aoe else args.atc)

@@ -4,7 +4,8 @@ import os
 
 from ..errors import DataError
 from ..synthetic import generated_here, make_synthetic_coco
-from .args import output_dir
+from ..options import COUNT, SEED
+from .args import output_dir, typed
 
 
 def _cli_make_dataset(args):
@@ -24,6 +25,6 @@ def register(subparsers):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", required=True, type=output_dir("dataset folder"),
                         help="output directory (annotations/ and val2017/)")
-    parser.add_argument("--num-images", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-images", type=typed(COUNT), default=8, help="images to generate")
+    parser.add_argument("--seed", type=typed(SEED), default=0, help="seed of the generated images")
     parser.set_defaults(func=_cli_make_dataset)

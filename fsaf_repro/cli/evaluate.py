@@ -5,7 +5,8 @@ from ..data import read_annotation_file
 from ..evaluate import (SCORERS, evaluate_results, format_per_class_table, format_recipe_table,
                         metrics_record)
 from ..results_json import write_results_json
-from .args import input_file, output_file
+from ..options import COUNT
+from .args import input_file, output_file, typed
 
 
 def _cli_evaluate(args):
@@ -37,8 +38,8 @@ def register(subparsers):
                         help="COCO instances json (ground truth)")
     parser.add_argument("--results", required=True, type=input_file("results file"), help="COCO results json to score")
     parser.add_argument("--scorer", default="pycocotools", choices=SCORERS)
-    parser.add_argument("--limit", type=int, default=None,
-                        help="score only the first N images by id (a partial run)")
+    parser.add_argument("--limit", type=typed(COUNT), default=None,
+                        help="score only the first N images by id (a partial run; default: all)")
     parser.add_argument("--metrics-out", default=None, type=output_file("metrics file"),
                         help="write the metrics record (json) here")
     parser.add_argument("--no-per-class", action="store_true", help="skip the per-class AP table")

@@ -2,10 +2,14 @@
 from ..backends import create_backend
 from ..data import CocoImageSet
 from ..locking import run_lock
+from ..options import BATCH_SIZE, COUNT, IMAGE_SIDE, THREADS, Integer, check_batch_memory
 from ..perf import format_records, write_records
 from ..runner import infer_dataset
 from ..spec import input_constants
-from .args import input_dir, input_file, output_file, parse_backend_options
+from .args import BACKEND_NAME, KEY_VALUE, input_dir, input_file, output_file, parse_backend_options, typed
+
+# batches decoded ahead: each holds a batch of images in memory (check_batch_memory counts them)
+PREFETCH = Integer(1, 64, what="a number of batches")
 
 
 def register(subparsers):
@@ -17,19 +21,22 @@ def register(subparsers):
     parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
                         help="COCO instances json (instances_val2017.json)")
     parser.add_argument("--images", required=True, type=input_dir("image folder"), help="image directory (val2017)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images by image id")
-    parser.add_argument("--height", type=int, default=None, help="network input height (spec: 800)")
-    parser.add_argument("--width", type=int, default=None, help="network input width (spec: 1216)")
-    parser.add_argument("--backend", default="onnxruntime", help="backend name (default onnxruntime)")
+    parser.add_argument("--limit", type=typed(COUNT), default=None,
+                        help="only the first N images by image id (default: all)")
+    parser.add_argument("--height", type=typed(IMAGE_SIDE), default=None, help="network input height (spec: 800)")
+    parser.add_argument("--width", type=typed(IMAGE_SIDE), default=None, help="network input width (spec: 1216)")
+    parser.add_argument("--backend", default="onnxruntime", type=typed(BACKEND_NAME),
+                        help="backend name (default onnxruntime)")
     parser.add_argument("--model", default=None, type=input_file("model file"),
                         help="model file (.onnx, .om, checkpoint .pth)")
-    parser.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE", type=typed(KEY_VALUE),
                         help="backend option, repeatable (e.g. threads=2, device_id=0, batch_size=4)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per batch (default: the model's static batch size, else 1)")
+    parser.add_argument("--batch-size", type=typed(BATCH_SIZE), default=None,
+                        help="images per batch, at most the number of images run and what memory allows "
+                             "(default: the model's static batch size, else 1)")
     parser.add_argument("--input-dtype", default="float32", choices=("float32", "uint8"))
-    parser.add_argument("--prefetch", type=int, default=2, help="batches decoded ahead (default 2)")
-    parser.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    parser.add_argument("--prefetch", type=typed(PREFETCH), default=2, help="batches decoded ahead (default 2)")
+    parser.add_argument("--workers", type=typed(THREADS), default=2, help="decoding threads (default 2)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip unreadable images and list them (default: stop with the file named)")
     parser.add_argument("--out", required=True, type=output_file("results file"), help="results json to write")
@@ -51,6 +58,10 @@ def _cli_infer_locked(args):
     inp = input_constants()
     image_set = CocoImageSet(args.annotations, args.images, limit=args.limit,
                              height=args.height or inp["height"], width=args.width or inp["width"])
+    if args.batch_size is not None:
+        # the loader holds prefetch + 2 batches (its recycled buffers), the backend one batch's activations
+        check_batch_memory(args.batch_size, image_set.height, image_set.width, "--batch-size",
+                           batches_in_flight=args.prefetch + 2, images=len(image_set))
     options = parse_backend_options(args.backend_option)
     with create_backend(args.backend, **options) as backend:
         backend.load(args.model)

@@ -1,13 +1,15 @@
 """The `perf` and `gates` verbs: throughput records (measured or parsed) and the recipe's two gates."""
 from ..backends import create_backend
 from ..backends.benchmark_tool import run_info_file
-from ..convert import parse_batch_sizes, read_om_sidecar
-from ..errors import FsafReproError, ResultsError, ToolError
+from ..convert import read_om_sidecar
+from ..errors import FsafReproError, ResultsError
+from ..options import (BATCH_SIZE, BATCH_SIZES, COUNT, IMAGE_SIDE, NON_NEGATIVE_INT, POSITIVE_INT, TEXT, THREADS,
+                       check_batch_memory)
 from ..perf import (MODE_DEFINITIONS, best_batch, compare_to_reference, evaluate_gates, fixed_input, format_gates,
                     format_records, load_records, measure_pure_inference, parse_ais_bench_summary,
                     parse_benchmark_perf, reference_records, write_records)
 from ..spec import input_constants
-from .args import input_file, output_file, parse_backend_options
+from .args import BACKEND_NAME, KEY_VALUE, input_file, output_file, output_place, parse_backend_options, typed
 
 
 def register(subparsers):
@@ -16,36 +18,39 @@ def register(subparsers):
         description="Throughput records with their definitions. Measure: --backend NAME --model PATH runs a "
                     "fixed input --loops times after --warmup runs for each --batch-sizes. Parse: "
                     "--from-benchmark PERF_TXT or --from-ais-bench SUMMARY_JSON.")
-    perf.add_argument("--backend", help="backend name (see fsaf_repro.backends)")
+    perf.add_argument("--backend", type=typed(BACKEND_NAME), help="backend name (see fsaf_repro.backends)")
     perf.add_argument("--model", type=input_file("model file"),
                       help="model file for the backend (onnx, om, checkpoint)")
-    perf.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default 1)")
-    perf.add_argument("--loops", type=int, default=20)
-    perf.add_argument("--warmup", type=int, default=3)
-    perf.add_argument("--height", type=int, default=None)
-    perf.add_argument("--width", type=int, default=None)
+    perf.add_argument("--batch-sizes", default="1", type=typed(BATCH_SIZES),
+                      help="comma-separated batch sizes (default 1)")
+    perf.add_argument("--loops", type=typed(COUNT), default=20, help="timed runs per batch size (default 20)")
+    perf.add_argument("--warmup", type=typed(NON_NEGATIVE_INT), default=3,
+                      help="untimed warm-up runs before them (default 3; 0: none)")
+    perf.add_argument("--height", type=typed(IMAGE_SIDE), default=None, help="input height (default: the recipe's)")
+    perf.add_argument("--width", type=typed(IMAGE_SIDE), default=None, help="input width (default: the recipe's)")
     perf.add_argument("--input-dtype", default="float32", choices=("float32", "uint8"))
-    perf.add_argument("--threads", type=int, default=None, help="intra-op threads for CPU backends")
-    perf.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+    perf.add_argument("--threads", type=typed(THREADS), default=None, help="intra-op threads for CPU backends")
+    perf.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE", type=typed(KEY_VALUE),
                       help="backend option, repeatable (e.g. graph_optimization=basic, device_id=0)")
     perf.add_argument("--benchmark-info", metavar="INFO", type=input_file("info file"),
                       help="run the benchmark tool over this info file with --model (an .om), in --workdir, "
                            "and read its perf file (the recipe's full-dataset mode)")
-    perf.add_argument("--workdir", default="benchmark_run", help="where the benchmark tool writes result/")
-    perf.add_argument("--device-id", type=int, default=0)
-    perf.add_argument("--benchmark-executable", default=None,
+    perf.add_argument("--workdir", default="benchmark_run", type=output_place("benchmark folder"),
+                      help="where the benchmark tool writes result/")
+    perf.add_argument("--device-id", type=typed(NON_NEGATIVE_INT), default=0, help="NPU device id (default 0)")
+    perf.add_argument("--benchmark-executable", default=None, type=typed(TEXT),
                       help="benchmark tool (default benchmark.x86_64 or benchmark.aarch64 on PATH)")
     perf.add_argument("--from-benchmark", metavar="PERF_TXT", type=input_file("benchmark perf file"),
                       help="parse a benchmark tool perf file/output")
     perf.add_argument("--from-ais-bench", metavar="SUMMARY_JSON", type=input_file("ais_bench summary"),
                       help="parse an ais_bench summary json")
-    perf.add_argument("--device", default="cpu", help="device label of the records (310, 310P, 310P_aoe, T4, "
-                                                      "cpu...); default cpu")
-    perf.add_argument("--precision", default=None,
+    perf.add_argument("--device", default="cpu", type=typed(TEXT),
+                      help="device label of the records (310, 310P, 310P_aoe, T4, cpu...); default cpu")
+    perf.add_argument("--precision", default=None, type=typed(TEXT),
                       help="precision label (default fp32 measured, fp16 parsed)")
-    perf.add_argument("--chips", type=int, default=None,
+    perf.add_argument("--chips", type=typed(POSITIVE_INT), default=None,
                       help="multiply parsed fps by this many chips (default 4 for device 310, else 1)")
-    perf.add_argument("--batch-size", type=int, default=None, help="batch size of a parsed file")
+    perf.add_argument("--batch-size", type=typed(BATCH_SIZE), default=None, help="batch size of a parsed file")
     perf.add_argument("--out", type=output_file("perf records file"), help="write the records as JSON here")
     perf.set_defaults(func=_cli_perf)
 
@@ -112,10 +117,10 @@ def _measure(args):
     """Pure-inference records of --backend on --model, one per batch size."""
     if not args.backend:
         raise ResultsError("give --backend and --model to measure, or --from-benchmark/--from-ais-bench")
-    try:
-        sizes = parse_batch_sizes(args.batch_sizes)
-    except ToolError as exc:
-        raise ResultsError(str(exc)) from None
+    sizes = args.batch_sizes  # a sorted list of positive ints (BATCH_SIZES)
+    height, width = args.height or input_constants()["height"], args.width or input_constants()["width"]
+    for bs in sizes:
+        check_batch_memory(bs, height, width, "--batch-sizes")
     try:
         options = parse_backend_options(args.backend_option)
     except FsafReproError as exc:

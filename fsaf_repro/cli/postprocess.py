@@ -5,8 +5,9 @@ from ..data import CocoImageSet, read_manifest
 from ..evaluate import evaluate_results, format_per_class_table, format_recipe_table
 from ..postprocess import detections_to_coco, metas_from_manifest, read_outputs
 from ..results_json import write_results_json
+from ..options import BATCH_SIZE, COUNT, IMAGE_SIDE, PROBABILITY
 from ..spec import model_constants
-from .args import input_dir, input_file, input_path, output_file
+from .args import input_dir, input_file, input_path, output_file, typed
 
 
 def _cli_postprocess(args):
@@ -51,19 +52,21 @@ def register(subparsers):
                              "not needed with --manifest")
     parser.add_argument("--manifest", default=None, type=input_file("preprocess manifest"),
                         help="preprocess_manifest.json of the preprocessing run: the images and scales used")
-    parser.add_argument("--height", type=int, default=None,
+    parser.add_argument("--height", type=typed(IMAGE_SIDE), default=None,
                         help="model input height (default: the manifest's, else the recipe's)")
-    parser.add_argument("--width", type=int, default=None,
+    parser.add_argument("--width", type=typed(IMAGE_SIDE), default=None,
                         help="model input width (default: the manifest's, else the recipe's)")
-    parser.add_argument("--limit", type=int, default=None, help="first N images by id, as in preprocess")
+    parser.add_argument("--limit", type=typed(COUNT), default=None,
+                        help="first N images by id, as in preprocess (default: all)")
     parser.add_argument("--format", choices=("benchmark", "ais_bench", "npy"), default="benchmark")
     parser.add_argument("--outputs", required=True, type=input_path("network outputs"),
                         help="benchmark dumpOutput dir, ais_bench output dir, or the dets .npy")
     parser.add_argument("--labels-npy", default=None, type=input_file("labels .npy"), help="labels .npy (format npy)")
-    parser.add_argument("--batch-size", type=int, default=1, help="ais_bench batch size")
+    parser.add_argument("--batch-size", type=typed(BATCH_SIZE), default=1, help="ais_bench batch size")
     parser.add_argument("--outfmt", default="BIN", choices=("BIN", "NPY"), help="ais_bench --outfmt")
     parser.add_argument("--results", required=True, type=output_file("results file"), help="COCO results json to write")
-    parser.add_argument("--score-threshold", type=float, default=model_constants()["score_threshold"])
+    parser.add_argument("--score-threshold", type=typed(PROBABILITY), default=model_constants()["score_threshold"],
+                        help="drop detections scoring below this, in [0, 1]")
     parser.add_argument("--clip", action="store_true",
                         help="clip boxes to the original image (the recipe does not)")
     parser.add_argument("--evaluate", action="store_true", help="score the results right away")

@@ -5,16 +5,18 @@ import sys
 
 from ..data import CocoImageSet, write_bins, write_info_files, write_manifest
 from ..locking import run_lock
-from .args import input_dir, input_file, output_dir, output_file
+from ..options import COUNT, IMAGE_SIDE, THREADS
+from .args import input_dir, input_file, output_dir, output_file, typed
 
 
 def _add_set_arguments(parser):
     parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
                         help="COCO instances json (instances_val2017.json)")
     parser.add_argument("--images", required=True, type=input_dir("image folder"), help="image directory (val2017)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images by image id")
-    parser.add_argument("--height", type=int, default=None, help="model input height (spec: 800)")
-    parser.add_argument("--width", type=int, default=None, help="model input width (spec: 1216)")
+    parser.add_argument("--limit", type=typed(COUNT), default=None,
+                        help="only the first N images by image id (default: all)")
+    parser.add_argument("--height", type=typed(IMAGE_SIDE), default=None, help="model input height (spec: 800)")
+    parser.add_argument("--width", type=typed(IMAGE_SIDE), default=None, help="model input width (spec: 1216)")
 
 
 def _cmd_preprocess(args):
@@ -71,7 +73,7 @@ def register(subparsers):
                      help="bin info file for the benchmark tool")
     pre.add_argument("--jpg-info", default="fsaf_jpeg.info", type=output_file("jpg info file"),
                      help="jpg info file (each image's decoded size, as the recipe's cv2.imread gives it)")
-    pre.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    pre.add_argument("--workers", type=typed(THREADS), default=None, help="processes (default: all cores)")
     pre.add_argument("--skip-bad", action="store_true",
                      help="continue past unreadable images and list them (default: stop at the first)")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")

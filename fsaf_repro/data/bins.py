@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 
 from ..errors import DataError, ImageReadError
-from ..fileio import PART_MARK, atomic_write_array, atomic_write_text, file_sha256, is_stale_part
+from ..fileio import (PART_MARK, atomic_write_array, atomic_write_text, file_sha256, is_stale_part,
+                      naming_os_errors)
 from ..jsonio import SchemaFault, array, integer, load_json, obj, parse_json, real_number, text_value
 from ..spec import input_constants
 from .coco import CocoImageSet, SkippedImage, is_json_int, rotated_image_ids
@@ -135,8 +136,9 @@ class _BinRecordWriter:
         self._write({"bin": name, "forget": True})
 
     def _write(self, item):
-        self._handle.write(json.dumps(item, sort_keys=True) + "\n")
-        self._handle.flush()
+        with naming_os_errors(self.path):
+            self._handle.write(json.dumps(item, sort_keys=True) + "\n")
+            self._handle.flush()
 
     def close(self):
         self._handle.close()

@@ -171,7 +171,10 @@ def test_cli_convert(tools, onnx_model, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FAKE_ATC_MODE", "segv")
     assert cli_main(["convert", onnx_model, "--out-dir", str(out), "--batch-sizes", "8"]) == 1
     assert "SIGSEGV" in capsys.readouterr().err
-    assert cli_main(["convert", onnx_model, "--out-dir", str(out), "--batch-sizes", "x"]) == 1
+    # a batch size list that does not parse is refused by its declared kind while parsing (argparse, exit 2)
+    with pytest.raises(SystemExit) as refused:
+        cli_main(["convert", onnx_model, "--out-dir", str(out), "--batch-sizes", "x"])
+    assert refused.value.code == 2 and "--batch-sizes" in capsys.readouterr().err
 
 
 def test_parse_batch_sizes():
