@@ -193,7 +193,7 @@ def test_manifest_from_other_annotations_or_canvas_is_refused(rotated_set, tmp_p
     results = str(tmp_path / "z.json")
     assert cli.main(["postprocess", "--annotations", annotation_file, "--outputs", outputs, "--results", results,
                      "--height", str(H), "--width", str(W), "--manifest", str(bad)]) == 1
-    assert "bad_manifest.json: not a preprocess manifest" in capsys.readouterr().err
+    assert "bad_manifest.json: top level: lacks 'height', 'width', 'images'" in capsys.readouterr().err
     assert not os.path.exists(results)
 
 

@@ -215,6 +215,7 @@ def _kill(proc):
     proc.wait()
 
 
+@pytest.mark.slow  # the end-to-end resume check (processes killed mid-run): full tier
 def test_killed_runs_resume_to_identical_results(dataset, tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])

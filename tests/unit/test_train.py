@@ -239,6 +239,7 @@ def test_classes_style_is_deterministic_and_default_style_unchanged(tmp_path):
 TINY = {"train_images": 4, "steps": 3, "batch_size": 2, "channels": 8, "height": 64, "width": 96}
 
 
+@pytest.mark.slow  # a fit: full tier only
 def test_fit_is_deterministic_and_writes_the_official_layout(tmp_path):
     first, second = str(tmp_path / "a.pth"), str(tmp_path / "b.pth")
     fit_generated(first, seed=1, data_seed=7, threads=1, progress=False, **TINY)
@@ -266,6 +267,7 @@ def test_fit_refuses_bad_parameters(tmp_path):
     assert not os.path.exists(str(tmp_path / "x.pth"))
 
 
+@pytest.mark.slow  # a fit: full tier only
 def test_short_fit_beats_the_seeded_weights_on_a_held_out_set(tmp_path):
     # a fit of well under a minute at a reduced size; scored on images of another seed through the
     # official-layout loader. Its AP after so few steps is still ~0 (benchmarks/results/
@@ -304,6 +306,7 @@ def test_channel_dropout_is_drawn_from_the_fits_generator():
         drop_channels(features, 1.0, torch.Generator())
 
 
+@pytest.mark.slow  # a fit: full tier only
 def test_fit_with_channel_dropout_is_deterministic(tmp_path):
     first, second = str(tmp_path / "a.pth"), str(tmp_path / "b.pth")
     for path in (first, second):
