@@ -182,7 +182,9 @@ def test_a_killed_run_leaves_no_truncated_bin_and_the_rerun_completes(tmp_path):
         assert os.path.getsize(os.path.join(out, name)) == CONST["bin_bytes"], name
     image_set = CocoImageSet(annotation_file, image_dir)
     report = write_bins(image_set, out, workers=2, progress=False)
-    assert report.reused >= len(finished) and report.written + report.reused == 40
+    # A .bin is reused only when the run's record vouches for it: with one worker, the kill can land
+    # between a .bin's rename into place and its record line, so one finished .bin may be redone.
+    assert report.reused >= len(finished) - 1 and report.written + report.reused == 40
     assert not [n for n in os.listdir(out) if ".part-" in n]
     if killed:
         assert report.written >= 1
