@@ -23,6 +23,8 @@ import pytest
 
 from ratios import RatioGroup
 
+from fsaf_repro.torch_threads import cpu_model
+
 SOURCE = "docs/torch-1.8.0-thread-crash.md: the cost of the thread-count guard (no goal: a cost to know)"
 FORWARD = RatioGroup("thread_guard_forward", baseline="healthy_2t", candidates={"clamped_1t": None,
                                                                                  "onednn_off_2t": None},
@@ -71,19 +73,6 @@ start = time.perf_counter()
 checkpoint.seeded_state_dict(seed=0)
 print(json.dumps({"best_s": time.perf_counter() - start, "torch": torch.__version__}))
 """
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # not Linux: the platform's own name below
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def child_env(isa):

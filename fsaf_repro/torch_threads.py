@@ -38,6 +38,20 @@ class ThreadCountClampedWarning(RuntimeWarning):
 _state = {"floor": None, "warned": set()}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else the platform's own name: measurements name the
+    CPU they ran on, because this fault, and timings, depend on it."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux: the platform's own name below
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
 def onednn_thread_rise_unsafe(torch=None):
     """True on a torch whose cached oneDNN convolutions overflow when the thread count rises (1.8.0, x86)."""
     if torch is None:

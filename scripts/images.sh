@@ -231,16 +231,22 @@ build() {  # $1 tag, $2 build log, then the build arguments
 
 run_in() { "$ENGINE" run --rm --init --network=none "$@"; }
 
-check_cpu() {
-  local out="$OUT_DIR/cpu" line rc
-  log "in the image: the fast unit tier (python -m pytest -m unit --fast), --init --network=none"
+# The fast unit tier inside image $1 (its log: $OUT_DIR/$2-pytest.log); fails the script when it fails.
+run_fast_tier() {
+  local tag="$1" name="$2" line rc
+  log "in the image $tag: the fast unit tier (python -m pytest -m unit --fast), --init --network=none"
   set +e
-  run_in "$CPU_TAG" python -m pytest -m unit --fast -q -p no:cacheprovider > "$OUT_DIR/cpu-pytest.log" 2>&1
+  run_in "$tag" python -m pytest -m unit --fast -q -p no:cacheprovider > "$OUT_DIR/$name-pytest.log" 2>&1
   rc=$?
   set -e
-  line=$(grep -E '[0-9]+ (passed|failed|error)' "$OUT_DIR/cpu-pytest.log" | tail -n1)
-  log "in-container test line: ${line:-none} (exit $rc; log $OUT_DIR/cpu-pytest.log)"
-  [ "$rc" = 0 ] || { tail -n 40 "$OUT_DIR/cpu-pytest.log" >&2; die "the fast unit tier failed in $CPU_TAG"; }
+  line=$(grep -E '[0-9]+ (passed|failed|error)' "$OUT_DIR/$name-pytest.log" | tail -n1)
+  log "in-container test line ($name): ${line:-none} (exit $rc; log $OUT_DIR/$name-pytest.log)"
+  [ "$rc" = 0 ] || { tail -n 40 "$OUT_DIR/$name-pytest.log" >&2; die "the fast unit tier failed in $tag"; }
+}
+
+check_cpu() {
+  local out="$OUT_DIR/cpu"
+  run_fast_tier "$CPU_TAG" cpu
   rm -rf "$out"; mkdir -p "$out"; chmod 0777 "$out"
   log "in the image: fsaf-repro reproduce --fit-steps 0 --run-dir /out/run (host folder $out mounted at /out)"
   run_in -v "$out:/out:Z" "$CPU_TAG" fsaf-repro reproduce --fit-steps 0 --run-dir /out/run \
@@ -251,15 +257,7 @@ check_cpu() {
 }
 
 check_npu() {
-  local line rc
-  log "in the image: the fast unit tier on the recipe stack (Python 3.7), --init --network=none"
-  set +e
-  run_in "$NPU_TAG" python -m pytest -m unit --fast -q -p no:cacheprovider > "$OUT_DIR/npu-pytest.log" 2>&1
-  rc=$?
-  set -e
-  line=$(grep -E '[0-9]+ (passed|failed|error)' "$OUT_DIR/npu-pytest.log" | tail -n1)
-  log "in-container test line (recipe-stack): ${line:-none} (exit $rc; log $OUT_DIR/npu-pytest.log)"
-  [ "$rc" = 0 ] || { tail -n 40 "$OUT_DIR/npu-pytest.log" >&2; die "the fast unit tier failed in $NPU_TAG"; }
+  run_fast_tier "$NPU_TAG" npu  # the recipe-stack stage: Python 3.7
 }
 
 # --- main ----------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ import tempfile
 import time
 from collections import namedtuple
 
+from fsaf_repro.torch_threads import cpu_model
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join("benchmarks", "results", "seeded_faults.json")
 TIERS = ("fast", "full")
@@ -410,17 +412,6 @@ class Session:
 
 
 # --- results -----------------------------------------------------------------------------------------------------
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def commit_info():
     try:
