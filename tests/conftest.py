@@ -7,7 +7,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ------------------------------------------------------------------------------------------------
-# Tiers (README, "Test tiers"). `pytest -m unit` is every unit test; `--fast` leaves out the tests
+# Tiers (README, "Tests"). `pytest -m unit` is every unit test; `--fast` leaves out the tests
 # marked `slow`, which is the fast tier a contributor runs on every change. A test is `slow` when it
 # asks for one of these fixtures (the marker follows from what the test needs, so it cannot be
 # forgotten) or carries the marker itself (a test that exports at 800x1216 or trains by its own means).
@@ -44,21 +44,16 @@ def pytest_collection_modifyitems(config, items):
             items[:] = kept
 
 
-_FAST_TIER_DURATIONS = []
-
-
-def pytest_runtest_logreport(report):
-    # setup counts too: a session fixture's cost lands on the first test that asks for it
-    if report.when in ("setup", "call"):
-        _FAST_TIER_DURATIONS.append((report.nodeid, report.duration))
-
-
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not config.getoption("--fast"):
         return
+    # the reports pytest keeps (the ones --durations reads); setup counts too: a session fixture's cost
+    # lands on the first test that asks for it
     totals = {}
-    for nodeid, seconds in _FAST_TIER_DURATIONS:
-        totals[nodeid] = totals.get(nodeid, 0.0) + seconds
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call"):
+                totals[report.nodeid] = totals.get(report.nodeid, 0.0) + report.duration
     over = sorted(((s, n) for n, s in totals.items() if s > FAST_TEST_BUDGET_S), reverse=True)
     if over:
         terminalreporter.section(f"fast tier: tests over {FAST_TEST_BUDGET_S:.0f} s "
@@ -92,7 +87,7 @@ ACCEPTANCE_OPTIONS = (
 def pytest_addoption(parser):
     parser.addoption("--fast", action="store_true", default=False,
                      help="the fast tier: leave out the tests marked slow (a whole reproduce run, a fit, an "
-                          "export at 800x1216); see README, 'Test tiers'")
+                          "export at 800x1216); see README, 'Tests'")
     group = parser.getgroup("fsaf-acceptance", "fsaf-repro acceptance tests (each also read from its env var)")
     for option, env, text in ACCEPTANCE_OPTIONS:
         group.addoption(option, default=None, help=f"{text} [env {env}]")

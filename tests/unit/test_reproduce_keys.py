@@ -108,11 +108,12 @@ def _dataset_as_written_under_this_spec(inputs):
     """The embedded run's generated set as its dataset stage would write it under the spec in force (the
     category ids are the spec's), for the block; the module's set back afterwards."""
     from fsaf_repro.synthetic import make_synthetic_coco
-    data_root = _config(inputs, "embedded").data_root
+    config = _config(inputs, "embedded")
+    data_root = config.data_root
     aside = data_root + ".aside"
     os.rename(data_root, aside)
     try:
-        make_synthetic_coco(data_root, num_images=PLAN_OPTIONS["num_images"], seed=_config(inputs, "embedded").seed)
+        make_synthetic_coco(data_root, num_images=PLAN_OPTIONS["num_images"], seed=config.seed)
         yield
     finally:
         shutil.rmtree(data_root, ignore_errors=True)
