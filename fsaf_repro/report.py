@@ -532,7 +532,10 @@ def steps_lines(context: Dict[str, Any]) -> List[str]:
             lines.append(f"| inference {backend['name']} | done | model `{backend['model']}`, device "
                          f"{backend['device']}, {backend['precision']}; results `{result_file}` |")
         else:
-            lines.append(f"| inference {backend['name']} | skipped | {backend['reason']} |")
+            lines.append(f"| inference {backend['name']} | {backend['status']} | {backend['reason']} |")
+    # a stage that failed (its one-line reason, the log with its traceback) or was skipped because of one
+    for name, failure in sorted((context.get("failures") or {}).items()):
+        lines.append(f"| stage {name} | {failure['status']} | {failure['reason']}; log `{failure['log']}` |")
     lines.append("")
     return lines
 

@@ -62,7 +62,8 @@ class Stage:
                  params: Optional[Dict[str, Any]] = None, inputs: Optional[Dict[str, Any]] = None,
                  spec: Sequence[str] = (), upstream: Iterable[Optional[str]] = (),
                  options: Optional[Dict[str, Any]] = None, outputs: Optional[Dict[str, str]] = None,
-                 skipped: Optional[str] = None, label: Optional[str] = None):
+                 skipped: Optional[str] = None, label: Optional[str] = None,
+                 redeclare: Optional[Callable[[Dict[str, Any]], "Stage"]] = None):
         self.name = name
         self.body = body
         self.params = dict(params or {})
@@ -73,6 +74,9 @@ class Stage:
         self.outputs = dict(outputs or {})
         self.skipped = skipped
         self.label = label or name
+        # for a stage that still runs when an upstream stage failed (the report): failures -> the stage
+        # declared again over the stages that finished; None: a failed upstream skips this stage
+        self.redeclare = redeclare
         self.version = None
         if skipped is None:
             base = name.partition(":")[0]
@@ -147,7 +151,7 @@ def _input_digest(stage, label, path, digest):
 _KIND_NAMES = {"inputs": "input", "params": "param", "spec": "spec section"}
 
 
-def _changed_parts(old, new):
+def changed_parts(old, new):
     """Which declared reads differ between two stage records' fields, for the log."""
     if not isinstance(old, dict) or set(old) != set(new):
         return ["stage record of another layout"]
@@ -240,11 +244,16 @@ class StageBook:
         atomic_write_json(self.path, {"format": 2, "stages": self.entries})
 
     def _intact(self, entry):
-        for rel, digest in entry.get("outputs", {}).items():
+        return not self.modified_outputs(entry)
+
+    def modified_outputs(self, entry: Dict[str, Any]) -> List[str]:
+        """The outputs of a stage record (relative to the run directory) that are missing or changed."""
+        modified = []
+        for rel, digest in sorted(entry.get("outputs", {}).items()):
             path = os.path.join(self.run_dir, rel)
             if not os.path.isfile(path) or self.digest(path) != digest:
-                return False
-        return True
+                modified.append(rel)
+        return modified
 
     def run(self, stage: Stage) -> Dict[str, Any]:
         """Reuse `stage` (a Stage) when its key and outputs are unchanged, else run its body.
@@ -264,7 +273,7 @@ class StageBook:
             return entry["result"]
         if entry is not None:
             if entry.get("key") != key:
-                changed = ", ".join(_changed_parts(entry.get("fields"), fields)) or "key"
+                changed = ", ".join(changed_parts(entry.get("fields"), fields)) or "key"
                 why = f"changed: {changed}"
             else:
                 why = "an output is missing or was modified"

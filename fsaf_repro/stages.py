@@ -371,6 +371,8 @@ def _report_context(ctx, perf_records):
         "perf_records": perf_records,
         "parity": _parity_with_map_deltas(ctx.inputs.get("parity"), p["parity_backends"], metrics),
         "stages": p["stages"],
+        # stages that did not finish (stage name -> status, one-line reason, log): their rows in the report
+        "failures": p.get("failures") or {},
     }
 
 

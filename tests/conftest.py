@@ -132,7 +132,7 @@ def fitted_checkpoint(tmp_path_factory):
 
 def tiny_run_options(**changes):
     """run_reproduce's keyword arguments for the session's tiny run, with `changes` applied."""
-    from fsaf_repro.reproduce import DEFAULT_BACKENDS
+    from fsaf_repro.reproduce_options import DEFAULT_BACKENDS
 
     options = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
                    perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={}, fit_steps=0,
@@ -157,10 +157,11 @@ def tiny_run(tmp_path_factory):
     import shutil
 
     from fsaf_repro.reproduce import run_reproduce
+    from fsaf_repro.reproduce_options import ReproduceOptions
 
     base = tmp_path_factory.mktemp("tiny_run")
     run_dir = str(base / "run")
-    summary = run_reproduce(run_dir=run_dir, **tiny_run_options())
+    summary = run_reproduce(ReproduceOptions(run_dir=run_dir, **tiny_run_options()))
     before = _tree_state(run_dir)
     yield run_dir, summary
     changed = sorted(set(before.items()) ^ set(_tree_state(run_dir).items()))

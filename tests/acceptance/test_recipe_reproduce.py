@@ -16,18 +16,19 @@ import shutil
 from fsaf_repro.cli import main as cli_main
 from fsaf_repro.data import file_sha256
 from fsaf_repro.evaluate import stat_names
+from fsaf_repro.reproduce_options import declarations
 from fsaf_repro.spec import load_recipe_spec, parity_tolerances
 
 from tests.acceptance.conftest import ENV_OF
 from tests.conftest import tiny_run_options
 
 REPORT_HEAD_LINES = 5
-# run_reproduce's options that are not command-line settings
-NOT_ON_THE_COMMAND_LINE = ("echo", "environ")
+# run_reproduce's options that are not command-line settings (declared so)
+NOT_ON_THE_COMMAND_LINE = tuple(name for name, _, spec in declarations() if not spec.cli)
 
 
 def command_line(options):
-    """The `fsaf-repro reproduce` arguments that give run_reproduce(**options)."""
+    """The `fsaf-repro reproduce` arguments that give run_reproduce(ReproduceOptions(**options))."""
     argv = []
     for name, value in sorted(options.items()):
         if name not in NOT_ON_THE_COMMAND_LINE:

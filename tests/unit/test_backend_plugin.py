@@ -15,6 +15,7 @@ from fsaf_repro import backends
 from fsaf_repro.backends.base import MODEL_CHECKPOINT, empty_outputs
 from fsaf_repro.errors import BackendError
 from fsaf_repro.reproduce import run_reproduce
+from fsaf_repro.reproduce_options import ReproduceOptions
 from tests.conftest import tiny_run_options
 
 NAME = "dummy-plugin"
@@ -74,7 +75,7 @@ def _read(*parts):
 
 def test_a_registered_backend_runs_through_reproduce(dummy_backend, tiny_run_copy):
     run_dir = tiny_run_copy
-    summary = run_reproduce(run_dir=run_dir, **TINY)
+    summary = run_reproduce(ReproduceOptions(run_dir=run_dir, **TINY))
     assert summary["backends_run"] == [NAME]
     for stage in ("infer:", "results:", "evaluate:", "perf:"):
         assert summary["stages"][stage + NAME] == "ran"

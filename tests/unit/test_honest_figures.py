@@ -15,7 +15,8 @@ from fsaf_repro.data import CocoImageSet, bin_bytes, write_bins
 from fsaf_repro.errors import FsafReproError, PathError, RunLocked
 from fsaf_repro.locking import RunLock, lock_path_for
 from fsaf_repro.report import measured_columns
-from fsaf_repro.reproduce import resolve_config
+from fsaf_repro.reproduce_config import resolve_config
+from fsaf_repro.reproduce_options import ReproduceOptions
 from fsaf_repro.synthetic import make_synthetic_coco
 
 H, W = 64, 96
@@ -111,10 +112,11 @@ def test_extra_perf_inside_the_run_directory_is_refused(tmp_path):
     own = run_dir / "perf.json"
     perf.write_records(str(own), [])
     with pytest.raises(PathError, match="inside the run directory"):
-        resolve_config(run_dir=str(run_dir), extra_perf=(str(own),), npu_present=False)
+        resolve_config(ReproduceOptions(run_dir=str(run_dir), extra_perf=(str(own),), npu_present=False))
     outside = tmp_path / "elsewhere.json"
     perf.write_records(str(outside), [])
-    assert resolve_config(run_dir=str(run_dir), extra_perf=(str(outside),), npu_present=False).extra_perf
+    assert resolve_config(ReproduceOptions(run_dir=str(run_dir), extra_perf=(str(outside),),
+                                           npu_present=False)).extra_perf
 
 
 def _damage_keeping_mtime(path):

@@ -12,7 +12,8 @@ from fsaf_repro.cli import build_parser, main
 from fsaf_repro.errors import BackendOptionError, OptionError
 from fsaf_repro.options import (COUNT, SEED, THREADS, THREADS_OR_RUNTIME, TIMEOUT, batch_memory_bytes,
                                 check_batch_memory, thread_limit)
-from fsaf_repro.reproduce import OPTION_KINDS, resolve_config
+from fsaf_repro.reproduce_config import resolve_config
+from fsaf_repro.reproduce_options import ReproduceOptions, declaration
 from fsaf_repro.train import FitError, fit_parameters
 
 
@@ -100,10 +101,10 @@ def test_out_of_range_values_are_refused_while_parsing(argv, option, files, caps
 
 def test_zero_keeps_its_documented_meaning_and_none_is_the_default(tmp_path):
     base = dict(run_dir=str(tmp_path / "run"), environ={}, npu_present=False)
-    default = resolve_config(**base)
+    default = resolve_config(ReproduceOptions(**base))
     assert default.threads >= 1 and default.parity_images == 3 and default.num_images == 32
     # threads 0: the runtimes' own count (said in the help); fit_steps 0: the seeded weights, no fit
-    zero = resolve_config(threads=0, perf_threads=0, fit_steps=0, perf_warmup=0, **base)
+    zero = resolve_config(ReproduceOptions(threads=0, perf_threads=0, fit_steps=0, perf_warmup=0, **base))
     assert zero.threads is None and zero.perf_threads is None and zero.fit_steps == 0 and not zero.fitted
     assert zero.perf_warmup == 0
     assert "0: the runtimes' own" in next(a.help for v, p in _verbs() if v == "reproduce" for a in p._actions
@@ -119,22 +120,23 @@ def test_zero_keeps_its_documented_meaning_and_none_is_the_default(tmp_path):
 ])
 def test_reproduce_library_options_are_checked_by_the_same_declarations(option, value, tmp_path):
     with pytest.raises(OptionError, match="--" + option.replace("_", "-")):
-        resolve_config(run_dir=str(tmp_path / "run"), environ={}, npu_present=False, **{option: value})
+        resolve_config(ReproduceOptions(run_dir=str(tmp_path / "run"), environ={}, npu_present=False,
+                                        **{option: value}))
 
 
 def test_reproduce_cli_options_are_the_library_declarations():
     reproduce = dict(_verbs())["reproduce"]
     kinds = {a.dest: a.type.kind for a in reproduce._actions if getattr(a.type, "kind", None) is not None}
-    assert kinds and all(kinds[name] is OPTION_KINDS[name] for name in kinds)
+    assert kinds and all(kinds[name] is declaration(name).kind for name in kinds)
     assert {"num_images", "parity_images", "perf_warmup", "score_threshold", "threads", "seed"} <= set(kinds)
 
 
 def test_a_batch_larger_than_the_images_or_the_memory_is_refused(tmp_path):
     base = dict(run_dir=str(tmp_path / "run"), environ={}, npu_present=False)
     with pytest.raises(OptionError, match="larger than the 6 image"):
-        resolve_config(num_images=6, infer_batch_size=1000, **base)
+        resolve_config(ReproduceOptions(num_images=6, infer_batch_size=1000, **base))
     with pytest.raises(OptionError, match="GiB"):
-        resolve_config(batch_sizes=[1, 10 ** 7], height=800, width=1216, **base)
+        resolve_config(ReproduceOptions(batch_sizes=[1, 10 ** 7], height=800, width=1216, **base))
     # the estimate: inputs in flight plus activations, per image 3*H*W*4 bytes
     assert batch_memory_bytes(2, 10, 20, batches_in_flight=1) == 2 * 3 * 10 * 20 * 4 * 25
     assert check_batch_memory(4, 800, 1216, "--batch-size", available=10 ** 12) == 4

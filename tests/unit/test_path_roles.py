@@ -13,6 +13,7 @@ from fsaf_repro.cli import build_parser, main
 from fsaf_repro.errors import PathRoleError
 from fsaf_repro.pathroles import INPUT, OUTPUT, RolePath, check_path_roles, declared_paths
 from fsaf_repro.reproduce import run_reproduce
+from fsaf_repro.reproduce_options import ReproduceOptions
 
 
 def _verbs():
@@ -138,8 +139,8 @@ def test_issue_cases_are_refused_before_any_file_changes(argv, output, source, d
 def test_reproduce_refuses_a_run_dir_inside_a_coco_root_from_the_environment(data):
     before = _digests(data["tmp"])
     with pytest.raises(PathRoleError, match="FSAF_COCO_ROOT"):
-        run_reproduce(run_dir=os.path.join(data["coco"], "runs", "x"), environ={"FSAF_COCO_ROOT": data["coco"]},
-                      echo=False)
+        run_reproduce(ReproduceOptions(run_dir=os.path.join(data["coco"], "runs", "x"),
+                                       environ={"FSAF_COCO_ROOT": data["coco"]}, echo=False))
     assert _digests(data["tmp"]) == before and not os.path.exists(os.path.join(data["coco"], "runs"))
 
 

@@ -13,7 +13,10 @@ import pytest
 
 from fsaf_repro.errors import BackendUnavailable, CheckpointError, DataError
 from fsaf_repro.report import NOT_APPLICABLE_EMBEDDED
-from fsaf_repro.reproduce import FLAVOURS, resolve_inputs, run_reproduce
+from fsaf_repro.reproduce import run_reproduce
+from fsaf_repro.reproduce_config import resolve_inputs
+from fsaf_repro.reproduce_options import ReproduceOptions
+from fsaf_repro.reproduce_plan import FLAVOURS
 from fsaf_repro.spec import accuracy_reference, parity_tolerances, performance_reference
 from tests.conftest import tiny_run_options
 
@@ -111,11 +114,11 @@ def test_second_run_with_the_same_arguments_reuses_every_stage(tiny_run, tiny_ru
     # the end-to-end reuse check (the keys' rules are checked on the plan: test_reproduce_keys.py)
     run_dir, first = tiny_run_copy, tiny_run[1]
     results_before = _read(os.path.join(run_dir, "results_torch.json"))
-    moved = run_reproduce(run_dir=run_dir, **TINY)  # a copy: only the report names the run's folder
+    moved = run_reproduce(ReproduceOptions(run_dir=run_dir, **TINY))  # a copy: only the report names the run's folder
     assert set(moved["stages"]) == set(first["stages"])
     assert [n for n, s in moved["stages"].items() if s == "ran"] == ["report"]
     report_before = _read(os.path.join(run_dir, "report.md"))
-    again = run_reproduce(run_dir=run_dir, **TINY)
+    again = run_reproduce(ReproduceOptions(run_dir=run_dir, **TINY))
     assert set(again["stages"].values()) == {"reused"}
     with open(os.path.join(run_dir, "logs", "reproduce.log")) as handle:
         log = handle.read()
@@ -127,7 +130,7 @@ def test_second_run_with_the_same_arguments_reuses_every_stage(tiny_run, tiny_ru
 def test_a_higher_score_threshold_reruns_only_the_stages_after_inference(tiny_run_copy):
     run_dir = tiny_run_copy
     options = dict(TINY, score_threshold=0.3)
-    summary = run_reproduce(run_dir=run_dir, **options)
+    summary = run_reproduce(ReproduceOptions(run_dir=run_dir, **options))
     stages = summary["stages"]
     for name in ("checkpoint", "dataset", "export", "infer:torch", "infer:onnxruntime", "perf:torch", "parity"):
         assert stages[name] == "reused", name
@@ -143,7 +146,7 @@ def test_a_higher_score_threshold_reruns_only_the_stages_after_inference(tiny_ru
 
 def test_other_batch_sizes_rerun_the_throughput_stages(tiny_run_copy):
     run_dir = tiny_run_copy
-    summary = run_reproduce(run_dir=run_dir, **dict(TINY, batch_sizes="1"))
+    summary = run_reproduce(ReproduceOptions(run_dir=run_dir, **dict(TINY, batch_sizes="1")))
     assert summary["stages"]["export"] == "reused"
     assert summary["stages"]["infer:onnxruntime"] == "reused"
     assert summary["stages"]["perf:onnxruntime"] == "ran"
@@ -157,7 +160,7 @@ def test_a_modified_output_is_detected_and_its_stage_reruns(tiny_run_copy):
     path = os.path.join(run_dir, "metrics_onnxruntime.json")
     with open(path, "a") as handle:
         handle.write(" ")
-    summary = run_reproduce(run_dir=run_dir, **TINY)
+    summary = run_reproduce(ReproduceOptions(run_dir=run_dir, **TINY))
     assert summary["stages"]["evaluate:onnxruntime"] == "ran"
     assert summary["stages"]["evaluate:torch"] == "reused"
 
@@ -165,11 +168,11 @@ def test_a_modified_output_is_detected_and_its_stage_reruns(tiny_run_copy):
 def test_missing_checkpoint_or_coco_root_is_an_error_naming_the_path(tmp_path):
     missing = str(tmp_path / "nowhere" / "fsaf.pth")
     with pytest.raises(CheckpointError, match="nowhere/fsaf.pth"):
-        run_reproduce(run_dir=str(tmp_path / "run"), checkpoint=missing, environ={})
+        run_reproduce(ReproduceOptions(run_dir=str(tmp_path / "run"), checkpoint=missing, environ={}))
     with pytest.raises(CheckpointError, match="from_env.pth"):
         resolve_inputs(environ={"FSAF_CHECKPOINT": str(tmp_path / "from_env.pth")})
     with pytest.raises(DataError, match="no_coco"):
-        run_reproduce(run_dir=str(tmp_path / "run"), coco_root=str(tmp_path / "no_coco"), environ={})
+        run_reproduce(ReproduceOptions(run_dir=str(tmp_path / "run"), coco_root=str(tmp_path / "no_coco"), environ={}))
     (tmp_path / "coco" / "val2017").mkdir(parents=True)
     with pytest.raises(DataError, match="instances_val2017.json"):
         resolve_inputs(coco_root=str(tmp_path / "coco"), environ={})
@@ -185,7 +188,8 @@ def test_cli_reports_the_missing_path_and_exits_1(tmp_path, capsys):
 
 def test_unknown_backend_is_refused_before_any_work(tmp_path):
     with pytest.raises(BackendUnavailable, match="known backends"):
-        run_reproduce(run_dir=str(tmp_path / "run"), backends="torch,nonesuch", environ={}, echo=False)
+        run_reproduce(ReproduceOptions(run_dir=str(tmp_path / "run"), backends="torch,nonesuch", environ={},
+                                       echo=False))
     assert not os.path.exists(str(tmp_path / "run"))
 
 
@@ -196,7 +200,7 @@ def test_npu_path_with_fake_ascend_tools_converts_runs_the_om_and_labels_its_fig
     from tests.unit.fake_tools import install_fake_tools
     install_fake_tools(tmp_path / "bin", monkeypatch, tools=("atc", "npu-smi", "benchmark.x86_64"))
     run_dir = tiny_run_copy
-    summary = run_reproduce(run_dir=run_dir, **dict(TINY, backends="torch,onnxruntime,benchmark"))
+    summary = run_reproduce(ReproduceOptions(run_dir=run_dir, **dict(TINY, backends="torch,onnxruntime,benchmark")))
     stages = summary["stages"]
     assert stages["export"] == "reused" and stages["infer:torch"] == "reused"
     for name in ("convert", "infer:benchmark", "evaluate:benchmark", "perf:benchmark", "parity", "report"):
@@ -236,7 +240,7 @@ def test_a_stale_inference_journal_of_other_arguments_is_discarded(tiny_run_copy
     journal = os.path.join(run_dir, "infer", "onnxruntime_bs1.json.journal")
     with open(journal, "w") as handle:
         handle.write(json.dumps({"run_key": "0" * 64, "fields": {"batch_size": 7}}) + "\n")
-    summary = run_reproduce(run_dir=run_dir, **TINY)
+    summary = run_reproduce(ReproduceOptions(run_dir=run_dir, **TINY))
     assert summary["stages"]["infer:onnxruntime"] == "ran"
     assert summary["stages"]["evaluate:onnxruntime"] == "reused"  # same results, same bytes
     assert _read(os.path.join(run_dir, "infer", "onnxruntime_bs1.json")) == results_before
@@ -254,7 +258,7 @@ def test_records_measured_elsewhere_are_gated_beside_this_hosts(tiny_run_copy, t
         make_record(gate["denominator"], "benchmark", "fp16", 8, 50.0, "inference", "benchmark tool: npu.txt",
                     chips=4)])
     run_dir = tiny_run_copy
-    summary = run_reproduce(run_dir=run_dir, **dict(TINY, extra_perf=[extra]))
+    summary = run_reproduce(ReproduceOptions(run_dir=run_dir, **dict(TINY, extra_perf=[extra])))
     assert [n for n, s in summary["stages"].items() if s == "ran"] == ["report"]
     text = _report(run_dir)
     measured_gates = text.split("### Gates on the measured records")[1].split("###")[0]
@@ -267,7 +271,7 @@ def test_records_measured_elsewhere_are_gated_beside_this_hosts(tiny_run_copy, t
 
 def test_torch_left_out_of_backends_is_only_the_parity_reference(tiny_run_copy):
     run_dir = tiny_run_copy
-    summary = run_reproduce(run_dir=run_dir, **dict(TINY, backends="onnxruntime"))
+    summary = run_reproduce(ReproduceOptions(run_dir=run_dir, **dict(TINY, backends="onnxruntime")))
     assert summary["backends_run"] == ["onnxruntime"]
     assert "infer:torch" not in summary["stages"] and "perf:torch" not in summary["stages"]
     assert summary["stages"]["parity"] == "reused"  # same sides: torch reference, ONNX Runtime twice

@@ -1,7 +1,7 @@
 """reproduce's evaluate stage scores the run's own detections: zero-area boxes are dropped and counted."""
 import json
 
-from fsaf_repro import reproduce
+from fsaf_repro import stagebook, stages
 from fsaf_repro.data import CocoImageSet
 from fsaf_repro.evaluate import evaluate_results
 from fsaf_repro.synthetic import make_synthetic_coco, make_synthetic_results
@@ -17,14 +17,14 @@ def test_zero_area_boxes_are_dropped_counted_and_logged(tmp_path):
     results_path = tmp_path / "results.json"
     results_path.write_text(json.dumps(results))
     image_set = CocoImageSet(annotation, images, 64, 96)
-    stage = reproduce.Stage("evaluate:torch", reproduce.run_evaluate,
+    stage = stagebook.Stage("evaluate:torch", stages.run_evaluate,
                             params={"backend": "torch", "scorer": "pycocotools"},
                             inputs={"annotation": annotation, "results": str(results_path)},
                             outputs={"metrics": str(tmp_path / "metrics.json")},
                             options={"image_set": image_set})
     said = []
     ctx = StageContext(stage, load_recipe_spec(), log=said.append)
-    reproduce.run_evaluate(ctx)
+    stages.run_evaluate(ctx)
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert record["degenerate_dropped"] == 2
     assert "2 zero-area box(es) dropped" in said[-1]

@@ -29,7 +29,11 @@ import pytest
 
 from fsaf_repro.data import file_sha256
 from fsaf_repro.errors import DataError, FsafReproError
-from fsaf_repro.reproduce import HostProbes, RunState, plan, plan_keys, resolve_config, run_reproduce
+from fsaf_repro.reproduce import run_reproduce
+from fsaf_repro.reproduce_config import HostProbes, resolve_config
+from fsaf_repro.reproduce_execute import plan_keys
+from fsaf_repro.reproduce_options import ReproduceOptions
+from fsaf_repro.reproduce_plan import RunState, plan
 from fsaf_repro.spec import load_recipe_spec, parity_tolerances, spec_override
 from fsaf_repro.stagebook import STAGE_VERSIONS, Stage, StageBook, stage_key
 from tests.conftest import tiny_run_options
@@ -94,7 +98,7 @@ def inputs(tmp_path_factory):
     its dataset stage writes), the given run's checkpoint and COCO folder."""
     from fsaf_repro.synthetic import make_synthetic_coco
     root = tmp_path_factory.mktemp("keys")
-    embedded = resolve_config(run_dir=str(root / "embedded" / "run"), **PLAN_OPTIONS)
+    embedded = resolve_config(ReproduceOptions(run_dir=str(root / "embedded" / "run"), **PLAN_OPTIONS))
     make_synthetic_coco(embedded.data_root, num_images=PLAN_OPTIONS["num_images"], seed=embedded.seed)
     given = root / "given"
     given.mkdir()
@@ -126,7 +130,7 @@ def _config(inputs, which, **changes):
         options.update(checkpoint=os.path.join(inputs["given"], "weights.pth"),
                        coco_root=os.path.join(inputs["given"], "coco"))
     options.update(changes)
-    return resolve_config(**options)
+    return resolve_config(ReproduceOptions(**options))
 
 
 def _spec_with(path, value):
@@ -218,7 +222,7 @@ def test_the_changed_spec_values_reach_the_outputs(tiny_run_copy):
     recipe = _spec_with(("evaluation",), evaluation)
     recipe["parity"]["match_iou"] = 0.98
     with spec_override(recipe):
-        run_reproduce(run_dir=root, **tiny_run_options())
+        run_reproduce(ReproduceOptions(run_dir=root, **tiny_run_options()))
     with open(os.path.join(root, "metrics_onnxruntime.json")) as handle:
         assert json.load(handle)["max_dets"] == evaluation["max_dets"]
     with open(os.path.join(root, "parity.json")) as handle:

@@ -11,7 +11,10 @@ import inspect
 
 import pytest
 
-from fsaf_repro.reproduce import HostProbes, RunConfig, RunState, plan, plan_keys, resolve_config
+from fsaf_repro.reproduce_config import HostProbes, RunConfig, resolve_config
+from fsaf_repro.reproduce_execute import plan_keys
+from fsaf_repro.reproduce_options import ReproduceOptions
+from fsaf_repro.reproduce_plan import RunState, plan
 from fsaf_repro.spec import load_recipe_spec
 from fsaf_repro.stagebook import STAGE_VERSIONS
 
@@ -36,7 +39,7 @@ def _config(given, **changes):
     options = dict(given, backends=",".join(BACKENDS), batch_sizes="1,2", height=128, width=192, threads=1,
                    perf_threads=1, environ={}, npu_present=False)
     options.update(changes)
-    return resolve_config(**options)
+    return resolve_config(ReproduceOptions(**options))
 
 
 def _path_digest(path):
@@ -139,8 +142,8 @@ def test_with_atc_and_a_soc_the_om_backend_is_planned_on_converts_oms(given):
 
 
 def test_the_embedded_default_plans_the_checkpoint_and_dataset_first(given, tmp_path):
-    config = resolve_config(run_dir=str(tmp_path / "run"), environ={}, backends="torch,onnxruntime",
-                            threads=1, perf_threads=1)
+    config = resolve_config(ReproduceOptions(run_dir=str(tmp_path / "run"), environ={}, backends="torch,onnxruntime",
+                            threads=1, perf_threads=1))
     assert config.embedded and config.trusted
     names = [s.name for s in plan(config, CPU_HOST)]
     assert names[:5] == ["checkpoint", "dataset", "export", "convert", "data"]
@@ -149,7 +152,8 @@ def test_the_embedded_default_plans_the_checkpoint_and_dataset_first(given, tmp_
 
 @pytest.mark.parametrize("embedded", [False, True], ids=["given", "embedded"])
 def test_every_stage_declares_a_version_outputs_and_a_module_level_body(given, tmp_path, embedded):
-    config = (resolve_config(run_dir=str(tmp_path / "run"), environ={}, threads=1, perf_threads=1) if embedded
+    config = (resolve_config(ReproduceOptions(run_dir=str(tmp_path / "run"), environ={}, threads=1, perf_threads=1))
+              if embedded
               else _config(given))
     stages = [s for s in plan(config, CPU_HOST) if s.skipped is None]
     assert len(stages) >= len(ALL_STAGES)
@@ -170,7 +174,7 @@ def _embedded(tmp_path, **changes):
     options = dict(run_dir=str(tmp_path / "run"), backends=",".join(BACKENDS), batch_sizes="1,2", height=128,
                    width=192, threads=1, perf_threads=1, environ={}, npu_present=False)
     options.update(changes)
-    return resolve_config(**options)
+    return resolve_config(ReproduceOptions(**options))
 
 
 def test_the_embedded_default_fits_its_weights_and_evaluates_the_classes_style(tmp_path):
@@ -212,11 +216,11 @@ def test_negative_fit_steps_are_refused(tmp_path):
 
 
 def test_the_embedded_default_also_runs_the_fp16_stand_in_and_a_real_run_does_not(tmp_path, given):
-    from fsaf_repro.reproduce import DEFAULT_BACKENDS, EMBEDDED_EXTRA_BACKENDS
-    embedded = resolve_config(run_dir=str(tmp_path / "run"), environ={}, npu_present=False)
+    from fsaf_repro.reproduce_options import DEFAULT_BACKENDS, EMBEDDED_EXTRA_BACKENDS
+    embedded = resolve_config(ReproduceOptions(run_dir=str(tmp_path / "run"), environ={}, npu_present=False))
     assert embedded.backends == DEFAULT_BACKENDS + EMBEDDED_EXTRA_BACKENDS
     assert "fp16-emulated" in embedded.backends
-    real = resolve_config(environ={}, npu_present=False, **given)
+    real = resolve_config(ReproduceOptions(environ={}, npu_present=False, **given))
     assert real.backends == DEFAULT_BACKENDS
     # its parity side is judged by the fp16 tolerances (the precision its class declares)
     sides = dict((s.name, s) for s in plan(embedded, CPU_HOST))["parity"].params["sides"]
@@ -224,6 +228,6 @@ def test_the_embedded_default_also_runs_the_fp16_stand_in_and_a_real_run_does_no
 
 
 def test_reproduce_fits_as_long_as_make_checkpoint_does_by_default():
-    from fsaf_repro.reproduce import DEFAULT_FIT_STEPS
+    from fsaf_repro.reproduce_options import DEFAULT_FIT_STEPS
     from fsaf_repro.train import DEFAULTS
     assert DEFAULT_FIT_STEPS == DEFAULTS["steps"]
