@@ -97,18 +97,19 @@ def _configure_plan_execute(options, run_dir):
 
 def _summary(config, stages, state, book, wall):
     from .evaluate import load_metrics
-    report_path = config.path("report.md")
+    report_path = config.path("report.md") if book.status.get("report") else None
     stage_status = dict(book.status, **dict((name, "failed") for name, failure in state.failures.items()
                                             if failure.status == "failed"))
     ran = sorted(n for n, s in stage_status.items() if s == "ran")
     reused = sorted(n for n, s in stage_status.items() if s == "reused")
     failed = dict((name, failure.as_record()) for name, failure in state.failures.items())
-    book.log(f"done in {wall:.1f} s: {len(ran)} stage(s) ran, {len(reused)} reused, "
-             f"{sum(1 for f in failed.values() if f['status'] == 'failed')} failed; report {report_path}")
+    failed_count = sum(1 for f in failed.values() if f["status"] == "failed")
+    book.log(f"done in {wall:.1f} s: {len(ran)} stage(s) ran, {len(reused)} reused, {failed_count} failed; "
+             f"report {report_path or '(not written)'}")
     finished = dict((s.name, s) for s in stages if s.skipped is None and s.name in book.status)
     metrics = dict((name.partition(":")[2], load_metrics(stage.outputs["metrics"])["stats"])
                    for name, stage in finished.items() if name.startswith("evaluate:"))
-    summary = {"run_dir": config.run_dir, "report": report_path if "report" in finished else None,
+    summary = {"run_dir": config.run_dir, "report": report_path,
                "stages": stage_status, "failed": failed,
                "skipped": dict((s.label, s.skipped) for s in stages if s.skipped is not None),
                "backends_run": [n.partition(":")[2] for n in finished if n.startswith("infer:")],

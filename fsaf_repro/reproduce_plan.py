@@ -323,6 +323,7 @@ def _report_stage(config, probes, stages, models, failures=None):
     `redeclare` does this when a failure happens)."""
     from . import report as report_module
     failures = failures or {}
+    stages = [s for s in stages if s.name != "report"]  # the stages before it (redeclare sees the whole plan)
     runs = [s for s in stages if s.skipped is None and s.name not in failures]
     by_name = dict((s.name, s) for s in runs)
     finished = set(by_name)

@@ -57,7 +57,7 @@ def _cli_reproduce(args):
     summary = run_reproduce(ReproduceOptions(**dict((k, v) for k, v in given.items() if v is not None)))
     if summary.get("dry_run"):
         return 0
-    print("report: {}".format(summary["report"]))
+    print("report: {}".format(summary["report"] or "not written (its stage failed)"))
     failed = summary.get("failed") or {}
     for name, failure in sorted(failed.items()):
         print(f"failed: {name}: {failure['reason']} (log {failure['log']})")
