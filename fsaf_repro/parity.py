@@ -4,7 +4,9 @@ Both sides are the padded network outputs of one batch: dets [B, 100, 5] and lab
 score 0 being padding. Detections are paired in rank order (both sides sort by score); a pair matches
 when its labels agree and its boxes overlap with IoU >= `match_iou`.
 """
-from typing import Any, Dict, Optional
+import enum
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -142,3 +144,50 @@ def fp16_agreement(ref_dets: np.ndarray, ref_labels: np.ndarray, dets: np.ndarra
                     break
     return {"found": found, "total": total, "rate": (found / float(total)) if total else 1.0,
             "box_tol": box_tol, "score_tol": score_tol}
+
+
+# --- the sides of reproduce's parity batch, told apart by role (never by their labels) --------------
+
+
+class SideRole(str, enum.Enum):
+    """What a parity side is: it decides what the side is paired with and whether its mAP (from the
+    data set run of its backend) is the mAP of the model it ran here."""
+
+    REFERENCE = "reference"  # torch on the checkpoint
+    ONNX_NMS = "onnx-nms"  # an ONNX Runtime backend on the onnx-nms export (NMS in the graph)
+    RAW_HOST_NMS = "raw-host-nms"  # onnxruntime on the raw export, NMS on the host
+    OM = "om"  # the first om backend (ascend-nms export, converted by atc)
+    CHECKPOINT = "checkpoint"  # another backend on the checkpoint (the om's fp16 CPU stand-in)
+
+    @property
+    def runs_the_dataset_model(self) -> bool:
+        # the raw export is run only here: its backend's data set metrics are of the onnx-nms export
+        return self is not SideRole.RAW_HOST_NMS
+
+
+@dataclass(frozen=True)
+class ParitySide:
+    """One side of the parity batch: its role, the label it is reported under, the backend that runs it."""
+
+    role: SideRole
+    label: str
+    backend: str
+
+    def as_record(self) -> Dict[str, str]:
+        return {"role": self.role.value, "label": self.label, "backend": self.backend}
+
+    @classmethod
+    def from_record(cls, record: Dict[str, str]) -> "ParitySide":
+        return cls(SideRole(record["role"]), record["label"], record["backend"])
+
+
+def pairs_wanted(sides: Sequence[ParitySide]) -> List[Tuple[ParitySide, ParitySide]]:
+    """(reference, other) pairs compared: the reference against every other side, and the first ONNX
+    Runtime side on the onnx-nms export against the om (both with NMS in the graph)."""
+    reference = next(side for side in sides if side.role is SideRole.REFERENCE)
+    wanted = [(reference, other) for other in sides if other is not reference]
+    onnx = next((side for side in sides if side.role is SideRole.ONNX_NMS), None)
+    om = next((side for side in sides if side.role is SideRole.OM), None)
+    if onnx is not None and om is not None:
+        wanted.append((onnx, om))
+    return wanted

@@ -14,6 +14,7 @@ import sys
 from typing import List
 
 from .backends.base import MODEL_CHECKPOINT, MODEL_OM, ONNX_MODEL_KINDS
+from .parity import ParitySide, SideRole
 from .reproduce_config import REFERENCE_BACKEND, HostProbes, RunConfig
 from .stagebook import Late, Stage, canonical_json, skipped_step, under_spec_sections
 from .stages import (GENERATED_IMAGE_DIR, backend_class, run_checkpoint, run_convert, run_data, run_dataset,
@@ -276,35 +277,35 @@ def _perf_stage(config, probes, name, model):
 
 
 def _parity_sides(config, probes, models):
-    """(label, backend name, model) of the parity batch: the torch reference first."""
+    """(ParitySide, model) of the parity batch, the torch reference first; each side's role says what it is."""
     sides = []
     if REFERENCE_BACKEND not in probes.unavailable:
-        sides.append(("torch", REFERENCE_BACKEND, config.checkpoint_path))
+        sides.append((ParitySide(SideRole.REFERENCE, "torch", REFERENCE_BACKEND), config.checkpoint_path))
     onnx = _onnx_paths(config)
-    sides.extend((f"{name} (onnx-nms)", name, onnx["onnx-nms"]) for name in models
+    sides.extend((ParitySide(SideRole.ONNX_NMS, f"{name} (onnx-nms)", name), onnx["onnx-nms"]) for name in models
                  if backend_class(name).model_kind == "onnx-nms")
     if "onnxruntime" in models:
-        sides.append(("onnxruntime (raw + host NMS)", "onnxruntime", onnx["raw"]))
-    sides.extend([(f"{name} (om, ascend-nms)", name, models[name])
+        sides.append((ParitySide(SideRole.RAW_HOST_NMS, "onnxruntime (raw + host NMS)", "onnxruntime"), onnx["raw"]))
+    sides.extend([(ParitySide(SideRole.OM, f"{name} (om, ascend-nms)", name), models[name])
                   for name in models if backend_class(name).model_kind == MODEL_OM][:1])
     # other checkpoint backends (the fp16 stand-in): the checkpoint, labelled as what runs it
-    sides.extend((f"{name} (checkpoint)", name, config.checkpoint_path)
+    sides.extend((ParitySide(SideRole.CHECKPOINT, f"{name} (checkpoint)", name), config.checkpoint_path)
                  for name in models if name != REFERENCE_BACKEND and backend_class(name).model_kind == MODEL_CHECKPOINT)
     return sides
 
 
 def _parity_entry(config, probes, models):
     sides = _parity_sides(config, probes, models)
-    if len(sides) < 2 or sides[0][1] != REFERENCE_BACKEND:
+    if len(sides) < 2 or sides[0][0].role is not SideRole.REFERENCE:
         return skipped_step("parity", "needs the torch reference and at least one exported-model backend")
     image_ids = Late(_parity_image_ids, config.parity_images)
-    inputs = dict(("model:" + label, model) for label, _, model in sides)
+    inputs = dict(("model:" + side.label, model) for side, model in sides)
     inputs["images"] = Late(_parity_image_files, config.parity_images)
     return Stage("parity", run_parity,
-                 params={"sides": [[label, name] for label, name, _ in sides], "image_ids": image_ids,
+                 params={"sides": [side.as_record() for side, _ in sides], "image_ids": image_ids,
                          "canvas": config.canvas, "threads": config.threads, "om_precision": config.precision_mode},
                  inputs=inputs, outputs={"parity": config.path("parity.json")}, spec=("parity", "model", "input"),
-                 upstream=("data",) + tuple(_model_stage(config, name) for _, name, _ in sides),
+                 upstream=("data",) + tuple(_model_stage(config, side.backend) for side, _ in sides),
                  options={"trusted": config.trusted, "image_set": Late(late_image_set)})
 
 
@@ -362,7 +363,6 @@ def _report_params(config, probes, models, skipped, failures):
               "backends": Late(late_backend_rows, _backend_rows(config, probes, models, skipped, failures)),
               "skipped_steps": dict((k, v) for k, v in skipped.items() if k in ("convert", "parity")),
               "extra_perf": list(config.extra_perf),
-              "parity_backends": dict((label, name) for label, name, _ in _parity_sides(config, probes, models)),
               "stages": Late(late_stage_table), "plots": _plots_available()}
     if failures:  # only a run with a failure has the key: a run without one keys as before
         params["failures"] = dict((name, failure.as_record()) for name, failure in sorted(failures.items()))

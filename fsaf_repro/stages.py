@@ -9,10 +9,14 @@ import os
 from .backends.base import MODEL_CHECKPOINT, MODEL_OM
 from .errors import FsafReproError, JournalMismatch, ResultsError
 from .fileio import atomic_write_json
-from .jsonio import array, load_json, mapping, obj, text_value
+from .jsonio import array, load_json, mapping, obj, one_of, text_value
+from .parity import SideRole
 
 # parity.json as run_parity writes it, as far as the report stage reads it: each pair names its backends
-PARITY_PAIRS = obj({"pairs": array(obj({"reference": text_value(), "other": text_value()}))})
+ROLE = one_of(*(role.value for role in SideRole))
+PARITY_PAIRS = obj({"pairs": array(obj({"reference": text_value(), "other": text_value(),
+                                          "reference_role": ROLE, "other_role": ROLE,
+                                          "reference_backend": text_value(), "other_backend": text_value()}))})
 
 # the data stage's image_dir param for a generated set: keyed by content, not by where the run is
 GENERATED_IMAGE_DIR = "<generated>"
@@ -265,42 +269,32 @@ def run_perf(ctx):
 
 def run_parity(ctx):
     import numpy as np
+    from .parity import ParitySide, pairs_wanted
     image_set = ctx.options["image_set"]
     batch = np.stack([image_set.load(i)[0] for i in range(len(ctx.params["image_ids"]))])
+    sides = [ParitySide.from_record(record) for record in ctx.params["sides"]]
     outputs = {}
-    for label, name in ctx.params["sides"]:
-        backend, _ = _load_backend(name, ctx.inputs["model:" + label], ctx.options["trusted"], ctx.params["threads"])
+    for side in sides:
+        backend, _ = _load_backend(side.backend, ctx.inputs["model:" + side.label], ctx.options["trusted"],
+                                   ctx.params["threads"])
         try:
-            outputs[label] = backend.run_padded(batch)
+            outputs[side.label] = backend.run_padded(batch)
         finally:
             backend.close()
     tol = ctx.spec["parity"]
     # an fp16 side (the om, or its CPU stand-in) is judged by the spec's fp16 tolerances, an fp32 one by the fp32 ones
-    precision = dict((label, backend_class(name).precision(ctx.params["om_precision"]))
-                     for label, name in ctx.params["sides"])
-    pairs = [_parity_pair(outputs, ref, other, tol, precision[other])
-             for ref, other in _parity_pairs_wanted(ctx.params["sides"])]
+    pairs = [_parity_pair(outputs, ref, other, tol, backend_class(other.backend).precision(ctx.params["om_precision"]))
+             for ref, other in pairs_wanted(sides)]
     payload = {"image_ids": ctx.params["image_ids"], "canvas": ctx.params["canvas"], "tolerances": tol,
                "pairs": pairs}
     atomic_write_json(ctx.outputs["parity"], payload)
     return {"pairs": len(pairs)}, [ctx.outputs["parity"]]
 
 
-def _parity_pairs_wanted(sides):
-    """(reference, other) labels compared: the reference against each side, and the ONNX model
-    against the om (both with NMS in the graph)."""
-    labels = [side[0] for side in sides]
-    wanted = [(labels[0], other) for other in labels[1:]]
-    om_labels = [lb for lb in labels if "(om" in lb]
-    onnx_label = "onnxruntime (onnx-nms)" if "onnxruntime (onnx-nms)" in labels else None
-    if om_labels and onnx_label:
-        wanted.append((onnx_label, om_labels[0]))
-    return wanted
-
-
 def _parity_pair(outputs, ref, other, tol, precision):
+    """The comparison of two ParitySides' outputs, judged by the other side's precision."""
     from .parity import compare_detections, fp16_agreement, within_tolerances
-    a, b = outputs[ref], outputs[other]
+    a, b = outputs[ref.label], outputs[other.label]
     record = compare_detections(a["dets"], a["labels"], b["dets"], b["labels"], tol["match_iou"])
     fp16 = "fp16" in precision
     if fp16:
@@ -312,8 +306,10 @@ def _parity_pair(outputs, ref, other, tol, precision):
         ok = agreement["total"] > 0 and agreement["rate"] >= tol["fp16_om_min_match_rate"]
     else:
         ok = within_tolerances(record)
-    record.update(reference=ref, other=other, within_tolerance=bool(ok), tolerance="fp16 om" if fp16 else "fp32",
-                  precision=precision)
+    # each side's role and backend are fields of the pair: the report and the mAP deltas read them, not the labels
+    record.update(reference=ref.label, other=other.label, reference_role=ref.role.value, other_role=other.role.value,
+                  reference_backend=ref.backend, other_backend=other.backend, within_tolerance=bool(ok),
+                  tolerance="fp16 om" if fp16 else "fp32", precision=precision)
     return record
 
 
@@ -369,22 +365,23 @@ def _report_context(ctx, perf_records):
         "soc_version": p["soc_version"], "metrics": metrics,
         "results": dict((name, os.path.relpath(ctx.inputs["results:" + name], run_dir)) for name in order),
         "perf_records": perf_records,
-        "parity": _parity_with_map_deltas(ctx.inputs.get("parity"), p["parity_backends"], metrics),
+        "parity": _parity_with_map_deltas(ctx.inputs.get("parity"), metrics),
         "stages": p["stages"],
         # stages that did not finish (stage name -> status, one-line reason, log): their rows in the report
         "failures": p.get("failures") or {},
     }
 
 
-def _parity_with_map_deltas(parity_path, backend_of, metrics):
+def _parity_with_map_deltas(parity_path, metrics):
     """parity.json with each pair's mAP delta from the evaluation stages (parity.json itself stays as
-    the parity stage wrote it)."""
+    the parity stage wrote it): None where a side's model is not the one its backend ran over the data set."""
     if parity_path is None:
         return None
     parity = load_json(parity_path, ResultsError, "parity record", PARITY_PAIRS)
     for pair in parity["pairs"]:
-        ref_b, other_b = backend_of.get(pair["reference"]), backend_of.get(pair["other"])
-        if "raw" in pair["other"] or ref_b not in metrics or other_b not in metrics:
+        ref_b, other_b = pair["reference_backend"], pair["other_backend"]
+        sides_evaluated = all(SideRole(pair[role]).runs_the_dataset_model for role in ("reference_role", "other_role"))
+        if not sides_evaluated or ref_b not in metrics or other_b not in metrics:
             pair["map_delta"] = None
         else:
             pair["map_delta"] = metrics[other_b]["stats"][0] - metrics[ref_b]["stats"][0]

@@ -124,3 +124,17 @@ def test_fp16_agreement_counts_reference_detections_found_within_both_tolerances
     assert fp16_agreement(ref, ref_labels, other, labels, box_tol=2.0, score_tol=0.005)["found"] == 0
     assert fp16_agreement(ref, ref_labels, other, np.zeros((1, 100), np.int64), box_tol=3.0,
                           score_tol=0.005)["found"] == 2
+
+
+def test_parity_pairs_are_chosen_by_role_not_by_label():
+    from fsaf_repro.parity import ParitySide, SideRole, pairs_wanted
+    # labels that would fool a substring match: the om side's label says nothing of "om"
+    reference = ParitySide(SideRole.REFERENCE, "ref", "torch")
+    onnx = ParitySide(SideRole.ONNX_NMS, "graph nms (om-like name)", "onnxruntime")
+    raw = ParitySide(SideRole.RAW_HOST_NMS, "host", "onnxruntime")
+    om = ParitySide(SideRole.OM, "device side", "aclruntime")
+    pairs = pairs_wanted([reference, onnx, raw, om])
+    assert pairs == [(reference, onnx), (reference, raw), (reference, om), (onnx, om)]
+    assert pairs_wanted([reference, raw]) == [(reference, raw)]  # no om: no onnx-vs-om pair
+    assert not SideRole.RAW_HOST_NMS.runs_the_dataset_model and SideRole.OM.runs_the_dataset_model
+    assert ParitySide.from_record(om.as_record()) == om

@@ -13,8 +13,6 @@ from fsaf_repro.cli import main
 from fsaf_repro.reproduce import run_reproduce
 from fsaf_repro.reproduce_options import ReproduceOptions
 
-pytestmark = pytest.mark.unit
-
 BACKEND = "onnxruntime"
 
 

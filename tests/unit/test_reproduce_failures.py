@@ -22,8 +22,6 @@ from fsaf_repro.reproduce_plan import RunState
 from fsaf_repro.stagebook import Stage, StageBook
 from tests.conftest import tiny_run_options
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.mark.parametrize("misspelt, known", [("thread", "threads"), ("grpah_optimization", "graph_optimization")])
 def test_a_misspelt_backend_option_is_refused_naming_the_known_ones(misspelt, known):
