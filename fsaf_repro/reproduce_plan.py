@@ -16,7 +16,7 @@ from typing import List
 from .backends.base import MODEL_CHECKPOINT, MODEL_OM, ONNX_MODEL_KINDS
 from .parity import ParitySide, SideRole
 from .reproduce_config import REFERENCE_BACKEND, HostProbes, RunConfig
-from .stagebook import Late, Stage, canonical_json, skipped_step, under_spec_sections
+from .stagebook import Late, Stage, canonical_json, check_edges, skipped_step, under_spec_sections
 from .stages import (GENERATED_IMAGE_DIR, backend_class, run_checkpoint, run_convert, run_data, run_dataset,
                      run_evaluate, run_export, run_fit, run_infer, run_parity, run_perf, run_report, run_results)
 
@@ -153,6 +153,7 @@ def plan(config: RunConfig, probes: HostProbes) -> List[Stage]:
             stages.append(_perf_stage(config, probes, name, models[name]))
     stages.append(_parity_entry(config, probes, models))
     stages.append(_report_stage(config, probes, stages, models))
+    check_edges(stages, STAGE_ORDER)  # the declared upstream edges cover those the inputs and outputs imply
     return stages
 
 
@@ -400,6 +401,7 @@ def late_backend_rows(state, rows):
 
 
 
+# The order the report lists stages in (by kind), checked against each plan's edges (check_edges).
 STAGE_ORDER = ("checkpoint", "dataset", "export", "convert", "data", "infer", "results", "evaluate", "perf",
                "parity", "report")
 

@@ -85,6 +85,57 @@ class Stage:
             self.version = STAGE_VERSIONS[base]
 
 
+def _static_paths(value):
+    """The file paths of a declared input known at plan time (a Late value is known only later)."""
+    if isinstance(value, dict):
+        return [path for path in value.values() if isinstance(path, str)]
+    return [value] if isinstance(value, str) else []
+
+
+def derived_upstream(stage: "Stage", earlier: Sequence["Stage"]) -> List[str]:
+    """The earlier stages whose declared outputs `stage` reads as inputs (an output file itself, or a
+    file inside an output folder): the edges its declarations imply."""
+    found = []
+    for other in earlier:
+        if other.skipped is not None:
+            continue
+        outputs = [os.path.abspath(path) for path in other.outputs.values()]
+        for value in stage.inputs.values():
+            for path in map(os.path.abspath, _static_paths(value)):
+                if any(path == out or path.startswith(out.rstrip(os.sep) + os.sep) for out in outputs):
+                    found.append(other.name)
+    return sorted(set(found))
+
+
+def check_edges(stages: Sequence["Stage"], order: Sequence[str]) -> None:
+    """Refuse a plan whose hand-declared edges disagree with those derived from inputs and outputs: a
+    stage that reads an earlier stage's output without declaring it upstream, directly or through
+    another upstream stage (its key would not follow that stage), an upstream that is not an earlier
+    stage of the plan, or a stage kind that `order` (the report's stage order) puts before one it
+    consumes."""
+    def rank(name):
+        base = name.partition(":")[0]
+        return order.index(base) if base in order else len(order)
+
+    seen, reaches = {}, {}  # reaches: each stage's upstream stages, directly or through others
+    for stage in stages:
+        if stage.skipped is None:
+            through = [reaches.get(name, set()) for name in stage.upstream]
+            reaches[stage.name] = set(stage.upstream).union(*through)
+            missing = sorted(set(derived_upstream(stage, list(seen.values()))) - reaches[stage.name])
+            unknown = sorted(set(stage.upstream) - set(seen))
+            faults = ([f"reads the outputs of {', '.join(missing)} without declaring them upstream"] if missing
+                      else []) + ([f"declares upstream {', '.join(unknown)}, not an earlier stage of the plan"]
+                                  if unknown else [])
+            if faults:
+                raise FsafReproError(f"reproduce stage {stage.name}: " + "; ".join(faults))
+            late = [name for name in stage.upstream if rank(name) > rank(stage.name)]
+            if late:
+                raise FsafReproError(f"reproduce stage {stage.name} consumes {', '.join(late)}, which the stage order "
+                                     f"{', '.join(order)} puts after it")
+        seen[stage.name] = stage
+
+
 def skipped_step(name: str, reason: str, label: Optional[str] = None) -> Stage:
     """A plan entry for a step this host cannot run, with the reason."""
     return Stage(name, None, skipped=reason, label=label)

@@ -8,6 +8,7 @@ pipeline's design, not read from the plan's declarations.
 import copy
 import hashlib
 import inspect
+import os
 
 import pytest
 
@@ -233,3 +234,23 @@ def test_reproduce_fits_as_long_as_make_checkpoint_does_by_default():
     from fsaf_repro.reproduce_options import DEFAULT_FIT_STEPS
     from fsaf_repro.train import DEFAULTS
     assert DEFAULT_FIT_STEPS == DEFAULTS["steps"]
+
+
+def test_a_stage_that_reads_an_earlier_output_without_declaring_it_upstream_is_refused(tmp_path):
+    from fsaf_repro.errors import FsafReproError
+    from fsaf_repro.reproduce_plan import STAGE_ORDER
+    from fsaf_repro.stagebook import Stage, check_edges, derived_upstream
+
+    folder = str(tmp_path / "made")
+    made = Stage("dataset", None, outputs={"root": folder})
+    reader = Stage("data", None, inputs={"annotation": os.path.join(folder, "annotations", "a.json")})
+    assert derived_upstream(reader, [made]) == ["dataset"]
+    with pytest.raises(FsafReproError, match="reads the outputs of dataset without declaring them upstream"):
+        check_edges([made, reader], STAGE_ORDER)
+    declared = Stage("data", None, inputs=reader.inputs, upstream=("dataset",))
+    check_edges([made, declared], STAGE_ORDER)
+    with pytest.raises(FsafReproError, match="not an earlier stage"):
+        check_edges([declared, made], STAGE_ORDER)
+    # the stage order is checked against the edges too: a consumer listed before what it consumes
+    with pytest.raises(FsafReproError, match="puts after it"):
+        check_edges([Stage("report", None), Stage("export", None, upstream=("report",))], STAGE_ORDER)
