@@ -347,12 +347,14 @@ def _report_stage(config, probes, stages, models, failures=None):
                   stage_results=Late(late_results, ["checkpoint", "export", "convert"] +
                                      ["infer:" + n for n in reported]))
     # Every stage of this run that finished feeds the report (its context lists their keys and records).
-    return Stage("report", run_report, params=params, inputs=inputs,
-                 outputs={"context": config.path("report_inputs.json"), "perf": config.path("perf.json")},
-                 spec=("accuracy", "performance", "coco_classes", "coco_category_ids", "input", "checkpoint"),
-                 upstream=tuple(sorted(finished, key=_stage_rank)),
-                 options={"run_dir": config.run_dir, "image_set": Late(late_image_set), "image_dir": config.image_dir},
-                 redeclare=lambda lost: _report_stage(config, probes, stages, models, lost))
+    report = Stage("report", run_report, params=params, inputs=inputs,
+                   outputs={"context": config.path("report_inputs.json"), "perf": config.path("perf.json")},
+                   spec=("accuracy", "performance", "coco_classes", "coco_category_ids", "input", "checkpoint"),
+                   upstream=tuple(sorted(finished, key=_stage_rank)),
+                   options={"run_dir": config.run_dir, "image_set": Late(late_image_set),
+                            "image_dir": config.image_dir})
+    report.redeclare = lambda lost: _report_stage(config, probes, stages, models, lost)
+    return report
 
 
 def _report_params(config, probes, models, skipped, failures):

@@ -62,8 +62,7 @@ class Stage:
                  params: Optional[Dict[str, Any]] = None, inputs: Optional[Dict[str, Any]] = None,
                  spec: Sequence[str] = (), upstream: Iterable[Optional[str]] = (),
                  options: Optional[Dict[str, Any]] = None, outputs: Optional[Dict[str, str]] = None,
-                 skipped: Optional[str] = None, label: Optional[str] = None,
-                 redeclare: Optional[Callable[[Dict[str, Any]], "Stage"]] = None):
+                 skipped: Optional[str] = None, label: Optional[str] = None):
         self.name = name
         self.body = body
         self.params = dict(params or {})
@@ -76,7 +75,7 @@ class Stage:
         self.label = label or name
         # for a stage that still runs when an upstream stage failed (the report): failures -> the stage
         # declared again over the stages that finished; None: a failed upstream skips this stage
-        self.redeclare = redeclare
+        self.redeclare = None  # type: Optional[Callable[[Dict[str, Any]], Stage]]
         self.version = None
         if skipped is None:
             base = name.partition(":")[0]

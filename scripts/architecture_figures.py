@@ -5,7 +5,10 @@
 Figures: the longest function (name, lines), the number of functions over 60 lines, the import
 cycles between the package's modules (strongly connected components of the import graph, imports
 inside functions included), the largest module (lines), the number of `.format(` calls, the number
-of modules importing argparse, and the number of imports done inside functions. Runs on Python 3.7+
+of modules importing argparse, and the number of imports done inside functions; the largest parameter
+list (and the functions over 10 parameters), the import cycles between packages (each subpackage one
+node, each top-level module its own), the places each `reproduce` option is written, and the label
+substring matches. Runs on Python 3.7+
 with no dependency, so the same script measures an old checkout and a new one.
 """
 import ast
@@ -14,6 +17,10 @@ import os
 import sys
 
 LONG_FUNCTION_LINES = 60
+MANY_PARAMETERS = 10
+# A label substring match: `"text" in X` where X is a label (a name, attribute or string subscript
+# called one of these), or where the text is a parenthesised label fragment such as "(om".
+LABEL_NAMES = ("label", "labels", "lb", "other", "reference", "precision")
 
 
 def module_name(package_dir, path):
@@ -83,6 +90,78 @@ def strongly_connected(graph):
     return sorted(result)
 
 
+def parameter_count(node):
+    """Named parameters of a function, self/cls left out (*args and **kwargs count one each)."""
+    args = node.args
+    names = [a.arg for a in getattr(args, "posonlyargs", []) + args.args + args.kwonlyargs]
+    names += [a.arg for a in (args.vararg, args.kwarg) if a is not None]
+    return len([n for n in names if n not in ("self", "cls")])
+
+
+def _label_like(node):
+    if isinstance(node, ast.Name):
+        return node.id in LABEL_NAMES
+    if isinstance(node, ast.Attribute):
+        return node.attr in LABEL_NAMES
+    if isinstance(node, ast.Subscript):
+        key = node.slice.value if isinstance(node.slice, ast.Index) else node.slice  # ast.Index: 3.7, 3.8
+        return isinstance(key, ast.Constant) and key.value in LABEL_NAMES
+    return False
+
+
+def label_substring_matches(tree):
+    """Lines of `"text" in <a label>` tests (see LABEL_NAMES)."""
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Compare) and isinstance(node.left, ast.Constant)
+                and isinstance(node.left.value, str) and isinstance(node.ops[0], (ast.In, ast.NotIn))):
+            continue
+        right = node.comparators[0]
+        if _label_like(right) or (node.left.value.startswith("(") and not isinstance(right, (ast.Tuple, ast.List))):
+            found.append(node.lineno)
+    return found
+
+
+def package_of(name):
+    """The node of the package graph: a subpackage's modules are one node, a top-level module its own."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 else name
+
+
+def reproduce_option_places(trees):
+    """{option: places written} over the modules named *reproduce*: a function parameter, a class
+    field, a key of a module-level dict (a table of option kinds) or a `--flag` string of that name.
+    The options: ReproduceOptions' fields, or (a tree before it) resolve_config's parameters."""
+    places = dict((name, 0) for name in _reproduce_options(trees))
+    for tree in trees.values():
+        written = [name for node in ast.walk(tree) for name in _written_names(node)]
+        for node in tree.body:  # a module-level table keyed by option name (a dict of option kinds)
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+                written += [k.value for k in node.value.keys if isinstance(k, ast.Constant)]
+        for name in written:
+            if name in places:
+                places[name] += 1
+    return places
+
+
+def _reproduce_options(trees):
+    nodes = [node for tree in trees.values() for node in ast.walk(tree)]
+    options = {item.target.id for node in nodes if isinstance(node, ast.ClassDef) and node.name == "ReproduceOptions"
+               for item in node.body if isinstance(item, ast.AnnAssign)}
+    return options or {a.arg for node in nodes if isinstance(node, ast.FunctionDef) and node.name == "resolve_config"
+                       for a in node.args.args}
+
+
+def _written_names(node):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return [a.arg for a in node.args.args + node.args.kwonlyargs]
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return [node.target.id]
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("--"):
+        return [node.value[2:].replace("-", "_")]
+    return []
+
+
 def package_sources(package_dir):
     """{module name: (path, is_package)} of every .py file under the package folder."""
     sources = {}
@@ -100,6 +179,7 @@ def figures(package_dir):
     modules = set(sources)
     graph, functions, largest = {}, [], ("", 0)
     format_calls = argparse_modules = nested_imports = 0
+    parameters, label_matches, reproduce_trees = [], [], {}
     for name, (path, is_package) in sorted(sources.items()):
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
@@ -108,8 +188,12 @@ def figures(package_dir):
         if lines > largest[1]:
             largest = (name, lines)
         graph[name] = imports_of(tree, name, is_package, modules)
+        label_matches += [f"{name}:{line}" for line in label_substring_matches(tree)]
+        if "reproduce" in name:
+            reproduce_trees[name] = tree
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                parameters.append((f"{name}.{node.name}", parameter_count(node)))
                 functions.append((f"{name}.{node.name}", node.end_lineno - node.lineno + 1
                                   if hasattr(node, "end_lineno") else _span(node)))
                 nested_imports += sum(1 for inner in ast.walk(node)
@@ -122,6 +206,12 @@ def figures(package_dir):
             argparse_modules += 1
     longest = max(functions, key=lambda item: item[1]) if functions else ("", 0)
     cycles = strongly_connected(graph)
+    packages = {}
+    for name, targets in graph.items():
+        node = package_of(name)
+        packages.setdefault(node, set()).update(package_of(t) for t in targets if package_of(t) != node)
+    widest = max(parameters, key=lambda item: item[1]) if parameters else ("", 0)
+    places = reproduce_option_places(reproduce_trees)
     return {
         "package": package_dir,
         "longest_function": {"name": longest[0], "lines": longest[1]},
@@ -132,6 +222,13 @@ def figures(package_dir):
         "format_calls": format_calls,
         "modules_importing_argparse": argparse_modules,
         "imports_inside_functions": nested_imports,
+        "largest_parameter_list": {"name": widest[0], "parameters": widest[1]},
+        f"functions_over_{MANY_PARAMETERS}_parameters": sorted(f"{f} ({n})" for f, n in parameters
+                                                                if n > MANY_PARAMETERS),
+        "package_import_cycles": strongly_connected(packages),
+        "reproduce_option_places": {"options": len(places), "total": sum(places.values()),
+                                    "most": sorted(places.items(), key=lambda item: (-item[1], item[0]))[:3]},
+        "label_substring_matches": len(label_matches), "label_substring_match_lines": label_matches,
     }
 
 

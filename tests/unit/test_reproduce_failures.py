@@ -86,8 +86,10 @@ def _stages(run_dir, fail):
     def report(failures=None):
         failures = failures or {}
         finished = tuple(n for n in ("infer:good", "infer:bad", "results:bad") if n not in failures)
-        return Stage("report", _write_body, params={"failures": sorted(failures)}, outputs=out("report"),
-                     upstream=finished, redeclare=report)
+        stage = Stage("report", _write_body, params={"failures": sorted(failures)}, outputs=out("report"),
+                      upstream=finished)
+        stage.redeclare = report
+        return stage
 
     return [good, bad, results, report()]
 
