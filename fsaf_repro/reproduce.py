@@ -30,7 +30,7 @@ from .fileio import atomic_write_json
 from .locking import run_lock
 from .pathroles import INPUT, OUTPUT, RolePath, check_path_roles
 from .reproduce_config import default_run_dir, probe_host, resolve_config, resolve_inputs
-from .reproduce_execute import dry_run, execute
+from .reproduce_execute import PlannedStage, dry_run, execute
 from .reproduce_options import ENV_CHECKPOINT, ENV_COCO_ROOT, INPUT_DIR, INPUT_FILE, ReproduceOptions, declarations
 from .reproduce_plan import RunState, plan
 from .stagebook import RunLog, StageBook
@@ -83,6 +83,7 @@ def _configure_plan_execute(options, run_dir):
     stages = plan(config, probe_host(config))
     if options.dry_run:
         planned = dry_run(stages, book, RunState(config, book))
+        log("dry run (nothing runs): " + PlannedStage("stage", "key", "action", "why").line())
         for entry in planned:
             log("dry run: " + entry.line())
         return {"run_dir": config.run_dir, "dry_run": True, "plan": [entry.__dict__ for entry in planned]}

@@ -111,7 +111,8 @@ def dry_run(stages: List[Stage], book: StageBook, state: RunState) -> List[Plann
         pending = [name for name in stage.upstream if name in running]
         if pending:
             running.add(stage.name)
-            planned.append(PlannedStage(stage.name, None, "run", "upstream {} runs".format(", ".join(pending))))
+            planned.append(PlannedStage(stage.name, None, "run", "upstream {} {}".format(
+                ", ".join(pending), "runs" if len(pending) == 1 else "run")))
             continue
         entry = _planned(stage, book, state)
         if entry.action == "run":
