@@ -31,7 +31,7 @@ from .locking import run_lock
 from .pathroles import INPUT, OUTPUT, RolePath, check_path_roles
 from .reproduce_config import default_run_dir, probe_host, resolve_config, resolve_inputs
 from .reproduce_execute import PlannedStage, dry_run, execute
-from .reproduce_options import ENV_CHECKPOINT, ENV_COCO_ROOT, INPUT_DIR, INPUT_FILE, ReproduceOptions, declarations
+from .reproduce_options import INPUT_DIR, INPUT_FILE, ReproduceOptions, declarations, spell
 from .reproduce_plan import RunState, plan
 from .stagebook import RunLog, StageBook
 from .torch_threads import set_intra_op_threads
@@ -56,18 +56,16 @@ def run_reproduce(options: ReproduceOptions):
 
 
 def _check_roles(options, run_dir, checkpoint, coco_root):
-    """The run directory is not an input, nor inside one (a path from the environment included): the
-    input paths are those whose declaration says so."""
+    """The run directory is not an input, nor inside one: the inputs are the options declared as input
+    paths, with the values resolved from the environment where their declaration names a variable."""
     resolved = {"checkpoint": checkpoint, "coco_root": coco_root}
-    roles = [RolePath("--run-dir", OUTPUT, run_dir)]
+    roles = [RolePath(spell("run_dir"), OUTPUT, run_dir)]
     for name, _, spec in declarations():
-        if spec.path not in (INPUT_FILE, INPUT_DIR):
-            continue
-        values = resolved.get(name, getattr(options, name))
-        for path in values if isinstance(values, tuple) else (values,) if values is not None else ():
-            env = {"checkpoint": ENV_CHECKPOINT, "coco_root": ENV_COCO_ROOT}.get(name)
-            roles.append(RolePath("--{}{}".format(name.replace("_", "-"), f" (or ${env})" if env else ""),
-                                  INPUT, str(path)))
+        if spec.path in (INPUT_FILE, INPUT_DIR):
+            value = resolved[name] if name in resolved else getattr(options, name)
+            paths = value if isinstance(value, tuple) else () if value is None else (value,)
+            option = spell(name) + (f" (or ${spec.env})" if spec.env else "")
+            roles.extend(RolePath(option, INPUT, str(path)) for path in paths)
     check_path_roles(roles, "reproduce")
 
 

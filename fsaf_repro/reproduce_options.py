@@ -73,13 +73,15 @@ PATH = OfType((str, os.PathLike), "a path")
 @dataclass(frozen=True)
 class OptionSpec:
     """One option's declaration. `kind` checks a value (None always means the default); `path` is the
-    role of a path option; `switch` makes a store_true flag, `negation` the flag that turns it off;
-    `repeatable` collects every use; `cli=False` keeps it off the command line."""
+    role of a path option and `env` the environment variable it falls back to; `switch` makes a
+    store_true flag, `negation` the flag that turns it off; `repeatable` collects every use; `metavar`
+    names its value in the help; `cli=False` keeps it off the command line."""
 
     kind: OptionKind
     help: str
     path: Optional[str] = None
     what: Optional[str] = None
+    env: Optional[str] = None
     switch: bool = False
     negation: Optional[str] = None
     repeatable: bool = False
@@ -107,10 +109,11 @@ class ReproduceOptions:
     (resolve_config). Each value is checked against its declared kind when the record is made."""
 
     checkpoint: Optional[str] = option(None, PATH, f"mmdetection checkpoint (default: ${ENV_CHECKPOINT}; absent: "
-                                       "weights made by the run)", path=INPUT_FILE, what="checkpoint")
+                                       "weights made by the run)", path=INPUT_FILE, what="checkpoint",
+                                       env=ENV_CHECKPOINT)
     coco_root: Optional[str] = option(None, PATH, "COCO root with val2017/ and annotations/instances_val2017.json "
                                       f"(default: ${ENV_COCO_ROOT}; absent: a generated set)", path=INPUT_DIR,
-                                      what="COCO root")
+                                      what="COCO root", env=ENV_COCO_ROOT)
     run_dir: Optional[str] = option(None, PATH, "run directory (default: runs/embedded-default, or "
                                     "runs/<checkpoint>_<coco root>)", path=OUTPUT_DIR, what="run directory")
     backends: Optional[Tuple[str, ...]] = option(None, NameList(), "comma-separated backends (default: the "
