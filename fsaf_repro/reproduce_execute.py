@@ -43,6 +43,9 @@ def execute(stages: List[Stage], book: StageBook, state: RunState, keep_going: b
         lost = [name for name in stage.upstream if name in state.failures]
         if lost and stage.redeclare is not None:
             stage = stage.redeclare(dict(state.failures))  # declared again over the stages that finished
+            if stage.skipped is not None:  # it cannot do without one of them
+                _skip_dependent(stage, lost[0], book, state, stage.skipped)
+                continue
         elif lost:
             _skip_dependent(stage, lost[0], book, state)
             continue
@@ -67,11 +70,11 @@ def _record_failure(stage, exc, book, state):
     book.log(f"failed: {stage.name}: {reason} (traceback in {log_path}); its dependents are skipped")
 
 
-def _skip_dependent(stage, upstream, book, state):
-    cause = state.failures[upstream]
-    state.failures[stage.name] = StageFailure("skipped", f"upstream stage {upstream} did not finish", cause.log)
-    state.status[stage.name] = f"skipped: upstream stage {upstream} did not finish"
-    book.log(f"skipped: {stage.name} (upstream stage {upstream} did not finish)")
+def _skip_dependent(stage, upstream, book, state, reason=None):
+    reason = reason or f"upstream stage {upstream} did not finish"
+    state.failures[stage.name] = StageFailure("skipped", reason, state.failures[upstream].log)
+    state.status[stage.name] = f"skipped: {reason}"
+    book.log(f"skipped: {stage.name} ({reason})")
 
 
 def plan_keys(stages, state, recipe=None, digest=file_sha256):

@@ -16,7 +16,7 @@ from typing import List
 from .backends.base import MODEL_CHECKPOINT, MODEL_OM, ONNX_MODEL_KINDS
 from .parity import ParitySide, SideRole
 from .reproduce_config import REFERENCE_BACKEND, HostProbes, RunConfig
-from .stagebook import Late, Stage, canonical_json, check_edges, skipped_step, under_spec_sections
+from .stagebook import Late, Stage, canonical_json, check_edges, derived_upstream, skipped_step, under_spec_sections
 from .stages import (GENERATED_IMAGE_DIR, backend_class, run_checkpoint, run_convert, run_data, run_dataset,
                      run_evaluate, run_export, run_fit, run_infer, run_parity, run_perf, run_report, run_results)
 
@@ -326,6 +326,11 @@ def _report_stage(config, probes, stages, models, failures=None):
     from . import report as report_module
     failures = failures or {}
     stages = [s for s in stages if s.name != "report"]  # the stages before it (redeclare sees the whole plan)
+    # what no report can do without: the checkpoint and annotation files, the data stage's image set
+    fixed = Stage("report", None, inputs={"annotation": config.annotation_file, "checkpoint": config.checkpoint_path})
+    lost = sorted((set(derived_upstream(fixed, stages)) | {"data"}) & set(failures))
+    if lost:
+        return skipped_step("report", "needs {}, which did not finish".format(", ".join(lost)))
     runs = [s for s in stages if s.skipped is None and s.name not in failures]
     by_name = dict((s.name, s) for s in runs)
     finished = set(by_name)

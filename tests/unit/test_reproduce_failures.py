@@ -183,3 +183,26 @@ def test_a_backend_that_raises_mid_run_leaves_a_report_with_its_failure_row(cras
     # --fail-fast: the first failure ends the run (one line, exit 1) and the stages after it do not run
     code = main(_argv(options) + ["--run-dir", tiny_run_copy, "--fail-fast"])
     assert code == 1 and "the device stopped answering" in capsys.readouterr().err
+
+
+def test_the_report_is_declared_again_over_the_stages_that_finished(tmp_path):
+    from fsaf_repro.reproduce_config import HostProbes, resolve_config
+    from fsaf_repro.reproduce_execute import StageFailure
+    from fsaf_repro.reproduce_plan import plan
+
+    config = resolve_config(ReproduceOptions(run_dir=str(tmp_path / "run"), environ={}, backends="torch,onnxruntime",
+                                             threads=1, perf_threads=1, fit_steps=0))
+    report = next(s for s in plan(config, HostProbes(atc=None, unavailable={})) if s.name == "report")
+    assert "failures" not in report.params  # a run without a failure keys its report as before
+    failed = StageFailure("failed", "BackendError: gone", "logs/failed_infer_onnxruntime.log")
+    lost = {"infer:onnxruntime": failed, "results:onnxruntime": StageFailure("skipped", "upstream", failed.log),
+            "evaluate:onnxruntime": StageFailure("skipped", "upstream", failed.log)}
+    again = report.redeclare(lost)
+    assert again.skipped is None and not set(lost) & set(again.upstream) and "perf:onnxruntime" in again.upstream
+    assert again.params["dataset_backends"] == ["torch"] and "metrics:onnxruntime" not in again.inputs
+    assert again.params["failures"]["infer:onnxruntime"] == failed.as_record()
+    rows = dict((row["name"], row) for row in again.params["backends"].args[0])
+    assert rows["onnxruntime"]["status"] == "failed" and "BackendError: gone" in rows["onnxruntime"]["reason"]
+    # without the data stage's image set (or the checkpoint) there is nothing to report on
+    assert "needs data" in report.redeclare({"data": failed}).skipped
+    assert "needs checkpoint" in report.redeclare({"checkpoint": failed}).skipped
