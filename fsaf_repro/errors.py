@@ -79,3 +79,8 @@ class PathRoleError(PathError):
 
 class BackendOptionError(BackendError, OptionError):
     """A backend was given an option it does not declare, or a value outside the option's kind."""
+
+
+class StagesFailed(FsafReproError):
+    """A reproduce run finished with failed stages (their dependents skipped, the others run): raised at
+    the command line after the report, so the run exits 1 with the failures in one line."""

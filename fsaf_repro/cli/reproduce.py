@@ -5,6 +5,7 @@ declared once (kind, default, help, path role); this module adds none of its own
 """
 import argparse
 
+from ..errors import StagesFailed
 from ..options import Choice
 from ..reproduce import run_reproduce
 from ..reproduce_options import INPUT_DIR, INPUT_FILE, OUTPUT_DIR, ReproduceOptions, declarations, spell
@@ -57,8 +58,9 @@ def _cli_reproduce(args):
     summary = run_reproduce(ReproduceOptions(**dict((k, v) for k, v in given.items() if v is not None)))
     if summary.get("dry_run"):
         return 0
-    print("report: {}".format(summary["report"] or "not written (its stage failed)"))
-    failed = summary.get("failed") or {}
-    for name, failure in sorted(failed.items()):
-        print(f"failed: {name}: {failure['reason']} (log {failure['log']})")
-    return 1 if failed else 0
+    print("report: {}".format(summary["report"] or "not written (a stage it needs did not finish)"))
+    failed = sorted((name, f) for name, f in (summary.get("failed") or {}).items() if f["status"] == "failed")
+    if failed:
+        raise StagesFailed("{} stage(s) failed, their dependents skipped, the others run: {}".format(
+            len(failed), "; ".join(f"{name}: {f['reason']} (log {f['log']})" for name, f in failed)))
+    return 0

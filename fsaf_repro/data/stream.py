@@ -6,6 +6,7 @@ swallowed worker exception.
 """
 import queue
 import threading
+from collections import namedtuple
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
@@ -43,14 +44,17 @@ def _take_buffer(free_buffers, stop):
     return None
 
 
-def _produce(image_set, batch_size, workers, skip_bad, start, input_dtype, out_queue, stop, skipped,
-             free_buffers=None, end=None, sha256_into=None):
-    """Producer thread: fills batches of entries [start, end) in image order and puts them on the
-    bounded queue.
+# What the producer thread shares with its stream (not the stream itself: an abandoned stream must be
+# collectable): the bounded queue, the stop event, the list of skipped images, the queue of recycled
+# batch buffers (None: a new array per batch) and the dict each image's bytes' sha256 lands in (or None).
+_Links = namedtuple("_Links", ["queue", "stop", "skipped", "free_buffers", "sha256_into"])
 
-    With `free_buffers` (a queue of preallocated batch arrays) it fills recycled buffers instead of
-    allocating one per batch; with a dict `sha256_into`, each image's bytes' sha256 lands there.
-    """
+
+def _produce(image_set, batch_size, workers, skip_bad, span, input_dtype, links):
+    """Producer thread: fills batches of entries [start, end) (`span`; end None: to the last) in image
+    order and puts them on the bounded queue of `links`."""
+    (start, end), out_queue, stop = span, links.queue, links.stop
+    skipped, free_buffers, sha256_into = links.skipped, links.free_buffers, links.sha256_into
     dtype = input_array_dtype(input_dtype)
     shape = (batch_size, 3, image_set.height, image_set.width)
     try:
@@ -155,9 +159,8 @@ class BatchStream:
                 self._free_buffers.put(buffer)
         self._thread = threading.Thread(
             target=_produce, name="fsaf-batch-producer",
-            args=(image_set, self.batch_size, max(1, int(workers)), bool(skip_bad), int(start),
-                  input_dtype, self._queue, self._stop, self.skipped, self._free_buffers, end,
-                  self.image_sha256))
+            args=(image_set, self.batch_size, max(1, int(workers)), bool(skip_bad), (int(start), end), input_dtype,
+                  _Links(self._queue, self._stop, self.skipped, self._free_buffers, self.image_sha256)))
         self._thread.daemon = True
         self._thread.start()
         # the thread holds no reference to self, so an abandoned stream still stops its producer

@@ -166,8 +166,12 @@ def test_a_backend_that_raises_mid_run_leaves_a_report_with_its_failure_row(cras
     others = options["backends"].split(",")
     options["backends"] += "," + CRASHING
     code = main(_argv(options) + ["--run-dir", tiny_run_copy])
-    out = capsys.readouterr().out
-    assert code == 1 and f"failed: infer:{CRASHING}: BackendError" in out
+    captured = capsys.readouterr()
+    assert code == 1 and "report: " in captured.out
+    # one line at the command line's boundary: the failed stage, its reason, its log
+    expected = (f"fsaf-repro reproduce: error: 1 stage(s) failed, their dependents skipped, the others run: "
+                f"infer:{CRASHING}: BackendError: {CRASHING}: the device stopped answering at batch 2 (log ")
+    assert expected in captured.err and len(captured.err.strip().splitlines()) == 1
     with open(os.path.join(tiny_run_copy, "logs", "last_run.json")) as handle:
         last = json.load(handle)
     assert last["failed"][f"infer:{CRASHING}"]["status"] == "failed"
