@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .errors import ExportError, ToolError
 from .fileio import atomic_write_json, file_sha256
 from .jsonio import load_json
+from .options import BATCH_SIZES
 from .spec import input_constants
 from .tools import output_tail, run_tool
 
@@ -371,6 +372,7 @@ def convert_batch_sizes(onnx_path: str, out_dir: str, batch_sizes: Sequence[int]
     With keep_going, a failing batch size does not stop the others; the failures are raised together
     at the end (the oms already built stay in place, each with its sidecar).
     """
+    batch_sizes = BATCH_SIZES.check(list(batch_sizes), "batch_sizes")
     tool = "aoe" if aoe else "atc"
     if not os.path.isdir(str(out_dir)):
         os.makedirs(str(out_dir))
@@ -390,12 +392,3 @@ def convert_batch_sizes(onnx_path: str, out_dir: str, batch_sizes: Sequence[int]
         raise ToolError(f"{len(failures)} of {len(batch_sizes)} conversions failed (built: {built}):\n{details}")
     return results
 
-
-def parse_batch_sizes(text: str) -> List[int]:
-    try:
-        sizes = [int(part) for part in str(text).split(",") if part.strip()]
-    except ValueError:
-        raise ToolError(f"--batch-sizes must be comma-separated integers, got {text!r}") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise ToolError(f"--batch-sizes must list positive integers, got {text!r}")
-    return sizes

@@ -171,9 +171,11 @@ class OfType(OptionKind):
 
 
 class SizeList(OptionKind):
-    """Comma-separated batch sizes ("1,4,8", or a list of ints): each a positive int, sorted, once each."""
+    """Comma-separated batch sizes ("1,4,8", or a list of ints): each a positive int, given once; the
+    package's one batch-size list parser (CLI arguments, reproduce options, convert). Returns them sorted.
+    0, a negative, a duplicate or an empty list is refused: "1,1" is a slip, not one size."""
 
-    describe = "comma-separated positive integers"
+    describe = "comma-separated positive integers, each once"
 
     def check(self, value, option):
         items = value.split(",") if isinstance(value, str) else value
@@ -182,7 +184,10 @@ class SizeList(OptionKind):
         sizes = [_as_int(item) for item in items if not (isinstance(item, str) and not item.strip())]
         if not sizes or any(size is None or size < 1 for size in sizes):
             raise self.refuse(value, option)
-        return sorted(set(sizes))
+        repeated = sorted(set(size for size in sizes if sizes.count(size) > 1))
+        if repeated:
+            raise self.refuse(value, option, "{} given twice".format(", ".join(map(str, repeated))))
+        return sorted(sizes)
 
 
 def thread_limit() -> int:

@@ -29,7 +29,6 @@ report stage's outputs. Adding a stage: its body in fsaf_repro.stages, its entry
 fsaf_repro.stagebook.STAGE_VERSIONS. The stage book (declarations, keys, reuse) is fsaf_repro.stagebook.
 """
 import copy
-import hashlib
 import inspect
 import os
 import shutil
@@ -44,11 +43,12 @@ from .convert import PRECISION_MODES
 from .errors import CheckpointError, DataError, FsafReproError, PathError, ToolError
 from .evaluate import SCORERS
 from .fileio import atomic_write_json, file_sha256
+from .jsonio import canonical_sha256
 from .locking import run_lock
 from .options import (BATCH_SIZE, BATCH_SIZES, BOOLEAN, COUNT, IMAGE_SIDE, NON_NEGATIVE_INT, PROBABILITY, SEED, TEXT,
                       THREADS_OR_RUNTIME, Choice, OfType, check_batch_memory, check_options)
 from .pathroles import INPUT, OUTPUT, RolePath, check_path_roles
-from .stagebook import (Late, RunLog, Stage, StageBook, canonical_json, skipped_step, stage_key, under_spec_sections)
+from .stagebook import (Late, RunLog, Stage, StageBook, skipped_step, stage_key, under_spec_sections)
 from .stages import (GENERATED_IMAGE_DIR, _load_extra_perf, backend_class, run_checkpoint, run_convert, run_data,
                      run_dataset, run_evaluate, run_export, run_fit, run_infer, run_parity, run_perf, run_report,
                      run_results)
@@ -432,7 +432,7 @@ def late_image_set(state):
 
 
 def late_image_ids_sha(state):
-    return hashlib.sha256(canonical_json(state.image_set().image_ids).encode("utf-8")).hexdigest()
+    return canonical_sha256(state.image_set().image_ids)
 
 
 def late_image_files(state, count=None):
