@@ -28,9 +28,11 @@ from .tools import output_tail, run_tool
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32, 64)
 DEFAULT_OUT_NODES = "dets;labels"
-# atc's --precision_mode values (CANN 5.x). force_fp16 is atc's own default; we always pass it so the
-# sidecar states what was used.
-PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision")
+# atc's --precision_mode values (CANN 5.x). force_fp16 is atc's own default and this package's; we
+# always pass it so the sidecar states what was used.
+FORCE_FP16 = "force_fp16"
+DEFAULT_PRECISION_MODE = FORCE_FP16
+PRECISION_MODES = (FORCE_FP16, "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision")
 # atc's own lines (published outputs in tests/unit/fixtures/tool_outputs): on success `ATC run
 # success, welcome to the next use.`, possibly followed by warnings such as `W11001: Op [...] does not
 # hit ...`; on failure `ATC run failed, Please check the detail log, ...` and error-code lines
@@ -155,7 +157,7 @@ def input_shape_arg(input_name: str, batch_size: int, height: Optional[int], wid
 
 def atc_argv(onnx_path: str, output_prefix: str, batch_size: int, soc_version: Optional[str],
              input_name: str = "input", height: Optional[int] = None, width: Optional[int] = None,
-             out_nodes: Optional[str] = DEFAULT_OUT_NODES, precision_mode: str = "force_fp16",
+             out_nodes: Optional[str] = DEFAULT_OUT_NODES, precision_mode: str = DEFAULT_PRECISION_MODE,
              log_level: str = "error", atc: str = "atc", extra_args: Sequence[str] = (),
              extra_inputs: Sequence[Tuple[str, Sequence[int]]] = ()) -> List[str]:
     """The recipe's atc command (section 3.2) as an argv list."""
@@ -265,7 +267,7 @@ class ConversionJob:
     tool: str
     batch_size: int
     soc_version: Optional[str]
-    precision_mode: str = "force_fp16"
+    precision_mode: str = DEFAULT_PRECISION_MODE
     out_nodes: Optional[str] = DEFAULT_OUT_NODES
     log_level: str = "error"
     job_type: int = 2
@@ -295,7 +297,7 @@ class ConversionJob:
 
 
 def convert_one(onnx_path: str, out_dir: str, batch_size: int, soc_version: Optional[str], tool: str = "atc",
-                name_prefix: Optional[str] = None, precision_mode: str = "force_fp16",
+                name_prefix: Optional[str] = None, precision_mode: str = DEFAULT_PRECISION_MODE,
                 out_nodes: Optional[str] = DEFAULT_OUT_NODES, input_name: str = "input",
                 height: Optional[int] = None, width: Optional[int] = None, log_level: str = "error",
                 job_type: int = 2, executable: Optional[str] = None, timeout: Optional[float] = None,

@@ -6,15 +6,13 @@ recorder on the spec loader refuses a body that read any other section. So a sta
 drift from what the stage reads: a new read must be declared, and a declared read is keyed.
 Which stages a run has, and what each declares, is fsaf_repro.reproduce's plan.
 """
-import datetime
 import os
-import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .errors import DataError, FsafReproError, ResultsError
-from .fileio import atomic_write_json, file_sha256, naming_os_errors
+from .fileio import atomic_write_json, file_sha256
 from .jsonio import canonical_sha256, integer, load_json, mapping, nullable, obj, real_number, text_value
 from .spec import section_digest
 
@@ -288,26 +286,6 @@ class StageBook:
     def seconds(self, name: str) -> Optional[float]:
         entry = self.entries.get(name)
         return entry.get("seconds") if entry else None
-
-
-class RunLog:
-    """Prints each line and appends it to `<run dir>/logs/reproduce.log`."""
-
-    def __init__(self, run_dir: str, echo: bool = True):
-        self.path = os.path.join(run_dir, "logs", "reproduce.log")
-        if not os.path.isdir(os.path.dirname(self.path)):
-            os.makedirs(os.path.dirname(self.path))
-        self.echo = echo
-        self.lines = []
-
-    def __call__(self, message: str) -> None:
-        self.lines.append(message)
-        if self.echo:
-            sys.stdout.write(f"reproduce: {message}\n")
-            sys.stdout.flush()
-        stamp = datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z"
-        with naming_os_errors(self.path), open(self.path, "a") as handle:
-            handle.write(f"{stamp} {message}\n")
 
 
 # Late values: known once earlier stages have run
