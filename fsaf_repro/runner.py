@@ -34,6 +34,7 @@ import time
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from . import __version__
 from .data import iter_batches
@@ -360,7 +361,7 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
         redone_batches = journal.check_images(image_set, skip_bad, workers)
         gaps = journal.gaps(total)
         reused = total - sum(end - start for start, end in gaps)
-        bar = _progress(total, reused, progress)
+        bar = tqdm(total=total, initial=reused, unit="img", desc="infer", dynamic_ncols=True, disable=not progress)
         for start, end in gaps:
             _run_range(image_set, backend, journal, start, end, batch_size, input_dtype, skip_bad, prefetch,
                        workers, bar, session)
@@ -439,22 +440,3 @@ def _batch_line(first, end, metas, stream, skipped, results):
     return {"first": first, "next": end, "image_ids": [int(m.image_id) for m in metas],
             "image_sha256": [stream.image_sha256.pop(i, None) for i in range(first, end)],
             "results": results, "skipped": [_skipped_dict(s) for s in skipped]}
-
-
-class _NoBar:
-    n = 0
-
-    def update(self, k):
-        self.n += k
-
-    def close(self):
-        pass
-
-
-def _progress(total, initial, enabled):
-    if not enabled:
-        bar = _NoBar()
-        bar.n = initial
-        return bar
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, unit="img", desc="infer", dynamic_ncols=True)
