@@ -3,8 +3,9 @@
 One static om per batch size (the recipe's 1, 4, 8, 16, 32, 64 by default). Every tool call:
 - is an argv list (no shell), run in its own scratch directory (atc leaves kernel_meta/ and
   fusion_result.json in its working directory);
-- is judged by its exit code AND its own success line AND the artifact's existence (facts sheet
-  section 3): atc can exit 0 without an om, or die by SIGSEGV with no message;
+- is judged by its exit code AND its own success line AND the artifact's existence (atc's published
+  outputs: tests/unit/fixtures/tool_outputs): atc can exit 0 without an om, or die by SIGSEGV with no
+  message;
 - keeps its combined stdout/stderr as `<artifact stem>.<tool>.log` beside the artifact;
 - moves the artifact into place only on success, then writes a sidecar `<om>.json` recording how it
   was built (argv, soc version, batch size, input shape, output nodes, precision mode, ONNX hash).

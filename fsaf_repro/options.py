@@ -1,4 +1,4 @@
-"""Declared option kinds: every option's type and range, checked before any work (issue 19, rule 2).
+"""Declared option kinds: every option's type and range, checked before any work.
 
 An option kind converts a value and checks its range. The same kind object serves three callers:
 - the command line: `fsaf_repro.cli.args.typed(kind)` makes it an argparse `type=` (a value out of
@@ -19,7 +19,7 @@ from .errors import OptionError
 # At most this many threads (intra-op, decoding workers) per core that os.cpu_count() reports. More
 # threads than cores only adds contention (each intra-op barrier waits for the slowest thread), and
 # every thread reserves a stack and per-thread scratch in the runtimes: a backend given 100000 threads
-# grew to 22 GB, then segfaulted (issue 19). 4x leaves room for a cpu_count that undercounts what the
+# grew to 22 GB, then segfaulted. 4x leaves room for a cpu_count that undercounts what the
 # runtime may use (SMT siblings, a cgroup quota changed after start) without allowing a runaway value.
 THREADS_PER_CORE_LIMIT = 4
 

@@ -57,13 +57,13 @@ from .stages import (GENERATED_IMAGE_DIR, _load_extra_perf, backend_class, run_c
                      run_results)
 from .torch_threads import set_intra_op_threads
 
-# The embedded default: small enough for about a minute on a 2-core CPU (project choice, issue 5).
+# The embedded default: small enough for about a minute on a 2-core CPU (project choice).
 EMBEDDED_NUM_IMAGES = 32  # the held-out set of the fitted weights: ~110 objects
 EMBEDDED_INPUT_HW = (256, 384)
 EMBEDDED_BATCH_SIZES = (1, 2)
 EMBEDDED_SEED = 0
-# Without a checkpoint, the weights are fitted on generated shapes (fsaf_repro.train, issue 11) for this many
-# steps; 0 (--fit-steps 0) keeps the seeded weights. The fit's training set has its own seed, never the
+# Without a checkpoint, the weights are fitted on generated shapes (fsaf_repro.train, docs/fitted-weights.md)
+# for this many steps; 0 (--fit-steps 0) keeps the seeded weights. The fit's training set has its own seed, never the
 # evaluated set's.
 DEFAULT_FIT_STEPS = 1000  # = fsaf_repro.train.DEFAULTS['steps'] (test_reproduce_plan)
 FIT_DATA_SEED_OFFSET = 1000

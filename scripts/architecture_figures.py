@@ -1,4 +1,4 @@
-"""Shape figures of the fsaf_repro package (issue 10), from its source alone: one JSON object.
+"""Shape figures of the fsaf_repro package (docs/architecture.md), from its source alone: one JSON object.
 
     python scripts/architecture_figures.py [PACKAGE_DIR]      # default: fsaf_repro/ beside this script
 

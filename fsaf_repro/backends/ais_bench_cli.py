@@ -1,15 +1,16 @@
 """The `ais_bench` backend: the ais_bench command line run over a directory of .bin inputs.
 
 `python3 -m ais_bench --model x.om --input dir --output out --outfmt BIN --batchsize N --device ID`
-(facts sheet section 3). Each call of `run(batch)` writes the batch as one input file whose byte size
-equals the model's input tensor, runs the tool in a scratch directory, finds the one output folder
-the tool made under `out` (named by the time) and its summary, in either published layout
-(ais_bench: `<folder>_summary.json` beside it; ais_infer: `sumary.json` inside it), and reads the
-two output files (dets, labels) the summary's `filesinfo` names for that input. The summary is kept
-in `last_summary`. The summary, with its `throughput`, is the tool's own
-record of a finished run, so a call without it failed whatever the exit code. The scratch directory
-is removed after a success and kept (and named in the error) after a failure; every call's tool log
-is appended to the backend's log file (`tool_log_path`), next to the om unless told otherwise.
+(the ais_bench README, Ascend/tools repository, ais-bench_workload/tool/ais_bench). Each call of
+`run(batch)` writes the batch as one input file whose byte size equals the model's input tensor, runs
+the tool in a scratch directory, finds the one output folder the tool made under `out` (named by the
+time) and its summary, in either published layout (ais_bench: `<folder>_summary.json` beside it;
+ais_infer: `sumary.json` inside it), and reads the two output files (dets, labels) the summary's
+`filesinfo` names for that input. The summary is kept in `last_summary`. The summary, with its
+`throughput`, is the tool's own record of a finished run, so a call without it failed whatever the exit
+code. The scratch directory is removed after a success and kept (and named in the error) after a
+failure; every call's tool log is appended to the backend's log file (`tool_log_path`), next to the om
+unless told otherwise.
 """
 import importlib.util
 import math

@@ -1,7 +1,7 @@
 """The recipe's data path (step 4): COCO images -> network inputs, in four parts used separately.
 
 - `transform`: reading an image as the recipe's cv2.imread does, and the recipe's letterbox and
-  normalisation (facts sheet section 2), with its inverse for boxes.
+  normalisation (recipe section 4.2, its Fsaf_preprocess.py), with its inverse for boxes.
 - `coco`: the annotation file's one check, the images of a COCO set (`CocoImageSet`) and the names
   of the files made for each image.
 - `bins`: the `.bin` files and info files for the benchmark tool and ais_bench, with the record

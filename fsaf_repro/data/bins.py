@@ -234,7 +234,8 @@ def _remove_stale_parts(out_dir):
 
 def write_bins(image_set: CocoImageSet, out_dir: str, workers: Optional[int] = None, skip_bad: bool = False,
                progress: bool = True, chunksize: int = 2, verify: bool = False) -> PreprocessReport:
-    """Write one `<stem>.bin` per image (float32 CHW, facts section 2) into `out_dir`, in parallel.
+    """Write one `<stem>.bin` per image (float32 CHW, as the recipe's Fsaf_preprocess.py writes it)
+    into `out_dir`, in parallel.
 
     A `.bin` is kept only when the folder's record (BIN_RECORD_NAME) says it was made from the
     image's current bytes with this transform and it is unchanged since (size and mtime; with `verify`
@@ -326,7 +327,7 @@ def write_info_files(image_set: CocoImageSet, bin_dir: Optional[str] = None, bin
                      jpg_info: Optional[str] = None, exclude_ids: Sequence[int] = (),
                      report: Optional[PreprocessReport] = None,
                      metas: Optional[Sequence[Any]] = None) -> Dict[str, List[str]]:
-    """Write the tools' info files (facts section 2) in image-id order; returns the lines written.
+    """Write the tools' info files (the recipe's get_info.py layout) in image-id order; returns the lines written.
 
     bin:  `<index> <bin_dir>/<stem>.bin <model width> <model height>`: each .bin must exist, full
           size, and be the one the folder's record says was made from the image's current bytes
