@@ -33,7 +33,9 @@ from .reproduce_config import default_run_dir, probe_host, resolve_config, resol
 from .reproduce_execute import PlannedStage, dry_run, execute
 from .reproduce_options import INPUT_DIR, INPUT_FILE, ReproduceOptions, declarations, spell
 from .reproduce_plan import RunState, plan
-from .stagebook import RunLog, StageBook
+from .report import REPORT_NAME
+from .runlog import RunLog
+from .stagebook import StageBook
 from .torch_threads import set_intra_op_threads
 
 
@@ -96,7 +98,7 @@ def _configure_plan_execute(options, run_dir):
 
 def _summary(config, stages, state, book, wall):
     from .evaluate import load_metrics
-    report_path = config.path("report.md") if book.status.get("report") else None
+    report_path = config.path(REPORT_NAME) if book.status.get("report") else None
     stage_status = dict(book.status, **dict((name, "failed") for name, failure in state.failures.items()
                                             if failure.status == "failed"))
     ran = sorted(n for n, s in stage_status.items() if s == "ran")

@@ -9,6 +9,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from .data import ANNOTATION_RELPATH, IMAGE_DIR_NAME, coco_annotation_path, coco_image_dir
 from .errors import CheckpointError, DataError, PathError, ToolError
 from .options import check_batch_memory
 from .reproduce_options import (DEFAULT_BACKENDS, DEFAULT_CPU_BATCH_SIZES, DEFAULT_FIT_STEPS, DEFAULT_PARITY_IMAGES,
@@ -44,11 +45,11 @@ def resolve_inputs(checkpoint=None, coco_root=None, environ=None):
         coco_root = os.path.abspath(os.path.expanduser(str(coco_root)))
         if not os.path.isdir(coco_root):
             raise DataError(f"COCO root not found: {coco_root} (given by --coco-root or {ENV_COCO_ROOT}); it must "
-                            "hold val2017/ and annotations/instances_val2017.json")
-        for rel in (os.path.join("annotations", "instances_val2017.json"), "val2017"):
+                            f"hold {IMAGE_DIR_NAME}/ and {ANNOTATION_RELPATH}")
+        for rel in (ANNOTATION_RELPATH, IMAGE_DIR_NAME):
             if not os.path.exists(os.path.join(coco_root, rel)):
-                raise DataError(f"COCO root {coco_root} has no {rel} (expected <root>/val2017/*.jpg and "
-                                "<root>/annotations/instances_val2017.json)")
+                raise DataError(f"COCO root {coco_root} has no {rel} (expected <root>/{IMAGE_DIR_NAME}/*.jpg and "
+                                f"<root>/{ANNOTATION_RELPATH})")
     return checkpoint, coco_root
 
 
@@ -153,11 +154,11 @@ class RunConfig:
 
     @property
     def annotation_file(self) -> str:
-        return os.path.join(self.data_root, "annotations", "instances_val2017.json")
+        return coco_annotation_path(self.data_root)
 
     @property
     def image_dir(self) -> str:
-        return os.path.join(self.data_root, "val2017")
+        return coco_image_dir(self.data_root)
 
     def path(self, *parts) -> str:
         return os.path.join(self.run_dir, *parts)
@@ -179,7 +180,7 @@ def resolve_config(options: ReproduceOptions) -> RunConfig:
     checkpoint, coco_root = resolve_inputs(options.checkpoint, options.coco_root, options.environ)
     if coco_root is not None:
         from .data import read_annotation_file
-        read_annotation_file(os.path.join(coco_root, "annotations", "instances_val2017.json"))
+        read_annotation_file(coco_annotation_path(coco_root))
     embedded = checkpoint is None and coco_root is None
     run_dir = os.path.abspath(options.run_dir or default_run_dir(embedded, checkpoint, coco_root))
     _refuse_run_outputs_as_extra_perf(options.extra_perf, run_dir)

@@ -11,9 +11,10 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional, Tuple
 
-from .convert import PRECISION_MODES
+from .convert import DEFAULT_PRECISION_MODE, PRECISION_MODES
+from .data import ANNOTATION_RELPATH, IMAGE_DIR_NAME
 from .errors import OptionError
-from .evaluate import SCORERS
+from .evaluate import DEFAULT_SCORER, SCORERS
 from .options import (BATCH_SIZE, BATCH_SIZES, BOOLEAN, COUNT, IMAGE_SIDE, NON_NEGATIVE_INT, PROBABILITY, SEED, TEXT,
                       THREADS_OR_RUNTIME, Choice, OfType, OptionKind)
 
@@ -29,8 +30,6 @@ DEFAULT_CPU_BATCH_SIZES = (1, 4)
 DEFAULT_PERF_LOOPS = 2
 DEFAULT_PERF_WARMUP = 1
 DEFAULT_PARITY_IMAGES = 3
-DEFAULT_SCORER = SCORERS[0]
-DEFAULT_PRECISION_MODE = PRECISION_MODES[0]  # atc's own default
 
 # Backends tried by default (those available on this host run, the others are listed as skipped).
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "aclruntime", "onnxruntime-cann")
@@ -111,7 +110,7 @@ class ReproduceOptions:
     checkpoint: Optional[str] = option(None, PATH, f"mmdetection checkpoint (default: ${ENV_CHECKPOINT}; absent: "
                                        "weights made by the run)", path=INPUT_FILE, what="checkpoint",
                                        env=ENV_CHECKPOINT)
-    coco_root: Optional[str] = option(None, PATH, "COCO root with val2017/ and annotations/instances_val2017.json "
+    coco_root: Optional[str] = option(None, PATH, f"COCO root with {IMAGE_DIR_NAME}/ and {ANNOTATION_RELPATH} "
                                       f"(default: ${ENV_COCO_ROOT}; absent: a generated set)", path=INPUT_DIR,
                                       what="COCO root", env=ENV_COCO_ROOT)
     run_dir: Optional[str] = option(None, PATH, "run directory (default: runs/embedded-default, or "

@@ -8,7 +8,6 @@ are module-level `run_<stage>(ctx)` functions in fsaf_repro.stages. Adding a sta
 entry in `plan` and its version in fsaf_repro.stagebook.STAGE_VERSIONS.
 """
 import copy
-import hashlib
 import os
 import sys
 from typing import List
@@ -16,7 +15,8 @@ from typing import List
 from .backends.base import MODEL_CHECKPOINT, MODEL_OM, ONNX_MODEL_KINDS
 from .parity import ParitySide, SideRole
 from .reproduce_config import REFERENCE_BACKEND, HostProbes, RunConfig
-from .stagebook import Late, Stage, canonical_json, check_edges, derived_upstream, skipped_step, under_spec_sections
+from .jsonio import canonical_sha256
+from .stagebook import Late, Stage, check_edges, derived_upstream, skipped_step, under_spec_sections
 from .stages import (GENERATED_IMAGE_DIR, backend_class, run_checkpoint, run_convert, run_data, run_dataset,
                      run_evaluate, run_export, run_fit, run_infer, run_parity, run_perf, run_report, run_results)
 
@@ -59,7 +59,7 @@ def late_image_set(state):
 
 
 def late_image_ids_sha(state):
-    return hashlib.sha256(canonical_json(state.image_set().image_ids).encode("utf-8")).hexdigest()
+    return canonical_sha256(state.image_set().image_ids)
 
 
 def late_image_files(state, count=None):
