@@ -10,6 +10,7 @@ from ..perf import (MODE_DEFINITIONS, best_batch, compare_to_reference, evaluate
                     parse_benchmark_perf, reference_records, write_records)
 from ..spec import input_constants
 from .args import BACKEND_NAME, KEY_VALUE, input_file, output_file, output_place, parse_backend_options, typed
+from .model_input import INPUT_DTYPE_HELP, INPUT_DTYPES, MODEL_SIDE_HELP, model_input
 
 
 def register(subparsers):
@@ -26,9 +27,11 @@ def register(subparsers):
     perf.add_argument("--loops", type=typed(COUNT), default=20, help="timed runs per batch size (default 20)")
     perf.add_argument("--warmup", type=typed(NON_NEGATIVE_INT), default=3,
                       help="untimed warm-up runs before them (default 3; 0: none)")
-    perf.add_argument("--height", type=typed(IMAGE_SIDE), default=None, help="input height (default: the recipe's)")
-    perf.add_argument("--width", type=typed(IMAGE_SIDE), default=None, help="input width (default: the recipe's)")
-    perf.add_argument("--input-dtype", default="float32", choices=("float32", "uint8"))
+    perf.add_argument("--height", type=typed(IMAGE_SIDE), default=None,
+                      help=MODEL_SIDE_HELP.format("height", input_constants()["height"]))
+    perf.add_argument("--width", type=typed(IMAGE_SIDE), default=None,
+                      help=MODEL_SIDE_HELP.format("width", input_constants()["width"]))
+    perf.add_argument("--input-dtype", default=None, choices=INPUT_DTYPES, help=INPUT_DTYPE_HELP)
     perf.add_argument("--threads", type=typed(THREADS), default=None, help="intra-op threads for CPU backends")
     perf.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE", type=typed(KEY_VALUE),
                       help="backend option, repeatable (e.g. graph_optimization=basic, device_id=0)")
@@ -60,7 +63,8 @@ def register(subparsers):
                     "each record beside the reference cell, then the gates on the measured records.")
     gates.add_argument("records", nargs="*", type=input_file("perf records file"),
                        help="JSON files written by `fsaf-repro perf --out`")
-    gates.add_argument("--mode", default="inference", choices=sorted(MODE_DEFINITIONS))
+    gates.add_argument("--mode", default="inference", choices=sorted(MODE_DEFINITIONS),
+                       help="which throughput the gates compare (the recipe's table is pure inference)")
     gates.add_argument("--no-fail", action="store_true", help="exit 0 even when a gate fails")
     gates.add_argument("--with-reference", action="store_true",
                        help="a gate device without measured records takes the recipe's reference table "
@@ -88,15 +92,14 @@ def _run_benchmark_info(args):
     """The recipe's full-dataset run: the benchmark tool over a whole info file, then its perf file."""
     if not args.model:
         raise ResultsError("--benchmark-info needs --model (the .om)")
-    sidecar = read_om_sidecar(args.model)
+    sidecar = read_om_sidecar(args.model)  # an ONNX file's export sidecar is refused, naming it
     batch_size = args.batch_size or (sidecar["batch_size"] if sidecar else None)
     if batch_size is None:
         raise ResultsError(f"{args.model} has no conversion sidecar: give --batch-size")
     # the om's own input size (its conversion sidecar) unless given; the recipe's otherwise
-    shape = (sidecar or {}).get("input", {}).get("shape") or [None, None] + [
-        input_constants()["height"], input_constants()["width"]]
-    result = run_info_file(args.model, batch_size, args.benchmark_info, args.width or shape[3],
-                           args.height or shape[2], args.workdir, device_id=args.device_id,
+    model = model_input(args.model, args.height, args.width, args.input_dtype)
+    result = run_info_file(args.model, batch_size, args.benchmark_info, model.width,
+                           model.height, args.workdir, device_id=args.device_id,
                            executable=args.benchmark_executable, device_label=args.device,
                            precision=args.precision or "fp16")
     print(f"outputs: {result['outputs_dir']} (perf file {result['perf_file']}, log {result['log']})")
@@ -118,9 +121,10 @@ def _measure(args):
     if not args.backend:
         raise ResultsError("give --backend and --model to measure, or --from-benchmark/--from-ais-bench")
     sizes = args.batch_sizes  # a sorted list of positive ints (BATCH_SIZES)
-    height, width = args.height or input_constants()["height"], args.width or input_constants()["width"]
+    # the canvas and dtype the model was exported at (its sidecar) unless given; a contradiction is refused
+    model = model_input(args.model, args.height, args.width, args.input_dtype)
     for bs in sizes:
-        check_batch_memory(bs, height, width, "--batch-sizes")
+        check_batch_memory(bs, model.height, model.width, "--batch-sizes")
     try:
         options = parse_backend_options(args.backend_option)
     except FsafReproError as exc:
@@ -131,7 +135,7 @@ def _measure(args):
     for bs in sizes:
         with create_backend(args.backend, **options) as backend:
             backend.load(args.model)
-            batch = fixed_input(bs, args.height, args.width, args.input_dtype)
+            batch = fixed_input(bs, model.height, model.width, model.input_dtype)
             records.append(measure_pure_inference(backend, batch, args.loops, args.warmup, args.device,
                                                   args.precision or "fp32", args.backend))
     best = best_batch(records)

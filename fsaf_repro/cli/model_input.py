@@ -1,0 +1,49 @@
+"""The input a verb feeds a model file: its sidecar's canvas and dtype unless given, a given value that
+contradicts the sidecar refused (used by `infer` and `perf`).
+
+A model exported at 256x384 takes only 256x384 inputs: running it at the recipe's 800x1216 because
+--height/--width were left out would fail deep inside the runtime with its own message, and a user
+should not have to repeat what the export recorded.
+"""
+from collections import namedtuple
+from typing import Optional
+
+from ..convert import read_model_sidecar
+from ..data.transform import INPUT_DTYPES
+from ..errors import OptionError
+from ..spec import input_constants
+
+__all__ = ["DEFAULT_INPUT_DTYPE", "INPUT_DTYPES", "INPUT_DTYPE_HELP", "MODEL_SIDE_HELP", "ModelInput", "model_input"]
+
+# The default input dtype where neither the option nor a sidecar says: the recipe's float32 .bin input.
+DEFAULT_INPUT_DTYPE = "float32"
+
+# The help of the options this module resolves, shared by the verbs that take them.
+MODEL_SIDE_HELP = "network input {} (default: the model sidecar's, else the recipe's {})"
+INPUT_DTYPE_HELP = ("input dtype: float32 normalised, or uint8 for an export with normalisation in the graph "
+                    "(default: the model sidecar's, else float32)")
+
+ModelInput = namedtuple("ModelInput", "height width input_dtype sidecar")
+
+
+def model_input(model: Optional[str], height: Optional[int], width: Optional[int],
+                input_dtype: Optional[str]) -> ModelInput:
+    """(height, width, input dtype, sidecar or None) for running `model`: each from the option when given,
+    else from the model's sidecar (`fsaf_repro.convert.read_model_sidecar`), else the recipe's. A given
+    value that differs from the sidecar's is an OptionError naming the option and the sidecar file."""
+    sidecar = read_model_sidecar(model) if model else None
+    recipe = input_constants()
+    recorded = {"--height": None, "--width": None, "--input-dtype": None}
+    if sidecar is not None:
+        recorded = {"--height": sidecar.height, "--width": sidecar.width, "--input-dtype": sidecar.input_dtype}
+    given = {"--height": height, "--width": width, "--input-dtype": input_dtype}
+    fallback = {"--height": recipe["height"], "--width": recipe["width"], "--input-dtype": DEFAULT_INPUT_DTYPE}
+    resolved = {}
+    for option, value in given.items():
+        if value is not None and recorded[option] is not None and value != recorded[option]:
+            raise OptionError(
+                f"{option} {value} contradicts {sidecar.path}, which records a {sidecar.kind} input of "
+                f"{sidecar.height}x{sidecar.width} {sidecar.input_dtype or ''}".rstrip()
+                + f"; leave {option} out to use the model's")
+        resolved[option] = next(v for v in (value, recorded[option], fallback[option]) if v is not None)
+    return ModelInput(resolved["--height"], resolved["--width"], resolved["--input-dtype"], sidecar)
