@@ -21,7 +21,8 @@ def register(subparsers):
                         help="comma-separated batch sizes (default: the recipe's 1,4,8,16,32,64)")
     parser.add_argument("--soc-version", default=None, type=typed(TEXT),
                         help="e.g. Ascend310P3; default: read from `npu-smi info`")
-    parser.add_argument("--precision-mode", default="force_fp16", choices=PRECISION_MODES)
+    parser.add_argument("--precision-mode", default="force_fp16", choices=PRECISION_MODES,
+                        help="atc --precision_mode (the recipe's om is fp16)")
     parser.add_argument("--out-nodes", default=DEFAULT_OUT_NODES, type=typed(TEXT),
                         help="atc --out_nodes (default: dets;labels)")
     parser.add_argument("--aoe", action="store_true",

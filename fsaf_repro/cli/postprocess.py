@@ -1,5 +1,4 @@
 """The `postprocess` verb (recipe step 6): network outputs -> COCO results json, optionally scored."""
-import argparse
 
 from ..data import CocoImageSet, read_manifest
 from ..evaluate import evaluate_results, format_per_class_table, format_recipe_table
@@ -43,8 +42,7 @@ def _cli_postprocess(args):
 
 def register(subparsers):
     parser = subparsers.add_parser(
-        "postprocess", help="recipe step 6: network outputs -> COCO results json (optionally scored)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "postprocess", help="recipe step 6: network outputs -> COCO results json (optionally scored)")
     parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
                         help="COCO instances json the inputs came from")
     parser.add_argument("--images", default=None, type=input_dir("image folder"),
@@ -58,7 +56,8 @@ def register(subparsers):
                         help="model input width (default: the manifest's, else the recipe's)")
     parser.add_argument("--limit", type=typed(COUNT), default=None,
                         help="first N images by id, as in preprocess (default: all)")
-    parser.add_argument("--format", choices=("benchmark", "ais_bench", "npy"), default="benchmark")
+    parser.add_argument("--format", choices=("benchmark", "ais_bench", "npy"), default="benchmark",
+                        help="which tool wrote --outputs: the benchmark tool's dumpOutput, ais_bench, or .npy files")
     parser.add_argument("--outputs", required=True, type=input_path("network outputs"),
                         help="benchmark dumpOutput dir, ais_bench output dir, or the dets .npy")
     parser.add_argument("--labels-npy", default=None, type=input_file("labels .npy"), help="labels .npy (format npy)")
@@ -70,7 +69,8 @@ def register(subparsers):
     parser.add_argument("--clip", action="store_true",
                         help="clip boxes to the original image (the recipe does not)")
     parser.add_argument("--evaluate", action="store_true", help="score the results right away")
-    parser.add_argument("--scorer", default="pycocotools", choices=("pycocotools", "faster-coco-eval"))
+    parser.add_argument("--scorer", default="pycocotools", choices=("pycocotools", "faster-coco-eval"),
+                        help="with --evaluate: the COCO scorer")
     parser.add_argument("--drop-degenerate", action="store_true",
                         help="with --evaluate: leave out detections whose box has width or height <= 0 and "
                              "count them (default: such a detection is an error)")
