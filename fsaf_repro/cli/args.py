@@ -14,9 +14,9 @@ from ..options import TEXT, OptionKind
 from ..pathroles import INPUT, OUTPUT
 
 
-# A help text's mention of a default ("(default: X)", "default: X", "default 3"), not the name of the
-# embedded default run ("for the embedded default", "runs/embedded-default").
-DEFAULT_MENTION = re.compile(r"(?<!embedded[ -])\bdefault\b", re.IGNORECASE)
+# A help text's mention of a default ("(default: X)", "default: X"), not the name of the embedded default
+# run ("for the embedded default", "runs/embedded-default") nor a value named 'default' (a style).
+DEFAULT_MENTION = re.compile(r"(?<!embedded[ -])(?<!')\bdefault\b(?!')", re.IGNORECASE)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -40,8 +40,9 @@ def _shows_default(action):
     """Whether an option's default is worth printing: a value, not absence (None), an unset flag, an
     empty list of repeated values or argparse's own SUPPRESS."""
     default = action.default
-    return (action.option_strings and not action.required and default not in (None, False, argparse.SUPPRESS)
-            and default != [] and action.nargs != 0)
+    # by identity: 0 == False, and a default of 0 (a seed, a device id) is a value worth showing
+    absent = default is None or default is False or default is argparse.SUPPRESS or default == []
+    return bool(action.option_strings) and not action.required and not absent and action.nargs != 0
 
 
 def _path_type(check, what, role, form):

@@ -13,7 +13,7 @@ def register(subparsers):
         help="write seeded FSAF weights in the official checkpoint layout (a stand-in for "
              "fsaf_r50_fpn_1x_coco-94ccc51f.pth where it is absent)")
     parser.add_argument("output", type=output_file("checkpoint file"), help="path of the .pth file to write")
-    parser.add_argument("--seed", type=typed(SEED), default=0, help="seed of the weights (default 0)")
+    parser.add_argument("--seed", type=typed(SEED), default=0, help="seed of the weights (default: 0)")
     _add_fit_arguments(parser)
     parser.set_defaults(func=_cli_make_checkpoint)
 

@@ -27,7 +27,7 @@ def register(subparsers):
                         help="atc --out_nodes (default: dets;labels)")
     parser.add_argument("--aoe", action="store_true",
                         help="run aoe operator tuning (job type 2) instead of atc")
-    parser.add_argument("--job-type", type=int, default=2, choices=(1, 2), help="aoe job type (default 2)")
+    parser.add_argument("--job-type", type=int, default=2, choices=(1, 2), help="aoe job type (default: 2)")
     parser.add_argument("--log-level", default="error", type=typed(TEXT), help="atc --log level (default: error)")
     parser.add_argument("--atc", default=None, type=typed(TEXT), help="atc executable (default: atc on PATH)")
     parser.add_argument("--aoe-bin", default=None, type=typed(TEXT), help="aoe executable (default: aoe on PATH)")

@@ -45,7 +45,8 @@ def register(subparsers):
     parser.add_argument("--seed", type=typed(SEED), default=0,
                         help="seed of the generated images and boxes (the same seed gives the same set)")
     parser.add_argument("--style", choices=GENERATOR_STYLES, default=GENERATOR_STYLES[0],
-                        help="default: objects of random colours and any of the 80 classes (a class is not visible "
-                             "in the image; seeded weights); classes: each of the classes the fit learns drawn in "
-                             "its own shape and colour (fitted weights; the embedded default's)")
+                        help="how objects are drawn: 'default', random colours and any of the 80 classes (a class is "
+                             "not visible in the image; for seeded weights); 'classes', each class the fit learns in "
+                             "its own shape and colour (for fitted weights: the embedded default's) (default: "
+                             f"'{GENERATOR_STYLES[0]}')")
     parser.set_defaults(func=_cli_make_dataset)

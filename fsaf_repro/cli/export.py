@@ -31,7 +31,7 @@ def register(subparsers):
                         help="network input width (default: the recipe's)")
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--batch-size", type=typed(BATCH_SIZE), default=1,
-                       help="static batch size (default 1; the trace runs a batch of this size: its memory is checked)")
+                       help="static batch size (the trace runs a batch of this size: its memory is checked)")
     batch.add_argument("--dynamic-batch", action="store_true", help="export a dynamic batch dimension")
     parser.add_argument("--input-dtype", choices=INPUT_DTYPES, default="float32",
                         help="uint8 moves normalisation into the graph (the ATC/AIPP way)")

@@ -32,8 +32,8 @@ def register(subparsers):
                         help="images per batch, at most the number of images run and what memory allows "
                              "(default: the model's static batch size, else 1)")
     parser.add_argument("--input-dtype", default=None, choices=INPUT_DTYPES, help=INPUT_DTYPE_HELP)
-    parser.add_argument("--prefetch", type=typed(PREFETCH), default=2, help="batches decoded ahead (default 2)")
-    parser.add_argument("--workers", type=typed(THREADS), default=2, help="decoding threads (default 2)")
+    parser.add_argument("--prefetch", type=typed(PREFETCH), default=2, help="batches decoded ahead (default: 2)")
+    parser.add_argument("--workers", type=typed(THREADS), default=2, help="decoding threads (default: 2)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip unreadable images and list them (default: stop with the file named)")
     parser.add_argument("--out", required=True, type=output_file("results file"), help="results json to write")

@@ -23,10 +23,10 @@ def register(subparsers):
     perf.add_argument("--model", type=input_file("model file"),
                       help="model file for the backend (onnx, om, checkpoint)")
     perf.add_argument("--batch-sizes", default="1", type=typed(BATCH_SIZES),
-                      help="comma-separated batch sizes (default 1)")
-    perf.add_argument("--loops", type=typed(COUNT), default=20, help="timed runs per batch size (default 20)")
+                      help="comma-separated batch sizes (default: 1)")
+    perf.add_argument("--loops", type=typed(COUNT), default=20, help="timed runs per batch size (default: 20)")
     perf.add_argument("--warmup", type=typed(NON_NEGATIVE_INT), default=3,
-                      help="untimed warm-up runs before them (default 3; 0: none)")
+                      help="untimed warm-up runs before them (default: 3; 0: none)")
     perf.add_argument("--height", type=typed(IMAGE_SIDE), default=None,
                       help=MODEL_SIDE_HELP.format("height", input_constants()["height"]))
     perf.add_argument("--width", type=typed(IMAGE_SIDE), default=None,
@@ -40,19 +40,19 @@ def register(subparsers):
                            "and read its perf file (the recipe's full-dataset mode)")
     perf.add_argument("--workdir", default="benchmark_run", type=output_place("benchmark folder"),
                       help="where the benchmark tool writes result/")
-    perf.add_argument("--device-id", type=typed(NON_NEGATIVE_INT), default=0, help="NPU device id (default 0)")
+    perf.add_argument("--device-id", type=typed(NON_NEGATIVE_INT), default=0, help="NPU device id (default: 0)")
     perf.add_argument("--benchmark-executable", default=None, type=typed(TEXT),
-                      help="benchmark tool (default benchmark.x86_64 or benchmark.aarch64 on PATH)")
+                      help="benchmark tool (default: benchmark.x86_64 or benchmark.aarch64 on PATH)")
     perf.add_argument("--from-benchmark", metavar="PERF_TXT", type=input_file("benchmark perf file"),
                       help="parse a benchmark tool perf file/output")
     perf.add_argument("--from-ais-bench", metavar="SUMMARY_JSON", type=input_file("ais_bench summary"),
                       help="parse an ais_bench summary json")
     perf.add_argument("--device", default="cpu", type=typed(TEXT),
-                      help="device label of the records (310, 310P, 310P_aoe, T4, cpu...); default cpu")
+                      help="device label of the records (310, 310P, 310P_aoe, T4, cpu...) (default: cpu)")
     perf.add_argument("--precision", default=None, type=typed(TEXT),
-                      help="precision label (default fp32 measured, fp16 parsed)")
+                      help="precision label (default: fp32 measured, fp16 parsed)")
     perf.add_argument("--chips", type=typed(POSITIVE_INT), default=None,
-                      help="multiply parsed fps by this many chips (default 4 for device 310, else 1)")
+                      help="multiply parsed fps by this many chips (default: 4 for device 310, else 1)")
     perf.add_argument("--batch-size", type=typed(BATCH_SIZE), default=None, help="batch size of a parsed file")
     perf.add_argument("--out", type=output_file("perf records file"), help="write the records as JSON here")
     perf.set_defaults(func=_cli_perf)

@@ -83,15 +83,18 @@ def test_the_walker_finds_each_kind_of_problem():
 def test_the_formatter_shows_a_default_once_and_marks_required():
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
     parser.add_argument("--loops", default=20, help="timed runs")
+    parser.add_argument("--seed", default=0, help="a seed")
     parser.add_argument("--workers", default=None, help="processes (default: all cores)")
     parser.add_argument("--limit", default=None, help="first N images")
     parser.add_argument("--out", required=True, help="where to write")
     parser.add_argument("--quiet", action="store_true", help="no output")
     shown = {a.dest: _shown_help(parser, a) for a in parser._actions}
     assert shown["loops"] == "timed runs (default: 20)"
+    assert shown["seed"] == "a seed (default: 0)"  # 0 is a value (0 == False must not hide it)
     assert shown["workers"] == "processes (default: all cores)"  # not "(default: None)" after it
     assert shown["limit"] == "first N images"  # absence explained nowhere is not printed as None
     assert shown["out"] == "where to write (required)"
     assert shown["quiet"] == "no output"  # not "(default: False)"
-    # the embedded default's name is not a default mention
-    assert not DEFAULT_MENTION.search("images of the embedded default, runs/embedded-default")
+    # the embedded default's name, or a value named 'default', is not a default mention
+    assert not DEFAULT_MENTION.search("images of the embedded default, runs/embedded-default, style 'default'")
+    assert len(DEFAULT_MENTION.findall("a style (default: 'default')")) == 1
