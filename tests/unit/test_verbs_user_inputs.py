@@ -194,3 +194,16 @@ def test_make_dataset_makes_the_set_the_embedded_default_evaluates(weights, tmp_
     for name in names[:3]:
         with open(os.path.join(made[1], name), "rb") as a, open(tmp_path / "cli" / "val2017" / name, "rb") as b:
             assert a.read() == b.read()
+
+
+def test_perf_measures_a_model_at_its_exported_canvas(tmp_path, export_cache):
+    height, width = UNIT_INPUT_HW
+    model = export_cache("onnx-nms", height, width)
+    out = str(tmp_path / "perf.json")
+    # no --height/--width: the recipe's 800x1216 would fail inside ONNX Runtime on this 256x320 export
+    assert cli.main(["perf", "--backend", "onnxruntime", "--model", model, "--loops", "1", "--warmup", "0",
+                     "--threads", "1", "--out", out]) == 0
+    with open(out) as handle:
+        records = json.load(handle)
+    records = records["records"] if isinstance(records, dict) else records
+    assert [r["batch_size"] for r in records] == [1] and records[0]["fps"] > 0
