@@ -53,7 +53,7 @@ def _cli_infer(args):
 
 def _cli_infer_locked(args):
     # the canvas and dtype the model was exported at (its sidecar) unless given; a contradiction is refused
-    model = model_input(args.model, args.height, args.width, args.input_dtype)
+    model = model_input(args.model, args.height, args.width, args.input_dtype, backend=args.backend)
     image_set = CocoImageSet(args.annotations, args.images, limit=args.limit, height=model.height,
                              width=model.width)
     if args.batch_size is not None:

@@ -27,11 +27,14 @@ ModelInput = namedtuple("ModelInput", "height width input_dtype sidecar")
 
 
 def model_input(model: Optional[str], height: Optional[int], width: Optional[int],
-                input_dtype: Optional[str]) -> ModelInput:
+                input_dtype: Optional[str], backend: Optional[str] = None) -> ModelInput:
     """(height, width, input dtype, sidecar or None) for running `model`: each from the option when given,
     else from the model's sidecar (`fsaf_repro.convert.read_model_sidecar`), else the recipe's. A given
-    value that differs from the sidecar's is an OptionError naming the option and the sidecar file."""
+    value that differs from the sidecar's is an OptionError naming the option and the sidecar file, and
+    so is a model of a kind `backend` does not run (an ONNX file for an om backend, and the reverse)."""
     sidecar = read_model_sidecar(model) if model else None
+    if sidecar is not None and backend is not None:
+        _check_model_kind(backend, sidecar)
     recipe = input_constants()
     recorded = {"--height": None, "--width": None, "--input-dtype": None}
     if sidecar is not None:
@@ -47,3 +50,17 @@ def model_input(model: Optional[str], height: Optional[int], width: Optional[int
                 + f"; leave {option} out to use the model's")
         resolved[option] = next(v for v in (value, recorded[option], fallback[option]) if v is not None)
     return ModelInput(resolved["--height"], resolved["--width"], resolved["--input-dtype"], sidecar)
+
+
+def _check_model_kind(backend, sidecar):
+    """OptionError when the backend's declared model kind (its class's `model_kind`) is not the file's."""
+    from ..backends import get_backend_class
+    from ..backends.base import MODEL_OM, ONNX_MODEL_KINDS
+
+    wants = get_backend_class(backend).model_kind
+    takes = {"om": wants == MODEL_OM, "onnx": wants in ONNX_MODEL_KINDS}[sidecar.kind]
+    if not takes:
+        what = {MODEL_OM: "an om (fsaf-repro convert)", None: "no model file"}.get(
+            wants, "an ONNX export (fsaf-repro export)" if wants in ONNX_MODEL_KINDS else f"a {wants} file")
+        raise OptionError(f"--backend {backend} runs {what}, but {sidecar.path} says its model is a {sidecar.kind} "
+                          f"file ({sidecar.flavour or 'no'} flavour); give a model of its kind or another backend")

@@ -122,7 +122,7 @@ def _measure(args):
         raise ResultsError("give --backend and --model to measure, or --from-benchmark/--from-ais-bench")
     sizes = args.batch_sizes  # a sorted list of positive ints (BATCH_SIZES)
     # the canvas and dtype the model was exported at (its sidecar) unless given; a contradiction is refused
-    model = model_input(args.model, args.height, args.width, args.input_dtype)
+    model = model_input(args.model, args.height, args.width, args.input_dtype, backend=args.backend)
     for bs in sizes:
         check_batch_memory(bs, model.height, model.width, "--batch-sizes")
     try:

@@ -207,3 +207,17 @@ def test_perf_measures_a_model_at_its_exported_canvas(tmp_path, export_cache):
         records = json.load(handle)
     records = records["records"] if isinstance(records, dict) else records
     assert [r["batch_size"] for r in records] == [1] and records[0]["fps"] > 0
+
+
+@pytest.mark.parametrize("verb", ["infer", "perf"])
+@pytest.mark.parametrize("backend, kind, wants", [("benchmark", "onnx", "an om"), ("onnxruntime", "om", "an ONNX"),
+                                                  ("torch", "onnx", "a checkpoint")])
+def test_a_model_of_another_kind_than_the_backend_runs_is_refused_naming_its_sidecar(verb, backend, kind, wants,
+                                                                                    image_folder, tmp_path, capsys):
+    model = _fake_model(tmp_path / f"fsaf.{kind}", kind, 64, 96)
+    argv = {"infer": ["infer", "--images", str(image_folder), "--out", str(tmp_path / "r.json")],
+            "perf": ["perf"]}[verb] + ["--backend", backend, "--model", model]
+    assert cli.main(argv) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert f"--backend {backend} runs {wants}" in error and f"{model}.json says its model is a {kind} file" in error
