@@ -4,12 +4,19 @@ from ..data import CocoImageSet, read_manifest
 from ..evaluate import evaluate_results, format_per_class_table, format_recipe_table
 from ..postprocess import detections_to_coco, metas_from_manifest, read_outputs
 from ..results_json import write_results_json
+from ..errors import OptionError
 from ..options import BATCH_SIZE, COUNT, IMAGE_SIDE, PROBABILITY
 from ..spec import model_constants
 from .args import input_dir, input_file, input_path, output_file, typed
+from .preprocess import FOLDER_HELP
 
 
 def _cli_postprocess(args):
+    if args.annotations is None and args.images is None:
+        raise OptionError("postprocess needs --annotations (the COCO set the inputs came from) or --images (the "
+                          "image folder preprocess read without annotations)")
+    if args.annotations is None and args.evaluate:
+        raise OptionError("--evaluate needs --annotations: an image folder alone has no ground truth to score")
     record = read_manifest(args.manifest) if args.manifest else None
     height, width = args.height, args.width
     if isinstance(record, dict):
@@ -43,11 +50,11 @@ def _cli_postprocess(args):
 def register(subparsers):
     parser = subparsers.add_parser(
         "postprocess", help="recipe step 6: network outputs -> COCO results json (optionally scored)")
-    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
-                        help="COCO instances json the inputs came from")
+    parser.add_argument("--annotations", default=None, type=input_file("annotation file"),
+                        help="COCO instances json the inputs came from; " + FOLDER_HELP + " (give --images)")
     parser.add_argument("--images", default=None, type=input_dir("image folder"),
                         help="image directory: its headers give each image's decoded size (EXIF rotation); "
-                             "not needed with --manifest")
+                             "not needed with --manifest and --annotations")
     parser.add_argument("--manifest", default=None, type=input_file("preprocess manifest"),
                         help="preprocess_manifest.json of the preprocessing run: the images and scales used")
     parser.add_argument("--height", type=typed(IMAGE_SIDE), default=None,

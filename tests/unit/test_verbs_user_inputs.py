@@ -221,3 +221,35 @@ def test_a_model_of_another_kind_than_the_backend_runs_is_refused_naming_its_sid
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
     assert f"--backend {backend} runs {wants}" in error and f"{model}.json says its model is a {kind} file" in error
+
+
+def test_the_recipe_chain_runs_on_a_bare_image_folder(image_folder, tmp_path, monkeypatch, capsys):
+    """Steps 3.2 -> 4.2 -> 5 -> 6 with the fake Ascend tools and no annotation file: the results name the
+    folder's ids, each box undone by its own image's scale."""
+    from fsaf_repro.data import ImageMeta
+    from tests.unit.fake_tools import install_fake_tools
+    install_fake_tools(tmp_path / "bin", monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    model = _fake_model(str(tmp_path / "fsaf.onnx"), "onnx", H, W)
+    assert cli.main(["convert", model, "--out-dir", "om", "--batch-sizes", "1", "--soc-version", "Ascend310P3"]) == 0
+    assert cli.main(["preprocess", "--images", str(image_folder), "--out", "bins", "--height", str(H),
+                     "--width", str(W), "--workers", "1", "--no-progress"]) == 0
+    assert cli.main(["perf", "--benchmark-info", "fsaf.info", "--model", os.path.join("om", "fsaf_bs1.om"),
+                     "--device", "310P", "--workdir", "npu_run"]) == 0
+    outputs = os.path.join("npu_run", "result", "dumpOutput_device0")
+    capsys.readouterr()
+    assert cli.main(["postprocess", "--images", str(image_folder), "--manifest", "bins/preprocess_manifest.json",
+                     "--outputs", outputs, "--results", "results.json", "--evaluate"]) == 1
+    assert "--evaluate needs --annotations" in capsys.readouterr().err
+    assert cli.main(["postprocess", "--images", str(image_folder), "--manifest", "bins/preprocess_manifest.json",
+                     "--outputs", outputs, "--results", "results.json"]) == 0
+    with open("results.json") as handle:
+        results = sorted(json.load(handle), key=lambda r: r["image_id"])
+    manifest = read_manifest(os.path.join("bins", "preprocess_manifest.json"))
+    assert [r["image_id"] for r in results] == [1, 2, 3]
+    for result, entry in zip(results, manifest["images"]):
+        meta = ImageMeta(**entry)
+        # the fake benchmark's box starts at the sample's first input value k (tests/unit/fake_tools)
+        k = float(np.fromfile(os.path.join("bins", os.path.splitext(meta.file_name)[0] + ".bin"), np.float32,
+                              count=1)[0])
+        np.testing.assert_allclose(result["bbox"][:2], [k / meta.scale, (k + 1) / meta.scale], rtol=1e-5, atol=1e-4)
