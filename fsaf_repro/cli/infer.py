@@ -6,7 +6,7 @@ from ..options import BATCH_SIZE, THREADS, Integer, check_batch_memory
 from ..perf import format_records, write_records
 from ..runner import infer_dataset
 from .args import BACKEND_NAME, KEY_VALUE, input_file, output_file, parse_backend_options, typed
-from .model_input import INPUT_DTYPE_HELP, INPUT_DTYPES, MODEL_SIDE_HELP, model_input
+from .model_input import add_model_input_arguments, model_input
 from .preprocess import add_image_set_arguments
 
 # batches decoded ahead: each holds a batch of images in memory (check_batch_memory counts them)
@@ -20,8 +20,8 @@ def register(subparsers):
         description="Streaming inference: images -> backend -> COCO results json. Killed and started again "
                     "with the same arguments, the run continues from its journal (<out>.journal) and "
                     "writes the same results.")
-    add_image_set_arguments(parser, height_help=MODEL_SIDE_HELP.format("height", "{}"),
-                            width_help=MODEL_SIDE_HELP.format("width", "{}"))
+    add_image_set_arguments(parser, canvas=False)
+    add_model_input_arguments(parser)
     parser.add_argument("--backend", default="onnxruntime", type=typed(BACKEND_NAME),
                         help="backend name")
     parser.add_argument("--model", default=None, type=input_file("model file"),
@@ -31,7 +31,6 @@ def register(subparsers):
     parser.add_argument("--batch-size", type=typed(BATCH_SIZE), default=None,
                         help="images per batch, at most the number of images run and what memory allows "
                              "(default: the model's static batch size, else 1)")
-    parser.add_argument("--input-dtype", default=None, choices=INPUT_DTYPES, help=INPUT_DTYPE_HELP)
     parser.add_argument("--prefetch", type=typed(PREFETCH), default=2, help="batches decoded ahead (default: 2)")
     parser.add_argument("--workers", type=typed(THREADS), default=2, help="decoding threads (default: 2)")
     parser.add_argument("--skip-bad", action="store_true",

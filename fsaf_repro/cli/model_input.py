@@ -11,17 +11,26 @@ from typing import Optional
 from ..convert import read_model_sidecar
 from ..data.transform import INPUT_DTYPES
 from ..errors import OptionError
+from ..options import IMAGE_SIDE
 from ..spec import input_constants
+from .args import typed
 
-__all__ = ["DEFAULT_INPUT_DTYPE", "INPUT_DTYPES", "INPUT_DTYPE_HELP", "MODEL_SIDE_HELP", "ModelInput", "model_input"]
+__all__ = ["DEFAULT_INPUT_DTYPE", "ModelInput", "add_model_input_arguments", "model_input"]
 
 # The default input dtype where neither the option nor a sidecar says: the recipe's float32 .bin input.
 DEFAULT_INPUT_DTYPE = "float32"
 
-# The help of the options this module resolves, shared by the verbs that take them.
-MODEL_SIDE_HELP = "network input {} (default: the model sidecar's, else the recipe's {})"
-INPUT_DTYPE_HELP = ("input dtype: float32 normalised, or uint8 for an export with normalisation in the graph "
-                    "(default: the model sidecar's, else float32)")
+
+
+def add_model_input_arguments(parser):
+    """--height, --width, --input-dtype of a verb that runs a model (infer, perf): resolved by model_input."""
+    recipe = input_constants()
+    for side in ("height", "width"):
+        parser.add_argument("--" + side, type=typed(IMAGE_SIDE), default=None, help=f"network input {side} "
+                            f"(default: the model sidecar's, else the recipe's {recipe[side]})")
+    parser.add_argument("--input-dtype", default=None, choices=INPUT_DTYPES,
+                        help="input dtype: float32 normalised, or uint8 for an export with normalisation in the graph "
+                             f"(default: the model sidecar's, else {DEFAULT_INPUT_DTYPE})")
 
 ModelInput = namedtuple("ModelInput", "height width input_dtype sidecar")
 

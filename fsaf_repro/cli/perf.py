@@ -3,14 +3,13 @@ from ..backends import create_backend
 from ..backends.benchmark_tool import run_info_file
 from ..convert import read_om_sidecar
 from ..errors import FsafReproError, ResultsError
-from ..options import (BATCH_SIZE, BATCH_SIZES, COUNT, IMAGE_SIDE, NON_NEGATIVE_INT, POSITIVE_INT, TEXT, THREADS,
+from ..options import (BATCH_SIZE, BATCH_SIZES, COUNT, NON_NEGATIVE_INT, POSITIVE_INT, TEXT, THREADS,
                        check_batch_memory)
 from ..perf import (MODE_DEFINITIONS, best_batch, compare_to_reference, evaluate_gates, fixed_input, format_gates,
                     format_records, load_records, measure_pure_inference, parse_ais_bench_summary,
                     parse_benchmark_perf, reference_records, write_records)
-from ..spec import input_constants
 from .args import BACKEND_NAME, KEY_VALUE, input_file, output_file, output_place, parse_backend_options, typed
-from .model_input import INPUT_DTYPE_HELP, INPUT_DTYPES, MODEL_SIDE_HELP, model_input
+from .model_input import add_model_input_arguments, model_input
 
 
 def register(subparsers):
@@ -27,11 +26,7 @@ def register(subparsers):
     perf.add_argument("--loops", type=typed(COUNT), default=20, help="timed runs per batch size (default: 20)")
     perf.add_argument("--warmup", type=typed(NON_NEGATIVE_INT), default=3,
                       help="untimed warm-up runs before them (default: 3; 0: none)")
-    perf.add_argument("--height", type=typed(IMAGE_SIDE), default=None,
-                      help=MODEL_SIDE_HELP.format("height", input_constants()["height"]))
-    perf.add_argument("--width", type=typed(IMAGE_SIDE), default=None,
-                      help=MODEL_SIDE_HELP.format("width", input_constants()["width"]))
-    perf.add_argument("--input-dtype", default=None, choices=INPUT_DTYPES, help=INPUT_DTYPE_HELP)
+    add_model_input_arguments(perf)
     perf.add_argument("--threads", type=typed(THREADS), default=None, help="intra-op threads for CPU backends")
     perf.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE", type=typed(KEY_VALUE),
                       help="backend option, repeatable (e.g. graph_optimization=basic, device_id=0)")

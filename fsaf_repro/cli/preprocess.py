@@ -15,9 +15,9 @@ FOLDER_HELP = ("without it, the image folder alone, as the recipe's step 4.2 tak
                    " ".join(FOLDER_IMAGE_SUFFIXES))
 
 
-def add_image_set_arguments(parser, height_help="network input height (default: the recipe's {})",
-                            width_help="network input width (default: the recipe's {})"):
-    """--annotations, --images, --limit, --height, --width: the image set of preprocess, info and infer."""
+def add_image_set_arguments(parser, canvas=True):
+    """--annotations, --images, --limit (and with `canvas`, --height and --width): the image set of
+    preprocess, info and infer (whose canvas options are the model's: fsaf_repro.cli.model_input)."""
     recipe = input_constants()
     parser.add_argument("--annotations", default=None, type=input_file("annotation file"),
                         help="COCO instances json (instances_val2017.json): its images in image-id order; "
@@ -26,8 +26,10 @@ def add_image_set_arguments(parser, height_help="network input height (default: 
                         help="image folder (val2017)")
     parser.add_argument("--limit", type=typed(COUNT), default=None,
                         help="only the first N images by image id (default: all)")
-    parser.add_argument("--height", type=typed(IMAGE_SIDE), default=None, help=height_help.format(recipe["height"]))
-    parser.add_argument("--width", type=typed(IMAGE_SIDE), default=None, help=width_help.format(recipe["width"]))
+    if canvas:
+        for side in ("height", "width"):
+            parser.add_argument("--" + side, type=typed(IMAGE_SIDE), default=None,
+                                help=f"network input {side} (default: the recipe's {recipe[side]})")
 
 
 def _cmd_preprocess(args):
