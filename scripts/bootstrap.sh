@@ -11,8 +11,7 @@ case "$stack" in
     venv=.venv
     python_bin="${FSAF_PYTHON311:-python3.11}"
     constraints=constraints/current-py311.txt
-    # docker: the Docker SDK that tests/acceptance/test_docker_build.py drives (it skips without one)
-    extras="ort,fast-eval,plots,test,lint,docker"
+    extras="ort,fast-eval,plots,test,lint"
     ;;
   recipe)
     venv=.venv37
