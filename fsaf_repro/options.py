@@ -3,7 +3,7 @@
 An option kind converts a value and checks its range. The same kind object serves three callers:
 - the command line: `fsaf_repro.cli.args.typed(kind)` makes it an argparse `type=` (a value out of
   range is argparse's one-line error, exit 2);
-- `reproduce`'s library options (`fsaf_repro.reproduce.OPTION_KINDS`, checked by `resolve_config`);
+- `reproduce`'s options (`fsaf_repro.reproduce_options.ReproduceOptions`, each field's declaration);
 - the backends' options (`Backend.option_kinds`, checked by `fsaf_repro.backends.create_backend`).
 `kind(text)` parses command-line text; `kind.check(value, option)` checks a library value, naming the
 option in the OptionError. No kind takes 0 to mean "the default": a default is None. Where 0 has a

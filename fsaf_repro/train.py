@@ -529,7 +529,7 @@ def heldout_loss(model, annotation_file, image_dir, height, width, batch_size=4)
 
 
 DEFAULTS = {
-    "height": 256, "width": 384,      # reproduce.EMBEDDED_INPUT_HW
+    "height": 256, "width": 384,      # reproduce_options.EMBEDDED_INPUT_HW
     # Chosen by measurement (benchmarks/results/fit_generated*.json, held-out AP on 48 images of another seed):
     # Adam at 1e-3 with the 1x schedule's two decays reached AP 0.117 / AP50 0.394 at 1000 steps on 160 images
     # (0.095 / 0.338 at 800); SGD at 0.01 was at 0.003 after 600. More images (240, 320 with channel dropout)

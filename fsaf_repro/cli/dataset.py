@@ -4,12 +4,12 @@ import os
 from ..data import coco_annotation_path, coco_image_dir
 from ..errors import DataError
 from ..options import COUNT, SEED
-from ..reproduce import EMBEDDED_NUM_IMAGES, EMBEDDED_SEED
+from ..reproduce_options import EMBEDDED_NUM_IMAGES, EMBEDDED_SEED
 from ..synthetic import GENERATOR_STYLES, generated_here, make_synthetic_coco
 from .args import output_dir, typed
 
 # The style of the set reproduce's embedded default evaluates: fitted weights (its default) see the
-# classes style they were fitted on; seeded weights (--fit-steps 0) the default style (fsaf_repro.reproduce.plan).
+# classes style they were fitted on; seeded weights (--fit-steps 0) the default style (fsaf_repro.reproduce_plan.plan).
 EMBEDDED_STYLE = {"fitted": "classes", "seeded": "default"}
 DEFAULT_NUM_IMAGES = 8  # a quick set for tests; the embedded default's is EMBEDDED_NUM_IMAGES
 

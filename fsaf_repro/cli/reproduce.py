@@ -3,13 +3,12 @@
 Its arguments are generated from fsaf_repro.reproduce_options.ReproduceOptions, where each option is
 declared once (kind, default, help, path role); this module adds none of its own.
 """
-import argparse
 
 from ..errors import StagesFailed
 from ..options import Choice
 from ..reproduce import run_reproduce
 from ..reproduce_options import INPUT_DIR, INPUT_FILE, OUTPUT_DIR, ReproduceOptions, declarations, spell
-from .args import input_dir, input_file, output_dir, typed
+from .args import HelpFormatter, input_dir, input_file, output_dir, typed
 
 PATH_TYPES = {INPUT_FILE: input_file, INPUT_DIR: input_dir, OUTPUT_DIR: output_dir}
 
@@ -23,7 +22,7 @@ def register(subparsers):
                     "weights, about a minute). "
                     "With --checkpoint and --coco-root: the recipe's run on this host. Re-running with the same "
                     "arguments reuses finished stages. Exit status 1 when a stage failed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     for name, default, spec in declarations():
         if spec.cli:
             _add_option(parser, name, default, spec)

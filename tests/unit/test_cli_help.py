@@ -17,9 +17,9 @@ def _verb_parsers():
     return subparsers.choices
 
 
-# cli/reproduce.py is being rewritten (its options generated from a dataclass, issue 18); until then its
-# --scorer has no help. Strict: the test fails once it has, so that this mark is removed.
-KNOWN_GAPS = {"reproduce": "cli/reproduce.py's --scorer has no help (the options rewrite of issue 18 gives it)"}
+# Verbs with a known gap (verb -> reason), strict xfails; none now: reproduce's options, generated from
+# ReproduceOptions, each carry their help.
+KNOWN_GAPS = {}
 VERBS = [pytest.param(verb, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[verb])) if verb in KNOWN_GAPS
          else verb for verb in sorted(_verb_parsers())]
 

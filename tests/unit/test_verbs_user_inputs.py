@@ -179,8 +179,11 @@ def test_a_tool_that_never_started_is_its_own_error(tmp_path):
 
 @pytest.mark.parametrize("weights", ["fitted", "seeded"])
 def test_make_dataset_makes_the_set_the_embedded_default_evaluates(weights, tmp_path, monkeypatch):
-    from fsaf_repro.reproduce import HostProbes, plan, resolve_config
-    config = resolve_config(run_dir=str(tmp_path / "run"), environ={}, fit_steps=None if weights == "fitted" else 0)
+    from fsaf_repro.reproduce_config import HostProbes, resolve_config
+    from fsaf_repro.reproduce_options import ReproduceOptions
+    from fsaf_repro.reproduce_plan import plan
+    config = resolve_config(ReproduceOptions(run_dir=str(tmp_path / "run"), environ={},
+                                             fit_steps=None if weights == "fitted" else 0))
     dataset = next(s for s in plan(config, HostProbes(atc=None)) if s.name == "dataset")
     # the set the dataset stage makes (fsaf_repro.stages.run_dataset: make_synthetic_coco with its params)
     made = make_synthetic_coco(str(tmp_path / "stage"), **dataset.params)
