@@ -166,10 +166,10 @@ def _table_rule(width):
 
 
 def record_samples(record: Dict[str, Any]) -> str:
-    """How many images a figure was timed over (and in how many calls, where the record says)."""
-    count = (record.get("latencies_ms") or {}).get("count")
-    calls = f" in {count} calls" if count else ""
-    return f"{record['images']}{calls}" if record.get("images") else (f"{count} calls" if count else "-")
+    """How many images a figure was timed over, and in how many timed calls where the record says."""
+    calls = record.get("samples") or (record.get("latencies_ms") or {}).get("count")
+    in_calls = f" in {calls} calls" if calls else ""
+    return f"{record['images']}{in_calls}" if record.get("images") else (f"{calls} calls" if calls else "-")
 
 
 def measured_tables(records: Sequence[Dict[str, Any]], canvas: Optional[Sequence[int]],

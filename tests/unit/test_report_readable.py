@@ -120,15 +120,18 @@ def test_pure_inference_below_end_to_end_and_a_wide_spread_are_flagged_beside_th
     pure = by_kind[anomalies.PURE_BELOW_E2E].explanation
     assert "0.36 fps, below the same backend's end-to-end 2.35 fps" in pure
     assert "threads: 1 over the data set, 2 in the pure-inference timing" in pure
-    assert "ran at 0.2 to 5 fps" in by_kind[anomalies.WIDE_SPREAD].explanation
+    assert "its 4 timed calls (slowest to fastest) spans 0.2 to 5 fps" in by_kind[anomalies.WIDE_SPREAD].explanation
     lines = report.measured_tables(context.perf_records, CANVAS, found)
     row = _row_of(lines, "| torch | fp32 | pure_inference |")
-    assert "below e2e 2.35" in row and "calls spread 0.2-5 fps" in row
+    assert "below e2e 2.35" in row and "spread 0.2-5 fps" in row
     assert _row_of(lines, "| onnxruntime | fp32 | e2e |").endswith("| - |")  # nothing to flag there
     # a pure figure above its e2e twin, with calls close together, is no anomaly
     quiet = [make_record("cpu", "torch", "fp32", 1, 3.0, "pure_inference", "measured: test",
                          latencies_ms=latency_summary([0.33, 0.34]))] + list(context.perf_records[:1])
     assert anomalies.find_anomalies(quiet, None) == []
+    # a record's own fps interval, where it has one, is the spread judged
+    wide = dict(quiet[0], fps_interval={"low": 1.0, "high": 4.5, "kind": "bootstrap 95 %", "samples": 12})
+    assert [a.flag for a in anomalies.wide_spreads([wide])] == ["spread 1-4.5 fps"]
 
 
 def test_throughput_is_one_long_table_per_device_with_short_headers(context):
