@@ -34,7 +34,7 @@ PARITY_MATCH_RATE_BELOW_RULE = "match rate below the fp16 share on a passing row
 
 
 def record_subject(record: Dict[str, Any]) -> str:
-    return f"{record['device']} {record['backend']} {record['precision']} {record['mode']} bs{record['batch_size']}"
+    return f"{record['backend']} {record['mode']} bs{record['batch_size']} ({record['device']}, {record['precision']})"
 
 
 def pair_subject(pair: Dict[str, Any]) -> str:
@@ -68,12 +68,12 @@ def fps_range(record: Dict[str, Any]) -> Optional[Tuple[float, float, str]]:
     the fps of its slowest and fastest call (from the per-call latencies); None without either."""
     interval = record.get("fps_interval")
     if interval:
-        return interval["low"], interval["high"], f"its {interval['kind']} interval"
+        return interval["low"], interval["high"], f"its {interval['kind']} interval is"
     lat = record.get("latencies_ms") or {}
     fastest, slowest = lat.get("min"), lat.get("max")
     if not fastest or not slowest or (lat.get("count") or 0) < 2:
         return None
-    calls = f"its {lat['count']} timed calls (slowest to fastest)"
+    calls = f"its {lat['count']} timed calls ran at (slowest to fastest)"
     return record["batch_size"] * MS_PER_S / slowest, record["batch_size"] * MS_PER_S / fastest, calls
 
 
@@ -87,7 +87,7 @@ def wide_spreads(records: Sequence[Dict[str, Any]]) -> List[Anomaly]:
         low, high, what = spread
         found.append(Anomaly(
             WIDE_SPREAD, record_subject(record), f"spread {low:.3g}-{high:.3g} fps",
-            f"{record_subject(record)}: {record['fps']:.3g} fps, but {what} spans {low:.3g} to {high:.3g} fps, "
+            f"{record_subject(record)}: {record['fps']:.3g} fps, but {what} {low:.3g} to {high:.3g} fps, "
             "a spread wider than the figure: the host was busy with other work while it was timed; compare "
             "it with other figures with care."))
     return found
@@ -113,8 +113,8 @@ def parity_anomalies(parity: Optional[Dict[str, Any]]) -> List[Anomaly]:
                 PARITY_MAX_PAST_TOLERANCE, pair_subject(pair), "max not judged (fp16)",
                 f"{pair_subject(pair)}: the largest box difference {pair['max_box_abs_diff']:.3g} px is past the "
                 f"fp16 tolerance {tol['fp16_om_box_abs_tol_px']} px, yet the row passes: {rule}. The largest "
-                "difference pairs a detection kept on one side only (at the score threshold or the top-100 "
-                "cut-off) with another object, so it is shown, not judged."))
+                "difference can pair a detection kept on one side only (at the score threshold or the top-100 "
+                "cut-off) with another object, which is why it is shown, not judged."))
         if pair["match_rate"] < tol["fp16_om_min_match_rate"]:
             found.append(Anomaly(
                 PARITY_MATCH_RATE_BELOW_RULE, pair_subject(pair), "match rate not judged (fp16)",

@@ -1,11 +1,14 @@
 """report.md of a run directory, in the recipe's layout, with PNG plots beside it.
 
-Sections, in the recipe's order: what was run (and, for seeded weights or generated data, that its
-mAP is not the recipe's claim); the 12-stat accuracy table with the recipe's reference columns and a
-verdict; throughput by batch size per device in the layout of the recipe's section 7.1 table, with its
-ratio columns and gates (fsaf_repro.perf does every comparison, so a figure of another device, mode or
-precision is labelled, never silently ratioed); the stage-parity table (torch vs ONNX Runtime vs om);
-plots; the run's stages and artifacts.
+Rendered from one typed, checked context (report_context.ReportContext). Sections, in the recipe's
+order: what was run (and, for seeded weights or generated data, that its mAP is not the recipe's
+claim); the anomalies the run's own figures show (fsaf_repro.anomalies), each also flagged beside its
+figure; the 12-stat accuracy table with the recipe's reference columns and a verdict per backend that
+states its mAP; the recipe's 7.1 throughput table with its ratio columns and gates, then this run's
+records as one long table per device, the gates on them, and only the records a reference cell can be
+compared with (fsaf_repro.perf does every comparison; the rest are counted by cause in one line); the
+stage-parity table, each row with the rule it is judged by and the figure beside its verdict; plots
+(fsaf_repro.report_plots); the run's stages and artifacts.
 
 Plots need matplotlib (the `plots` extra); without it they are skipped and the report says why. The
 images with their detections drawn need only OpenCV.
@@ -617,7 +620,7 @@ def _write_detection_images(run_dir, plot_dir, context, image_set):
         made = draw_detections(meta.path, [d for d in detections if d["image_id"] == meta.image_id],
                                [a for a in annotations if a["image_id"] == meta.image_id], path)
         unplaced = f", {made.labels_not_placed} label(s) with no free place" if made.labels_not_placed else ""
-        drawn.append((f"image {meta.image_id} ({backend}, {made.detections_drawn} detections and "
-                      f"{made.ground_truth_drawn} ground-truth boxes drawn, x{made.scale}{unplaced})",
+        drawn.append((f"image {meta.image_id} ({backend}: {made.detections_drawn} detection(s) and "
+                      f"{made.ground_truth_drawn} ground-truth box(es) drawn, enlarged x{made.scale}{unplaced})",
                       f"plots/detections_{meta.image_id}.png"))
     return drawn

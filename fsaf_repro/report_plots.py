@@ -217,15 +217,17 @@ def _overlaps(a, b):
 
 def _candidates(anchor, size, canvas_hw, step):
     """Label positions (top-left) for a box `anchor` (x1, y1, x2, y2): just above and just below its
-    corners first, then inside its top, then every place on the canvas, row by row."""
+    corners first, then inside its top, then every place on the canvas, nearest to the box first."""
     x1, y1, x2, y2 = anchor
     tw, th = size
     near = [(x1, y1 - th), (x1, y2), (x2 - tw, y1 - th), (x2 - tw, y2), (x1, y1), (x2 - tw, y1)]
     yield from near
     height, width = canvas_hw
-    for y in range(0, max(1, height - th + 1), step):
-        for x in range(0, max(1, width - tw + 1), step):
-            yield (x, y)
+    grid = [(x, y) for y in range(0, max(1, height - th + 1), step) for x in range(0, max(1, width - tw + 1), step)]
+
+    def gap(p):  # squared distance from the label's rectangle at p to the box: 0 where they touch
+        return max(0, x1 - p[0] - tw, p[0] - x2) ** 2 + max(0, y1 - p[1] - th, p[1] - y2) ** 2
+    yield from sorted(grid, key=gap)
 
 
 def place_labels(anchors: Sequence[Tuple[int, int, int, int]], sizes: Sequence[Tuple[int, int]],
@@ -289,7 +291,7 @@ def draw_detections(image_path: str, detections: Sequence[Dict[str, Any]], groun
         else:
             cv2.rectangle(image, (x1, y1), (x2, y2), DETECTION_BGR, 2)
     label_boxes = _draw_labels(image, items, boxes)
-    if not cv2.imwrite(out_path, image):
+    if not cv2.imwrite(out_path, image, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         from .errors import DataError
         raise DataError(f"OpenCV failed to write {out_path}")
     return Drawing(len(chosen), len(ground_truth), scale, tuple(label_boxes), len(items) - len(label_boxes))

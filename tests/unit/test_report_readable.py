@@ -116,11 +116,11 @@ def test_pure_inference_below_end_to_end_and_a_wide_spread_are_flagged_beside_th
     found = anomalies.find_anomalies(context.perf_records, None, threads=1, perf_threads=2)
     by_kind = dict((a.kind, a) for a in found)
     assert set(by_kind) == {anomalies.PURE_BELOW_E2E, anomalies.WIDE_SPREAD}
-    assert by_kind[anomalies.PURE_BELOW_E2E].subject == "cpu torch fp32 pure_inference bs1"
+    assert by_kind[anomalies.PURE_BELOW_E2E].subject == "torch pure_inference bs1 (cpu, fp32)"
     pure = by_kind[anomalies.PURE_BELOW_E2E].explanation
     assert "0.36 fps, below the same backend's end-to-end 2.35 fps" in pure
     assert "threads: 1 over the data set, 2 in the pure-inference timing" in pure
-    assert "its 4 timed calls (slowest to fastest) spans 0.2 to 5 fps" in by_kind[anomalies.WIDE_SPREAD].explanation
+    assert "its 4 timed calls ran at (slowest to fastest) 0.2 to 5 fps" in by_kind[anomalies.WIDE_SPREAD].explanation
     lines = report.measured_tables(context.perf_records, CANVAS, found)
     row = _row_of(lines, "| torch | fp32 | pure_inference |")
     assert "below e2e 2.35" in row and "spread 0.2-5 fps" in row
