@@ -32,11 +32,13 @@ NOT_APPLICABLE_FITTED = "not applicable (weights fitted on generated shapes / ge
 
 
 def plots_availability() -> Tuple[bool, str]:
-    """(True, "") when matplotlib can draw here, else (False, the reason)."""
+    """(True, "") when matplotlib can draw here, else (False, the reason). It imports the classes the
+    plots draw with (`report_plots.new_figure`) and switches no backend: planning calls it, and a caller's
+    matplotlib (an interactive backend, pyplot state) stays as it was."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot  # noqa: F401
+        import matplotlib  # noqa: F401 (the package itself first: its submodules may be imported already)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
     except ImportError as exc:
         return False, (f"matplotlib is not installed ({exc}); install the `plots` extra "
                        "(pip install 'fsaf-repro[plots]') to get the PNG plots")

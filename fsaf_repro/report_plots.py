@@ -32,11 +32,14 @@ GT_LIGHT_BGR = (255, 255, 255)
 LABEL_TEXT_BGR = (255, 255, 255)
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def new_figure(width, height):
+    """(figure, axes) on an Agg canvas of their own, without pyplot: no global backend is chosen or
+    switched, and nothing is left to close."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
 
 
 def _save_figure(fig, path):
@@ -98,7 +101,6 @@ def fps_figure(context: ReportContext):
     mode), log-log, a colour per series, the legend right of the axes; the title says which canvas each
     side ran at."""
     from .perf import reference_records
-    plt = _pyplot()
     measured = sorted(measured_series(context.perf_records).items())
     devices = sorted({key[3] for key, _ in measured})
     series = [(f"{device} (recipe)", dict((r["batch_size"], r["fps"]) for r in reference_records()
@@ -106,7 +108,7 @@ def fps_figure(context: ReportContext):
               for device in performance_reference()["devices"]]
     series += [(_series_label(key, devices), points, dict(marker=MODE_MARKERS.get(key[1], "s"), linestyle="--"))
                for key, points in measured]
-    fig, ax = plt.subplots(figsize=FPS_FIGURE_INCHES)
+    fig, ax = new_figure(*FPS_FIGURE_INCHES)
     for colour, (label, points, style) in zip(series_colours(len(series)), series):
         batches = sorted(points)
         ax.plot(batches, [points[b] for b in batches], color=colour, label=label, **style)
@@ -139,7 +141,6 @@ def fps_title(context: ReportContext) -> str:
 def plot_fps(context: ReportContext, path: str) -> None:
     fig = fps_figure(context)
     _save_figure(fig, path)
-    _pyplot().close(fig)
 
 
 def _has_base_kwarg():
@@ -168,11 +169,10 @@ def per_class_title(metrics: Dict[str, Dict[str, Any]]) -> str:
 
 def per_class_figure(context: ReportContext):
     import numpy as np
-    plt = _pyplot()
     metrics = context.metrics
     backends = sorted(metrics, key=lambda n: (n != "torch", n))
     names, _ = classes_with_ground_truth(metrics)
-    fig, ax = plt.subplots(figsize=(min(16.0, max(7.0, 0.35 * len(names) * len(backends) + 3.0)), 5.0))
+    fig, ax = new_figure(min(16.0, max(7.0, 0.35 * len(names) * len(backends) + 3.0)), 5.0)
     width = 0.8 / max(1, len(backends))
     x = np.arange(len(names))
     colours = series_colours(len(backends))
@@ -193,7 +193,6 @@ def per_class_figure(context: ReportContext):
 def plot_per_class(context: ReportContext, path: str) -> None:
     fig = per_class_figure(context)
     _save_figure(fig, path)
-    _pyplot().close(fig)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -194,7 +194,6 @@ def test_per_class_plot_draws_only_classes_with_ground_truth_and_counts_the_othe
     assert f"({without} of {len(coco_class_names())} classes have none and are not drawn)" in ax.get_title()
     # one bar per (class with ground truth, backend)
     assert len(ax.patches) == GT_CLASSES * len(context.metrics)
-    report_plots._pyplot().close(fig)
 
 
 def test_fps_plot_keeps_its_legend_outside_the_axes_with_a_colour_per_series(context):
@@ -213,7 +212,6 @@ def test_fps_plot_keeps_its_legend_outside_the_axes_with_a_colour_per_series(con
     series = len(performance_reference()["devices"]) + len(report_plots.measured_series(context.perf_records))
     assert len(colours) == series and len(set(colours)) == series
     assert f"input {CANVAS[0]}x{CANVAS[1]}" in ax.get_title()
-    report_plots._pyplot().close(fig)
 
 
 def test_series_colours_stay_distinct_past_the_palettes():
