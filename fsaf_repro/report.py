@@ -565,6 +565,8 @@ def render_report(context: ReportContext, plots: Optional[Sequence[Tuple[str, st
         for title, rel in detection_images:
             lines.append(f"![{title}]({rel})")
             lines.append("")
+    elif context.results:
+        lines.append("No image drawn (the report was not given the run's images).")
     else:
         lines.append("No image drawn (no backend produced results).")
     lines.append("")
