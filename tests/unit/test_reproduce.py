@@ -106,7 +106,7 @@ def test_report_has_the_recipe_fps_layout_with_gates_and_the_parity_table(tiny_r
     assert "because device cpu has no column in the recipe's table" in text
     assert "| torch | onnxruntime (onnx-nms) |" in text
     assert "| torch | onnxruntime (raw + host NMS) |" in text
-    assert "match rate IoU >= {}".format(parity_tolerances()["match_iou"]) in text
+    assert "| match IoU >= {} |".format(parity_tolerances()["match_iou"]) in text
 
 
 def test_second_run_with_the_same_arguments_reuses_every_stage(tiny_run, tiny_run_copy):
