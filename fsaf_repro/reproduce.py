@@ -29,7 +29,7 @@ from . import __version__
 from .fileio import atomic_write_json
 from .locking import run_lock
 from .pathroles import INPUT, OUTPUT, RolePath, check_path_roles
-from .reproduce_config import default_run_dir, probe_host, resolve_config, resolve_inputs
+from .reproduce_config import resolved_fit_steps, default_run_dir, probe_host, resolve_config, resolve_inputs
 from .reproduce_execute import PlannedStage, dry_run, execute
 from .reproduce_options import INPUT_DIR, INPUT_FILE, ReproduceOptions, declarations, spell
 from .reproduce_plan import RunState, plan
@@ -45,8 +45,9 @@ def run_reproduce(options: ReproduceOptions):
     (process-wide, set by the `threads` option) is restored."""
     import torch
     checkpoint, coco_root = resolve_inputs(options.checkpoint, options.coco_root, options.environ)
+    fit_steps = resolved_fit_steps(options.fit_steps, checkpoint)
     run_dir = os.path.abspath(options.run_dir or default_run_dir(checkpoint is None and coco_root is None,
-                                                                 checkpoint, coco_root))
+                                                                 checkpoint, coco_root, fit_steps))
     _check_roles(options, run_dir, checkpoint, coco_root)
     # one writer per run directory: a second run on it refuses at once (fsaf_repro.locking)
     with run_lock(run_dir, "reproduce"):

@@ -70,12 +70,19 @@ def default_threads(cpu_count=None):
 # The run
 
 
-def default_run_dir(embedded, checkpoint, coco_root):
+def default_run_dir(embedded, checkpoint, coco_root, fit_steps):
+    """runs/<weights>_<data>: the name says where the weights come from (a given checkpoint's name,
+    `fitted<N>` for weights the run fits in N steps, `seeded` for the untrained seeded weights) and what
+    they are evaluated on, so that runs of different weights never share (and overwrite) a directory:
+    `reproduce --fit-steps 0` writes runs/embedded-seeded, the fitted default runs/embedded-fitted1000."""
+    if checkpoint:
+        weights = os.path.splitext(os.path.basename(checkpoint))[0]
+    else:
+        weights = f"fitted{fit_steps}" if fit_steps > 0 else "seeded"
     if embedded:
-        return os.path.join("runs", "embedded-default")
-    parts = [os.path.splitext(os.path.basename(checkpoint))[0] if checkpoint else "seeded",
-             os.path.basename(coco_root.rstrip(os.sep)) if coco_root else "generated"]
-    return os.path.join("runs", "_".join(parts))
+        return os.path.join("runs", f"embedded-{weights}")
+    data = os.path.basename(coco_root.rstrip(os.sep)) if coco_root else "generated"
+    return os.path.join("runs", f"{weights}_{data}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,7 +189,8 @@ def resolve_config(options: ReproduceOptions) -> RunConfig:
         from .data import read_annotation_file
         read_annotation_file(coco_annotation_path(coco_root))
     embedded = checkpoint is None and coco_root is None
-    run_dir = os.path.abspath(options.run_dir or default_run_dir(embedded, checkpoint, coco_root))
+    run_dir = os.path.abspath(options.run_dir or default_run_dir(embedded, checkpoint, coco_root,
+                                                                 resolved_fit_steps(options.fit_steps, checkpoint)))
     _refuse_run_outputs_as_extra_perf(options.extra_perf, run_dir)
     _load_extra_perf(options.extra_perf)
     default_hw = EMBEDDED_INPUT_HW if embedded else (input_constants()["height"], input_constants()["width"])
@@ -203,7 +211,7 @@ def resolve_config(options: ReproduceOptions) -> RunConfig:
         # pure-inference timing has no loader beside it: the whole host, as the recipe's tools use the device
         perf_threads=(os.cpu_count() or 1) if perf_threads is None else (perf_threads or None),
         trust_checkpoint=options.trust_checkpoint, progress=options.progress, echo=options.echo,
-        fit_steps=_fit_steps(options.fit_steps, checkpoint), keep_going=options.keep_going)
+        fit_steps=resolved_fit_steps(options.fit_steps, checkpoint), keep_going=options.keep_going)
     _check_batch_memory(config, options.infer_batch_size)
     return config
 
@@ -263,7 +271,7 @@ def _refuse_run_outputs_as_extra_perf(extra_perf, run_dir):
                             "records measured elsewhere (copy them out of the run directory first)")
 
 
-def _fit_steps(fit_steps, checkpoint):
+def resolved_fit_steps(fit_steps, checkpoint):
     """Steps of the fit that makes the weights when no checkpoint is given (0: seeded weights, no fit)."""
     if checkpoint is not None:
         return 0  # a given checkpoint is used as it is

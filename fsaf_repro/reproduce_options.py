@@ -113,8 +113,10 @@ class ReproduceOptions:
     coco_root: Optional[str] = option(None, PATH, f"COCO root with {IMAGE_DIR_NAME}/ and {ANNOTATION_RELPATH} "
                                       f"(default: ${ENV_COCO_ROOT}; absent: a generated set)", path=INPUT_DIR,
                                       what="COCO root", env=ENV_COCO_ROOT)
-    run_dir: Optional[str] = option(None, PATH, "run directory (default: runs/embedded-default, or "
-                                    "runs/<checkpoint>_<coco root>)", path=OUTPUT_DIR, what="run directory")
+    run_dir: Optional[str] = option(None, PATH, "run directory (default: runs/<weights>_<data>, named by where the "
+                                    "weights come from: runs/embedded-fitted1000 for the embedded default, "
+                                    "runs/embedded-seeded with --fit-steps 0, runs/<checkpoint>_<coco root> with both "
+                                    "given)", path=OUTPUT_DIR, what="run directory")
     backends: Optional[Tuple[str, ...]] = option(None, NameList(), "comma-separated backends (default: the "
                                                  "available ones among {})".format(", ".join(DEFAULT_BACKENDS)))
     batch_sizes: Optional[Tuple[int, ...]] = option(None, BATCH_SIZES, _BATCH_HELP)
