@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .anomalies import (PARITY_MATCH_RATE_BELOW_RULE, PARITY_MAX_PAST_TOLERANCE, Anomaly, find_anomalies,
                         pair_subject, record_subject)
 from .fileio import atomic_write_text
+from .parity import SideRole
 from .perf import partial_coverage
 from .report_context import ReportContext, RunKind
 from .report_plots import DETECTIONS_DRAWN, DRAW_MIN_SCORE, draw_detections, plot_fps, plot_per_class
@@ -350,7 +351,7 @@ def parity_lines(context: ReportContext, anomalies: Sequence[Anomaly] = ()) -> L
         lines.append("")
         lines.append("A figure marked \\* is past the fp16 tolerance on a passing fp16 row: the fp16 rule does not "
                      "judge it (see Anomalies).")
-    om_rows = [p for p in parity["pairs"] if "(om" in p["other"]]
+    om_rows = [p for p in parity["pairs"] if p.get("other_role") == SideRole.OM.value]  # by role, not label
     if not om_rows:
         reason = context.skipped_steps.get("convert", "no om backend ran")
         lines.append("")
