@@ -200,6 +200,7 @@ THREADS_OR_RUNTIME = Integer(1, thread_limit, zero="the runtimes' own count", wh
 IMAGE_SIDE = Integer(1, IMAGE_SIDE_LIMIT, what="an image side in pixels")
 BATCH_SIZE = Integer(1, what="a batch size")  # the memory a batch takes: check_batch_memory
 BATCH_SIZES = SizeList()
+DURATION = Real(0.0)  # seconds >= 0, finite; 0 is "no minimum", said in each option's help
 TIMEOUT = Real(0.0, low_open=True)  # seconds, finite and > 0; no timeout is None
 PROBABILITY = Real(0.0, 1.0)
 TEXT = Text()

@@ -45,8 +45,9 @@ from .errors import CheckpointError, DataError, FsafReproError, PathError, ToolE
 from .evaluate import SCORERS
 from .fileio import atomic_write_json, file_sha256
 from .locking import run_lock
-from .options import (BATCH_SIZE, BATCH_SIZES, BOOLEAN, COUNT, IMAGE_SIDE, NON_NEGATIVE_INT, PROBABILITY, SEED, TEXT,
-                      THREADS_OR_RUNTIME, Choice, OfType, check_batch_memory, check_options)
+from .options import (BATCH_SIZE, BATCH_SIZES, BOOLEAN, COUNT, DURATION, IMAGE_SIDE, NON_NEGATIVE_INT, PROBABILITY,
+                      SEED, TEXT, THREADS_OR_RUNTIME, Choice, OfType, check_batch_memory, check_options)
+from .perf import DEFAULT_MIN_BATCHES, DEFAULT_MIN_SECONDS
 from .pathroles import INPUT, OUTPUT, RolePath, check_path_roles
 from .stagebook import (Late, RunLog, Stage, StageBook, canonical_json, skipped_step, stage_key, under_spec_sections)
 from .stages import (GENERATED_IMAGE_DIR, _load_extra_perf, backend_class, run_checkpoint, run_convert, run_data,
@@ -65,7 +66,10 @@ EMBEDDED_SEED = 0
 DEFAULT_FIT_STEPS = 1000  # = fsaf_repro.train.DEFAULTS['steps'] (test_reproduce_plan)
 FIT_DATA_SEED_OFFSET = 1000
 DEFAULT_CPU_BATCH_SIZES = (1, 4)
-DEFAULT_PERF_LOOPS = 2
+# pure-inference timing: at least this many timed batches and seconds per backend and batch size,
+# warm-up excluded (the reasons, measured: fsaf_repro.perf DEFAULT_MIN_BATCHES)
+DEFAULT_PERF_LOOPS = DEFAULT_MIN_BATCHES
+DEFAULT_PERF_MIN_SECONDS = DEFAULT_MIN_SECONDS
 DEFAULT_PERF_WARMUP = 1
 DEFAULT_PARITY_IMAGES = 3
 
@@ -88,6 +92,7 @@ OPTION_KINDS = {
     "backends": OfType((str, list, tuple), "comma-separated backend names"), "batch_sizes": BATCH_SIZES,
     "infer_batch_size": BATCH_SIZE, "height": IMAGE_SIDE, "width": IMAGE_SIDE, "num_images": COUNT, "limit": COUNT,
     "score_threshold": PROBABILITY, "scorer": Choice(SCORERS), "perf_loops": COUNT, "perf_warmup": NON_NEGATIVE_INT,
+    "perf_min_seconds": DURATION,
     "parity_images": COUNT, "seed": SEED, "soc_version": TEXT, "precision_mode": Choice(PRECISION_MODES),
     "extra_perf": OfType((list, tuple), "a list of perf record files"), "threads": THREADS_OR_RUNTIME,
     "perf_threads": THREADS_OR_RUNTIME, "trusted": BOOLEAN, "progress": BOOLEAN, "echo": BOOLEAN,
@@ -211,6 +216,7 @@ class RunConfig:
     progress: bool
     echo: bool
     fit_steps: int = 0
+    perf_min_seconds: float = DEFAULT_PERF_MIN_SECONDS
 
     @property
     def fitted(self) -> bool:
@@ -267,7 +273,7 @@ def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                    score_threshold=None, scorer="pycocotools", perf_loops=None, perf_warmup=None,
                    parity_images=None, seed=EMBEDDED_SEED, soc_version=None, precision_mode="force_fp16",
                    extra_perf=(), threads=None, perf_threads=None, trusted=False, progress=False, echo=True,
-                   environ=None, npu_present=None, fit_steps=None) -> RunConfig:
+                   environ=None, npu_present=None, fit_steps=None, perf_min_seconds=None) -> RunConfig:
     """The RunConfig of run_reproduce's arguments (None: the embedded default or the recipe's value).
 
     Every option is checked against its declared kind (OPTION_KINDS) first. Inputs read only late in
@@ -284,7 +290,7 @@ def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None,
 def _resolve_checked(run_dir, checkpoint, coco_root, backends, batch_sizes, infer_batch_size, height, width,
                      num_images, limit, score_threshold, scorer, perf_loops, perf_warmup, parity_images, seed,
                      soc_version, precision_mode, extra_perf, threads, perf_threads, trusted, progress, echo,
-                     environ, npu_present, fit_steps) -> RunConfig:
+                     environ, npu_present, fit_steps, perf_min_seconds) -> RunConfig:
     """resolve_config's body, on options already checked against their kinds."""
     from .backends import get_backend_class
     from .spec import input_constants, model_constants, performance_reference
@@ -329,7 +335,8 @@ def _resolve_checked(run_dir, checkpoint, coco_root, backends, batch_sizes, infe
         # pure-inference timing has no loader beside it: the whole host, as the recipe's tools use the device
         perf_threads=(os.cpu_count() or 1) if perf_threads is None else (perf_threads or None),
         trust_checkpoint=bool(trusted), progress=bool(progress), echo=bool(echo),
-        fit_steps=_fit_steps(fit_steps, checkpoint))
+        fit_steps=_fit_steps(fit_steps, checkpoint),
+        perf_min_seconds=_default(perf_min_seconds, DEFAULT_PERF_MIN_SECONDS))
     _check_batch_memory(config, infer_batch_size)
     return config
 
@@ -643,7 +650,8 @@ def _perf_stage(config, probes, name, model):
         models = {"model": model}
     return Stage("perf:" + name, run_perf,
                  params=dict(backend=name, batch_sizes=list(config.batch_sizes), loops=config.perf_loops,
-                             warmup=config.perf_warmup, canvas=config.canvas, threads=config.perf_threads,
+                             min_seconds=config.perf_min_seconds, warmup=config.perf_warmup, canvas=config.canvas,
+                             threads=config.perf_threads,
                              **_record_labels(config, probes, name)),
                  inputs=models, outputs={"records": config.path("perf", f"perf_{name}.json")},
                  spec=("input", "model"), upstream=(_model_stage(config, name),), options={"trusted": config.trusted})
@@ -710,7 +718,8 @@ def _report_stage(config, probes, stages, models):
               "generated": config.generated, "canvas": config.canvas, "batch_sizes": list(config.batch_sizes),
               "infer_batch_size": config.infer_batch_size, "score_threshold": config.score_threshold,
               "scorer": config.scorer, "threads": config.threads, "perf_threads": config.perf_threads,
-              "perf_loops": config.perf_loops, "perf_warmup": config.perf_warmup, "soc_version": probes.soc_version,
+              "perf_loops": config.perf_loops, "perf_warmup": config.perf_warmup,
+              "perf_min_seconds": config.perf_min_seconds, "soc_version": probes.soc_version,
               "backends": Late(late_backend_rows, _backend_rows(config, probes, models, skipped)),
               "skipped_steps": dict((k, v) for k, v in skipped.items() if k in ("convert", "parity")),
               "extra_perf": list(config.extra_perf),
@@ -813,7 +822,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
                    score_threshold=None, scorer="pycocotools", perf_loops=None, perf_warmup=None,
                    parity_images=None, seed=EMBEDDED_SEED, soc_version=None, precision_mode="force_fp16",
                    extra_perf=(), threads=None, perf_threads=None, trusted=False, progress=False, echo=True,
-                   environ=None, fit_steps=None):
+                   environ=None, fit_steps=None, perf_min_seconds=None):
     """Configure, plan, execute (see `run_reproduce` and the module docstring)."""
     wall_start = time.time()
     options = dict(locals())  # this function's arguments: resolve_config takes the same names

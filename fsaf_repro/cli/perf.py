@@ -3,11 +3,11 @@ from ..backends import create_backend
 from ..backends.benchmark_tool import run_info_file
 from ..convert import read_om_sidecar
 from ..errors import FsafReproError, ResultsError
-from ..options import (BATCH_SIZE, BATCH_SIZES, COUNT, IMAGE_SIDE, NON_NEGATIVE_INT, POSITIVE_INT, TEXT, THREADS,
-                       check_batch_memory)
-from ..perf import (MODE_DEFINITIONS, best_batch, compare_to_reference, evaluate_gates, fixed_input, format_gates,
-                    format_records, load_records, measure_pure_inference, parse_ais_bench_summary,
-                    parse_benchmark_perf, reference_records, write_records)
+from ..options import (BATCH_SIZE, BATCH_SIZES, COUNT, DURATION, IMAGE_SIDE, NON_NEGATIVE_INT, POSITIVE_INT, TEXT,
+                       THREADS, check_batch_memory)
+from ..perf import (DEFAULT_MIN_BATCHES, DEFAULT_MIN_SECONDS, MODE_DEFINITIONS, best_batch, compare_to_reference,
+                    evaluate_gates, fixed_input, format_gates, format_records, load_records, measure_pure_inference,
+                    parse_ais_bench_summary, parse_benchmark_perf, reference_records, write_records)
 from ..spec import input_constants
 from .args import BACKEND_NAME, KEY_VALUE, input_file, output_file, output_place, parse_backend_options, typed
 
@@ -23,9 +23,13 @@ def register(subparsers):
                       help="model file for the backend (onnx, om, checkpoint)")
     perf.add_argument("--batch-sizes", default="1", type=typed(BATCH_SIZES),
                       help="comma-separated batch sizes (default 1)")
-    perf.add_argument("--loops", type=typed(COUNT), default=20, help="timed runs per batch size (default 20)")
+    perf.add_argument("--loops", type=typed(COUNT), default=DEFAULT_MIN_BATCHES,
+                      help=f"at least this many timed runs per batch size (default {DEFAULT_MIN_BATCHES})")
+    perf.add_argument("--min-seconds", type=typed(DURATION), default=DEFAULT_MIN_SECONDS,
+                      help=f"and timed runs for at least this many seconds (default {DEFAULT_MIN_SECONDS:g}; "
+                           "0: no minimum duration)")
     perf.add_argument("--warmup", type=typed(NON_NEGATIVE_INT), default=3,
-                      help="untimed warm-up runs before them (default 3; 0: none)")
+                      help="untimed warm-up runs before them, never timed (default 3; 0: none)")
     perf.add_argument("--height", type=typed(IMAGE_SIDE), default=None, help="input height (default: the recipe's)")
     perf.add_argument("--width", type=typed(IMAGE_SIDE), default=None, help="input width (default: the recipe's)")
     perf.add_argument("--input-dtype", default="float32", choices=("float32", "uint8"))
@@ -133,7 +137,8 @@ def _measure(args):
             backend.load(args.model)
             batch = fixed_input(bs, args.height, args.width, args.input_dtype)
             records.append(measure_pure_inference(backend, batch, args.loops, args.warmup, args.device,
-                                                  args.precision or "fp32", args.backend))
+                                                  args.precision or "fp32", args.backend,
+                                                  min_seconds=args.min_seconds))
     best = best_batch(records)
     print(f"best batch: {best['batch_size']} ({best['fps']:.3f} fps)")
     return records
@@ -172,7 +177,7 @@ def _cli_gates(args):
     failed = [g for g in results if g["passed"] is False]
     unevaluated = [g for g in results if g["passed"] is None]
     if unevaluated and args.strict:
-        names = ", ".join(g["name"] for g in unevaluated)
-        print(f"strict: {len(unevaluated)} gate(s) not evaluated: {names}")
+        names = ", ".join("{} ({})".format(g["name"], g.get("verdict") or "no record") for g in unevaluated)
+        print(f"strict: {len(unevaluated)} gate(s) not decided: {names}")
         return 1
     return 1 if failed and not args.no_fail else 0

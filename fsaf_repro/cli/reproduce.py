@@ -2,7 +2,8 @@
 import argparse
 
 from ..reproduce import (DEFAULT_BACKENDS, DEFAULT_CPU_BATCH_SIZES, DEFAULT_FIT_STEPS, DEFAULT_PARITY_IMAGES,
-                         DEFAULT_PERF_LOOPS, DEFAULT_PERF_WARMUP, EMBEDDED_BATCH_SIZES, EMBEDDED_INPUT_HW,
+                         DEFAULT_PERF_LOOPS, DEFAULT_PERF_MIN_SECONDS, DEFAULT_PERF_WARMUP, EMBEDDED_BATCH_SIZES,
+                         EMBEDDED_INPUT_HW,
                          EMBEDDED_NUM_IMAGES, EMBEDDED_SEED, ENV_CHECKPOINT, ENV_COCO_ROOT, OPTION_KINDS, run_reproduce)
 from .args import input_dir, input_file, output_dir, typed
 
@@ -53,7 +54,11 @@ def register(subparsers):
                              "model's 0.05)")
     parser.add_argument("--scorer", default="pycocotools", type=kind("scorer"), choices=OPTION_KINDS["scorer"].values)
     parser.add_argument("--perf-loops", type=kind("perf_loops"), default=None,
-                        help=f"timed pure-inference loops per batch size (default {DEFAULT_PERF_LOOPS})")
+                        help=f"at least this many timed pure-inference runs per batch size (default "
+                             f"{DEFAULT_PERF_LOOPS})")
+    parser.add_argument("--perf-min-seconds", type=kind("perf_min_seconds"), default=None,
+                        help=f"and timed runs for at least this many seconds (default {DEFAULT_PERF_MIN_SECONDS:g}; "
+                             "0: no minimum duration)")
     parser.add_argument("--perf-warmup", type=kind("perf_warmup"), default=None,
                         help=f"untimed warm-up runs (default {DEFAULT_PERF_WARMUP}; 0: none)")
     parser.add_argument("--parity-images", type=kind("parity_images"), default=None,
@@ -94,6 +99,7 @@ def _cli_reproduce(args):
         batch_sizes=args.batch_sizes, infer_batch_size=args.infer_batch_size, height=args.height,
         width=args.width, num_images=args.num_images, limit=args.limit, score_threshold=args.score_threshold,
         scorer=args.scorer, perf_loops=args.perf_loops, perf_warmup=args.perf_warmup,
+        perf_min_seconds=args.perf_min_seconds,
         parity_images=args.parity_images, seed=args.seed, soc_version=args.soc_version,
         precision_mode=args.precision_mode, extra_perf=args.extra_perf, threads=args.threads,
         perf_threads=args.perf_threads,

@@ -42,7 +42,7 @@ def fitted_run(run_dir, tmp_path_factory):
     copied to <run dir>/reproduce-fitted/ for a person to look at."""
     from fsaf_repro.reproduce import run_reproduce
     work = os.path.join(str(tmp_path_factory.mktemp("generated")), "reproduce-fitted")
-    summary = run_reproduce(run_dir=work, backends=",".join(BACKENDS), perf_loops=1, perf_warmup=0,
+    summary = run_reproduce(run_dir=work, backends=",".join(BACKENDS), perf_loops=1, perf_min_seconds=0, perf_warmup=0,
                             echo=False, environ={})
     kept = os.path.join(run_dir, "reproduce-fitted")
     if os.path.isdir(kept):
