@@ -169,9 +169,9 @@ def test_measure_pure_inference_counts_warmup_and_timed_loops():
 def test_pure_inference_runs_for_the_minimum_duration_and_the_minimum_count():
     batch = perf.fixed_input(1, 8, 12)
     for loops, min_seconds, expected_runs in ((3, 10.0, 10), (12, 2.0, 12)):
-        ticks = iter(np.arange(0.0, 1000.0, 0.5))  # every clock read advances 0.5 s
+        clock = iter(np.arange(0.0, 1000.0, 0.5)).__next__  # every clock read advances 0.5 s
         backend = CountingBackend()
-        record = perf.measure_pure_inference(backend, batch, loops=loops, warmup=1, clock=lambda: next(ticks),
+        record = perf.measure_pure_inference(backend, batch, loops=loops, warmup=1, clock=clock,
                                              min_seconds=min_seconds)
         # each timed run reads t0 and t1: the timed duration grows 1 s a run
         assert record["samples"] == expected_runs and backend.calls == expected_runs + 1
@@ -277,7 +277,8 @@ def test_cli_perf_parse_and_gates(tmp_path, capsys):
 
 def test_cli_perf_measures_a_backend_per_batch_size(tmp_path, capsys):
     out = tmp_path / "measured.json"
-    assert cli_main(["perf", "--backend", "null", "--batch-sizes", "1,3", "--loops", "3", "--min-seconds", "0", "--warmup", "1",
+    assert cli_main(["perf", "--backend", "null", "--batch-sizes", "1,3", "--loops", "3", "--min-seconds", "0",
+                     "--warmup", "1",
                      "--height", "32", "--width", "48", "--backend-option", "detections=echo",
                      "--out", str(out)]) == 0
     printed = capsys.readouterr().out
