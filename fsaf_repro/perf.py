@@ -28,9 +28,9 @@ import numpy as np
 
 from .backends import Backend, find_backend_class
 from .backends.ais_bench_cli import check_summary, summary_of_output
-from .errors import OutputFormatError, ResultsError, ToolError
+from .errors import BackendError, FsafReproError, OutputFormatError, ResultsError, ToolError
 from .fileio import atomic_write_json
-from .jsonio import (any_value, boolean, integer, load_json, mapping, nullable, obj, one_of, parse_json, real_number,
+from .jsonio import (array, boolean, integer, load_json, mapping, nullable, obj, one_of, parse_json, real_number,
                      text_value, validate)
 from .spec import input_constants, performance_reference
 
@@ -72,7 +72,7 @@ def _check_record_labels(record, origin):
 
 
 def make_record(device, backend, precision, batch_size, fps, mode, source, latencies_ms=None, chips=1,
-                fps_measured=None, note=None, images=None, seconds=None, images_total=None):
+                fps_measured=None, note=None, images=None, seconds=None, images_total=None, scope=None):
     """Build and check one result record (ResultsError on a malformed value).
 
     `images_total`: the data set's size when the figure covers only `images` of it (a resumed run
@@ -94,7 +94,7 @@ def make_record(device, backend, precision, batch_size, fps, mode, source, laten
         "fps_measured": float(fps_measured) if fps_measured is not None else (
             float(fps) / chips if fps is not None else None),
         "chips": chips,
-        "scope": SCOPE_310_CARD if chips == ASCEND_310_CHIPS_PER_CARD else "as measured (one device)",
+        "scope": scope or (SCOPE_310_CARD if chips == ASCEND_310_CHIPS_PER_CARD else "as measured (one device)"),
         "latencies_ms": dict(latencies_ms or {}),
         "mode": mode, "definition": MODE_DEFINITIONS[mode], "source": str(source), "note": note,
     }
@@ -213,6 +213,80 @@ def measure_pure_inference(backend, batch, loops=DEFAULT_MIN_BATCHES, warmup=DEF
     record["samples"] = len(latencies)
     record["fps_interval"] = throughput_interval(latencies, int(batch.shape[0]))
     return record
+
+
+# A card measured as a card: every chip timed at once, against one chip alone. The two figures a gate
+# may use are named by CARD_BASES in each record's "card" entry.
+CARD_BASES = {"measured": "all chips timed at once: the card's images over the wall time",
+              "convention": "one chip timed alone x the card's chip count (the recipe's x4 convention)"}
+
+
+def _time_chips_at_once(chips, batch, loops, min_seconds, clock):
+    """Time every (device, backend) of `chips` at once, each in its own thread, all released together;
+    returns ({device: (latencies, seconds)}, wall seconds). A chip that fails is named (BackendError),
+    after every other chip has finished."""
+    import threading
+    start_line = threading.Barrier(len(chips) + 1)
+    timings, failures = {}, []
+
+    def time_one(device, backend):
+        start_line.wait()
+        latencies, start = [], clock()
+        try:
+            while len(latencies) < loops or clock() - start < min_seconds:
+                t0 = clock()
+                backend.run(batch)
+                latencies.append(clock() - t0)
+            timings[device] = (latencies, clock() - start)
+        except FsafReproError as exc:
+            failures.append(f"device {device}: {exc}")
+
+    workers = [threading.Thread(target=time_one, args=chip) for chip in chips]
+    for worker in workers:
+        worker.start()
+    start_line.wait()
+    start = clock()
+    for worker in workers:
+        worker.join()
+    wall = clock() - start
+    failures.extend(f"device {d}: stopped without a figure (its traceback is above)" for d, _ in chips
+                    if d not in timings and not any(f.startswith(f"device {d}:") for f in failures))
+    if failures:
+        raise BackendError("card measurement: " + "; ".join(failures) + " (the card figure needs every chip)")
+    return timings, wall
+
+
+def measure_card(chips, batch, loops=DEFAULT_MIN_BATCHES, warmup=DEFAULT_WARMUP, device="cpu", precision="fp32",
+                 backend_name=None, min_seconds=DEFAULT_MIN_SECONDS, clock=time.perf_counter):
+    """Pure-inference throughput of a card: `chips` is [(device id, loaded backend)], one per chip.
+
+    Every chip is warmed up, the first is timed alone, then all are timed at once. Returns two records
+    of the card (CARD_BASES): the measured one (images of all chips over the wall time) and the
+    convention's (the lone chip's figure x the chip count), each with a "card" entry holding the
+    per-chip figures, the lone chip's and the scaling efficiency (measured / (lone chip x N))."""
+    for _, backend in chips:
+        for _ in range(int(warmup)):
+            backend.run(batch)
+    name = backend_name or getattr(chips[0][1], "name", "?")
+    alone = measure_pure_inference(chips[0][1], batch, loops, 0, device, precision, name, clock, min_seconds)
+    timings, wall = _time_chips_at_once(chips, batch, int(loops), min_seconds, clock)
+    size, count = int(batch.shape[0]), len(chips)
+    images = sum(size * len(timings[d][0]) for d, _ in chips)
+    card_fps = images / wall
+    card = {"devices": [d for d, _ in chips], "per_chip_fps": [size * len(timings[d][0]) / timings[d][1]
+                                                               for d, _ in chips],
+            "single_chip_fps": alone["fps"], "single_chip_device": chips[0][0],
+            "measured_fps": card_fps, "convention_fps": alone["fps"] * count,
+            "scaling_efficiency": card_fps / (alone["fps"] * count), "wall_seconds": wall}
+    records = []
+    for basis, fps in (("measured", card_fps), ("convention", alone["fps"] * count)):
+        record = make_record(device, name, precision, size, fps, "pure_inference",
+                             f"measured: card of {count} chips, {basis}", chips=count, fps_measured=fps / count,
+                             scope=f"per card ({count} chips): {CARD_BASES[basis]}", images=images if basis ==
+                             "measured" else alone["images"], seconds=wall if basis == "measured" else alone["seconds"])
+        record["card"] = dict(card, basis=basis)
+        records.append(record)
+    return records
 
 
 def dataset_records(images, wall_seconds, inference_seconds, batch_latencies_s, device, backend, precision,
@@ -620,15 +694,21 @@ def _judge_by_intervals(result, numerator, denominator, min_ratio):
         result["verdict"] = "pass" if result["passed"] else "fail"
 
 
-def evaluate_gates(records, mode="inference", gates=None):
+def evaluate_gates(records, mode="inference", gates=None, card_basis="measured"):
     """The recipe's gates on the best batch of each device among `records` (default mode: inference).
 
     A gate compares two devices by design; every other difference (precision, backend, chips, source) is
-    listed in its caveats. A gate whose devices have no record is reported as not evaluated.
+    listed in its caveats. A gate whose devices have no record is reported as not evaluated. Of a card
+    measured as a card (measure_card) only the records of `card_basis` (CARD_BASES) are used, and each
+    gate names that basis.
     """
     gates = performance_reference()["gates"] if gates is None else gates
+    if card_basis not in CARD_BASES:
+        raise ResultsError(f"card basis {card_basis!r}: one of {', '.join(CARD_BASES)}")
     for index, record in enumerate(records):
         _check_record_labels(record, f"gate input record {index}")
+    has_cards = any(r.get("card") for r in records)
+    records = [r for r in records if (r.get("card") or {}).get("basis", card_basis) == card_basis]
     # a partial figure (a resumed run's sessions) does not measure the full-dataset definition: no gate uses it
     partial = [r for r in records if r.get("partial")]
     records = [r for r in records if not r.get("partial")]
@@ -637,6 +717,9 @@ def evaluate_gates(records, mode="inference", gates=None):
         result = {"name": gate["name"], "min_ratio": gate["min_ratio"], "source": gate["source"],
                   "numerator_device": gate["numerator"], "denominator_device": gate["denominator"],
                   "ratio": None, "passed": None, "caveats": []}
+        if has_cards:
+            result["card_basis"] = card_basis
+            result["caveats"].append(f"card figures on the {card_basis} basis: {CARD_BASES[card_basis]}")
         best = dict((side, _best_of_device(records, partial, gate[side], mode, result["caveats"]))
                     for side in ("numerator", "denominator"))
         if best["numerator"] is None or best["denominator"] is None:
@@ -672,7 +755,12 @@ PERF_RECORD = obj(
      "samples": integer(minimum=1),
      "fps_interval": obj({"low": real_number(positive=True), "high": real_number(positive=True),
                           "kind": text_value(non_empty=True), "samples": integer(minimum=1)}),
-     "card": mapping(any_value)})
+     "card": obj({"devices": array(integer(minimum=0), min_length=1),
+                  "per_chip_fps": array(real_number(positive=True), min_length=1),
+                  "single_chip_fps": real_number(positive=True), "measured_fps": real_number(positive=True),
+                  "convention_fps": real_number(positive=True), "scaling_efficiency": real_number(positive=True),
+                  "wall_seconds": real_number(positive=True), "basis": one_of(*CARD_BASES)},
+                 {"single_chip_device": integer(minimum=0)})})
 
 
 def load_records(path):

@@ -1,13 +1,16 @@
 """The `perf` and `gates` verbs: throughput records (measured or parsed) and the recipe's two gates."""
-from ..backends import create_backend
+from contextlib import ExitStack
+
+from ..backends import create_backend, get_backend_class
 from ..backends.benchmark_tool import run_info_file
 from ..convert import read_om_sidecar
 from ..errors import FsafReproError, ResultsError
-from ..options import (BATCH_SIZE, BATCH_SIZES, COUNT, DURATION, IMAGE_SIDE, NON_NEGATIVE_INT, POSITIVE_INT, TEXT,
-                       THREADS, check_batch_memory)
-from ..perf import (DEFAULT_MIN_BATCHES, DEFAULT_MIN_SECONDS, MODE_DEFINITIONS, best_batch, compare_to_reference,
-                    evaluate_gates, fixed_input, format_gates, format_records, load_records, measure_pure_inference,
-                    parse_ais_bench_summary, parse_benchmark_perf, reference_records, write_records)
+from ..options import (BATCH_SIZE, BATCH_SIZES, COUNT, DEVICE_IDS, DURATION, IMAGE_SIDE, NON_NEGATIVE_INT,
+                       POSITIVE_INT, TEXT, THREADS, check_batch_memory)
+from ..perf import (CARD_BASES, DEFAULT_MIN_BATCHES, DEFAULT_MIN_SECONDS, MODE_DEFINITIONS, best_batch,
+                    compare_to_reference, evaluate_gates, fixed_input, format_gates, format_records, load_records,
+                    measure_card, measure_pure_inference, parse_ais_bench_summary, parse_benchmark_perf,
+                    reference_records, write_records)
 from ..spec import input_constants
 from .args import BACKEND_NAME, KEY_VALUE, input_file, output_file, output_place, parse_backend_options, typed
 
@@ -55,6 +58,10 @@ def register(subparsers):
     perf.add_argument("--chips", type=typed(POSITIVE_INT), default=None,
                       help="multiply parsed fps by this many chips (default 4 for device 310, else 1)")
     perf.add_argument("--batch-size", type=typed(BATCH_SIZE), default=None, help="batch size of a parsed file")
+    perf.add_argument("--devices", type=typed(DEVICE_IDS), default=None, metavar="IDS",
+                      help="measure a card as a card: every listed chip at once (and the first alone), for a "
+                           "backend with a device option (benchmark, ais_bench, aclruntime, onnxruntime-cann); "
+                           "records the card's fps, each chip's and the scaling efficiency")
     perf.add_argument("--out", type=output_file("perf records file"), help="write the records as JSON here")
     perf.set_defaults(func=_cli_perf)
 
@@ -69,6 +76,9 @@ def register(subparsers):
     gates.add_argument("--with-reference", action="store_true",
                        help="a gate device without measured records takes the recipe's reference table "
                             "(e.g. 310 numbers on a 310P host); said in the gate's caveats")
+    gates.add_argument("--card-basis", default="measured", choices=sorted(CARD_BASES),
+                       help="of a card measured with perf --devices, gate on the measured card figure (default) "
+                            "or on the recipe's convention (one chip x the chip count)")
     gates.add_argument("--strict", action="store_true",
                        help="exit 1 when a gate cannot be evaluated (no records for one of its devices)")
     gates.set_defaults(func=_cli_gates)
@@ -117,6 +127,32 @@ def _records_from_tool_output(args):
     return [parse_ais_bench_summary(args.from_ais_bench, args.device, args.batch_size, precision, chips=args.chips)]
 
 
+def _measure_card(args, sizes, options):
+    """Card records (perf.measure_card) of --backend on --model at each batch size, chips --devices."""
+    device_option = get_backend_class(args.backend).device_option
+    if not device_option:
+        raise ResultsError(f"--devices: backend {args.backend} has no device option (its class's device_option); "
+                           "a card is measured with benchmark, ais_bench, aclruntime or onnxruntime-cann")
+    records = []
+    for bs in sizes:
+        with ExitStack() as stack:
+            chips = []
+            for device in args.devices:
+                backend = stack.enter_context(create_backend(args.backend, **dict(options, **{device_option: device})))
+                chips.append((device, backend.load(args.model)))
+            batch = fixed_input(bs, args.height, args.width, args.input_dtype)
+            records.extend(measure_card(chips, batch, args.loops, args.warmup, args.device, args.precision or "fp32",
+                                        args.backend, min_seconds=args.min_seconds))
+    for record in records[::2]:
+        card = record["card"]
+        print("card bs{}: {:.3f} fps on {} chips at once ({}), one chip alone {:.3f} fps, x{} {:.3f}: scaling "
+              "efficiency {:.3f}".format(record["batch_size"], card["measured_fps"], len(card["devices"]),
+                                         ", ".join(f"{fps:.3f}" for fps in card["per_chip_fps"]),
+                                         card["single_chip_fps"], len(card["devices"]), card["convention_fps"],
+                                         card["scaling_efficiency"]))
+    return records
+
+
 def _measure(args):
     """Pure-inference records of --backend on --model, one per batch size."""
     if not args.backend:
@@ -131,6 +167,8 @@ def _measure(args):
         raise ResultsError(str(exc)) from None
     if args.threads is not None:
         options["threads"] = args.threads
+    if args.devices is not None:
+        return _measure_card(args, sizes, options)
     records = []
     for bs in sizes:
         with create_backend(args.backend, **options) as backend:
@@ -167,7 +205,7 @@ def _cli_gates(args):
             measured_devices = {r["device"] for r in measured if r["mode"] == args.mode}
             filled = sorted({r["device"] for r in reference} - measured_devices)
             measured = measured + [r for r in reference if r["device"] in filled]
-        results = evaluate_gates(measured, mode=args.mode)
+        results = evaluate_gates(measured, mode=args.mode, card_basis=args.card_basis)
         for gate in results:
             for side in ("numerator_device", "denominator_device"):
                 if gate[side] in filled:

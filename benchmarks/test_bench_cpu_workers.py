@@ -1,0 +1,61 @@
+"""Two CPU worker processes of one thread each against one process of two threads (issue 20).
+
+`infer --devices 0,1` on a CPU backend runs one shard per worker process and splits the threads
+between them (fsaf_repro.devices); the question is whether that beats one process using both threads
+on the embedded default's work: the torch backend, 256x384 canvas, 32 generated images, batch 1
+(`reproduce`'s infer stage). Both roles run the `infer` verb in a subprocess, timed whole (loading
+the model included, as a user pays it). The group's figure is speed (ratio > 1: the workers are
+faster). Beside it, `byte_identical`: whether the merged results json of the workers has the bytes of
+the one-process run (torch at 1 and 2 intra-op threads may sum in another order). The weights are the
+seeded checkpoint (the embedded default fits its own first: same layers, same work per image).
+"""
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ratios import RatioGroup
+
+from fsaf_repro.synthetic import make_synthetic_coco
+
+GROUP = RatioGroup("cpu_workers", baseline="one_process_2_threads", candidates={"two_workers_1_thread": None},
+                   source="issue 20: 2 CPU workers x 1 thread vs 1 x 2 threads on the embedded default (a "
+                          "figure to know, no goal)")
+ROLES = {"one_process_2_threads": [], "two_workers_1_thread": ["--devices", "0,1"]}
+SIZES = {"reduced": {"height": 256, "width": 384, "images": 32, "rounds": 2},
+         "full": {"height": 256, "width": 384, "images": 32, "rounds": 3}}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+THREADS = 2
+OUTPUTS = {}
+
+
+@pytest.fixture(scope="module")
+def generated_set(tmp_path_factory, bench_scale):
+    return make_synthetic_coco(str(tmp_path_factory.mktemp("coco")), num_images=SIZES[bench_scale]["images"],
+                               seed=0)
+
+
+def run_infer(argv):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, "-m", "fsaf_repro"] + argv, cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("role", GROUP.roles)
+def test_cpu_workers(benchmark, ratio_book, bench_scale, seeded_checkpoint, generated_set, tmp_path, role):
+    size = SIZES[bench_scale]
+    out = str(tmp_path / "results.json")
+    argv = ["infer", "--annotations", generated_set[0], "--images", generated_set[1], "--height", str(size["height"]),
+            "--width", str(size["width"]), "--backend", "torch", "--model", seeded_checkpoint, "--batch-size", "1",
+            "--backend-option", f"threads={THREADS}", "--no-progress", "--out", out] + ROLES[role]
+    ratio_book.join(benchmark, GROUP, role)
+    benchmark.pedantic(run_infer, args=(argv,), rounds=size["rounds"], iterations=1)
+    with open(out, "rb") as handle:
+        OUTPUTS[role] = hashlib.sha256(handle.read()).hexdigest()
+    benchmark.extra_info.update({"results_sha256": OUTPUTS[role], "threads": THREADS, "cpus": os.cpu_count(),
+                                 "scale": bench_scale, **size})
+    if len(OUTPUTS) == len(ROLES):
+        benchmark.extra_info["byte_identical"] = len(set(OUTPUTS.values())) == 1
+    assert os.path.getsize(out) > 2  # a results list with detections
