@@ -6,8 +6,10 @@ on the embedded default's work: the torch backend, 256x384 canvas, 32 generated 
 (`reproduce`'s infer stage). Both roles run the `infer` verb in a subprocess, timed whole (loading
 the model included, as a user pays it). The group's figure is speed (ratio > 1: the workers are
 faster). Beside it, `byte_identical`: whether the merged results json of the workers has the bytes of
-the one-process run (torch at 1 and 2 intra-op threads may sum in another order). The weights are the
-seeded checkpoint (the embedded default fits its own first: same layers, same work per image).
+the one-process run (torch at 1 and 2 intra-op threads may sum in another order). The weights:
+`--bench-checkpoint` (the embedded default's fitted weights, with --bench-trust-checkpoint), else the
+seeded checkpoint. The images: `--bench-images` (the embedded default's, a run's inputs/coco), else a
+generated set of the same size and canvas.
 """
 import hashlib
 import os
@@ -32,7 +34,18 @@ OUTPUTS = {}
 
 
 @pytest.fixture(scope="module")
-def generated_set(tmp_path_factory, bench_scale):
+def weights(bench_options, seeded_checkpoint):
+    """The embedded default's fitted weights when given (--bench-checkpoint, e.g. a run's
+    inputs/fsaf_fit_generated_0.pth: its detections, so its NMS work), else the seeded ones."""
+    return bench_options["--bench-checkpoint"] or seeded_checkpoint
+
+
+@pytest.fixture(scope="module")
+def generated_set(tmp_path_factory, bench_scale, bench_options):
+    """--bench-images (e.g. a run's inputs/coco: the embedded default's own set), else a generated one."""
+    root = bench_options["--bench-images"]
+    if root:
+        return (os.path.join(root, "annotations", "instances_val2017.json"), os.path.join(root, "val2017"))
     return make_synthetic_coco(str(tmp_path_factory.mktemp("coco")), num_images=SIZES[bench_scale]["images"],
                                seed=0)
 
@@ -44,17 +57,20 @@ def run_infer(argv):
 
 
 @pytest.mark.parametrize("role", GROUP.roles)
-def test_cpu_workers(benchmark, ratio_book, bench_scale, seeded_checkpoint, generated_set, tmp_path, role):
+def test_cpu_workers(benchmark, ratio_book, bench_scale, bench_options, weights, generated_set, tmp_path, role):
     size = SIZES[bench_scale]
     out = str(tmp_path / "results.json")
     argv = ["infer", "--annotations", generated_set[0], "--images", generated_set[1], "--height", str(size["height"]),
-            "--width", str(size["width"]), "--backend", "torch", "--model", seeded_checkpoint, "--batch-size", "1",
+            "--width", str(size["width"]), "--backend", "torch", "--model", weights, "--batch-size", "1",
             "--backend-option", f"threads={THREADS}", "--no-progress", "--out", out] + ROLES[role]
+    if bench_options["--bench-trust-checkpoint"]:
+        argv += ["--backend-option", "trusted=true"]
     ratio_book.join(benchmark, GROUP, role)
     benchmark.pedantic(run_infer, args=(argv,), rounds=size["rounds"], iterations=1)
     with open(out, "rb") as handle:
         OUTPUTS[role] = hashlib.sha256(handle.read()).hexdigest()
     benchmark.extra_info.update({"results_sha256": OUTPUTS[role], "threads": THREADS, "cpus": os.cpu_count(),
+                                 "weights": os.path.basename(weights),
                                  "scale": bench_scale, **size})
     if len(OUTPUTS) == len(ROLES):
         benchmark.extra_info["byte_identical"] = len(set(OUTPUTS.values())) == 1

@@ -2,7 +2,8 @@
 import argparse
 
 from ..data import read_annotation_file
-from ..evaluate import (SCORERS, evaluate_results, format_per_class_table, format_recipe_table,
+from ..errors import OptionError
+from ..evaluate import (SCORERS, accuracy_gate, evaluate_results, format_per_class_table, format_recipe_table,
                         metrics_record)
 from ..results_json import write_results_json
 from ..options import COUNT
@@ -10,6 +11,8 @@ from .args import input_file, output_file, typed
 
 
 def _cli_evaluate(args):
+    if args.gate and args.limit is not None:
+        raise OptionError("--gate judges a full val2017 score (the recipe's claim); leave out --limit")
     image_ids = None
     if args.limit is not None:
         images = read_annotation_file(args.annotations).images  # in id order
@@ -27,6 +30,10 @@ def _cli_evaluate(args):
     if args.metrics_out:
         write_results_json(args.metrics_out, metrics_record(metrics))
         print(f"metrics written to {args.metrics_out}")
+    if args.gate:
+        passed, line = accuracy_gate(metrics["stats"][0])
+        print(line)
+        return 0 if passed else 1
     return 0
 
 
@@ -46,4 +53,7 @@ def register(subparsers):
     parser.add_argument("--drop-degenerate", action="store_true",
                         help="leave out detections whose box has width or height <= 0 and count them in the "
                              "metrics record (default: such a detection is an error)")
+    parser.add_argument("--gate", action="store_true",
+                        help="exit 1 unless AP@[.5:.95] meets the recipe's accuracy claim (spec accuracy: the "
+                             "design card's minimum, within 1 point of PyTorch); for a full val2017 score")
     parser.set_defaults(func=_cli_evaluate)
