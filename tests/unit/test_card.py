@@ -10,8 +10,6 @@ from fsaf_repro.cli import main as cli_main
 from fsaf_repro.errors import BackendError, ResultsError
 from tests.unit.fake_tools import install_fake_tools
 
-pytestmark = pytest.mark.unit
-
 H, W = 16, 24
 
 

@@ -16,8 +16,6 @@ from fsaf_repro.options import DEVICE_IDS, SHARD
 from fsaf_repro.synthetic import make_synthetic_coco
 from tests.unit.fake_tools import install_fake_tools
 
-pytestmark = pytest.mark.unit
-
 H, W = 16, 24
 NUM_IMAGES = 16
 BATCH = 2
