@@ -3,8 +3,9 @@
 One static om per batch size (the recipe's 1, 4, 8, 16, 32, 64 by default). Every tool call:
 - is an argv list (no shell), run in its own scratch directory (atc leaves kernel_meta/ and
   fusion_result.json in its working directory);
-- is judged by its exit code AND its own success line AND the artifact's existence (facts sheet
-  section 3): atc can exit 0 without an om, or die by SIGSEGV with no message;
+- is judged by its exit code AND its own success line AND the artifact's existence (atc's published
+  outputs: tests/unit/fixtures/tool_outputs): atc can exit 0 without an om, or die by SIGSEGV with no
+  message;
 - keeps its combined stdout/stderr as `<artifact stem>.<tool>.log` beside the artifact;
 - moves the artifact into place only on success, then writes a sidecar `<om>.json` recording how it
   was built (argv, soc version, batch size, input shape, output nodes, precision mode, ONNX hash).
@@ -22,14 +23,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .errors import ExportError, ToolError
 from .fileio import atomic_write_json, file_sha256
 from .jsonio import load_json
+from .options import BATCH_SIZES
 from .spec import input_constants
 from .tools import output_tail, run_tool
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32, 64)
 DEFAULT_OUT_NODES = "dets;labels"
-# atc's --precision_mode values (CANN 5.x). force_fp16 is atc's own default; we always pass it so the
-# sidecar states what was used.
-PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision")
+# atc's --precision_mode values (CANN 5.x). force_fp16 is atc's own default and this package's; we
+# always pass it so the sidecar states what was used.
+FORCE_FP16 = "force_fp16"
+DEFAULT_PRECISION_MODE = FORCE_FP16
+PRECISION_MODES = (FORCE_FP16, "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision")
 # atc's own lines (published outputs in tests/unit/fixtures/tool_outputs): on success `ATC run
 # success, welcome to the next use.`, possibly followed by warnings such as `W11001: Op [...] does not
 # hit ...`; on failure `ATC run failed, Please check the detail log, ...` and error-code lines
@@ -154,7 +158,7 @@ def input_shape_arg(input_name: str, batch_size: int, height: Optional[int], wid
 
 def atc_argv(onnx_path: str, output_prefix: str, batch_size: int, soc_version: Optional[str],
              input_name: str = "input", height: Optional[int] = None, width: Optional[int] = None,
-             out_nodes: Optional[str] = DEFAULT_OUT_NODES, precision_mode: str = "force_fp16",
+             out_nodes: Optional[str] = DEFAULT_OUT_NODES, precision_mode: str = DEFAULT_PRECISION_MODE,
              log_level: str = "error", atc: str = "atc", extra_args: Sequence[str] = (),
              extra_inputs: Sequence[Tuple[str, Sequence[int]]] = ()) -> List[str]:
     """The recipe's atc command (section 3.2) as an argv list."""
@@ -264,7 +268,7 @@ class ConversionJob:
     tool: str
     batch_size: int
     soc_version: Optional[str]
-    precision_mode: str = "force_fp16"
+    precision_mode: str = DEFAULT_PRECISION_MODE
     out_nodes: Optional[str] = DEFAULT_OUT_NODES
     log_level: str = "error"
     job_type: int = 2
@@ -294,7 +298,7 @@ class ConversionJob:
 
 
 def convert_one(onnx_path: str, out_dir: str, batch_size: int, soc_version: Optional[str], tool: str = "atc",
-                name_prefix: Optional[str] = None, precision_mode: str = "force_fp16",
+                name_prefix: Optional[str] = None, precision_mode: str = DEFAULT_PRECISION_MODE,
                 out_nodes: Optional[str] = DEFAULT_OUT_NODES, input_name: str = "input",
                 height: Optional[int] = None, width: Optional[int] = None, log_level: str = "error",
                 job_type: int = 2, executable: Optional[str] = None, timeout: Optional[float] = None,
@@ -371,6 +375,7 @@ def convert_batch_sizes(onnx_path: str, out_dir: str, batch_sizes: Sequence[int]
     With keep_going, a failing batch size does not stop the others; the failures are raised together
     at the end (the oms already built stay in place, each with its sidecar).
     """
+    batch_sizes = BATCH_SIZES.check(list(batch_sizes), "batch_sizes")
     tool = "aoe" if aoe else "atc"
     if not os.path.isdir(str(out_dir)):
         os.makedirs(str(out_dir))
@@ -390,12 +395,3 @@ def convert_batch_sizes(onnx_path: str, out_dir: str, batch_sizes: Sequence[int]
         raise ToolError(f"{len(failures)} of {len(batch_sizes)} conversions failed (built: {built}):\n{details}")
     return results
 
-
-def parse_batch_sizes(text: str) -> List[int]:
-    try:
-        sizes = [int(part) for part in str(text).split(",") if part.strip()]
-    except ValueError:
-        raise ToolError(f"--batch-sizes must be comma-separated integers, got {text!r}") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise ToolError(f"--batch-sizes must list positive integers, got {text!r}")
-    return sizes

@@ -1,6 +1,6 @@
 """The detector's test-time post-processing in torch: the oracle for every exported graph.
 
-Facts sheet section 1 (mmdetection 2.15 AnchorHead._get_bboxes with FSAF's test_cfg):
+mmdetection 2.15's AnchorHead._get_bboxes with the test_cfg of configs/fsaf/fsaf_r50_fpn_1x_coco.py:
 per level, sigmoid scores, keep the top `nms_pre` locations by their best class score when the level
 has more, decode (top, bottom, left, right) distances against one square anchor per location, clip to
 the image shape; then multiclass NMS over every (box, class) pair scoring above `score_thr`, sorted by

@@ -27,7 +27,10 @@ from .jsonio import array, integer, nullable, obj, real_number, short_repr, text
 from .results_json import detection_problem, read_results_json
 from .spec import accuracy_reference, load_recipe_spec
 
-SCORERS = ("pycocotools", "faster-coco-eval")
+PYCOCOTOOLS = "pycocotools"
+# the scorers every verb offers (--scorer), derived from here; pycocotools is the recipe's own
+SCORERS = (PYCOCOTOOLS, "faster-coco-eval")
+DEFAULT_SCORER = PYCOCOTOOLS
 
 
 def evaluation_spec() -> Dict[str, Any]:
@@ -166,7 +169,7 @@ def per_class_ap(precision: np.ndarray, category_ids: Sequence[int], names: Sequ
     return table
 
 
-def evaluate_results(annotation_file: str, results: Union[str, List[Dict[str, Any]]], scorer: str = "pycocotools",
+def evaluate_results(annotation_file: str, results: Union[str, List[Dict[str, Any]]], scorer: str = DEFAULT_SCORER,
                      image_ids: Optional[Sequence[int]] = None, drop_degenerate: bool = False) -> Dict[str, Any]:
     """Score COCO bbox results (a list, or the path of a results json) against `annotation_file`.
 
@@ -192,7 +195,7 @@ def evaluate_results(annotation_file: str, results: Union[str, List[Dict[str, An
                                       drop_degenerate=drop_degenerate)
     image_ids = _scored_image_ids(image_ids, gt_image_ids, results, annotation_file, source)
     max_dets = evaluation_spec()["max_dets"]
-    accumulate = _accumulate_pycocotools if scorer == "pycocotools" else _accumulate_faster
+    accumulate = _accumulate_pycocotools if scorer == PYCOCOTOOLS else _accumulate_faster
     evaluator = accumulate(data, results, image_ids, max_dets)
     precision = np.asarray(evaluator.eval["precision"])
     recall = np.asarray(evaluator.eval["recall"])

@@ -25,7 +25,7 @@ import torch
 from .checkpoint import load_detector
 from .decode import _greedy_nms_order, multiclass_nms, pad_detections, select_candidates
 from .errors import ExportError
-from .fileio import atomic_write_json, file_sha256, new_temp_file, remove_stale_scratch
+from .fileio import atomic_output, atomic_write_json, file_sha256, new_temp_file, remove_stale_scratch
 from .jsonio import load_json
 from .spec import input_constants, model_constants
 
@@ -369,22 +369,15 @@ def _export_checked(module, plan, out_path):
     directory = os.path.dirname(out_path)
     if not os.path.isdir(directory):
         os.makedirs(directory)
-    # the finally below removes this export's file on any exception (Ctrl-C included); a killed
+    # atomic_output removes this export's file on any exception (Ctrl-C included); a killed
     # export's file (no finally ran) is removed by the next export into the folder
     remove_stale_scratch(directory, EXPORT_SCRATCH_PREFIX)
-    tmp_path = new_temp_file(directory, EXPORT_SCRATCH_PREFIX, ".onnx")
     outputs = plan.outputs()
-    try:
+    with atomic_output(out_path, new_temp_file(directory, EXPORT_SCRATCH_PREFIX, ".onnx")) as tmp_path:
         with torch.no_grad():
             _trace_to(module, plan, tmp_path, [o["name"] for o in outputs])
         declare_output_shapes(tmp_path, outputs)
         check_exported_model(tmp_path, plan.flavour)
-        if os.path.exists(out_path):
-            os.remove(out_path)
-        os.replace(tmp_path, out_path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
 
 
 def _trace_to(module, plan, path, output_names):

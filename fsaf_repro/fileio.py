@@ -14,7 +14,7 @@ import shutil
 import socket
 import time
 import uuid
-from typing import Any, List, Optional, Type, Union
+from typing import Any, Iterator, List, Optional, Type, Union
 
 from .errors import PathError
 
@@ -59,26 +59,36 @@ def naming_os_errors(path: PathLike):
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
-def _atomic(path, write):
+@contextlib.contextmanager
+def atomic_output(path: PathLike, temp_path: Optional[str] = None) -> Iterator[str]:
+    """The package's one atomic write: yields a temporary path beside `path` (`temp_path`, or
+    `<path>.part-<host>-<pid>`) for the block to write; when the block ends normally it is renamed over
+    `path` in one step, so a reader never sees a half-written file; on any exception (KeyboardInterrupt
+    included) it is removed and `path` is left as it was. An OSError names `path`, not the part file."""
     path = str(path)
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = path + part_suffix()
+    tmp = temp_path or path + part_suffix()
     try:
         with naming_os_errors(path):
             if not os.path.isdir(directory):
                 os.makedirs(directory)
-            with open(tmp, "wb") as handle:
-                write(handle)
+        yield tmp
+        with naming_os_errors(path):
             os.replace(tmp, path)
     except OSError as exc:
         _remove_if_present(tmp)
         if exc.filename == tmp:  # name the file being written, not its part file
             raise OSError(exc.errno, exc.strerror, path) from exc
         raise
-    except BaseException:  # KeyboardInterrupt included: no part file is left behind
+    except BaseException:
         _remove_if_present(tmp)
         raise
-    return path
+
+
+def _atomic(path, write):
+    with atomic_output(path) as tmp, naming_os_errors(path), open(tmp, "wb") as handle:
+        write(handle)
+    return str(path)
 
 
 def _remove_if_present(path):

@@ -11,6 +11,7 @@ A schema is a callable `(value, where)` that returns the value (possibly convert
 SchemaFault(where, problem). The combinators below build them; `check(schema, predicate, problem)`
 adds a semantic rule where the shape is not enough.
 """
+import hashlib
 import json
 import math
 import numbers
@@ -35,6 +36,18 @@ _SHORT.maxstring = 60
 _SHORT.maxother = 60
 _SHORT.maxlist = _SHORT.maxdict = 6
 _SHORT.maxlevel = 3
+
+
+def canonical_json(value: Any) -> str:
+    """The one text a JSON value is keyed and hashed by: keys sorted, no whitespace, so that equal
+    values give equal text however their dicts were built."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def canonical_sha256(value: Any) -> str:
+    """sha256 of `canonical_json(value)`: the one digest of a value (stage keys, journal keys, spec
+    sections, image id lists)."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
 
 
 def short_repr(value: Any) -> str:

@@ -1,6 +1,6 @@
 """FSAF R50-FPN in plain PyTorch, laid out so mmdetection's checkpoint loads strictly.
 
-The architecture follows the facts sheet section 1 (mmdetection 2.15 `fsaf_r50_fpn_1x_coco.py`):
+The architecture follows mmdetection 2.15's `configs/fsaf/fsaf_r50_fpn_1x_coco.py` (the recipe's model):
 ResNet-50 ('pytorch' style, stride on the 3x3 conv) -> FPN (start level 1, extra convs on C5,
 5 outputs) -> FSAF head (a RetinaHead with one anchor per location and a ReLU on the box branch).
 Module names mirror mmdetection's (`backbone`, `neck.lateral_convs.0.conv`, `bbox_head.retina_cls`,

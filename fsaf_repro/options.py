@@ -1,4 +1,4 @@
-"""Declared option kinds: every option's type and range, checked before any work (issue 19, rule 2).
+"""Declared option kinds: every option's type and range, checked before any work.
 
 An option kind converts a value and checks its range. The same kind object serves three callers:
 - the command line: `fsaf_repro.cli.args.typed(kind)` makes it an argparse `type=` (a value out of
@@ -19,7 +19,7 @@ from .errors import OptionError
 # At most this many threads (intra-op, decoding workers) per core that os.cpu_count() reports. More
 # threads than cores only adds contention (each intra-op barrier waits for the slowest thread), and
 # every thread reserves a stack and per-thread scratch in the runtimes: a backend given 100000 threads
-# grew to 22 GB, then segfaulted (issue 19). 4x leaves room for a cpu_count that undercounts what the
+# grew to 22 GB, then segfaulted. 4x leaves room for a cpu_count that undercounts what the
 # runtime may use (SMT siblings, a cgroup quota changed after start) without allowing a runaway value.
 THREADS_PER_CORE_LIMIT = 4
 
@@ -171,9 +171,11 @@ class OfType(OptionKind):
 
 
 class SizeList(OptionKind):
-    """Comma-separated batch sizes ("1,4,8", or a list of ints): each a positive int, sorted, once each."""
+    """Comma-separated batch sizes ("1,4,8", or a list of ints): each a positive int, given once; the
+    package's one batch-size list parser (CLI arguments, reproduce options, convert). Returns them sorted.
+    0, a negative, a duplicate or an empty list is refused: "1,1" is a slip, not one size."""
 
-    describe = "comma-separated positive integers"
+    describe = "comma-separated positive integers, each once"
 
     def check(self, value, option):
         items = value.split(",") if isinstance(value, str) else value
@@ -182,7 +184,10 @@ class SizeList(OptionKind):
         sizes = [_as_int(item) for item in items if not (isinstance(item, str) and not item.strip())]
         if not sizes or any(size is None or size < 1 for size in sizes):
             raise self.refuse(value, option)
-        return sorted(set(sizes))
+        repeated = sorted(set(size for size in sizes if sizes.count(size) > 1))
+        if repeated:
+            raise self.refuse(value, option, "{} given twice".format(", ".join(map(str, repeated))))
+        return sorted(sizes)
 
 
 class ShardSpec(OptionKind):

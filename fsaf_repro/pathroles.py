@@ -1,4 +1,4 @@
-"""Path roles: an output must never be an input (issue 19, rule 1).
+"""Path roles: an output must never be an input.
 
 Each path a command takes has a role, input or output, declared once with the path itself: on the
 command line by its argument type (fsaf_repro.cli.args input_file, output_dir, ...; `declared_paths`

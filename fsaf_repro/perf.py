@@ -20,18 +20,17 @@ Comparisons (`compare_records`, `evaluate_gates`) refuse records of different mo
 factors of the same device, and attach a caveat to every other difference (device, precision,
 backend, batch size, source) instead of producing a bare ratio.
 """
-import os
-import re
 import time
 
 import numpy as np
 
 from .backends import Backend, find_backend_class
-from .backends.ais_bench_cli import check_summary, summary_of_output
+from .backends.ais_bench_cli import read_ais_bench_result
+from .backends.benchmark_tool import read_benchmark_perf
 from .errors import BackendError, FsafReproError, OutputFormatError, ResultsError, ToolError
 from .fileio import atomic_write_json
-from .jsonio import (array, boolean, integer, load_json, mapping, nullable, obj, one_of, parse_json, real_number,
-                     text_value, validate)
+from .jsonio import (array, boolean, integer, load_json, mapping, nullable, obj, one_of, real_number, text_value,
+                     validate)
 from .spec import input_constants, performance_reference
 
 MODE_DEFINITIONS = {
@@ -320,128 +319,7 @@ def best_batch(records):
     return max(usable, key=lambda r: r["fps"])
 
 
-# --- tool output parsers -----------------------------------------------------------------------------
-#
-# The benchmark tool's output has several published spellings (tests/unit/fixtures/tool_outputs, with
-# their sources): perf files with `[infer]`/`[post]` or `[inference]`/`[postprocess]` stage names, and
-# the pure-inference summary as `ave_throughputRate: Xsamples/s, ave_latency: Yms` or
-# `ave_throughputRate = Xsamples/s, ave_latency = Yms`, with or without an `[INFO]` tag (even glued to
-# it). Every line must be one of the forms below: a line that is none of them is quoted in the error
-# rather than skipped, so that a changed format never yields a silently wrong number.
-
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_STAGE_LINE = re.compile(r"^\[(?P<stage>[A-Za-z][A-Za-z0-9 ]*)\]\s*(?P<body>.*)$")
-_FIELD_ITEM = re.compile(rf"^(?P<key>[A-Za-z][A-Za-z ]*?)\s*:\s*(?P<value>{_NUMBER})$")
-_PURE_LINE = re.compile(rf"^(?:\[INFO\]\s*)?ave_throughputRate\s*[:=]\s*(?P<fps>{_NUMBER})\s*samples/s\s*,"
-                        rf"\s*ave_latency\s*[:=]\s*(?P<latency>{_NUMBER})\s*ms$")
-# log lines of the tools' consoles: "[INFO] Dataset number: 19 finished cost 2.635ms", "[ERROR] ..."
-_LOG_LINE = re.compile(r"^\[(?:INFO|WARN|WARNING|ERROR|DEBUG|EVENT)\]", re.IGNORECASE)
-# "-----------------PureInfer Performance Summary------------------", "------------"
-_SEPARATOR_LINE = re.compile(r"^-{3,}(?:[A-Za-z ]+-{3,})?$")
-# the header fsaf_repro.tools.run_tool writes at the top of a kept tool log
-_RUN_TOOL_HEADER = re.compile(r"^# (?:argv|cwd|outcome): ")
-# the spellings of the perf file's stages, mapped to one name each
-PERF_STAGE_SPELLINGS = {"e2e": "e2e", "data read": "data read", "preprocess": "preprocess",
-                        "inference": "inference", "infer": "inference",
-                        "postprocess": "postprocess", "post": "postprocess"}
-_PERF_NAME = re.compile(r"perf_vision_batchsize_(\d+)_device_(\d+)\.txt$")
-PURE_SPELLINGS = ("`ave_throughputRate: Xsamples/s, ave_latency: Yms`",
-                  "`ave_throughputRate = Xsamples/s, ave_latency = Yms` (either with an `[INFO]` tag)")
-BENCHMARK_LINE_FORMS = ("a perf line `[stage] key: number, ...` (stages {}), a pure-inference summary {}, "
-                        "a tagged log line (`[INFO] ...`) or a dashed separator".format(
-                            ", ".join(sorted(PERF_STAGE_SPELLINGS)), " or ".join(PURE_SPELLINGS)))
-
-
-def _read_text(path_or_text, what):
-    """(text, path) of a tool output given as a file path or as the text itself."""
-    if "\n" in path_or_text:
-        return path_or_text, None
-    if os.path.isdir(path_or_text):
-        raise ResultsError(f"{path_or_text} is a directory; give the {what} file")
-    if os.path.isfile(path_or_text):
-        try:
-            with open(path_or_text) as handle:
-                return handle.read(), path_or_text
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ResultsError(f"{path_or_text} cannot be read as {what} ({exc})") from None
-    if path_or_text.strip() and not re.search(r"throughput", path_or_text, re.IGNORECASE):
-        raise ResultsError(f"{path_or_text}: no such file (expected the {what})")
-    return path_or_text, None
-
-
-def _refuse_line(source, number, line, expected):
-    return ResultsError(f"{source} line {number}: expected {expected}; got: {line!r}")
-
-
-def _stage_fields(source, number, line, stage, body):
-    """The `key: number` pairs of one perf line, every item of it parsed."""
-    fields = {}
-    for item in body.split(","):
-        match = _FIELD_ITEM.match(item.strip())
-        if match is None:
-            raise _refuse_line(source, number, line, f"`[{stage}]` followed by `key: number` pairs separated by "
-                                                     "commas")
-        fields[match.group("key").strip()] = float(match.group("value"))
-    return fields
-
-
-def read_benchmark_output(text, source):
-    """The benchmark tool's perf file or console text, line by line: (stages, pure summaries).
-
-    stages: {stage: (line number, {field: value})} with stage names unified (`infer` -> `inference`,
-    `post` -> `postprocess`); pure: [(line number, fps, latency ms)]. ResultsError quotes the first line
-    that is none of BENCHMARK_LINE_FORMS, a perf line whose fields do not all parse, or a stage given
-    twice (two runs in one text).
-    """
-    stages, pure, unknown = {}, [], None
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or _SEPARATOR_LINE.match(line) or _RUN_TOOL_HEADER.match(line):
-            continue
-        match = _PURE_LINE.match(line)
-        if match:
-            pure.append((number, float(match.group("fps")), float(match.group("latency"))))
-            continue
-        if "ave_throughputRate" in line:
-            raise _refuse_line(source, number, line, "a pure-inference summary " + " or ".join(PURE_SPELLINGS))
-        if _LOG_LINE.match(line):
-            continue
-        match = _STAGE_LINE.match(line)
-        if match:
-            _add_stage(stages, source, number, line, match)
-            continue
-        if unknown is None:
-            unknown = (number, line)
-    _check_benchmark_read(stages, pure, unknown, source)
-    return stages, pure
-
-
-def _add_stage(stages, source, number, line, match):
-    """Record the perf line `match` (of _STAGE_LINE) in `stages` under its unified stage name."""
-    spelled = match.group("stage").strip().lower()
-    if spelled not in PERF_STAGE_SPELLINGS:
-        raise _refuse_line(source, number, line, "a perf stage among {}".format(
-            ", ".join(f"[{s}]" for s in sorted(PERF_STAGE_SPELLINGS))))
-    stage = PERF_STAGE_SPELLINGS[spelled]
-    if stage in stages:
-        raise ResultsError(f"{source}: lines {stages[stage][0]} and {number} both give the `[{stage}]` "
-                           "stage (two runs in one text?); give one run's perf file")
-    stages[stage] = (number, _stage_fields(source, number, line, match.group("stage"), match.group("body")))
-
-
-def _check_benchmark_read(stages, pure, unknown, source):
-    """Refuse a text with an unknown line (`unknown`: the first, (number, line)) or with no output at all."""
-    if unknown is not None:
-        if not stages and not pure:
-            raise ResultsError(f"{source}: neither a perf file (`[e2e]`, `[inference]` lines) nor pure-inference "
-                               f"output (`ave_throughputRate`); nothing to parse; line {unknown[0]} reads "
-                               f"{unknown[1]!r}")
-        raise _refuse_line(source, unknown[0], unknown[1], BENCHMARK_LINE_FORMS)
-    if not stages and not pure:
-        raise ResultsError(f"{source}: no benchmark output in it (empty, or only log lines); expected a perf file "
-                           "(`[e2e]`, `[inference]` lines) or pure-inference output (`ave_throughputRate`)"
-                           )
-
+# --- records of the tools' own figures (their outputs are read next to their backends) -----------------
 
 def parse_benchmark_perf(path_or_text, device, batch_size=None, precision="fp16", chips=None,
                          backend="benchmark"):
@@ -451,91 +329,34 @@ def parse_benchmark_perf(path_or_text, device, batch_size=None, precision="fp16"
     throughputRate` and an `inference` record from `Interface throughputRate` of the `[inference]` (or
     `[infer]`) line, each multiplied by `chips` (default: 4 for device "310", else 1; see module doc).
     Pure-inference mode (`ave_throughputRate` in any published spelling): one `pure_inference` record.
-    The batch size is read from the perf file's name when not given. Lines are read by
-    `read_benchmark_output`: one the tool does not write is an error that quotes it.
+    The batch size is read from the perf file's name when not given. The text is read by
+    `backends.benchmark_tool.read_benchmark_perf`: a line the tool does not write is an error that quotes it.
     """
-    text, path = _read_text(str(path_or_text), "benchmark tool's perf file or console output")
-    source = "benchmark tool: {}".format(path or "perf text")
-    if batch_size is None and path:
-        match = _PERF_NAME.search(os.path.basename(path))
-        batch_size = int(match.group(1)) if match else None
-    stages, pure = read_benchmark_output(text, source)
+    return benchmark_records(read_benchmark_perf(path_or_text), device, batch_size, precision, chips, backend)
+
+
+def benchmark_records(reading, device, batch_size=None, precision="fp16", chips=None, backend="benchmark"):
+    """The records of one `read_benchmark_perf` reading (see parse_benchmark_perf)."""
+    batch_size = reading.batch_size if batch_size is None else batch_size
     if batch_size is None:
-        raise ResultsError(f"{source}: the batch size is not in the file name; give it")
+        raise ResultsError(f"{reading.source}: the batch size is not in the file name; give it")
     chips = default_chips(device) if chips is None else int(chips)
     note = SCOPE_310_CARD if chips == ASCEND_310_CHIPS_PER_CARD else None
-    if stages and pure:
-        raise ResultsError(f"{source}: holds both perf stage lines (line {min(n for n, _ in stages.values())}) "
-                           f"and a pure-inference summary (line {pure[0][0]}); give one run's output")
-    if len(pure) > 1:
-        raise ResultsError("{}: {} pure-inference summaries (lines {}); give one run's output".format(
-            source, len(pure), ", ".join(str(p[0]) for p in pure)))
+    if reading.pure is not None:
+        fps, latency = reading.pure
+        return [make_record(device, backend, precision, batch_size, fps * chips, "pure_inference", reading.source,
+                            chips=chips, fps_measured=fps, note=note, latencies_ms={"mean": latency})]
     records = []
-    if stages:
-        number, inference = stages.get("inference", (None, None))
-        if inference is None or "Interface throughputRate" not in inference:
-            raise ResultsError("{}: no `[inference]`/`[infer]` line with `Interface throughputRate` "
-                               "(stages found: {})".format(source, ", ".join(sorted(stages))))
-        e2e = stages.get("e2e", (None, {}))[1]
-        if "throughputRate" in e2e:
-            records.append(make_record(device, backend, precision, batch_size,
-                                       e2e["throughputRate"] * chips, "e2e", source, chips=chips,
-                                       fps_measured=e2e["throughputRate"], note=note))
-        measured = inference["Interface throughputRate"]
-        latency = inference.get("moduleLatency")
-        records.append(make_record(device, backend, precision, batch_size, measured * chips, "inference",
-                                   source, chips=chips, fps_measured=measured, note=note,
-                                   latencies_ms={"mean": latency} if latency is not None else None))
-        return records
-    _, fps, latency = pure[0]
-    return [make_record(device, backend, precision, batch_size, fps * chips, "pure_inference", source,
-                        chips=chips, fps_measured=fps, note=note, latencies_ms={"mean": latency})]
-
-
-# ais_bench / ais_infer console summary, in the published spellings:
-#   [INFO] throughput 1000*batchsize.mean(1)/NPU_compute_time.mean(0.661): 1512.859   (ais_bench)
-#   [INFO] throughput (1000*batchsize/NPU_compute_time): 2935.132                     (ais_infer)
-#   [INFO] NPU_compute_time (ms): min = 1.36, max = 1.36, mean = 1.36, median = 1.36, percentile(99%) = 1.36
-_AIS_THROUGHPUT = re.compile(rf"^(?:\[INFO\]\s*)?throughput\b[^:]*:\s*(?P<value>{_NUMBER})$")
-_AIS_STATS = re.compile(r"^(?:\[INFO\]\s*)?(?P<name>NPU_compute_time|H2D_latency|D2H_latency)\s*\(ms\)\s*:\s*"
-                        r"(?P<body>.*)$")
-_AIS_STAT_ITEM = re.compile(rf"^(?P<key>min|max|mean|median|percentile\(\d+%\))\s*=\s*(?P<value>{_NUMBER})$")
-
-
-def read_ais_bench_console(text, source):
-    """The summary an ais_bench/ais_infer console printed, as the summary json's keys.
-
-    Other console lines (progress bars, log lines) are not the summary and are passed over; a
-    `throughput` or `*_latency`/`NPU_compute_time` summary line that does not parse is quoted in the
-    error, and there must be exactly one throughput line.
-    """
-    summary, throughput_lines = {}, []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        bare = re.sub(r"^\[INFO\]\s*", "", line)
-        if bare.startswith("throughput"):
-            match = _AIS_THROUGHPUT.match(line)
-            if match is None:
-                raise _refuse_line(source, number, line, "`[INFO] throughput ...: <number>` (ais_bench "
-                                                         "`throughput 1000*batchsize.mean(B)/NPU_compute_time"
-                                                         ".mean(T): X` or ais_infer `throughput (1000*batchsize/"
-                                                         "NPU_compute_time): X`)")
-            throughput_lines.append(number)
-            summary["throughput"] = float(match.group("value"))
-            continue
-        if bare.startswith(("NPU_compute_time", "H2D_latency", "D2H_latency")):
-            match = _AIS_STATS.match(line)
-            items = [_AIS_STAT_ITEM.match(item.strip()) for item in match.group("body").split(",")] if match else [None]
-            if not all(items):
-                raise _refuse_line(source, number, line, "`<name> (ms): min = a, max = b, mean = c, median = d, "
-                                                         "percentile(99%) = e`")
-            summary[match.group("name")] = dict((m.group("key"), float(m.group("value"))) for m in items)
-    if len(throughput_lines) != 1:
-        raise ResultsError("{}: expected one ais_bench summary line `[INFO] throughput ...: <number>`, found {}{}"
-                           .format(source, len(throughput_lines),
-                                   " (lines {})".format(", ".join(map(str, throughput_lines)))
-                                   if throughput_lines else ""))
-    return summary
+    e2e, inference = reading.stages.get("e2e", {}), reading.stages["inference"]
+    if "throughputRate" in e2e:
+        records.append(make_record(device, backend, precision, batch_size, e2e["throughputRate"] * chips, "e2e",
+                                   reading.source, chips=chips, fps_measured=e2e["throughputRate"], note=note))
+    measured = inference["Interface throughputRate"]
+    latency = inference.get("moduleLatency")
+    records.append(make_record(device, backend, precision, batch_size, measured * chips, "inference",
+                               reading.source, chips=chips, fps_measured=measured, note=note,
+                               latencies_ms={"mean": latency} if latency is not None else None))
+    return records
 
 
 def parse_ais_bench_summary(path, device, batch_size, precision="fp16", chips=None, backend="ais_bench"):
@@ -543,19 +364,10 @@ def parse_ais_bench_summary(path, device, batch_size, precision="fp16", chips=No
 
     `path` may be the summary json (ais_bench's `<dir>_summary.json` beside the output folder, or
     ais_infer's `sumary.json` inside it), the output folder itself, the `--output` folder holding one
-    run, or a saved console log of the run.
+    run, or a saved console log of the run (read by `backends.ais_bench_cli.read_ais_bench_result`).
     """
-    path = str(path)
     try:
-        if os.path.isdir(path):
-            path, summary = summary_of_output(path)
-        else:
-            text, _ = _read_text(path, "ais_bench summary json or console log")
-            if text.lstrip().startswith("{"):
-                summary = parse_json(text, ResultsError, f"ais_bench summary {path}")
-                check_summary(summary, path)
-            else:
-                summary = read_ais_bench_console(text, f"ais_bench console log {path}")
+        path, summary = read_ais_bench_result(path)
     except (OutputFormatError, ToolError) as exc:
         raise ResultsError(str(exc)) from None
     chips = default_chips(device) if chips is None else int(chips)

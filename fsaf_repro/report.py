@@ -28,11 +28,13 @@ NOT_APPLICABLE_FITTED = "not applicable (weights fitted on generated shapes / ge
 
 
 def plots_availability() -> Tuple[bool, str]:
-    """(True, "") when matplotlib can draw here, else (False, the reason)."""
+    """(True, "") when matplotlib can draw here, else (False, the reason). It imports the classes the
+    plots draw with (`_new_figure`) and switches no backend: planning calls it, and a caller's
+    matplotlib (an interactive backend, pyplot state) stays as it was."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot  # noqa: F401
+        import matplotlib  # noqa: F401 (the package itself first: its submodules may be imported already)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
     except ImportError as exc:
         return False, (f"matplotlib is not installed ({exc}); install the `plots` extra "
                        "(pip install 'fsaf-repro[plots]') to get the PNG plots")
@@ -366,13 +368,19 @@ def _save_figure(fig, path):
         fig.savefig(path, dpi=100)
 
 
-def plot_fps(context: Dict[str, Any], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _new_figure(width, height):
+    """(figure, axes) on an Agg canvas of their own, without pyplot: no global backend is chosen or
+    switched, and nothing is left to close."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
 
+
+def plot_fps(context: Dict[str, Any], path: str) -> None:
     from .perf import reference_records
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = _new_figure(8, 5)
     for device in performance_reference()["devices"]:
         rows = sorted((r["batch_size"], r["fps"]) for r in reference_records() if r["device"] == device)
         ax.plot([b for b, _ in rows], [f for _, f in rows], marker="o", label=f"{device} (recipe)")
@@ -393,7 +401,6 @@ def plot_fps(context: Dict[str, Any], path: str) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     _save_figure(fig, path)
-    plt.close(fig)
 
 
 def _has_base_kwarg():
@@ -403,15 +410,12 @@ def _has_base_kwarg():
 
 
 def plot_per_class(context: Dict[str, Any], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     metrics = context.get("metrics") or {}
     backends = sorted(metrics, key=lambda n: (n != "torch", n))
     names = [row["name"] for row in metrics[backends[0]]["per_class"]]
-    fig, ax = plt.subplots(figsize=(16, 5))
+    fig, ax = _new_figure(16, 5)
     width = 0.8 / max(1, len(backends))
     x = np.arange(len(names))
     for k, backend in enumerate(backends):
@@ -424,7 +428,6 @@ def plot_per_class(context: Dict[str, Any], path: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save_figure(fig, path)
-    plt.close(fig)
 
 
 def draw_detections(image_path: str, detections: Sequence[Dict[str, Any]], ground_truth: Sequence[Dict[str, Any]],

@@ -29,7 +29,6 @@ report stage's outputs. Adding a stage: its body in fsaf_repro.stages, its entry
 fsaf_repro.stagebook.STAGE_VERSIONS. The stage book (declarations, keys, reuse) is fsaf_repro.stagebook.
 """
 import copy
-import hashlib
 import inspect
 import os
 import shutil
@@ -40,28 +39,32 @@ from typing import Dict, List, Optional, Tuple
 
 from . import __version__
 from .backends.base import MODEL_CHECKPOINT, MODEL_OM, ONNX_MODEL_KINDS
-from .convert import PRECISION_MODES
+from .convert import DEFAULT_PRECISION_MODE, PRECISION_MODES
+from .data import ANNOTATION_RELPATH, IMAGE_DIR_NAME, coco_annotation_path, coco_image_dir
 from .errors import CheckpointError, DataError, FsafReproError, PathError, ToolError
-from .evaluate import SCORERS
+from .evaluate import DEFAULT_SCORER, SCORERS
 from .fileio import atomic_write_json, file_sha256
+from .jsonio import canonical_sha256
 from .locking import run_lock
 from .options import (BATCH_SIZE, BATCH_SIZES, BOOLEAN, COUNT, DURATION, IMAGE_SIDE, NON_NEGATIVE_INT, PROBABILITY,
                       SEED, TEXT, THREADS_OR_RUNTIME, Choice, OfType, check_batch_memory, check_options)
 from .perf import DEFAULT_MIN_BATCHES, DEFAULT_MIN_SECONDS
 from .pathroles import INPUT, OUTPUT, RolePath, check_path_roles
-from .stagebook import (Late, RunLog, Stage, StageBook, canonical_json, skipped_step, stage_key, under_spec_sections)
+from .report import REPORT_NAME
+from .runlog import RunLog
+from .stagebook import (Late, Stage, StageBook, skipped_step, stage_key, under_spec_sections)
 from .stages import (GENERATED_IMAGE_DIR, _load_extra_perf, backend_class, run_checkpoint, run_convert, run_data,
                      run_dataset, run_evaluate, run_export, run_fit, run_infer, run_parity, run_perf, run_report,
                      run_results)
 from .torch_threads import set_intra_op_threads
 
-# The embedded default: small enough for about a minute on a 2-core CPU (project choice, issue 5).
+# The embedded default: small enough for about a minute on a 2-core CPU (project choice).
 EMBEDDED_NUM_IMAGES = 32  # the held-out set of the fitted weights: ~110 objects
 EMBEDDED_INPUT_HW = (256, 384)
 EMBEDDED_BATCH_SIZES = (1, 2)
 EMBEDDED_SEED = 0
-# Without a checkpoint, the weights are fitted on generated shapes (fsaf_repro.train, issue 11) for this many
-# steps; 0 (--fit-steps 0) keeps the seeded weights. The fit's training set has its own seed, never the
+# Without a checkpoint, the weights are fitted on generated shapes (fsaf_repro.train, docs/fitted-weights.md)
+# for this many steps; 0 (--fit-steps 0) keeps the seeded weights. The fit's training set has its own seed, never the
 # evaluated set's.
 DEFAULT_FIT_STEPS = 1000  # = fsaf_repro.train.DEFAULTS['steps'] (test_reproduce_plan)
 FIT_DATA_SEED_OFFSET = 1000
@@ -127,11 +130,11 @@ def resolve_inputs(checkpoint=None, coco_root=None, environ=None):
         coco_root = os.path.abspath(os.path.expanduser(str(coco_root)))
         if not os.path.isdir(coco_root):
             raise DataError(f"COCO root not found: {coco_root} (given by --coco-root or {ENV_COCO_ROOT}); it must "
-                            "hold val2017/ and annotations/instances_val2017.json")
-        for rel in (os.path.join("annotations", "instances_val2017.json"), "val2017"):
+                            f"hold {IMAGE_DIR_NAME}/ and {ANNOTATION_RELPATH}")
+        for rel in (ANNOTATION_RELPATH, IMAGE_DIR_NAME):
             if not os.path.exists(os.path.join(coco_root, rel)):
-                raise DataError(f"COCO root {coco_root} has no {rel} (expected <root>/val2017/*.jpg and "
-                                "<root>/annotations/instances_val2017.json)")
+                raise DataError(f"COCO root {coco_root} has no {rel} (expected <root>/{IMAGE_DIR_NAME}/*.jpg and "
+                                f"<root>/{ANNOTATION_RELPATH})")
     return checkpoint, coco_root
 
 
@@ -258,11 +261,11 @@ class RunConfig:
 
     @property
     def annotation_file(self) -> str:
-        return os.path.join(self.data_root, "annotations", "instances_val2017.json")
+        return coco_annotation_path(self.data_root)
 
     @property
     def image_dir(self) -> str:
-        return os.path.join(self.data_root, "val2017")
+        return coco_image_dir(self.data_root)
 
     def path(self, *parts) -> str:
         return os.path.join(self.run_dir, *parts)
@@ -270,8 +273,8 @@ class RunConfig:
 
 def resolve_config(run_dir=None, checkpoint=None, coco_root=None, backends=None, batch_sizes=None,
                    infer_batch_size=None, height=None, width=None, num_images=None, limit=None,
-                   score_threshold=None, scorer="pycocotools", perf_loops=None, perf_warmup=None,
-                   parity_images=None, seed=EMBEDDED_SEED, soc_version=None, precision_mode="force_fp16",
+                   score_threshold=None, scorer=DEFAULT_SCORER, perf_loops=None, perf_warmup=None,
+                   parity_images=None, seed=EMBEDDED_SEED, soc_version=None, precision_mode=DEFAULT_PRECISION_MODE,
                    extra_perf=(), threads=None, perf_threads=None, trusted=False, progress=False, echo=True,
                    environ=None, npu_present=None, fit_steps=None, perf_min_seconds=None) -> RunConfig:
     """The RunConfig of run_reproduce's arguments (None: the embedded default or the recipe's value).
@@ -297,7 +300,7 @@ def _resolve_checked(run_dir, checkpoint, coco_root, backends, batch_sizes, infe
     checkpoint, coco_root = resolve_inputs(checkpoint, coco_root, environ)
     if coco_root is not None:
         from .data import read_annotation_file
-        read_annotation_file(os.path.join(coco_root, "annotations", "instances_val2017.json"))
+        read_annotation_file(coco_annotation_path(coco_root))
     embedded = checkpoint is None and coco_root is None
     run_dir = os.path.abspath(run_dir or default_run_dir(embedded, checkpoint, coco_root))
     _refuse_run_outputs_as_extra_perf(extra_perf, run_dir)
@@ -439,7 +442,7 @@ def late_image_set(state):
 
 
 def late_image_ids_sha(state):
-    return hashlib.sha256(canonical_json(state.image_set().image_ids).encode("utf-8")).hexdigest()
+    return canonical_sha256(state.image_set().image_ids)
 
 
 def late_image_files(state, count=None):
@@ -819,8 +822,8 @@ def run_reproduce(*args, **kwargs):
 
 def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None, batch_sizes=None,
                    infer_batch_size=None, height=None, width=None, num_images=None, limit=None,
-                   score_threshold=None, scorer="pycocotools", perf_loops=None, perf_warmup=None,
-                   parity_images=None, seed=EMBEDDED_SEED, soc_version=None, precision_mode="force_fp16",
+                   score_threshold=None, scorer=DEFAULT_SCORER, perf_loops=None, perf_warmup=None,
+                   parity_images=None, seed=EMBEDDED_SEED, soc_version=None, precision_mode=DEFAULT_PRECISION_MODE,
                    extra_perf=(), threads=None, perf_threads=None, trusted=False, progress=False, echo=True,
                    environ=None, fit_steps=None, perf_min_seconds=None):
     """Configure, plan, execute (see `run_reproduce` and the module docstring)."""
@@ -844,7 +847,7 @@ def _run_reproduce(run_dir=None, checkpoint=None, coco_root=None, backends=None,
 
 
 def _summary(config, stages, state, book, wall):
-    report_path = config.path("report.md")
+    report_path = config.path(REPORT_NAME)
     stage_status = dict(book.status)
     ran = sorted(n for n, s in stage_status.items() if s == "ran")
     reused = sorted(n for n, s in stage_status.items() if s == "reused")

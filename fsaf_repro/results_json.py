@@ -10,7 +10,7 @@ import os
 from typing import Any, Dict, Iterable, List, Optional
 
 from .errors import ResultsError
-from .fileio import atomic_write_text, naming_os_errors, part_suffix, read_json
+from .fileio import atomic_output, atomic_write_text, naming_os_errors, read_json
 from .jsonio import short_repr
 
 
@@ -25,21 +25,13 @@ def write_results_streaming(path: str, results: Iterable[Dict[str, Any]]) -> int
     The bytes are those of `json.dump(list(results), f)` (write_results_json's format); written to a
     temporary file and renamed, so a kill never leaves a half-written json.
     """
-    path = str(path)
-    tmp = path + part_suffix()
     count = 0
-    try:
-        with naming_os_errors(path), open(tmp, "w") as handle:
-            handle.write("[")
-            for result in results:
-                handle.write((", " if count else "") + json.dumps(result))
-                count += 1
-            handle.write("]")
-        with naming_os_errors(path):
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(path) as tmp, naming_os_errors(path), open(tmp, "w") as handle:
+        handle.write("[")
+        for result in results:
+            handle.write((", " if count else "") + json.dumps(result))
+            count += 1
+        handle.write("]")
     return count
 
 

@@ -28,13 +28,13 @@ images stop the run with the file named (finished batches stay in the journal), 
 are skipped and listed in the summary and `<results>.skipped.json`.
 """
 import bisect
-import hashlib
 import json
 import os
 import time
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from . import __version__
 from .data import iter_batches
@@ -43,7 +43,8 @@ from .fileio import atomic_write_text, file_sha256, naming_os_errors
 from .locking import run_lock
 from .perf import dataset_records
 from .postprocess import detections_to_coco
-from .jsonio import any_value, array, check, integer, nullable, obj, parse_json, text_value, validate
+from .jsonio import (any_value, array, canonical_json, canonical_sha256, check, integer, nullable, obj, parse_json,
+                     text_value, validate)
 from .results_json import detection_problem, write_results_streaming
 from .shards import shard_range, write_shard_record
 from .spec import load_recipe_spec, section_digest
@@ -52,10 +53,6 @@ from .spec import load_recipe_spec, section_digest
 # journals have no digests: their batches cannot be checked against the images and are refused.
 JOURNAL_FORMAT = 2
 INFER_SPEC_SECTIONS = ("input", "model", "coco_classes", "coco_category_ids")
-
-
-def _canonical(obj):
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def run_key_fields(image_set, backend_name, backend_options, model_path, batch_size, input_dtype):
@@ -100,7 +97,7 @@ class Journal:
     def __init__(self, path, fields):
         self.path = str(path)
         self.fields = fields
-        self.key = hashlib.sha256(_canonical(fields).encode("utf-8")).hexdigest()
+        self.key = canonical_sha256(fields)
         self._by_first = {}  # first entry index -> summary of the batch line in force there
         self._firsts = []  # sorted keys of _by_first
         self._size = 0  # bytes of complete lines: the offset of the next line
@@ -208,7 +205,7 @@ class Journal:
         return [self._by_first[first] for first in self._firsts]
 
     def _write_line(self, obj):
-        line = (_canonical(obj) + "\n").encode("utf-8")
+        line = (canonical_json(obj) + "\n").encode("utf-8")
         offset = self._size
         with naming_os_errors(self.path):
             self._handle.write(line)
@@ -373,7 +370,8 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
         redone_batches = journal.check_images(image_set, skip_bad, workers)
         gaps = journal.gaps(total, begin)
         reused = total - begin - sum(end - start for start, end in gaps)
-        bar = _progress(total - begin, reused, progress)
+        bar = tqdm(total=total - begin, initial=reused, unit="img", desc="infer", dynamic_ncols=True,
+                   disable=not progress)
         for start, end in gaps:
             _run_range(image_set, backend, journal, start, end, batch_size, input_dtype, skip_bad, prefetch,
                        workers, bar, session)
@@ -457,22 +455,3 @@ def _batch_line(first, end, metas, stream, skipped, results):
     return {"first": first, "next": end, "image_ids": [int(m.image_id) for m in metas],
             "image_sha256": [stream.image_sha256.pop(i, None) for i in range(first, end)],
             "results": results, "skipped": [_skipped_dict(s) for s in skipped]}
-
-
-class _NoBar:
-    n = 0
-
-    def update(self, k):
-        self.n += k
-
-    def close(self):
-        pass
-
-
-def _progress(total, initial, enabled):
-    if not enabled:
-        bar = _NoBar()
-        bar.n = initial
-        return bar
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, unit="img", desc="infer", dynamic_ncols=True)

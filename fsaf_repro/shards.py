@@ -16,14 +16,13 @@ no trace in the results json, so coverage cannot be read from the results), the 
 images missing and the images given twice (with the parts that hold them), and otherwise writes the
 parts' results in entry order: the bytes of a one-device run.
 """
-import hashlib
 import json
 import os
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 from .errors import OptionError, ResultsError
 from .fileio import atomic_write_text, file_sha256
-from .jsonio import array, integer, load_json, nullable, obj, text_value
+from .jsonio import array, canonical_sha256, integer, load_json, nullable, obj, text_value
 from .results_json import read_results_json, write_results_streaming
 
 SHARD_FORMAT = 1
@@ -58,8 +57,7 @@ def shard_range(total: int, index: int, count: int, batch_size: int) -> Tuple[in
 
 def run_digest(fields: Dict[str, Any]) -> str:
     """The run key of a shard's journal fields without the shard: equal for the parts of one run."""
-    shared = dict((k, v) for k, v in fields.items() if k != "shard")
-    return hashlib.sha256(json.dumps(shared, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+    return canonical_sha256(dict((k, v) for k, v in fields.items() if k != "shard"))
 
 
 def shard_record_path(results_path: str) -> str:

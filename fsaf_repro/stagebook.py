@@ -6,25 +6,17 @@ recorder on the spec loader refuses a body that read any other section. So a sta
 drift from what the stage reads: a new read must be declared, and a declared read is keyed.
 Which stages a run has, and what each declares, is fsaf_repro.reproduce's plan.
 """
-import datetime
-import hashlib
-import json
 import os
-import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .errors import DataError, FsafReproError, ResultsError
-from .fileio import atomic_write_json, file_sha256, naming_os_errors
-from .jsonio import integer, load_json, mapping, nullable, obj, real_number, text_value
+from .fileio import atomic_write_json, file_sha256
+from .jsonio import canonical_sha256, integer, load_json, mapping, nullable, obj, real_number, text_value
 from .spec import section_digest
 
 STAGES_FILE = "stages.json"
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 # stages.json as StageBook writes it (format 2): per stage its key, keyed fields, result record,
@@ -101,10 +93,6 @@ class StageContext:
         self.digest = digest
 
 
-def _digest_text(obj):
-    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
-
-
 def stage_key(stage: Stage, recipe: Dict[str, Any], upstream_keys: Dict[str, str],
               digest: Callable[[str], str] = file_sha256) -> Tuple[str, Dict[str, Any]]:
     """(key, fields) of a declared stage: the sha256 of its declaration, with each input file by the
@@ -115,7 +103,7 @@ def stage_key(stage: Stage, recipe: Dict[str, Any], upstream_keys: Dict[str, str
         if value is None:
             inputs[label] = None
         elif isinstance(value, dict):
-            inputs[label] = _digest_text({name: _input_digest(stage, label, path, digest)
+            inputs[label] = canonical_sha256({name: _input_digest(stage, label, path, digest)
                                           for name, path in value.items()})
         else:
             inputs[label] = _input_digest(stage, label, value, digest)
@@ -133,7 +121,7 @@ def stage_key(stage: Stage, recipe: Dict[str, Any], upstream_keys: Dict[str, str
         upstream[name] = upstream_keys[name]
     fields = {"params": stage.params, "inputs": inputs, "spec": sections, "upstream": upstream,
               "implementation": {"stage": stage.version, "package": __version__}}
-    return _digest_text(fields), fields
+    return canonical_sha256(fields), fields
 
 
 def _input_digest(stage, label, path, digest):
@@ -298,26 +286,6 @@ class StageBook:
     def seconds(self, name: str) -> Optional[float]:
         entry = self.entries.get(name)
         return entry.get("seconds") if entry else None
-
-
-class RunLog:
-    """Prints each line and appends it to `<run dir>/logs/reproduce.log`."""
-
-    def __init__(self, run_dir: str, echo: bool = True):
-        self.path = os.path.join(run_dir, "logs", "reproduce.log")
-        if not os.path.isdir(os.path.dirname(self.path)):
-            os.makedirs(os.path.dirname(self.path))
-        self.echo = echo
-        self.lines = []
-
-    def __call__(self, message: str) -> None:
-        self.lines.append(message)
-        if self.echo:
-            sys.stdout.write(f"reproduce: {message}\n")
-            sys.stdout.flush()
-        stamp = datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z"
-        with naming_os_errors(self.path), open(self.path, "a") as handle:
-            handle.write(f"{stamp} {message}\n")
 
 
 # Late values: known once earlier stages have run

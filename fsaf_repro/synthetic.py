@@ -13,6 +13,7 @@ import random
 import cv2
 import numpy as np
 
+from .data.coco import ANNOTATION_DIR, ANNOTATION_FILE_NAME, IMAGE_DIR_NAME
 from .errors import DataError
 from .fileio import atomic_write_text
 from .spec import coco_category_ids, coco_class_names
@@ -245,7 +246,7 @@ def _dump_json_atomically(dataset, path):
 
 
 def make_synthetic_coco(out_dir, num_images=8, seed=0, layouts=None, max_objects=4, write_images=True,
-                        annotation_name="instances_val2017.json", image_dir_name="val2017", style="default"):
+                        annotation_name=ANNOTATION_FILE_NAME, image_dir_name=IMAGE_DIR_NAME, style="default"):
     """Generate a dataset under `out_dir`; returns (annotation_file, image_dir).
 
     `out_dir/annotations/<annotation_name>` and `out_dir/<image_dir_name>/<12-digit id>.jpg|png`.
@@ -259,7 +260,7 @@ def make_synthetic_coco(out_dir, num_images=8, seed=0, layouts=None, max_objects
     rng = np.random.RandomState(seed)
     out_dir = os.fspath(out_dir)
     image_dir = os.path.join(out_dir, image_dir_name)
-    ann_dir = os.path.join(out_dir, "annotations")
+    ann_dir = os.path.join(out_dir, ANNOTATION_DIR)
     _make_dirs(image_dir, ann_dir)
     category_ids = coco_category_ids()
     images, annotations = [], []

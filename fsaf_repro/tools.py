@@ -1,9 +1,9 @@
 """Running an external tool (atc, aoe, npu-smi, the benchmark tool, ais_bench) and judging its run.
 
 Every tool call is an argv list (no shell); it is judged by its exit code AND its own success line
-AND the artifacts it must leave (facts sheet section 3: atc can exit 0 without an om, or die by
-SIGSEGV with no message), and its combined output is kept in a log whose header records the argv,
-the working directory and the outcome.
+AND the artifacts it must leave (atc can exit 0 without an om, or die by SIGSEGV with no message:
+the published outputs in tests/unit/fixtures/tool_outputs), and its combined output is kept in a
+log whose header records the argv, the working directory and the outcome.
 """
 import json
 import os

@@ -1,4 +1,4 @@
-"""Fitting FSAF weights on a generated set with FSAF's own training rule (facts sheet section 5).
+"""Fitting FSAF weights on a generated set with FSAF's own training rule (docs/fitted-weights.md).
 
 The rule (mmdetection 2.15 `FSAFHead.loss` with `CenterRegionAssigner`), implemented here:
 - one prior per cell at strides 8..128, the stride-sized square centred on the cell;
@@ -41,7 +41,7 @@ from .options import (BATCH_SIZE, COUNT, IMAGE_SIDE, NON_NEGATIVE_INT, POSITIVE_
 from .spec import model_constants
 from .torch_threads import set_intra_op_threads
 
-# CenterRegionAssigner settings of fsaf_r50_fpn_1x_coco.py (facts sheet section 5)
+# CenterRegionAssigner settings of mmdetection 2.15's configs/fsaf/fsaf_r50_fpn_1x_coco.py
 POS_SCALE = 0.2
 NEG_SCALE = 0.2
 MIN_POS_IOF = 0.01

@@ -1,10 +1,11 @@
-"""Shape figures of the fsaf_repro package (issue 10), from its source alone: one JSON object.
+"""Shape figures of the fsaf_repro package (docs/architecture.md), from its source alone: one JSON object.
 
     python scripts/architecture_figures.py [PACKAGE_DIR]      # default: fsaf_repro/ beside this script
 
 Figures: the longest function (name, lines), the number of functions over 60 lines, the import
 cycles between the package's modules (strongly connected components of the import graph, imports
-inside functions included), the largest module (lines), the number of `.format(` calls, the number
+inside functions included) and between its packages (each subpackage one node), the largest module
+(lines), the number of `.format(` calls, the number
 of modules importing argparse, and the number of imports done inside functions. Runs on Python 3.7+
 with no dependency, so the same script measures an old checkout and a new one.
 """
@@ -122,12 +123,14 @@ def figures(package_dir):
             argparse_modules += 1
     longest = max(functions, key=lambda item: item[1]) if functions else ("", 0)
     cycles = strongly_connected(graph)
+    package_cycles = strongly_connected(package_graph(graph))
     return {
         "package": package_dir,
         "longest_function": {"name": longest[0], "lines": longest[1]},
         f"functions_over_{LONG_FUNCTION_LINES}_lines": sum(1 for _, n in functions
                                                                    if n > LONG_FUNCTION_LINES),
         "import_cycles": len(cycles), "import_cycle_members": cycles,
+        "package_import_cycles": len(package_cycles), "package_import_cycle_members": package_cycles,
         "largest_module": {"name": largest[0], "lines": largest[1]},
         "format_calls": format_calls,
         "modules_importing_argparse": argparse_modules,
@@ -149,6 +152,31 @@ def import_graph(package_dir):
         with open(path, encoding="utf-8") as handle:
             result[name] = imports_of(ast.parse(handle.read()), name, is_package, modules)
     return result
+
+
+def package_of(module, packages):
+    """The subpackage `module` belongs to (itself when it is one), or the module itself when it lies
+    directly in the root package: the root's modules stay nodes of their own, since every subpackage
+    imports some of them (errors, fileio) and is imported by others (reproduce)."""
+    for package in packages:
+        if module == package or module.startswith(package + "."):
+            return package
+    return module
+
+
+def package_graph(graph):
+    """The import graph with each subpackage (a folder with __init__.py below the root) collapsed into
+    one node: a cycle in it (perf -> backends -> perf) is a cycle between packages, which the module
+    graph does not show when no single module closes it."""
+    root = min(graph, key=len)
+    packages = sorted((name for name in graph if name != root and name + ".__init__" not in graph
+                       and any(other.startswith(name + ".") for other in graph)), key=len, reverse=True)
+    collapsed = {}
+    for module, targets in graph.items():
+        node = package_of(module, packages)
+        collapsed.setdefault(node, set()).update(
+            package_of(target, packages) for target in targets if package_of(target, packages) != node)
+    return collapsed
 
 
 if __name__ == "__main__":

@@ -31,3 +31,21 @@ def link_or_copy(source, target):
         except OSError:
             pass
     return shutil.copy2(source, target)
+
+
+def citations_edited(value):
+    """`value` with the text of every citation changed, at any depth, and nothing else."""
+    from fsaf_repro.spec import is_citation
+
+    if isinstance(value, dict):
+        return {key: (_edited_citation(item) if is_citation(key) else citations_edited(item))
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [citations_edited(item) for item in value]
+    return value
+
+
+def _edited_citation(citation):
+    if isinstance(citation, dict):  # `_sources`: section -> citation
+        return {key: text + " (edited)" for key, text in citation.items()}
+    return citation + " (edited)"

@@ -1,8 +1,9 @@
 """The `aclruntime` backend: an .om run in-process through ais_bench's Python `InferSession`.
 
 `from ais_bench.infer.interface import InferSession; s = InferSession(device_id, om); s.infer([x])`
-(facts sheet section 3). The om's batch size comes from its conversion sidecar (`<om>.json`, written
-by `fsaf-repro convert`) or, without one, from the session's input shape.
+(the ais_bench README, Ascend/tools repository, ais-bench_workload/tool/ais_bench). The om's batch
+size comes from its conversion sidecar (`<om>.json`, written by `fsaf-repro convert`) or, without
+one, from the session's input shape.
 """
 import importlib
 

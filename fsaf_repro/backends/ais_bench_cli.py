@@ -1,26 +1,28 @@
 """The `ais_bench` backend: the ais_bench command line run over a directory of .bin inputs.
 
 `python3 -m ais_bench --model x.om --input dir --output out --outfmt BIN --batchsize N --device ID`
-(facts sheet section 3). Each call of `run(batch)` writes the batch as one input file whose byte size
-equals the model's input tensor, runs the tool in a scratch directory, finds the one output folder
-the tool made under `out` (named by the time) and its summary, in either published layout
-(ais_bench: `<folder>_summary.json` beside it; ais_infer: `sumary.json` inside it), and reads the
-two output files (dets, labels) the summary's `filesinfo` names for that input. The summary is kept
-in `last_summary`. The summary, with its `throughput`, is the tool's own
-record of a finished run, so a call without it failed whatever the exit code. The scratch directory
-is removed after a success and kept (and named in the error) after a failure; every call's tool log
-is appended to the backend's log file (`tool_log_path`), next to the om unless told otherwise.
+(the ais_bench README, Ascend/tools repository, ais-bench_workload/tool/ais_bench). Each call of
+`run(batch)` writes the batch as one input file whose byte size equals the model's input tensor, runs
+the tool in a scratch directory, finds the one output folder the tool made under `out` (named by the
+time) and its summary, in either published layout (ais_bench: `<folder>_summary.json` beside it;
+ais_infer: `sumary.json` inside it), and reads the two output files (dets, labels) the summary's
+`filesinfo` names for that input. The summary is kept in `last_summary`. The summary, with its
+`throughput`, is the tool's own record of a finished run, so a call without it failed whatever the exit
+code. The scratch directory is removed after a success and kept (and named in the error) after a
+failure; every call's tool log is appended to the backend's log file (`tool_log_path`), next to the om
+unless told otherwise.
 """
 import importlib.util
 import math
 import os
+import re
 import shutil
 import sys
 
 from .base import Availability, read_output_files
-from .om_tool import OmToolBackend
-from ..errors import BackendError, OutputFormatError, ToolError
-from ..jsonio import load_json
+from .om_tool import NUMBER_PATTERN, OmToolBackend, read_tool_text, refuse_line
+from ..errors import BackendError, OutputFormatError, ResultsError, ToolError
+from ..jsonio import load_json, parse_json
 from ..options import OfType
 from ..tools import run_tool
 
@@ -207,3 +209,63 @@ def output_files(summary, summary_path, input_path, run_dir, count):
             # relative path (relative to the tool's cwd) or a moved folder still resolves
             return [os.path.join(run_dir, os.path.basename(str(f))) for f in outfiles]
     raise OutputFormatError(f"ais_bench summary {summary_path}: `filesinfo` has no sample whose infiles include {name}")
+
+
+# ais_bench / ais_infer console summary, in the published spellings:
+#   [INFO] throughput 1000*batchsize.mean(1)/NPU_compute_time.mean(0.661): 1512.859   (ais_bench)
+#   [INFO] throughput (1000*batchsize/NPU_compute_time): 2935.132                     (ais_infer)
+#   [INFO] NPU_compute_time (ms): min = 1.36, max = 1.36, mean = 1.36, median = 1.36, percentile(99%) = 1.36
+_AIS_THROUGHPUT = re.compile(rf"^(?:\[INFO\]\s*)?throughput\b[^:]*:\s*(?P<value>{NUMBER_PATTERN})$")
+_AIS_STATS = re.compile(r"^(?:\[INFO\]\s*)?(?P<name>NPU_compute_time|H2D_latency|D2H_latency)\s*\(ms\)\s*:\s*"
+                        r"(?P<body>.*)$")
+_AIS_STAT_ITEM = re.compile(rf"^(?P<key>min|max|mean|median|percentile\(\d+%\))\s*=\s*(?P<value>{NUMBER_PATTERN})$")
+
+
+def read_ais_bench_console(text, source):
+    """The summary an ais_bench/ais_infer console printed, as the summary json's keys.
+
+    Other console lines (progress bars, log lines) are not the summary and are passed over; a
+    `throughput` or `*_latency`/`NPU_compute_time` summary line that does not parse is quoted in the
+    error, and there must be exactly one throughput line.
+    """
+    summary, throughput_lines = {}, []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        bare = re.sub(r"^\[INFO\]\s*", "", line)
+        if bare.startswith("throughput"):
+            match = _AIS_THROUGHPUT.match(line)
+            if match is None:
+                raise refuse_line(source, number, line, "`[INFO] throughput ...: <number>` (ais_bench "
+                                                         "`throughput 1000*batchsize.mean(B)/NPU_compute_time"
+                                                         ".mean(T): X` or ais_infer `throughput (1000*batchsize/"
+                                                         "NPU_compute_time): X`)")
+            throughput_lines.append(number)
+            summary["throughput"] = float(match.group("value"))
+            continue
+        if bare.startswith(("NPU_compute_time", "H2D_latency", "D2H_latency")):
+            match = _AIS_STATS.match(line)
+            items = [_AIS_STAT_ITEM.match(item.strip()) for item in match.group("body").split(",")] if match else [None]
+            if not all(items):
+                raise refuse_line(source, number, line, "`<name> (ms): min = a, max = b, mean = c, median = d, "
+                                                         "percentile(99%) = e`")
+            summary[match.group("name")] = dict((m.group("key"), float(m.group("value"))) for m in items)
+    if len(throughput_lines) != 1:
+        raise ResultsError("{}: expected one ais_bench summary line `[INFO] throughput ...: <number>`, found {}{}"
+                           .format(source, len(throughput_lines),
+                                   " (lines {})".format(", ".join(map(str, throughput_lines)))
+                                   if throughput_lines else ""))
+    return summary
+
+
+
+def read_ais_bench_result(path):
+    """(where, checked summary) of an ais_bench/ais_infer run: `path` may be the summary json
+    (ais_bench's `<dir>_summary.json` beside the output folder, or ais_infer's `sumary.json` inside
+    it), the output folder itself, the `--output` folder holding one run, or a saved console log."""
+    path = str(path)
+    if os.path.isdir(path):
+        return summary_of_output(path)
+    text, _ = read_tool_text(path, "ais_bench summary json or console log")
+    if text.lstrip().startswith("{"):
+        return path, check_summary(parse_json(text, ResultsError, f"ais_bench summary {path}"), path)
+    return path, read_ais_bench_console(text, f"ais_bench console log {path}")

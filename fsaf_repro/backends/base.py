@@ -17,6 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ..convert import DEFAULT_PRECISION_MODE, FORCE_FP16
 from ..errors import BackendError, BackendOptionError, BatchSizeMismatch, OptionError
 from ..options import BOOLEAN, THREADS, check_options
 
@@ -142,7 +143,7 @@ class Backend:
         return cls.device_kind
 
     @classmethod
-    def precision(cls, om_precision: str = "force_fp16") -> str:
+    def precision(cls, om_precision: str = DEFAULT_PRECISION_MODE) -> str:
         """The precision label of this backend's records; `om_precision` is atc's --precision_mode,
         which only an om backend's records depend on."""
         return "fp32"
@@ -235,8 +236,8 @@ class OmBackend(Backend):
     device_kind = "npu"
 
     @classmethod
-    def precision(cls, om_precision: str = "force_fp16") -> str:
-        return "fp16" if om_precision == "force_fp16" else om_precision
+    def precision(cls, om_precision: str = DEFAULT_PRECISION_MODE) -> str:
+        return "fp16" if om_precision == FORCE_FP16 else om_precision
 
 
 def read_output_files(dets_path: str, labels_path: str, batch_size: int, origin: str) -> Outputs:

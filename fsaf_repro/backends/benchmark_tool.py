@@ -3,25 +3,29 @@
 `benchmark.<arch> -model_type=vision -om_path=x.om -device_id=0 -batch_size=N -input_text_path=x.info
 -input_width=W -input_height=H -useDvpp=false -output_binary=true` reads the .bin files listed in the
 info file and writes, under its working directory, `result/dumpOutput_device{id}/<stem>_1.bin` (dets)
-and `<stem>_2.bin` (labels) per sample, and `result/perf_vision_batchsize_{N}_device_{id}.txt`
-(facts sheet section 3). `run_info_file` is the recipe's whole-dataset run; `run(batch)` writes one
-batch as .bin files with their info file, runs the same offline mode in a scratch directory and reads
-the outputs and the perf file back (`last_perf`: fsaf_repro.perf records).
+and `<stem>_2.bin` (labels) per sample, and `result/perf_vision_batchsize_{N}_device_{id}.txt` (section
+5.2 of the public recipe: Ascend ModelZoo-PyTorch, ACL_PyTorch/contrib/cv/detection/FSAF).
+`run_info_file` is the recipe's whole-dataset run; `run(batch)` writes one batch as .bin files with
+their info file, runs the same offline mode in a scratch directory and reads the outputs and the perf
+file back (`last_perf`: its `read_benchmark_perf` reading, which fsaf_repro.perf.benchmark_records
+turns into records; this module reads the tool's output and makes no records, so that backends/ never
+imports perf).
 
 The tool prints no documented success line; its perf file, whose `[inference]` line must parse, is
 its record of a finished run. Success is the exit code, that perf file and one output pair per
 sample. Each `run(batch)` call's tool log is appended to the backend's log file (`tool_log_path`).
 """
+import collections
 import os
 import platform
+import re
 import shutil
 
 from .base import Availability, read_output_files
-from .om_tool import OmToolBackend
+from .om_tool import NUMBER_PATTERN, OmToolBackend, read_tool_text, refuse_line
 from ..errors import DataError, OutputFormatError, ResultsError, ToolError
 from ..fileio import atomic_write_text
 from ..options import TEXT
-from ..perf import parse_benchmark_perf
 from ..tools import run_tool
 
 INSTALL_HINT = ("put the CANN benchmark tool (benchmark.x86_64 or benchmark.aarch64, from the ModelZoo "
@@ -92,12 +96,13 @@ def remove_stale_outputs(perf_path, outputs_dir):
 
 
 def run_info_file(om_path, batch_size, info_path, width, height, workdir, device_id=0, executable=None,
-                  timeout=None, device_label="310P", precision="fp16"):
+                  timeout=None):
     """The recipe's offline run over a whole info file, in `workdir` (where the tool writes result/).
 
     The tool is given a checked copy of the info file with absolute paths (`resolved_info_copy`).
-    Returns {"outputs_dir", "perf_file", "perf_records", "log", "info"}; every listed sample must
-    have its output pair (ToolError names the first missing ones).
+    Returns {"outputs_dir", "perf_file", "perf" (its `read_benchmark_perf` reading; fsaf_repro.perf
+    makes records of it), "log", "info"}; every listed sample must have its output pair (ToolError
+    names the first missing ones).
     """
     workdir = os.path.abspath(str(workdir))
     if not os.path.isdir(workdir):
@@ -119,18 +124,145 @@ def run_info_file(om_path, batch_size, info_path, width, height, workdir, device
         raise ToolError("{}: exited 0 but wrote no output pair for {} of {} samples (first: {}); log: {}"
                         .format(os.path.basename(executable), len(missing), len(stems),
                                 ", ".join(missing[:3]), log_path))
-    records = parse_benchmark_perf(perf_path, device_label, batch_size, precision)
-    return {"outputs_dir": outputs, "perf_file": perf_path, "perf_records": records, "log": log_path,
+    return {"outputs_dir": outputs, "perf_file": perf_path, "perf": read_benchmark_perf(perf_path), "log": log_path,
             "info": tool_info}
+
+
+# The benchmark tool's output has several published spellings (tests/unit/fixtures/tool_outputs, with
+# their sources): perf files with `[infer]`/`[post]` or `[inference]`/`[postprocess]` stage names, and
+# the pure-inference summary as `ave_throughputRate: Xsamples/s, ave_latency: Yms` or
+# `ave_throughputRate = Xsamples/s, ave_latency = Yms`, with or without an `[INFO]` tag (even glued to
+# it). Every line must be one of the forms below: a line that is none of them is quoted in the error
+# rather than skipped, so that a changed format never yields a silently wrong number.
+
+_STAGE_LINE = re.compile(r"^\[(?P<stage>[A-Za-z][A-Za-z0-9 ]*)\]\s*(?P<body>.*)$")
+_FIELD_ITEM = re.compile(rf"^(?P<key>[A-Za-z][A-Za-z ]*?)\s*:\s*(?P<value>{NUMBER_PATTERN})$")
+_PURE_LINE = re.compile(rf"^(?:\[INFO\]\s*)?ave_throughputRate\s*[:=]\s*(?P<fps>{NUMBER_PATTERN})\s*samples/s\s*,"
+                        rf"\s*ave_latency\s*[:=]\s*(?P<latency>{NUMBER_PATTERN})\s*ms$")
+# log lines of the tools' consoles: "[INFO] Dataset number: 19 finished cost 2.635ms", "[ERROR] ..."
+_LOG_LINE = re.compile(r"^\[(?:INFO|WARN|WARNING|ERROR|DEBUG|EVENT)\]", re.IGNORECASE)
+# "-----------------PureInfer Performance Summary------------------", "------------"
+_SEPARATOR_LINE = re.compile(r"^-{3,}(?:[A-Za-z ]+-{3,})?$")
+# the header fsaf_repro.tools.run_tool writes at the top of a kept tool log
+_RUN_TOOL_HEADER = re.compile(r"^# (?:argv|cwd|outcome): ")
+# the spellings of the perf file's stages, mapped to one name each
+PERF_STAGE_SPELLINGS = {"e2e": "e2e", "data read": "data read", "preprocess": "preprocess",
+                        "inference": "inference", "infer": "inference",
+                        "postprocess": "postprocess", "post": "postprocess"}
+_PERF_NAME = re.compile(r"perf_vision_batchsize_(\d+)_device_(\d+)\.txt$")
+PURE_SPELLINGS = ("`ave_throughputRate: Xsamples/s, ave_latency: Yms`",
+                  "`ave_throughputRate = Xsamples/s, ave_latency = Yms` (either with an `[INFO]` tag)")
+BENCHMARK_LINE_FORMS = ("a perf line `[stage] key: number, ...` (stages {}), a pure-inference summary {}, "
+                        "a tagged log line (`[INFO] ...`) or a dashed separator".format(
+                            ", ".join(sorted(PERF_STAGE_SPELLINGS)), " or ".join(PURE_SPELLINGS)))
+
+
+def _stage_fields(source, number, line, stage, body):
+    """The `key: number` pairs of one perf line, every item of it parsed."""
+    fields = {}
+    for item in body.split(","):
+        match = _FIELD_ITEM.match(item.strip())
+        if match is None:
+            raise refuse_line(source, number, line, f"`[{stage}]` followed by `key: number` pairs separated by "
+                                                     "commas")
+        fields[match.group("key").strip()] = float(match.group("value"))
+    return fields
+
+
+def read_benchmark_output(text, source):
+    """The benchmark tool's perf file or console text, line by line: (stages, pure summaries).
+
+    stages: {stage: (line number, {field: value})} with stage names unified (`infer` -> `inference`,
+    `post` -> `postprocess`); pure: [(line number, fps, latency ms)]. ResultsError quotes the first line
+    that is none of BENCHMARK_LINE_FORMS, a perf line whose fields do not all parse, or a stage given
+    twice (two runs in one text).
+    """
+    stages, pure, unknown = {}, [], None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or _SEPARATOR_LINE.match(line) or _RUN_TOOL_HEADER.match(line):
+            continue
+        match = _PURE_LINE.match(line)
+        if match:
+            pure.append((number, float(match.group("fps")), float(match.group("latency"))))
+            continue
+        if "ave_throughputRate" in line:
+            raise refuse_line(source, number, line, "a pure-inference summary " + " or ".join(PURE_SPELLINGS))
+        if _LOG_LINE.match(line):
+            continue
+        match = _STAGE_LINE.match(line)
+        if match:
+            _add_stage(stages, source, number, line, match)
+            continue
+        if unknown is None:
+            unknown = (number, line)
+    _check_benchmark_read(stages, pure, unknown, source)
+    return stages, pure
+
+
+def _add_stage(stages, source, number, line, match):
+    """Record the perf line `match` (of _STAGE_LINE) in `stages` under its unified stage name."""
+    spelled = match.group("stage").strip().lower()
+    if spelled not in PERF_STAGE_SPELLINGS:
+        raise refuse_line(source, number, line, "a perf stage among {}".format(
+            ", ".join(f"[{s}]" for s in sorted(PERF_STAGE_SPELLINGS))))
+    stage = PERF_STAGE_SPELLINGS[spelled]
+    if stage in stages:
+        raise ResultsError(f"{source}: lines {stages[stage][0]} and {number} both give the `[{stage}]` "
+                           "stage (two runs in one text?); give one run's perf file")
+    stages[stage] = (number, _stage_fields(source, number, line, match.group("stage"), match.group("body")))
+
+
+def _check_benchmark_read(stages, pure, unknown, source):
+    """Refuse a text with an unknown line (`unknown`: the first, (number, line)) or with no output at all."""
+    if unknown is not None:
+        if not stages and not pure:
+            raise ResultsError(f"{source}: neither a perf file (`[e2e]`, `[inference]` lines) nor pure-inference "
+                               f"output (`ave_throughputRate`); nothing to parse; line {unknown[0]} reads "
+                               f"{unknown[1]!r}")
+        raise refuse_line(source, unknown[0], unknown[1], BENCHMARK_LINE_FORMS)
+    if not stages and not pure:
+        raise ResultsError(f"{source}: no benchmark output in it (empty, or only log lines); expected a perf file "
+                           "(`[e2e]`, `[inference]` lines) or pure-inference output (`ave_throughputRate`)"
+                           )
+
+
+
+# What `read_benchmark_perf` gives: `stages` {stage: {field: value}} of a dataset-mode perf file
+# (`inference` always among them, with its `Interface throughputRate`), or `pure` (fps, latency ms) of
+# a pure-inference summary; `batch_size` as the perf file's name gives it (None for text or another
+# name); `source` names the file (or "perf text") for the records and errors.
+BenchmarkPerf = collections.namedtuple("BenchmarkPerf", "source batch_size stages pure")
+
+
+def read_benchmark_perf(path_or_text):
+    """One run's benchmark output (a perf file path, or the console/perf text itself), checked: exactly
+    one run (perf stage lines or one pure-inference summary, not both), and a perf file with its
+    `[inference]` (or `[infer]`) line's `Interface throughputRate`. ResultsError otherwise."""
+    text, path = read_tool_text(str(path_or_text), "benchmark tool's perf file or console output")
+    source = "benchmark tool: {}".format(path or "perf text")
+    match = _PERF_NAME.search(os.path.basename(path)) if path else None
+    stages, pure = read_benchmark_output(text, source)
+    if stages and pure:
+        raise ResultsError(f"{source}: holds both perf stage lines (line {min(n for n, _ in stages.values())}) "
+                           f"and a pure-inference summary (line {pure[0][0]}); give one run's output")
+    if len(pure) > 1:
+        raise ResultsError("{}: {} pure-inference summaries (lines {}); give one run's output".format(
+            source, len(pure), ", ".join(str(p[0]) for p in pure)))
+    if stages and "Interface throughputRate" not in stages.get("inference", (None, {}))[1]:
+        raise ResultsError("{}: no `[inference]`/`[infer]` line with `Interface throughputRate` "
+                           "(stages found: {})".format(source, ", ".join(sorted(stages))))
+    return BenchmarkPerf(source, int(match.group(1)) if match else None,
+                         {stage: fields for stage, (_, fields) in stages.items()},
+                         (pure[0][1], pure[0][2]) if pure else None)
 
 
 class BenchmarkToolBackend(OmToolBackend):
     """Options: executable, device_id, workdir (scratch parent and tool log folder), log_path (the tool
-    log), timeout, batch_size (om without sidecar), device_label / precision (labels of the perf
-    records), keep_scratch."""
+    log), timeout, batch_size (om without sidecar), keep_scratch."""
 
     name = "benchmark"
-    option_kinds = dict(OmToolBackend.option_kinds, executable=TEXT, device_label=TEXT, precision=TEXT)
+    option_kinds = dict(OmToolBackend.option_kinds, executable=TEXT)
 
     @classmethod
     def availability(cls):
@@ -163,9 +295,7 @@ class BenchmarkToolBackend(OmToolBackend):
         try:
             try:
                 result = run_info_file(self.model_path, size, info_path, width, height, scratch, device_id,
-                                       self.executable, self.options.get("timeout"),
-                                       self.options.get("device_label", "310P"),
-                                       self.options.get("precision", "fp16"))
+                                       self.executable, self.options.get("timeout"))
             finally:
                 self.keep_tool_log(os.path.join(scratch, "benchmark.log"))
             per_sample = [read_output_files(os.path.join(result["outputs_dir"], stem + "_1.bin"),
@@ -173,7 +303,7 @@ class BenchmarkToolBackend(OmToolBackend):
                                             "benchmark output of " + self.model_path) for stem in stems]
         except (ToolError, OutputFormatError, ResultsError, DataError) as exc:
             raise type(exc)(f"{exc} (scratch directory kept: {scratch})") from None
-        self.last_perf = result["perf_records"]
+        self.last_perf = result["perf"]
         if not self.options.get("keep_scratch"):
             shutil.rmtree(scratch, ignore_errors=True)
         import numpy as np

@@ -44,6 +44,7 @@ What it cannot emulate (the figures are a stand-in, not a prediction of the om's
 import numpy as np
 
 from .base import MODEL_CHECKPOINT, Availability, Backend, normalise_outputs
+from ..convert import DEFAULT_PRECISION_MODE
 from ..errors import BackendError, ResultsError
 from ..torch_threads import set_intra_op_threads
 
@@ -280,7 +281,7 @@ class Fp16EmulatedBackend(Backend):
         return RECORD_DEVICE
 
     @classmethod
-    def precision(cls, om_precision="force_fp16"):
+    def precision(cls, om_precision=DEFAULT_PRECISION_MODE):
         return RECORD_PRECISION
 
     @classmethod

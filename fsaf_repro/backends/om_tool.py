@@ -10,6 +10,7 @@ Subclasses implement `availability`, `load` (calling `attach_om` first) and `run
 `begin_call` first and `keep_tool_log` when the tool has run).
 """
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -18,8 +19,36 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from .base import OmBackend
-from ..errors import BackendError, ToolError
+from ..errors import BackendError, ResultsError, ToolError
 from ..options import BATCH_SIZE, BOOLEAN, NON_NEGATIVE_INT, TEXT, TIMEOUT
+
+
+# a decimal number as the tools print it (sign, fraction and exponent optional)
+NUMBER_PATTERN = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+def read_tool_text(path_or_text, what):
+    """(text, path) of a tool output given as a file path or as the text itself (ResultsError naming
+    the path when it is a folder, unreadable or missing)."""
+    if "\n" in path_or_text:
+        return path_or_text, None
+    if os.path.isdir(path_or_text):
+        raise ResultsError(f"{path_or_text} is a directory; give the {what} file")
+    if os.path.isfile(path_or_text):
+        try:
+            with open(path_or_text) as handle:
+                return handle.read(), path_or_text
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ResultsError(f"{path_or_text} cannot be read as {what} ({exc})") from None
+    if path_or_text.strip() and not re.search(r"throughput", path_or_text, re.IGNORECASE):
+        raise ResultsError(f"{path_or_text}: no such file (expected the {what})")
+    return path_or_text, None
+
+
+
+def refuse_line(source, number, line, expected):
+    """The error for a tool output line that is none of the forms its reader knows: quoted, never skipped."""
+    return ResultsError(f"{source} line {number}: expected {expected}; got: {line!r}")
 
 
 def om_batch_size(model_path: str, options: Dict[str, Any], backend_name: str) -> Tuple[int, Optional[dict]]:

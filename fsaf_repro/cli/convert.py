@@ -1,7 +1,8 @@
 """The `convert` verb (recipe step 3.2): ONNX -> one .om per batch size with atc (or aoe tuning)."""
 import os
 
-from ..convert import DEFAULT_BATCH_SIZES, DEFAULT_OUT_NODES, PRECISION_MODES, convert_batch_sizes
+from ..convert import (DEFAULT_BATCH_SIZES, DEFAULT_OUT_NODES, DEFAULT_PRECISION_MODE, PRECISION_MODES,
+                       convert_batch_sizes)
 from ..options import BATCH_SIZES, TEXT, TIMEOUT
 from .args import input_file, output_dir, typed
 
@@ -21,7 +22,7 @@ def register(subparsers):
                         help="comma-separated batch sizes (default: the recipe's 1,4,8,16,32,64)")
     parser.add_argument("--soc-version", default=None, type=typed(TEXT),
                         help="e.g. Ascend310P3; default: read from `npu-smi info`")
-    parser.add_argument("--precision-mode", default="force_fp16", choices=PRECISION_MODES)
+    parser.add_argument("--precision-mode", default=DEFAULT_PRECISION_MODE, choices=PRECISION_MODES)
     parser.add_argument("--out-nodes", default=DEFAULT_OUT_NODES, type=typed(TEXT),
                         help="atc --out_nodes (default: dets;labels)")
     parser.add_argument("--aoe", action="store_true",

@@ -3,7 +3,8 @@ import argparse
 
 from ..data import read_annotation_file
 from ..errors import OptionError
-from ..evaluate import (SCORERS, accuracy_gate, evaluate_results, format_per_class_table, format_recipe_table,
+from ..evaluate import (DEFAULT_SCORER, SCORERS, accuracy_gate, evaluate_results, format_per_class_table,
+                        format_recipe_table,
                         metrics_record)
 from ..results_json import write_results_json
 from ..options import COUNT
@@ -44,7 +45,7 @@ def register(subparsers):
     parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
                         help="COCO instances json (ground truth)")
     parser.add_argument("--results", required=True, type=input_file("results file"), help="COCO results json to score")
-    parser.add_argument("--scorer", default="pycocotools", choices=SCORERS)
+    parser.add_argument("--scorer", default=DEFAULT_SCORER, choices=SCORERS)
     parser.add_argument("--limit", type=typed(COUNT), default=None,
                         help="score only the first N images by id (a partial run; default: all)")
     parser.add_argument("--metrics-out", default=None, type=output_file("metrics file"),

@@ -7,10 +7,10 @@ from ..convert import read_om_sidecar
 from ..errors import FsafReproError, ResultsError
 from ..options import (BATCH_SIZE, BATCH_SIZES, COUNT, DEVICE_IDS, DURATION, IMAGE_SIDE, NON_NEGATIVE_INT,
                        POSITIVE_INT, TEXT, THREADS, check_batch_memory)
-from ..perf import (CARD_BASES, DEFAULT_MIN_BATCHES, DEFAULT_MIN_SECONDS, MODE_DEFINITIONS, best_batch,
-                    compare_to_reference, evaluate_gates, fixed_input, format_gates, format_records, load_records,
-                    measure_card, measure_pure_inference, parse_ais_bench_summary, parse_benchmark_perf,
-                    reference_records, write_records)
+from ..perf import (CARD_BASES, DEFAULT_MIN_BATCHES, DEFAULT_MIN_SECONDS, MODE_DEFINITIONS, benchmark_records,
+                    best_batch, compare_to_reference, evaluate_gates, fixed_input, format_gates, format_records,
+                    load_records, measure_card, measure_pure_inference, parse_ais_bench_summary,
+                    parse_benchmark_perf, reference_records, write_records)
 from ..spec import input_constants
 from .args import BACKEND_NAME, KEY_VALUE, input_file, output_file, output_place, parse_backend_options, typed
 
@@ -111,10 +111,9 @@ def _run_benchmark_info(args):
         input_constants()["height"], input_constants()["width"]]
     result = run_info_file(args.model, batch_size, args.benchmark_info, args.width or shape[3],
                            args.height or shape[2], args.workdir, device_id=args.device_id,
-                           executable=args.benchmark_executable, device_label=args.device,
-                           precision=args.precision or "fp16")
+                           executable=args.benchmark_executable)
     print(f"outputs: {result['outputs_dir']} (perf file {result['perf_file']}, log {result['log']})")
-    return result["perf_records"]
+    return benchmark_records(result["perf"], args.device, batch_size, args.precision or "fp16")
 
 
 def _records_from_tool_output(args):

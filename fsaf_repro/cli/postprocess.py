@@ -2,7 +2,7 @@
 import argparse
 
 from ..data import CocoImageSet, read_manifest
-from ..evaluate import evaluate_results, format_per_class_table, format_recipe_table
+from ..evaluate import DEFAULT_SCORER, SCORERS, evaluate_results, format_per_class_table, format_recipe_table
 from ..postprocess import detections_to_coco, metas_from_manifest, read_outputs
 from ..results_json import write_results_json
 from ..options import BATCH_SIZE, COUNT, IMAGE_SIDE, PROBABILITY
@@ -70,7 +70,7 @@ def register(subparsers):
     parser.add_argument("--clip", action="store_true",
                         help="clip boxes to the original image (the recipe does not)")
     parser.add_argument("--evaluate", action="store_true", help="score the results right away")
-    parser.add_argument("--scorer", default="pycocotools", choices=("pycocotools", "faster-coco-eval"))
+    parser.add_argument("--scorer", default=DEFAULT_SCORER, choices=SCORERS)
     parser.add_argument("--drop-degenerate", action="store_true",
                         help="with --evaluate: leave out detections whose box has width or height <= 0 and "
                              "count them (default: such a detection is an error)")

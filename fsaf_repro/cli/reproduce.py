@@ -5,6 +5,8 @@ from ..reproduce import (DEFAULT_BACKENDS, DEFAULT_CPU_BATCH_SIZES, DEFAULT_FIT_
                          DEFAULT_PERF_LOOPS, DEFAULT_PERF_MIN_SECONDS, DEFAULT_PERF_WARMUP, EMBEDDED_BATCH_SIZES,
                          EMBEDDED_INPUT_HW,
                          EMBEDDED_NUM_IMAGES, EMBEDDED_SEED, ENV_CHECKPOINT, ENV_COCO_ROOT, OPTION_KINDS, run_reproduce)
+from ..convert import DEFAULT_PRECISION_MODE
+from ..evaluate import DEFAULT_SCORER
 from .args import input_dir, input_file, output_dir, typed
 
 
@@ -52,7 +54,7 @@ def register(subparsers):
     parser.add_argument("--score-threshold", type=kind("score_threshold"), default=None,
                         help="drop detections scoring below this (in [0, 1]) before evaluation (default: the "
                              "model's 0.05)")
-    parser.add_argument("--scorer", default="pycocotools", type=kind("scorer"), choices=OPTION_KINDS["scorer"].values)
+    parser.add_argument("--scorer", default=DEFAULT_SCORER, type=kind("scorer"), choices=OPTION_KINDS["scorer"].values)
     parser.add_argument("--perf-loops", type=kind("perf_loops"), default=None,
                         help=f"at least this many timed pure-inference runs per batch size (default "
                              f"{DEFAULT_PERF_LOOPS})")
@@ -65,7 +67,7 @@ def register(subparsers):
                         help=f"images of the parity batch (default {DEFAULT_PARITY_IMAGES})")
     parser.add_argument("--soc-version", default=None, type=kind("soc_version"),
                         help="atc --soc_version (default: from `npu-smi info`)")
-    parser.add_argument("--precision-mode", default="force_fp16", type=kind("precision_mode"),
+    parser.add_argument("--precision-mode", default=DEFAULT_PRECISION_MODE, type=kind("precision_mode"),
                         choices=OPTION_KINDS["precision_mode"].values, help="atc --precision_mode")
     parser.add_argument("--extra-perf", action="append", default=[], metavar="PERF_JSON",
                         type=input_file("perf records file"),

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import DataError, ImageReadError
 from ..fileio import (PART_MARK, atomic_write_array, atomic_write_text, file_sha256, is_stale_part,
@@ -233,7 +234,8 @@ def _remove_stale_parts(out_dir):
 
 def write_bins(image_set: CocoImageSet, out_dir: str, workers: Optional[int] = None, skip_bad: bool = False,
                progress: bool = True, chunksize: int = 2, verify: bool = False) -> PreprocessReport:
-    """Write one `<stem>.bin` per image (float32 CHW, facts section 2) into `out_dir`, in parallel.
+    """Write one `<stem>.bin` per image (float32 CHW, as the recipe's Fsaf_preprocess.py writes it)
+    into `out_dir`, in parallel.
 
     A `.bin` is kept only when the folder's record (BIN_RECORD_NAME) says it was made from the
     image's current bytes with this transform and it is unchanged since (size and mtime; with `verify`
@@ -252,7 +254,7 @@ def write_bins(image_set: CocoImageSet, out_dir: str, workers: Optional[int] = N
     workers = max(1, min(len(image_set), int(workers or os.cpu_count() or 1)))
     record = read_bin_record(out_dir, image_set.height, image_set.width)
     recorder = _BinRecordWriter(out_dir, image_set.height, image_set.width, record)
-    bar = _progress_bar(len(image_set), "preprocess", progress)
+    bar = tqdm(total=len(image_set), desc="preprocess", unit="img", file=sys.stderr, disable=not progress)
     caller_threads = cv2.getNumThreads()
     try:
         with _worker_results(image_set, out_dir, record, workers, chunksize, verify) as outcomes:
@@ -260,8 +262,7 @@ def write_bins(image_set: CocoImageSet, out_dir: str, workers: Optional[int] = N
     finally:
         recorder.close()
         cv2.setNumThreads(caller_threads)  # the in-process path set it to 1
-        if bar is not None:
-            bar.close()
+        bar.close()
     return _preprocess_report(image_set, out_dir, results)
 
 
@@ -298,8 +299,7 @@ def _record_outcomes(outcomes, image_set, record, recorder, bar, skip_bad):
             recorder.add(name, entry)
         elif status == "bad" and name in record:
             recorder.forget(name)  # a skipped image's old .bin is moved aside below
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
     return results
 
 
@@ -323,18 +323,11 @@ def _preprocess_report(image_set, out_dir, results):
     return PreprocessReport(bin_paths, written, reused, skipped, used_metas)
 
 
-def _progress_bar(total, desc, enabled):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr)
-
-
 def write_info_files(image_set: CocoImageSet, bin_dir: Optional[str] = None, bin_info: Optional[str] = None,
                      jpg_info: Optional[str] = None, exclude_ids: Sequence[int] = (),
                      report: Optional[PreprocessReport] = None,
                      metas: Optional[Sequence[Any]] = None) -> Dict[str, List[str]]:
-    """Write the tools' info files (facts section 2) in image-id order; returns the lines written.
+    """Write the tools' info files (the recipe's get_info.py layout) in image-id order; returns the lines written.
 
     bin:  `<index> <bin_dir>/<stem>.bin <model width> <model height>`: each .bin must exist, full
           size, and be the one the folder's record says was made from the image's current bytes

@@ -21,6 +21,25 @@ from ..spec import coco_category_ids, coco_class_names
 from .transform import (canvas_size, decode_bgr, input_array_dtype, letterbox_to_canvas, letterbox_to_canvas_uint8,
                         probe_decoded_size, read_image_bytes, scaled_size)
 
+# Where a COCO root keeps val2017 (recipe section 4.1: `<root>/annotations/instances_val2017.json` and
+# `<root>/val2017/`): the one statement of the layout; tests check it against the spec's
+# acceptance.val2017 block, which cites it.
+ANNOTATION_DIR = "annotations"
+ANNOTATION_FILE_NAME = "instances_val2017.json"
+IMAGE_DIR_NAME = "val2017"
+ANNOTATION_RELPATH = ANNOTATION_DIR + "/" + ANNOTATION_FILE_NAME
+
+
+def coco_annotation_path(coco_root: str) -> str:
+    """`<coco_root>/annotations/instances_val2017.json`."""
+    return os.path.join(str(coco_root), ANNOTATION_DIR, ANNOTATION_FILE_NAME)
+
+
+def coco_image_dir(coco_root: str) -> str:
+    """`<coco_root>/val2017`."""
+    return os.path.join(str(coco_root), IMAGE_DIR_NAME)
+
+
 ImageMeta = namedtuple("ImageMeta", "image_id file_name path orig_w orig_h scale new_w new_h")
 SkippedImage = namedtuple("SkippedImage", "index image_id path reason")
 

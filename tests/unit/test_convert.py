@@ -8,7 +8,7 @@ import pytest
 from tests.unit.fake_tools import install_fake_tools
 from fsaf_repro import convert
 from fsaf_repro.cli import main as cli_main
-from fsaf_repro.errors import ToolError
+from fsaf_repro.errors import OptionError, ToolError
 from fsaf_repro.fileio import file_sha256
 from fsaf_repro.spec import input_constants
 
@@ -177,11 +177,12 @@ def test_cli_convert(tools, onnx_model, tmp_path, capsys, monkeypatch):
     assert refused.value.code == 2 and "--batch-sizes" in capsys.readouterr().err
 
 
-def test_parse_batch_sizes():
-    assert convert.parse_batch_sizes("1, 4,8") == [1, 4, 8]
-    for bad in ("", "0", "a,b"):
-        with pytest.raises(ToolError, match="--batch-sizes"):
-            convert.parse_batch_sizes(bad)
+def test_convert_refuses_a_bad_batch_size_list_before_any_tool_runs(tmp_path):
+    # the one batch-size parser (options.BATCH_SIZES) checks the library call too
+    for bad in ([], [0], [1, -4], [4, 1, 4]):
+        with pytest.raises(OptionError, match="batch_sizes must be comma-separated positive integers, each once"):
+            convert.convert_batch_sizes("missing.onnx", str(tmp_path / "oms"), bad, soc_version="Ascend310P3")
+    assert not (tmp_path / "oms").exists()
 
 
 def test_uint8_export_with_image_hw_input_gets_both_input_shapes(tools, onnx_model, tmp_path):

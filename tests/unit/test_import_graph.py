@@ -1,5 +1,7 @@
-"""Guards on the package's shape (issue 10): no import cycle between fsaf_repro's modules, and the
-command line kept in fsaf_repro/cli/ (no library module imports argparse).
+"""Guards on the package's shape (docs/architecture.md): no import cycle between fsaf_repro's modules,
+none between its packages (fsaf_repro's own modules, fsaf_repro.backends, fsaf_repro.cli,
+fsaf_repro.data, each subpackage one node), and the command line kept in fsaf_repro/cli/ (no library
+module imports argparse).
 
 The import graph is the one scripts/architecture_figures.py measures (imports inside functions
 included, `from . import x` counting x when x is a module), so the test and the published figures
@@ -52,6 +54,38 @@ def test_no_import_cycle_between_package_modules(figures, graph):
     described = ["{} (edges: {})".format(" <-> ".join(cycle), "; ".join(
         "{} -> {}".format(m, ", ".join(sorted(graph[m] & set(cycle)))) for m in cycle)) for cycle in cycles]
     assert not cycles, "import cycles in fsaf_repro: " + " | ".join(described)
+
+
+SUBPACKAGES = ("fsaf_repro.backends", "fsaf_repro.cli", "fsaf_repro.data")
+
+
+def test_the_package_graph_collapses_each_subpackage(figures, graph):
+    packages = figures.package_graph(graph)
+    assert set(SUBPACKAGES) <= set(packages)
+    assert not any(node.startswith(tuple(p + "." for p in SUBPACKAGES)) for node in packages)
+    # the root's own modules stay nodes, with their edges into the subpackages
+    assert "fsaf_repro.data" in packages["fsaf_repro.runner"]
+    assert "fsaf_repro.errors" in packages["fsaf_repro.backends"]
+
+
+def test_the_package_graph_sees_a_cycle_no_module_closes(figures):
+    # the shape perf.py had: perf -> backends.ais_bench_cli, backends.benchmark_tool -> perf; no module
+    # cycle, but a cycle between the root's perf and the backends package
+    graph = {"pkg": set(), "pkg.perf": {"pkg.backends.ais"}, "pkg.backends": set(),
+             "pkg.backends.ais": set(), "pkg.backends.bench": {"pkg.perf"}}
+    assert figures.strongly_connected(graph) == []
+    assert figures.strongly_connected(figures.package_graph(graph)) == [["pkg.backends", "pkg.perf"]]
+
+
+def test_no_import_cycle_between_packages(figures, graph):
+    packages = figures.package_graph(graph)
+    cycles = figures.strongly_connected(packages)
+    members = set(node for cycle in cycles for node in cycle)
+    edges = sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                   if {figures.package_of(module, SUBPACKAGES), figures.package_of(target, SUBPACKAGES)} <= members
+                   and figures.package_of(module, SUBPACKAGES) != figures.package_of(target, SUBPACKAGES))
+    assert not cycles, "import cycles between fsaf_repro's packages: {} ({})".format(
+        " | ".join(" <-> ".join(c) for c in cycles), "; ".join(edges))
 
 
 def _imports_argparse(path):

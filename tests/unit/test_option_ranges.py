@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from fsaf_repro import backends
 from fsaf_repro.cli import build_parser, main
 from fsaf_repro.errors import BackendOptionError, OptionError
-from fsaf_repro.options import (COUNT, SEED, THREADS, THREADS_OR_RUNTIME, TIMEOUT, batch_memory_bytes,
+from fsaf_repro.options import (BATCH_SIZES, COUNT, SEED, THREADS, THREADS_OR_RUNTIME, TIMEOUT, batch_memory_bytes,
                                 check_batch_memory, thread_limit)
 from fsaf_repro.reproduce import OPTION_KINDS, resolve_config
 from fsaf_repro.train import FitError, fit_parameters
@@ -228,3 +228,16 @@ def test_counts_seeds_and_timeouts_refuse_what_once_slipped_through():
         with pytest.raises(OptionError):
             kind(bad)
     assert COUNT("+3") == 3 and TIMEOUT("2.5") == 2.5
+
+
+@pytest.mark.parametrize("text, why", [
+    ("0", None), ("1,-2", None), ("", None), ("1,,x", None), ("4,1,4", "4 given twice"),
+    ([2, 2, 8, 8], "2, 8 given twice"),
+])
+def test_the_one_batch_size_parser_refuses_zero_negatives_and_duplicates_in_one_line(text, why):
+    with pytest.raises(OptionError) as refused:
+        BATCH_SIZES.check(text, "--batch-sizes")
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("--batch-sizes must be comma-separated positive integers")
+    assert why is None or message.endswith(f"({why})")
+    assert BATCH_SIZES.check(" 8, 1,4", "--batch-sizes") == [1, 4, 8]

@@ -33,6 +33,7 @@ from fsaf_repro.reproduce import HostProbes, RunState, plan, plan_keys, resolve_
 from fsaf_repro.spec import load_recipe_spec, parity_tolerances, spec_override
 from fsaf_repro.stagebook import STAGE_VERSIONS, Stage, StageBook, stage_key
 from tests.conftest import tiny_run_options
+from tests.support import citations_edited
 
 PLAN_OPTIONS = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
                     perf_warmup=0, perf_min_seconds=0, threads=1, perf_threads=1, echo=False, environ={}, fit_steps=0,
@@ -203,6 +204,20 @@ def test_a_changed_input_moves_the_keys_of_its_stage_and_those_downstream(inputs
         monkeypatch.setitem(STAGE_VERSIONS, base, STAGE_VERSIONS[base] + 1)
         after = _keys(_config(inputs, "embedded"))
     assert _moved(before, after) == affected(changed, EMBEDDED_STAGES)
+
+
+def test_a_citation_only_spec_edit_reruns_nothing(inputs):
+    # every `source` (and `_about`, `*_source`, `*_note`) text of the spec changed, no value: the keys
+    # hash values only, so no stage of either configuration gets a new key
+    recipe = copy.deepcopy(dict(load_recipe_spec()))
+    edited = citations_edited(recipe)
+    assert edited["model"]["source"] != recipe["model"]["source"]
+    assert edited["parity"]["fp16_om_source"] != recipe["parity"]["fp16_om_source"]
+    for which in ("embedded", "given"):
+        before = _keys(_config(inputs, which))
+        with spec_override(edited):
+            after = _keys(_config(inputs, which))
+        assert after == before, which
 
 
 def test_the_same_inputs_give_the_same_keys(inputs):
