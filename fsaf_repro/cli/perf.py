@@ -64,7 +64,10 @@ def register(subparsers):
                            "records the card's fps, each chip's and the scaling efficiency")
     perf.add_argument("--out", type=output_file("perf records file"), help="write the records as JSON here")
     perf.set_defaults(func=_cli_perf)
+    _register_gates(subparsers)
 
+
+def _register_gates(subparsers):
     gates = subparsers.add_parser(
         "gates", help="compare fps records with the recipe's table and evaluate its two gates",
         description="Without files: the gates on the recipe's own table. With record files (from `perf`): "

@@ -113,6 +113,7 @@ def test_a_shard_journal_is_its_own(dataset, tmp_path):
         echo_infer(dataset, out, shard=(1, 2), keep_journal=True)
 
 
+@pytest.mark.slow  # two worker processes, each importing the package
 def test_cpu_workers_split_the_set_and_merge_to_the_one_process_bytes(dataset, tmp_path):
     common = ["infer", "--annotations", dataset[0], "--images", dataset[1], "--height", str(H), "--width", str(W),
               "--backend", "null", "--backend-option", "detections=echo", "--batch-size", str(BATCH),
