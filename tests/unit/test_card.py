@@ -103,3 +103,26 @@ def test_a_fake_four_chip_card_run_renders_in_the_report(tmp_path, monkeypatch, 
     assert float(cells[6]) == pytest.approx(card["measured_fps"], abs=1e-3)
     assert float(cells[7]) == pytest.approx(card["measured_fps"] / card["convention_fps"], abs=1e-3)
     assert "[gates on the measured card figures]" in lines and "[gates on the convention card figures]" in lines
+
+
+@pytest.mark.slow
+def test_ais_bench_chips_honour_their_device_id(tmp_path, monkeypatch):
+    """The fake ais_bench takes --device: a chip that fails is named, the others' speeds show."""
+    install_fake_tools(tmp_path / "bin", monkeypatch)
+    onnx = tmp_path / "fsaf.onnx"
+    onnx.write_bytes(b"onnx")
+    with open(str(onnx) + ".json", "w") as handle:
+        json.dump({"flavour": "ascend-nms", "batch_size": "dynamic",
+                   "input": {"name": "input", "shape": [1, 3, H, W], "dtype": "float32"}}, handle)
+    convert.convert_one(str(onnx), tmp_path / "om", 1, "Ascend310P3")
+    om = str(tmp_path / "om" / "fsaf_bs1.om")
+    chips = [(device, backends.create_backend("ais_bench", device_id=device, workdir=str(tmp_path)).load(om))
+             for device in (0, 1)]
+    batch = perf.fixed_input(1, H, W)
+    monkeypatch.setenv("FAKE_DEVICE_FAIL", "1")
+    with pytest.raises(BackendError, match="(?s)device 1: .*device 1 is not available"):
+        perf.measure_card(chips, batch, loops=1, warmup=0, min_seconds=0)
+    monkeypatch.delenv("FAKE_DEVICE_FAIL")
+    monkeypatch.setenv("FAKE_DEVICE_MS_PER_SAMPLE", "0=10,1=900")
+    card = perf.measure_card(chips, batch, loops=2, warmup=0, min_seconds=0)[0]["card"]
+    assert card["per_chip_fps"][1] < card["per_chip_fps"][0]
