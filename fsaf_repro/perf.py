@@ -174,10 +174,10 @@ def fixed_input(batch_size, height=None, width=None, dtype="float32", seed=0):
 
 
 # Pure-inference timing, LoadGen's way: run for at least a minimum duration AND a minimum number of
-# timed batches, warm-up excluded. Defaults from measurement on the embedded default (2-core host,
-# README "Timing"): 10 batches is the least count with a p90 and a bootstrap interval worth the name,
-# and 2 s spans many scheduler periods of a shared host; on the embedded default (about 0.2 to 0.6 s a
-# batch) that is 2 to 6 s per backend and batch size, about a tenth of the run.
+# timed batches, warm-up excluded. The defaults (README, "Timing that holds up", with the measured
+# spread): 10 batches is the least count with a p90 and a bootstrap interval worth the name, and 2 s
+# spans many scheduler periods of a shared host; on the embedded default (measured 0.2 to 0.6 s a batch
+# on 2 cores) that is 2 to 6 s per backend and batch size, about a tenth of the run.
 DEFAULT_MIN_BATCHES = 10
 DEFAULT_MIN_SECONDS = 2.0
 DEFAULT_WARMUP = 1

@@ -75,6 +75,9 @@ def register(subparsers):
 def _cli_infer(args):
     if args.shard is not None and args.devices is not None:
         raise OptionError("--shard and --devices: give one (--devices runs every shard of this host itself)")
+    if args.devices is not None and args.perf_out:
+        raise OptionError("--perf-out with --devices: each shard times only its part (its log under <out>.parts/ "
+                          "has its figures); run without --devices for one dataset fps record")
     # the lock first: a second run on these results refuses before it loads the images or the model
     with run_lock(args.out, "infer"):
         if args.devices is not None:
