@@ -120,7 +120,12 @@ make_standin() {
   debootstrap --variant=minbase $opts --include="$include" "$suite" "$dir" "$mirror" \
     > "$dir.log" 2>&1 || { tail -n 30 "$dir.log" >&2; die "debootstrap $suite failed (log: $dir.log)"; }
   chmod 0755 "$dir"  # mktemp -d made it 0700: as the image's / it would lock every other user out
+  # The host's CA bundle, twice: as the bundle itself, and as a local CA file, so that a later
+  # `update-ca-certificates` (run by any apt-get install that touches ca-certificates, as the NPU
+  # Dockerfile's does) rebuilds the bundle with it instead of dropping the host proxy's CA.
   cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.crt"
+  mkdir -p "$dir/usr/local/share/ca-certificates"
+  cp /etc/ssl/certs/ca-certificates.crt "$dir/usr/local/share/ca-certificates/fsaf-host-bundle.crt"
   if [ "$suite" = bionic ]; then  # the public ubuntu:18.04's sources: release, updates, security
     printf 'deb %s %s main restricted universe\n' "$mirror" bionic "$mirror" bionic-updates "$mirror" bionic-security \
       > "$dir/etc/apt/sources.list"
@@ -167,15 +172,52 @@ make_cpu_standin() {
 - no pip outside a venv (Debian marks its Python externally managed); the Dockerfile makes its own venv."
 }
 
+# Ubuntu's archive keys, by fingerprint: the Ubuntu Archive Automatic Signing Keys (2012) and (2018), as
+# Ubuntu's own `ubuntu-keyring` package lists them and `debootstrap` reports them ("Valid Release
+# signature (key id 790B...)"). Debian carries no Ubuntu keyring, so the keyring comes from Ubuntu's
+# archive as a pinned package, and is trusted only once its keys are these.
+UBUNTU_KEYRING_DEB=http://archive.ubuntu.com/ubuntu/pool/main/u/ubuntu-keyring/ubuntu-keyring_2018.09.18.1~18.04.2_all.deb
+UBUNTU_KEYRING_SHA256=5d8609563fb3074026b254d7d5248f90d393c7dbafcac48916f333bf3c90fed9
+UBUNTU_ARCHIVE_FPRS="790BC7277767219C42C86F933B4FE6ACC0B21F32 F6ECB3762474EDA9D21B7022871920D1991BC93C"
+
+# Prints the path of a keyring holding exactly Ubuntu's archive keys, checked twice: the package by its
+# pinned sha256, the keys by their fingerprints. Either mismatch stops the script.
+ubuntu_archive_keyring() {
+  local dir fprs want
+  command -v gpg >/dev/null || apt_install gpg
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/fsaf-ubuntu-keyring.XXXXXX")
+  curl -fsS --max-time 60 -o "$dir/keyring.deb" "$UBUNTU_KEYRING_DEB" \
+    || die "cannot download $UBUNTU_KEYRING_DEB (Ubuntu's archive must answer to make the bionic stand-in)"
+  echo "$UBUNTU_KEYRING_SHA256  $dir/keyring.deb" | sha256sum -c --quiet - >/dev/null 2>&1 \
+    || die "$UBUNTU_KEYRING_DEB: sha256 differs from the pinned $UBUNTU_KEYRING_SHA256"
+  dpkg-deb -x "$dir/keyring.deb" "$dir/x"
+  # Trusted: exactly the pinned keys, exported from the package's keyring (which also holds Ubuntu's CD
+  # image key); a pinned key missing from the package stops the script.
+  GNUPGHOME="$dir" gpg --batch --quiet --import "$dir/x/usr/share/keyrings/ubuntu-archive-keyring.gpg" 2>/dev/null
+  # shellcheck disable=SC2086  # the fingerprints are one word each
+  GNUPGHOME="$dir" gpg --batch --export $UBUNTU_ARCHIVE_FPRS > "$dir/ubuntu-archive-keyring.gpg"
+  fprs=$(GNUPGHOME="$dir" gpg --batch --show-keys --with-colons "$dir/ubuntu-archive-keyring.gpg" 2>/dev/null \
+           | awk -F: '$1 == "fpr" {print $10}' | sort | tr '\n' ' ')
+  want=$(printf '%s\n' $UBUNTU_ARCHIVE_FPRS | sort | tr '\n' ' ')
+  [ "$fprs" = "$want" ] || die "$UBUNTU_KEYRING_DEB holds archive keys '$fprs', expected '$want'"
+  echo "$dir/ubuntu-archive-keyring.gpg"
+}
+
 make_npu_standin() {
+  local keyring
+  keyring=$(ubuntu_archive_keyring)
+  log "Ubuntu archive keyring: sha256 and key fingerprints match the pins ($UBUNTU_ARCHIVE_FPRS)"
   make_standin "$NPU_STANDIN" bionic http://archive.ubuntu.com/ubuntu \
-    "ca-certificates,gnupg" "--no-check-gpg --components=main,universe" \
+    "ca-certificates,gnupg" "--keyring=$keyring --components=main,universe" \
 "stand-in for ubuntu:18.04, made by scripts/images.sh on $(date -u +%F):
-- debootstrap --variant=minbase bionic from http://archive.ubuntu.com/ubuntu (main, universe), WITHOUT
-  signature checks (--no-check-gpg: Debian carries no Ubuntu archive keyring);
-- the public image is the same release, minimal, with bionic-updates/security in its sources: the
-  Dockerfile's apt-get update adds them here too (see the sources.list written below);
-- the CA bundle is this host's /etc/ssl/certs/ca-certificates.crt (it trusts the host's intercepting proxy)."
+- debootstrap --variant=minbase bionic from http://archive.ubuntu.com/ubuntu (main, universe), the Release
+  signature checked against Ubuntu's archive keys (ubuntu-keyring 2018.09.18.1~18.04.2, its sha256 and the
+  keys' fingerprints pinned in scripts/images.sh);
+- the public image is the same release, minimal, with bionic-updates/security in its sources: this one's
+  sources.list names them too, so the Dockerfile's apt-get update reads the same suites;
+- the CA bundle is this host's /etc/ssl/certs/ca-certificates.crt (it trusts the host's intercepting proxy),
+  also kept as /usr/local/share/ca-certificates/fsaf-host-bundle.crt so update-ca-certificates keeps it."
+  rm -rf "$(dirname "$keyring")"
 }
 
 # --- 3. torch wheel for the CPU image ----------------------------------------------------------------
@@ -276,10 +318,9 @@ if [ "$target" = cpu ] || [ "$target" = all ]; then
 fi
 if [ "$target" = cpu ]; then
   # said plainly on every run of the default target (CI's): the recipe's image is not among what it checked
-  log "docker/npu recipe-stack (Python 3.7): NOT built by this run. No Python 3.7 base comes from the"
-  log "  registries this project reaches (archive.debian.org, buster's home, does not answer; an Ubuntu 18.04"
-  log "  root from archive.ubuntu.com would be unsigned here). 'scripts/images.sh npu' builds it on a host that"
-  log "  can pull ubuntu:18.04 or make one; docker/README.md says what an NPU lab must provide."
+  log "docker/npu recipe-stack (Python 3.7): not built by this target; 'scripts/images.sh npu' builds it"
+  log "  (on a signed, debootstrapped Ubuntu 18.04 stand-in where no registry answers); docker/README.md says"
+  log "  what an NPU lab must provide for the cann stage."
 fi
 if [ "$target" = npu ] || [ "$target" = all ]; then
   resolve_base "$NPU_PUBLIC_BASE" "$NPU_STANDIN" make_npu_standin

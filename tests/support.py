@@ -33,6 +33,30 @@ def link_or_copy(source, target):
     return shutil.copy2(source, target)
 
 
+def canonical(name):
+    """A Python distribution's canonical name (PEP 503): runs of -_. as one -, lower case."""
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_pins(constraints_path):
+    """{canonical name: version} of the `name==version` lines of a constraints file."""
+    import re
+
+    pins = {}
+    with open(constraints_path) as handle:
+        for number, raw in enumerate(handle, 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)$", line)
+            if not match:
+                raise AssertionError(f"{constraints_path}:{number}: not an exact pin: {line!r}")
+            pins[canonical(match.group(1))] = match.group(2)
+    return pins
+
+
 def citations_edited(value):
     """`value` with the text of every citation changed, at any depth, and nothing else."""
     from fsaf_repro.spec import is_citation

@@ -35,7 +35,7 @@ def test_seeded_checkpoint_has_the_official_layout(seeded_checkpoint):
 
 def test_official_key_names_and_shapes_from_the_facts_sheet():
     layout = ckpt.expected_layout()
-    # A sample of the official checkpoint's keys (facts sheet section 1), with their shapes.
+    # A sample of the official checkpoint's keys (mmdetection 2.15's FSAF R50-FPN layout), with their shapes.
     expected = {
         "backbone.conv1.weight": (64, 3, 7, 7),
         "backbone.bn1.running_var": (64,),

@@ -1,4 +1,5 @@
-"""The .bin files and info files for the benchmark tool / ais_bench (facts sheet sections 2-3)."""
+"""The .bin files and info files for the benchmark tool / ais_bench (the recipe's Fsaf_preprocess.py and
+get_info.py)."""
 import os
 import socket
 import subprocess

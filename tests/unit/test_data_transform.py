@@ -1,4 +1,4 @@
-"""The recipe's transform (facts sheet section 2) against a direct computation of its formula."""
+"""The recipe's transform (section 4.2, Fsaf_preprocess.py) against a direct computation of its formula."""
 import math
 
 import cv2

@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from fsaf_repro.spec import load_recipe_spec
+from tests.support import canonical, read_pins
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -48,25 +49,6 @@ _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*(.*)$")
 
 def path(rel):
     return os.path.join(ROOT, *rel.split("/"))
-
-
-def canonical(name):
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def read_pins(constraints_path):
-    """{canonical name: version} of the `name==version` lines of a constraints file."""
-    pins = {}
-    with open(constraints_path) as handle:
-        for number, raw in enumerate(handle, 1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)$", line)
-            if not match:
-                raise AssertionError(f"{constraints_path}:{number}: not an exact pin: {line!r}")
-            pins[canonical(match.group(1))] = match.group(2)
-    return pins
 
 
 def shell_commands(script):
@@ -153,6 +135,22 @@ def stage_envs(parser):
         if current.get("name"):
             by_stage[current["name"]] = env
     return out
+
+
+def stage_ancestry(froms, index):
+    """The stage names stage `index` descends from (nearest first), following `FROM <earlier stage>`."""
+    names = {f[2].lower(): i for i, f in enumerate(froms) if len(f) >= 3 and f[1].lower() == "as"}
+    chain, parent = [], froms[index][0].lower()
+    while parent in names:
+        chain.append(parent)
+        parent = froms[names[parent]][0].lower()
+    return chain
+
+
+def test_stage_ancestry_follows_from_lines():
+    froms = [["${BASE_IMAGE}", "AS", "runtime"], ["runtime", "AS", "build"], ["runtime"], ["build"]]
+    assert stage_ancestry(froms, 2) == ["runtime"]
+    assert stage_ancestry(froms, 3) == ["build", "runtime"]
 
 
 def final_envs(parser):
@@ -394,8 +392,11 @@ def test_npu_optional_mmdetection_stack_follows_recipe_section_3_1():
 
 def test_npu_entrypoint_is_the_script_that_sources_cann():
     parser = parse_dockerfile(IMAGES["npu"][0])
-    entry = [i for i in parser.structure if i["instruction"] == "ENTRYPOINT"]
-    target = json.loads(entry[-1]["value"])[0]
+    entries = [json.loads(i["value"]) for i in parser.structure if i["instruction"] == "ENTRYPOINT"]
+    # Every stage's PID 1 is an init (python as PID 1 ignores SIGTERM); the cann stage's init runs the
+    # script that sources the toolkit's environment.
+    assert entries and all(os.path.basename(e[0]) in ("dumb-init", "tini") and e[1] == "--" for e in entries)
+    target = entries[-1][2]
     copies = [i["value"].split() for i in parser.structure if i["instruction"] == "COPY"]
     assert any(words[-2:] == [ENTRYPOINT_SCRIPT, target] for words in copies)
     text = open(path(ENTRYPOINT_SCRIPT)).read()
@@ -418,9 +419,11 @@ def test_cpu_image_is_python_3_11_with_cpu_torch_and_runs_the_unit_suite():
     assert '--index-url "${TORCH_INDEX_URL}"' in torch_run
     assert "--mount=type=bind,source=docker/cpu/wheels," in torch_run and "--find-links /tmp/wheels" in torch_run
     assert "torch.version.cuda" in torch_run
-    # Multi-stage (issue 16): the final stage copies the venv and the project, and installs nothing.
+    # Multi-stage: the final stage copies the venv and the project, and installs nothing; it shares a
+    # `runtime` stage with the build stage but does not descend from the build stage itself.
     froms = [i["value"].split() for i in parser.structure if i["instruction"] == "FROM"]
-    assert len(froms) == 2 and all(f[0] == "${BASE_IMAGE}" for f in froms)
+    assert [f[0] for f in froms].count("${BASE_IMAGE}") == 1 and froms[0][0] == "${BASE_IMAGE}"
+    assert "build" not in stage_ancestry(froms, len(froms) - 1)
     final = parser.structure[max(i for i, it in enumerate(parser.structure) if it["instruction"] == "FROM"):]
     assert not [c for it in final if it["instruction"] == "RUN" for c in pip_calls(it["value"])]
     assert any(it["instruction"] == "COPY" and it["value"].startswith("--from=build") and "/opt/venv" in it["value"]
@@ -429,6 +432,9 @@ def test_cpu_image_is_python_3_11_with_cpu_torch_and_runs_the_unit_suite():
     assert cmd[:3] == ["python", "-m", "pytest"] and cmd[cmd.index("-m", 3) + 1] == "unit"
     users = [i["value"].strip() for i in parser.structure if i["instruction"] == "USER"]
     assert users and users[-1] not in ("root", "0"), "the unit suite runs unprivileged"
+    # SIGTERM stops the container without `run --init`: an init is PID 1 (python there ignores SIGTERM).
+    entry = json.loads([i for i in parser.structure if i["instruction"] == "ENTRYPOINT"][-1]["value"])
+    assert os.path.basename(entry[0]) == "tini" and entry[1:] == ["--"]
 
 
 def test_cpu_image_installs_every_current_pin_except_the_named_ones():

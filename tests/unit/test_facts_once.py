@@ -3,6 +3,7 @@ its code only where that constant is defined, and the verbs derive their choices
 owns them. Docstrings and help texts may mention a value; only a string that *is* the value counts."""
 import ast
 import os
+import sys
 
 import pytest
 
@@ -17,12 +18,22 @@ pytestmark = pytest.mark.unit
 PACKAGE_DIR = os.path.dirname(os.path.abspath(fsaf_repro.__file__))
 
 
+# Python 3.7 parses a string literal as ast.Str (its .s), later Pythons as ast.Constant (its .value)
+_STRING_NODE = ast.Str if sys.version_info < (3, 8) else ast.Constant
+
+
+def _string(node):
+    if not isinstance(node, _STRING_NODE):
+        return None
+    return node.s if sys.version_info < (3, 8) else node.value
+
+
 def _docstring_nodes(tree):
     nodes = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant):
+            if isinstance(first, ast.Expr) and _string(first.value) is not None:
                 nodes.add(id(first.value))
     return nodes
 
@@ -39,7 +50,7 @@ def literal_places(value):
                 tree = ast.parse(handle.read())
             docstrings = _docstring_nodes(tree)
             places.extend(f"{os.path.relpath(path, PACKAGE_DIR)}:{node.lineno}" for node in ast.walk(tree)
-                          if isinstance(node, ast.Constant) and node.value == value and id(node) not in docstrings)
+                          if _string(node) == value and id(node) not in docstrings)
     return sorted(places)
 
 

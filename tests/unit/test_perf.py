@@ -10,7 +10,8 @@ from fsaf_repro.cli import main as cli_main
 from fsaf_repro.errors import ResultsError
 from fsaf_repro.spec import performance_reference
 
-# The benchmark tool's perf file as documented (facts sheet section 3); {inf} selects the spelling.
+# The benchmark tool's perf file as the tool writes it (tests/unit/fixtures/tool_outputs); {inf} selects
+# the spelling.
 PERF_TEXT = """[e2e] throughputRate: 87.7802, latency: 569604
 [data read] throughputRate: 92.9318, moduleLatency: 10.7606
 [preprocess] throughputRate: 92.6819, moduleLatency: 10.7896

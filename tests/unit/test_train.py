@@ -1,4 +1,5 @@
-"""FSAF's training rule (facts sheet section 5) and the fit on generated images (fsaf_repro.train)."""
+"""FSAF's training rule (mmdetection 2.15 FSAFHead.loss; docs/fitted-weights.md) and the fit on generated
+images (fsaf_repro.train)."""
 import json
 import math
 import os
