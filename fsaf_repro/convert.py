@@ -17,10 +17,11 @@ import os
 import re
 import shutil
 import tempfile
+from collections import namedtuple
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .errors import ExportError, ToolError
+from .errors import ExportError, ToolError, ToolNotStarted
 from .fileio import atomic_write_json, file_sha256
 from .jsonio import load_json
 from .options import BATCH_SIZES
@@ -122,12 +123,16 @@ def detect_soc_version(npu_smi: str = "npu-smi", log_path: Optional[str] = None)
     """
     scratch = tempfile.mkdtemp(prefix="npu_smi_")
     log = log_path or os.path.join(scratch, "npu-smi.log")
+    keep_scratch = log_path is None  # it holds the log, unless the tool never started and wrote none
     try:
         output = run_tool([npu_smi, "info"], cwd=scratch, log_path=log, tool_name="npu-smi",
                           setup_hint="install the Ascend driver (npu-smi) or pass --soc-version, "
                                      "e.g. --soc-version Ascend310P3")
+    except ToolNotStarted:
+        keep_scratch = False
+        raise
     finally:
-        if log_path is not None:
+        if not keep_scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     chips = parse_npu_smi(output, f"npu-smi info (log: {log})")
     if not chips:
@@ -196,6 +201,10 @@ def read_om_sidecar(om_path: str) -> Optional[Dict[str, Any]]:
     if not os.path.exists(path):
         return None
     data = load_json(path, ToolError, "om sidecar")
+    if isinstance(data, dict) and "flavour" in data and "tool" not in data:
+        # an export's sidecar (fsaf_repro.export) beside an ONNX file given where an om is expected
+        raise ToolError(f"{om_path} is an exported ONNX model ({path} is its export sidecar), not an om: give an "
+                        "om built by `fsaf-repro convert`, or a backend that runs ONNX (onnxruntime)")
     if not isinstance(data, dict) or "batch_size" not in data:
         raise ToolError(f"om sidecar {path} has no batch_size; rebuild the om with `fsaf-repro convert`")
     if not _positive_int(data["batch_size"]):
@@ -206,6 +215,39 @@ def read_om_sidecar(om_path: str) -> Optional[Dict[str, Any]]:
         raise ToolError(f"om sidecar {path}: 'input' must be an object with a 'shape' of 4 positive integers "
                         f"(N, C, H, W), got {model_input!r}; rebuild the om with `fsaf-repro convert`")
     return data
+
+
+# What a model file's sidecar says about the input it takes: read by the verbs that run a model (infer,
+# perf), so that a user need not repeat the canvas the model was exported at. `kind` is "onnx" or "om".
+ModelSidecar = namedtuple("ModelSidecar", "path kind height width input_dtype flavour batch_size")
+
+
+def read_model_sidecar(model_path: str) -> Optional[ModelSidecar]:
+    """The input facts of an exported ONNX file or a converted om, from its sidecar `<model>.json`,
+    read by the sidecar's own reader (the file's extension says which: `.om` is an om, anything else
+    with an export sidecar is ONNX). None for a model without a sidecar (a checkpoint, a file built
+    elsewhere). An om's flavour and dtype are its ONNX's, recorded in the om sidecar."""
+    model_path = str(model_path)
+    if model_path.lower().endswith(".om"):
+        sidecar = read_om_sidecar(model_path)
+        if sidecar is None:
+            return None
+        exported = sidecar.get("onnx_sidecar") if isinstance(sidecar.get("onnx_sidecar"), dict) else {}
+        kind, shape, batch_size = "om", (sidecar.get("input") or {}).get("shape"), sidecar["batch_size"]
+    else:
+        from .export import read_sidecar  # the exporter owns its sidecar's format
+        try:
+            exported = read_sidecar(model_path)
+        except ExportError as exc:
+            raise ToolError(str(exc)) from None
+        if exported is None:
+            return None
+        kind, shape, batch_size = "onnx", (exported.get("input") or {}).get("shape"), exported.get("batch_size")
+    if not (isinstance(shape, list) and len(shape) == 4):
+        return None  # a sidecar that records no NCHW input says nothing about the canvas
+    dtype = (exported.get("input") or {}).get("dtype")
+    return ModelSidecar(model_path + ".json", kind, int(shape[2]), int(shape[3]), dtype, exported.get("flavour"),
+                        batch_size)
 
 
 def _is_nchw_input(model_input):
@@ -293,6 +335,8 @@ class ConversionJob:
             return run_tool(argv, cwd=scratch, log_path=log_path, success_line=success, failure_line=failure,
                             explain=cann_error_summary, artifacts=[artifact], timeout=self.timeout,
                             tool_name=self.tool)
+        except ToolNotStarted:
+            raise  # it never ran: convert_one removes the empty scratch directory
         except ToolError as exc:
             raise ToolError(f"{exc} (batch size {self.batch_size}; scratch directory kept: {scratch})") from None
 
@@ -329,7 +373,11 @@ def convert_one(onnx_path: str, out_dir: str, batch_size: int, soc_version: Opti
     scratch = tempfile.mkdtemp(prefix=f".{tool}_{prefix}_", dir=out_dir)
     scratch_prefix = os.path.join(scratch, prefix)
     argv = job.argv(onnx_path, scratch_prefix, model)
-    output = job.run(argv, scratch, log_path, scratch_prefix + ".om")
+    try:
+        output = job.run(argv, scratch, log_path, scratch_prefix + ".om")
+    except ToolNotStarted:
+        shutil.rmtree(scratch, ignore_errors=True)  # the tool never started: there is nothing to inspect
+        raise
     os.replace(scratch_prefix + ".om", final_om)
     shutil.rmtree(scratch, ignore_errors=True)
     sidecar = om_sidecar(job, argv, model, onnx_path, onnx_sidecar, final_om, log_path, output)
@@ -385,6 +433,8 @@ def convert_batch_sizes(onnx_path: str, out_dir: str, batch_sizes: Sequence[int]
     for bs in batch_sizes:
         try:
             results[int(bs)] = convert_one(onnx_path, out_dir, int(bs), soc_version, tool=tool, **kwargs)
+        except ToolNotStarted:
+            raise  # every other batch size would fail the same way, before the tool runs
         except ToolError as exc:
             if not keep_going:
                 raise

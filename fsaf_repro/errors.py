@@ -52,6 +52,11 @@ class ToolError(FsafReproError):
     """An external tool (atc, aoe, benchmark, ais_bench, npu-smi) failed; the log path is named."""
 
 
+class ToolNotStarted(ToolError):
+    """An external tool could not be started (not on PATH, not executable): it never ran, so it left
+    nothing to inspect."""
+
+
 class ResultsError(FsafReproError):
     """A results, metrics or perf record is malformed or records incomparable runs."""
 

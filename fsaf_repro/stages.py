@@ -106,7 +106,7 @@ def run_fit(ctx):
     ctx.log(f"fit: {p['fit']['steps']} steps on {p['fit']['train_images']} generated images (seed {p['data_seed']}), "
             f"{p['threads']} thread(s); the weights are trained on generated shapes, not COCO")
     summary = fit_generated(ctx.outputs["checkpoint"], seed=p["seed"], data_seed=p["data_seed"], threads=p["threads"],
-                            progress=ctx.options["progress"], log=ctx.log, log_every=max(1, p["fit"]["steps"] // 8),
+                            progress=ctx.options["progress"], log=ctx.log,  # a line every PROGRESS_INTERVAL_S
                             **p["fit"])
     record = {"path": ctx.outputs["checkpoint"], "seeded": True, "seed": p["seed"], "fitted": True,
               "fit": {k: summary[k] for k in ("params", "data_seed", "features_s", "train_s", "steps_per_s",

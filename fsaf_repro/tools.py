@@ -12,7 +12,7 @@ import signal
 import subprocess
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from .errors import ToolError
+from .errors import ToolError, ToolNotStarted
 
 SETUP_HINT = "install the CANN toolkit and run `source /usr/local/Ascend/ascend-toolkit/set_env.sh`"
 
@@ -48,7 +48,7 @@ def run_tool(argv: Sequence[Any], cwd: Optional[str], log_path: str, success_lin
     name = tool_name or os.path.basename(argv[0])
     exe = argv[0] if os.sep in argv[0] else shutil.which(argv[0])
     if exe is None:
-        raise ToolError(f"{name}: executable {argv[0]!r} not found on PATH; {setup_hint}")
+        raise ToolNotStarted(f"{name}: executable {argv[0]!r} not found on PATH; {setup_hint}")
     log_dir = os.path.dirname(os.path.abspath(log_path))
     if not os.path.isdir(log_dir):
         os.makedirs(log_dir)
@@ -60,7 +60,7 @@ def run_tool(argv: Sequence[Any], cwd: Optional[str], log_path: str, success_lin
         _write_log(log_path, argv, cwd, output, f"killed after a timeout of {timeout} s")
         raise ToolError(f"{name}: did not finish within {timeout} s and was killed; log: {log_path}") from None
     except OSError as exc:
-        raise ToolError(f"{name}: could not start {exe!r}: {exc}; {setup_hint}") from exc
+        raise ToolNotStarted(f"{name}: could not start {exe!r}: {exc}; {setup_hint}") from exc
     output = proc.stdout.decode("utf-8", "replace")
     _judge(name, proc.returncode, output, argv, cwd, log_path, explain)
     _check_claimed_success(name, output, log_path, success_line, failure_line, explain, artifacts)

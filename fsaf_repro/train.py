@@ -395,6 +395,46 @@ class FeatureSet:
         return feats, [self.gts[i] for i in indices], [self.targets[i] for i in indices]
 
 
+# Seconds between the fit's progress lines (its log, and the console without a progress bar): a line
+# every 125 steps came 17 minutes apart on a loaded host; time, not steps, is what a watcher waits on.
+PROGRESS_INTERVAL_S = 30.0
+
+
+class FitProgress:
+    """Progress lines of the fit by time: one when `interval_s` seconds have passed since the last (and
+    at the last step), each with the step, the running loss, the elapsed time and an ETA from the mean
+    step time so far. `clock` (seconds, monotonic) is injectable, so that tests need not wait."""
+
+    def __init__(self, steps, say, interval_s=PROGRESS_INTERVAL_S, clock=time.monotonic):
+        if not interval_s > 0:
+            raise FitError(f"the progress interval must be > 0 seconds, got {interval_s!r}")
+        self.steps, self.say, self.interval_s, self.clock = int(steps), say, float(interval_s), clock
+        self.started = self.last = clock()
+
+    def update(self, step, loss, cls_loss, box_loss):
+        """Say a line for `step` if the interval has passed or it is the last step; returns the line or None."""
+        now = self.clock()
+        if now - self.last < self.interval_s and step != self.steps:
+            return None
+        self.last = now
+        elapsed = now - self.started
+        eta = elapsed / step * (self.steps - step)
+        line = (f"fit step {step}/{self.steps}: loss {loss:.3f} (class {cls_loss:.3f}, box {box_loss:.3f}), "
+                f"elapsed {_duration(elapsed)}, ETA {_duration(eta)}")
+        self.say(line)
+        return line
+
+
+def _duration(seconds):
+    """`42 s`, `3 min 05 s`, `1 h 02 min`: what a person reads at a glance."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 def _bar(total, desc, enabled, unit):
     if not enabled:
         return None
@@ -515,6 +555,23 @@ PARAMETER_KINDS = {
     "weight_decay": Real(0.0), "grad_clip": Real(0.0, low_open=True), "warmup_steps": NON_NEGATIVE_INT,
     "max_objects": POSITIVE_INT, "feature_dropout": Real(0.0, 1.0, high_open=True),
 }
+# What each fit parameter is, in words (make-checkpoint's help, beside the kind's range and the default).
+PARAMETER_HELP = {
+    "height": "input height of the generated images the fit sees",
+    "width": "input width of the generated images the fit sees",
+    "train_images": "generated training images (the backbone's features are computed once for them)",
+    "steps": "optimiser steps",
+    "batch_size": "images per step",
+    "channels": "width of the subspace of the 256 FPN/head channels that is trained",
+    "optimizer": "optimiser",
+    "lr": "learning rate after the warm-up (x0.1 from 2/3 of the steps, x0.01 from 11/12: the 1x schedule)",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay",
+    "grad_clip": "gradient clipping at this max-norm",
+    "warmup_steps": "linear learning-rate warm-up steps (0: none)",
+    "max_objects": "at most this many objects per generated image",
+    "feature_dropout": "channel dropout on the cached backbone features during the fit (0: none)",
+}
 
 
 def fit_meta(seed, data_seed, params, history):
@@ -538,14 +595,16 @@ FIT_SCRATCH_PREFIX = "fsaf_fit_"
 
 
 def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0, threads=None, progress=True,
-                  eval_every=0, workdir=None, log=None, log_every=0, **overrides):
+                  eval_every=0, workdir=None, log=None, log_every=0, progress_interval_s=PROGRESS_INTERVAL_S,
+                  **overrides):
     """Fit neck and head on a generated set and write a checkpoint in the official layout to `output`.
 
     seed: the seeded weights (backbone) and the trained layers' init and batch order; data_seed: the
     training set's generator seed (evaluate on another). eval_images > 0 generates a held-out set with
     eval_seed (default data_seed + 1) and scores the thin network on it every `eval_every` steps (and at
-    the end). `log_every` > 0 also says the running loss every so many steps (for logs without the
-    progress bar). Deterministic for a seed and thread count. Returns a summary dict (history of loss, AP).
+    the end). The running loss, elapsed time and ETA are said to `log` every `progress_interval_s`
+    seconds (FitProgress) and, with `log_every` > 0, every so many steps too. Deterministic for a seed
+    and thread count. Returns a summary dict (history of loss, AP).
     """
     from .checkpoint import save_checkpoint, seeded_state_dict
     from .model import build_detector
@@ -570,7 +629,7 @@ def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0,
                                        eval_images, progress)
         fit = _Fit(params, sets, seed, started, log or (lambda message: print(message, file=sys.stderr)))
         features_s = time.time() - started
-        train_s = fit.run(progress, eval_every, log_every)
+        train_s = fit.run(progress, eval_every, log_every, progress_interval_s)
         save_checkpoint(embed_thin_state_dict(full_state, fit.thin), output,
                         fit_meta(seed, data_seed, params, fit.history))
         steps = int(params["steps"])
@@ -634,10 +693,12 @@ class _Fit:
         self.running = None
         self.history = []
 
-    def run(self, progress, eval_every, log_every):
+    def run(self, progress, eval_every, log_every, progress_interval_s=PROGRESS_INTERVAL_S):
         """All the steps (evaluating and logging as asked); returns the training seconds."""
         steps = int(self.params["steps"])
         bar = _bar(steps, "fit", progress, "step")
+        # by time, into the log (a progress bar shows only on a terminal, and is not in a log file)
+        timed = FitProgress(steps, self.say, progress_interval_s)
         train_started = time.time()
         if eval_every and self.held_out is not None:
             self.evaluate(0)
@@ -651,6 +712,7 @@ class _Fit:
             elif log_every and step % log_every == 0:
                 self.say(f"fit step {step}/{steps}: loss {self.running:.3f} (class {cls_loss:.3f}, "
                          f"box {box_loss:.3f}), {time.time() - self.started:.0f} s")
+            timed.update(step, self.running, cls_loss, box_loss)
         if bar is not None:
             bar.close()
         train_s = time.time() - train_started

@@ -32,8 +32,12 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python_bin" -m venv "$venv"
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-"$venv/bin/python" -m pip install -q --upgrade "pip<24.1" "setuptools<69" wheel
+# pip, setuptools and wheel at the stack's own pins (its constraints file), so that a second run finds
+# them satisfied and changes nothing: torch 2.13.0 needs setuptools>=77.0.3, the Python 3.7 stack <=68.0.0.
+"$venv/bin/python" -m pip install -q -c "$constraints" pip setuptools wheel
 # torch first, pinned: an unpinned resolver run would pull a multi-GB CUDA build.
 "$venv/bin/python" -m pip install -q -c "$constraints" "$(grep '^torch==' "$constraints")"
 "$venv/bin/python" -m pip install -q -c "$constraints" -e ".[$extras]"
+# a conflict between installed packages fails the bootstrap here rather than surfacing as a warning later
+"$venv/bin/python" -m pip check >/dev/null || { "$venv/bin/python" -m pip check >&2; exit 1; }
 echo "bootstrap: $venv ready ($("$venv/bin/python" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)'))"

@@ -4,7 +4,7 @@
 -input_width=W -input_height=H -useDvpp=false -output_binary=true` reads the .bin files listed in the
 info file and writes, under its working directory, `result/dumpOutput_device{id}/<stem>_1.bin` (dets)
 and `<stem>_2.bin` (labels) per sample, and `result/perf_vision_batchsize_{N}_device_{id}.txt` (section
-5.2 of the public recipe: Ascend ModelZoo-PyTorch, ACL_PyTorch/contrib/cv/detection/FSAF).
+5.2 of the public recipe: Ascend ModelZoo-PyTorch, ACL_PyTorch/contrib/cv/detection/Fsaf).
 `run_info_file` is the recipe's whole-dataset run; `run(batch)` writes one batch as .bin files with
 their info file, runs the same offline mode in a scratch directory and reads the outputs and the perf
 file back (`last_perf`: its `read_benchmark_perf` reading, which fsaf_repro.perf.benchmark_records

@@ -12,6 +12,7 @@ import sys
 from .. import __version__
 from ..errors import FsafReproError
 from ..pathroles import check_path_roles, declared_paths
+from .args import HelpFormatter
 
 # The verb modules in the recipe's order (the order `--help` lists the verbs in), each defining
 # register(subparsers). Imported when the parser is built, so that importing fsaf_repro.cli (for
@@ -39,6 +40,9 @@ def build_parser():
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
     for module_name in VERB_MODULES:
         importlib.import_module("." + module_name, __name__).register(subparsers)
+    for verb_parser in subparsers.choices.values():
+        # one help convention for every verb (fsaf_repro.cli.args.HelpFormatter), whichever its module names
+        verb_parser.formatter_class = HelpFormatter
     return parser
 
 

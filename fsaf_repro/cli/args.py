@@ -5,12 +5,44 @@ refused (PathError, printed as one line by `main`) before any work: a run does n
 process a data set only to fail on its first or last write.
 """
 import argparse
+import re
 
 from ..errors import DataError, OptionError
 from ..jsonio import MAX_DEPTH, nesting_depth, parse_json
 from ..fileio import check_input_dir, check_input_file, check_input_path, check_output_dir, check_output_file
 from ..options import TEXT, OptionKind
 from ..pathroles import INPUT, OUTPUT
+
+
+# A help text's mention of a default ("(default: X)", "default: X"), not the name of the embedded default
+# run ("for the embedded default", "runs/embedded-default") nor a value named 'default' (a style).
+DEFAULT_MENTION = re.compile(r"(?<!embedded[ -])(?<!')\bdefault\b(?!')", re.IGNORECASE)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every verb's help formatter (set on each subparser by `fsaf_repro.cli.build_parser`): an option's
+    default is shown once, as `(default: X)`, unless its help already says its default in words (argparse's
+    ArgumentDefaultsHelpFormatter appends one even then, and `(default: None)` for an option whose absence
+    means something the help explains); a required option is marked `(required)`."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.help is argparse.SUPPRESS:
+            return text
+        if action.option_strings and action.required and "required" not in text:
+            text += " (required)"
+        if _shows_default(action) and not DEFAULT_MENTION.search(text):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _shows_default(action):
+    """Whether an option's default is worth printing: a value, not absence (None), an unset flag, an
+    empty list of repeated values or argparse's own SUPPRESS."""
+    default = action.default
+    # by identity: 0 == False, and a default of 0 (a seed, a device id) is a value worth showing
+    absent = default is None or default is False or default is argparse.SUPPRESS or default == []
+    return bool(action.option_strings) and not action.required and not absent and action.nargs != 0
 
 
 def _path_type(check, what, role, form):

@@ -22,12 +22,13 @@ def register(subparsers):
                         help="comma-separated batch sizes (default: the recipe's 1,4,8,16,32,64)")
     parser.add_argument("--soc-version", default=None, type=typed(TEXT),
                         help="e.g. Ascend310P3; default: read from `npu-smi info`")
-    parser.add_argument("--precision-mode", default=DEFAULT_PRECISION_MODE, choices=PRECISION_MODES)
+    parser.add_argument("--precision-mode", default=DEFAULT_PRECISION_MODE, choices=PRECISION_MODES,
+                        help="atc --precision_mode (the recipe's om is fp16)")
     parser.add_argument("--out-nodes", default=DEFAULT_OUT_NODES, type=typed(TEXT),
                         help="atc --out_nodes (default: dets;labels)")
     parser.add_argument("--aoe", action="store_true",
                         help="run aoe operator tuning (job type 2) instead of atc")
-    parser.add_argument("--job-type", type=int, default=2, choices=(1, 2), help="aoe job type (default 2)")
+    parser.add_argument("--job-type", type=int, default=2, choices=(1, 2), help="aoe job type (default: 2)")
     parser.add_argument("--log-level", default="error", type=typed(TEXT), help="atc --log level (default: error)")
     parser.add_argument("--atc", default=None, type=typed(TEXT), help="atc executable (default: atc on PATH)")
     parser.add_argument("--aoe-bin", default=None, type=typed(TEXT), help="aoe executable (default: aoe on PATH)")

@@ -1,5 +1,4 @@
 """The `evaluate` verb: score a COCO results json (the recipe's 12-line table and per-class AP)."""
-import argparse
 
 from ..data import read_annotation_file
 from ..errors import OptionError
@@ -40,12 +39,11 @@ def _cli_evaluate(args):
 
 def register(subparsers):
     parser = subparsers.add_parser(
-        "evaluate", help="score a COCO results json: the recipe's 12-line table and per-class AP",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "evaluate", help="score a COCO results json: the recipe's 12-line table and per-class AP")
     parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
                         help="COCO instances json (ground truth)")
     parser.add_argument("--results", required=True, type=input_file("results file"), help="COCO results json to score")
-    parser.add_argument("--scorer", default=DEFAULT_SCORER, choices=SCORERS)
+    parser.add_argument("--scorer", default=DEFAULT_SCORER, choices=SCORERS, help="the COCO scorer")
     parser.add_argument("--limit", type=typed(COUNT), default=None,
                         help="score only the first N images by id (a partial run; default: all)")
     parser.add_argument("--metrics-out", default=None, type=output_file("metrics file"),

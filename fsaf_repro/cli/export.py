@@ -16,18 +16,22 @@ def register(subparsers):
         "export", help="recipe 3.1: export the checkpoint (or seeded weights) to ONNX, opset 11")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=input_file("checkpoint"),
-                        help="mmdetection checkpoint, e.g. fsaf_r50_fpn_1x_coco-94ccc51f.pth")
+                        help="mmdetection checkpoint, e.g. fsaf_r50_fpn_1x_coco-94ccc51f.pth (this or --seeded is "
+                             "required)")
     source.add_argument("--seeded", type=typed(SEED), metavar="SEED",
-                        help="write seeded weights in the official layout beside the output and export them")
+                        help="write seeded weights in the official layout beside the output and export them (this "
+                             "or --checkpoint is required)")
     parser.add_argument("--output", required=True, type=output_file("ONNX file"), help="path of the .onnx to write")
-    parser.add_argument("--flavour", choices=FLAVOURS, default="onnx-nms")
+    parser.add_argument("--flavour", choices=FLAVOURS, default="onnx-nms",
+                        help="where NMS runs: onnx-nms in the graph (ONNX Runtime), ascend-nms as atc's "
+                             "BatchMultiClassNMS node (for convert), raw on the host")
     parser.add_argument("--height", type=typed(IMAGE_SIDE), default=input_constants()["height"],
                         help="network input height (default: the recipe's)")
     parser.add_argument("--width", type=typed(IMAGE_SIDE), default=input_constants()["width"],
                         help="network input width (default: the recipe's)")
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--batch-size", type=typed(BATCH_SIZE), default=1,
-                       help="static batch size (default 1; the trace runs a batch of this size: its memory is checked)")
+                       help="static batch size (the trace runs a batch of this size: its memory is checked)")
     batch.add_argument("--dynamic-batch", action="store_true", help="export a dynamic batch dimension")
     parser.add_argument("--input-dtype", choices=INPUT_DTYPES, default="float32",
                         help="uint8 moves normalisation into the graph (the ATC/AIPP way)")

@@ -7,12 +7,13 @@ from ..backends import create_backend, get_backend_class
 from ..data import CocoImageSet
 from ..errors import OptionError
 from ..locking import run_lock
-from ..options import BATCH_SIZE, COUNT, DEVICE_IDS, IMAGE_SIDE, SHARD, THREADS, Integer, check_batch_memory
+from ..options import BATCH_SIZE, DEVICE_IDS, SHARD, THREADS, Integer, check_batch_memory
 from ..perf import format_records, write_records
 from ..runner import infer_dataset
 from ..shards import merge_parts
-from ..spec import input_constants
-from .args import BACKEND_NAME, KEY_VALUE, input_dir, input_file, output_file, parse_backend_options, typed
+from .args import BACKEND_NAME, KEY_VALUE, input_file, output_file, parse_backend_options, typed
+from .model_input import add_model_input_arguments, model_input
+from .preprocess import add_image_set_arguments
 
 # batches decoded ahead: each holds a batch of images in memory (check_batch_memory counts them)
 PREFETCH = Integer(1, 64, what="a number of batches")
@@ -20,19 +21,15 @@ PREFETCH = Integer(1, 64, what="a number of batches")
 
 def register(subparsers):
     parser = subparsers.add_parser(
-        "infer", help="run a backend over a COCO image set and write a COCO results json (resumable)",
+        "infer", help="run a backend over a COCO image set (or an image folder) and write a COCO results json "
+                      "(resumable)",
         description="Streaming inference: images -> backend -> COCO results json. Killed and started again "
                     "with the same arguments, the run continues from its journal (<out>.journal) and "
                     "writes the same results.")
-    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
-                        help="COCO instances json (instances_val2017.json)")
-    parser.add_argument("--images", required=True, type=input_dir("image folder"), help="image directory (val2017)")
-    parser.add_argument("--limit", type=typed(COUNT), default=None,
-                        help="only the first N images by image id (default: all)")
-    parser.add_argument("--height", type=typed(IMAGE_SIDE), default=None, help="network input height (spec: 800)")
-    parser.add_argument("--width", type=typed(IMAGE_SIDE), default=None, help="network input width (spec: 1216)")
+    add_image_set_arguments(parser, canvas=False)
+    add_model_input_arguments(parser)
     parser.add_argument("--backend", default="onnxruntime", type=typed(BACKEND_NAME),
-                        help="backend name (default onnxruntime)")
+                        help="backend name")
     parser.add_argument("--model", default=None, type=input_file("model file"),
                         help="model file (.onnx, .om, checkpoint .pth)")
     parser.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE", type=typed(KEY_VALUE),
@@ -40,15 +37,14 @@ def register(subparsers):
     parser.add_argument("--batch-size", type=typed(BATCH_SIZE), default=None,
                         help="images per batch, at most the number of images run and what memory allows "
                              "(default: the model's static batch size, else 1)")
-    parser.add_argument("--input-dtype", default="float32", choices=("float32", "uint8"))
-    parser.add_argument("--prefetch", type=typed(PREFETCH), default=2, help="batches decoded ahead (default 2)")
-    parser.add_argument("--workers", type=typed(THREADS), default=2, help="decoding threads (default 2)")
+    parser.add_argument("--prefetch", type=typed(PREFETCH), default=2, help="batches decoded ahead (default: 2)")
+    parser.add_argument("--workers", type=typed(THREADS), default=2, help="decoding threads (default: 2)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip unreadable images and list them (default: stop with the file named)")
     parser.add_argument("--out", required=True, type=output_file("results file"), help="results json to write")
     parser.add_argument("--perf-out", default=None, type=output_file("perf records file"),
                         help="write this session's fps records (perf format)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--keep-journal", action="store_true", help="keep <out>.journal after success")
     parser.add_argument("--restart", action="store_true", help="discard an existing journal and start over")
     parser.add_argument("--shard", default=None, type=typed(SHARD), metavar="I/N",
@@ -142,9 +138,10 @@ def _cli_merge(args):
 
 
 def _cli_infer_locked(args):
-    inp = input_constants()
-    image_set = CocoImageSet(args.annotations, args.images, limit=args.limit,
-                             height=args.height or inp["height"], width=args.width or inp["width"])
+    # the canvas and dtype the model was exported at (its sidecar) unless given; a contradiction is refused
+    model = model_input(args.model, args.height, args.width, args.input_dtype, backend=args.backend)
+    image_set = CocoImageSet(args.annotations, args.images, limit=args.limit, height=model.height,
+                             width=model.width)
     if args.batch_size is not None:
         # the loader holds prefetch + 2 batches (its recycled buffers), the backend one batch's activations
         check_batch_memory(args.batch_size, image_set.height, image_set.width, "--batch-size",
@@ -156,7 +153,7 @@ def _cli_infer_locked(args):
         backend.load(args.model)
         summary = infer_dataset(image_set, backend, args.out, batch_size=args.batch_size, prefetch=args.prefetch,
                                 workers=args.workers, skip_bad=args.skip_bad, progress=not args.no_progress,
-                                input_dtype=args.input_dtype, backend_name=args.backend, backend_options=options,
+                                input_dtype=model.input_dtype, backend_name=args.backend, backend_options=options,
                                 model_path=args.model, keep_journal=args.keep_journal, restart=args.restart,
                                 shard=shard, device=(str(options[device_option]) if device_option in options
                                                      else None))

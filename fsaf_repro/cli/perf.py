@@ -5,14 +5,14 @@ from ..backends import create_backend, get_backend_class
 from ..backends.benchmark_tool import run_info_file
 from ..convert import read_om_sidecar
 from ..errors import FsafReproError, ResultsError
-from ..options import (BATCH_SIZE, BATCH_SIZES, COUNT, DEVICE_IDS, DURATION, IMAGE_SIDE, NON_NEGATIVE_INT,
-                       POSITIVE_INT, TEXT, THREADS, check_batch_memory)
+from ..options import (BATCH_SIZE, BATCH_SIZES, COUNT, DEVICE_IDS, DURATION, NON_NEGATIVE_INT, POSITIVE_INT, TEXT,
+                       THREADS, check_batch_memory)
 from ..perf import (CARD_BASES, DEFAULT_MIN_BATCHES, DEFAULT_MIN_SECONDS, MODE_DEFINITIONS, benchmark_records,
                     best_batch, compare_to_reference, evaluate_gates, fixed_input, format_gates, format_records,
                     load_records, measure_card, measure_pure_inference, parse_ais_bench_summary,
                     parse_benchmark_perf, reference_records, write_records)
-from ..spec import input_constants
 from .args import BACKEND_NAME, KEY_VALUE, input_file, output_file, output_place, parse_backend_options, typed
+from .model_input import add_model_input_arguments, model_input
 
 
 def register(subparsers):
@@ -25,17 +25,15 @@ def register(subparsers):
     perf.add_argument("--model", type=input_file("model file"),
                       help="model file for the backend (onnx, om, checkpoint)")
     perf.add_argument("--batch-sizes", default="1", type=typed(BATCH_SIZES),
-                      help="comma-separated batch sizes (default 1)")
+                      help="comma-separated batch sizes (default: 1)")
     perf.add_argument("--loops", type=typed(COUNT), default=DEFAULT_MIN_BATCHES,
-                      help=f"at least this many timed runs per batch size (default {DEFAULT_MIN_BATCHES})")
+                      help=f"at least this many timed runs per batch size (default: {DEFAULT_MIN_BATCHES})")
     perf.add_argument("--min-seconds", type=typed(DURATION), default=DEFAULT_MIN_SECONDS,
-                      help=f"and timed runs for at least this many seconds (default {DEFAULT_MIN_SECONDS:g}; "
+                      help=f"and timed runs for at least this many seconds (default: {DEFAULT_MIN_SECONDS:g}; "
                            "0: no minimum duration)")
     perf.add_argument("--warmup", type=typed(NON_NEGATIVE_INT), default=3,
-                      help="untimed warm-up runs before them, never timed (default 3; 0: none)")
-    perf.add_argument("--height", type=typed(IMAGE_SIDE), default=None, help="input height (default: the recipe's)")
-    perf.add_argument("--width", type=typed(IMAGE_SIDE), default=None, help="input width (default: the recipe's)")
-    perf.add_argument("--input-dtype", default="float32", choices=("float32", "uint8"))
+                      help="untimed warm-up runs before them, never timed (default: 3; 0: none)")
+    add_model_input_arguments(perf)
     perf.add_argument("--threads", type=typed(THREADS), default=None, help="intra-op threads for CPU backends")
     perf.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE", type=typed(KEY_VALUE),
                       help="backend option, repeatable (e.g. graph_optimization=basic, device_id=0)")
@@ -44,19 +42,19 @@ def register(subparsers):
                            "and read its perf file (the recipe's full-dataset mode)")
     perf.add_argument("--workdir", default="benchmark_run", type=output_place("benchmark folder"),
                       help="where the benchmark tool writes result/")
-    perf.add_argument("--device-id", type=typed(NON_NEGATIVE_INT), default=0, help="NPU device id (default 0)")
+    perf.add_argument("--device-id", type=typed(NON_NEGATIVE_INT), default=0, help="NPU device id (default: 0)")
     perf.add_argument("--benchmark-executable", default=None, type=typed(TEXT),
-                      help="benchmark tool (default benchmark.x86_64 or benchmark.aarch64 on PATH)")
+                      help="benchmark tool (default: benchmark.x86_64 or benchmark.aarch64 on PATH)")
     perf.add_argument("--from-benchmark", metavar="PERF_TXT", type=input_file("benchmark perf file"),
                       help="parse a benchmark tool perf file/output")
     perf.add_argument("--from-ais-bench", metavar="SUMMARY_JSON", type=input_file("ais_bench summary"),
                       help="parse an ais_bench summary json")
     perf.add_argument("--device", default="cpu", type=typed(TEXT),
-                      help="device label of the records (310, 310P, 310P_aoe, T4, cpu...); default cpu")
+                      help="device label of the records (310, 310P, 310P_aoe, T4, cpu...) (default: cpu)")
     perf.add_argument("--precision", default=None, type=typed(TEXT),
-                      help="precision label (default fp32 measured, fp16 parsed)")
+                      help="precision label (default: fp32 measured, fp16 parsed)")
     perf.add_argument("--chips", type=typed(POSITIVE_INT), default=None,
-                      help="multiply parsed fps by this many chips (default 4 for device 310, else 1)")
+                      help="multiply parsed fps by this many chips (default: 4 for device 310, else 1)")
     perf.add_argument("--batch-size", type=typed(BATCH_SIZE), default=None, help="batch size of a parsed file")
     perf.add_argument("--devices", type=typed(DEVICE_IDS), default=None, metavar="IDS",
                       help="measure a card as a card: every listed chip at once (and the first alone), for a "
@@ -74,7 +72,8 @@ def _register_gates(subparsers):
                     "each record beside the reference cell, then the gates on the measured records.")
     gates.add_argument("records", nargs="*", type=input_file("perf records file"),
                        help="JSON files written by `fsaf-repro perf --out`")
-    gates.add_argument("--mode", default="inference", choices=sorted(MODE_DEFINITIONS))
+    gates.add_argument("--mode", default="inference", choices=sorted(MODE_DEFINITIONS),
+                       help="which throughput the gates compare (the recipe's table is pure inference)")
     gates.add_argument("--no-fail", action="store_true", help="exit 0 even when a gate fails")
     gates.add_argument("--with-reference", action="store_true",
                        help="a gate device without measured records takes the recipe's reference table "
@@ -105,16 +104,14 @@ def _run_benchmark_info(args):
     """The recipe's full-dataset run: the benchmark tool over a whole info file, then its perf file."""
     if not args.model:
         raise ResultsError("--benchmark-info needs --model (the .om)")
-    sidecar = read_om_sidecar(args.model)
+    sidecar = read_om_sidecar(args.model)  # an ONNX file's export sidecar is refused, naming it
     batch_size = args.batch_size or (sidecar["batch_size"] if sidecar else None)
     if batch_size is None:
         raise ResultsError(f"{args.model} has no conversion sidecar: give --batch-size")
     # the om's own input size (its conversion sidecar) unless given; the recipe's otherwise
-    shape = (sidecar or {}).get("input", {}).get("shape") or [None, None] + [
-        input_constants()["height"], input_constants()["width"]]
-    result = run_info_file(args.model, batch_size, args.benchmark_info, args.width or shape[3],
-                           args.height or shape[2], args.workdir, device_id=args.device_id,
-                           executable=args.benchmark_executable)
+    model = model_input(args.model, args.height, args.width, args.input_dtype)
+    result = run_info_file(args.model, batch_size, args.benchmark_info, model.width, model.height, args.workdir,
+                           device_id=args.device_id, executable=args.benchmark_executable)
     print(f"outputs: {result['outputs_dir']} (perf file {result['perf_file']}, log {result['log']})")
     return benchmark_records(result["perf"], args.device, batch_size, args.precision or "fp16")
 
@@ -129,7 +126,7 @@ def _records_from_tool_output(args):
     return [parse_ais_bench_summary(args.from_ais_bench, args.device, args.batch_size, precision, chips=args.chips)]
 
 
-def _measure_card(args, sizes, options):
+def _measure_card(args, model, sizes, options):
     """Card records (perf.measure_card) of --backend on --model at each batch size, chips --devices."""
     device_option = get_backend_class(args.backend).device_option
     if not device_option:
@@ -142,7 +139,7 @@ def _measure_card(args, sizes, options):
             for device in args.devices:
                 backend = stack.enter_context(create_backend(args.backend, **dict(options, **{device_option: device})))
                 chips.append((device, backend.load(args.model)))
-            batch = fixed_input(bs, args.height, args.width, args.input_dtype)
+            batch = fixed_input(bs, model.height, model.width, model.input_dtype)
             records.extend(measure_card(chips, batch, args.loops, args.warmup, args.device, args.precision or "fp32",
                                         args.backend, min_seconds=args.min_seconds))
     for record in records[::2]:
@@ -160,9 +157,10 @@ def _measure(args):
     if not args.backend:
         raise ResultsError("give --backend and --model to measure, or --from-benchmark/--from-ais-bench")
     sizes = args.batch_sizes  # a sorted list of positive ints (BATCH_SIZES)
-    height, width = args.height or input_constants()["height"], args.width or input_constants()["width"]
+    # the canvas and dtype the model was exported at (its sidecar) unless given; a contradiction is refused
+    model = model_input(args.model, args.height, args.width, args.input_dtype, backend=args.backend)
     for bs in sizes:
-        check_batch_memory(bs, height, width, "--batch-sizes")
+        check_batch_memory(bs, model.height, model.width, "--batch-sizes")
     try:
         options = parse_backend_options(args.backend_option)
     except FsafReproError as exc:
@@ -170,12 +168,12 @@ def _measure(args):
     if args.threads is not None:
         options["threads"] = args.threads
     if args.devices is not None:
-        return _measure_card(args, sizes, options)
+        return _measure_card(args, model, sizes, options)
     records = []
     for bs in sizes:
         with create_backend(args.backend, **options) as backend:
             backend.load(args.model)
-            batch = fixed_input(bs, args.height, args.width, args.input_dtype)
+            batch = fixed_input(bs, model.height, model.width, model.input_dtype)
             records.append(measure_pure_inference(backend, batch, args.loops, args.warmup, args.device,
                                                   args.precision or "fp32", args.backend,
                                                   min_seconds=args.min_seconds))

@@ -1,16 +1,22 @@
 """The `postprocess` verb (recipe step 6): network outputs -> COCO results json, optionally scored."""
-import argparse
 
 from ..data import CocoImageSet, read_manifest
 from ..evaluate import DEFAULT_SCORER, SCORERS, evaluate_results, format_per_class_table, format_recipe_table
 from ..postprocess import detections_to_coco, metas_from_manifest, read_outputs
 from ..results_json import write_results_json
+from ..errors import OptionError
 from ..options import BATCH_SIZE, COUNT, IMAGE_SIDE, PROBABILITY
 from ..spec import model_constants
 from .args import input_dir, input_file, input_path, output_file, typed
+from .preprocess import FOLDER_HELP
 
 
 def _cli_postprocess(args):
+    if args.annotations is None and args.images is None:
+        raise OptionError("postprocess needs --annotations (the COCO set the inputs came from) or --images (the "
+                          "image folder preprocess read without annotations)")
+    if args.annotations is None and args.evaluate:
+        raise OptionError("--evaluate needs --annotations: an image folder alone has no ground truth to score")
     record = read_manifest(args.manifest) if args.manifest else None
     height, width = args.height, args.width
     if isinstance(record, dict):
@@ -43,13 +49,12 @@ def _cli_postprocess(args):
 
 def register(subparsers):
     parser = subparsers.add_parser(
-        "postprocess", help="recipe step 6: network outputs -> COCO results json (optionally scored)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
-                        help="COCO instances json the inputs came from")
+        "postprocess", help="recipe step 6: network outputs -> COCO results json (optionally scored)")
+    parser.add_argument("--annotations", default=None, type=input_file("annotation file"),
+                        help="COCO instances json the inputs came from; " + FOLDER_HELP + " (give --images)")
     parser.add_argument("--images", default=None, type=input_dir("image folder"),
                         help="image directory: its headers give each image's decoded size (EXIF rotation); "
-                             "not needed with --manifest")
+                             "not needed with --manifest and --annotations")
     parser.add_argument("--manifest", default=None, type=input_file("preprocess manifest"),
                         help="preprocess_manifest.json of the preprocessing run: the images and scales used")
     parser.add_argument("--height", type=typed(IMAGE_SIDE), default=None,
@@ -58,7 +63,8 @@ def register(subparsers):
                         help="model input width (default: the manifest's, else the recipe's)")
     parser.add_argument("--limit", type=typed(COUNT), default=None,
                         help="first N images by id, as in preprocess (default: all)")
-    parser.add_argument("--format", choices=("benchmark", "ais_bench", "npy"), default="benchmark")
+    parser.add_argument("--format", choices=("benchmark", "ais_bench", "npy"), default="benchmark",
+                        help="which tool wrote --outputs: the benchmark tool's dumpOutput, ais_bench, or .npy files")
     parser.add_argument("--outputs", required=True, type=input_path("network outputs"),
                         help="benchmark dumpOutput dir, ais_bench output dir, or the dets .npy")
     parser.add_argument("--labels-npy", default=None, type=input_file("labels .npy"), help="labels .npy (format npy)")
@@ -70,7 +76,7 @@ def register(subparsers):
     parser.add_argument("--clip", action="store_true",
                         help="clip boxes to the original image (the recipe does not)")
     parser.add_argument("--evaluate", action="store_true", help="score the results right away")
-    parser.add_argument("--scorer", default=DEFAULT_SCORER, choices=SCORERS)
+    parser.add_argument("--scorer", default=DEFAULT_SCORER, choices=SCORERS, help="with --evaluate: the COCO scorer")
     parser.add_argument("--drop-degenerate", action="store_true",
                         help="with --evaluate: leave out detections whose box has width or height <= 0 and "
                              "count them (default: such a detection is an error)")

@@ -1,22 +1,35 @@
 """The `preprocess` and `info` verbs: images -> .bin files, info files and a manifest."""
-import argparse
 import os
 import sys
 
-from ..data import CocoImageSet, write_bins, write_info_files, write_manifest
+from ..data import FOLDER_IMAGE_SUFFIXES, CocoImageSet, write_bins, write_info_files, write_manifest
 from ..locking import run_lock
 from ..options import COUNT, IMAGE_SIDE, THREADS
+from ..spec import input_constants
 from .args import input_dir, input_file, output_dir, output_file, typed
 
 
-def _add_set_arguments(parser):
-    parser.add_argument("--annotations", required=True, type=input_file("annotation file"),
-                        help="COCO instances json (instances_val2017.json)")
-    parser.add_argument("--images", required=True, type=input_dir("image folder"), help="image directory (val2017)")
+# How a set is taken without an annotation file, said once for every verb that takes one (help).
+FOLDER_HELP = ("without it, the image folder alone, as the recipe's step 4.2 takes it: its image files ({}) "
+               "in file-name order (code points, as `LC_ALL=C ls`), ids 1, 2, ... in that order").format(
+                   " ".join(FOLDER_IMAGE_SUFFIXES))
+
+
+def add_image_set_arguments(parser, canvas=True):
+    """--annotations, --images, --limit (and with `canvas`, --height and --width): the image set of
+    preprocess, info and infer (whose canvas options are the model's: fsaf_repro.cli.model_input)."""
+    recipe = input_constants()
+    parser.add_argument("--annotations", default=None, type=input_file("annotation file"),
+                        help="COCO instances json (instances_val2017.json): its images in image-id order; "
+                             + FOLDER_HELP)
+    parser.add_argument("--images", required=True, type=input_dir("image folder"),
+                        help="image folder (val2017)")
     parser.add_argument("--limit", type=typed(COUNT), default=None,
                         help="only the first N images by image id (default: all)")
-    parser.add_argument("--height", type=typed(IMAGE_SIDE), default=None, help="model input height (spec: 800)")
-    parser.add_argument("--width", type=typed(IMAGE_SIDE), default=None, help="model input width (spec: 1216)")
+    if canvas:
+        for side in ("height", "width"):
+            parser.add_argument("--" + side, type=typed(IMAGE_SIDE), default=None,
+                                help=f"network input {side} (default: the recipe's {recipe[side]})")
 
 
 def _cmd_preprocess(args):
@@ -64,9 +77,8 @@ def _cmd_info(args):
 
 def register(subparsers):
     pre = subparsers.add_parser(
-        "preprocess", help="recipe step 4: images -> <stem>.bin (float32 CHW) + info files",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_set_arguments(pre)
+        "preprocess", help="recipe step 4: images -> <stem>.bin (float32 CHW) + info files")
+    add_image_set_arguments(pre)
     pre.add_argument("--out", required=True, type=output_dir(".bin folder"),
                      help="directory for the .bin files (val2017_bin)")
     pre.add_argument("--bin-info", default="fsaf.info", type=output_file("bin info file"),
@@ -83,11 +95,12 @@ def register(subparsers):
     pre.set_defaults(func=_cmd_preprocess)
 
     info = subparsers.add_parser(
-        "info", help="write the tools' info files (get_info.py) in image-id order",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_set_arguments(info)
+        "info", help="write the tools' info files (get_info.py) in image-id order")
+    add_image_set_arguments(info)
     info.add_argument("--bin-dir", default=None, type=input_dir(".bin folder"),
                       help="directory holding the .bin files (for --bin-info)")
-    info.add_argument("--bin-info", default="fsaf.info", type=output_file("bin info file"))
-    info.add_argument("--jpg-info", default="fsaf_jpeg.info", type=output_file("jpg info file"))
+    info.add_argument("--bin-info", default="fsaf.info", type=output_file("bin info file"),
+                      help="bin info file for the benchmark tool (written with --bin-dir)")
+    info.add_argument("--jpg-info", default="fsaf_jpeg.info", type=output_file("jpg info file"),
+                      help="jpg info file (each image's decoded size, as the recipe's cv2.imread gives it)")
     info.set_defaults(func=_cmd_info)

@@ -423,7 +423,8 @@ def read_info_file(path: str) -> List[Tuple[int, str, int, int]]:
 def write_manifest(path: str, image_set: CocoImageSet, report: PreprocessReport) -> Dict[str, Any]:
     """A json record of a preprocessing run: what was read, from which annotation file, what failed."""
     record = {
-        "annotation_file": image_set.annotation_file,
+        "annotation_file": image_set.annotation_file,  # None for a bare image folder (`source` says so)
+        "source": image_set.source,
         "annotation_sha256": image_set.annotation_sha256,
         "image_dir": image_set.image_dir,
         "num_images": len(image_set) - len(report.skipped),

@@ -3,7 +3,9 @@ names of the files made for each image, and `CocoImageSet`, the images in image-
 recipe's per-image metadata.
 
 Images are taken from the annotation file in image-id order (not the first 5000 names `os.listdir`
-returns, as the recipe's scripts do); an image path must stay inside the image folder.
+returns, as the recipe's scripts do); an image path must stay inside the image folder. A bare image
+folder (no annotation file, the recipe's step 4.2 input) is listed by `folder_images`: ids 1..N in
+file-name order.
 """
 import hashlib
 import math
@@ -271,6 +273,43 @@ def category_ids_from_categories(categories: Sequence[Any], source: str, strict_
     return ids
 
 
+# The image files a bare folder contributes: the formats OpenCV's imread (the recipe's reader) decodes
+# in every build, by suffix, case-blind.
+FOLDER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def folder_images(image_dir: str, limit: Optional[int] = None) -> Tuple[List[AnnotationImage], str]:
+    """The images of a bare folder as an annotation file would list them, and the listing's sha256.
+
+    The recipe's step 4.2 takes an image folder; its scripts list it with `os.listdir`, whose order
+    the file system decides. Here the order is fixed: the files directly in the folder whose suffix
+    is in FOLDER_IMAGE_SUFFIXES, sorted by name in code-point order (Python's `sorted`, `LC_ALL=C ls`),
+    get the ids 1, 2, 3, ... in that order, so the same folder gives the same ids, `.bin` names and
+    info lines on every host. Sizes are the decoded ones (EXIF rotation applied, as the recipe's
+    cv2.imread), read from the headers of the first `limit` images only. The digest, standing in for
+    an annotation file's, covers the listing (every name in id order); image bytes are keyed where
+    they are read (the .bin record, the runner's journal).
+    """
+    try:
+        names = sorted(n for n in os.listdir(image_dir) if n.lower().endswith(FOLDER_IMAGE_SUFFIXES)
+                       and os.path.isfile(os.path.join(image_dir, n)))
+    except OSError as exc:
+        raise DataError(f"cannot list the image folder {image_dir}: {exc.strerror or exc}")
+    if not names:
+        raise DataError(f"image folder {image_dir} holds no image file ({', '.join(FOLDER_IMAGE_SUFFIXES)}): give "
+                        "the folder of images (val2017), or --annotations with it")
+    selected = names if limit is None else names[:max(int(limit), 0)]
+    images = []
+    for image_id, name in enumerate(selected, start=1):
+        width, height = probe_decoded_size(os.path.join(image_dir, name))
+        images.append(AnnotationImage(image_id, name, width, height))
+    # the images past --limit keep their ids and names (unread sizes: 0), as the annotation file's would
+    images += [AnnotationImage(image_id, name, 0, 0) for image_id, name in enumerate(names, start=1)][len(selected):]
+    # every name in order (so ids, and the digest, do not depend on --limit)
+    listing = "\n".join(names)
+    return images, hashlib.sha256(listing.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 class CocoImageSet:
     """The images of a COCO annotation file, in image-id order, with the recipe's per-image metadata.
 
@@ -282,25 +321,33 @@ class CocoImageSet:
     does not depend on which images were read before.
     """
 
-    def __init__(self, annotation_file: str, image_dir: str, limit: Optional[int] = None,
+    def __init__(self, annotation_file: Optional[str], image_dir: str, limit: Optional[int] = None,
                  height: Optional[int] = None, width: Optional[int] = None, strict_ids: bool = True):
-        self.annotation_file = os.fspath(annotation_file)
+        """`annotation_file` None: the images of the bare folder `image_dir` (`folder_images`), without
+        ground truth, as the recipe's step 4.2 takes them."""
         self.image_dir = os.fspath(image_dir)
         self.height, self.width = canvas_size(height, width)
-        annotations = read_annotation_file(self.annotation_file)
-        self.annotation_sha256 = annotations.sha256
-        self.category_ids = category_ids_from_categories(
-            annotations.data["categories"], self.annotation_file, strict_ids=strict_ids)
-        images = annotations.images
-        # every image of the file, not only the selection: names must not depend on --limit
-        self.output_stems = output_stems(images, self.annotation_file)
+        if annotation_file is None:
+            # the source's name in messages and its digest (the listing's: names and decoded sizes)
+            self.annotation_file, self.source = None, f"image folder {self.image_dir} (no annotation file)"
+            images, self.annotation_sha256 = folder_images(self.image_dir, limit)
+            self.category_ids = coco_category_ids()  # the model's 80 classes on COCO's ids
+        else:
+            self.annotation_file = self.source = os.fspath(annotation_file)
+            annotations = read_annotation_file(self.annotation_file)
+            self.annotation_sha256 = annotations.sha256
+            self.category_ids = category_ids_from_categories(
+                annotations.data["categories"], self.annotation_file, strict_ids=strict_ids)
+            images = annotations.images
+        # every image of the source, not only the selection: names must not depend on --limit
+        self.output_stems = output_stems(images, self.source)
         self.total_images = len(images)
         if limit is not None:
             if int(limit) <= 0:
                 raise DataError(f"limit must be a positive number of images, got {limit}")
             images = images[:int(limit)]
         if not images:
-            raise DataError(f"annotation file {self.annotation_file} lists no images: nothing to process")
+            raise DataError(f"{self.source} lists no images: nothing to process")
         self.metas = []
         for image_id, file_name, orig_w, orig_h in images:
             scale, new_w, new_h = scaled_size(orig_w, orig_h, self.height, self.width)
@@ -321,7 +368,7 @@ class CocoImageSet:
             resolved = os.path.realpath(meta.path)
             if os.path.commonpath([folder, resolved]) != folder:
                 raise AnnotationError(
-                    f"{self.annotation_file}: image id {meta.image_id}: {meta.file_name!r} resolves to {resolved}, "
+                    f"{self.source}: image id {meta.image_id}: {meta.file_name!r} resolves to {resolved}, "
                     f"outside the image folder {self.image_dir} (a symlink pointing out of it); only images inside "
                     "--images are read: copy the file in instead")
 
@@ -375,7 +422,7 @@ class CocoImageSet:
         if (decoded_h, decoded_w) != (meta.orig_h, meta.orig_w):
             raise ImageReadError(
                 f"{meta.path}: decoded size {decoded_w}x{decoded_h} differs from the annotation's "
-                f"{meta.orig_w}x{meta.orig_h} (image id {meta.image_id} in {self.annotation_file}; an EXIF "
+                f"{meta.orig_w}x{meta.orig_h} (image id {meta.image_id} in {self.source}; an EXIF "
                 "orientation tag rotates the decoded image)")
         return meta
 

@@ -1,5 +1,5 @@
 """The recipe's transform, the one every consumer of images uses (section 4.2 and Fsaf_preprocess.py
-of the public recipe: Ascend ModelZoo-PyTorch, ACL_PyTorch/contrib/cv/detection/FSAF):
+of the public recipe: Ascend ModelZoo-PyTorch, ACL_PyTorch/contrib/cv/detection/Fsaf):
 
     OpenCV colour read (BGR uint8) -> scale = min(W / w, H / h) -> floor-sized cv2.resize INTER_LINEAR
     -> BGR->RGB -> (x - mean) / std in float32 -> zero pad right/bottom to H x W -> CHW float32

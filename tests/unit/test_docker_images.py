@@ -30,8 +30,6 @@ PYTORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Pins of current-py311.txt the CPU image deliberately does not install, with the reason.
 CPU_IMAGE_EXCLUDED = {
     "onnxruntime-gpu": "the CUDA build of ONNX Runtime, for the GPU runner only; it replaces onnxruntime",
-    "docker": "the Docker SDK drives an engine from outside the image (tests/acceptance/"
-              "test_docker_build.py)",
 }
 
 # pip options that take a value (the value is not a package).
