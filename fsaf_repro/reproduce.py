@@ -177,12 +177,19 @@ def default_threads(cpu_count=None):
 # The run
 
 
-def default_run_dir(embedded, checkpoint, coco_root):
+def default_run_dir(embedded, checkpoint, coco_root, fit_steps):
+    """runs/<weights>_<data>: the name says where the weights come from (a given checkpoint's name,
+    `fitted<N>` for weights the run fits in N steps, `seeded` for the untrained seeded weights) and what
+    they are evaluated on, so that runs of different weights never share (and overwrite) a directory:
+    `reproduce --fit-steps 0` writes runs/embedded-seeded, the fitted default runs/embedded-fitted1000."""
+    if checkpoint:
+        weights = os.path.splitext(os.path.basename(checkpoint))[0]
+    else:
+        weights = f"fitted{fit_steps}" if fit_steps > 0 else "seeded"
     if embedded:
-        return os.path.join("runs", "embedded-default")
-    parts = [os.path.splitext(os.path.basename(checkpoint))[0] if checkpoint else "seeded",
-             os.path.basename(coco_root.rstrip(os.sep)) if coco_root else "generated"]
-    return os.path.join("runs", "_".join(parts))
+        return os.path.join("runs", f"embedded-{weights}")
+    data = os.path.basename(coco_root.rstrip(os.sep)) if coco_root else "generated"
+    return os.path.join("runs", f"{weights}_{data}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,7 +309,8 @@ def _resolve_checked(run_dir, checkpoint, coco_root, backends, batch_sizes, infe
         from .data import read_annotation_file
         read_annotation_file(coco_annotation_path(coco_root))
     embedded = checkpoint is None and coco_root is None
-    run_dir = os.path.abspath(run_dir or default_run_dir(embedded, checkpoint, coco_root))
+    run_dir = os.path.abspath(run_dir or default_run_dir(embedded, checkpoint, coco_root,
+                                                         _fit_steps(fit_steps, checkpoint)))
     _refuse_run_outputs_as_extra_perf(extra_perf, run_dir)
     _load_extra_perf(extra_perf)
     default_hw = EMBEDDED_INPUT_HW if embedded else (input_constants()["height"], input_constants()["width"])
@@ -804,7 +812,7 @@ def run_reproduce(*args, **kwargs):
     given = call.arguments
     checkpoint, coco_root = resolve_inputs(given["checkpoint"], given["coco_root"], given["environ"])
     given["run_dir"] = os.path.abspath(given["run_dir"] or default_run_dir(
-        checkpoint is None and coco_root is None, checkpoint, coco_root))
+        checkpoint is None and coco_root is None, checkpoint, coco_root, _fit_steps(given["fit_steps"], checkpoint)))
     # the run directory must not be an input, nor lie inside the COCO root (given or from the environment)
     check_path_roles([RolePath("--run-dir", OUTPUT, given["run_dir"])] + [
         RolePath(option, INPUT, path) for option, path in (

@@ -323,14 +323,14 @@ def run_report(ctx):
     """report_inputs.json (with perf.json and the parity mAP deltas), then report.md from it."""
     from . import report as report_module
     from .perf import write_records
+    from .report_context import ReportContext
     perf_records = _collected_perf_records(ctx)
     write_records(ctx.outputs["perf"], perf_records)
-    context = _report_context(ctx, perf_records)
-    atomic_write_json(ctx.outputs["context"], context)
-    # the report is written from its input file as written, as a reused report was
-    made = report_module.write_report(ctx.options["run_dir"],
-                                      load_json(ctx.outputs["context"], ResultsError, "report inputs", mapping()),
-                                      image_set=ctx.options["image_set"])
+    atomic_write_json(ctx.outputs["context"], _report_context(ctx, perf_records).to_json())
+    # the report is written from its input file as written (and checked), as a reused report was
+    context = ReportContext.from_json(load_json(ctx.outputs["context"], ResultsError, "report inputs", mapping()),
+                                      ctx.outputs["context"])
+    made = report_module.write_report(ctx.options["run_dir"], context, image_set=ctx.options["image_set"])
     if made["record"].get("plots_skipped"):
         ctx.log("plots skipped: {}".format(made["record"]["plots_skipped"]))
     return made["record"], [ctx.outputs["perf"], ctx.outputs["context"]] + made["outputs"]
@@ -350,30 +350,33 @@ def _collected_perf_records(ctx):
 
 
 def _report_context(ctx, perf_records):
+    """The report's typed context (report_context.ReportContext) from this stage's params and inputs."""
+    from .report_context import ReportContext
     p, image_set, run_dir = ctx.params, ctx.options["image_set"], ctx.options["run_dir"]
     order = p["dataset_backends"]
     from .evaluate import load_metrics
+    from .report_context import BackendRow, CheckpointFacts, DatasetFacts, StageRow
     metrics = dict((name, load_metrics(ctx.inputs["metrics:" + name])) for name in order)
-    return {
-        "run_dir": run_dir, "embedded": p["embedded"], "seeded": p["seeded"], "generated": p["generated"],
-        "checkpoint": {"path": ctx.inputs["checkpoint"], "sha256": ctx.digest(ctx.inputs["checkpoint"]),
-                       "seeded": p["seeded"]},
-        "dataset": {"annotation_file": ctx.inputs["annotation"], "annotation_sha256": image_set.annotation_sha256,
-                    "image_dir": ctx.options["image_dir"], "num_images": len(image_set),
-                    "total_images": image_set.total_images, "generated": p["generated"]},
-        "canvas": p["canvas"], "batch_sizes": p["batch_sizes"], "infer_batch_size": p["infer_batch_size"],
-        "score_threshold": p["score_threshold"], "scorer": p["scorer"], "threads": p["threads"],
-        "perf_threads": p["perf_threads"], "perf_loops": p["perf_loops"], "perf_warmup": p["perf_warmup"],
-        "backends": p["backends"], "skipped_steps": p["skipped_steps"],
-        "export": p["stage_results"].get("export"), "convert": p["stage_results"].get("convert"),
+    return ReportContext(
+        run_dir=run_dir, embedded=p["embedded"], seeded=p["seeded"], generated=p["generated"],
+        checkpoint=CheckpointFacts(path=ctx.inputs["checkpoint"], sha256=ctx.digest(ctx.inputs["checkpoint"]),
+                                   seeded=p["seeded"]),
+        dataset=DatasetFacts(annotation_file=ctx.inputs["annotation"], annotation_sha256=image_set.annotation_sha256,
+                             image_dir=ctx.options["image_dir"], num_images=len(image_set),
+                             total_images=image_set.total_images, generated=p["generated"]),
+        canvas=tuple(p["canvas"]), batch_sizes=tuple(p["batch_sizes"]), infer_batch_size=p["infer_batch_size"],
+        score_threshold=p["score_threshold"], scorer=p["scorer"], threads=p["threads"],
+        perf_threads=p["perf_threads"], perf_loops=p["perf_loops"], perf_warmup=p["perf_warmup"],
+        backends=tuple(BackendRow(**{k: row.get(k) for k in BackendRow.__dataclass_fields__}) for row in p["backends"]),
+        skipped_steps=dict(p["skipped_steps"]),
+        export=p["stage_results"].get("export"), convert=p["stage_results"].get("convert"),
         # the fit that made the weights (None: seeded or given weights): the report's first lines name it
-        "fit": (p["stage_results"].get("checkpoint") or {}).get("fit"),
-        "soc_version": p["soc_version"], "metrics": metrics,
-        "results": dict((name, os.path.relpath(ctx.inputs["results:" + name], run_dir)) for name in order),
-        "perf_records": perf_records,
-        "parity": _parity_with_map_deltas(ctx.inputs.get("parity"), p["parity_backends"], metrics),
-        "stages": p["stages"],
-    }
+        fit=(p["stage_results"].get("checkpoint") or {}).get("fit"),
+        soc_version=p["soc_version"], metrics=metrics,
+        results=dict((name, os.path.relpath(ctx.inputs["results:" + name], run_dir)) for name in order),
+        perf_records=tuple(perf_records),
+        parity=_parity_with_map_deltas(ctx.inputs.get("parity"), p["parity_backends"], metrics),
+        stages=tuple(StageRow(name=s["name"], key=s["key"], seconds=s["seconds"]) for s in p["stages"]))
 
 
 def _parity_with_map_deltas(parity_path, backend_of, metrics):

@@ -249,7 +249,7 @@ stage_torch_wheel() {
 
 # --- 4. build ------------------------------------------------------------------------------------------
 
-image_size() { "$ENGINE" image inspect --format '{{.Size}}' "$1" | awk '{printf "%.2f GB (%d bytes)", $1/1e9, $1}'; }
+image_size() { "$ENGINE" image inspect --format '{{.Size}}' "$1" | awk '{printf "%.2f GB (%.0f bytes)", $1/1e9, $1}'; }
 
 build() {  # $1 tag, $2 build log, then the build arguments
   local tag=$1 blog=$2 t0 secs cached total; shift 2
@@ -267,6 +267,17 @@ build() {  # $1 tag, $2 build log, then the build arguments
   log "build: $tag built in ${secs} s; steps taken from the layer cache: $cached of $total" \
       "(engine's words: $(grep -m1 -oE 'Using cache|CACHED' "$blog" || echo none))"
   log "image size: $tag $(image_size "$tag")"
+}
+
+# With vfs storage every superseded build leaves its untagged images behind at full size (this host
+# held 69 GB of them before this step existed). Removing the dangling ones keeps the layer cache of every
+# tagged image, hence the tag on docker/cpu's build stage: it is what a second build reuses.
+prune_dangling() {
+  local before after
+  before=$("$ENGINE" images -q | wc -l)
+  "$ENGINE" image prune -f >/dev/null
+  after=$("$ENGINE" images -q | wc -l)
+  log "storage: removed $(( before - after )) dangling image(s) left by earlier builds; $after kept"
 }
 
 # --- 5. checks inside --------------------------------------------------------------------------------
@@ -313,7 +324,11 @@ if [ "$target" = cpu ] || [ "$target" = all ]; then
   resolve_base "$CPU_PUBLIC_BASE" "$CPU_STANDIN" make_cpu_standin
   stage_torch_wheel
   log "torch source: $TORCH_SOURCE"
+  # The build stage first, tagged, so that pruning keeps its layers (torch) for the next build.
+  build "$CPU_TAG-build-stage" "$OUT_DIR/cpu-build-stage.log" -f docker/cpu/Dockerfile --target build \
+    --build-arg "BASE_IMAGE=$BASE"
   build "$CPU_TAG" "$OUT_DIR/cpu-build.log" -f docker/cpu/Dockerfile --build-arg "BASE_IMAGE=$BASE"
+  prune_dangling
   [ "${FSAF_IMAGES_SKIP_CHECKS:-0}" = 1 ] || check_cpu
 fi
 if [ "$target" = cpu ]; then
@@ -326,6 +341,7 @@ if [ "$target" = npu ] || [ "$target" = all ]; then
   resolve_base "$NPU_PUBLIC_BASE" "$NPU_STANDIN" make_npu_standin
   build "$NPU_TAG" "$OUT_DIR/npu-build.log" -f docker/npu/Dockerfile --target recipe-stack \
     --build-arg "BASE_IMAGE=$BASE"
+  prune_dangling
   [ "${FSAF_IMAGES_SKIP_CHECKS:-0}" = 1 ] || check_npu
 fi
 log "done"

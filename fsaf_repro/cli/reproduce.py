@@ -32,7 +32,9 @@ def register(subparsers):
                         help=f"COCO root with val2017/ and annotations/instances_val2017.json (default: "
                              f"${ENV_COCO_ROOT}; absent: a generated set)")
     parser.add_argument("--run-dir", default=None, type=output_dir("run directory"),
-                        help="run directory (default: runs/embedded-default, or runs/<checkpoint>_<coco root>)")
+                        help="run directory (default: runs/<weights>_<data>, named by where the weights come "
+                             "from: runs/embedded-fitted1000 for the embedded default, runs/embedded-seeded with "
+                             "--fit-steps 0, runs/<checkpoint>_<coco root> with both given)")
     parser.add_argument("--backends", default=None, type=kind("backends"),
                         help="comma-separated backends (default: the available ones among {})".format(
                             ", ".join(DEFAULT_BACKENDS)))

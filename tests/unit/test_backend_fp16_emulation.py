@@ -219,9 +219,9 @@ def test_emulated_records_stay_out_of_the_npu_gates(tmp_path):
     assert all(g["passed"] is None for g in perf.evaluate_gates(emulated))
     gate_devices = set(d for g in alone for d in (g["numerator_device"], g["denominator_device"]))
     assert RECORD_DEVICE not in gate_devices
-    # the report puts it in a measured column of its own label and evaluates no gate with it
-    text = "\n".join(report.perf_lines({"perf_records": emulated}))
-    assert f"{RECORD_DEVICE} {NAME} {RECORD_PRECISION} inference (measured)" in text
+    # the report puts it in a measured table of its own device label and evaluates no gate with it
+    text = "\n".join(report.perf_lines(emulated))
+    assert f"Device {RECORD_DEVICE}:" in text and f"| {NAME} | {RECORD_PRECISION} | inference | 1 |" in text
     assert f"Not evaluated: this run measured device(s) {RECORD_DEVICE} only" in text
     # a record relabelled as an NPU one (by hand or by a caller writing labels after the fact) is refused
     forged = dict(emulated[0], device="310P", precision="fp16")

@@ -95,7 +95,7 @@ def test_a_fake_four_chip_card_run_renders_in_the_report(tmp_path, monkeypatch, 
     records = perf.load_records(str(out))  # validated as every perf file is
     card = records[0]["card"]
     assert card["devices"] == [0, 1, 2, 3] and card["per_chip_fps"][2] < card["per_chip_fps"][0]
-    lines = "\n".join(report.perf_lines({"perf_records": records, "canvas": [H, W]}))
+    lines = "\n".join(report.perf_lines(records, canvas=[H, W]))
     assert "### Cards measured as cards" in lines
     row = next(line for line in lines.splitlines() if line.startswith("| 310 | benchmark | 1 | 4 |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]

@@ -525,3 +525,28 @@ def test_entrypoint_without_driver_mount_still_runs_and_says_so(tmp_path):
     proc = run_entrypoint(tmp_path, ["bash", "-c", 'echo "[$LD_LIBRARY_PATH]"'], driver=False)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]"
     assert "not mounted" in proc.stderr
+
+
+def test_npu_project_copy_leaves_out_what_the_dockerignore_lists(tmp_path):
+    """The RUN that copies the bind-mounted context into the image, run as written on a scratch context:
+    podman/buildah mount the context unfiltered, so the copy itself must leave out the virtual
+    environments, caches, run outputs and the toolkit installer."""
+    if shutil.which("tar") is None:
+        pytest.skip("no tar on PATH")
+    run = [r for r in run_instructions(parse_dockerfile(IMAGES["npu"][0])) if "target=/tmp/context" in r]
+    assert len(run) == 1, "one RUN copies the project from the bind-mounted context"
+    copy = run[0].split("--mount=type=bind,target=/tmp/context", 1)[1].split("&&", 1)[0]
+    context, image = tmp_path / "context", tmp_path / "image"
+    kept = ["fsaf_repro/model.py", "tests/conftest.py", ".github/workflows/ci.yml", "docker/npu/Dockerfile"]
+    dropped = [".venv37/lib/torch.so", ".venv/bin/python", ".git/HEAD", "runs/embedded-default/report.md",
+               "fsaf_repro/__pycache__/model.cpython-37.pyc", "docker/npu/Ascend-cann-toolkit_5.1.RC1_linux-x86_64.run",
+               "fsaf.onnx"]
+    for name in kept + dropped:
+        (context / name).parent.mkdir(parents=True, exist_ok=True)
+        (context / name).write_text(name)
+    (context / "docker/npu/Dockerfile.dockerignore").write_text(open(path("docker/npu/Dockerfile.dockerignore")).read())
+    image.mkdir()
+    script = copy.replace("/tmp/context", str(context)).replace("/opt/fsaf-repro", str(image))
+    subprocess.run(["bash", "-o", "pipefail", "-c", script], check=True, timeout=60)
+    assert [n for n in kept if not (image / n).exists()] == []
+    assert [n for n in dropped if (image / n).exists()] == []

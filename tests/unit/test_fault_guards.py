@@ -118,11 +118,12 @@ def test_the_accuracy_verdict_judges_the_drop_below_the_pytorch_value_only(monke
     import copy
 
     from fsaf_repro import report
+    from fsaf_repro.report_context import RunKind
 
     acc = copy.deepcopy(report.accuracy_reference())
     ref, drop = acc["pytorch_map"]["value"], acc["max_drop_vs_pytorch"]["value"]
     full = report.full_dataset_images()
-    real = {"dataset": {"num_images": full, "total_images": full}}
+    real = RunKind(seeded=False, generated=False, fitted=False, num_images=full, total_images=full)
     assert report.accuracy_verdict(ref + 2 * drop, real).startswith("PASS")  # better than PyTorch: no drop
     acc["min_map"]["value"] = 0.0  # so that the drop alone decides
     monkeypatch.setattr(report, "accuracy_reference", lambda: acc)

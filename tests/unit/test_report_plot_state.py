@@ -29,8 +29,8 @@ def test_the_probe_switches_no_backend(matplotlib_untouchable):
 
 def test_the_plots_are_drawn_without_pyplot_or_a_backend_switch(matplotlib_untouchable, context):  # noqa: F811
     ctx, image_set = context
-    made = report.write_report(ctx["run_dir"], ctx, image_set=image_set)
+    made = report.write_report(ctx.run_dir, ctx, image_set=image_set)
     assert made["record"]["plots"] == ["plots/fps_by_batch.png", "plots/per_class_ap.png"]
     for rel in made["record"]["plots"]:
-        with open(os.path.join(ctx["run_dir"], rel), "rb") as handle:
+        with open(os.path.join(ctx.run_dir, rel), "rb") as handle:
             assert handle.read(8) == PNG_MAGIC
