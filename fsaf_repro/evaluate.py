@@ -282,3 +282,14 @@ METRICS = obj({"stats": array(real_number(), min_length=1)},
 def load_metrics(path: str) -> Dict[str, Any]:
     """A metrics record, checked by METRICS; ResultsError naming the file and field otherwise."""
     return read_json(path, ResultsError, "metrics file", METRICS)
+
+
+def accuracy_gate(ap: float) -> Tuple[bool, str]:
+    """The recipe's accuracy claim on a full COCO val2017 score: AP@[.5:.95] at least the design card's
+    minimum and within the recipe's drop of the PyTorch value (spec `accuracy`). (passed, one line)."""
+    ref = accuracy_reference()
+    minimum, pytorch, drop = ref["min_map"]["value"], ref["pytorch_map"]["value"], ref["max_drop_vs_pytorch"]["value"]
+    passed = ap >= minimum and pytorch - ap <= drop
+    return passed, ("{} accuracy gate: AP {:.4f} (needs >= {} [{}] and within {} of PyTorch's {} [{}])".format(
+        "PASS" if passed else "FAIL", ap, minimum, ref["min_map"]["source"], drop, pytorch,
+        ref["max_drop_vs_pytorch"]["source"]))

@@ -190,6 +190,34 @@ class SizeList(OptionKind):
         return sorted(sizes)
 
 
+class ShardSpec(OptionKind):
+    """`i/n`: part i of n (0 <= i < n), as (i, n)."""
+
+    describe = "i/n with 0 <= i < n (e.g. 0/4 .. 3/4)"
+
+    def check(self, value, option):
+        parts = value.split("/") if isinstance(value, str) else value
+        pair = [_as_int(p) for p in parts] if isinstance(parts, (list, tuple)) else []
+        if len(pair) != 2 or None in pair or not 0 <= pair[0] < pair[1]:
+            raise self.refuse(value, option)
+        return pair[0], pair[1]
+
+
+class DeviceIds(OptionKind):
+    """Comma-separated device ids: non-negative, each once, at least one; a list in the order given."""
+
+    describe = "comma-separated distinct device ids >= 0 (e.g. 0,1,2,3)"
+
+    def check(self, value, option):
+        items = value.split(",") if isinstance(value, str) else value
+        ids = [_as_int(item) for item in items] if isinstance(items, (list, tuple)) else [None]
+        if not ids or any(i is None or i < 0 for i in ids):
+            raise self.refuse(value, option)
+        if len(set(ids)) != len(ids):
+            raise self.refuse(value, option, "a device given twice")
+        return ids
+
+
 def thread_limit() -> int:
     return THREADS_PER_CORE_LIMIT * (os.cpu_count() or 1)
 
@@ -205,6 +233,9 @@ THREADS_OR_RUNTIME = Integer(1, thread_limit, zero="the runtimes' own count", wh
 IMAGE_SIDE = Integer(1, IMAGE_SIDE_LIMIT, what="an image side in pixels")
 BATCH_SIZE = Integer(1, what="a batch size")  # the memory a batch takes: check_batch_memory
 BATCH_SIZES = SizeList()
+SHARD = ShardSpec()
+DEVICE_IDS = DeviceIds()
+DURATION = Real(0.0)  # seconds >= 0, finite; 0 is "no minimum", said in each option's help
 TIMEOUT = Real(0.0, low_open=True)  # seconds, finite and > 0; no timeout is None
 PROBABILITY = Real(0.0, 1.0)
 TEXT = Text()

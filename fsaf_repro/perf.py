@@ -27,9 +27,9 @@ import numpy as np
 from .backends import Backend, find_backend_class
 from .backends.ais_bench_cli import read_ais_bench_result
 from .backends.benchmark_tool import read_benchmark_perf
-from .errors import OutputFormatError, ResultsError, ToolError
+from .errors import BackendError, FsafReproError, OutputFormatError, ResultsError, ToolError
 from .fileio import atomic_write_json
-from .jsonio import (boolean, integer, load_json, mapping, nullable, obj, one_of, real_number, text_value,
+from .jsonio import (array, boolean, integer, load_json, mapping, nullable, obj, one_of, real_number, text_value,
                      validate)
 from .spec import input_constants, performance_reference
 
@@ -71,7 +71,7 @@ def _check_record_labels(record, origin):
 
 
 def make_record(device, backend, precision, batch_size, fps, mode, source, latencies_ms=None, chips=1,
-                fps_measured=None, note=None, images=None, seconds=None, images_total=None):
+                fps_measured=None, note=None, images=None, seconds=None, images_total=None, scope=None):
     """Build and check one result record (ResultsError on a malformed value).
 
     `images_total`: the data set's size when the figure covers only `images` of it (a resumed run
@@ -93,7 +93,7 @@ def make_record(device, backend, precision, batch_size, fps, mode, source, laten
         "fps_measured": float(fps_measured) if fps_measured is not None else (
             float(fps) / chips if fps is not None else None),
         "chips": chips,
-        "scope": SCOPE_310_CARD if chips == ASCEND_310_CHIPS_PER_CARD else "as measured (one device)",
+        "scope": scope or (SCOPE_310_CARD if chips == ASCEND_310_CHIPS_PER_CARD else "as measured (one device)"),
         "latencies_ms": dict(latencies_ms or {}),
         "mode": mode, "definition": MODE_DEFINITIONS[mode], "source": str(source), "note": note,
     }
@@ -115,14 +115,48 @@ def partial_coverage(record):
     return f"{record.get('images')} of {record.get('images_total')} images"
 
 
+# Percentiles are reported only where the sample count supports them: percentile q needs at least
+# 100 / (100 - q) samples, so that at least one sample lies above it (p90: 10, p99: 100); below that
+# a p99 is the maximum of a few samples under another name. The median is always reported, with the
+# spread of the samples (min, max) and, from BOOTSTRAP_MIN_SAMPLES on, a bootstrap 95 % interval.
+PERCENTILE_MIN_SAMPLES = {"p90": 10, "p99": 100}
+PERCENTILE_RULE = "p90 with >= 10 samples, p99 with >= 100 (at least one sample above the percentile)"
+# a bootstrap over fewer samples than this resamples a handful of values: min-max says more
+BOOTSTRAP_MIN_SAMPLES = 5
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0  # fixed: the same samples give the same interval in every report
+
+
 def latency_summary(latencies_s):
-    """mean/p50/p90/p99 in milliseconds of per-call latencies given in seconds."""
+    """mean/p50 (median)/min/max and the sample count, in milliseconds, of per-call latencies given in
+    seconds; p90/p99 only where PERCENTILE_MIN_SAMPLES allows."""
     values = np.asarray(latencies_s, dtype=np.float64) * 1000.0
     if values.size == 0:
         raise ResultsError("no latency sample to summarise")
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {"mean": float(values.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
-            "min": float(values.min()), "max": float(values.max()), "count": int(values.size)}
+    summary = {"mean": float(values.mean()), "p50": float(np.percentile(values, 50)),
+               "min": float(values.min()), "max": float(values.max()), "count": int(values.size)}
+    for name, needed in PERCENTILE_MIN_SAMPLES.items():
+        if values.size >= needed:
+            summary[name] = float(np.percentile(values, float(name[1:])))
+    return summary
+
+
+def throughput_interval(latencies_s, images_per_call):
+    """The spread of a throughput figure images / sum(latencies): a bootstrap 95 % interval (resampling
+    the calls, BOOTSTRAP_SEED) from BOOTSTRAP_MIN_SAMPLES calls on, else the min-max of the per-call
+    figures. {"low", "high", "kind", "samples"}."""
+    values = np.asarray(latencies_s, dtype=np.float64)
+    if values.size == 0 or not np.all(values > 0):
+        raise ResultsError("a throughput interval needs positive per-call times")
+    if values.size < BOOTSTRAP_MIN_SAMPLES:
+        low, high, kind = images_per_call / values.max(), images_per_call / values.min(), "min-max"
+    else:
+        rng = np.random.RandomState(BOOTSTRAP_SEED)
+        picks = rng.randint(0, values.size, size=(BOOTSTRAP_RESAMPLES, values.size))
+        rates = images_per_call * values.size / values[picks].sum(axis=1)
+        low, high = np.percentile(rates, [2.5, 97.5])
+        kind = "bootstrap 95%"
+    return {"low": float(low), "high": float(high), "kind": kind, "samples": int(values.size)}
 
 
 # --- measuring ---------------------------------------------------------------------------------------
@@ -139,25 +173,119 @@ def fixed_input(batch_size, height=None, width=None, dtype="float32", seed=0):
     return rng.standard_normal(shape).astype(np.dtype(dtype))
 
 
-def measure_pure_inference(backend, batch, loops=20, warmup=3, device="cpu", precision="fp32",
-                           backend_name=None, clock=time.perf_counter):
-    """Run `backend.run(batch)` `warmup` times untimed, then `loops` times timed; one record."""
+# Pure-inference timing, LoadGen's way: run for at least a minimum duration AND a minimum number of
+# timed batches, warm-up excluded. The defaults (README, "Timing that holds up", with the measured
+# spread): 10 batches is the least count with a p90 and a bootstrap interval worth the name, and 2 s
+# spans many scheduler periods of a shared host; on the embedded default (measured 0.2 to 0.6 s a batch
+# on 2 cores) that is 2 to 6 s per backend and batch size, about a tenth of the run.
+DEFAULT_MIN_BATCHES = 10
+DEFAULT_MIN_SECONDS = 2.0
+DEFAULT_WARMUP = 1
+
+
+def measure_pure_inference(backend, batch, loops=DEFAULT_MIN_BATCHES, warmup=DEFAULT_WARMUP, device="cpu",
+                           precision="fp32", backend_name=None, clock=time.perf_counter,
+                           min_seconds=DEFAULT_MIN_SECONDS):
+    """Run `backend.run(batch)` `warmup` times untimed, then timed until at least `loops` runs AND at
+    least `min_seconds` (0: no minimum duration) have passed; one record with its sample count and spread."""
     if int(loops) < 1:
         raise ResultsError(f"loops must be >= 1, got {loops}")
+    if not (min_seconds >= 0 and np.isfinite(min_seconds)):
+        raise ResultsError(f"min_seconds must be a finite number >= 0, got {min_seconds}")
     for _ in range(int(warmup)):
         backend.run(batch)
     latencies = []
     start = clock()
-    for _ in range(int(loops)):
+    now = start
+    while len(latencies) < int(loops) or now - start < min_seconds:
         t0 = clock()
         backend.run(batch)
-        latencies.append(clock() - t0)
-    total = clock() - start
-    images = int(batch.shape[0]) * int(loops)
-    return make_record(device, backend_name or getattr(backend, "name", "?"), precision, batch.shape[0],
-                       images / total, "pure_inference",
-                       f"measured: {loops} timed loops after {warmup} warm-up runs",
-                       latencies_ms=latency_summary(latencies), images=images, seconds=total)
+        now = clock()
+        latencies.append(now - t0)
+    total = now - start
+    images = int(batch.shape[0]) * len(latencies)
+    record = make_record(device, backend_name or getattr(backend, "name", "?"), precision, batch.shape[0],
+                         images / total, "pure_inference",
+                         f"measured: {len(latencies)} timed runs (at least {int(loops)} and {min_seconds:g} s) "
+                         f"after {warmup} warm-up runs",
+                         latencies_ms=latency_summary(latencies), images=images, seconds=total)
+    record["samples"] = len(latencies)
+    record["fps_interval"] = throughput_interval(latencies, int(batch.shape[0]))
+    return record
+
+
+# A card measured as a card: every chip timed at once, against one chip alone. The two figures a gate
+# may use are named by CARD_BASES in each record's "card" entry.
+CARD_BASES = {"measured": "all chips timed at once: the card's images over the wall time",
+              "convention": "one chip timed alone x the card's chip count (the recipe's x4 convention)"}
+
+
+def _time_chips_at_once(chips, batch, loops, min_seconds, clock):
+    """Time every (device, backend) of `chips` at once, each in its own thread, all released together;
+    returns ({device: (latencies, seconds)}, wall seconds). A chip that fails is named (BackendError),
+    after every other chip has finished."""
+    import threading
+    start_line = threading.Barrier(len(chips) + 1)
+    timings, failures = {}, []
+
+    def time_one(device, backend):
+        start_line.wait()
+        latencies, start = [], clock()
+        try:
+            while len(latencies) < loops or clock() - start < min_seconds:
+                t0 = clock()
+                backend.run(batch)
+                latencies.append(clock() - t0)
+            timings[device] = (latencies, clock() - start)
+        except FsafReproError as exc:
+            failures.append(f"device {device}: {exc}")
+
+    workers = [threading.Thread(target=time_one, args=chip) for chip in chips]
+    for worker in workers:
+        worker.start()
+    start_line.wait()
+    start = clock()
+    for worker in workers:
+        worker.join()
+    wall = clock() - start
+    failures.extend(f"device {d}: stopped without a figure (its traceback is above)" for d, _ in chips
+                    if d not in timings and not any(f.startswith(f"device {d}:") for f in failures))
+    if failures:
+        raise BackendError("card measurement: " + "; ".join(failures) + " (the card figure needs every chip)")
+    return timings, wall
+
+
+def measure_card(chips, batch, loops=DEFAULT_MIN_BATCHES, warmup=DEFAULT_WARMUP, device="cpu", precision="fp32",
+                 backend_name=None, min_seconds=DEFAULT_MIN_SECONDS, clock=time.perf_counter):
+    """Pure-inference throughput of a card: `chips` is [(device id, loaded backend)], one per chip.
+
+    Every chip is warmed up, the first is timed alone, then all are timed at once. Returns two records
+    of the card (CARD_BASES): the measured one (images of all chips over the wall time) and the
+    convention's (the lone chip's figure x the chip count), each with a "card" entry holding the
+    per-chip figures, the lone chip's and the scaling efficiency (measured / (lone chip x N))."""
+    for _, backend in chips:
+        for _ in range(int(warmup)):
+            backend.run(batch)
+    name = backend_name or getattr(chips[0][1], "name", "?")
+    alone = measure_pure_inference(chips[0][1], batch, loops, 0, device, precision, name, clock, min_seconds)
+    timings, wall = _time_chips_at_once(chips, batch, int(loops), min_seconds, clock)
+    size, count = int(batch.shape[0]), len(chips)
+    images = sum(size * len(timings[d][0]) for d, _ in chips)
+    card_fps = images / wall
+    card = {"devices": [d for d, _ in chips], "per_chip_fps": [size * len(timings[d][0]) / timings[d][1]
+                                                               for d, _ in chips],
+            "single_chip_fps": alone["fps"], "single_chip_device": chips[0][0],
+            "measured_fps": card_fps, "convention_fps": alone["fps"] * count,
+            "scaling_efficiency": card_fps / (alone["fps"] * count), "wall_seconds": wall}
+    records = []
+    for basis, fps in (("measured", card_fps), ("convention", alone["fps"] * count)):
+        record = make_record(device, name, precision, size, fps, "pure_inference",
+                             f"measured: card of {count} chips, {basis}", chips=count, fps_measured=fps / count,
+                             scope=f"per card ({count} chips): {CARD_BASES[basis]}", images=images if basis ==
+                             "measured" else alone["images"], seconds=wall if basis == "measured" else alone["seconds"])
+        record["card"] = dict(card, basis=basis)
+        records.append(record)
+    return records
 
 
 def dataset_records(images, wall_seconds, inference_seconds, batch_latencies_s, device, backend, precision,
@@ -168,11 +296,15 @@ def dataset_records(images, wall_seconds, inference_seconds, batch_latencies_s, 
         raise ResultsError(f"a dataset run needs images > 0 and positive times (got {images} images, "
                            f"{wall_seconds} s wall, {inference_seconds} s inference)")
     lat = latency_summary(batch_latencies_s) if len(batch_latencies_s) else None
+    inference = make_record(device, backend, precision, batch_size, images / inference_seconds, "inference", source,
+                            latencies_ms=lat, images=images, seconds=inference_seconds, images_total=images_total)
+    if len(batch_latencies_s):
+        inference["samples"] = len(batch_latencies_s)
+        inference["fps_interval"] = throughput_interval(batch_latencies_s, images / len(batch_latencies_s))
     return [
         make_record(device, backend, precision, batch_size, images / wall_seconds, "e2e", source,
                     images=images, seconds=wall_seconds, images_total=images_total),
-        make_record(device, backend, precision, batch_size, images / inference_seconds, "inference", source,
-                    latencies_ms=lat, images=images, seconds=inference_seconds, images_total=images_total),
+        inference,
     ]
 
 
@@ -347,15 +479,48 @@ def _best_of_device(records, partial, device, mode, caveats):
     return max(tops, key=lambda r: r["fps"]) if tops else None
 
 
-def evaluate_gates(records, mode="inference", gates=None):
+TOO_CLOSE = "too close to call at this sample size"
+
+
+def fps_bounds(record):
+    """(low, high) of a record's fps: its measured interval, or the figure itself for one without (a
+    published or parsed figure, which states no spread)."""
+    interval = record.get("fps_interval")
+    if interval:
+        return interval["low"], interval["high"]
+    return record["fps"], record["fps"]
+
+
+def _judge_by_intervals(result, numerator, denominator, min_ratio):
+    """A gate whose ratio interval (numerator's low / denominator's high .. high / low) holds the
+    threshold is neither passed nor failed: `passed` None, `verdict` TOO_CLOSE."""
+    (num_low, num_high), (den_low, den_high) = fps_bounds(numerator), fps_bounds(denominator)
+    low, high = num_low / den_high, num_high / den_low
+    result["ratio_interval"] = [low, high]
+    if low < min_ratio <= high:
+        result["passed"] = None
+        result["verdict"] = TOO_CLOSE
+        result["caveats"].append(f"ratio interval [{low:.4f}, {high:.4f}] holds the threshold {min_ratio}: "
+                                 f"{TOO_CLOSE} (measure longer: --min-seconds, --loops)")
+    else:
+        result["verdict"] = "pass" if result["passed"] else "fail"
+
+
+def evaluate_gates(records, mode="inference", gates=None, card_basis="measured"):
     """The recipe's gates on the best batch of each device among `records` (default mode: inference).
 
     A gate compares two devices by design; every other difference (precision, backend, chips, source) is
-    listed in its caveats. A gate whose devices have no record is reported as not evaluated.
+    listed in its caveats. A gate whose devices have no record is reported as not evaluated. Of a card
+    measured as a card (measure_card) only the records of `card_basis` (CARD_BASES) are used, and each
+    gate names that basis.
     """
     gates = performance_reference()["gates"] if gates is None else gates
+    if card_basis not in CARD_BASES:
+        raise ResultsError(f"card basis {card_basis!r}: one of {', '.join(CARD_BASES)}")
     for index, record in enumerate(records):
         _check_record_labels(record, f"gate input record {index}")
+    has_cards = any(r.get("card") for r in records)
+    records = [r for r in records if (r.get("card") or {}).get("basis", card_basis) == card_basis]
     # a partial figure (a resumed run's sessions) does not measure the full-dataset definition: no gate uses it
     partial = [r for r in records if r.get("partial")]
     records = [r for r in records if not r.get("partial")]
@@ -364,6 +529,9 @@ def evaluate_gates(records, mode="inference", gates=None):
         result = {"name": gate["name"], "min_ratio": gate["min_ratio"], "source": gate["source"],
                   "numerator_device": gate["numerator"], "denominator_device": gate["denominator"],
                   "ratio": None, "passed": None, "caveats": []}
+        if has_cards:
+            result["card_basis"] = card_basis
+            result["caveats"].append(f"card figures on the {card_basis} basis: {CARD_BASES[card_basis]}")
         best = dict((side, _best_of_device(records, partial, gate[side], mode, result["caveats"]))
                     for side in ("numerator", "denominator"))
         if best["numerator"] is None or best["denominator"] is None:
@@ -374,6 +542,7 @@ def evaluate_gates(records, mode="inference", gates=None):
         comparison = compare_records(best["numerator"], best["denominator"])
         result.update(numerator=comparison["numerator"], denominator=comparison["denominator"],
                       ratio=comparison["ratio"], passed=comparison["ratio"] >= gate["min_ratio"])
+        _judge_by_intervals(result, best["numerator"], best["denominator"], gate["min_ratio"])
         # a gate compares the best batch of two devices by design; other differences are caveats
         result["caveats"].extend(c for c in comparison["caveats"]
                                  if not c.startswith(("different devices", "different batch sizes")))
@@ -394,7 +563,16 @@ PERF_RECORD = obj(
      "source": text_value()},
     {"chips": integer(minimum=1), "fps_measured": nullable(real_number(positive=True)), "scope": text_value(),
      "definition": text_value(), "note": nullable(text_value()), "images": integer(minimum=1),
-     "seconds": real_number(positive=True), "partial": boolean, "images_total": integer(minimum=1)})
+     "seconds": real_number(positive=True), "partial": boolean, "images_total": integer(minimum=1),
+     "samples": integer(minimum=1),
+     "fps_interval": obj({"low": real_number(positive=True), "high": real_number(positive=True),
+                          "kind": text_value(non_empty=True), "samples": integer(minimum=1)}),
+     "card": obj({"devices": array(integer(minimum=0), min_length=1),
+                  "per_chip_fps": array(real_number(positive=True), min_length=1),
+                  "single_chip_fps": real_number(positive=True), "measured_fps": real_number(positive=True),
+                  "convention_fps": real_number(positive=True), "scaling_efficiency": real_number(positive=True),
+                  "wall_seconds": real_number(positive=True), "basis": one_of(*CARD_BASES)},
+                 {"single_chip_device": integer(minimum=0)})})
 
 
 def load_records(path):
@@ -419,19 +597,29 @@ def write_records(path, records):
     atomic_write_json(path, {"definitions": MODE_DEFINITIONS, "records": records})
 
 
+def interval_text(record):
+    """'low-high (kind)' of a record's fps interval, '-' without one."""
+    interval = record.get("fps_interval")
+    if not interval:
+        return "-"
+    return "{:.3f}-{:.3f} ({})".format(interval["low"], interval["high"], interval["kind"])
+
+
 def format_records(records):
-    lines = ["{:<10} {:<14} {:<13} {:>5} {:>10} {:>9} {:>9} {:>9}  {}".format(
-        "device", "backend", "precision", "batch", "fps", "p50 ms", "p90 ms", "p99 ms", "mode")]
+    lines = ["{:<10} {:<14} {:<13} {:>5} {:>10} {:>5} {:>9} {:>9} {:>9}  {:<28} {}".format(
+        "device", "backend", "precision", "batch", "fps", "n", "p50 ms", "p90 ms", "p99 ms", "fps interval",
+        "mode")]
     for r in records:
         lat = r.get("latencies_ms") or {}
         ms = [(f"{lat[k]:.2f}" if lat.get(k) is not None else "-") for k in ("p50", "p90", "p99")]
-        lines.append("{:<10} {:<14} {:<13} {:>5} {:>10.3f} {:>9} {:>9} {:>9}  {}{}{}".format(
+        lines.append("{:<10} {:<14} {:<13} {:>5} {:>10.3f} {:>5} {:>9} {:>9} {:>9}  {:<28} {}{}{}".format(
             r["device"], r["backend"][:14], r["precision"][:13], r["batch_size"], r["fps"],
-            ms[0], ms[1], ms[2], r["mode"],
+            r.get("samples") or "-", ms[0], ms[1], ms[2], interval_text(r), r["mode"],
             " (x{} chips)".format(r["chips"]) if r.get("chips", 1) != 1 else "",
             f" PARTIAL ({partial_coverage(r)})" if r.get("partial") else ""))
     used = sorted(set(r["mode"] for r in records))
     lines.append("")
+    lines.append(f"n: timed samples (calls); percentiles only where n supports them: {PERCENTILE_RULE}")
     lines.extend(f"{mode}: {MODE_DEFINITIONS[mode]}" for mode in used)
     if any(r.get("chips", 1) == ASCEND_310_CHIPS_PER_CARD for r in records):
         lines.append("x4 chips: " + SCOPE_310_CARD)
@@ -445,7 +633,7 @@ def format_gates(results):
             verdict = "NOT EVALUATED"
             detail = ""
         else:
-            verdict = "PASS" if g["passed"] else "FAIL"
+            verdict = {True: "PASS", False: "FAIL", None: TOO_CLOSE.upper()}[g["passed"]]
             detail = (" best {} = {:.4f} fps (bs {}), best {} = {:.4f} fps (bs {}): ratio {:.4f} (>= {})"
                       ).format(
                 g["numerator_device"], g["numerator"]["fps"], g["numerator"]["batch_size"],

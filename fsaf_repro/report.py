@@ -149,6 +149,7 @@ def perf_lines(records: Sequence[Dict[str, Any]], canvas: Optional[Sequence[int]
     lines += _reference_gate_lines()
     lines += measured_tables(measured, canvas, anomalies)
     lines += _measured_gate_lines(perf, measured)
+    lines += card_lines(measured)
     lines += _against_reference_lines(measured)
     lines += _mode_lines(measured)
     return lines
@@ -271,6 +272,34 @@ def _measured_gate_lines(perf, measured):
         lines.append("```")
     lines.append("")
     return lines
+
+
+def card_lines(measured: List[Dict[str, Any]]) -> List[str]:
+    """Cards measured as cards (perf --devices): the recipe's convention (one chip x N) beside the
+    measured card figure (all chips at once), with their ratio and the scaling efficiency; then the
+    gates on each basis. Nothing when no card was measured."""
+    from .perf import CARD_BASES, evaluate_gates, format_gates
+    cards = [r for r in measured if (r.get("card") or {}).get("basis") == "measured"]
+    if not cards:
+        return []
+    lines = ["### Cards measured as cards", "",
+             "Convention: " + CARD_BASES["convention"] + ". Measured: " + CARD_BASES["measured"] + ".", "",
+             _table_row(["device", "backend", "batch", "chips", "one chip alone", "convention (x N)",
+                         "measured card", "measured / convention", "per chip", "scaling efficiency"]),
+             _table_rule(10)]
+    for record in cards:
+        card = record["card"]
+        lines.append(_table_row([
+            record["device"], record["backend"], str(record["batch_size"]), str(len(card["devices"])),
+            _fps(card["single_chip_fps"], 3), _fps(card["convention_fps"], 3), _fps(card["measured_fps"], 3),
+            _fps(card["measured_fps"] / card["convention_fps"], 3),
+            ", ".join(f"{d}: {fps:.3f}" for d, fps in zip(card["devices"], card["per_chip_fps"])),
+            _fps(card["scaling_efficiency"], 3)]))
+    lines += ["", "```"]
+    for basis in CARD_BASES:
+        lines.append(f"[gates on the {basis} card figures]")
+        lines.append(format_gates(evaluate_gates(measured, mode=cards[0]["mode"], card_basis=basis)))
+    return lines + ["```", ""]
 
 
 def _not_ratioed_reason(row):

@@ -13,7 +13,7 @@ from .data import ANNOTATION_RELPATH, IMAGE_DIR_NAME, coco_annotation_path, coco
 from .errors import CheckpointError, DataError, PathError, ToolError
 from .options import check_batch_memory
 from .reproduce_options import (DEFAULT_BACKENDS, DEFAULT_CPU_BATCH_SIZES, DEFAULT_FIT_STEPS, DEFAULT_PARITY_IMAGES,
-                                DEFAULT_PERF_LOOPS, DEFAULT_PERF_WARMUP, EMBEDDED_BATCH_SIZES,
+                                DEFAULT_PERF_LOOPS, DEFAULT_PERF_MIN_SECONDS, DEFAULT_PERF_WARMUP, EMBEDDED_BATCH_SIZES,
                                 EMBEDDED_EXTRA_BACKENDS, EMBEDDED_INPUT_HW, EMBEDDED_NUM_IMAGES, ENV_CHECKPOINT,
                                 ENV_COCO_ROOT, ReproduceOptions)
 from .stages import _load_extra_perf, backend_class
@@ -119,7 +119,8 @@ class RunConfig:
     progress: bool
     echo: bool
     fit_steps: int = 0
-    keep_going: bool = True  # after a failed stage, run the stages that do not depend on it
+    keep_going: bool = True
+    perf_min_seconds: float = DEFAULT_PERF_MIN_SECONDS  # after a failed stage, run the stages that do not depend on it
 
     @property
     def fitted(self) -> bool:
@@ -211,7 +212,8 @@ def resolve_config(options: ReproduceOptions) -> RunConfig:
         # pure-inference timing has no loader beside it: the whole host, as the recipe's tools use the device
         perf_threads=(os.cpu_count() or 1) if perf_threads is None else (perf_threads or None),
         trust_checkpoint=options.trust_checkpoint, progress=options.progress, echo=options.echo,
-        fit_steps=resolved_fit_steps(options.fit_steps, checkpoint), keep_going=options.keep_going)
+        fit_steps=resolved_fit_steps(options.fit_steps, checkpoint), keep_going=options.keep_going,
+        perf_min_seconds=_default(options.perf_min_seconds, DEFAULT_PERF_MIN_SECONDS))
     _check_batch_memory(config, options.infer_batch_size)
     return config
 

@@ -15,8 +15,9 @@ from .convert import DEFAULT_PRECISION_MODE, PRECISION_MODES
 from .data import ANNOTATION_RELPATH, IMAGE_DIR_NAME
 from .errors import OptionError
 from .evaluate import DEFAULT_SCORER, SCORERS
-from .options import (BATCH_SIZE, BATCH_SIZES, BOOLEAN, COUNT, IMAGE_SIDE, NON_NEGATIVE_INT, PROBABILITY, SEED, TEXT,
-                      THREADS_OR_RUNTIME, Choice, OfType, OptionKind)
+from .options import (BATCH_SIZE, BATCH_SIZES, BOOLEAN, COUNT, DURATION, IMAGE_SIDE, NON_NEGATIVE_INT, PROBABILITY,
+                      SEED, TEXT, THREADS_OR_RUNTIME, Choice, OfType, OptionKind)
+from .perf import DEFAULT_MIN_BATCHES, DEFAULT_MIN_SECONDS
 
 # The embedded default: small enough for a few minutes on a 2-core CPU (project choice).
 EMBEDDED_NUM_IMAGES = 32  # the held-out set of the fitted weights: ~110 objects
@@ -27,7 +28,10 @@ EMBEDDED_SEED = 0
 # steps; 0 (--fit-steps 0) keeps the seeded weights.
 DEFAULT_FIT_STEPS = 1000  # = fsaf_repro.train.DEFAULTS['steps'] (test_reproduce_plan)
 DEFAULT_CPU_BATCH_SIZES = (1, 4)
-DEFAULT_PERF_LOOPS = 2
+# pure-inference timing: at least this many timed batches and seconds per backend and batch size,
+# warm-up excluded (the reasons, measured: fsaf_repro.perf DEFAULT_MIN_BATCHES)
+DEFAULT_PERF_LOOPS = DEFAULT_MIN_BATCHES
+DEFAULT_PERF_MIN_SECONDS = DEFAULT_MIN_SECONDS
 DEFAULT_PERF_WARMUP = 1
 DEFAULT_PARITY_IMAGES = 3
 
@@ -133,8 +137,10 @@ class ReproduceOptions:
     score_threshold: Optional[float] = option(None, PROBABILITY, "drop detections scoring below this (in [0, 1]) "
                                               "before evaluation (default: the model's 0.05)")
     scorer: str = option(DEFAULT_SCORER, Choice(SCORERS), "the COCO scorer")
-    perf_loops: Optional[int] = option(None, COUNT, "timed pure-inference loops per batch size (default "
-                                       f"{DEFAULT_PERF_LOOPS})")
+    perf_loops: Optional[int] = option(None, COUNT, "at least this many timed pure-inference runs per batch size "
+                                       f"(default {DEFAULT_PERF_LOOPS})")
+    perf_min_seconds: Optional[float] = option(None, DURATION, "and timed runs for at least this many seconds "
+                                               f"(default {DEFAULT_PERF_MIN_SECONDS:g}; 0: no minimum duration)")
     perf_warmup: Optional[int] = option(None, NON_NEGATIVE_INT, f"untimed warm-up runs (default {DEFAULT_PERF_WARMUP}; "
                                         "0: none)")
     parity_images: Optional[int] = option(None, COUNT, f"images of the parity batch (default {DEFAULT_PARITY_IMAGES})")

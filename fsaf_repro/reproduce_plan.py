@@ -271,7 +271,8 @@ def _perf_stage(config, probes, name, model):
         models = {"model": model}
     return Stage("perf:" + name, run_perf,
                  params=dict(backend=name, batch_sizes=list(config.batch_sizes), loops=config.perf_loops,
-                             warmup=config.perf_warmup, canvas=config.canvas, threads=config.perf_threads,
+                             min_seconds=config.perf_min_seconds, warmup=config.perf_warmup, canvas=config.canvas,
+                             threads=config.perf_threads,
                              **_record_labels(config, probes, name)),
                  inputs=models, outputs={"records": config.path("perf", f"perf_{name}.json")},
                  spec=("input", "model"), upstream=(_model_stage(config, name),), options={"trusted": config.trusted})
@@ -367,7 +368,8 @@ def _report_params(config, probes, models, skipped, failures):
               "generated": config.generated, "canvas": config.canvas, "batch_sizes": list(config.batch_sizes),
               "infer_batch_size": config.infer_batch_size, "score_threshold": config.score_threshold,
               "scorer": config.scorer, "threads": config.threads, "perf_threads": config.perf_threads,
-              "perf_loops": config.perf_loops, "perf_warmup": config.perf_warmup, "soc_version": probes.soc_version,
+              "perf_loops": config.perf_loops, "perf_warmup": config.perf_warmup,
+              "perf_min_seconds": config.perf_min_seconds, "soc_version": probes.soc_version,
               "backends": Late(late_backend_rows, _backend_rows(config, probes, models, skipped, failures)),
               "skipped_steps": dict((k, v) for k, v in skipped.items() if k in ("convert", "parity")),
               "extra_perf": list(config.extra_perf),

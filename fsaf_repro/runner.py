@@ -46,6 +46,7 @@ from .postprocess import detections_to_coco
 from .jsonio import (any_value, array, canonical_json, canonical_sha256, check, integer, nullable, obj, parse_json,
                      text_value, validate)
 from .results_json import detection_problem, write_results_streaming
+from .shards import shard_range, write_shard_record
 from .spec import load_recipe_spec, section_digest
 
 # 2: batch lines name the entries they cover and the sha256 of each image read there. Format-1
@@ -187,9 +188,9 @@ class Journal:
             del self._by_first[first]
         return len(stale)
 
-    def gaps(self, total):
-        """The maximal ranges [start, end) of entries no batch in force covers, in order."""
-        ranges, position = [], 0
+    def gaps(self, total, start=0):
+        """The maximal ranges of entries in [start, total) no batch in force covers, in order."""
+        ranges, position = [], start
         for first in self._firsts:
             if first > position:
                 ranges.append((position, first))
@@ -342,26 +343,35 @@ def _session_records(session, wall_seconds, backend_label, input_dtype, batch_si
 
 def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2, workers=2, skip_bad=False,
                    progress=True, input_dtype="float32", backend_name=None, backend_options=None,
-                   model_path=None, keep_journal=False, restart=False):
+                   model_path=None, keep_journal=False, restart=False, shard=None, device=None):
     """Run `backend` (loaded) over `image_set`, resumably; returns a summary dict.
 
     The summary holds the images done in this session, the entries reused from the journal, the
     skipped images, the timings and the two fsaf_repro.perf dataset records (e2e and inference fps)
-    of this session.
+    of this session. `shard` (index, count) runs only that part of the set (fsaf_repro.shards) and
+    writes its shard record beside the results; `device` is the device it ran on, for that record.
     """
     batch_size = _checked_batch_size(backend, batch_size)
     backend_label = backend_name or backend.name
     fields = run_key_fields(image_set, backend_label, backend_options or {}, model_path, batch_size, input_dtype)
+    begin, total = 0, len(image_set)
+    if shard is not None:
+        begin, total = shard_range(total, shard[0], shard[1], batch_size)
+        # the shard's journal is its own: another shard's (or the whole run's) is refused by the key
+        fields["shard"] = {"index": int(shard[0]), "count": int(shard[1]), "entries": [begin, total]}
+        # which device a shard runs on decides none of its results: the parts of one run share their key
+        fields["backend_options"] = dict((key, value) for key, value in fields["backend_options"].items()
+                                         if key != type(backend).device_option)
     journal = _open_journal(results_path, fields, restart)
-    total = len(image_set)
     session = {"images": 0, "inference_seconds": 0.0, "latencies": []}
     wall_start = time.perf_counter()
     bar = None
     try:
         redone_batches = journal.check_images(image_set, skip_bad, workers)
-        gaps = journal.gaps(total)
-        reused = total - sum(end - start for start, end in gaps)
-        bar = tqdm(total=total, initial=reused, unit="img", desc="infer", dynamic_ncols=True, disable=not progress)
+        gaps = journal.gaps(total, begin)
+        reused = total - begin - sum(end - start for start, end in gaps)
+        bar = tqdm(total=total - begin, initial=reused, unit="img", desc="infer", dynamic_ncols=True,
+                   disable=not progress)
         for start, end in gaps:
             _run_range(image_set, backend, journal, start, end, batch_size, input_dtype, skip_bad, prefetch,
                        workers, bar, session)
@@ -373,14 +383,19 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
             bar.close()
         journal.close()
     _write_skipped(results_path, skipped)
+    if shard is not None:
+        write_shard_record(results_path, shard, (begin, total), fields,
+                           [m.image_id for m in image_set.metas[begin:total]], image_set.image_ids, skipped,
+                           device)
     if not keep_journal:
         os.remove(journal.path)
-    return {"results": str(results_path), "images": total - len(skipped), "images_this_session": session["images"],
+    return {"results": str(results_path), "images": total - begin - len(skipped),
+            "images_this_session": session["images"],
             "resumed_from": gaps[0][0] if gaps else total, "reused_images": reused,
             "redone_batches": redone_batches, "skipped": skipped, "detections": detections,
             "batch_size": batch_size, "wall_seconds": wall_seconds, "inference_seconds": session["inference_seconds"],
             "records": _session_records(session, wall_seconds, backend_label, input_dtype, batch_size,
-                                        total - len(skipped))}
+                                        total - begin - len(skipped)), "entries": [begin, total]}
 
 
 def _run_range(image_set, backend, journal, start, end, batch_size, input_dtype, skip_bad, prefetch, workers,

@@ -254,15 +254,17 @@ def run_perf(ctx):
         ran_threads = getattr(backend, "intra_op_threads", None) or perf_threads
         try:
             record = measure_pure_inference(backend, fixed_input(bs, height, width), params["loops"],
-                                            params["warmup"], params["device"], params["precision"], name)
+                                            params["warmup"], params["device"], params["precision"], name,
+                                            min_seconds=params["min_seconds"])
         finally:
             backend.close()
         record["note"] = "input {}x{}{}{}".format(
             height, width, " (reduced: not the recipe's 800x1216)" if reduced else "",
             f"; {ran_threads} intra-op thread(s)" if perf_threads and cls.takes_threads else "")
         records.append(record)
-        ctx.log("perf: {} bs{} {:.3f} fps (pure inference, {} loops)".format(name, bs, record["fps"],
-                                                                           params["loops"]))
+        ctx.log("perf: {} bs{} {:.3f} fps, {} {:.3f}-{:.3f} (pure inference, {} timed runs in {:.1f} s)".format(
+            name, bs, record["fps"], record["fps_interval"]["kind"], record["fps_interval"]["low"],
+            record["fps_interval"]["high"], record["samples"], record["seconds"]))
     write_records(perf_path, records)
     return {"batch_sizes": params["batch_sizes"]}, [perf_path]
 

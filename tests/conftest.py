@@ -135,7 +135,7 @@ def tiny_run_options(**changes):
     from fsaf_repro.reproduce_options import DEFAULT_BACKENDS
 
     options = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
-                   perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={}, fit_steps=0,
+                   perf_warmup=0, perf_min_seconds=0, threads=1, perf_threads=1, echo=False, environ={}, fit_steps=0,
                    backends=",".join(DEFAULT_BACKENDS))
     options.update(changes)
     return options

@@ -26,6 +26,7 @@ class AclRuntimeBackend(OmBackend):
     """Options: device_id (default 0)."""
 
     name = "aclruntime"
+    device_option = "device_id"
     option_kinds = {"device_id": NON_NEGATIVE_INT}
 
     @classmethod

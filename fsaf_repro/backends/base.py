@@ -93,6 +93,10 @@ class Backend:
     model_kind = None  # type: Optional[str]
     takes_threads = False
     device_kind = "cpu"  # "cpu", "gpu" or "npu"
+    # The option that picks which device of the host runs the model (an NPU or GPU id), or None: a
+    # sharded run (`infer --devices`) gives each shard one device through it, or, without it, splits
+    # the host's threads between worker processes (fsaf_repro.devices).
+    device_option = None  # type: Optional[str]
     # The options this backend takes besides those its facts imply (declared_options), each with its
     # declared kind (fsaf_repro.options): create_backend refuses any other name and any value out of range.
     option_kinds = {}  # type: Dict[str, Any]

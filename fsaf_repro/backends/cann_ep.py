@@ -11,6 +11,7 @@ class OnnxRuntimeCannBackend(OnnxRuntimeBackend):
     name = "onnxruntime-cann"
     device_kind = "npu"  # records labelled by the soc (310P, 310), like the om backends'
     provider = "CANNExecutionProvider"
+    device_option = "device_id"
     option_kinds = dict(OnnxRuntimeBackend.option_kinds, device_id=NON_NEGATIVE_INT)
     install_hint = ("install onnxruntime-cann (PyPI, instead of onnxruntime) on a host with an Ascend NPU, "
                     "the CANN toolkit and `source /usr/local/Ascend/ascend-toolkit/set_env.sh`")

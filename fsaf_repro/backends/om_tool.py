@@ -77,6 +77,7 @@ class OmToolBackend(OmBackend):
     log), timeout, keep_scratch, batch_size (for an om without sidecar), device_id.
     """
 
+    device_option = "device_id"
     option_kinds = {"workdir": TEXT, "log_path": TEXT, "timeout": TIMEOUT, "keep_scratch": BOOLEAN,
                     "batch_size": BATCH_SIZE, "device_id": NON_NEGATIVE_INT}
 

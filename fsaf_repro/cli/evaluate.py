@@ -1,7 +1,9 @@
 """The `evaluate` verb: score a COCO results json (the recipe's 12-line table and per-class AP)."""
 
 from ..data import read_annotation_file
-from ..evaluate import (DEFAULT_SCORER, SCORERS, evaluate_results, format_per_class_table, format_recipe_table,
+from ..errors import OptionError
+from ..evaluate import (DEFAULT_SCORER, SCORERS, accuracy_gate, evaluate_results, format_per_class_table,
+                        format_recipe_table,
                         metrics_record)
 from ..results_json import write_results_json
 from ..options import COUNT
@@ -9,6 +11,8 @@ from .args import input_file, output_file, typed
 
 
 def _cli_evaluate(args):
+    if args.gate and args.limit is not None:
+        raise OptionError("--gate judges a full val2017 score (the recipe's claim); leave out --limit")
     image_ids = None
     if args.limit is not None:
         images = read_annotation_file(args.annotations).images  # in id order
@@ -26,6 +30,10 @@ def _cli_evaluate(args):
     if args.metrics_out:
         write_results_json(args.metrics_out, metrics_record(metrics))
         print(f"metrics written to {args.metrics_out}")
+    if args.gate:
+        passed, line = accuracy_gate(metrics["stats"][0])
+        print(line)
+        return 0 if passed else 1
     return 0
 
 
@@ -44,4 +52,7 @@ def register(subparsers):
     parser.add_argument("--drop-degenerate", action="store_true",
                         help="leave out detections whose box has width or height <= 0 and count them in the "
                              "metrics record (default: such a detection is an error)")
+    parser.add_argument("--gate", action="store_true",
+                        help="exit 1 unless AP@[.5:.95] meets the recipe's accuracy claim (spec accuracy: the "
+                             "design card's minimum, within 1 point of PyTorch); for a full val2017 score")
     parser.set_defaults(func=_cli_evaluate)

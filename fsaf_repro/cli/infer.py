@@ -1,10 +1,16 @@
-"""The `infer` verb: stream a COCO image set through a backend into a results json (resumable)."""
-from ..backends import create_backend
+"""The `infer` verb: stream a COCO image set through a backend into a results json (resumable), on one
+device, one shard (`--shard i/n`) or every listed device at once (`--devices`); and the `merge` verb."""
+import json
+import os
+
+from ..backends import create_backend, get_backend_class
 from ..data import CocoImageSet
+from ..errors import OptionError
 from ..locking import run_lock
-from ..options import BATCH_SIZE, THREADS, Integer, check_batch_memory
+from ..options import BATCH_SIZE, DEVICE_IDS, SHARD, THREADS, Integer, check_batch_memory
 from ..perf import format_records, write_records
 from ..runner import infer_dataset
+from ..shards import merge_parts
 from .args import BACKEND_NAME, KEY_VALUE, input_file, output_file, parse_backend_options, typed
 from .model_input import add_model_input_arguments, model_input
 from .preprocess import add_image_set_arguments
@@ -41,13 +47,94 @@ def register(subparsers):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--keep-journal", action="store_true", help="keep <out>.journal after success")
     parser.add_argument("--restart", action="store_true", help="discard an existing journal and start over")
+    parser.add_argument("--shard", default=None, type=typed(SHARD), metavar="I/N",
+                        help="run only shard I of N (0 <= I < N: contiguous parts on batch boundaries) and write "
+                             "<out>.shard.json beside the results, for `merge` (e.g. one CI job per shard)")
+    parser.add_argument("--devices", default=None, type=typed(DEVICE_IDS), metavar="IDS",
+                        help="run one shard per listed device at once, each in its own process and journal under "
+                             "<out>.parts/, then merge them into <out>: NPU/GPU ids for a backend with a device "
+                             "option (benchmark, ais_bench, aclruntime, onnxruntime-cann), else that many CPU "
+                             "worker processes with the threads (threads=, default all cores) split between them")
     parser.set_defaults(func=_cli_infer)
+
+    merge = subparsers.add_parser(
+        "merge", help="merge the parts of a sharded run (infer --shard) into one results json",
+        description="Combines the results of `infer --shard i/n` runs (each with its <results>.shard.json) into "
+                    "one COCO results json, byte-identical to a one-device run. Refuses parts of different runs "
+                    "and a set of parts with an image missing or given twice, naming the images.")
+    merge.add_argument("parts", nargs="+", type=input_file("part results file"),
+                       help="the parts' results jsons (or their .shard.json records)")
+    merge.add_argument("--out", required=True, type=output_file("results file"), help="merged results json")
+    merge.set_defaults(func=_cli_merge)
 
 
 def _cli_infer(args):
+    if args.shard is not None and args.devices is not None:
+        raise OptionError("--shard and --devices: give one (--devices runs every shard of this host itself)")
+    if args.devices is not None and args.perf_out:
+        raise OptionError("--perf-out with --devices: each shard times only its part (its log under <out>.parts/ "
+                          "has its figures); run without --devices for one dataset fps record")
     # the lock first: a second run on these results refuses before it loads the images or the model
     with run_lock(args.out, "infer"):
+        if args.devices is not None:
+            return _cli_infer_devices(args)
         return _cli_infer_locked(args)
+
+
+# the arguments a shard process takes over from the command, by their destination: (flag, kind)
+# with kind "value" (passed with its value when given) or "flag" (store_true)
+SHARD_PASSED = (("annotations", "value"), ("images", "value"), ("limit", "value"), ("height", "value"),
+                ("width", "value"), ("backend", "value"), ("model", "value"), ("batch_size", "value"),
+                ("input_dtype", "value"), ("prefetch", "value"), ("workers", "value"), ("skip_bad", "flag"),
+                ("restart", "flag"))
+
+
+def _shard_argv(args, options, index, count, out):
+    argv = ["infer", "--shard", f"{index}/{count}", "--out", out, "--no-progress", "--keep-journal"]
+    for dest, kind in SHARD_PASSED:
+        value = getattr(args, dest)
+        if kind == "flag" and value:
+            argv.append("--" + dest.replace("_", "-"))
+        elif kind == "value" and value is not None:
+            argv += ["--" + dest.replace("_", "-"), str(value)]
+    for key, value in options.items():
+        argv += ["--backend-option", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return argv
+
+
+def _cli_infer_devices(args):
+    from ..devices import describe_device, part_path, parts_dir, run_shard_processes, shard_options
+    devices = args.devices
+    cls = get_backend_class(args.backend)
+    options = parse_backend_options(args.backend_option)
+    cls.check_options(options)
+    count = len(devices)
+    per_shard = shard_options(cls, devices, options.get("threads"))
+    folder = parts_dir(args.out)
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+    parts = [part_path(args.out, i, count) for i in range(count)]
+    argvs = [_shard_argv(args, dict(options, **per_shard[i]), i, count, parts[i]) for i in range(count)]
+    labels = [f"{describe_device(cls, device)} (shard {i}/{count})" for i, device in enumerate(devices)]
+    run_shard_processes(argvs, labels, [part + ".log" for part in parts])
+    summary = merge_parts(parts, args.out)
+    print(f"{summary['detections']} detections for {summary['images']} images written to {summary['results']} "
+          f"(merged from {count} shards on {', '.join(labels)})")
+    if not args.keep_journal:
+        for part in parts:
+            for path in (part, part + ".shard.json", part + ".journal", part + ".log", part + ".skipped.json"):
+                if os.path.exists(path):
+                    os.remove(path)
+        os.rmdir(folder)
+    return 0
+
+
+def _cli_merge(args):
+    with run_lock(args.out, "merge"):
+        summary = merge_parts(args.parts, args.out)
+    print(f"{summary['detections']} detections for {summary['images']} images from {summary['parts']} parts "
+          f"written to {summary['results']}")
+    return 0
 
 
 def _cli_infer_locked(args):
@@ -60,12 +147,16 @@ def _cli_infer_locked(args):
         check_batch_memory(args.batch_size, image_set.height, image_set.width, "--batch-size",
                            batches_in_flight=args.prefetch + 2, images=len(image_set))
     options = parse_backend_options(args.backend_option)
+    shard = args.shard
+    device_option = get_backend_class(args.backend).device_option
     with create_backend(args.backend, **options) as backend:
         backend.load(args.model)
         summary = infer_dataset(image_set, backend, args.out, batch_size=args.batch_size, prefetch=args.prefetch,
                                 workers=args.workers, skip_bad=args.skip_bad, progress=not args.no_progress,
                                 input_dtype=model.input_dtype, backend_name=args.backend, backend_options=options,
-                                model_path=args.model, keep_journal=args.keep_journal, restart=args.restart)
+                                model_path=args.model, keep_journal=args.keep_journal, restart=args.restart,
+                                shard=shard, device=(str(options[device_option]) if device_option in options
+                                                     else None))
     resumed = (f" ({summary['reused_images']} images reused from the journal, {summary['images_this_session']} run now)"
                if summary["reused_images"] else "")
     print(f"{summary['detections']} detections for {summary['images']} images written to {summary['results']}"

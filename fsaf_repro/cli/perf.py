@@ -1,13 +1,15 @@
 """The `perf` and `gates` verbs: throughput records (measured or parsed) and the recipe's two gates."""
-from ..backends import create_backend
+from contextlib import ExitStack
+
+from ..backends import create_backend, get_backend_class
 from ..backends.benchmark_tool import run_info_file
 from ..convert import read_om_sidecar
 from ..errors import FsafReproError, ResultsError
-from ..options import (BATCH_SIZE, BATCH_SIZES, COUNT, NON_NEGATIVE_INT, POSITIVE_INT, TEXT, THREADS,
-                       check_batch_memory)
-from ..perf import (MODE_DEFINITIONS, benchmark_records, best_batch, compare_to_reference, evaluate_gates,
-                    fixed_input, format_gates, format_records, load_records, measure_pure_inference,
-                    parse_ais_bench_summary,
+from ..options import (BATCH_SIZE, BATCH_SIZES, COUNT, DEVICE_IDS, DURATION, NON_NEGATIVE_INT, POSITIVE_INT, TEXT,
+                       THREADS, check_batch_memory)
+from ..perf import (CARD_BASES, DEFAULT_MIN_BATCHES, DEFAULT_MIN_SECONDS, MODE_DEFINITIONS, benchmark_records,
+                    best_batch, compare_to_reference, evaluate_gates, fixed_input, format_gates, format_records,
+                    load_records, measure_card, measure_pure_inference, parse_ais_bench_summary,
                     parse_benchmark_perf, reference_records, write_records)
 from .args import BACKEND_NAME, KEY_VALUE, input_file, output_file, output_place, parse_backend_options, typed
 from .model_input import add_model_input_arguments, model_input
@@ -24,9 +26,13 @@ def register(subparsers):
                       help="model file for the backend (onnx, om, checkpoint)")
     perf.add_argument("--batch-sizes", default="1", type=typed(BATCH_SIZES),
                       help="comma-separated batch sizes (default: 1)")
-    perf.add_argument("--loops", type=typed(COUNT), default=20, help="timed runs per batch size (default: 20)")
+    perf.add_argument("--loops", type=typed(COUNT), default=DEFAULT_MIN_BATCHES,
+                      help=f"at least this many timed runs per batch size (default: {DEFAULT_MIN_BATCHES})")
+    perf.add_argument("--min-seconds", type=typed(DURATION), default=DEFAULT_MIN_SECONDS,
+                      help=f"and timed runs for at least this many seconds (default: {DEFAULT_MIN_SECONDS:g}; "
+                           "0: no minimum duration)")
     perf.add_argument("--warmup", type=typed(NON_NEGATIVE_INT), default=3,
-                      help="untimed warm-up runs before them (default: 3; 0: none)")
+                      help="untimed warm-up runs before them, never timed (default: 3; 0: none)")
     add_model_input_arguments(perf)
     perf.add_argument("--threads", type=typed(THREADS), default=None, help="intra-op threads for CPU backends")
     perf.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE", type=typed(KEY_VALUE),
@@ -50,9 +56,16 @@ def register(subparsers):
     perf.add_argument("--chips", type=typed(POSITIVE_INT), default=None,
                       help="multiply parsed fps by this many chips (default: 4 for device 310, else 1)")
     perf.add_argument("--batch-size", type=typed(BATCH_SIZE), default=None, help="batch size of a parsed file")
+    perf.add_argument("--devices", type=typed(DEVICE_IDS), default=None, metavar="IDS",
+                      help="measure a card as a card: every listed chip at once (and the first alone), for a "
+                           "backend with a device option (benchmark, ais_bench, aclruntime, onnxruntime-cann); "
+                           "records the card's fps, each chip's and the scaling efficiency")
     perf.add_argument("--out", type=output_file("perf records file"), help="write the records as JSON here")
     perf.set_defaults(func=_cli_perf)
+    _register_gates(subparsers)
 
+
+def _register_gates(subparsers):
     gates = subparsers.add_parser(
         "gates", help="compare fps records with the recipe's table and evaluate its two gates",
         description="Without files: the gates on the recipe's own table. With record files (from `perf`): "
@@ -65,6 +78,9 @@ def register(subparsers):
     gates.add_argument("--with-reference", action="store_true",
                        help="a gate device without measured records takes the recipe's reference table "
                             "(e.g. 310 numbers on a 310P host); said in the gate's caveats")
+    gates.add_argument("--card-basis", default="measured", choices=sorted(CARD_BASES),
+                       help="of a card measured with perf --devices, gate on the measured card figure (default) "
+                            "or on the recipe's convention (one chip x the chip count)")
     gates.add_argument("--strict", action="store_true",
                        help="exit 1 when a gate cannot be evaluated (no records for one of its devices)")
     gates.set_defaults(func=_cli_gates)
@@ -110,6 +126,32 @@ def _records_from_tool_output(args):
     return [parse_ais_bench_summary(args.from_ais_bench, args.device, args.batch_size, precision, chips=args.chips)]
 
 
+def _measure_card(args, model, sizes, options):
+    """Card records (perf.measure_card) of --backend on --model at each batch size, chips --devices."""
+    device_option = get_backend_class(args.backend).device_option
+    if not device_option:
+        raise ResultsError(f"--devices: backend {args.backend} has no device option (its class's device_option); "
+                           "a card is measured with benchmark, ais_bench, aclruntime or onnxruntime-cann")
+    records = []
+    for bs in sizes:
+        with ExitStack() as stack:
+            chips = []
+            for device in args.devices:
+                backend = stack.enter_context(create_backend(args.backend, **dict(options, **{device_option: device})))
+                chips.append((device, backend.load(args.model)))
+            batch = fixed_input(bs, model.height, model.width, model.input_dtype)
+            records.extend(measure_card(chips, batch, args.loops, args.warmup, args.device, args.precision or "fp32",
+                                        args.backend, min_seconds=args.min_seconds))
+    for record in records[::2]:
+        card = record["card"]
+        print("card bs{}: {:.3f} fps on {} chips at once ({}), one chip alone {:.3f} fps, x{} {:.3f}: scaling "
+              "efficiency {:.3f}".format(record["batch_size"], card["measured_fps"], len(card["devices"]),
+                                         ", ".join(f"{fps:.3f}" for fps in card["per_chip_fps"]),
+                                         card["single_chip_fps"], len(card["devices"]), card["convention_fps"],
+                                         card["scaling_efficiency"]))
+    return records
+
+
 def _measure(args):
     """Pure-inference records of --backend on --model, one per batch size."""
     if not args.backend:
@@ -125,13 +167,16 @@ def _measure(args):
         raise ResultsError(str(exc)) from None
     if args.threads is not None:
         options["threads"] = args.threads
+    if args.devices is not None:
+        return _measure_card(args, model, sizes, options)
     records = []
     for bs in sizes:
         with create_backend(args.backend, **options) as backend:
             backend.load(args.model)
             batch = fixed_input(bs, model.height, model.width, model.input_dtype)
             records.append(measure_pure_inference(backend, batch, args.loops, args.warmup, args.device,
-                                                  args.precision or "fp32", args.backend))
+                                                  args.precision or "fp32", args.backend,
+                                                  min_seconds=args.min_seconds))
     best = best_batch(records)
     print(f"best batch: {best['batch_size']} ({best['fps']:.3f} fps)")
     return records
@@ -160,7 +205,7 @@ def _cli_gates(args):
             measured_devices = {r["device"] for r in measured if r["mode"] == args.mode}
             filled = sorted({r["device"] for r in reference} - measured_devices)
             measured = measured + [r for r in reference if r["device"] in filled]
-        results = evaluate_gates(measured, mode=args.mode)
+        results = evaluate_gates(measured, mode=args.mode, card_basis=args.card_basis)
         for gate in results:
             for side in ("numerator_device", "denominator_device"):
                 if gate[side] in filled:
@@ -170,7 +215,7 @@ def _cli_gates(args):
     failed = [g for g in results if g["passed"] is False]
     unevaluated = [g for g in results if g["passed"] is None]
     if unevaluated and args.strict:
-        names = ", ".join(g["name"] for g in unevaluated)
-        print(f"strict: {len(unevaluated)} gate(s) not evaluated: {names}")
+        names = ", ".join("{} ({})".format(g["name"], g.get("verdict") or "no record") for g in unevaluated)
+        print(f"strict: {len(unevaluated)} gate(s) not decided: {names}")
         return 1
     return 1 if failed and not args.no_fail else 0

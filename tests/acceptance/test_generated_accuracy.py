@@ -43,8 +43,8 @@ def fitted_run(run_dir, tmp_path_factory):
     from fsaf_repro.reproduce import run_reproduce
     from fsaf_repro.reproduce_options import ReproduceOptions
     work = os.path.join(str(tmp_path_factory.mktemp("generated")), "reproduce-fitted")
-    summary = run_reproduce(ReproduceOptions(run_dir=work, backends=",".join(BACKENDS), perf_loops=1, perf_warmup=0,
-                            echo=False, environ={}))
+    summary = run_reproduce(ReproduceOptions(run_dir=work, backends=",".join(BACKENDS), perf_loops=1,
+                                             perf_min_seconds=0, perf_warmup=0, echo=False, environ={}))
     kept = os.path.join(run_dir, "reproduce-fitted")
     if os.path.isdir(kept):
         shutil.rmtree(kept)

@@ -808,6 +808,35 @@ def record_fps_text(w):
     return {"argv": ["gates", "records.json"], "names": ["records.json"]}
 
 
+# --- merge -------------------------------------------------------------------------------------------------
+
+def _part_record(w, results_sha256=None, set_ids=(1, 2)):
+    """part.json (no detections) and its shard record: the first of two images; the record names the
+    results file's sha256 unless `results_sha256` says otherwise."""
+    w.write("part.json", "[]")
+    results_sha256 = results_sha256 or file_sha256("part.json")
+    w.write_json("part.json.shard.json", {
+        "format": 1, "shard": {"index": 0, "count": 2}, "entries": [0, 1], "run_key": "run",
+        "image_ids": [set_ids[0]], "set_image_ids": list(set_ids), "skipped": [], "results": "part.json",
+        "results_sha256": results_sha256})
+
+
+def shard_record_not_json(w):
+    w.write("part.json", "[]")
+    w.write("part.json.shard.json", "{\"format\": 1,")
+    return {"argv": ["merge", "part.json", "--out", "merged.json"], "names": ["part.json.shard.json"]}
+
+
+def shard_results_changed(w):
+    _part_record(w, "0" * 64)
+    return {"argv": ["merge", "part.json", "--out", "merged.json"], "names": ["part.json", "run that shard again"]}
+
+
+def shard_missing(w):
+    _part_record(w)
+    return {"argv": ["merge", "part.json", "--out", "merged.json"], "names": ["1 image(s) in no part: ids 2"]}
+
+
 # --- make-checkpoint / make-dataset ---------------------------------------------------------------------------
 
 def make_checkpoint_onto_a_folder(w):
@@ -948,6 +977,9 @@ CASES = [
     Case("postprocess", "npy file of random bytes", npy_that_is_not_npy, REFUSED),
     Case("postprocess", "file_name ../ in annotations", postprocess_climbing_file_name, REFUSED),
     # evaluate: results
+    Case("merge", "shard record cut short", shard_record_not_json, REFUSED),
+    Case("merge", "part's results changed after its record", shard_results_changed, REFUSED),
+    Case("merge", "a shard missing", shard_missing, REFUSED),
     Case("evaluate", "results cut short", results_not_json, REFUSED),
     Case("evaluate", "annotation file given as results", results_is_an_annotation_file, REFUSED),
     Case("evaluate", "negative box width", _results_case(negative_width, ["detection 3", "--drop-degenerate"]),

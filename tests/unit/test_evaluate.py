@@ -214,3 +214,14 @@ def test_evaluate_checks_the_annotation_file_before_scoring(gt, tmp_path, capsys
     err = capsys.readouterr().err
     assert str(annotation_file) + ": " in err or f"annotation file {annotation_file}" in err
     assert message.format(id0=gt[1]["images"][0]["id"]) in err and "Traceback" not in err
+
+
+def test_accuracy_gate_reads_the_recipe_claim():
+    from fsaf_repro.evaluate import accuracy_gate
+    from fsaf_repro.spec import accuracy_reference
+    ref = accuracy_reference()
+    minimum, pytorch, drop = ref["min_map"]["value"], ref["pytorch_map"]["value"], ref["max_drop_vs_pytorch"]["value"]
+    assert accuracy_gate(ref["om_310_map"]["value"])[0] is True
+    assert accuracy_gate(max(minimum, pytorch - drop) - 1e-3)[0] is False
+    passed, line = accuracy_gate(pytorch)
+    assert passed and line.startswith("PASS") and ref["min_map"]["source"] in line

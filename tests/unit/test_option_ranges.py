@@ -80,6 +80,11 @@ REFUSED = [
     ("convert {onnx} --batch-sizes 1,-4", "--batch-sizes"),
     ("perf --threads 100000", "--threads"),
     ("perf --warmup -1", "--warmup"),
+    ("perf --min-seconds -1", "--min-seconds"),
+    ("perf --devices 0,0", "--devices"),
+    ("reproduce --perf-min-seconds nan", "--perf-min-seconds"),
+    ("infer --annotations {ann} --images {images} --out {out} --shard 4/4", "--shard"),
+    ("infer --annotations {ann} --images {images} --out {out} --devices 0,-1", "--devices"),
     ("infer --annotations {ann} --images {images} --out {out} --batch-size 0", "--batch-size"),
     ("infer --annotations {ann} --images {images} --out {out} --workers -1", "--workers"),
     ("infer --annotations {ann} --images {images} --out {out} --backend-option thread", "--backend-option"),
@@ -116,7 +121,7 @@ def test_zero_keeps_its_documented_meaning_and_none_is_the_default(tmp_path):
     ("score_threshold", float("nan")), ("score_threshold", 1.5), ("threads", -1), ("threads", 10 ** 6),
     ("seed", -1), ("seed", 2 ** 40), ("height", 0), ("infer_batch_size", 0), ("fit_steps", -1),
     ("num_images", True), ("num_images", 2.5), ("batch_sizes", "1,0"), ("scorer", "mine"),
-    ("precision_mode", "fp8"),
+    ("precision_mode", "fp8"), ("perf_min_seconds", -1), ("perf_min_seconds", float("inf")),
 ])
 def test_reproduce_library_options_are_checked_by_the_same_declarations(option, value, tmp_path):
     with pytest.raises(OptionError, match="--" + option.replace("_", "-")):

@@ -40,6 +40,7 @@ EXPECTED_ROLES = {
     "infer": {"--annotations": INPUT, "--images": INPUT, "--model": INPUT, "--out": OUTPUT, "--perf-out": OUTPUT},
     "postprocess": {"--annotations": INPUT, "--images": INPUT, "--manifest": INPUT, "--outputs": INPUT,
                     "--labels-npy": INPUT, "--results": OUTPUT},
+    "merge": {"parts": INPUT, "--out": OUTPUT},
     "evaluate": {"--annotations": INPUT, "--results": INPUT, "--metrics-out": OUTPUT},
     "perf": {"--model": INPUT, "--benchmark-info": INPUT, "--from-benchmark": INPUT, "--from-ais-bench": INPUT,
              "--workdir": OUTPUT, "--out": OUTPUT},

@@ -157,12 +157,73 @@ def test_measure_pure_inference_counts_warmup_and_timed_loops():
     ticks = iter(np.arange(0.0, 1000.0, 0.5))  # every clock read advances 0.5 s
     backend = CountingBackend()
     batch = perf.fixed_input(2, 8, 12)
-    record = perf.measure_pure_inference(backend, batch, loops=4, warmup=2, clock=lambda: next(ticks))
+    record = perf.measure_pure_inference(backend, batch, loops=4, warmup=2, clock=lambda: next(ticks),
+                                         min_seconds=0)
     assert backend.calls == 6
-    # reads: start, then (t0, t1) per loop, then the end -> total = 9 reads - 1 = 4.5 s for 8 images
-    assert record["fps"] == pytest.approx(8 / 4.5)
+    # reads: start, then (t0, t1) per loop; the last t1 ends the timing -> 8 reads after start = 4 s, 8 images
+    assert record["fps"] == pytest.approx(8 / 4.0)
     assert record["latencies_ms"]["p50"] == pytest.approx(500.0) and record["latencies_ms"]["count"] == 4
     assert record["mode"] == "pure_inference" and record["batch_size"] == 2
+    assert record["samples"] == 4 and record["fps_interval"]["kind"] == "min-max"
+
+
+def test_pure_inference_runs_for_the_minimum_duration_and_the_minimum_count():
+    batch = perf.fixed_input(1, 8, 12)
+    for loops, min_seconds, expected_runs in ((3, 10.0, 10), (12, 2.0, 12)):
+        clock = iter(np.arange(0.0, 1000.0, 0.5)).__next__  # every clock read advances 0.5 s
+        backend = CountingBackend()
+        record = perf.measure_pure_inference(backend, batch, loops=loops, warmup=1, clock=clock,
+                                             min_seconds=min_seconds)
+        # each timed run reads t0 and t1: the timed duration grows 1 s a run
+        assert record["samples"] == expected_runs and backend.calls == expected_runs + 1
+        assert record["seconds"] >= min_seconds
+    with pytest.raises(ResultsError, match="min_seconds"):
+        perf.measure_pure_inference(CountingBackend(), batch, loops=1, min_seconds=float("nan"))
+
+
+def test_percentiles_only_where_the_sample_count_supports_them():
+    for count, expected in ((2, set()), (9, set()), (10, {"p90"}), (99, {"p90"}), (100, {"p90", "p99"})):
+        summary = perf.latency_summary(np.linspace(0.01, 0.02, count))
+        present = {name for name in perf.PERCENTILE_MIN_SAMPLES if name in summary}
+        assert present == expected, count
+        assert summary["count"] == count and summary["min"] <= summary["p50"] <= summary["max"]
+
+
+def test_throughput_interval_holds_the_figure_and_narrows_with_samples():
+    rng = np.random.RandomState(3)
+    few = 0.2 + 0.05 * rng.standard_normal(perf.BOOTSTRAP_MIN_SAMPLES - 1).clip(-2, 2)
+    assert perf.throughput_interval(few, 2)["kind"] == "min-max"
+    widths = []
+    for count in (10, 200):
+        lat = 0.2 + 0.02 * rng.standard_normal(count).clip(-3, 3)
+        interval = perf.throughput_interval(lat, 2)
+        fps = 2 * count / lat.sum()
+        assert interval["kind"] == "bootstrap 95%" and interval["low"] < fps < interval["high"]
+        assert interval == perf.throughput_interval(lat, 2)  # seeded: the same samples, the same interval
+        widths.append((interval["high"] - interval["low"]) / fps)
+    assert widths[1] < widths[0]
+
+
+def _gate_record(device, fps, low, high):
+    record = perf.make_record(device, "benchmark", "fp16", 1, fps, "inference", "measured: test")
+    record["fps_interval"] = {"low": low, "high": high, "kind": "bootstrap 95%", "samples": 20}
+    return record
+
+
+def test_a_gate_whose_intervals_hold_the_threshold_is_too_close_to_call():
+    gate = {"name": "g", "numerator": "310P", "denominator": "T4", "min_ratio": 1.6, "source": "test"}
+    # ratio 1.7 but the intervals allow 1.5 .. 1.9: neither pass nor fail
+    close = perf.evaluate_gates([_gate_record("310P", 170.0, 160.0, 180.0), _gate_record("T4", 100.0, 95.0, 105.0)],
+                                gates=[gate])[0]
+    assert close["passed"] is None and close["verdict"] == perf.TOO_CLOSE and close["ratio"] == pytest.approx(1.7)
+    assert perf.TOO_CLOSE.upper() in perf.format_gates([close])
+    # the same ratio measured tightly: a pass; well below: a fail
+    tight = perf.evaluate_gates([_gate_record("310P", 170.0, 169.0, 171.0), _gate_record("T4", 100.0, 99.5, 100.5)],
+                                gates=[gate])[0]
+    assert tight["passed"] is True and tight["verdict"] == "pass"
+    low = perf.evaluate_gates([_gate_record("310P", 120.0, 110.0, 130.0), _gate_record("T4", 100.0, 95.0, 105.0)],
+                              gates=[gate])[0]
+    assert low["passed"] is False and low["ratio_interval"][1] < 1.6
 
 
 def test_latency_percentiles_and_best_batch():
@@ -217,7 +278,8 @@ def test_cli_perf_parse_and_gates(tmp_path, capsys):
 
 def test_cli_perf_measures_a_backend_per_batch_size(tmp_path, capsys):
     out = tmp_path / "measured.json"
-    assert cli_main(["perf", "--backend", "null", "--batch-sizes", "1,3", "--loops", "3", "--warmup", "1",
+    assert cli_main(["perf", "--backend", "null", "--batch-sizes", "1,3", "--loops", "3", "--min-seconds", "0",
+                     "--warmup", "1",
                      "--height", "32", "--width", "48", "--backend-option", "detections=echo",
                      "--out", str(out)]) == 0
     printed = capsys.readouterr().out

@@ -40,7 +40,7 @@ from tests.conftest import tiny_run_options
 from tests.support import citations_edited
 
 PLAN_OPTIONS = dict(height=128, width=192, num_images=6, batch_sizes="1,2", parity_images=2, perf_loops=1,
-                    perf_warmup=0, threads=1, perf_threads=1, echo=False, environ={}, fit_steps=0,
+                    perf_warmup=0, perf_min_seconds=0, threads=1, perf_threads=1, echo=False, environ={}, fit_steps=0,
                     backends="onnxruntime", npu_present=False)
 CPU_HOST = HostProbes(atc=None, unavailable={})
 

@@ -8,6 +8,7 @@ image, device mounts and batch-size matrix, artifact uploads and the gates, and 
 `run:` script. Each structural check is also shown to catch a broken copy of the file.
 """
 import copy
+import fnmatch
 import os
 import re
 import subprocess
@@ -209,6 +210,44 @@ def npu_problems(workflow):
         problems.append("gates: without --strict a gate that cannot be evaluated passes silently")
     if not uses(gates, "actions/download-artifact"):
         problems.append("gates: does not download the run directories")
+    return problems + accuracy_problems(workflow)
+
+
+def accuracy_problems(workflow):
+    """The accuracy matrix over shards (issue 20): one `infer --shard i/N` job per shard, every shard of
+    N in the matrix, each uploading its part with its shard record, and a gather job that merges the
+    parts, scores the merged results and fails on the recipe's accuracy claim."""
+    jobs = workflow.get("jobs", {})
+    shard_job, gather = jobs.get("accuracy"), jobs.get("accuracy-gather")
+    if shard_job is None or gather is None:
+        return ["acceptance-npu needs the jobs `accuracy` (one per shard) and `accuracy-gather`"]
+    problems = []
+    count = int(workflow.get("env", {}).get("ACCURACY_SHARDS", 0))
+    shards = shard_job.get("strategy", {}).get("matrix", {}).get("shard")
+    if count < 2 or shards != list(range(count)):
+        problems.append(f"accuracy: shard matrix {shards} is not 0 .. ACCURACY_SHARDS - 1 ({count} shards)")
+    infer = [s for s in scripts(shard_job) if "fsaf-repro infer" in s]
+    if len(infer) != 1 or not re.search(r'--shard "?\$\{\{ matrix\.shard \}\}/\$\{ACCURACY_SHARDS\}"?', infer[0]):
+        problems.append("accuracy: no single `fsaf-repro infer --shard ${{ matrix.shard }}/${ACCURACY_SHARDS}` step")
+    uploads = uses(shard_job, "actions/upload-artifact")
+    if len(uploads) != 1 or ".shard.json" not in uploads[0]["with"]["path"]:
+        return problems + ["accuracy: the part is not uploaded with its shard record (.shard.json)"]
+    names = [uploads[0]["with"]["name"].replace("${{ matrix.shard }}", str(i)) for i in range(count)]
+    downloads = uses(gather, "actions/download-artifact")
+    patterns = [d["with"].get("pattern") or d["with"].get("name") for d in downloads]
+    if not all(any(fnmatch.fnmatchcase(name, p or "") for p in patterns) for name in names):
+        problems.append(f"accuracy-gather: does not download every part ({', '.join(names)}) by {patterns}")
+    if gather.get("needs") != "accuracy" or "!cancelled()" not in str(gather.get("if", "")):
+        problems.append("accuracy-gather: does not run after every shard, failed ones included (needs accuracy, "
+                        "if !cancelled())")
+    text = "\n".join(s for s in scripts(gather) if "fsaf-repro merge" in s)
+    merge, evaluate = text.find("fsaf-repro merge"), text.find("fsaf-repro evaluate")
+    if merge < 0 or evaluate < merge or "--gate" not in text[evaluate:] or "|| true" in text or "--no-fail" in text:
+        problems.append("accuracy-gather: does not merge, then score with `evaluate --gate` in a way that fails "
+                        "the job")
+    merged = re.search(r"fsaf-repro merge .*--out (\S+)", text)
+    if merged is None or f"--results {merged.group(1)}" not in text:
+        problems.append("accuracy-gather: evaluate does not score the merged results")
     return problems
 
 
@@ -324,6 +363,27 @@ def test_npu_checks_catch_a_missing_mount_a_short_matrix_and_a_soft_gate():
     assert "acceptance: device /dev/hisi_hdc is not passed to the container" in problems
     assert "acceptance: host path /usr/local/dcmi is not mounted" in problems
     assert any(p.startswith("gates:") for p in problems)
+
+
+def test_accuracy_checks_catch_a_missing_shard_an_unmerged_gather_and_a_soft_gate():
+    workflow = copy.deepcopy(load(NPU))
+    assert accuracy_problems(workflow) == []
+    workflow["jobs"]["accuracy"]["strategy"]["matrix"]["shard"] = [0, 1, 2]
+    gather = workflow["jobs"]["accuracy-gather"]
+    for step in steps(gather):
+        if "run" in step and "fsaf-repro merge" in step["run"]:
+            step["run"] = step["run"].replace(" --gate", "")
+        if step.get("uses", "").startswith("actions/download-artifact"):
+            step["with"]["pattern"] = "accuracy-part-0"
+    gather["if"] = "success()"
+    problems = accuracy_problems(workflow)
+    assert any(p.startswith("accuracy: shard matrix [0, 1, 2]") for p in problems)
+    assert any(p.startswith("accuracy-gather: does not download every part") for p in problems)
+    assert any("evaluate --gate" in p for p in problems)
+    assert any("failed ones included" in p for p in problems)
+    del workflow["jobs"]["accuracy-gather"]
+    assert accuracy_problems(workflow) == ["acceptance-npu needs the jobs `accuracy` (one per shard) and "
+                                           "`accuracy-gather`"]
 
 
 def test_gpu_checks_catch_the_cpu_provider_and_a_missing_upload():
