@@ -73,3 +73,21 @@ def _edited_citation(citation):
     if isinstance(citation, dict):  # `_sources`: section -> citation
         return {key: text + " (edited)" for key, text in citation.items()}
     return citation + " (edited)"
+
+
+def fake_om(directory, batch_size, soc, height, width):
+    """An om made by the real `convert` with the fake `atc` (tests/unit/fake_tools installed): the path of
+    `<directory>/om/fsaf_bs<batch_size>.om`, its sidecar saying ascend-nms at height x width."""
+    import json
+    import os
+
+    from fsaf_repro import convert
+
+    onnx = os.path.join(str(directory), "fsaf.onnx")
+    with open(onnx, "wb") as handle:
+        handle.write(b"onnx")
+    with open(onnx + ".json", "w") as handle:
+        json.dump({"flavour": "ascend-nms", "batch_size": "dynamic",
+                   "input": {"name": "input", "shape": [1, 3, height, width], "dtype": "float32"}}, handle)
+    convert.convert_one(onnx, os.path.join(str(directory), "om"), batch_size, soc)
+    return os.path.join(str(directory), "om", f"fsaf_bs{batch_size}.om")

@@ -9,6 +9,7 @@ import tempfile
 import numpy as np
 import pytest
 
+from tests.support import fake_om
 from tests.unit.fake_tools import install_fake_tools
 from fsaf_repro import backends, convert
 from fsaf_repro.backends import benchmark_tool
@@ -25,13 +26,7 @@ def tools(tmp_path, monkeypatch):
 
 
 def make_om(tmp_path, batch_size):
-    onnx = tmp_path / "fsaf.onnx"
-    onnx.write_bytes(b"onnx")
-    with open(str(onnx) + ".json", "w") as handle:
-        json.dump({"flavour": "ascend-nms", "batch_size": "dynamic",
-                   "input": {"name": "input", "shape": [1, 3, H, W], "dtype": "float32"}}, handle)
-    convert.convert_one(str(onnx), tmp_path / "om", batch_size, "Ascend310P3")
-    return str(tmp_path / "om" / f"fsaf_bs{batch_size}.om")
+    return fake_om(tmp_path, batch_size, "Ascend310P3", H, W)
 
 
 def batch_of(values):

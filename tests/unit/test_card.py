@@ -1,13 +1,13 @@
 """A card measured as a card (issue 20): every chip timed at once beside one chip alone, the recipe's
 x4 convention beside the measured figure in the report, and the gates on either basis, named."""
-import json
 import time
 
 import pytest
 
-from fsaf_repro import backends, convert, perf, report
+from fsaf_repro import backends, perf, report
 from fsaf_repro.cli import main as cli_main
 from fsaf_repro.errors import BackendError, ResultsError
+from tests.support import fake_om
 from tests.unit.fake_tools import install_fake_tools
 
 H, W = 16, 24
@@ -78,12 +78,7 @@ def test_gates_use_the_basis_asked_for_and_name_it():
 @pytest.mark.slow
 def test_a_fake_four_chip_card_run_renders_in_the_report(tmp_path, monkeypatch, capsys):
     install_fake_tools(tmp_path / "bin", monkeypatch)
-    onnx = tmp_path / "fsaf.onnx"
-    onnx.write_bytes(b"onnx")
-    with open(str(onnx) + ".json", "w") as handle:
-        json.dump({"flavour": "ascend-nms", "batch_size": "dynamic",
-                   "input": {"name": "input", "shape": [1, 3, H, W], "dtype": "float32"}}, handle)
-    convert.convert_one(str(onnx), tmp_path / "om", 1, "Ascend310")
+    fake_om(tmp_path, 1, "Ascend310", H, W)
     # chip 2 of the simulated card is much slower than the others
     monkeypatch.setenv("FAKE_DEVICE_MS_PER_SAMPLE", "0=50,1=50,2=600,3=50")
     out = tmp_path / "card.json"
@@ -109,13 +104,7 @@ def test_a_fake_four_chip_card_run_renders_in_the_report(tmp_path, monkeypatch, 
 def test_ais_bench_chips_honour_their_device_id(tmp_path, monkeypatch):
     """The fake ais_bench takes --device: a chip that fails is named, the others' speeds show."""
     install_fake_tools(tmp_path / "bin", monkeypatch)
-    onnx = tmp_path / "fsaf.onnx"
-    onnx.write_bytes(b"onnx")
-    with open(str(onnx) + ".json", "w") as handle:
-        json.dump({"flavour": "ascend-nms", "batch_size": "dynamic",
-                   "input": {"name": "input", "shape": [1, 3, H, W], "dtype": "float32"}}, handle)
-    convert.convert_one(str(onnx), tmp_path / "om", 1, "Ascend310P3")
-    om = str(tmp_path / "om" / "fsaf_bs1.om")
+    om = fake_om(tmp_path, 1, "Ascend310P3", H, W)
     chips = [(device, backends.create_backend("ais_bench", device_id=device, workdir=str(tmp_path)).load(om))
              for device in (0, 1)]
     batch = perf.fixed_input(1, H, W)

@@ -9,11 +9,12 @@ import os
 
 import pytest
 
-from fsaf_repro import backends, cli, convert, runner, shards
+from fsaf_repro import backends, cli, runner, shards
 from fsaf_repro.data import CocoImageSet
 from fsaf_repro.errors import JournalMismatch, OptionError, ResultsError
 from fsaf_repro.options import DEVICE_IDS, SHARD
 from fsaf_repro.synthetic import make_synthetic_coco
+from tests.support import fake_om
 from tests.unit.fake_tools import install_fake_tools
 
 H, W = 16, 24
@@ -125,13 +126,7 @@ def test_cpu_workers_split_the_set_and_merge_to_the_one_process_bytes(dataset, t
 
 
 def make_om(tmp_path, batch_size):
-    onnx = tmp_path / "fsaf.onnx"
-    onnx.write_bytes(b"onnx")
-    with open(str(onnx) + ".json", "w") as handle:
-        json.dump({"flavour": "ascend-nms", "batch_size": "dynamic",
-                   "input": {"name": "input", "shape": [1, 3, H, W], "dtype": "float32"}}, handle)
-    convert.convert_one(str(onnx), tmp_path / "om", batch_size, "Ascend310P3")
-    return str(tmp_path / "om" / f"fsaf_bs{batch_size}.om")
+    return fake_om(tmp_path, batch_size, "Ascend310P3", H, W)
 
 
 @pytest.mark.slow
