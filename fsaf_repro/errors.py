@@ -89,3 +89,7 @@ class BackendOptionError(BackendError, OptionError):
 class StagesFailed(FsafReproError):
     """A reproduce run finished with failed stages (their dependents skipped, the others run): raised at
     the command line after the report, so the run exits 1 with the failures in one line."""
+
+
+class FitError(FsafReproError):
+    """A fit that cannot run as asked (bad parameters, no objects to learn from)."""

@@ -22,7 +22,6 @@ which `embed_thin_state_dict` writes into the official layout with zeros elsewhe
 detector computes exactly the thin network's outputs (the zero channels stay zero through the FPN sums
 and the ReLUs). The head's 3x3 convolutions over 256 channels are ~16x the cost at 64 channels.
 """
-import math
 import os
 import shutil
 import sys
@@ -32,308 +31,21 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from .errors import FsafReproError, OptionError
+from .errors import FitError, OptionError
 from .fileio import remove_stale_scratch, scratch_stem
+from .fit_progress import PROGRESS_INTERVAL_S, FitProgress, progress_bar
+from .fsaf_loss import fsaf_batch_loss, image_targets
 from .options import (BATCH_SIZE, COUNT, IMAGE_SIDE, NON_NEGATIVE_INT, POSITIVE_INT, Choice, Integer, Real,
                       check_options)
 from .spec import model_constants
+from .thin_head import ThinNeckHead, embed_thin_state_dict
 from .torch_threads import set_intra_op_threads
 
-# CenterRegionAssigner settings of mmdetection 2.15's configs/fsaf/fsaf_r50_fpn_1x_coco.py
-POS_SCALE = 0.2
-NEG_SCALE = 0.2
-MIN_POS_IOF = 0.01
-FOCAL_GAMMA = 2.0
-FOCAL_ALPHA = 0.25
-IOU_EPS = 1e-6
-# the selection loss of a box that has no positive cell at a level
-NO_CELL_LOSS = 1e6
-# gt_inds values of cells that are not positive
-NEGATIVE = -1
-IGNORED = -2
 
-BACKBONE_CHANNELS = (512, 1024, 2048)
 # The fit's implementation version: part of reproduce's checkpoint-stage key, so a change to the training rule,
 # the generator's classes style or the defaults below refits instead of reusing weights fitted the old way.
 FIT_VERSION = 1
-
-
-class FitError(FsafReproError):
-    """A fit that cannot run as asked (bad parameters, no objects to learn from)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Assignment (CenterRegionAssigner) and losses
-
-
-def level_priors(feat_h, feat_w, stride):
-    """Cell centres [N, 2] (x, y) and prior boxes [N, 4] of one level, row-major (decode.level_anchors)."""
-    xs = torch.arange(feat_w, dtype=torch.float32) * stride
-    ys = torch.arange(feat_h, dtype=torch.float32) * stride
-    cx = xs.repeat(feat_h)
-    cy = ys.view(-1, 1).repeat(1, feat_w).view(-1)
-    half = stride / 2.0
-    return torch.stack([cx, cy], 1), torch.stack([cx - half, cy - half, cx + half, cy + half], 1)
-
-
-def scale_boxes(boxes, factor):
-    """Boxes [G, 4] shrunk (or grown) about their centres to `factor` of their width and height."""
-    cx = (boxes[:, 0] + boxes[:, 2]) / 2
-    cy = (boxes[:, 1] + boxes[:, 3]) / 2
-    half_w = (boxes[:, 2] - boxes[:, 0]) * factor / 2
-    half_h = (boxes[:, 3] - boxes[:, 1]) * factor / 2
-    return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], 1)
-
-
-def intersection_over_prior(priors, boxes):
-    """[N, G]: area(prior & box) / area(prior) (mmdetection's 'iof' with the priors as foreground)."""
-    lt = torch.max(priors[:, None, :2], boxes[None, :, :2])
-    rb = torch.min(priors[:, None, 2:], boxes[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=2)
-    prior_area = (priors[:, 2] - priors[:, 0]) * (priors[:, 3] - priors[:, 1])
-    return inter / prior_area[:, None]
-
-
-def assign_level(gt_boxes, gt_labels, feat_h, feat_w, stride, num_classes):
-    """Targets of one level: (gt_inds [N] long, class_weight [N, C] float).
-
-    gt_inds: the index of the box a cell is positive for, NEGATIVE, or IGNORED. class_weight: 1 where
-    the cell's class loss counts, 0 for the labels of boxes whose shadow it lies in (all labels of an
-    ignored cell).
-    """
-    centres, priors = level_priors(feat_h, feat_w, stride)
-    count = centres.shape[0]
-    gt_inds = torch.full((count,), NEGATIVE, dtype=torch.long)
-    class_weight = torch.ones((count, num_classes))
-    if gt_boxes.shape[0] == 0:
-        return gt_inds, class_weight
-    cx, cy = centres[:, 0:1], centres[:, 1:2]
-    centre_in_box = ((cx > gt_boxes[None, :, 0]) & (cx < gt_boxes[None, :, 2])
-                     & (cy > gt_boxes[None, :, 1]) & (cy < gt_boxes[None, :, 3]))
-    in_core = centre_in_box & (intersection_over_prior(priors, scale_boxes(gt_boxes, POS_SCALE)) > MIN_POS_IOF)
-    in_shadow = (intersection_over_prior(priors, scale_boxes(gt_boxes, NEG_SCALE)) > MIN_POS_IOF) & ~in_core
-    areas = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
-    # a cell in several cores goes to the smallest box
-    masked_area = torch.where(in_core, areas[None, :].expand_as(in_core), torch.full_like(in_core, math.inf,
-                                                                                          dtype=areas.dtype))
-    smallest = masked_area.argmin(dim=1)
-    positive = in_core.any(dim=1)
-    gt_inds[positive] = smallest[positive]
-    cells, boxes = torch.nonzero(in_shadow, as_tuple=True)
-    if cells.numel():
-        shadow_labels = gt_labels[boxes]
-        class_weight[cells, shadow_labels] = 0.0
-        owner = gt_inds[cells]
-        same_label = (owner >= 0) & (gt_labels[owner.clamp(min=0)] == shadow_labels)
-        gt_inds[cells[same_label]] = IGNORED
-    class_weight[gt_inds == IGNORED] = 0.0
-    return gt_inds, class_weight
-
-
-def image_targets(gt_boxes, gt_labels, level_shapes, strides, num_classes):
-    """Per image, all levels concatenated (the head's flattening order): gt_inds [N], class_weight [N, C],
-    level index [N], priors [N, 4]."""
-    inds, weights, levels, priors = [], [], [], []
-    for level, ((feat_h, feat_w), stride) in enumerate(zip(level_shapes, strides)):
-        level_inds, level_weight = assign_level(gt_boxes, gt_labels, feat_h, feat_w, stride, num_classes)
-        inds.append(level_inds)
-        weights.append(level_weight)
-        levels.append(torch.full((level_inds.shape[0],), level, dtype=torch.long))
-        priors.append(level_priors(feat_h, feat_w, stride)[1])
-    return torch.cat(inds), torch.cat(weights), torch.cat(levels), torch.cat(priors)
-
-
-def sigmoid_focal_loss(logits, targets, gamma=FOCAL_GAMMA, alpha=FOCAL_ALPHA):
-    """Elementwise sigmoid focal loss (mmcv's definition): alpha_t (1 - p_t)^gamma * BCE(logits, targets)."""
-    prob = logits.sigmoid()
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return alpha_t * (1 - p_t).pow(gamma) * bce
-
-
-def tblr_decode_unclipped(priors, distances, normalizer):
-    """Boxes from (top, bottom, left, right) distances, as decode.tblr_decode but without clipping
-    (mmdetection decodes without an image shape in the loss)."""
-    cx = (priors[:, 0] + priors[:, 2]) / 2
-    cy = (priors[:, 1] + priors[:, 3]) / 2
-    w = priors[:, 2] - priors[:, 0]
-    h = priors[:, 3] - priors[:, 1]
-    d = distances * normalizer
-    return torch.stack([cx - w * d[:, 2], cy - h * d[:, 0], cx + w * d[:, 3], cy + h * d[:, 1]], 1)
-
-
-def iou_loss(pred, target, eps=IOU_EPS):
-    """-log IoU per row of aligned boxes [K, 4] (IoU clamped at eps)."""
-    lt = torch.max(pred[:, :2], target[:, :2])
-    rb = torch.min(pred[:, 2:], target[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    area_p = (pred[:, 2] - pred[:, 0]).clamp(min=0) * (pred[:, 3] - pred[:, 1]).clamp(min=0)
-    area_t = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
-    union = (area_p + area_t - inter).clamp(min=eps)
-    return -(inter / union).clamp(min=eps).log()
-
-
-def select_levels(cell_loss, gt_inds, levels, num_gts, num_levels):
-    """Online feature selection: per box, the level whose positive cells have the lowest mean loss.
-
-    cell_loss [N] (class loss summed over classes plus box loss), gt_inds [N], levels [N]. Returns
-    (chosen level [G], mean loss [G, L] with NO_CELL_LOSS where a box has no positive cell).
-    """
-    positive = gt_inds >= 0
-    slot = gt_inds[positive] * num_levels + levels[positive]
-    sums = torch.zeros(num_gts * num_levels, dtype=cell_loss.dtype).index_add_(0, slot, cell_loss[positive])
-    counts = torch.zeros(num_gts * num_levels, dtype=cell_loss.dtype).index_add_(
-        0, slot, torch.ones_like(slot, dtype=cell_loss.dtype))
-    means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, NO_CELL_LOSS))
-    means = means.view(num_gts, num_levels)
-    return means.argmin(dim=1), means
-
-
-def fsaf_image_loss(logits, distances, gt_boxes, gt_labels, targets, num_levels, normalizer):
-    """(class loss sum, box loss sum, positive cells kept) of one image; logits [N, C], distances [N, 4]."""
-    gt_inds, class_weight, levels, priors = targets
-    positive = gt_inds >= 0
-    onehot = torch.zeros_like(logits)
-    pos_cells = torch.nonzero(positive, as_tuple=True)[0]
-    onehot[pos_cells, gt_labels[gt_inds[pos_cells]]] = 1.0
-    focal_raw = sigmoid_focal_loss(logits, onehot)
-    focal = focal_raw * class_weight
-    box_loss = iou_loss(tblr_decode_unclipped(priors[pos_cells], distances[pos_cells], normalizer),
-                        gt_boxes[gt_inds[pos_cells]])
-    if pos_cells.numel() == 0:
-        return focal.sum(), box_loss.sum(), 0
-    with torch.no_grad():
-        cell_loss = focal.sum(dim=1)
-        cell_loss[pos_cells] += box_loss
-        chosen, _ = select_levels(cell_loss, gt_inds, levels, gt_boxes.shape[0], num_levels)
-    keep = levels[pos_cells] == chosen[gt_inds[pos_cells]]
-    dropped = pos_cells[~keep]
-    weight = class_weight.clone()
-    weight[dropped, gt_labels[gt_inds[dropped]]] = 0.0
-    cls_sum = (focal_raw * weight).sum()
-    return cls_sum, box_loss[keep].sum(), int(keep.sum())
-
-
-def fsaf_batch_loss(cls_scores, bbox_preds, batch_gts, batch_targets, normalizer=None):
-    """FSAF loss of a batch: (class loss, box loss), each divided by the number of kept positive cells.
-
-    cls_scores / bbox_preds: per level [B, C, H, W] / [B, 4, H, W]; batch_gts: per image (boxes [G, 4]
-    in input pixels x1y1x2y2, labels [G]); batch_targets: per image `image_targets(...)`.
-    """
-    if normalizer is None:
-        normalizer = model_constants()["bbox_normalizer"]
-    num_classes = int(cls_scores[0].shape[1])
-    logits = torch.cat([c.permute(0, 2, 3, 1).reshape(c.shape[0], -1, num_classes) for c in cls_scores], 1)
-    distances = torch.cat([b.permute(0, 2, 3, 1).reshape(b.shape[0], -1, 4) for b in bbox_preds], 1)
-    cls_total, box_total, positives = 0.0, 0.0, 0
-    for index, ((boxes, labels), targets) in enumerate(zip(batch_gts, batch_targets)):
-        cls_sum, box_sum, kept = fsaf_image_loss(logits[index], distances[index], boxes, labels, targets,
-                                                 len(cls_scores), normalizer)
-        cls_total = cls_total + cls_sum
-        box_total = box_total + box_sum
-        positives += kept
-    denominator = float(max(1, positives))
-    return cls_total / denominator, box_total / denominator
-
-
-# ----------------------------------------------------------------------------------------------
-# The trained part: neck and head in a subspace of their channels
-
-
-class _Conv(nn.Module):
-    """A conv wrapped as `<name>.conv` (the checkpoint's ConvModule key layout)."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class ThinNeckHead(nn.Module):
-    """model.FPN + model.FSAFHead with `channels` channels instead of 256; the same parameter names."""
-
-    def __init__(self, channels, num_classes, stacked_convs=4):
-        super().__init__()
-        self.channels = channels
-        self.lateral_convs = nn.ModuleList(_Conv(c, channels, 1) for c in BACKBONE_CHANNELS)
-        fpn = [_Conv(channels, channels, 3, padding=1) for _ in BACKBONE_CHANNELS]
-        fpn.append(_Conv(BACKBONE_CHANNELS[-1], channels, 3, stride=2, padding=1))
-        fpn.append(_Conv(channels, channels, 3, stride=2, padding=1))
-        self.fpn_convs = nn.ModuleList(fpn)
-        self.cls_convs = nn.ModuleList(_Conv(channels, channels, 3, padding=1) for _ in range(stacked_convs))
-        self.reg_convs = nn.ModuleList(_Conv(channels, channels, 3, padding=1) for _ in range(stacked_convs))
-        self.retina_cls = nn.Conv2d(channels, num_classes, 3, padding=1)
-        self.retina_reg = nn.Conv2d(channels, 4, 3, padding=1)
-
-    def init_weights(self, generator):
-        """FPN: Xavier-uniform; towers: He-normal (keeps the signal through four narrow layers where
-        mmdetection's Normal(0, 0.01) at 64 channels would shrink it ~4x per layer); retina_cls /
-        retina_reg: Normal(0, 0.01), biases -log(99) and 0.25 (mmdetection's)."""
-        with torch.no_grad():
-            for name, module in self.named_modules():
-                if not isinstance(module, nn.Conv2d):
-                    continue
-                fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
-                fan_out = module.out_channels * module.kernel_size[0] * module.kernel_size[1]
-                if name.startswith(("lateral_convs", "fpn_convs")):
-                    bound = math.sqrt(6.0 / (fan_in + fan_out))
-                    weight = (torch.rand(module.weight.shape, generator=generator) * 2 - 1) * bound
-                elif name.startswith(("cls_convs", "reg_convs")):
-                    weight = torch.randn(module.weight.shape, generator=generator) * math.sqrt(2.0 / fan_in)
-                else:
-                    weight = torch.randn(module.weight.shape, generator=generator) * 0.01
-                module.weight.copy_(weight)
-                module.bias.zero_()
-            self.retina_cls.bias.fill_(-math.log(99.0))
-            self.retina_reg.bias.fill_(0.25)
-
-    def forward(self, c3, c4, c5):
-        inputs = (c3, c4, c5)
-        laterals = [conv(x) for conv, x in zip(self.lateral_convs, inputs)]
-        for i in range(len(laterals) - 1, 0, -1):
-            finer_hw = (int(laterals[i - 1].shape[2]), int(laterals[i - 1].shape[3]))
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=finer_hw, mode="nearest")
-        feats = [self.fpn_convs[i](laterals[i]) for i in range(len(laterals))]
-        p6 = self.fpn_convs[len(laterals)](c5)
-        feats += [p6, self.fpn_convs[len(laterals) + 1](p6)]
-        cls_scores, bbox_preds = [], []
-        for feat in feats:
-            cls_feat, reg_feat = feat, feat
-            for conv in self.cls_convs:
-                cls_feat = F.relu(conv(cls_feat))
-            for conv in self.reg_convs:
-                reg_feat = F.relu(conv(reg_feat))
-            cls_scores.append(self.retina_cls(cls_feat))
-            bbox_preds.append(F.relu(self.retina_reg(reg_feat)))
-        return cls_scores, bbox_preds
-
-
-def _full_key(thin_key):
-    return ("bbox_head." if thin_key.startswith(("cls_convs", "reg_convs", "retina_")) else "neck.") + thin_key
-
-
-def embed_thin_state_dict(full_state_dict, thin):
-    """A copy of `full_state_dict` whose neck and head hold `thin`'s weights, zeros elsewhere.
-
-    Output channels beyond `thin.channels` get zero weights and biases (so they stay 0 through the
-    FPN's sums and the towers' ReLUs); input channels beyond it get zero weights (they read zeros).
-    """
-    out = dict(full_state_dict)
-    for key, value in thin.state_dict().items():
-        full_key = _full_key(key)
-        if full_key not in out:
-            raise FitError(f"thin network key {key} has no place in the checkpoint layout")
-        target = torch.zeros_like(out[full_key])
-        index = tuple(slice(0, size) for size in value.shape)
-        target[index] = value.detach()
-        out[full_key] = target
-    return out
-
 
 # ----------------------------------------------------------------------------------------------
 # Data: a generated set, its backbone features and targets
@@ -368,7 +80,7 @@ class FeatureSet:
         self.gts = read_image_boxes(annotation_file, self.image_set)
         self.features = [[], [], []]
         count = len(self.image_set)
-        bar = _bar(count, desc, progress, "img")
+        bar = progress_bar(count, desc, progress, "img")
         with torch.no_grad():
             for start in range(0, count, batch_size):
                 indices = range(start, min(count, start + batch_size))
@@ -393,53 +105,6 @@ class FeatureSet:
     def batch(self, indices):
         feats = [torch.stack([store[i] for i in indices]).float() for store in self.features]
         return feats, [self.gts[i] for i in indices], [self.targets[i] for i in indices]
-
-
-# Seconds between the fit's progress lines (its log, and the console without a progress bar): a line
-# every 125 steps came 17 minutes apart on a loaded host; time, not steps, is what a watcher waits on.
-PROGRESS_INTERVAL_S = 30.0
-
-
-class FitProgress:
-    """Progress lines of the fit by time: one when `interval_s` seconds have passed since the last (and
-    at the last step), each with the step, the running loss, the elapsed time and an ETA from the mean
-    step time so far. `clock` (seconds, monotonic) is injectable, so that tests need not wait."""
-
-    def __init__(self, steps, say, interval_s=PROGRESS_INTERVAL_S, clock=time.monotonic):
-        if not interval_s > 0:
-            raise FitError(f"the progress interval must be > 0 seconds, got {interval_s!r}")
-        self.steps, self.say, self.interval_s, self.clock = int(steps), say, float(interval_s), clock
-        self.started = self.last = clock()
-
-    def update(self, step, loss, cls_loss, box_loss):
-        """Say a line for `step` if the interval has passed or it is the last step; returns the line or None."""
-        now = self.clock()
-        if now - self.last < self.interval_s and step != self.steps:
-            return None
-        self.last = now
-        elapsed = now - self.started
-        eta = elapsed / step * (self.steps - step)
-        line = (f"fit step {step}/{self.steps}: loss {loss:.3f} (class {cls_loss:.3f}, box {box_loss:.3f}), "
-                f"elapsed {_duration(elapsed)}, ETA {_duration(eta)}")
-        self.say(line)
-        return line
-
-
-def _duration(seconds):
-    """`42 s`, `3 min 05 s`, `1 h 02 min`: what a person reads at a glance."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def _bar(total, desc, enabled, unit):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
 
 
 def level_shapes_for(thin, features):
@@ -696,7 +361,7 @@ class _Fit:
     def run(self, progress, eval_every, log_every, progress_interval_s=PROGRESS_INTERVAL_S):
         """All the steps (evaluating and logging as asked); returns the training seconds."""
         steps = int(self.params["steps"])
-        bar = _bar(steps, "fit", progress, "step")
+        bar = progress_bar(steps, "fit", progress, "step")
         # by time, into the log (a progress bar shows only on a terminal, and is not in a log file)
         timed = FitProgress(steps, self.say, progress_interval_s)
         train_started = time.time()

@@ -3,7 +3,8 @@ on a generated set with FSAF's training rule."""
 from ..checkpoint import write_seeded_checkpoint
 from ..fileio import file_sha256
 from ..options import NON_NEGATIVE_INT, SEED, THREADS, TIMEOUT
-from ..train import DEFAULTS, PARAMETER_HELP, PARAMETER_KINDS, PROGRESS_INTERVAL_S, fit_generated
+from ..fit_progress import PROGRESS_INTERVAL_S
+from ..train import DEFAULTS, PARAMETER_HELP, PARAMETER_KINDS, fit_generated
 from .args import output_file, typed
 
 

@@ -2,7 +2,8 @@
 the step, the loss, the elapsed time and an ETA, on a clock the test drives."""
 import pytest
 
-from fsaf_repro.train import PROGRESS_INTERVAL_S, FitError, FitProgress
+from fsaf_repro.errors import FitError
+from fsaf_repro.fit_progress import PROGRESS_INTERVAL_S, FitProgress
 
 
 class SteppingClock:

@@ -14,7 +14,8 @@ from fsaf_repro.options import (BATCH_SIZES, COUNT, SEED, THREADS, THREADS_OR_RU
                                 check_batch_memory, thread_limit)
 from fsaf_repro.reproduce_config import resolve_config
 from fsaf_repro.reproduce_options import ReproduceOptions, declaration
-from fsaf_repro.train import FitError, fit_parameters
+from fsaf_repro.errors import FitError
+from fsaf_repro.train import fit_parameters
 
 
 def _verbs():

@@ -10,13 +10,14 @@ import torch
 
 from fsaf_repro import cli
 from fsaf_repro.checkpoint import load_detector, load_state_dict, seeded_state_dict, write_seeded_checkpoint
+from fsaf_repro.errors import FitError
 from fsaf_repro.model import build_detector
 from fsaf_repro.spec import coco_class_names
 from fsaf_repro.synthetic import CLASS_STYLES, DEFAULT_LAYOUTS, make_synthetic_coco
-from fsaf_repro.train import (IGNORED, NEGATIVE, NO_CELL_LOSS, POS_SCALE, FitError, ThinNeckHead,
-                              assign_level, embed_thin_state_dict, fit_generated,
-                              fsaf_batch_loss, heldout_loss, image_targets, iou_loss, select_levels,
-                              sigmoid_focal_loss)
+from fsaf_repro.fsaf_loss import (IGNORED, NEGATIVE, NO_CELL_LOSS, POS_SCALE, assign_level, fsaf_batch_loss,
+                                  image_targets, iou_loss, select_levels, sigmoid_focal_loss)
+from fsaf_repro.thin_head import ThinNeckHead, embed_thin_state_dict
+from fsaf_repro.train import fit_generated, heldout_loss
 
 STRIDES = [8, 16, 32, 64, 128]
 # level sizes of a 128x128 input (strides 8..128; P6/P7 by stride-2 convs round up)
