@@ -6,8 +6,8 @@ claim); the anomalies the run's own figures show (fsaf_repro.anomalies), each al
 figure; the 12-stat accuracy table with the recipe's reference columns and a verdict per backend that
 states its mAP; the recipe's 7.1 throughput table with its ratio columns and gates, then this run's
 records as one long table per device, the gates on them, and only the records a reference cell can be
-compared with (fsaf_repro.perf does every comparison; the rest are counted by cause in one line); the
-stage-parity table, each row with the rule it is judged by and the figure beside its verdict; plots
+compared with (built by fsaf_repro.report_perf; fsaf_repro.perf does every comparison); the stage-parity
+table, each row with the rule it is judged by and the figure beside its verdict; plots
 (fsaf_repro.report_plots); the run's stages and artifacts.
 
 Plots need matplotlib (the `plots` extra); without it they are skipped and the report says why. The
@@ -18,13 +18,13 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .anomalies import (PARITY_MATCH_RATE_BELOW_RULE, PARITY_MAX_PAST_TOLERANCE, Anomaly, find_anomalies,
-                        pair_subject, record_subject)
+                        pair_subject)
 from .fileio import atomic_write_text
 from .parity import SideRole
-from .perf import partial_coverage
 from .report_context import ReportContext, RunKind
+from .report_perf import perf_lines, table_row, table_rule
 from .report_plots import DETECTIONS_DRAWN, DRAW_MIN_SCORE, draw_detections, plot_fps, plot_per_class
-from .spec import accuracy_reference, load_recipe_spec, performance_reference
+from .spec import accuracy_reference, load_recipe_spec
 
 REPORT_NAME = "report.md"
 DETECTION_IMAGES = 3
@@ -110,12 +110,12 @@ def accuracy_lines(context: ReportContext) -> List[str]:
                  f"sha256 `{first['annotation_sha256'][:16]}`), score threshold {context.score_threshold}.")
     lines.append("")
     header = ["#", "stat"] + list(backends) + ["PyTorch ref. (6.2)", "om on 310 ref. (6.1)"]
-    lines.append(_table_row(header))
-    lines.append(_table_rule(len(header)))
+    lines.append(table_row(header))
+    lines.append(table_rule(len(header)))
     for i, name in enumerate(names):
         values = [metrics[b]["stats"][i] for b in backends]
         values += [acc["pytorch_stats"]["values"][i], acc["npu_stats"]["values"][i]]
-        lines.append(_table_row([str(i + 1), name] + [f"{value:.3f}" for value in values]))
+        lines.append(table_row([str(i + 1), name] + [f"{value:.3f}" for value in values]))
     lines.append("")
     min_map, max_drop = acc["min_map"], acc["max_drop_vs_pytorch"]
     lines.append(f"Verdict, by the rule mAP >= {min_map['value']} and within {max_drop['value']} of PyTorch "
@@ -124,227 +124,6 @@ def accuracy_lines(context: ReportContext) -> List[str]:
     for b in backends:
         ap = metrics[b]["stats"][0]
         lines.append(f"- {b}: mAP {ap:.3f}: {accuracy_verdict(ap, context.run_kind)}")
-    return lines
-
-
-# ----------------------------------------------------------------------------------------------
-# Throughput
-
-
-def perf_lines(records: Sequence[Dict[str, Any]], canvas: Optional[Sequence[int]] = None,
-               anomalies: Sequence[Anomaly] = ()) -> List[str]:
-    """The throughput section: the recipe's 7.1 table and its gates; this run's records, one long table
-    per device; the gates on them; the measured records that a reference cell can be compared with."""
-    perf = performance_reference()
-    measured = list(records)
-    lines = ["## Throughput (recipe section 7.1)", ""]
-    lines.append(f"The recipe's fps by batch size ({perf['source']}; {perf['unit']}; an OOM cell is out of device "
-                 "memory in the recipe), with its ratio columns:")
-    lines.append("")
-    lines += _ThroughputTable(perf).lines()
-    lines.append("")
-    lines.append("The ratio columns are computed from the per-batch reference rows. The recipe prints a "
-                 f"`310P/T4` column whose values equal 310P_aoe/T4. {perf['published_best_batch_note']}")
-    lines.append("")
-    lines += _reference_gate_lines()
-    lines += measured_tables(measured, canvas, anomalies)
-    lines += _measured_gate_lines(perf, measured)
-    lines += card_lines(measured)
-    lines += _against_reference_lines(measured)
-    lines += _mode_lines(measured)
-    return lines
-
-
-def _fps(value, digits=4):
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _fps_at_batch(record, digits=4):
-    """'fps (bsN)' of a best-batch record, '-' for none."""
-    return f"{_fps(record['fps'], digits)} (bs{record['batch_size']})" if record else "-"
-
-
-def _table_row(cells):
-    return "| " + " | ".join(cells) + " |"
-
-
-def _table_rule(width):
-    return "|" + "|".join(["---"] * width) + "|"
-
-
-def record_samples(record: Dict[str, Any]) -> str:
-    """How many images a figure was timed over, and in how many timed calls where the record says."""
-    calls = record.get("samples") or (record.get("latencies_ms") or {}).get("count")
-    in_calls = f" in {calls} calls" if calls else ""
-    return f"{record['images']}{in_calls}" if record.get("images") else (f"{calls} calls" if calls else "-")
-
-
-def measured_tables(records: Sequence[Dict[str, Any]], canvas: Optional[Sequence[int]],
-                    anomalies: Sequence[Anomaly] = ()) -> List[str]:
-    """This run's records: one long table per device (a row per backend, precision, mode and batch)."""
-    at_input = f", input {canvas[0]}x{canvas[1]}" if canvas else ""
-    lines = ["### Measured by this run", ""]
-    if not records:
-        return lines + ["No throughput was measured in this run.", ""]
-    flags = {}
-    for anomaly in anomalies:
-        flags.setdefault(anomaly.subject, []).append(anomaly.flag)
-    for device in sorted({r["device"] for r in records}):
-        rows = sorted((r for r in records if r["device"] == device),
-                      key=lambda r: (r["backend"], r["precision"], r["mode"], r["batch_size"]))
-        lines += [f"Device {device}{at_input}:", "",
-                  "| backend | precision | mode | batch | fps | images timed | flags |", _table_rule(7)]
-        for r in rows:
-            mode = f"{r['mode']} PARTIAL ({partial_coverage(r)})" if r.get("partial") else r["mode"]
-            flag = "; ".join(flags.get(record_subject(r), [])) or "-"
-            lines.append(_table_row([r["backend"], r["precision"], mode, str(r["batch_size"]),
-                                     f"{r['fps']:.3f}", record_samples(r), flag]))
-        lines.append("")
-    return lines
-
-
-class _ThroughputTable:
-    """The recipe's 7.1 table: a row per batch size and a best-batch row; a column per reference
-    device and per gate ratio."""
-
-    def __init__(self, perf):
-        from .perf import reference_records
-        self.perf = perf
-        self.reference = reference_records()
-        self.ref_cells = {(r["device"], r["batch_size"]): r for r in self.reference}
-        self.devices = list(perf["devices"])
-        self.ratio_defs = [(g["numerator"], g["denominator"]) for g in perf["gates"]]
-        self.batch_sizes = sorted(int(b) for b in perf["batch_sizes"])
-
-    def lines(self):
-        header = ["batch"] + self.devices + [f"{n}/{d}" for n, d in self.ratio_defs]
-        rows = [self._batch_row(bs) for bs in self.batch_sizes] + [self._best_row()]
-        return [_table_row(header), _table_rule(len(header))] + [_table_row(cells) for cells in rows]
-
-    def _reference_cell(self, device, bs):
-        ref = self.ref_cells.get((device, bs))
-        if ref:
-            return _fps(ref["fps"])
-        return "OOM" if str(bs) in self.perf["table"][device] else "-"
-
-    def _batch_row(self, bs):
-        from .perf import compare_records
-        cells = [f"bs{bs}"] + [self._reference_cell(device, bs) for device in self.devices]
-        for num, den in self.ratio_defs:
-            a, b = self.ref_cells.get((num, bs)), self.ref_cells.get((den, bs))
-            cells.append(_fps(compare_records(a, b)["ratio"]) if a and b else "-")
-        return cells
-
-    def _best_row(self):
-        from .perf import best_batch, compare_records
-        bests = {device: best_batch([r for r in self.reference if r["device"] == device]) for device in self.devices}
-        cells = ["best batch"] + [_fps_at_batch(bests[device]) for device in self.devices]
-        for num, den in self.ratio_defs:
-            if bests.get(num) and bests.get(den):
-                cells.append(_fps(compare_records(bests[num], bests[den])["ratio"]))
-            else:
-                cells.append("-")
-        return cells
-
-
-def _reference_gate_lines():
-    from .perf import evaluate_gates, format_gates, reference_records
-    gates = format_gates(evaluate_gates(reference_records(), mode="inference"))
-    return ["### Gates on the recipe's table", "", "```", gates, "```", ""]
-
-
-def _measured_gate_lines(perf, measured):
-    from .perf import evaluate_gates, format_gates
-    lines = ["### Gates on the measured records", ""]
-    gate_devices = {device for g in perf["gates"] for device in (g["numerator"], g["denominator"])}
-    measured_devices = sorted({r["device"] for r in measured})
-    if not measured:
-        lines.append("No throughput was measured in this run.")
-    elif not gate_devices & set(measured_devices):
-        lines.append(f"Not evaluated: this run measured device(s) {', '.join(measured_devices)} only; the gates "
-                     f"compare {', '.join(sorted(gate_devices))} (give records measured on those devices with "
-                     "--extra-perf, or run on an NPU host).")
-    else:
-        lines.append("```")
-        for mode in sorted({r["mode"] for r in measured}):
-            lines.append(f"[{mode} records]")
-            lines.append(format_gates(evaluate_gates(measured, mode=mode)))
-        lines.append("```")
-    lines.append("")
-    return lines
-
-
-def card_lines(measured: List[Dict[str, Any]]) -> List[str]:
-    """Cards measured as cards (perf --devices): the recipe's convention (one chip x N) beside the
-    measured card figure (all chips at once), with their ratio and the scaling efficiency; then the
-    gates on each basis. Nothing when no card was measured."""
-    from .perf import CARD_BASES, evaluate_gates, format_gates
-    cards = [r for r in measured if (r.get("card") or {}).get("basis") == "measured"]
-    if not cards:
-        return []
-    lines = ["### Cards measured as cards", "",
-             "Convention: " + CARD_BASES["convention"] + ". Measured: " + CARD_BASES["measured"] + ".", "",
-             _table_row(["device", "backend", "batch", "chips", "one chip alone", "convention (x N)",
-                         "measured card", "measured / convention", "per chip", "scaling efficiency"]),
-             _table_rule(10)]
-    for record in cards:
-        card = record["card"]
-        lines.append(_table_row([
-            record["device"], record["backend"], str(record["batch_size"]), str(len(card["devices"])),
-            _fps(card["single_chip_fps"], 3), _fps(card["convention_fps"], 3), _fps(card["measured_fps"], 3),
-            _fps(card["measured_fps"] / card["convention_fps"], 3),
-            ", ".join(f"{d}: {fps:.3f}" for d, fps in zip(card["devices"], card["per_chip_fps"])),
-            _fps(card["scaling_efficiency"], 3)]))
-    lines += ["", "```"]
-    for basis in CARD_BASES:
-        lines.append(f"[gates on the {basis} card figures]")
-        lines.append(format_gates(evaluate_gates(measured, mode=cards[0]["mode"], card_basis=basis)))
-    return lines + ["```", ""]
-
-
-def _not_ratioed_reason(row):
-    """Why a measured record has no ratio, in words shared by every record of the same cause."""
-    if row["reference"] is None:
-        return f"device {row['measured']['device']} has no column in the recipe's table"
-    return "; ".join(row["caveats"]) or "not ratioed"
-
-
-def _against_reference_lines(measured):
-    from .perf import compare_to_reference
-    lines = ["### Measured records against the reference cells", ""]
-    if not measured:
-        return lines
-    rows = compare_to_reference(measured)
-    ratioed = [row for row in rows if row["ratio"] is not None]
-    if ratioed:
-        lines += ["| device | backend | precision | mode | batch | fps | reference fps | ratio | caveats |",
-                  _table_rule(9)]
-    for row in ratioed:
-        m = row["measured"]
-        lines.append(_table_row([m["device"], m["backend"], m["precision"], m["mode"], str(m["batch_size"]),
-                                 f"{m['fps']:.3f}", _fps(row["reference"]["fps"]), _fps(row["ratio"], 3),
-                                 "; ".join(row["caveats"]) or "-"]))
-    reasons = {}
-    for row in rows:
-        if row["ratio"] is None:
-            reasons.setdefault(_not_ratioed_reason(row), []).append(row)
-    if ratioed and reasons:
-        lines.append("")
-    if reasons:
-        devices = ", ".join(performance_reference()["devices"])
-        causes = "; ".join(f"{len(group)} because {reason}" for reason, group in sorted(reasons.items()))
-        which = (f"None of the {len(rows)} measured records is" if not ratioed
-                 else f"The other {len(rows) - len(ratioed)} measured records are not")
-        lines.append(f"{which} comparable with a reference cell (the recipe's devices: {devices}): {causes}.")
-    lines.append("")
-    return lines
-
-
-def _mode_lines(measured):
-    from .perf import MODE_DEFINITIONS
-    lines = ["Modes:", ""]
-    for mode in sorted({"inference"} | {r["mode"] for r in measured}):
-        lines.append(f"- {mode}: {MODE_DEFINITIONS[mode]}")
     return lines
 
 
@@ -373,7 +152,7 @@ def parity_lines(context: ReportContext, anomalies: Sequence[Anomaly] = ()) -> L
     lines.append("")
     lines.append("| reference | compared | rule | judged figure | within tolerance | detections (ref / other) | "
                  f"max box diff (px) | max score diff | labels agree | match IoU >= {tol['match_iou']} | mAP delta |")
-    lines.append(_table_rule(11))
+    lines.append(table_rule(11))
     flagged = set(a.subject for a in anomalies if a.kind in (PARITY_MAX_PAST_TOLERANCE, PARITY_MATCH_RATE_BELOW_RULE))
     lines += [_parity_row(pair, tol, pair_subject(pair) in flagged) for pair in parity["pairs"]]
     if flagged:
@@ -405,7 +184,7 @@ def _parity_row(pair, tol, flagged):
     verdict = "yes" if pair["within_tolerance"] else "NO"
     cells = _fp16_cells(pair, tol, flagged) if pair.get("fp16_agreement") is not None else _fp32_cells(pair, tol)
     rule, judged, box, score, match = cells
-    return _table_row([pair["reference"], pair["other"], rule, judged, verdict,
+    return table_row([pair["reference"], pair["other"], rule, judged, verdict,
                        f"{pair['detections_ref']} / {pair['detections_other']}", box, score,
                        f"{pair['label_agreement']:.1%}", match, map_delta])
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fsaf_repro import backends, perf, report
+from fsaf_repro import backends, perf, report_perf
 from fsaf_repro.backends.fp16_emulation import (
     RECORD_DEVICE, RECORD_PRECISION, emulate_fp16, emulated_detector, fp16_candidates, round_fp16)
 from fsaf_repro.checkpoint import load_detector
@@ -220,7 +220,7 @@ def test_emulated_records_stay_out_of_the_npu_gates(tmp_path):
     gate_devices = set(d for g in alone for d in (g["numerator_device"], g["denominator_device"]))
     assert RECORD_DEVICE not in gate_devices
     # the report puts it in a measured table of its own device label and evaluates no gate with it
-    text = "\n".join(report.perf_lines(emulated))
+    text = "\n".join(report_perf.perf_lines(emulated))
     assert f"Device {RECORD_DEVICE}:" in text and f"| {NAME} | {RECORD_PRECISION} | inference | 1 |" in text
     assert f"Not evaluated: this run measured device(s) {RECORD_DEVICE} only" in text
     # a record relabelled as an NPU one (by hand or by a caller writing labels after the fact) is refused

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from fsaf_repro import backends, perf, report
+from fsaf_repro import backends, perf, report_perf
 from fsaf_repro.cli import main as cli_main
 from fsaf_repro.errors import BackendError, ResultsError
 from tests.support import fake_om
@@ -90,7 +90,7 @@ def test_a_fake_four_chip_card_run_renders_in_the_report(tmp_path, monkeypatch, 
     records = perf.load_records(str(out))  # validated as every perf file is
     card = records[0]["card"]
     assert card["devices"] == [0, 1, 2, 3] and card["per_chip_fps"][2] < card["per_chip_fps"][0]
-    lines = "\n".join(report.perf_lines(records, canvas=[H, W]))
+    lines = "\n".join(report_perf.perf_lines(records, canvas=[H, W]))
     assert "### Cards measured as cards" in lines
     row = next(line for line in lines.splitlines() if line.startswith("| 310 | benchmark | 1 | 4 |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]

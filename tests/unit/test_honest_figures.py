@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from fsaf_repro import backends, perf, report, runner
+from fsaf_repro import backends, perf, report_perf, runner
 from fsaf_repro.backends.benchmark_tool import output_dir, perf_file_path, run_info_file
 from fsaf_repro.data import CocoImageSet, bin_bytes, write_bins
 from fsaf_repro.errors import FsafReproError, PathError, RunLocked
@@ -76,7 +76,7 @@ def test_a_resumed_infer_records_partial_fps_that_the_gates_leave_out(dataset, t
         assert "PARTIAL: timed over 4 of the 6 images" in record["definition"]
     assert "PARTIAL (4 of 6 images)" in perf.format_records(resumed["records"])
     assert all("PARTIAL 4/6" in " ".join(key) for key in measured_series(resumed["records"]))
-    assert "PARTIAL (4 of 6 images)" in "\n".join(report.measured_tables(resumed["records"], None))
+    assert "PARTIAL (4 of 6 images)" in "\n".join(report_perf.measured_tables(resumed["records"], None))
     # a partial record survives the records file, and no gate uses it
     path = tmp_path / "perf.json"
     perf.write_records(str(path), resumed["records"])

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from fsaf_repro import report, report_plots
+from fsaf_repro import report, report_perf, report_plots
 from fsaf_repro.data import CocoImageSet
 from fsaf_repro.evaluate import evaluate_results, metrics_record
 from fsaf_repro.parity import compare_detections
@@ -129,7 +129,7 @@ def test_measured_npu_records_are_gated_and_other_modes_are_not_ratioed(context)
                 make_record(gate["denominator"], "benchmark", "fp16", 8, 50.0, "inference", "measured: npu host",
                             chips=4),
                 make_record("310P", "aclruntime", "fp16", 1, 60.0, "pure_inference", "measured: npu host")]
-    text = "\n".join(report.perf_lines(measured, ctx.canvas))
+    text = "\n".join(report_perf.perf_lines(measured, ctx.canvas))
     assert "PASS {}: best {} = 80.0000 fps (bs 4), best {} = 50.0000 fps (bs 8): ratio 1.6000".format(
         gate["name"], gate["numerator"], gate["denominator"]) in text
     assert "not compared: refusing to compare a pure_inference figure with a inference figure" in text
@@ -139,7 +139,7 @@ def test_measured_npu_records_are_gated_and_other_modes_are_not_ratioed(context)
 def test_fps_table_rows_follow_the_recipe_layout(context):
     ctx, _ = context
     perf = performance_reference()
-    lines = report.perf_lines(ctx.perf_records, ctx.canvas)
+    lines = report_perf.perf_lines(ctx.perf_records, ctx.canvas)
     header = next(line for line in lines if line.startswith("| batch |"))
     cells = [c.strip() for c in header.strip("|").split("|")]
     assert cells[1:5] == perf["devices"]

@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import pytest
 
-from fsaf_repro import anomalies, report, report_plots
+from fsaf_repro import anomalies, report, report_perf, report_plots
 from fsaf_repro.errors import ResultsError
 from fsaf_repro.perf import latency_summary, make_record
 from fsaf_repro.report_context import ReportContext
@@ -122,7 +122,7 @@ def test_pure_inference_below_end_to_end_and_a_wide_spread_are_flagged_beside_th
     assert "0.36 fps, below the same backend's end-to-end 2.35 fps" in pure
     assert "threads: 1 over the data set, 2 in the pure-inference timing" in pure
     assert "its 4 timed calls ran at (slowest to fastest) 0.2 to 5 fps" in by_kind[anomalies.WIDE_SPREAD].explanation
-    lines = report.measured_tables(context.perf_records, CANVAS, found)
+    lines = report_perf.measured_tables(context.perf_records, CANVAS, found)
     row = _row_of(lines, "| torch | fp32 | pure_inference |")
     assert "below e2e 2.35" in row and "spread 0.2-5 fps" in row
     assert _row_of(lines, "| onnxruntime | fp32 | e2e |").endswith("| - |")  # nothing to flag there
@@ -137,7 +137,7 @@ def test_pure_inference_below_end_to_end_and_a_wide_spread_are_flagged_beside_th
 
 def test_throughput_is_one_long_table_per_device_with_short_headers(context):
     emulated = make_record("cpu", "fp16-emulated", "fp16", 1, 0.5, "e2e", "measured: test", images=32, seconds=64)
-    lines = report.perf_lines(list(context.perf_records) + [emulated], CANVAS)
+    lines = report_perf.perf_lines(list(context.perf_records) + [emulated], CANVAS)
     devices = [line for line in lines if line.startswith("Device ")]
     assert devices == ["Device cpu, input 256x384:", f"Device {emulated['device']}, input 256x384:"]
     headers = [line for line in lines if line.startswith("| backend |")]
@@ -147,7 +147,7 @@ def test_throughput_is_one_long_table_per_device_with_short_headers(context):
 
 
 def test_only_comparable_records_are_tabled_against_the_reference(context):
-    lines = report.perf_lines(context.perf_records, CANVAS)
+    lines = report_perf.perf_lines(context.perf_records, CANVAS)
     section = lines[lines.index("### Measured records against the reference cells"):]
     assert not any("not ratioed" in line for line in section)
     assert not any(line.startswith("| device |") for line in section)  # no comparable record: no table
@@ -155,7 +155,7 @@ def test_only_comparable_records_are_tabled_against_the_reference(context):
     assert (f"None of the 3 measured records is comparable with a reference cell (the recipe's devices: {devices}): "
             "3 because device cpu has no column in the recipe's table.") in section
     npu = make_record("310P", "aclruntime", "fp16", 1, 60.0, "inference", "measured: npu host")
-    lines = report.perf_lines(list(context.perf_records) + [npu], CANVAS)
+    lines = report_perf.perf_lines(list(context.perf_records) + [npu], CANVAS)
     section = lines[lines.index("### Measured records against the reference cells"):]
     tabled = [line for line in section if line.startswith("| 310P |")]
     assert len(tabled) == 1 and "| aclruntime | fp16 | inference | 1 | 60.000 |" in tabled[0]
