@@ -86,7 +86,7 @@ class _ThroughputTable:
     device and per gate ratio."""
 
     def __init__(self, perf):
-        from .perf import reference_records
+        from .perf_gates import reference_records
         self.perf = perf
         self.reference = reference_records()
         self.ref_cells = {(r["device"], r["batch_size"]): r for r in self.reference}
@@ -106,7 +106,7 @@ class _ThroughputTable:
         return "OOM" if str(bs) in self.perf["table"][device] else "-"
 
     def _batch_row(self, bs):
-        from .perf import compare_records
+        from .perf_gates import compare_records
         cells = [f"bs{bs}"] + [self._reference_cell(device, bs) for device in self.devices]
         for num, den in self.ratio_defs:
             a, b = self.ref_cells.get((num, bs)), self.ref_cells.get((den, bs))
@@ -114,7 +114,8 @@ class _ThroughputTable:
         return cells
 
     def _best_row(self):
-        from .perf import best_batch, compare_records
+        from .perf import best_batch
+        from .perf_gates import compare_records
         bests = {device: best_batch([r for r in self.reference if r["device"] == device]) for device in self.devices}
         cells = ["best batch"] + [_fps_at_batch(bests[device]) for device in self.devices]
         for num, den in self.ratio_defs:
@@ -126,13 +127,13 @@ class _ThroughputTable:
 
 
 def _reference_gate_lines():
-    from .perf import evaluate_gates, format_gates, reference_records
+    from .perf_gates import evaluate_gates, format_gates, reference_records
     gates = format_gates(evaluate_gates(reference_records(), mode="inference"))
     return ["### Gates on the recipe's table", "", "```", gates, "```", ""]
 
 
 def _measured_gate_lines(perf, measured):
-    from .perf import evaluate_gates, format_gates
+    from .perf_gates import evaluate_gates, format_gates
     lines = ["### Gates on the measured records", ""]
     gate_devices = {device for g in perf["gates"] for device in (g["numerator"], g["denominator"])}
     measured_devices = sorted({r["device"] for r in measured})
@@ -156,7 +157,8 @@ def card_lines(measured: List[Dict[str, Any]]) -> List[str]:
     """Cards measured as cards (perf --devices): the recipe's convention (one chip x N) beside the
     measured card figure (all chips at once), with their ratio and the scaling efficiency; then the
     gates on each basis. Nothing when no card was measured."""
-    from .perf import CARD_BASES, evaluate_gates, format_gates
+    from .perf import CARD_BASES
+    from .perf_gates import evaluate_gates, format_gates
     cards = [r for r in measured if (r.get("card") or {}).get("basis") == "measured"]
     if not cards:
         return []
@@ -188,7 +190,7 @@ def _not_ratioed_reason(row):
 
 
 def _against_reference_lines(measured):
-    from .perf import compare_to_reference
+    from .perf_gates import compare_to_reference
     lines = ["### Measured records against the reference cells", ""]
     if not measured:
         return lines

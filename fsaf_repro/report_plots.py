@@ -100,7 +100,7 @@ def fps_figure(context: ReportContext):
     """The fps-by-batch figure: the recipe's devices (solid) and this run's series (dashed, a marker per
     mode), log-log, a colour per series, the legend right of the axes; the title says which canvas each
     side ran at."""
-    from .perf import reference_records
+    from .perf_gates import reference_records
     measured = sorted(measured_series(context.perf_records).items())
     devices = sorted({key[3] for key, _ in measured})
     series = [(f"{device} (recipe)", dict((r["batch_size"], r["fps"]) for r in reference_records()

@@ -8,9 +8,9 @@ from ..errors import FsafReproError, ResultsError
 from ..options import (BATCH_SIZE, BATCH_SIZES, COUNT, DEVICE_IDS, DURATION, NON_NEGATIVE_INT, POSITIVE_INT, TEXT,
                        THREADS, check_batch_memory)
 from ..perf import (CARD_BASES, DEFAULT_MIN_BATCHES, DEFAULT_MIN_SECONDS, MODE_DEFINITIONS, benchmark_records,
-                    best_batch, compare_to_reference, evaluate_gates, fixed_input, format_gates, format_records,
-                    load_records, measure_card, measure_pure_inference, parse_ais_bench_summary,
-                    parse_benchmark_perf, reference_records, write_records)
+                    best_batch, fixed_input, format_records, load_records, measure_card, measure_pure_inference,
+                    parse_ais_bench_summary, parse_benchmark_perf, write_records)
+from ..perf_gates import compare_to_reference, evaluate_gates, format_gates, reference_records
 from .args import BACKEND_NAME, KEY_VALUE, input_file, output_file, output_place, parse_backend_options, typed
 from .model_input import add_model_input_arguments, model_input
 

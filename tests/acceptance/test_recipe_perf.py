@@ -13,7 +13,8 @@ import os
 
 import pytest
 
-from fsaf_repro.perf import best_batch, evaluate_gates, load_records, reference_records
+from fsaf_repro.perf import best_batch, load_records
+from fsaf_repro.perf_gates import evaluate_gates, reference_records
 from fsaf_repro.spec import performance_reference
 
 from tests.acceptance.conftest import ENV_OF, perf_records_in, provide, write_json

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fsaf_repro import backends, perf, report_perf
+from fsaf_repro import backends, perf, perf_gates, report_perf
 from fsaf_repro.backends.fp16_emulation import (
     RECORD_DEVICE, RECORD_PRECISION, emulate_fp16, emulated_detector, fp16_candidates, round_fp16)
 from fsaf_repro.checkpoint import load_detector
@@ -208,15 +208,15 @@ def test_records_say_cpu_emulation_and_never_an_npu(seeded_checkpoint):
 
 
 def test_emulated_records_stay_out_of_the_npu_gates(tmp_path):
-    reference = perf.reference_records()
+    reference = perf_gates.reference_records()
     emulated = [perf.make_record("cpu", NAME, "fp16", bs, 1e6, "inference", "measured: test")
                 for bs in (1, 4)]
     # an absurdly fast emulated figure changes no gate: it is not a record of any gate device
-    with_emulated = perf.evaluate_gates(reference + emulated)
-    alone = perf.evaluate_gates(reference)
+    with_emulated = perf_gates.evaluate_gates(reference + emulated)
+    alone = perf_gates.evaluate_gates(reference)
     assert [(g["name"], g["ratio"], g["passed"]) for g in with_emulated] == \
         [(g["name"], g["ratio"], g["passed"]) for g in alone]
-    assert all(g["passed"] is None for g in perf.evaluate_gates(emulated))
+    assert all(g["passed"] is None for g in perf_gates.evaluate_gates(emulated))
     gate_devices = set(d for g in alone for d in (g["numerator_device"], g["denominator_device"]))
     assert RECORD_DEVICE not in gate_devices
     # the report puts it in a measured table of its own device label and evaluates no gate with it
@@ -226,7 +226,7 @@ def test_emulated_records_stay_out_of_the_npu_gates(tmp_path):
     # a record relabelled as an NPU one (by hand or by a caller writing labels after the fact) is refused
     forged = dict(emulated[0], device="310P", precision="fp16")
     with pytest.raises(ResultsError, match="not an NPU measurement"):
-        perf.evaluate_gates(reference + [forged])
+        perf_gates.evaluate_gates(reference + [forged])
     path = tmp_path / "records.json"
     path.write_text(json.dumps({"records": [forged]}))
     with pytest.raises(ResultsError, match="records.json: record 0"):

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from fsaf_repro import backends, perf, report_perf
+from fsaf_repro import backends, perf, perf_gates, report_perf
 from fsaf_repro.cli import main as cli_main
 from fsaf_repro.errors import BackendError, ResultsError
 from tests.support import fake_om
@@ -65,14 +65,15 @@ def test_gates_use_the_basis_asked_for_and_name_it():
                              "pure_inference", "measured: test", chips=4)
     gate = [{"name": "aoe over card", "numerator": "310P_aoe", "denominator": "310P", "min_ratio": 1.2,
              "source": "test"}]
-    results = {basis: perf.evaluate_gates(records + [other], mode="pure_inference", gates=gate, card_basis=basis)[0]
+    results = {basis: perf_gates.evaluate_gates(records + [other], mode="pure_inference", gates=gate,
+                                                card_basis=basis)[0]
                for basis in perf.CARD_BASES}
     for basis, result in results.items():
         assert result["card_basis"] == basis and any(basis in c for c in result["caveats"])
     assert results["measured"]["denominator"]["fps"] == pytest.approx(measured_fps)
     assert results["convention"]["denominator"]["fps"] == pytest.approx(convention_fps)
     with pytest.raises(ResultsError, match="card basis"):
-        perf.evaluate_gates(records, card_basis="x4")
+        perf_gates.evaluate_gates(records, card_basis="x4")
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from fsaf_repro import backends, perf, report_perf, runner
+from fsaf_repro import backends, perf, perf_gates, report_perf, runner
 from fsaf_repro.backends.benchmark_tool import output_dir, perf_file_path, run_info_file
 from fsaf_repro.data import CocoImageSet, bin_bytes, write_bins
 from fsaf_repro.errors import FsafReproError, PathError, RunLocked
@@ -82,7 +82,7 @@ def test_a_resumed_infer_records_partial_fps_that_the_gates_leave_out(dataset, t
     perf.write_records(str(path), resumed["records"])
     loaded = perf.load_records(str(path))
     gate = {"name": "g", "min_ratio": 1.0, "source": "s", "numerator": "host", "denominator": "host"}
-    result = perf.evaluate_gates(loaded, mode="inference", gates=[gate])[0]
+    result = perf_gates.evaluate_gates(loaded, mode="inference", gates=[gate])[0]
     assert result["ratio"] is None
     assert any("partial inference record(s) of host not used (covering 4 of 6 images)" in c
                for c in result["caveats"])

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from fsaf_repro import perf
+from fsaf_repro import perf, perf_gates
 from fsaf_repro.cli import main as cli_main
 from fsaf_repro.errors import ResultsError
 from fsaf_repro.spec import performance_reference
@@ -28,7 +28,7 @@ def best_of(table_row):
 
 def test_reference_records_follow_the_spec_table():
     ref = performance_reference()
-    records = perf.reference_records()
+    records = perf_gates.reference_records()
     expected_cells = sum(1 for d in ref["devices"] for v in ref["table"][d].values() if v is not None)
     assert len(records) == expected_cells
     for record in records:
@@ -39,7 +39,7 @@ def test_reference_records_follow_the_spec_table():
 
 def test_gates_on_the_recipe_table_pass_with_the_table_ratios():
     ref = performance_reference()
-    results = {g["name"]: g for g in perf.evaluate_gates(perf.reference_records())}
+    results = {g["name"]: g for g in perf_gates.evaluate_gates(perf_gates.reference_records())}
     assert ref["gates"] and sorted(results) == sorted(g["name"] for g in ref["gates"])
     for gate in ref["gates"]:
         result = results[gate["name"]]
@@ -73,10 +73,10 @@ def test_310_figures_are_per_card_by_the_x4_convention(tmp_path):
     assert chip["fps"] == pytest.approx(INTERFACE_FPS)
     # a per-chip 310 figure is never silently compared with a per-card one
     with pytest.raises(ResultsError, match="chips"):
-        perf.compare_records(chip, card)
-    rows = perf.compare_to_reference([chip])
+        perf_gates.compare_records(chip, card)
+    rows = perf_gates.compare_to_reference([chip])
     assert rows[0]["ratio"] is None and "not compared" in rows[0]["caveats"][0]
-    rows = perf.compare_to_reference([card])
+    rows = perf_gates.compare_to_reference([card])
     ref_fps = performance_reference()["table"]["310"]["1"]
     assert rows[0]["ratio"] == pytest.approx(INTERFACE_FPS * 4 / ref_fps)
 
@@ -116,12 +116,12 @@ def test_ais_bench_summary(tmp_path):
 def test_comparisons_state_differences_and_refuse_mixed_modes():
     a = perf.make_record("310P", "benchmark", "fp16", 8, 60.0, "inference", "measured: run a")
     b = perf.make_record("310P", "benchmark", "fp32", 8, 40.0, "inference", "measured: run b")
-    comparison = perf.compare_records(a, b)
+    comparison = perf_gates.compare_records(a, b)
     assert comparison["ratio"] == pytest.approx(1.5)
     assert comparison["caveats"] == ["different precisions: fp16 vs fp32"]
     c = perf.make_record("310P", "benchmark", "fp16", 8, 50.0, "e2e", "measured: run a")
     with pytest.raises(ResultsError, match="e2e"):
-        perf.compare_records(a, c)
+        perf_gates.compare_records(a, c)
     with pytest.raises(ResultsError, match="fps"):
         perf.make_record("310P", "x", "fp16", 1, 0.0, "inference", "measured")
     with pytest.raises(ResultsError, match="mode"):
@@ -133,13 +133,13 @@ def test_gates_on_measured_records_fail_and_report_missing_devices():
                 for bs, fps in ((1, 50.0), (4, 60.0))]
     measured.append(perf.make_record("310", "benchmark", "fp16", 8, 55.0, "inference", "measured: b",
                                      chips=4))
-    results = {g["name"]: g for g in perf.evaluate_gates(measured)}
+    results = {g["name"]: g for g in perf_gates.evaluate_gates(measured)}
     gate = results["310P_aoe_vs_310"]
     assert gate["numerator"]["batch_size"] == 4
     assert gate["ratio"] == pytest.approx(60.0 / 55.0) and gate["passed"] is False
     assert results["310P_vs_T4"]["passed"] is None
     assert "no inference record for 310P, T4" in results["310P_vs_T4"]["caveats"][0]
-    text = perf.format_gates(perf.evaluate_gates(measured))
+    text = perf_gates.format_gates(perf_gates.evaluate_gates(measured))
     assert "FAIL 310P_aoe_vs_310" in text and "NOT EVALUATED 310P_vs_T4" in text
 
 
@@ -213,15 +213,15 @@ def _gate_record(device, fps, low, high):
 def test_a_gate_whose_intervals_hold_the_threshold_is_too_close_to_call():
     gate = {"name": "g", "numerator": "310P", "denominator": "T4", "min_ratio": 1.6, "source": "test"}
     # ratio 1.7 but the intervals allow 1.5 .. 1.9: neither pass nor fail
-    close = perf.evaluate_gates([_gate_record("310P", 170.0, 160.0, 180.0), _gate_record("T4", 100.0, 95.0, 105.0)],
-                                gates=[gate])[0]
-    assert close["passed"] is None and close["verdict"] == perf.TOO_CLOSE and close["ratio"] == pytest.approx(1.7)
-    assert perf.TOO_CLOSE.upper() in perf.format_gates([close])
+    close = perf_gates.evaluate_gates([_gate_record("310P", 170.0, 160.0, 180.0),
+                                       _gate_record("T4", 100.0, 95.0, 105.0)], gates=[gate])[0]
+    assert close["passed"] is None and close["verdict"] == perf_gates.TOO_CLOSE and close["ratio"] == pytest.approx(1.7)
+    assert perf_gates.TOO_CLOSE.upper() in perf_gates.format_gates([close])
     # the same ratio measured tightly: a pass; well below: a fail
-    tight = perf.evaluate_gates([_gate_record("310P", 170.0, 169.0, 171.0), _gate_record("T4", 100.0, 99.5, 100.5)],
-                                gates=[gate])[0]
+    tight = perf_gates.evaluate_gates([_gate_record("310P", 170.0, 169.0, 171.0),
+                                       _gate_record("T4", 100.0, 99.5, 100.5)], gates=[gate])[0]
     assert tight["passed"] is True and tight["verdict"] == "pass"
-    low = perf.evaluate_gates([_gate_record("310P", 120.0, 110.0, 130.0), _gate_record("T4", 100.0, 95.0, 105.0)],
+    low = perf_gates.evaluate_gates([_gate_record("310P", 120.0, 110.0, 130.0), _gate_record("T4", 100.0, 95.0, 105.0)],
                               gates=[gate])[0]
     assert low["passed"] is False and low["ratio_interval"][1] < 1.6
 

@@ -11,7 +11,8 @@ from fsaf_repro import report, report_perf, report_plots
 from fsaf_repro.data import CocoImageSet
 from fsaf_repro.evaluate import evaluate_results, metrics_record
 from fsaf_repro.parity import compare_detections
-from fsaf_repro.perf import make_record, reference_records
+from fsaf_repro.perf import make_record
+from fsaf_repro.perf_gates import reference_records
 from fsaf_repro.postprocess import write_results_json
 from fsaf_repro.report_context import ReportContext, RunKind
 from fsaf_repro.spec import accuracy_reference, performance_reference
