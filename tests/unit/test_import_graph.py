@@ -120,3 +120,23 @@ def test_every_verb_module_defines_register():
     for name in cli.VERB_MODULES:
         module = importlib.import_module("fsaf_repro.cli." + name)
         assert callable(getattr(module, "register", None)), name
+
+
+def _over_limit(figures, package_dir):
+    return figures.figures(str(package_dir))[f"modules_over_{figures.LARGE_MODULE_LINES}_lines"]
+
+
+def test_no_module_over_the_size_limit(figures):
+    # split a module by concern rather than raising the limit (docs/architecture.md, "Guards on the shape")
+    assert _over_limit(figures, PACKAGE_DIR) == []
+
+
+def test_the_size_figure_names_a_module_one_line_over_the_limit(figures, tmp_path):
+    # the check above would pass vacuously if the figure never listed anything
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    limit = figures.LARGE_MODULE_LINES
+    (package / "at_limit.py").write_text("x = 1\n" * limit)
+    (package / "over_limit.py").write_text("x = 1\n" * (limit + 1))
+    assert _over_limit(figures, package) == [f"pkg.over_limit ({limit + 1})"]
