@@ -26,7 +26,7 @@ from .fileio import atomic_write_json, file_sha256
 from .jsonio import load_json
 from .options import BATCH_SIZES
 from .spec import input_constants
-from .tools import output_tail, run_tool
+from .tools import ToolCheck, output_tail, run_tool
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32, 64)
 DEFAULT_OUT_NODES = "dets;labels"
@@ -332,8 +332,9 @@ class ConversionJob:
         """The tool's output; ToolError unless it exited 0, printed its success line and wrote `artifact`."""
         success, failure = (ATC_SUCCESS, ATC_FAILURE) if self.tool == "atc" else (AOE_SUCCESS, None)
         try:
-            return run_tool(argv, cwd=scratch, log_path=log_path, success_line=success, failure_line=failure,
-                            explain=cann_error_summary, artifacts=[artifact], timeout=self.timeout,
+            check = ToolCheck(success_line=success, failure_line=failure, explain=cann_error_summary,
+                              artifacts=(artifact,))
+            return run_tool(argv, cwd=scratch, log_path=log_path, check=check, timeout=self.timeout,
                             tool_name=self.tool)
         except ToolNotStarted:
             raise  # it never ran: convert_one removes the empty scratch directory

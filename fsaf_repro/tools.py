@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from .errors import ToolError, ToolNotStarted
@@ -30,18 +31,28 @@ def output_tail(text: str, lines: int = 8) -> str:
     return "\n".join(kept[-lines:])
 
 
-def run_tool(argv: Sequence[Any], cwd: Optional[str], log_path: str, success_line: Optional[str] = None,
-             artifacts: Sequence[str] = (), timeout: Optional[float] = None, env: Optional[Dict[str, str]] = None,
-             tool_name: Optional[str] = None, setup_hint: str = SETUP_HINT, failure_line: Optional[str] = None,
-             explain: Optional[Callable[[str], Optional[str]]] = None) -> str:
-    """Run an external tool and judge it by exit code, success line and artifacts.
+@dataclass(frozen=True)
+class ToolCheck:
+    """How a tool's run is judged beyond its exit code (the default: the exit code only).
 
-    argv: list of strings (argv[0] is looked up on PATH unless it contains a slash).
-    log_path: the combined stdout+stderr is written there (kept whatever the outcome).
-    success_line: a substring the tool prints on success (None: exit code only).
+    success_line: a substring the tool prints on success (None: not required).
     failure_line: a substring the tool prints on failure; printed with exit code 0 it still fails.
     explain: output text -> a one-line reason (e.g. the tool's error codes) put first in the error.
     artifacts: paths that must exist afterwards.
+    """
+    success_line: Optional[str] = None
+    failure_line: Optional[str] = None
+    explain: Optional[Callable[[str], Optional[str]]] = None
+    artifacts: Sequence[str] = ()
+
+
+def run_tool(argv: Sequence[Any], cwd: Optional[str], log_path: str, check: ToolCheck = ToolCheck(),
+             timeout: Optional[float] = None, env: Optional[Dict[str, str]] = None,
+             tool_name: Optional[str] = None, setup_hint: str = SETUP_HINT) -> str:
+    """Run an external tool and judge it by exit code and by `check` (success line, artifacts).
+
+    argv: list of strings (argv[0] is looked up on PATH unless it contains a slash).
+    log_path: the combined stdout+stderr is written there (kept whatever the outcome).
     Returns the tool's output text; raises ToolError naming the tool, the outcome and the log.
     """
     argv = [str(a) for a in argv]
@@ -62,8 +73,8 @@ def run_tool(argv: Sequence[Any], cwd: Optional[str], log_path: str, success_lin
     except OSError as exc:
         raise ToolNotStarted(f"{name}: could not start {exe!r}: {exc}; {setup_hint}") from exc
     output = proc.stdout.decode("utf-8", "replace")
-    _judge(name, proc.returncode, output, argv, cwd, log_path, explain)
-    _check_claimed_success(name, output, log_path, success_line, failure_line, explain, artifacts)
+    _judge(name, proc.returncode, output, argv, cwd, log_path, check.explain)
+    _check_claimed_success(name, output, log_path, check)
     return output
 
 
@@ -87,8 +98,9 @@ def _reason(output, explain):
     return f": {reason}" if reason else ""
 
 
-def _check_claimed_success(name, output, log_path, success_line, failure_line, explain, artifacts):
+def _check_claimed_success(name, output, log_path, check):
     """ToolError for an exit code 0 that the output or the missing artifacts contradict."""
+    success_line, failure_line, explain = check.success_line, check.failure_line, check.explain
     if failure_line and failure_line in output:
         raise ToolError(f"{name}: exited 0 but printed its failure line {failure_line!r}{_reason(output, explain)}; "
                         f"treating the run as failed; log: {log_path}")
@@ -96,7 +108,7 @@ def _check_claimed_success(name, output, log_path, success_line, failure_line, e
         last = output_tail(output, 1) or "(no output)"
         raise ToolError(f"{name}: exited 0 but never printed its success line {success_line!r} (its last line: "
                         f"{last!r}); treating the run as failed; log: {log_path}")
-    missing = [p for p in artifacts if not os.path.exists(p)]
+    missing = [p for p in check.artifacts if not os.path.exists(p)]
     if missing:
         raise ToolError(f"{name}: reported success but did not produce {', '.join(missing)}; log: {log_path}")
 

@@ -7,9 +7,8 @@ cycles between the package's modules (strongly connected components of the impor
 inside functions included) and between its packages (each subpackage one node), the largest module
 (lines) and the modules over 500 lines, the number of `.format(` calls, the number of modules importing
 argparse, and the number of imports done inside functions; the largest parameter list (and the functions
-over 10 parameters), the
-places each `reproduce` option is written, and the label substring matches. Runs on Python 3.7+
-with no dependency, so the same script measures an old checkout and a new one.
+over 10 parameters), the places each `reproduce` option is written, and the label substring matches. Runs
+on Python 3.7+ with no dependency, so the same script measures an old checkout and a new one.
 """
 import ast
 import json

@@ -26,7 +26,7 @@ from .om_tool import NUMBER_PATTERN, OmToolBackend, read_tool_text, refuse_line
 from ..errors import DataError, OutputFormatError, ResultsError, ToolError
 from ..fileio import atomic_write_text
 from ..options import TEXT
-from ..tools import run_tool
+from ..tools import ToolCheck, run_tool
 
 INSTALL_HINT = ("put the CANN benchmark tool (benchmark.x86_64 or benchmark.aarch64, from the ModelZoo "
                 "benchmark tool package) on PATH, or pass executable=PATH, and "
@@ -114,7 +114,7 @@ def run_info_file(om_path, batch_size, info_path, width, height, workdir, device
     remove_stale_outputs(perf_path, output_dir(workdir, device_id))
     argv = benchmark_argv(executable, os.path.abspath(str(om_path)), batch_size, tool_info, width, height,
                           device_id)
-    run_tool(argv, cwd=workdir, log_path=log_path, artifacts=[perf_path], timeout=timeout,
+    run_tool(argv, cwd=workdir, log_path=log_path, check=ToolCheck(artifacts=(perf_path,)), timeout=timeout,
              tool_name=os.path.basename(executable), setup_hint=INSTALL_HINT)
     outputs = output_dir(workdir, device_id)
     stems = [os.path.splitext(os.path.basename(path))[0] for _, path, _, _ in entries]
