@@ -162,16 +162,18 @@ def input_shape_arg(input_name: str, batch_size: int, height: Optional[int], wid
 
 
 def atc_argv(onnx_path: str, output_prefix: str, batch_size: int, soc_version: Optional[str],
-             input_name: str = "input", height: Optional[int] = None, width: Optional[int] = None,
-             out_nodes: Optional[str] = DEFAULT_OUT_NODES, precision_mode: str = DEFAULT_PRECISION_MODE,
-             log_level: str = "error", atc: str = "atc", extra_args: Sequence[str] = (),
-             extra_inputs: Sequence[Tuple[str, Sequence[int]]] = ()) -> List[str]:
-    """The recipe's atc command (section 3.2) as an argv list."""
+             model: Optional["ModelInput"] = None, out_nodes: Optional[str] = DEFAULT_OUT_NODES,
+             precision_mode: str = DEFAULT_PRECISION_MODE, log_level: str = "error", atc: str = "atc",
+             extra_args: Sequence[str] = ()) -> List[str]:
+    """The recipe's atc command (section 3.2) as an argv list; `model` None: an input named `input` at the
+    recipe's network input size (spec `input`)."""
+    if model is None:
+        model = ModelInput("input", input_constants()["height"], input_constants()["width"])
     if precision_mode not in PRECISION_MODES:
         raise ToolError(f"unknown atc precision mode {precision_mode!r}; choose one of {', '.join(PRECISION_MODES)}")
     argv = [atc, "--framework=5", f"--model={onnx_path}", f"--output={output_prefix}",
             "--input_format=NCHW",
-            f"--input_shape={input_shape_arg(input_name, batch_size, height, width, extra_inputs)}",
+            f"--input_shape={input_shape_arg(model.name, batch_size, model.height, model.width, model.extra_inputs)}",
             f"--log={log_level}", f"--soc_version={soc_version}"]
     if out_nodes:
         argv.append(f"--out_nodes={out_nodes}")
@@ -304,7 +306,7 @@ def _check_onnx_batch(sidecar, onnx_path, batch_size):
             f"size {batch_size}; export it with a dynamic batch (batch_size=None) or once per batch size")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConversionJob:
     """One atc or aoe run for one batch size, with the tool's options."""
     tool: str
@@ -320,10 +322,9 @@ class ConversionJob:
 
     def argv(self, onnx_path: str, output_prefix: str, model: ModelInput) -> List[str]:
         if self.tool == "atc":
-            return atc_argv(onnx_path, output_prefix, self.batch_size, self.soc_version, model.name, model.height,
-                            model.width, out_nodes=self.out_nodes, precision_mode=self.precision_mode,
-                            log_level=self.log_level, atc=self.executable or "atc", extra_args=self.extra_args,
-                            extra_inputs=model.extra_inputs)
+            return atc_argv(onnx_path, output_prefix, self.batch_size, self.soc_version, model,
+                            out_nodes=self.out_nodes, precision_mode=self.precision_mode,
+                            log_level=self.log_level, atc=self.executable or "atc", extra_args=self.extra_args)
         return aoe_argv(onnx_path, output_prefix, self.batch_size, model.name, model.height, model.width,
                         job_type=self.job_type, aoe=self.executable or "aoe", extra_args=self.extra_args,
                         extra_inputs=model.extra_inputs)
@@ -342,17 +343,14 @@ class ConversionJob:
             raise ToolError(f"{exc} (batch size {self.batch_size}; scratch directory kept: {scratch})") from None
 
 
-def convert_one(onnx_path: str, out_dir: str, batch_size: int, soc_version: Optional[str], tool: str = "atc",
-                name_prefix: Optional[str] = None, precision_mode: str = DEFAULT_PRECISION_MODE,
-                out_nodes: Optional[str] = DEFAULT_OUT_NODES, input_name: str = "input",
-                height: Optional[int] = None, width: Optional[int] = None, log_level: str = "error",
-                job_type: int = 2, executable: Optional[str] = None, timeout: Optional[float] = None,
-                extra_args: Sequence[str] = ()) -> Dict[str, Any]:
-    """Convert `onnx_path` for one batch size with atc (tool="atc") or aoe (tool="aoe").
+def convert_one(onnx_path: str, out_dir: str, job: ConversionJob, name_prefix: Optional[str] = None,
+                input_name: str = "input", height: Optional[int] = None, width: Optional[int] = None) -> Dict[str, Any]:
+    """Convert `onnx_path` as `job` says: one batch size with atc (job.tool "atc") or aoe (job.tool "aoe").
 
     Returns the sidecar dict (also written at `<om>.json`). On failure raises ToolError; the log is kept
     beside where the om would have been and the scratch directory is kept and named for inspection.
     """
+    tool, batch_size = job.tool, job.batch_size
     if tool not in ("atc", "aoe"):
         raise ToolError(f"unknown conversion tool {tool!r}; use atc or aoe")
     onnx_path = os.path.abspath(str(onnx_path))
@@ -362,8 +360,6 @@ def convert_one(onnx_path: str, out_dir: str, batch_size: int, soc_version: Opti
     width = input_constants()["width"] if width is None else width
     onnx_sidecar, model = _model_input(onnx_path, input_name, height, width)
     _check_onnx_batch(onnx_sidecar, onnx_path, batch_size)
-    job = ConversionJob(tool, batch_size, soc_version, precision_mode, out_nodes, log_level, job_type, executable,
-                        timeout, extra_args)
     out_dir = os.path.abspath(str(out_dir))
     if not os.path.isdir(out_dir):
         os.makedirs(out_dir)
@@ -417,8 +413,11 @@ def om_sidecar(job: ConversionJob, argv: List[str], model: ModelInput, onnx_path
 
 def convert_batch_sizes(onnx_path: str, out_dir: str, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
                         soc_version: Optional[str] = None, aoe: bool = False, npu_smi: str = "npu-smi",
-                        keep_going: bool = True, **kwargs: Any) -> Dict[int, Dict[str, Any]]:
-    """Convert for every batch size; returns {batch_size: sidecar}.
+                        keep_going: bool = True, canvas: Optional[Tuple[int, int]] = None,
+                        **tool_options: Any) -> Dict[int, Dict[str, Any]]:
+    """Convert for every batch size; returns {batch_size: sidecar}. `canvas` (height, width): the network input
+    where the export sidecar does not give it (None: the recipe's); `tool_options`: ConversionJob's fields
+    after soc_version (precision_mode, out_nodes, ...).
 
     The soc version is read from `npu-smi info` when not given (atc only: aoe reads the device itself).
     With keep_going, a failing batch size does not stop the others; the failures are raised together
@@ -426,6 +425,7 @@ def convert_batch_sizes(onnx_path: str, out_dir: str, batch_sizes: Sequence[int]
     """
     batch_sizes = BATCH_SIZES.check(list(batch_sizes), "batch_sizes")
     tool = "aoe" if aoe else "atc"
+    height, width = canvas if canvas is not None else (None, None)
     if not os.path.isdir(str(out_dir)):
         os.makedirs(str(out_dir))
     if soc_version is None:
@@ -433,7 +433,8 @@ def convert_batch_sizes(onnx_path: str, out_dir: str, batch_sizes: Sequence[int]
     results, failures = {}, []
     for bs in batch_sizes:
         try:
-            results[int(bs)] = convert_one(onnx_path, out_dir, int(bs), soc_version, tool=tool, **kwargs)
+            job = ConversionJob(tool, int(bs), soc_version, **tool_options)
+            results[int(bs)] = convert_one(onnx_path, out_dir, job, height=height, width=width)
         except ToolNotStarted:
             raise  # every other batch size would fail the same way, before the tool runs
         except ToolError as exc:

@@ -151,7 +151,7 @@ def run_convert(ctx):
     om_dir, run_dir = ctx.outputs["om_dir"], ctx.options["run_dir"]
     built = convert_batch_sizes(ctx.inputs["onnx"], om_dir, ctx.params["batch_sizes"],
                                 soc_version=ctx.params["soc_version"], precision_mode=ctx.params["precision_mode"],
-                                height=canvas_h, width=canvas_w)
+                                canvas=(canvas_h, canvas_w))
     outputs, oms = [], {}
     for bs, sidecar in sorted(built.items()):
         om = os.path.join(om_dir, sidecar["om"])

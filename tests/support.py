@@ -89,5 +89,5 @@ def fake_om(directory, batch_size, soc, height, width):
     with open(onnx + ".json", "w") as handle:
         json.dump({"flavour": "ascend-nms", "batch_size": "dynamic",
                    "input": {"name": "input", "shape": [1, 3, height, width], "dtype": "float32"}}, handle)
-    convert.convert_one(onnx, os.path.join(str(directory), "om"), batch_size, soc)
+    convert.convert_one(onnx, os.path.join(str(directory), "om"), convert.ConversionJob("atc", batch_size, soc))
     return os.path.join(str(directory), "om", f"fsaf_bs{batch_size}.om")

@@ -229,7 +229,7 @@ def om_for(settings, run_dir, onnx_export, checkpoint_of):
     """om_for(kind, batch_size, tool=None) -> om sidecar dict (with "path"): the 800x1216 ascend-nms export
     converted for one batch size by atc (recipe section 3.2) or by aoe operator tuning (section 7.1);
     default tool: aoe when FSAF_DEVICE=310P_aoe, else atc."""
-    from fsaf_repro.convert import convert_one, detect_soc_version
+    from fsaf_repro.convert import ConversionJob, convert_one, detect_soc_version
     from fsaf_repro.errors import ToolError
 
     made = {}
@@ -253,7 +253,7 @@ def om_for(settings, run_dir, onnx_export, checkpoint_of):
         inp = load_recipe_spec()["input"]
         onnx_path, _ = onnx_export(checkpoint_of(kind), kind, "ascend-nms", inp["height"], inp["width"], None)
         out_dir = os.path.join(run_dir, "om")
-        sidecar = convert_one(onnx_path, out_dir, batch_size, soc_version, tool=tool,
+        sidecar = convert_one(onnx_path, out_dir, ConversionJob(tool, batch_size, soc_version),
                               name_prefix=f"fsaf_{kind}_{tool}_bs{batch_size}")
         sidecar = dict(sidecar, path=os.path.join(out_dir, sidecar["om"]))
         made[key] = sidecar

@@ -71,7 +71,7 @@ def test_npu_smi_outcomes_are_explained(tools, monkeypatch, mode, message):
 def test_missing_tool_names_what_to_install(tmp_path, onnx_model, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(ToolError, match="set_env.sh"):
-        convert.convert_one(onnx_model, tmp_path / "om", 1, "Ascend310")
+        convert.convert_one(onnx_model, tmp_path / "om", convert.ConversionJob("atc", 1, "Ascend310"))
     with pytest.raises(ToolError, match="--soc-version"):
         convert.detect_soc_version()
 
@@ -120,7 +120,7 @@ def test_atc_failures_are_reported_and_leave_no_om(tools, onnx_model, tmp_path, 
     monkeypatch.setenv("FAKE_ATC_MODE", mode)
     out = tmp_path / "om"
     with pytest.raises(ToolError, match=message) as info:
-        convert.convert_one(onnx_model, out, 1, "Ascend310P3")
+        convert.convert_one(onnx_model, out, convert.ConversionJob("atc", 1, "Ascend310P3"))
     assert not (out / "fsaf_bs1.om").exists()
     assert not (out / "fsaf_bs1.om.json").exists()
     log = out / "fsaf_bs1.atc.log"
@@ -144,13 +144,13 @@ def test_one_failing_batch_size_keeps_the_others(tools, onnx_model, tmp_path, mo
 def test_static_batch_onnx_is_refused_before_running_atc(tools, onnx_model, tmp_path):
     write_export_sidecar(onnx_model, batch_size=1)
     with pytest.raises(ToolError, match="static batch size of 1 .* batch size 4"):
-        convert.convert_one(onnx_model, tmp_path / "om", 4, "Ascend310P3")
+        convert.convert_one(onnx_model, tmp_path / "om", convert.ConversionJob("atc", 4, "Ascend310P3"))
     assert not (tmp_path / "om" / "fsaf_bs4.atc.log").exists()
 
 
 def test_aoe_tuning(tools, onnx_model, tmp_path, monkeypatch):
     out = tmp_path / "om"
-    sidecar = convert.convert_one(onnx_model, out, 4, "Ascend310P3", tool="aoe")
+    sidecar = convert.convert_one(onnx_model, out, convert.ConversionJob("aoe", 4, "Ascend310P3"))
     assert sidecar["tool"] == "aoe" and sidecar["job_type"] == 2
     assert "--job_type=2" in sidecar["argv"]
     assert (out / "aoe_fsaf_bs4.om").exists()
@@ -159,7 +159,7 @@ def test_aoe_tuning(tools, onnx_model, tmp_path, monkeypatch):
                           ("fail", "exit code 255")):
         monkeypatch.setenv("FAKE_AOE_MODE", mode)
         with pytest.raises(ToolError, match=message):
-            convert.convert_one(onnx_model, out, 8, "Ascend310P3", tool="aoe")
+            convert.convert_one(onnx_model, out, convert.ConversionJob("aoe", 8, "Ascend310P3"))
         assert not (out / "aoe_fsaf_bs8.om").exists()
 
 
@@ -191,7 +191,7 @@ def test_uint8_export_with_image_hw_input_gets_both_input_shapes(tools, onnx_mod
                    "input": {"name": "input", "shape": ["batch", 3, 64, 96], "dtype": "uint8"},
                    "inputs": [{"name": "input", "shape": ["batch", 3, 64, 96], "dtype": "uint8"},
                               {"name": "image_hw", "shape": ["batch", 2], "dtype": "int32"}]}, handle)
-    sidecar = convert.convert_one(onnx_model, tmp_path / "om", 4, "Ascend310P3")
+    sidecar = convert.convert_one(onnx_model, tmp_path / "om", convert.ConversionJob("atc", 4, "Ascend310P3"))
     assert "--input_shape=input:4,3,64,96;image_hw:4,2" in sidecar["argv"]
     assert sidecar["extra_inputs"] == [{"name": "image_hw", "shape": [4, 2]}]
 
@@ -265,12 +265,12 @@ def test_published_atc_outputs_are_judged_by_their_lines(replay, onnx_model, tmp
     replay(name, expected["exit_code"], writes_om=expected["success"])
     out = tmp_path / "om"
     if expected["success"]:
-        sidecar = convert.convert_one(onnx_model, out, 1, "Ascend310P3")
+        sidecar = convert.convert_one(onnx_model, out, convert.ConversionJob("atc", 1, "Ascend310P3"))
         assert (out / "fsaf_bs1.om").exists()
         assert [w.split(":")[0] for w in sidecar["tool_warnings"]] == expected["warning_codes"]
         return
     with pytest.raises(ToolError) as info:
-        convert.convert_one(onnx_model, out, 1, "Ascend310P3")
+        convert.convert_one(onnx_model, out, convert.ConversionJob("atc", 1, "Ascend310P3"))
     first_line = str(info.value).splitlines()[0]
     # the error codes lead the message, whatever follows them in the output (traceback lines)
     assert first_line.startswith("atc: failed with exit code 1: " + expected["errors"][0] + ":")
@@ -279,7 +279,7 @@ def test_published_atc_outputs_are_judged_by_their_lines(replay, onnx_model, tmp
     replay(name, 0, writes_om=True)
     with pytest.raises(ToolError, match="exited 0 but printed its failure line 'ATC run failed': "
                                         + expected["errors"][0]):
-        convert.convert_one(onnx_model, out, 1, "Ascend310P3")
+        convert.convert_one(onnx_model, out, convert.ConversionJob("atc", 1, "Ascend310P3"))
     assert not (out / "fsaf_bs1.om").exists()
 
 
@@ -287,8 +287,8 @@ def test_atc_exit_0_without_its_success_line_quotes_the_last_line(tools, onnx_mo
     monkeypatch.setenv("FAKE_ATC_MODE", "no_success_line")
     with pytest.raises(ToolError, match="never printed its success line 'ATC run success' \\(its last line: "
                                         "'ATC start working now, please wait for a moment.'\\)"):
-        convert.convert_one(onnx_model, tmp_path / "om", 1, "Ascend310P3")
+        convert.convert_one(onnx_model, tmp_path / "om", convert.ConversionJob("atc", 1, "Ascend310P3"))
     monkeypatch.setenv("FAKE_ATC_MODE", "failed_exit0")
     with pytest.raises(ToolError, match="exited 0 but printed its failure line 'ATC run failed': EZ3003: "):
-        convert.convert_one(onnx_model, tmp_path / "om", 1, "Ascend310P3")
+        convert.convert_one(onnx_model, tmp_path / "om", convert.ConversionJob("atc", 1, "Ascend310P3"))
     assert not (tmp_path / "om" / "fsaf_bs1.om").exists()

@@ -303,7 +303,7 @@ def test_cli_perf_runs_the_benchmark_tool_over_an_info_file(tmp_path, monkeypatc
     install_fake_tools(tmp_path / "bin", monkeypatch)
     onnx = tmp_path / "fsaf.onnx"
     onnx.write_bytes(b"onnx")
-    convert.convert_one(str(onnx), tmp_path / "om", 1, "Ascend310P3", height=16, width=24)
+    convert.convert_one(str(onnx), tmp_path / "om", convert.ConversionJob("atc", 1, "Ascend310P3"), height=16, width=24)
     with open(str(tmp_path / "fsaf.info"), "w") as info:
         for n in range(3):
             np.zeros((3, 16, 24), np.float32).tofile(str(tmp_path / f"{n}.bin"))
