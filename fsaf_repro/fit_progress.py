@@ -1,6 +1,8 @@
 """The fit's progress: time-spaced progress lines with an ETA, and the optional tqdm bar."""
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from .errors import FitError
 
@@ -50,3 +52,19 @@ def progress_bar(total, desc, enabled, unit):
         return None
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class FitReporting:
+    """How a fit reports, apart from what it fits: a tqdm bar (`bar`), where its lines go (`log`; None:
+    stderr), a held-out evaluation every `eval_every` steps (0: none between the first and the last), a
+    line every `log_every` steps (0: by time only) and one every `interval_s` seconds."""
+    bar: bool = True
+    log: Optional[Callable[[str], None]] = None
+    eval_every: int = 0
+    log_every: int = 0
+    interval_s: float = PROGRESS_INTERVAL_S
+
+
+# a bar, lines to stderr every PROGRESS_INTERVAL_S seconds, the held-out set scored at the end only
+BAR_AND_TIMED_LINES = FitReporting()

@@ -105,13 +105,14 @@ def run_checkpoint(ctx):
 
 def run_fit(ctx):
     """Weights fitted on generated shapes (fsaf_repro.train.fit_generated) in the official layout."""
+    from .fit_progress import FitReporting
     from .train import fit_generated
     p = ctx.params
     ctx.log(f"fit: {p['fit']['steps']} steps on {p['fit']['train_images']} generated images (seed {p['data_seed']}), "
             f"{p['threads']} thread(s); the weights are trained on generated shapes, not COCO")
+    # ctx.log gets a line every PROGRESS_INTERVAL_S
     summary = fit_generated(ctx.outputs["checkpoint"], seed=p["seed"], data_seed=p["data_seed"], threads=p["threads"],
-                            progress=ctx.options["progress"], log=ctx.log,  # a line every PROGRESS_INTERVAL_S
-                            **p["fit"])
+                            reporting=FitReporting(bar=ctx.options["progress"], log=ctx.log), **p["fit"])
     record = {"path": ctx.outputs["checkpoint"], "seeded": True, "seed": p["seed"], "fitted": True,
               "fit": {k: summary[k] for k in ("params", "data_seed", "features_s", "train_s", "steps_per_s",
                                               "wall_s", "threads", "final_loss")}}

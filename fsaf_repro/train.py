@@ -34,7 +34,7 @@ from torch import nn
 
 from .errors import FitError, OptionError
 from .fileio import remove_stale_scratch, scratch_stem
-from .fit_progress import PROGRESS_INTERVAL_S, FitProgress, progress_bar
+from .fit_progress import BAR_AND_TIMED_LINES, FitProgress, progress_bar
 from .fsaf_loss import fsaf_batch_loss, image_targets
 from .options import (BATCH_SIZE, COUNT, IMAGE_SIDE, NON_NEGATIVE_INT, POSITIVE_INT, Choice, Integer, Real,
                       check_options)
@@ -259,17 +259,16 @@ def fit_meta(seed, data_seed, params, history):
 FIT_SCRATCH_PREFIX = "fsaf_fit_"
 
 
-def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0, threads=None, progress=True,
-                  eval_every=0, workdir=None, log=None, log_every=0, progress_interval_s=PROGRESS_INTERVAL_S,
-                  **overrides):
+def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0, threads=None,
+                  reporting=BAR_AND_TIMED_LINES, workdir=None, **overrides):
     """Fit neck and head on a generated set and write a checkpoint in the official layout to `output`.
 
     seed: the seeded weights (backbone) and the trained layers' init and batch order; data_seed: the
     training set's generator seed (evaluate on another). eval_images > 0 generates a held-out set with
-    eval_seed (default data_seed + 1) and scores the thin network on it every `eval_every` steps (and at
-    the end). The running loss, elapsed time and ETA are said to `log` every `progress_interval_s`
-    seconds (FitProgress) and, with `log_every` > 0, every so many steps too. Deterministic for a seed
-    and thread count. Returns a summary dict (history of loss, AP).
+    eval_seed (default data_seed + 1) and scores the thin network on it every `reporting.eval_every` steps
+    (and at the end). The running loss, elapsed time and ETA are said to `reporting.log` every
+    `reporting.interval_s` seconds (FitProgress) and, with `reporting.log_every` > 0, every so many steps
+    too. Deterministic for a seed and thread count. Returns a summary dict (history of loss, AP).
     """
     from .checkpoint import save_checkpoint, seeded_state_dict
     from .model import build_detector
@@ -291,10 +290,11 @@ def fit_generated(output, seed=0, data_seed=1000, eval_seed=None, eval_images=0,
         workdir = tempfile.mkdtemp(prefix=scratch_stem(FIT_SCRATCH_PREFIX))
     try:
         sets = _generated_feature_sets(workdir, params, detector.backbone.eval(), data_seed, eval_seed,
-                                       eval_images, progress)
-        fit = _Fit(params, sets, seed, started, log or (lambda message: print(message, file=sys.stderr)))
+                                       eval_images, reporting.bar)
+        say = reporting.log or (lambda message: print(message, file=sys.stderr))
+        fit = _Fit(params, sets, seed, started, say)
         features_s = time.time() - started
-        train_s = fit.run(progress, eval_every, log_every, progress_interval_s)
+        train_s = fit.run(reporting)
         save_checkpoint(embed_thin_state_dict(full_state, fit.thin), output,
                         fit_meta(seed, data_seed, params, fit.history))
         steps = int(params["steps"])
@@ -358,12 +358,13 @@ class _Fit:
         self.running = None
         self.history = []
 
-    def run(self, progress, eval_every, log_every, progress_interval_s=PROGRESS_INTERVAL_S):
-        """All the steps (evaluating and logging as asked); returns the training seconds."""
+    def run(self, reporting):
+        """All the steps (evaluating and logging as `reporting` asks); returns the training seconds."""
         steps = int(self.params["steps"])
-        bar = progress_bar(steps, "fit", progress, "step")
+        eval_every, log_every = reporting.eval_every, reporting.log_every
+        bar = progress_bar(steps, "fit", reporting.bar, "step")
         # by time, into the log (a progress bar shows only on a terminal, and is not in a log file)
-        timed = FitProgress(steps, self.say, progress_interval_s)
+        timed = FitProgress(steps, self.say, reporting.interval_s)
         train_started = time.time()
         if eval_every and self.held_out is not None:
             self.evaluate(0)

@@ -17,6 +17,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from fsaf_repro.fit_progress import FitReporting  # noqa: E402
 from fsaf_repro.train import fit_generated  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(HERE), "benchmarks", "results")  # beside the benchmark records
@@ -65,7 +66,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             summary = fit_generated(os.path.join(tmp, "fit.pth"), threads=args.threads, steps=args.steps,
                                     train_images=args.train_images, eval_images=args.eval_images,
-                                    eval_every=args.eval_every)
+                                    reporting=FitReporting(eval_every=args.eval_every))
         summary["eval_images"] = args.eval_images
         summary.pop("output", None)
         summary["host"] = {"cpus": os.cpu_count(), "machine": platform.machine(),

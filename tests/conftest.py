@@ -115,10 +115,11 @@ SHORT_FIT = {"steps": 60, "train_images": 16, "warmup_steps": 5}
 
 @pytest.fixture(scope="session")
 def fitted_checkpoint(tmp_path_factory):
+    from fsaf_repro.fit_progress import FitReporting
     from fsaf_repro.train import fit_generated
 
     path = str(tmp_path_factory.mktemp("checkpoint") / "fsaf_fit_generated_short.pth")
-    fit_generated(path, seed=0, data_seed=1000, progress=False, **SHORT_FIT)
+    fit_generated(path, seed=0, data_seed=1000, reporting=FitReporting(bar=False), **SHORT_FIT)
     return path
 
 

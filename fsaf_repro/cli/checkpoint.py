@@ -3,7 +3,7 @@ on a generated set with FSAF's training rule."""
 from ..checkpoint import write_seeded_checkpoint
 from ..fileio import file_sha256
 from ..options import NON_NEGATIVE_INT, SEED, THREADS, TIMEOUT
-from ..fit_progress import PROGRESS_INTERVAL_S
+from ..fit_progress import PROGRESS_INTERVAL_S, FitReporting
 from ..train import DEFAULTS, PARAMETER_HELP, PARAMETER_KINDS, fit_generated
 from .args import output_file, typed
 
@@ -53,8 +53,9 @@ def _cli_fit_generated(args):
     overrides = {key[len("fit_"):]: value for key, value in vars(args).items() if key.startswith("fit_")
                  and key != "fit_generated"}
     summary = fit_generated(args.output, seed=args.seed, data_seed=args.data_seed, eval_images=args.eval_images,
-                            threads=args.threads, progress=not args.no_progress,
-                            progress_interval_s=args.progress_interval, **overrides)
+                            threads=args.threads,
+                            reporting=FitReporting(bar=not args.no_progress, interval_s=args.progress_interval),
+                            **overrides)
     last = summary["history"][-1] if summary["history"] else {}
     line = "wrote fitted checkpoint {} ({} steps in {:.0f} s, {:.2f} steps/s".format(
         args.output, summary["params"]["steps"], summary["wall_s"], summary["steps_per_s"])

@@ -11,6 +11,7 @@ import torch
 from fsaf_repro import cli
 from fsaf_repro.checkpoint import load_detector, load_state_dict, seeded_state_dict, write_seeded_checkpoint
 from fsaf_repro.errors import FitError
+from fsaf_repro.fit_progress import FitReporting
 from fsaf_repro.model import build_detector
 from fsaf_repro.spec import coco_class_names
 from fsaf_repro.synthetic import CLASS_STYLES, DEFAULT_LAYOUTS, make_synthetic_coco
@@ -239,12 +240,13 @@ def test_classes_style_is_deterministic_and_default_style_unchanged(tmp_path):
 # the fit
 
 TINY = {"train_images": 4, "steps": 3, "batch_size": 2, "channels": 8, "height": 64, "width": 96}
+QUIET = FitReporting(bar=False)  # no tqdm bar in the test output
 
 
 @pytest.mark.slow  # a fit: full tier only
 def test_fit_is_deterministic_and_writes_the_official_layout(tmp_path):
     first, second = str(tmp_path / "a.pth"), str(tmp_path / "b.pth")
-    fit_generated(first, seed=1, data_seed=7, threads=1, progress=False, **TINY)
+    fit_generated(first, seed=1, data_seed=7, threads=1, reporting=QUIET, **TINY)
     assert cli.main(["make-checkpoint", second, "--fit-generated", "--seed", "1", "--data-seed", "7",
                      "--threads", "1", "--no-progress", "--train-images", "4", "--steps", "3",
                      "--batch-size", "2", "--channels", "8", "--height", "64", "--width", "96"]) == 0
@@ -276,7 +278,7 @@ def test_short_fit_beats_the_seeded_weights_on_a_held_out_set(tmp_path):
     # fit_generated.json has the curve), so the asserted margin is on the held-out FSAF loss
     size = {"height": 128, "width": 192}
     fitted, seeded = str(tmp_path / "fit.pth"), str(tmp_path / "seeded.pth")
-    summary = fit_generated(fitted, seed=0, data_seed=11, threads=1, progress=False, train_images=12, steps=40,
+    summary = fit_generated(fitted, seed=0, data_seed=11, threads=1, reporting=QUIET, train_images=12, steps=40,
                             batch_size=4, channels=16, warmup_steps=5, optimizer="adam", lr=0.001, **size)
     assert summary["history"][-1]["loss"] < 3.0
     write_seeded_checkpoint(seeded, seed=0)
@@ -312,6 +314,6 @@ def test_channel_dropout_is_drawn_from_the_fits_generator():
 def test_fit_with_channel_dropout_is_deterministic(tmp_path):
     first, second = str(tmp_path / "a.pth"), str(tmp_path / "b.pth")
     for path in (first, second):
-        fit_generated(path, seed=2, data_seed=5, threads=1, progress=False, feature_dropout=0.3, **TINY)
+        fit_generated(path, seed=2, data_seed=5, threads=1, reporting=QUIET, feature_dropout=0.3, **TINY)
     a, b = load_state_dict(first, trusted=True), load_state_dict(second, trusted=True)
     assert all(torch.equal(a[key], b[key]) for key in a)
