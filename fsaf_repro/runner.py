@@ -31,6 +31,8 @@ import bisect
 import json
 import os
 import time
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -284,14 +286,36 @@ def _skipped_dict(item):
     return {"index": int(item.index), "image_id": int(item.image_id), "path": item.path, "reason": item.reason}
 
 
+@dataclass(frozen=True)
+class InferOptions:
+    """How infer_dataset runs: the loading (batch size, prefetch, workers, skip_bad, input_dtype), what
+    enters the journal key (backend_name, backend_options, model_path), the journal's handling
+    (keep_journal, restart), the shard (index, count) and its device, and the progress bar."""
+    batch_size: Optional[int] = None
+    prefetch: int = 2
+    workers: int = 2
+    skip_bad: bool = False
+    progress: bool = True
+    input_dtype: str = "float32"
+    backend_name: Optional[str] = None
+    backend_options: Optional[Dict[str, Any]] = None
+    model_path: Optional[str] = None
+    keep_journal: bool = False
+    restart: bool = False
+    shard: Optional[Tuple[int, int]] = None
+    device: Optional[Any] = None
+
+
 def infer_dataset(image_set, backend, results_path, **options):
     """Run `backend` (loaded) over `image_set` into `results_path`, resumably; returns a summary dict.
 
     The run holds the lock of `results_path` (fsaf_repro.locking) throughout: a second run on the same
-    results refuses at once instead of tearing the journal. Options: see `_infer_dataset`.
+    results refuses at once instead of tearing the journal. Options: InferOptions' fields (an unknown
+    one is a TypeError naming it).
     """
+    checked = InferOptions(**options)
     with run_lock(results_path, "infer"):
-        return _infer_dataset(image_set, backend, results_path, **options)
+        return _infer_dataset(image_set, backend, results_path, checked)
 
 
 def _checked_batch_size(backend, batch_size):
@@ -341,19 +365,20 @@ def _session_records(session, wall_seconds, backend_label, input_dtype, batch_si
         source=f"measured: fsaf-repro infer, {done_images} images", images_total=images_total)
 
 
-def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2, workers=2, skip_bad=False,
-                   progress=True, input_dtype="float32", backend_name=None, backend_options=None,
-                   model_path=None, keep_journal=False, restart=False, shard=None, device=None):
-    """Run `backend` (loaded) over `image_set`, resumably; returns a summary dict.
+def _infer_dataset(image_set, backend, results_path, options):
+    """Run `backend` (loaded) over `image_set` as `options` (InferOptions) say, resumably; returns a summary dict.
 
     The summary holds the images done in this session, the entries reused from the journal, the
     skipped images, the timings and the two fsaf_repro.perf dataset records (e2e and inference fps)
     of this session. `shard` (index, count) runs only that part of the set (fsaf_repro.shards) and
     writes its shard record beside the results; `device` is the device it ran on, for that record.
     """
-    batch_size = _checked_batch_size(backend, batch_size)
-    backend_label = backend_name or backend.name
-    fields = run_key_fields(image_set, backend_label, backend_options or {}, model_path, batch_size, input_dtype)
+    batch_size = _checked_batch_size(backend, options.batch_size)
+    options = replace(options, batch_size=batch_size)
+    input_dtype, shard, device = options.input_dtype, options.shard, options.device
+    backend_label = options.backend_name or backend.name
+    fields = run_key_fields(image_set, backend_label, options.backend_options or {}, options.model_path, batch_size,
+                            input_dtype)
     begin, total = 0, len(image_set)
     if shard is not None:
         begin, total = shard_range(total, shard[0], shard[1], batch_size)
@@ -362,19 +387,18 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
         # which device a shard runs on decides none of its results: the parts of one run share their key
         fields["backend_options"] = dict((key, value) for key, value in fields["backend_options"].items()
                                          if key != type(backend).device_option)
-    journal = _open_journal(results_path, fields, restart)
+    journal = _open_journal(results_path, fields, options.restart)
     session = {"images": 0, "inference_seconds": 0.0, "latencies": []}
     wall_start = time.perf_counter()
     bar = None
     try:
-        redone_batches = journal.check_images(image_set, skip_bad, workers)
+        redone_batches = journal.check_images(image_set, options.skip_bad, options.workers)
         gaps = journal.gaps(total, begin)
         reused = total - begin - sum(end - start for start, end in gaps)
         bar = tqdm(total=total - begin, initial=reused, unit="img", desc="infer", dynamic_ncols=True,
-                   disable=not progress)
+                   disable=not options.progress)
         for start, end in gaps:
-            _run_range(image_set, backend, journal, start, end, batch_size, input_dtype, skip_bad, prefetch,
-                       workers, bar, session)
+            _run_range(image_set, backend, journal, (start, end), options, bar, session)
         skipped = [item for entry in journal.entries for item in entry["skipped"]]
         detections = write_results_streaming(str(results_path), journal.iter_results())
         wall_seconds = time.perf_counter() - wall_start
@@ -387,7 +411,7 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
         write_shard_record(results_path, shard, (begin, total), fields,
                            [m.image_id for m in image_set.metas[begin:total]], image_set.image_ids, skipped,
                            device)
-    if not keep_journal:
+    if not options.keep_journal:
         os.remove(journal.path)
     return {"results": str(results_path), "images": total - begin - len(skipped),
             "images_this_session": session["images"],
@@ -398,13 +422,16 @@ def _infer_dataset(image_set, backend, results_path, batch_size=None, prefetch=2
                                         total - begin - len(skipped)), "entries": [begin, total]}
 
 
-def _run_range(image_set, backend, journal, start, end, batch_size, input_dtype, skip_bad, prefetch, workers,
-               bar, session):
-    """Run entries [start, end) batch by batch, journaling each batch with the digests of its images."""
+def _run_range(image_set, backend, journal, span, options, bar, session):
+    """Run entries [start, end) = `span` batch by batch (loading as `options` say, its batch size checked),
+    journaling each batch with the digests of its images."""
+    start, end = span
+    input_dtype = options.input_dtype
     index_of = dict((meta.image_id, i) for i, meta in enumerate(image_set.metas[start:end], start))
     # Recycled buffers: memory is a fixed pool whatever the run's length; each batch is finished
     # (journaled) before the next is asked for, as recycling requires.
-    stream = iter_batches(image_set, batch_size, prefetch=prefetch, workers=workers, skip_bad=skip_bad,
+    stream = iter_batches(image_set, options.batch_size, prefetch=options.prefetch, workers=options.workers,
+                          skip_bad=options.skip_bad,
                           start=start, stop=end, input_dtype=input_dtype, recycle_buffers=True, hash_images=True)
     try:
         first = start  # the first entry the next batch line covers
