@@ -19,6 +19,8 @@ figure is never compared with a per-card one by accident.
 The recipe's reference table, the comparisons and the gates on these records are in fsaf_repro.perf_gates.
 """
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -68,12 +70,32 @@ def check_record_labels(record, origin):
     _backend_facts(record.get("backend")).check_record(record, origin)
 
 
-def make_record(device, backend, precision, batch_size, fps, mode, source, latencies_ms=None, chips=1,
-                fps_measured=None, note=None, images=None, seconds=None, images_total=None, scope=None):
+@dataclass(frozen=True)
+class RecordLabel:
+    """What a throughput figure is of: the device, the backend, the precision and the batch size (None: not
+    stated by its source). The backend's class may relabel device and precision (see make_record)."""
+    device: str
+    backend: str
+    precision: str
+    batch_size: Optional[int]
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What a figure was timed over: `images` in `seconds`; `images_total` is the data set's size when the
+    figure covers only `images` of it (a resumed run timed only the images it ran). None: not stated."""
+    images: Optional[int] = None
+    seconds: Optional[float] = None
+    images_total: Optional[int] = None
+
+
+def make_record(label, fps, mode, source, latencies_ms=None, chips=1, fps_measured=None, note=None,
+                coverage=Coverage(), scope=None):
     """Build and check one result record (ResultsError on a malformed value).
 
-    `images_total`: the data set's size when the figure covers only `images` of it (a resumed run
-    timed only the images it ran): the record is then marked partial, and no gate uses it."""
+    A figure whose `coverage` has fewer images than its images_total is marked partial, and no gate uses it."""
+    device, backend, precision, batch_size = label.device, label.backend, label.precision, label.batch_size
+    images, seconds, images_total = coverage.images, coverage.seconds, coverage.images_total
     if mode not in MODE_DEFINITIONS:
         raise ResultsError("unknown throughput mode {!r}; one of {}".format(
             mode, ", ".join(MODE_DEFINITIONS)))
@@ -202,11 +224,11 @@ def measure_pure_inference(backend, batch, loops=DEFAULT_MIN_BATCHES, warmup=DEF
         latencies.append(now - t0)
     total = now - start
     images = int(batch.shape[0]) * len(latencies)
-    record = make_record(device, backend_name or getattr(backend, "name", "?"), precision, batch.shape[0],
+    record = make_record(RecordLabel(device, backend_name or getattr(backend, "name", "?"), precision, batch.shape[0]),
                          images / total, "pure_inference",
                          f"measured: {len(latencies)} timed runs (at least {int(loops)} and {min_seconds:g} s) "
                          f"after {warmup} warm-up runs",
-                         latencies_ms=latency_summary(latencies), images=images, seconds=total)
+                         latencies_ms=latency_summary(latencies), coverage=Coverage(images, total))
     record["samples"] = len(latencies)
     record["fps_interval"] = throughput_interval(latencies, int(batch.shape[0]))
     return record
@@ -277,10 +299,11 @@ def measure_card(chips, batch, loops=DEFAULT_MIN_BATCHES, warmup=DEFAULT_WARMUP,
             "scaling_efficiency": card_fps / (alone["fps"] * count), "wall_seconds": wall}
     records = []
     for basis, fps in (("measured", card_fps), ("convention", alone["fps"] * count)):
-        record = make_record(device, name, precision, size, fps, "pure_inference",
+        record = make_record(RecordLabel(device, name, precision, size), fps, "pure_inference",
                              f"measured: card of {count} chips, {basis}", chips=count, fps_measured=fps / count,
-                             scope=f"per card ({count} chips): {CARD_BASES[basis]}", images=images if basis ==
-                             "measured" else alone["images"], seconds=wall if basis == "measured" else alone["seconds"])
+                             scope=f"per card ({count} chips): {CARD_BASES[basis]}",
+                             coverage=Coverage(images, wall) if basis == "measured"
+                             else Coverage(alone["images"], alone["seconds"]))
         record["card"] = dict(card, basis=basis)
         records.append(record)
     return records
@@ -294,14 +317,15 @@ def dataset_records(images, wall_seconds, inference_seconds, batch_latencies_s, 
         raise ResultsError(f"a dataset run needs images > 0 and positive times (got {images} images, "
                            f"{wall_seconds} s wall, {inference_seconds} s inference)")
     lat = latency_summary(batch_latencies_s) if len(batch_latencies_s) else None
-    inference = make_record(device, backend, precision, batch_size, images / inference_seconds, "inference", source,
-                            latencies_ms=lat, images=images, seconds=inference_seconds, images_total=images_total)
+    inference = make_record(RecordLabel(device, backend, precision, batch_size),
+                            images / inference_seconds, "inference", source,
+                            latencies_ms=lat, coverage=Coverage(images, inference_seconds, images_total))
     if len(batch_latencies_s):
         inference["samples"] = len(batch_latencies_s)
         inference["fps_interval"] = throughput_interval(batch_latencies_s, images / len(batch_latencies_s))
     return [
-        make_record(device, backend, precision, batch_size, images / wall_seconds, "e2e", source,
-                    images=images, seconds=wall_seconds, images_total=images_total),
+        make_record(RecordLabel(device, backend, precision, batch_size), images / wall_seconds, "e2e", source,
+                    coverage=Coverage(images, wall_seconds, images_total)),
         inference,
     ]
 
@@ -342,16 +366,18 @@ def benchmark_records(reading, device, batch_size=None, precision="fp16", chips=
     note = SCOPE_310_CARD if chips == ASCEND_310_CHIPS_PER_CARD else None
     if reading.pure is not None:
         fps, latency = reading.pure
-        return [make_record(device, backend, precision, batch_size, fps * chips, "pure_inference", reading.source,
+        return [make_record(RecordLabel(device, backend, precision, batch_size),
+                            fps * chips, "pure_inference", reading.source,
                             chips=chips, fps_measured=fps, note=note, latencies_ms={"mean": latency})]
     records = []
     e2e, inference = reading.stages.get("e2e", {}), reading.stages["inference"]
     if "throughputRate" in e2e:
-        records.append(make_record(device, backend, precision, batch_size, e2e["throughputRate"] * chips, "e2e",
+        records.append(make_record(RecordLabel(device, backend, precision, batch_size),
+                                   e2e["throughputRate"] * chips, "e2e",
                                    reading.source, chips=chips, fps_measured=e2e["throughputRate"], note=note))
     measured = inference["Interface throughputRate"]
     latency = inference.get("moduleLatency")
-    records.append(make_record(device, backend, precision, batch_size, measured * chips, "inference",
+    records.append(make_record(RecordLabel(device, backend, precision, batch_size), measured * chips, "inference",
                                reading.source, chips=chips, fps_measured=measured, note=note,
                                latencies_ms={"mean": latency} if latency is not None else None))
     return records
@@ -376,7 +402,7 @@ def parse_ais_bench_summary(path, device, batch_size, precision="fp16", chips=No
         if theirs in compute:
             latencies[ours] = float(compute[theirs])
     measured = float(summary["throughput"])
-    return make_record(device, backend, precision, batch_size, measured * chips, "inference",
+    return make_record(RecordLabel(device, backend, precision, batch_size), measured * chips, "inference",
                        f"ais_bench summary: {path}", latencies_ms=latencies, chips=chips,
                        fps_measured=measured,
                        note=("NPU_compute_time per batch; p90 not reported by ais_bench"

@@ -5,7 +5,8 @@ factors of the same device, and attach a caveat to every other difference (devic
 backend, batch size, source) instead of producing a bare ratio (the records are fsaf_repro.perf's)."""
 
 from .errors import ResultsError
-from .perf import CARD_BASES, best_batch, check_record_labels, default_chips, make_record, partial_coverage
+from .perf import (CARD_BASES, RecordLabel, best_batch, check_record_labels, default_chips, make_record,
+                   partial_coverage)
 from .spec import performance_reference
 
 
@@ -18,7 +19,7 @@ def reference_records():
             if fps is None:
                 continue
             records.append(make_record(
-                device, "benchmark" if device != "T4" else "unstated", "as published", int(bs_text),
+                RecordLabel(device, "benchmark" if device != "T4" else "unstated", "as published", int(bs_text)),
                 fps, "inference", "reference: " + perf["source"], chips=default_chips(device),
                 note=perf["unit"]))
     return records

@@ -353,16 +353,17 @@ def full_val2017(coco_root):
 
 def device_records(summary_records, settings, backend_name, batch_size):
     """The runner's dataset records relabelled with this host's device (and the 310 per-card factor)."""
-    from fsaf_repro.perf import default_chips, make_record
+    from fsaf_repro.perf import Coverage, RecordLabel, default_chips, make_record
 
     device = settings.device or "unlabelled"
     chips = default_chips(device)
     records = []
     for record in summary_records:
         records.append(make_record(
-            device, backend_name, settings.precision(), batch_size, record["fps_measured"] * chips, record["mode"],
+            RecordLabel(device, backend_name, settings.precision(), batch_size),
+            record["fps_measured"] * chips, record["mode"],
             record["source"], latencies_ms=record.get("latencies_ms"), chips=chips,
-            fps_measured=record["fps_measured"], images=record.get("images"), seconds=record.get("seconds"),
+            fps_measured=record["fps_measured"], coverage=Coverage(record.get("images"), record.get("seconds")),
             note=f"FSAF_DEVICE={device}"))
     return records
 

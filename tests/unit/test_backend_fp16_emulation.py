@@ -209,7 +209,7 @@ def test_records_say_cpu_emulation_and_never_an_npu(seeded_checkpoint):
 
 def test_emulated_records_stay_out_of_the_npu_gates(tmp_path):
     reference = perf_gates.reference_records()
-    emulated = [perf.make_record("cpu", NAME, "fp16", bs, 1e6, "inference", "measured: test")
+    emulated = [perf.make_record(perf.RecordLabel("cpu", NAME, "fp16", bs), 1e6, "inference", "measured: test")
                 for bs in (1, 4)]
     # an absurdly fast emulated figure changes no gate: it is not a record of any gate device
     with_emulated = perf_gates.evaluate_gates(reference + emulated)

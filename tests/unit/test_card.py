@@ -61,7 +61,8 @@ def test_gates_use_the_basis_asked_for_and_name_it():
     records = card_records([0.01, 0.01, 0.01, 0.01], min_seconds=0.2)
     measured_fps, convention_fps = records[0]["fps"], records[1]["fps"]
     # another card's figure (counted over 4 chips too: a card is compared with a card)
-    other = perf.make_record("310P_aoe", "benchmark", "fp16", 1, 1.2 * (measured_fps + convention_fps) / 2,
+    other = perf.make_record(perf.RecordLabel("310P_aoe", "benchmark", "fp16", 1),
+                             1.2 * (measured_fps + convention_fps) / 2,
                              "pure_inference", "measured: test", chips=4)
     gate = [{"name": "aoe over card", "numerator": "310P_aoe", "denominator": "310P", "min_ratio": 1.2,
              "source": "test"}]

@@ -114,24 +114,24 @@ def test_ais_bench_summary(tmp_path):
 
 
 def test_comparisons_state_differences_and_refuse_mixed_modes():
-    a = perf.make_record("310P", "benchmark", "fp16", 8, 60.0, "inference", "measured: run a")
-    b = perf.make_record("310P", "benchmark", "fp32", 8, 40.0, "inference", "measured: run b")
+    a = perf.make_record(perf.RecordLabel("310P", "benchmark", "fp16", 8), 60.0, "inference", "measured: run a")
+    b = perf.make_record(perf.RecordLabel("310P", "benchmark", "fp32", 8), 40.0, "inference", "measured: run b")
     comparison = perf_gates.compare_records(a, b)
     assert comparison["ratio"] == pytest.approx(1.5)
     assert comparison["caveats"] == ["different precisions: fp16 vs fp32"]
-    c = perf.make_record("310P", "benchmark", "fp16", 8, 50.0, "e2e", "measured: run a")
+    c = perf.make_record(perf.RecordLabel("310P", "benchmark", "fp16", 8), 50.0, "e2e", "measured: run a")
     with pytest.raises(ResultsError, match="e2e"):
         perf_gates.compare_records(a, c)
     with pytest.raises(ResultsError, match="fps"):
-        perf.make_record("310P", "x", "fp16", 1, 0.0, "inference", "measured")
+        perf.make_record(perf.RecordLabel("310P", "x", "fp16", 1), 0.0, "inference", "measured")
     with pytest.raises(ResultsError, match="mode"):
-        perf.make_record("310P", "x", "fp16", 1, 1.0, "fastest", "measured")
+        perf.make_record(perf.RecordLabel("310P", "x", "fp16", 1), 1.0, "fastest", "measured")
 
 
 def test_gates_on_measured_records_fail_and_report_missing_devices():
-    measured = [perf.make_record("310P_aoe", "benchmark", "fp16", bs, fps, "inference", "measured: a")
+    measured = [perf.make_record(perf.RecordLabel("310P_aoe", "benchmark", "fp16", bs), fps, "inference", "measured: a")
                 for bs, fps in ((1, 50.0), (4, 60.0))]
-    measured.append(perf.make_record("310", "benchmark", "fp16", 8, 55.0, "inference", "measured: b",
+    measured.append(perf.make_record(perf.RecordLabel("310", "benchmark", "fp16", 8), 55.0, "inference", "measured: b",
                                      chips=4))
     results = {g["name"]: g for g in perf_gates.evaluate_gates(measured)}
     gate = results["310P_aoe_vs_310"]
@@ -205,7 +205,7 @@ def test_throughput_interval_holds_the_figure_and_narrows_with_samples():
 
 
 def _gate_record(device, fps, low, high):
-    record = perf.make_record(device, "benchmark", "fp16", 1, fps, "inference", "measured: test")
+    record = perf.make_record(perf.RecordLabel(device, "benchmark", "fp16", 1), fps, "inference", "measured: test")
     record["fps_interval"] = {"low": low, "high": high, "kind": "bootstrap 95%", "samples": 20}
     return record
 
@@ -230,10 +230,10 @@ def test_latency_percentiles_and_best_batch():
     summary = perf.latency_summary(np.arange(1, 101) / 1000.0)
     assert summary["p50"] == pytest.approx(50.5) and summary["p90"] == pytest.approx(90.1)
     assert summary["p99"] == pytest.approx(99.01)
-    records = [perf.make_record("cpu", "onnxruntime", "fp32", bs, fps, "pure_inference", "measured")
+    records = [perf.make_record(perf.RecordLabel("cpu", "onnxruntime", "fp32", bs), fps, "pure_inference", "measured")
                for bs, fps in ((1, 3.0), (2, 3.5), (4, 3.2))]
     assert perf.best_batch(records)["batch_size"] == 2
-    records.append(perf.make_record("cpu", "torch", "fp32", 8, 9.0, "pure_inference", "measured"))
+    records.append(perf.make_record(perf.RecordLabel("cpu", "torch", "fp32", 8), 9.0, "pure_inference", "measured"))
     with pytest.raises(ResultsError, match="different"):
         perf.best_batch(records)
 
@@ -266,8 +266,8 @@ def test_cli_perf_parse_and_gates(tmp_path, capsys):
     assert "310 from the recipe's reference table" in printed
     assert cli_main(["gates"]) == 0
     assert "PASS 310P_vs_T4" in capsys.readouterr().out
-    slow = [perf.make_record("310P", "benchmark", "fp16", 1, 1.0, "inference", "measured: x"),
-            perf.make_record("T4", "tensorrt", "fp16", 1, 9.0, "inference", "measured: y")]
+    slow = [perf.make_record(perf.RecordLabel("310P", "benchmark", "fp16", 1), 1.0, "inference", "measured: x"),
+            perf.make_record(perf.RecordLabel("T4", "tensorrt", "fp16", 1), 9.0, "inference", "measured: y")]
     perf.write_records(str(tmp_path / "slow.json"), slow)
     assert cli_main(["gates", str(tmp_path / "slow.json")]) == 1
     assert cli_main(["gates", "--no-fail", str(tmp_path / "slow.json")]) == 0

@@ -11,7 +11,7 @@ from fsaf_repro import report, report_perf, report_plots
 from fsaf_repro.data import CocoImageSet
 from fsaf_repro.evaluate import evaluate_results, metrics_record
 from fsaf_repro.parity import compare_detections
-from fsaf_repro.perf import make_record
+from fsaf_repro.perf import RecordLabel, make_record
 from fsaf_repro.perf_gates import reference_records
 from fsaf_repro.postprocess import write_results_json
 from fsaf_repro.report_context import ReportContext, RunKind
@@ -51,7 +51,7 @@ def context(tmp_path):
                                                "precision": "fp32"}],
         "skipped_steps": {"convert": "atc is not on PATH"}, "export": {"flavours": {}}, "convert": None,
         "metrics": {"torch": metrics}, "results": {"torch": "results_torch.json"},
-        "perf_records": [make_record("cpu", "torch", "fp32", 1, 2.5, "pure_inference", "measured: test")],
+        "perf_records": [make_record(RecordLabel("cpu", "torch", "fp32", 1), 2.5, "pure_inference", "measured: test")],
         "parity": {"image_ids": [1, 2], "canvas": [128, 192], "tolerances": parity_tolerances(), "pairs": [pair]},
         "stages": [{"name": "export", "key": "a" * 64, "seconds": 1.5}],
     }
@@ -126,10 +126,12 @@ def test_measured_npu_records_are_gated_and_other_modes_are_not_ratioed(context)
     ctx, _ = context
     perf = performance_reference()
     gate = perf["gates"][0]
-    measured = [make_record(gate["numerator"], "aclruntime", "fp16", 4, 80.0, "inference", "measured: npu host"),
-                make_record(gate["denominator"], "benchmark", "fp16", 8, 50.0, "inference", "measured: npu host",
+    measured = [make_record(RecordLabel(gate["numerator"], "aclruntime", "fp16", 4),
+                            80.0, "inference", "measured: npu host"),
+                make_record(RecordLabel(gate["denominator"], "benchmark", "fp16", 8),
+                            50.0, "inference", "measured: npu host",
                             chips=4),
-                make_record("310P", "aclruntime", "fp16", 1, 60.0, "pure_inference", "measured: npu host")]
+                make_record(RecordLabel("310P", "aclruntime", "fp16", 1), 60.0, "pure_inference", "measured: npu host")]
     text = "\n".join(report_perf.perf_lines(measured, ctx.canvas))
     assert "PASS {}: best {} = 80.0000 fps (bs 4), best {} = 50.0000 fps (bs 8): ratio 1.6000".format(
         gate["name"], gate["numerator"], gate["denominator"]) in text

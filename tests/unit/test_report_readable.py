@@ -11,7 +11,7 @@ import pytest
 
 from fsaf_repro import anomalies, report, report_perf, report_plots
 from fsaf_repro.errors import ResultsError
-from fsaf_repro.perf import latency_summary, make_record
+from fsaf_repro.perf import Coverage, RecordLabel, latency_summary, make_record
 from fsaf_repro.report_context import ReportContext
 from fsaf_repro.reproduce_config import default_run_dir, resolve_config
 from fsaf_repro.reproduce_options import ReproduceOptions
@@ -45,10 +45,12 @@ def _records():
     """torch at batch 1: e2e 2.35 fps, pure inference 0.36 fps (the issue's impossible pair), the pure
     figure's calls spread from 0.2 to 5 fps."""
     spread = latency_summary([0.2, 2.8, 2.8, 5.0])  # seconds per call: 5 fps .. 0.2 fps
-    return [make_record("cpu", "torch", "fp32", 1, 2.35, "e2e", "measured: test", images=32, seconds=13.6),
-            make_record("cpu", "torch", "fp32", 1, 0.36, "pure_inference", "measured: test",
-                        latencies_ms=spread, images=4),
-            make_record("cpu", "onnxruntime", "fp32", 1, 3.0, "e2e", "measured: test", images=32, seconds=10.7)]
+    return [make_record(RecordLabel("cpu", "torch", "fp32", 1),
+                        2.35, "e2e", "measured: test", coverage=Coverage(32, 13.6)),
+            make_record(RecordLabel("cpu", "torch", "fp32", 1), 0.36, "pure_inference", "measured: test",
+                        latencies_ms=spread, coverage=Coverage(images=4)),
+            make_record(RecordLabel("cpu", "onnxruntime", "fp32", 1),
+                        3.0, "e2e", "measured: test", coverage=Coverage(32, 10.7))]
 
 
 @pytest.fixture()
@@ -127,7 +129,7 @@ def test_pure_inference_below_end_to_end_and_a_wide_spread_are_flagged_beside_th
     assert "below e2e 2.35" in row and "spread 0.2-5 fps" in row
     assert _row_of(lines, "| onnxruntime | fp32 | e2e |").endswith("| - |")  # nothing to flag there
     # a pure figure above its e2e twin, with calls close together, is no anomaly
-    quiet = [make_record("cpu", "torch", "fp32", 1, 3.0, "pure_inference", "measured: test",
+    quiet = [make_record(RecordLabel("cpu", "torch", "fp32", 1), 3.0, "pure_inference", "measured: test",
                          latencies_ms=latency_summary([0.33, 0.34]))] + list(context.perf_records[:1])
     assert anomalies.find_anomalies(quiet, None) == []
     # a record's own fps interval, where it has one, is the spread judged
@@ -136,7 +138,8 @@ def test_pure_inference_below_end_to_end_and_a_wide_spread_are_flagged_beside_th
 
 
 def test_throughput_is_one_long_table_per_device_with_short_headers(context):
-    emulated = make_record("cpu", "fp16-emulated", "fp16", 1, 0.5, "e2e", "measured: test", images=32, seconds=64)
+    emulated = make_record(RecordLabel("cpu", "fp16-emulated", "fp16", 1),
+                           0.5, "e2e", "measured: test", coverage=Coverage(32, 64))
     lines = report_perf.perf_lines(list(context.perf_records) + [emulated], CANVAS)
     devices = [line for line in lines if line.startswith("Device ")]
     assert devices == ["Device cpu, input 256x384:", f"Device {emulated['device']}, input 256x384:"]
@@ -154,7 +157,7 @@ def test_only_comparable_records_are_tabled_against_the_reference(context):
     devices = ", ".join(performance_reference()["devices"])
     assert (f"None of the 3 measured records is comparable with a reference cell (the recipe's devices: {devices}): "
             "3 because device cpu has no column in the recipe's table.") in section
-    npu = make_record("310P", "aclruntime", "fp16", 1, 60.0, "inference", "measured: npu host")
+    npu = make_record(RecordLabel("310P", "aclruntime", "fp16", 1), 60.0, "inference", "measured: npu host")
     lines = report_perf.perf_lines(list(context.perf_records) + [npu], CANVAS)
     section = lines[lines.index("### Measured records against the reference cells"):]
     tabled = [line for line in section if line.startswith("| 310P |")]

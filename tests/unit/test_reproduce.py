@@ -253,12 +253,14 @@ def test_a_stale_inference_journal_of_other_arguments_is_discarded(tiny_run_copy
 
 
 def test_records_measured_elsewhere_are_gated_beside_this_hosts(tiny_run_copy, tmp_path):
-    from fsaf_repro.perf import make_record, write_records
+    from fsaf_repro.perf import RecordLabel, make_record, write_records
     gate = performance_reference()["gates"][0]
     extra = str(tmp_path / "npu_perf.json")
     write_records(extra, [
-        make_record(gate["numerator"], "benchmark", "fp16", 4, 70.0, "inference", "benchmark tool: npu.txt"),
-        make_record(gate["denominator"], "benchmark", "fp16", 8, 50.0, "inference", "benchmark tool: npu.txt",
+        make_record(RecordLabel(gate["numerator"], "benchmark", "fp16", 4),
+                    70.0, "inference", "benchmark tool: npu.txt"),
+        make_record(RecordLabel(gate["denominator"], "benchmark", "fp16", 8),
+                    50.0, "inference", "benchmark tool: npu.txt",
                     chips=4)])
     run_dir = tiny_run_copy
     summary = run_reproduce(ReproduceOptions(run_dir=run_dir, **dict(TINY, extra_perf=[extra])))
