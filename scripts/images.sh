@@ -20,7 +20,7 @@
 #     does not, a local `torch-<pin>+cpu-cp311-*.whl` is staged into docker/cpu/wheels/ (git ignores
 #     it): from $FSAF_TORCH_WHEEL_DIR, or from the host pip's find-links folders.
 #  4. Build, printing the build time, whether layers came from the cache, and the image size.
-#  5. Inside the image, with --init --network=none: the fast unit tier, and
+#  5. Inside the image, with --network=none (its own init is PID 1): the fast unit tier, and
 #     `fsaf-repro reproduce --fit-steps 0` writing into a host folder; report.md must come out there.
 #
 # Environment: FSAF_ENGINE=docker|podman (force one), FSAF_TORCH_WHEEL_DIR (a folder holding the torch
@@ -282,12 +282,13 @@ prune_dangling() {
 
 # --- 5. checks inside --------------------------------------------------------------------------------
 
-run_in() { "$ENGINE" run --rm --init --network=none "$@"; }
+# No --init: each image has its own init as PID 1 (tini warns when another init is PID 1 above it).
+run_in() { "$ENGINE" run --rm --network=none "$@"; }
 
 # The fast unit tier inside image $1 (its log: $OUT_DIR/$2-pytest.log); fails the script when it fails.
 run_fast_tier() {
   local tag="$1" name="$2" line rc
-  log "in the image $tag: the fast unit tier (python -m pytest -m unit --fast), --init --network=none"
+  log "in the image $tag: the fast unit tier (python -m pytest -m unit --fast), --network=none"
   set +e
   run_in "$tag" python -m pytest -m unit --fast -q -p no:cacheprovider > "$OUT_DIR/$name-pytest.log" 2>&1
   rc=$?

@@ -204,6 +204,27 @@ def test_throughput_interval_holds_the_figure_and_narrows_with_samples():
     assert widths[1] < widths[0]
 
 
+def test_throughput_interval_of_millions_of_calls_resamples_groups_in_bounded_memory():
+    """A minimum duration on a microsecond backend times millions of calls: the interval pools them into
+    BOOTSTRAP_MAX_GROUPS groups, so its working memory does not grow with the call count."""
+    import tracemalloc
+
+    rng = np.random.RandomState(5)
+    count = 200 * perf.BOOTSTRAP_MAX_GROUPS
+    lat = 1e-5 * (1 + 0.1 * rng.standard_normal(count).clip(-3, 3))
+    tracemalloc.start()
+    try:
+        interval = perf.throughput_interval(lat, 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    fps = count / lat.sum()
+    assert interval["samples"] == count and interval["low"] < fps < interval["high"]
+    assert str(perf.BOOTSTRAP_MAX_GROUPS) in interval["kind"]
+    # resampling call by call would index BOOTSTRAP_RESAMPLES x count int64 values (3.2 GB here)
+    assert peak < 8 * perf.BOOTSTRAP_RESAMPLES * perf.BOOTSTRAP_MAX_GROUPS * 4
+
+
 def _gate_record(device, fps, low, high):
     record = perf.make_record(perf.RecordLabel(device, "benchmark", "fp16", 1), fps, "inference", "measured: test")
     record["fps_interval"] = {"low": low, "high": high, "kind": "bootstrap 95%", "samples": 20}
