@@ -7,19 +7,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import FitError
+from .model import ConvWithBias
 
 BACKBONE_CHANNELS = (512, 1024, 2048)
-
-
-class _Conv(nn.Module):
-    """A conv wrapped as `<name>.conv` (the checkpoint's ConvModule key layout)."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
-
-    def forward(self, x):
-        return self.conv(x)
 
 
 class ThinNeckHead(nn.Module):
@@ -28,13 +18,13 @@ class ThinNeckHead(nn.Module):
     def __init__(self, channels, num_classes, stacked_convs=4):
         super().__init__()
         self.channels = channels
-        self.lateral_convs = nn.ModuleList(_Conv(c, channels, 1) for c in BACKBONE_CHANNELS)
-        fpn = [_Conv(channels, channels, 3, padding=1) for _ in BACKBONE_CHANNELS]
-        fpn.append(_Conv(BACKBONE_CHANNELS[-1], channels, 3, stride=2, padding=1))
-        fpn.append(_Conv(channels, channels, 3, stride=2, padding=1))
+        self.lateral_convs = nn.ModuleList(ConvWithBias(c, channels, 1) for c in BACKBONE_CHANNELS)
+        fpn = [ConvWithBias(channels, channels, 3, padding=1) for _ in BACKBONE_CHANNELS]
+        fpn.append(ConvWithBias(BACKBONE_CHANNELS[-1], channels, 3, stride=2, padding=1))
+        fpn.append(ConvWithBias(channels, channels, 3, stride=2, padding=1))
         self.fpn_convs = nn.ModuleList(fpn)
-        self.cls_convs = nn.ModuleList(_Conv(channels, channels, 3, padding=1) for _ in range(stacked_convs))
-        self.reg_convs = nn.ModuleList(_Conv(channels, channels, 3, padding=1) for _ in range(stacked_convs))
+        self.cls_convs = nn.ModuleList(ConvWithBias(channels, channels, 3, padding=1) for _ in range(stacked_convs))
+        self.reg_convs = nn.ModuleList(ConvWithBias(channels, channels, 3, padding=1) for _ in range(stacked_convs))
         self.retina_cls = nn.Conv2d(channels, num_classes, 3, padding=1)
         self.retina_reg = nn.Conv2d(channels, 4, 3, padding=1)
 

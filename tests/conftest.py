@@ -142,20 +142,12 @@ def tiny_run_options(**changes):
     return options
 
 
-def _tree_state(root):
-    state = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            status = os.stat(path)
-            state[os.path.relpath(path, root)] = (status.st_size, status.st_mtime_ns)
-    return state
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """(run directory, summary) of the session's tiny embedded-default run. Read it; never change it."""
     import shutil
+
+    from tests.support import tree_state
 
     from fsaf_repro.reproduce import run_reproduce
     from fsaf_repro.reproduce_options import ReproduceOptions
@@ -163,9 +155,9 @@ def tiny_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny_run")
     run_dir = str(base / "run")
     summary = run_reproduce(ReproduceOptions(run_dir=run_dir, **tiny_run_options()))
-    before = _tree_state(run_dir)
+    before = tree_state(run_dir)
     yield run_dir, summary
-    changed = sorted(set(before.items()) ^ set(_tree_state(run_dir).items()))
+    changed = sorted(set(before.items()) ^ set(tree_state(run_dir).items()))
     # The run holds a checkpoint and three ONNX models (about 560 MB): gone with the session.
     shutil.rmtree(str(base), ignore_errors=True)
     assert not changed, f"a test changed the session's shared tiny run (use tiny_run_copy): {changed[:3]}"

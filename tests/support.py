@@ -91,3 +91,19 @@ def fake_om(directory, batch_size, soc, height, width):
                    "input": {"name": "input", "shape": [1, 3, height, width], "dtype": "float32"}}, handle)
     convert.convert_one(onnx, os.path.join(str(directory), "om"), convert.ConversionJob("atc", batch_size, soc))
     return os.path.join(str(directory), "om", f"fsaf_bs{batch_size}.om")
+
+
+def tree_state(root, skip_top=()):
+    """{path relative to root: (size, mtime_ns)} of every file below root, leaving out the top-level
+    folders named in skip_top: a snapshot to prove that something wrote nothing."""
+    import os
+
+    state = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            relative = os.path.relpath(path, root)
+            if relative.split(os.sep)[0] not in skip_top:
+                status = os.stat(path)
+                state[relative] = (status.st_size, status.st_mtime_ns)
+    return state

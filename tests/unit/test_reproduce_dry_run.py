@@ -12,6 +12,7 @@ import pytest
 from fsaf_repro.cli import main
 from fsaf_repro.reproduce import run_reproduce
 from fsaf_repro.reproduce_options import ReproduceOptions
+from tests.support import tree_state
 
 BACKEND = "onnxruntime"
 
@@ -32,16 +33,6 @@ def given_run(tiny_run, tmp_path_factory):
     return options
 
 
-def _tree(root):
-    kept = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            if os.path.relpath(path, root).split(os.sep)[0] != "logs":
-                kept[path] = os.stat(path).st_mtime_ns
-    return kept
-
-
 def _dry(options, **changes):
     summary = run_reproduce(ReproduceOptions(**dict(options, dry_run=True, **changes)))
     assert summary["dry_run"] is True
@@ -49,11 +40,11 @@ def _dry(options, **changes):
 
 
 def test_an_unchanged_run_would_reuse_every_stage_and_nothing_runs(given_run):
-    before = _tree(given_run["run_dir"])
+    before = tree_state(given_run["run_dir"], skip_top=("logs",))
     planned = _dry(given_run)
     assert {entry["action"] for entry in planned.values()} <= {"reuse", "skip"}
     assert planned["report"]["action"] == "reuse" and len(planned["report"]["key"]) == 64
-    assert _tree(given_run["run_dir"]) == before
+    assert tree_state(given_run["run_dir"], skip_top=("logs",)) == before
 
 
 def test_a_changed_threshold_names_the_parameter(given_run, monkeypatch, capsys):
