@@ -175,3 +175,22 @@ def test_a_failed_atomic_write_leaves_the_previous_content_and_no_part_file(tmp_
     with open(path) as handle:
         assert handle.read() == "previous"
     assert os.listdir(str(tmp_path)) == ["out.bin"]
+
+
+def test_every_seeded_fault_still_applies_to_the_tree():
+    """scripts/seed_faults.py edits one exact text per fault: a refactor that moves or rewrites that text
+    retires the fault silently until CI's rotation reaches it, so each must occur exactly once."""
+    import importlib.util
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("seed_faults", os.path.join(root, "scripts", "seed_faults.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stale = []
+    for fault in module.FAULTS:
+        name, path, old = fault[0], fault[2], fault[3]
+        with open(os.path.join(root, path)) as handle:
+            if handle.read().count(old) != 1:
+                stale.append(f"{name} ({path})")
+    assert stale == [], "update these faults in scripts/seed_faults.py FAULTS"
